@@ -1,0 +1,132 @@
+"""Configuration: every limit and allow-list lives here, in one typed object.
+
+Loaded from `<state_dir>/opsgate.yaml` (optional) with `OPSGATE_*` environment
+overrides. Unknown keys and out-of-range values are load errors, never clamps.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from opsgate.errors import ConfigError
+
+#: Nobody may configure a credential lifetime above this, whatever the file says.
+HARD_TTL_CEILING_MINUTES = 60
+#: Clock skew tolerated on exp/nbf; configurable downwards only.
+MAX_LEEWAY_SECONDS = 30
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Limits(_Strict):
+    """Algorithms, lifetimes and size caps checked on the hot path."""
+
+    allowed_algorithms: tuple[str, ...] = ("EdDSA",)
+    default_ttl_minutes: int = Field(15, ge=1, le=HARD_TTL_CEILING_MINUTES)
+    max_ttl_minutes: int = Field(15, ge=1, le=HARD_TTL_CEILING_MINUTES)
+    leeway_seconds: int = Field(5, ge=0, le=MAX_LEEWAY_SECONDS)
+    max_token_bytes: int = Field(4096, ge=512, le=65536)
+    max_scope_entries: int = Field(64, ge=1, le=1024)
+    max_capability_chars: int = Field(256, ge=16, le=4096)
+    max_delegation_depth: int = Field(3, ge=0, le=16)
+    max_capabilities_per_agent: int = Field(256, ge=1, le=10000)
+    # Policy language bounds (enforced by the policy compiler).
+    max_condition_chars: int = Field(2000, ge=16, le=100_000)
+    max_expression_depth: int = Field(32, ge=4, le=256)
+    max_expression_nodes: int = Field(500, ge=8, le=100_000)
+    max_rules: int = Field(10_000, ge=1, le=1_000_000)
+    max_policy_file_bytes: int = Field(2_000_000, ge=1024, le=100_000_000)
+
+    @model_validator(mode="after")
+    def _check(self) -> Limits:
+        if tuple(self.allowed_algorithms) != ("EdDSA",):
+            raise ValueError("allowed_algorithms: only 'EdDSA' is supported")
+        if self.default_ttl_minutes > self.max_ttl_minutes:
+            raise ValueError("default_ttl_minutes must not exceed max_ttl_minutes")
+        return self
+
+
+class TrustDeltas(_Strict):
+    success: int = Field(5, ge=0, le=1000)
+    failed_deployment: int = Field(-40, ge=-1000, le=0)
+    failed_migration: int = Field(-40, ge=-1000, le=0)
+    policy_violation: int = Field(-75, ge=-1000, le=0)
+    unusual_access: int = Field(-50, ge=-1000, le=0)
+    credential_misuse: int = Field(-150, ge=-1000, le=0)
+
+
+class AnomalyConfig(_Strict):
+    """Parameters of the pure anomaly detectors (see opsgate.trust)."""
+
+    rate_window_seconds: int = Field(60, ge=1)
+    rate_factor: float = Field(5.0, gt=1.0)
+    rate_min_events: int = Field(30, ge=1)
+    baseline_half_life_seconds: int = Field(3600, ge=60)
+    new_resource_warmup_events: int = Field(50, ge=0)
+    active_hours: tuple[int, int] | None = None  # [start, end) UTC hours; None = always
+    probe_window_seconds: int = Field(60, ge=1)
+    probe_refusals: int = Field(5, ge=1)
+    cooldown_seconds: int = Field(300, ge=0)
+
+
+class TrustConfig(_Strict):
+    deltas: TrustDeltas = TrustDeltas()
+    approval_below: int = Field(800, ge=0, le=1000)
+    suspend_below: int = Field(500, ge=0, le=1000)
+    default_score: int = Field(500, ge=0, le=1000)
+    anomalies: AnomalyConfig = AnomalyConfig()
+
+    @model_validator(mode="after")
+    def _check(self) -> TrustConfig:
+        if self.suspend_below > self.approval_below:
+            raise ValueError("suspend_below must not exceed approval_below")
+        return self
+
+
+class Config(_Strict):
+    """Everything a Gate needs to know that is not data in its store."""
+
+    database_url: str | None = None
+    audience: str = "opsgate"
+    policies: str | None = None
+    require_proof: bool = False
+    cache_refresh_seconds: float = Field(0.5, gt=0, le=1.0)
+    limits: Limits = Limits()
+    trust: TrustConfig = TrustConfig()
+
+
+CONFIG_FILE = "opsgate.yaml"
+
+
+def load_config(state_dir: Path, overrides: dict[str, Any] | None = None) -> Config:
+    """Read `<state_dir>/opsgate.yaml`, then environment, then explicit overrides."""
+    data: dict[str, Any] = {}
+    path = state_dir / CONFIG_FILE
+    if path.exists():
+        try:
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"cannot parse '{path.name}': {exc.__class__.__name__}") from exc
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"'{path.name}' must be a mapping")
+        data.update(loaded or {})
+        if isinstance(data.get("policies"), str) and not os.path.isabs(data["policies"]):
+            data["policies"] = str((state_dir / data["policies"]).resolve())
+    env_url = os.environ.get("OPSGATE_DATABASE_URL")
+    if env_url:
+        data["database_url"] = env_url
+    if overrides:
+        data.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "config"
+        raise ConfigError(f"invalid configuration at '{where}': {first['msg'].lower()}") from exc

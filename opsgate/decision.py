@@ -1,0 +1,62 @@
+"""The value every authorization step returns: an effect plus the reasons for it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+Effect = Literal["allow", "deny", "require_approval"]
+EFFECTS: tuple[Effect, ...] = ("allow", "deny", "require_approval")
+# Combining order: a higher rank wins.
+EFFECT_RANK: dict[str, int] = {"allow": 0, "require_approval": 1, "deny": 2}
+
+
+@dataclass(frozen=True, slots=True)
+class MatchedRule:
+    """A policy rule that matched (or errored and so counted as matched)."""
+
+    policy: str
+    rule: int  # index of the rule inside its policy, from 0
+    effect: Effect
+    description: str = ""
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """Effect, the rules that decided, why, who may approve, and what went wrong on the way."""
+
+    effect: Effect
+    reasons: tuple[str, ...] = ()
+    matched: tuple[MatchedRule, ...] = ()
+    approvers: tuple[str, ...] = ()
+    min_approvals: int = 0
+    expires_in_seconds: int | None = None
+    errors: tuple[str, ...] = ()
+    extra: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    @property
+    def allowed(self) -> bool:
+        return self.effect == "allow"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "effect": self.effect,
+            "reasons": list(self.reasons),
+            "matched": [
+                {"policy": m.policy, "rule": m.rule, "effect": m.effect, "error": m.error}
+                for m in self.matched
+            ],
+            "approvers": list(self.approvers),
+            "min_approvals": self.min_approvals,
+            "expires_in_seconds": self.expires_in_seconds,
+            "errors": list(self.errors),
+        }
+
+
+def allow(*reasons: str) -> Decision:
+    return Decision("allow", tuple(reasons))
+
+
+def deny(*reasons: str) -> Decision:
+    return Decision("deny", tuple(reasons))

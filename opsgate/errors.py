@@ -1,0 +1,115 @@
+"""One exception family for everything opsgate refuses or fails at.
+
+    OpsgateError                      code: "error"
+    ├── ConfigError                   config_invalid, ...
+    ├── CapabilityError               capability_malformed, capability_unrestricted, not_covered
+    ├── AgentError                    agent_not_found, agent_exists, agent_inactive, ...
+    ├── DelegationError               delegation_not_covered, depth_exceeded, outlives_parent, ...
+    ├── CredentialError               scope_not_covered, ttl_too_long, ttl_invalid (issuing)
+    ├── InvalidCredential             bad_signature, alg_not_allowed, expired, revoked, ... (verifying)
+    ├── PolicyError                   policy_syntax, policy_unknown_name, ... (loading)
+    ├── ApprovalError                 approval_not_found, not_an_approver, self_approval, ...
+    ├── OperationError                operation_denied, executor_missing, operation_failed, ...
+    ├── AuditError                    audit_write_failed, audit_corrupt, anchor_invalid
+    ├── SecretError                   secret_not_found, ...
+    └── StoreError                    store_unavailable, ...
+
+Surfaces (CLI, HTTP, MCP) map `.code`, never message text. Messages are one
+lowercase line with user input quoted; they never contain secret values.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class OpsgateError(Exception):
+    """Base of every error opsgate raises on purpose."""
+
+    default_code = "error"
+
+    def __init__(self, message: str, *, code: str | None = None, **detail: Any) -> None:
+        super().__init__(message)
+        self.code: str = code or self.default_code
+        self.message = message
+        self.detail: dict[str, Any] = detail
+
+    def __str__(self) -> str:
+        return self.message
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(code={self.code!r}, message={self.message!r})"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"error": type(self).__name__, "code": self.code, "message": self.message}
+
+
+class ConfigError(OpsgateError):
+    default_code = "config_invalid"
+
+
+class CapabilityError(OpsgateError):
+    default_code = "capability_malformed"
+
+
+class AgentError(OpsgateError):
+    default_code = "agent_not_found"
+
+
+class DelegationError(OpsgateError):
+    default_code = "delegation_invalid"
+
+
+class CredentialError(OpsgateError):
+    """Refusal to issue a credential (scope, ttl, agent state)."""
+
+    default_code = "credential_refused"
+
+
+class InvalidCredential(OpsgateError):
+    """A presented credential did not verify. The detail goes to the audit log."""
+
+    default_code = "invalid_credential"
+
+
+class PolicyError(OpsgateError):
+    """A policy file could not be loaded; carries file, policy, rule and column."""
+
+    default_code = "policy_invalid"
+
+
+class ApprovalError(OpsgateError):
+    default_code = "approval_refused"
+
+
+class OperationError(OpsgateError):
+    default_code = "operation_failed"
+
+
+class AuditError(OpsgateError):
+    default_code = "audit_write_failed"
+
+
+class SecretError(OpsgateError):
+    default_code = "secret_error"
+
+
+class StoreError(OpsgateError):
+    default_code = "store_unavailable"
+
+
+__all__ = [
+    "AgentError",
+    "ApprovalError",
+    "AuditError",
+    "CapabilityError",
+    "ConfigError",
+    "CredentialError",
+    "DelegationError",
+    "InvalidCredential",
+    "OperationError",
+    "OpsgateError",
+    "PolicyError",
+    "SecretError",
+    "StoreError",
+]
