@@ -23,6 +23,17 @@ class MatchedRule:
 
 
 @dataclass(frozen=True, slots=True)
+class ApprovalRequirement:
+    """One matched require_approval rule: min_approvals distinct people out of approvers."""
+
+    policy: str
+    rule: int
+    approvers: tuple[str, ...]  # resolved individual emails, sorted
+    min_approvals: int
+    expires_in_seconds: int
+
+
+@dataclass(frozen=True, slots=True)
 class Decision:
     """Effect, the rules that decided, why, who may approve, and what went wrong on the way."""
 
@@ -33,6 +44,9 @@ class Decision:
     min_approvals: int = 0
     expires_in_seconds: int | None = None
     errors: tuple[str, ...] = ()
+    # Every matched require_approval rule must be satisfied on its own; `approvers`
+    # and `min_approvals` above are their union and maximum, for display.
+    requirements: tuple[ApprovalRequirement, ...] = ()
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     @property
@@ -51,6 +65,16 @@ class Decision:
             "min_approvals": self.min_approvals,
             "expires_in_seconds": self.expires_in_seconds,
             "errors": list(self.errors),
+            "requirements": [
+                {
+                    "policy": r.policy,
+                    "rule": r.rule,
+                    "approvers": list(r.approvers),
+                    "min_approvals": r.min_approvals,
+                    "expires_in_seconds": r.expires_in_seconds,
+                }
+                for r in self.requirements
+            ],
         }
 
 
