@@ -1,0 +1,589 @@
+"""Append-only, hash-chained audit log with group commit and signed checkpoints.
+
+Each event is stored as the exact canonical JSON that was hashed:
+hash = SHA-256(prev_hash ‖ body). An event passes through small processors
+(redact → chain → store) before it lands. Concurrent appenders are batched into
+one transaction by whichever caller holds the writer lock (group commit), so
+many threads share one fsync while a lone caller pays no thread hop.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+from sqlalchemy import Connection, delete, func, insert, select, update
+from sqlalchemy.exc import SQLAlchemyError
+
+from opsgate.errors import AuditError, OpsgateError
+from opsgate.store import Store, schema
+
+GENESIS_HASH = "0" * 64
+CHECKPOINT_TYPE = "opsgate-audit-checkpoint"
+
+# Keys whose values are never written, whatever a caller passes in.
+_REDACT_KEYS = frozenset(
+    {
+        "token",
+        "credential_token",
+        "approver_token",
+        "password",
+        "secret",
+        "secret_value",
+        "value",
+        "private_key",
+        "proof",
+        "authorization",
+    }
+)
+REDACTED = "[redacted]"
+
+
+def canonical(obj: Any) -> bytes:
+    """Canonical JSON: sorted keys, no whitespace, UTF-8."""
+    try:
+        return orjson.dumps(obj, option=orjson.OPT_SORT_KEYS)
+    except TypeError as exc:
+        raise AuditError(f"audit event is not serialisable: {exc}", code="audit_invalid") from exc
+
+
+def redact(value: Any) -> Any:
+    """Replace the values of secret-bearing keys, recursively."""
+    if isinstance(value, Mapping):
+        return {
+            str(k): (REDACTED if str(k).lower() in _REDACT_KEYS else redact(v))
+            for k, v in value.items()
+        }
+    if isinstance(value, (list, tuple)):
+        return [redact(v) for v in value]
+    return value
+
+
+def chain_hash(prev_hash: str, body: bytes) -> str:
+    return hashlib.sha256(prev_hash.encode("ascii") + body).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class AuditRecord:
+    seq: int
+    at: float
+    type: str
+    actor: str | None
+    event: dict[str, Any]
+    prev_hash: str
+    hash: str
+
+
+@dataclass(slots=True)
+class VerifyReport:
+    """Outcome of `AuditLog.verify`: ok, or the first bad seq and why."""
+
+    ok: bool
+    events: int = 0
+    head_seq: int = 0
+    head_hash: str = GENESIS_HASH
+    first_bad_seq: int | None = None
+    problem: str | None = None  # edit | deletion | insertion | reorder | truncation | replacement
+    reason: str = ""
+    checkpoints_checked: int = 0
+    anchor_checked: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "events": self.events,
+            "head_seq": self.head_seq,
+            "head_hash": self.head_hash,
+            "first_bad_seq": self.first_bad_seq,
+            "problem": self.problem,
+            "reason": self.reason,
+            "checkpoints_checked": self.checkpoints_checked,
+            "anchor_checked": self.anchor_checked,
+        }
+
+
+@dataclass(slots=True)
+class _Pending:
+    event: dict[str, Any]
+    at: float
+    record: AuditRecord | None = None
+    error: BaseException | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    """The head hash signed with the gate key; export it somewhere the database is not."""
+
+    gate: str
+    seq: int
+    hash: str
+    at: float
+    kid: str
+    signature: str
+    public_key: dict[str, str] = field(default_factory=dict)
+
+    def payload(self) -> bytes:
+        return canonical(
+            {
+                "type": CHECKPOINT_TYPE,
+                "gate": self.gate,
+                "seq": self.seq,
+                "hash": self.hash,
+                "at": self.at,
+                "kid": self.kid,
+            }
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "type": CHECKPOINT_TYPE,
+            "gate": self.gate,
+            "seq": self.seq,
+            "hash": self.hash,
+            "at": self.at,
+            "kid": self.kid,
+            "signature": self.signature,
+            "public_key": self.public_key,
+        }
+
+
+# Returns the current (kid, sign) pair atomically; sign(payload) -> base64url signature.
+Signer = Callable[[], tuple[str, Callable[[bytes], str]]]
+SignatureCheck = Callable[[str, bytes, str], bool]  # kid, payload, signature -> valid
+
+
+class AuditLog:
+    """The gate's audit log. Thread-safe; every write is durable before it returns."""
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        gate_id: str,
+        signer: Signer,
+        check_signature: SignatureCheck,
+        public_jwk: Callable[[str], dict[str, str]],
+        checkpoint_every: int = 10_000,
+    ) -> None:
+        self._store = store
+        self._gate_id = gate_id
+        self._signer = signer
+        self._check_signature = check_signature
+        self._public_jwk = public_jwk
+        self._checkpoint_every = checkpoint_every
+        self._queue: list[_Pending] = []
+        self._queue_lock = threading.Lock()
+        self._writer_lock = threading.Lock()
+        self.fail_next: int = 0  # test hook: simulate storage failures
+
+    # -- processors -------------------------------------------------------------
+
+    @staticmethod
+    def _prepare(event_type: str, actor: str | None, fields: Mapping[str, Any]) -> dict[str, Any]:
+        event = {k: v for k, v in redact(fields).items() if v is not None}
+        event["type"] = event_type
+        if actor is not None:
+            event["actor"] = actor
+        return event
+
+    def _chain(self, conn: Connection, pending: list[_Pending]) -> list[AuditRecord]:
+        """Number and hash events after the current head, inside a write transaction."""
+        head_q = select(schema.audit_head.c.seq, schema.audit_head.c.hash).where(
+            schema.audit_head.c.id == 1
+        )
+        if not self._store.is_sqlite:
+            head_q = head_q.with_for_update()
+        head = conn.execute(head_q).one()
+        seq, prev = int(head[0]), str(head[1])
+        records: list[AuditRecord] = []
+        for p in pending:
+            seq += 1
+            event = dict(p.event)
+            event["seq"] = seq
+            event["at"] = p.at
+            body = canonical(event)
+            digest = chain_hash(prev, body)
+            records.append(
+                AuditRecord(seq, p.at, event["type"], event.get("actor"), event, prev, digest)
+            )
+            prev = digest
+        return records
+
+    def _store_records(self, conn: Connection, records: list[AuditRecord]) -> None:
+        conn.execute(
+            insert(schema.audit_events),
+            [
+                {
+                    "seq": r.seq,
+                    "at": r.at,
+                    "type": r.type,
+                    "actor": r.actor,
+                    "body": canonical(r.event).decode("utf-8"),
+                    "prev_hash": r.prev_hash,
+                    "hash": r.hash,
+                }
+                for r in records
+            ],
+        )
+        last = records[-1]
+        conn.execute(
+            update(schema.audit_head)
+            .where(schema.audit_head.c.id == 1)
+            .values(seq=last.seq, hash=last.hash)
+        )
+        every = self._checkpoint_every
+        if every and (records[0].seq - 1) // every != last.seq // every:
+            self._write_checkpoint(conn, last.seq, last.hash, last.at)
+
+    # -- appending --------------------------------------------------------------
+
+    def append(
+        self, event_type: str, *, actor: str | None = None, at: float | None = None, **fields: Any
+    ) -> AuditRecord:
+        """Durably append one event; raises AuditError (fail closed) if it cannot."""
+        slot = _Pending(self._prepare(event_type, actor, fields), time.time() if at is None else at)
+        with self._queue_lock:
+            self._queue.append(slot)
+        with self._writer_lock:
+            if slot.record is None and slot.error is None:
+                with self._queue_lock:
+                    batch, self._queue = self._queue, []
+                self._write_batch(batch)
+        if slot.error is not None:
+            raise AuditError(
+                f"audit write failed: {slot.error.__class__.__name__}", code="audit_write_failed"
+            ) from slot.error
+        assert slot.record is not None
+        return slot.record
+
+    def _write_batch(self, batch: list[_Pending]) -> None:
+        try:
+            if self.fail_next > 0:
+                self.fail_next -= 1
+                raise OSError("simulated audit storage failure")
+            with self._store.write() as conn:
+                records = self._chain(conn, batch)
+                self._store_records(conn, records)
+        except (SQLAlchemyError, OSError, OpsgateError) as exc:
+            for p in batch:
+                p.error = exc
+            return
+        for p, r in zip(batch, records, strict=True):
+            p.record = r
+
+    def append_in(
+        self,
+        conn: Connection,
+        event_type: str,
+        *,
+        actor: str | None = None,
+        at: float | None = None,
+        **fields: Any,
+    ) -> AuditRecord:
+        """Append inside a caller's write transaction, so a state change and its record commit together."""
+        if self.fail_next > 0:
+            self.fail_next -= 1
+            raise AuditError("audit write failed: OSError", code="audit_write_failed")
+        slot = _Pending(self._prepare(event_type, actor, fields), time.time() if at is None else at)
+        try:
+            records = self._chain(conn, [slot])
+            self._store_records(conn, records)
+        except SQLAlchemyError as exc:
+            raise AuditError(
+                f"audit write failed: {exc.__class__.__name__}", code="audit_write_failed"
+            ) from exc
+        return records[0]
+
+    # -- checkpoints ------------------------------------------------------------
+
+    def _write_checkpoint(self, conn: Connection, seq: int, digest: str, at: float) -> Checkpoint:
+        kid, sign = self._signer()
+        signature = sign(Checkpoint(self._gate_id, seq, digest, at, kid, "").payload())
+        conn.execute(delete(schema.audit_checkpoints).where(schema.audit_checkpoints.c.seq == seq))
+        conn.execute(
+            insert(schema.audit_checkpoints).values(
+                seq=seq, hash=digest, at=at, kid=kid, signature=signature
+            )
+        )
+        return Checkpoint(
+            self._gate_id, seq, digest, at, kid, signature, public_key=self._public_jwk(kid)
+        )
+
+    def checkpoint(self, *, at: float | None = None) -> Checkpoint:
+        """Sign the current head and store the checkpoint; returns it for export."""
+        with self._writer_lock:
+            try:
+                with self._store.write() as conn:
+                    head = conn.execute(
+                        select(schema.audit_head.c.seq, schema.audit_head.c.hash)
+                    ).one()
+                    return self._write_checkpoint(
+                        conn, int(head[0]), str(head[1]), time.time() if at is None else at
+                    )
+            except SQLAlchemyError as exc:
+                raise AuditError(
+                    f"checkpoint failed: {exc.__class__.__name__}", code="audit_write_failed"
+                ) from exc
+
+    def export_checkpoint(self, path: Path) -> Checkpoint:
+        cp = self.checkpoint()
+        path.write_text(json.dumps(cp.to_dict(), indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        return cp
+
+    # -- reading ----------------------------------------------------------------
+
+    def head(self) -> tuple[int, str]:
+        with self._store.read() as conn:
+            row = conn.execute(select(schema.audit_head.c.seq, schema.audit_head.c.hash)).one()
+        return int(row[0]), str(row[1])
+
+    def count(self) -> int:
+        with self._store.read() as conn:
+            return int(
+                conn.execute(select(func.count()).select_from(schema.audit_events)).scalar_one()
+            )
+
+    def tail(
+        self, limit: int = 20, *, event_type: str | None = None, actor: str | None = None
+    ) -> list[AuditRecord]:
+        t = schema.audit_events
+        q = select(t).order_by(t.c.seq.desc()).limit(max(1, min(limit, 10_000)))
+        if event_type:
+            q = q.where(t.c.type == event_type)
+        if actor:
+            q = q.where(t.c.actor == actor)
+        with self._store.read() as conn:
+            rows = conn.execute(q).all()
+        return [self._record(r) for r in reversed(rows)]
+
+    def events(self, *, after_seq: int = 0, batch: int = 5000) -> Iterator[AuditRecord]:
+        """Every event in seq order (for export)."""
+        t = schema.audit_events
+        last = after_seq
+        while True:
+            with self._store.read() as conn:
+                rows = conn.execute(
+                    select(t).where(t.c.seq > last).order_by(t.c.seq).limit(batch)
+                ).all()
+            if not rows:
+                return
+            for r in rows:
+                yield self._record(r)
+            last = int(rows[-1].seq)
+
+    @staticmethod
+    def _record(r: Any) -> AuditRecord:
+        return AuditRecord(
+            int(r.seq), float(r.at), r.type, r.actor, orjson.loads(r.body), r.prev_hash, r.hash
+        )
+
+    # -- verification -----------------------------------------------------------
+
+    def _iter_rows(self) -> Iterator[tuple[Any, ...]]:
+        """Stream (seq, at, type, actor, body, prev_hash, hash) in seq order, cheaply."""
+        sql = "SELECT seq, at, type, actor, body, prev_hash, hash FROM audit_events ORDER BY seq"
+        raw = self._store._read_engine.raw_connection()
+        try:
+            if self._store.is_sqlite:
+                cur = raw.cursor()
+                cur.execute("BEGIN")
+            else:
+                cur = raw.driver_connection.cursor(name="opsgate_audit_verify")  # server-side
+                cur.itersize = 20_000
+            cur.execute(sql)
+            while True:
+                rows = cur.fetchmany(20_000)
+                if not rows:
+                    break
+                yield from rows
+            cur.close()
+        finally:
+            try:
+                raw.rollback()
+            finally:
+                raw.close()
+
+    def _seq_with_hash(self, digest: str) -> int | None:
+        with self._store.read() as conn:
+            row = conn.execute(
+                select(schema.audit_events.c.seq).where(schema.audit_events.c.hash == digest)
+            ).first()
+        return None if row is None else int(row[0])
+
+    def verify(self, anchor: Checkpoint | None = None) -> VerifyReport:
+        """Walk the whole chain; report the first bad seq and why (never raises on tampering)."""
+        with self._store.read() as conn:
+            cps = {int(r.seq): r for r in conn.execute(select(schema.audit_checkpoints)).all()}
+        report = VerifyReport(ok=True)
+        prev_hash, expected = GENESIS_HASH, 1
+        seen: dict[str, int] = {}
+        cp_hashes: dict[int, str] = {}
+        loads = orjson.loads
+        sha = hashlib.sha256
+        for seq, at, etype, actor, body, row_prev, row_hash in self._iter_rows():
+            if seq != expected:
+                return self._fail(report, expected, "deletion", f"seq {expected} is missing")
+            raw = body.encode("utf-8") if isinstance(body, str) else bytes(body)
+            if sha(row_prev.encode("ascii") + raw).hexdigest() != row_hash:
+                return self._fail(report, seq, "edit", "event content does not match its hash")
+            try:
+                ev = loads(raw)
+                consistent = (
+                    ev["seq"] == seq
+                    and ev["type"] == etype
+                    and ev.get("actor") == actor
+                    and ev["at"] == at
+                )
+            except (orjson.JSONDecodeError, KeyError, TypeError):
+                return self._fail(report, seq, "edit", "event body is not a valid event")
+            if row_prev != prev_hash or ev["seq"] != seq:
+                return self._classify_link(report, seq, ev.get("seq"), row_prev, prev_hash, seen)
+            if not consistent:
+                return self._fail(
+                    report, seq, "edit", "indexed columns differ from the hashed event"
+                )
+            if seq in cps:
+                cp_hashes[seq] = row_hash
+            if len(seen) < 4096:
+                seen[row_hash] = seq
+            else:
+                seen = {row_hash: seq}
+            prev_hash, expected = row_hash, expected + 1
+        report.events = expected - 1
+        report.head_seq = expected - 1
+        report.head_hash = prev_hash
+        with self._store.read() as conn:
+            head = conn.execute(select(schema.audit_head.c.seq, schema.audit_head.c.hash)).one()
+        if int(head[0]) != report.head_seq or str(head[1]) != prev_hash:
+            if int(head[0]) > report.head_seq:
+                return self._fail(
+                    report,
+                    report.head_seq + 1,
+                    "truncation",
+                    f"the head says seq {int(head[0])} but the log ends at {report.head_seq}",
+                )
+            return self._fail(
+                report, int(head[0]), "edit", "the stored head does not match the chain"
+            )
+        for cp_seq, cp in sorted(cps.items()):
+            stored = Checkpoint(self._gate_id, cp_seq, cp.hash, float(cp.at), cp.kid, cp.signature)
+            if not self._check_signature(cp.kid, stored.payload(), cp.signature):
+                return self._fail(
+                    report, cp_seq, "replacement", "a stored checkpoint has a bad signature"
+                )
+            if cp_seq > report.head_seq:
+                return self._fail(
+                    report,
+                    report.head_seq + 1,
+                    "truncation",
+                    f"checkpoint at seq {cp_seq} is beyond the end of the log",
+                )
+            if cp_hashes.get(cp_seq) != cp.hash:
+                return self._fail(
+                    report, cp_seq, "replacement", "the chain does not match a signed checkpoint"
+                )
+            report.checkpoints_checked += 1
+        if anchor is not None:
+            report.anchor_checked = True
+            return self._check_anchor(report, anchor)
+        return report
+
+    def _check_anchor(self, report: VerifyReport, anchor: Checkpoint) -> VerifyReport:
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+        from opsgate.identity.keys import b64url_decode, verify_signature
+
+        try:
+            key = Ed25519PublicKey.from_public_bytes(b64url_decode(anchor.public_key["x"]))
+            sig = b64url_decode(anchor.signature)
+        except (KeyError, ValueError) as exc:
+            raise AuditError("anchor file is malformed", code="anchor_invalid") from exc
+        if not verify_signature(key, sig, anchor.payload()):
+            raise AuditError("anchor signature does not verify", code="anchor_invalid")
+        if anchor.gate != self._gate_id:
+            return self._fail(report, 1, "replacement", "the anchor belongs to another gate's log")
+        if anchor.seq > report.head_seq:
+            return self._fail(
+                report,
+                report.head_seq + 1,
+                "truncation",
+                f"the anchor covers seq {anchor.seq} but the log ends at {report.head_seq}",
+            )
+        if anchor.seq > 0:
+            with self._store.read() as conn:
+                row = conn.execute(
+                    select(schema.audit_events.c.hash).where(
+                        schema.audit_events.c.seq == anchor.seq
+                    )
+                ).first()
+            if row is None or row[0] != anchor.hash:
+                return self._fail(
+                    report,
+                    anchor.seq,
+                    "replacement",
+                    "the log up to the anchor differs from what the anchor signed",
+                )
+        return report
+
+    def _classify_link(
+        self,
+        report: VerifyReport,
+        seq: int,
+        body_seq: Any,
+        row_prev: str,
+        expected_prev: str,
+        seen: dict[str, int],
+    ) -> VerifyReport:
+        """A broken link: tell deletion, insertion, reorder and a rewritten predecessor apart."""
+        if row_prev in seen and seen[row_prev] < seq - 1:
+            first = seen[row_prev] + 1
+            return self._fail(report, first, "insertion", f"event(s) inserted at seq {first}")
+        later = self._seq_with_hash(row_prev)
+        if later is not None and later > seq:
+            return self._fail(report, seq, "reorder", f"event at seq {seq} is out of order")
+        if isinstance(body_seq, int) and body_seq > seq:
+            return self._fail(
+                report, seq, "deletion", f"event(s) before seq {body_seq} were deleted"
+            )
+        if isinstance(body_seq, int) and body_seq < seq:
+            return self._fail(report, seq, "insertion", f"event(s) inserted before seq {seq}")
+        if row_prev != expected_prev:
+            return self._fail(
+                report, seq - 1, "edit", f"event at seq {seq - 1} was rewritten (its hash changed)"
+            )
+        return self._fail(report, seq, "edit", "event sequence number was changed")
+
+    @staticmethod
+    def _fail(report: VerifyReport, seq: int, problem: str, reason: str) -> VerifyReport:
+        report.ok = False
+        report.first_bad_seq = seq
+        report.problem = problem
+        report.reason = reason
+        return report
+
+
+def load_anchor(path: Path) -> Checkpoint:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if data.get("type") != CHECKPOINT_TYPE:
+            raise ValueError("not a checkpoint")
+        return Checkpoint(
+            gate=str(data["gate"]),
+            seq=int(data["seq"]),
+            hash=str(data["hash"]),
+            at=float(data["at"]),
+            kid=str(data["kid"]),
+            signature=str(data["signature"]),
+            public_key=dict(data["public_key"]),
+        )
+    except FileNotFoundError as exc:
+        raise AuditError(f"anchor file '{path}' not found", code="anchor_missing") from exc
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise AuditError(f"anchor file '{path.name}' is malformed", code="anchor_invalid") from exc

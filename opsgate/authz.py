@@ -1,0 +1,134 @@
+"""Steps 3 and 4 of the one path as a pure function: scope, grants, policy, trust.
+
+No I/O and no clock: the caller passes the agent's state, its effective trust,
+the parsed request and the time attributes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from opsgate import capabilities as caps
+from opsgate.config import TrustConfig
+from opsgate.decision import ApprovalRequirement, Decision, MatchedRule
+from opsgate.state import AgentState
+
+
+class PolicyEngine(Protocol):
+    def decide(self, request: Any) -> Decision: ...
+
+
+@dataclass(frozen=True, slots=True)
+class AuthzRequest:
+    agent: AgentState
+    trust: int  # effective trust
+    scope: tuple[caps.Capability, ...]
+    capability: caps.Capability
+    environment: str | None
+    destructive: bool = False
+    params: Mapping[str, Any] = field(default_factory=dict)
+    hour: int = 0
+    weekday: int = 0
+    minute: int = 0
+
+
+PRODUCTION = "production"
+
+
+def environment_of(cap: caps.Capability) -> str:
+    """For a bare capability the environment is its first resource segment."""
+    return cap.segments[0]
+
+
+def authorize(
+    req: AuthzRequest,
+    policies: PolicyEngine | None,
+    trust: TrustConfig,
+    trust_approvers: tuple[str, ...],
+) -> Decision:
+    """Scope ⊆ grants, then policy, then trust thresholds. Deny wins; errors never allow."""
+    cap = req.capability
+    if not caps.covered_by_any(req.scope, cap):
+        return Decision(
+            "deny",
+            (f"{str(cap)!r} is not in the credential's scope",),
+            extra={"violation": "out_of_scope"},
+        )
+    grant = req.agent.grant
+    if grant is None or not caps.covered_by_any(grant.parsed, cap):
+        return Decision(
+            "deny",
+            (f"{str(cap)!r} is not granted to agent {req.agent.name!r}",),
+            extra={"violation": "not_granted"},
+        )
+    if policies is None:
+        decision = Decision("allow", (f"{str(cap)!r} is covered by scope and grants",))
+    else:
+        from opsgate.policy import PolicyRequest
+
+        decision = policies.decide(
+            PolicyRequest(
+                action=cap.action,
+                resource=cap.resource,
+                capability=str(cap),
+                environment=req.environment,
+                destructive=req.destructive,
+                agent_name=req.agent.name,
+                agent_did=req.agent.did,
+                agent_trust_score=req.trust,
+                agent_depth=req.agent.depth,
+                agent_sponsor=req.agent.sponsor,
+                params=dict(req.params),
+                hour=req.hour,
+                weekday=req.weekday,
+                minute=req.minute,
+            )
+        )
+    if decision.effect == "deny":
+        return _with(decision, violation="policy_deny")
+    if req.environment == PRODUCTION and req.trust < trust.approval_below:
+        reason = f"trust {req.trust} is below {trust.approval_below}: production operations need approval"
+        if not trust_approvers:
+            return Decision(
+                "deny",
+                (*decision.reasons, reason, "no trust approvers are configured, so it is refused"),
+                decision.matched,
+                errors=decision.errors,
+                extra={"trust_gate": True},
+            )
+        requirement = ApprovalRequirement(
+            policy="trust-threshold",
+            rule=0,
+            approvers=trust_approvers,
+            min_approvals=1,
+            expires_in_seconds=3600,
+        )
+        requirements = (*decision.requirements, requirement)
+        return Decision(
+            "require_approval",
+            (*decision.reasons, reason),
+            (*decision.matched, MatchedRule("trust-threshold", 0, "require_approval", reason)),
+            approvers=tuple(sorted(set(decision.approvers) | set(trust_approvers))),
+            min_approvals=max(decision.min_approvals, 1),
+            expires_in_seconds=min(r.expires_in_seconds for r in requirements),
+            errors=decision.errors,
+            requirements=requirements,
+            extra={"trust_gate": True},
+        )
+    return decision
+
+
+def _with(decision: Decision, **extra: Any) -> Decision:
+    return Decision(
+        decision.effect,
+        decision.reasons,
+        decision.matched,
+        decision.approvers,
+        decision.min_approvals,
+        decision.expires_in_seconds,
+        decision.errors,
+        decision.requirements,
+        extra={**decision.extra, **extra},
+    )

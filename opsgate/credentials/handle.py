@@ -1,0 +1,67 @@
+"""A self-renewing credential for one agent and scope, for SDK callers."""
+
+from __future__ import annotations
+
+import threading
+from datetime import datetime
+from typing import TYPE_CHECKING
+
+from opsgate.credentials.manager import Credential, to_epoch
+from opsgate.credentials.proof import make_proof
+
+if TYPE_CHECKING:
+    from opsgate.gate import Gate
+    from opsgate.identity.registry import Agent
+
+
+class CredentialHandle:
+    """Holds the current credential; replaces it once less than a third of its life is left.
+
+    The replaced token stays valid until its own expiry, so requests in flight
+    are never cut off by a renewal.
+    """
+
+    def __init__(
+        self, gate: Gate, agent: Agent, scope: list[str], ttl_minutes: float | None
+    ) -> None:
+        self._gate = gate
+        self._agent = agent
+        self._scope = list(scope)
+        self._ttl = ttl_minutes
+        self._lock = threading.Lock()
+        self._current: Credential | None = None
+        self.renewals = 0
+        self.current()  # issue now: scope errors surface at creation, not at first use
+
+    def current(self, now: datetime | float | None = None) -> Credential:
+        t = to_epoch(now)
+        with self._lock:
+            c = self._current
+            if c is None or t >= self._renew_at(c):
+                if c is not None:
+                    self.renewals += 1
+                c = self._gate.credential_manager.issue_credential(
+                    self._agent.did, self._scope, self._ttl, now=t
+                )
+                self._current = c
+            return c
+
+    @staticmethod
+    def _renew_at(c: Credential) -> float:
+        issued, expires = c.issued_at.timestamp(), c.expires_at.timestamp()
+        return expires - (expires - issued) / 3
+
+    @property
+    def token(self) -> str:
+        return self.current().token
+
+    def proof(self, context: str, now: datetime | float | None = None) -> str:
+        """Proof of possession of the agent's key for one request (`context`)."""
+        t = to_epoch(now)
+        key = self._gate.agents.private_key(self._agent.did)
+        return make_proof(key, self.current(t).token, context, t)
+
+    def __repr__(self) -> str:
+        c = self._current
+        jti = c.jti if c else None
+        return f"CredentialHandle(agent={self._agent.name!r}, scope={self._scope!r}, jti={jti!r})"

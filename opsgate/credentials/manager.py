@@ -1,0 +1,448 @@
+"""Issue, verify and revoke short-lived credentials (EdDSA JWTs bound to the agent's key).
+
+Verification raises `InvalidCredential` with a stable code and never returns
+False. A credential seen before skips the signature check (kept in a bounded
+cache keyed by the exact token), but expiry, revocation and the agent's state
+are checked on every use. Costs are dictionary lookups: they do not grow with
+the number of agents, issued or revoked credentials.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import secrets
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import select, update
+
+from opsgate import capabilities as caps
+from opsgate.config import HARD_TTL_CEILING_MINUTES, Config
+from opsgate.credentials import jws
+from opsgate.credentials.keyring import KeyRing
+from opsgate.credentials.proof import ProofChecker
+from opsgate.errors import CapabilityError, CredentialError, InvalidCredential
+from opsgate.identity.keys import b64url
+from opsgate.state import LiveState
+from opsgate.store import Store, schema
+
+if TYPE_CHECKING:
+    from opsgate.audit.log import AuditLog
+    from opsgate.identity.registry import AgentRegistry
+
+_JTI = re.compile(r"[A-Za-z0-9_-]{22,64}\Z")
+_CACHE_MAX = 100_000
+
+
+def _ms_floor(t: float) -> float:
+    return math.floor(t * 1000) / 1000
+
+
+def to_epoch(now: datetime | float | None) -> float:
+    """Accept an aware datetime (or epoch seconds); naive datetimes are ambiguous, so refused."""
+    if now is None:
+        return time.time()
+    if isinstance(now, datetime):
+        if now.tzinfo is None:
+            raise CredentialError("'now' must be a timezone-aware datetime", code="naive_datetime")
+        return now.timestamp()
+    if isinstance(now, bool) or not isinstance(now, (int, float)) or not math.isfinite(now):
+        raise CredentialError("'now' must be a datetime", code="invalid_time")
+    return float(now)
+
+
+@dataclass(frozen=True, slots=True)
+class Credential:
+    """An issued credential. The token is a bearer secret: it is never in repr()."""
+
+    token: str = field(repr=False)
+    jti: str
+    agent_id: str
+    scope: list[str]
+    issued_at: datetime
+    expires_at: datetime
+    kid: str
+
+    @property
+    def ttl_seconds(self) -> float:
+        return (self.expires_at - self.issued_at).total_seconds()
+
+
+@dataclass(frozen=True, slots=True)
+class Claims:
+    """Verified claims of a credential."""
+
+    sub: str
+    jti: str
+    scope: tuple[str, ...]
+    iat: float
+    nbf: float
+    exp: float
+    iss: str
+    aud: str
+    jkt: str
+    kid: str
+    parsed_scope: tuple[caps.Capability, ...] = field(repr=False, compare=False)
+
+    @property
+    def agent_id(self) -> str:
+        return self.sub
+
+    @property
+    def expires_at(self) -> datetime:
+        return datetime.fromtimestamp(self.exp, UTC)
+
+    def __getitem__(self, key: str) -> Any:
+        if key == "cnf":
+            return {"jkt": self.jkt}
+        if key == "scope":
+            return list(self.scope)
+        if key in ("sub", "jti", "iat", "nbf", "exp", "iss", "aud"):
+            return getattr(self, key)
+        raise KeyError(key)
+
+
+class CredentialManager:
+    """The gate's credential authority."""
+
+    def __init__(
+        self,
+        *,
+        config: Config,
+        store: Store,
+        keyring: KeyRing,
+        state: LiveState,
+        audit: AuditLog,
+        agents: AgentRegistry,
+        issuer: str,
+    ) -> None:
+        self._config = config
+        self._limits = config.limits
+        self._store = store
+        self._keyring = keyring
+        self._state = state
+        self._audit = audit
+        self._agents = agents
+        self.issuer = issuer
+        self.audience = config.audience
+        self._seen: dict[str, Claims] = {}
+        self._seen_lock = threading.Lock()
+        self.proofs = ProofChecker()
+
+    # -- issuing ------------------------------------------------------------------
+
+    def _ttl_seconds(self, ttl_minutes: object) -> float:
+        limit = self._limits.max_ttl_minutes
+        if ttl_minutes is None:
+            return self._limits.default_ttl_minutes * 60.0
+        if isinstance(ttl_minutes, bool) or not isinstance(ttl_minutes, (int, float)):
+            raise CredentialError("ttl_minutes must be a number of minutes", code="ttl_invalid")
+        if not math.isfinite(ttl_minutes) or ttl_minutes <= 0:
+            raise CredentialError(
+                f"ttl_minutes must be greater than 0, got {ttl_minutes!r}", code="ttl_invalid"
+            )
+        if ttl_minutes > limit:
+            raise CredentialError(
+                f"ttl_minutes {ttl_minutes!r} exceeds the configured maximum of {limit} "
+                f"(hard ceiling {HARD_TTL_CEILING_MINUTES})",
+                code="ttl_too_long",
+            )
+        return float(ttl_minutes) * 60.0
+
+    def _check_scope(self, scope: object, grants: tuple[caps.Capability, ...]) -> list[str]:
+        if isinstance(scope, str) or not isinstance(scope, (list, tuple)) or not scope:
+            raise CredentialError(
+                "scope must be a non-empty list of capabilities", code="scope_invalid"
+            )
+        if len(scope) > self._limits.max_scope_entries:
+            raise CredentialError(
+                f"scope has more than {self._limits.max_scope_entries} entries",
+                code="scope_invalid",
+            )
+        out: list[str] = []
+        for entry in scope:
+            cap = caps.parse_grant(entry)  # CapabilityError for malformed / unrestricted
+            if not caps.covered_by_any(grants, cap):
+                raise CredentialError(
+                    f"scope {entry!r} is not covered by the agent's grants",
+                    code="scope_not_covered",
+                )
+            if entry not in out:
+                out.append(entry)
+        return out
+
+    def issue_credential(
+        self,
+        agent_id: str,
+        scope: list[str],
+        ttl_minutes: float | None = None,
+        *,
+        now: datetime | float | None = None,
+    ) -> Credential:
+        """Issue a credential for `scope` (each entry covered by the agent's grants)."""
+        t = _ms_floor(to_epoch(now))
+        ttl = self._ttl_seconds(ttl_minutes)
+        state = self._agents.state(agent_id)
+        refusal = state.usable_at(t)
+        if refusal is not None:
+            raise CredentialError(
+                f"agent {state.name!r} cannot receive credentials ({refusal.replace('_', ' ')})",
+                code=refusal,
+            )
+        assert state.grant is not None
+        try:
+            granted = self._check_scope(scope, state.grant.parsed)
+        except (CredentialError, CapabilityError) as exc:
+            self._audit.append(
+                "credential.refused", actor=state.did, at=t, code=exc.code, reason=exc.message
+            )
+            raise
+        exp = round(t + ttl, 3)
+        if state.expires_at is not None:
+            exp = min(exp, state.expires_at)
+        kid, key = self._keyring.signer()
+        jti = b64url(secrets.token_bytes(16))
+        claims = {
+            "iss": self.issuer,
+            "sub": state.did,
+            "aud": self.audience,
+            "iat": t,
+            "nbf": t,
+            "exp": exp,
+            "jti": jti,
+            "scope": granted,
+            "cnf": {"jkt": state.jkt},
+        }
+        token = jws.encode(claims, key, kid)
+        self._audit.append(
+            "credential.issued",
+            actor=state.did,
+            at=t,
+            jti=jti,
+            scope=granted,
+            expires_at=exp,
+            kid=kid,
+        )
+        return Credential(
+            token=token,
+            jti=jti,
+            agent_id=state.did,
+            scope=granted,
+            issued_at=datetime.fromtimestamp(t, UTC),
+            expires_at=datetime.fromtimestamp(exp, UTC),
+            kid=kid,
+        )
+
+    # -- verifying ------------------------------------------------------------------
+
+    def verify(
+        self,
+        token: object,
+        *,
+        now: datetime | float | None = None,
+        proof: str | None = None,
+        proof_context: str = "",
+        audit: bool = True,
+    ) -> Claims:
+        """Check signature, algorithm, issuer, audience, time, revocation, agent and binding."""
+        t = to_epoch(now)
+        self._state.maybe_refresh()
+        try:
+            claims = self._seen.get(token) if isinstance(token, str) else None  # type: ignore[call-overload]
+            if claims is None:
+                claims = self._verify_fresh(token)
+            self._check_live(claims, t)
+            if proof is not None or self._config.require_proof:
+                if proof is None:
+                    raise InvalidCredential(
+                        "credential presented without proof of its key", code="missing_proof"
+                    )
+                assert isinstance(token, str)
+                self.proofs.check(
+                    proof,
+                    token=token,
+                    sub=claims.sub,
+                    ctx=proof_context,
+                    now=t,
+                    leeway=self._limits.leeway_seconds,
+                )
+        except InvalidCredential as exc:
+            if "agent" not in exc.detail:
+                exc.detail["agent"] = None
+            if audit:
+                self._audit_rejection(exc, t)
+            raise
+        return claims
+
+    def _verify_fresh(self, token: object) -> Claims:
+        header, p, signing_input, signature = jws.split(
+            token,
+            max_bytes=self._limits.max_token_bytes,
+            allowed_algs=self._limits.allowed_algorithms,
+        )
+        key = self._keyring.get(header["kid"])
+        if key is None:
+            self._state.refresh(force=True)  # a replica may have rotated a moment ago
+            key = self._keyring.get(header["kid"])
+            if key is None:
+                raise InvalidCredential("token is signed with an unknown key", code="unknown_kid")
+        jws.check_signature(key.public, signing_input, signature)
+        c = jws.payload(p)
+        claims = self._claims(c, header["kid"])
+        if key.retired_at is not None and claims.iat > key.retired_at:
+            raise InvalidCredential("token is signed with a retired key", code="bad_signature")
+        assert isinstance(token, str)
+        with self._seen_lock:
+            if len(self._seen) >= _CACHE_MAX:
+                for k in list(self._seen)[: _CACHE_MAX // 2]:
+                    del self._seen[k]
+            self._seen[token] = claims
+        return claims
+
+    def _claims(self, c: dict[str, Any], kid: str) -> Claims:
+        def bad(what: str, code: str = "malformed") -> InvalidCredential:
+            return InvalidCredential(f"token {what}", code=code)
+
+        if c.get("iss") != self.issuer:
+            raise bad("was issued by another issuer", "bad_issuer")
+        if c.get("aud") != self.audience:
+            raise bad("is meant for another audience", "bad_audience")
+        sub, jti, scope, cnf = c.get("sub"), c.get("jti"), c.get("scope"), c.get("cnf")
+        if not isinstance(sub, str) or not sub.startswith("did:key:"):
+            raise bad("has no valid subject")
+        if not isinstance(jti, str) or not _JTI.match(jti):
+            raise bad("has no valid id")
+        times = [c.get(k) for k in ("iat", "nbf", "exp")]
+        if any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in times):
+            raise bad("has malformed time claims")
+        iat, nbf, exp = (float(v) for v in times)  # type: ignore[arg-type]
+        if not (math.isfinite(iat) and math.isfinite(nbf) and math.isfinite(exp)):
+            raise bad("has malformed time claims")
+        if exp <= iat or exp - iat > HARD_TTL_CEILING_MINUTES * 60 + 1:
+            raise bad("has a lifetime outside the allowed range", "bad_lifetime")
+        if (
+            not isinstance(scope, list)
+            or not scope
+            or len(scope) > self._limits.max_scope_entries
+            or not all(isinstance(s, str) for s in scope)
+        ):
+            raise bad("has a malformed scope")
+        try:
+            parsed = caps.parse_all(scope, grant=True)
+        except CapabilityError as exc:
+            raise bad("has a malformed scope") from exc
+        if not isinstance(cnf, dict) or not isinstance(cnf.get("jkt"), str):
+            raise bad("is not bound to a key", "unbound")
+        allowed = {"iss", "sub", "aud", "iat", "nbf", "exp", "jti", "scope", "cnf"}
+        if not allowed.issuperset(c):
+            raise bad("has unexpected claims")
+        return Claims(
+            sub=sub,
+            jti=jti,
+            scope=tuple(scope),
+            iat=iat,
+            nbf=nbf,
+            exp=exp,
+            iss=c["iss"],
+            aud=c["aud"],
+            jkt=cnf["jkt"],
+            kid=kid,
+            parsed_scope=parsed,
+        )
+
+    def _check_live(self, claims: Claims, t: float) -> None:
+        """Everything that can change after issuance; charged to the (proven) agent."""
+        leeway = self._limits.leeway_seconds
+
+        def misuse(message: str, code: str) -> InvalidCredential:
+            return InvalidCredential(
+                message, code=code, agent=claims.sub, misuse=True, jti=claims.jti
+            )
+
+        state = self._state.agent(claims.sub)
+        if state is None:
+            raise InvalidCredential("token subject is not a known agent", code="unknown_agent")
+        if state.jkt != claims.jkt:
+            raise InvalidCredential("token is bound to another key", code="unbound")
+        if t >= claims.exp + leeway:
+            raise misuse("credential has expired", "expired")
+        if t < claims.nbf - leeway:
+            raise InvalidCredential(
+                "credential is not valid yet", code="not_yet_valid", agent=claims.sub
+            )
+        if self._state.is_revoked(claims.jti):
+            raise misuse("credential has been revoked", "revoked")
+        nb = state.credentials_not_before
+        if nb is not None and claims.iat <= nb:
+            raise misuse("credential has been revoked", "revoked")
+        refusal = state.usable_at(t)
+        if refusal is not None:
+            raise misuse(f"credential's agent cannot act ({refusal.replace('_', ' ')})", refusal)
+
+    def _audit_rejection(self, exc: InvalidCredential, t: float) -> None:
+        try:
+            self._audit.append(
+                "credential.rejected",
+                actor=exc.detail.get("agent"),
+                at=t,
+                code=exc.code,
+                reason=exc.message,
+                jti=exc.detail.get("jti"),
+            )
+        except Exception:  # noqa: BLE001 - the credential is refused either way
+            pass
+
+    # -- revoking -------------------------------------------------------------------
+
+    def revoke(
+        self, jti: str, *, reason: str | None = None, now: datetime | float | None = None
+    ) -> None:
+        """Revoke one credential by id; idempotent, checked on every later use."""
+        if not isinstance(jti, str) or not _JTI.match(jti):
+            raise CredentialError(f"{str(jti)[:64]!r} is not a credential id", code="jti_invalid")
+        t = to_epoch(now)
+        expires = t + HARD_TTL_CEILING_MINUTES * 60 + self._limits.leeway_seconds
+        r = schema.revoked_credentials
+        with self._store.write() as conn:
+            if conn.execute(select(r.c.jti).where(r.c.jti == jti)).first() is None:
+                conn.execute(
+                    r.insert().values(jti=jti, expires_at=expires, revoked_at=t, reason=reason)
+                )
+                self._state.record_change(conn, "jti", jti, t)
+            self._audit.append_in(conn, "credential.revoked", at=t, jti=jti, reason=reason)
+        self._state.add_revoked(jti, expires)
+
+    def revoke_agent(
+        self, agent_id: str, *, reason: str | None = None, now: datetime | float | None = None
+    ) -> list[str]:
+        """Revoke every credential issued so far to the agent and all its descendants."""
+        t = to_epoch(now)
+        nb = _ms_floor(t)
+        root = self._agents.state(agent_id)
+        with self._store.write() as conn:
+            affected = [root.did, *self._agents.descendants(conn, root.did)]
+            conn.execute(
+                update(schema.agents)
+                .where(schema.agents.c.did.in_(affected))
+                .values(credentials_not_before=nb, updated_at=t)
+            )
+            for did in affected:
+                self._state.record_change(conn, "agent", did, t)
+            self._audit.append_in(
+                conn,
+                "credentials.revoked_for_agent",
+                actor=root.did,
+                at=t,
+                agents=affected,
+                reason=reason,
+            )
+        for did in affected:
+            self._state.invalidate_agent(did)
+        return affected
+
+
+__all__ = ["Claims", "Credential", "CredentialManager", "to_epoch"]

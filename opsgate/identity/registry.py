@@ -1,0 +1,639 @@
+"""Agents: registration by the operator, delegation by a parent, status changes that cascade."""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from sqlalchemy import Connection, select, update
+from sqlalchemy.exc import IntegrityError
+
+from opsgate import capabilities as caps
+from opsgate.config import Config
+from opsgate.credentials.keyring import KeyRing
+from opsgate.credentials.manager import to_epoch
+from opsgate.errors import AgentError, CapabilityError, DelegationError, InvalidCredential
+from opsgate.identity import keys
+from opsgate.identity.records import RECORD_VERSION, record_bytes
+from opsgate.state import ACTIVE, REVOKED, SUSPENDED, AgentState, LiveState
+from opsgate.store import Store, schema
+
+if TYPE_CHECKING:
+    from opsgate.audit.log import AuditLog
+    from opsgate.credentials.handle import CredentialHandle
+    from opsgate.gate import Gate
+
+AGENT_KEY_DIR = "agent-keys"
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
+_EMAIL = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}\Z")
+CASCADE_PREFIX = "cascade from "
+
+
+def check_email(value: object, what: str = "sponsor") -> str:
+    if not isinstance(value, str) or len(value) > 254 or not _EMAIL.match(value):
+        raise AgentError(
+            f"{what} must be an email address, got {str(value)[:80]!r}", code="invalid_email"
+        )
+    return value.lower()
+
+
+def _ttl_seconds(ttl: object) -> float | None:
+    if ttl is None:
+        return None
+    if isinstance(ttl, timedelta):
+        seconds = ttl.total_seconds()
+    elif isinstance(ttl, (int, float)) and not isinstance(ttl, bool):
+        seconds = float(ttl)
+    else:
+        raise DelegationError("ttl must be a timedelta or a number of seconds", code="ttl_invalid")
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise DelegationError("ttl must be positive", code="ttl_invalid")
+    return seconds
+
+
+def _check_trust(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 1000:
+        raise AgentError(
+            f"trust_score must be an integer 0-1000, got {value!r}", code="trust_score_invalid"
+        )
+    return value
+
+
+class Agent:
+    """A handle on a registered agent. Identity fields are fixed; status and trust are live."""
+
+    def __init__(self, gate: Gate, state: AgentState) -> None:
+        self._gate = gate
+        self.did = state.did
+        self.name = state.name
+        self.sponsor = state.sponsor
+        self.parent_did = state.parent_did
+        self.depth = state.depth
+        grant = state.grant
+        self.capabilities: list[str] = list(grant.capabilities) if grant else []
+        self.expires_at: datetime | None = (
+            None if state.expires_at is None else datetime.fromtimestamp(state.expires_at, UTC)
+        )
+        self.created_at: datetime | None = (
+            None if grant is None else datetime.fromtimestamp(grant.issued_at, UTC)
+        )
+
+    @property
+    def status(self) -> str:
+        return self._gate.agents.state(self.did).effective_status
+
+    @property
+    def trust_score(self) -> int:
+        return self._gate.trust_score(self.did)
+
+    @property
+    def effective_trust(self) -> int:
+        return self._gate.effective_trust(self.did)
+
+    def delegate(
+        self,
+        name: str,
+        capabilities: list[str],
+        ttl: timedelta | float | None = None,
+        *,
+        trust_score: int | None = None,
+        sponsor: str | None = None,
+        did: str | None = None,
+        now: datetime | float | None = None,
+    ) -> Agent:
+        """Create a child agent holding a subset of this agent's grants."""
+        return self._gate.agents.delegate(
+            self.did,
+            name,
+            capabilities,
+            ttl=ttl,
+            trust_score=trust_score,
+            sponsor=sponsor,
+            did=did,
+            now=now,
+        )
+
+    def credential(self, scope: list[str], ttl_minutes: float | None = None) -> CredentialHandle:
+        """A self-renewing credential for `scope` (renewed before 1/3 of its life is left)."""
+        from opsgate.credentials.handle import CredentialHandle
+
+        return CredentialHandle(self._gate, self, scope, ttl_minutes)
+
+    def to_dict(self) -> dict[str, Any]:
+        st = self._gate.agents.state(self.did)
+        return {
+            "did": self.did,
+            "name": self.name,
+            "sponsor": self.sponsor,
+            "parent_did": self.parent_did,
+            "depth": self.depth,
+            "capabilities": self.capabilities,
+            "status": st.status,
+            "effective_status": st.effective_status,
+            "trust_score": self.trust_score,
+            "effective_trust": self.effective_trust,
+            "chain_valid": st.grant is not None,
+            "chain_error": st.chain_error,
+            "created_at": None if self.created_at is None else self.created_at.isoformat(),
+            "expires_at": None if self.expires_at is None else self.expires_at.isoformat(),
+        }
+
+    def __repr__(self) -> str:
+        return f"Agent(name={self.name!r}, did={self.did!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Agent) and other.did == self.did
+
+    def __hash__(self) -> int:
+        return hash(self.did)
+
+
+class AgentRegistry:
+    """Creates agents, verifies and caches their chains, and changes their status."""
+
+    def __init__(
+        self,
+        gate: Gate,
+        *,
+        config: Config,
+        store: Store,
+        keyring: KeyRing,
+        state: LiveState,
+        audit: AuditLog,
+        state_dir: Path,
+        default_trust: int,
+    ) -> None:
+        self._gate = gate
+        self._config = config
+        self._store = store
+        self._keyring = keyring
+        self._state = state
+        self._audit = audit
+        self._key_dir = state_dir / AGENT_KEY_DIR
+        self._default_trust = default_trust
+        self.on_refusal: Callable[[str, str, str], None] | None = None  # (did, kind, reason)
+
+    # -- lookup -------------------------------------------------------------------
+
+    def resolve(self, ref: str) -> str:
+        """A did, or the did of the agent with this name."""
+        if not isinstance(ref, str) or not ref:
+            raise AgentError("agent must be named by its name or did", code="agent_not_found")
+        if ref.startswith("did:"):
+            return ref
+        with self._store.read() as conn:
+            row = conn.execute(
+                select(schema.agents.c.did).where(schema.agents.c.name == ref)
+            ).first()
+        if row is None:
+            raise AgentError(f"no agent named {ref[:80]!r}", code="agent_not_found")
+        return str(row[0])
+
+    def state(self, ref: str) -> AgentState:
+        st = self._state.agent(self.resolve(ref))
+        if st is None:
+            raise AgentError(f"no agent {ref[:80]!r}", code="agent_not_found")
+        return st
+
+    def get(self, ref: str) -> Agent:
+        return Agent(self._gate, self.state(ref))
+
+    def list(self, *, status: str | None = None) -> list[Agent]:
+        a = schema.agents
+        q = select(a.c.did).order_by(a.c.depth, a.c.created_at, a.c.name)
+        if status is not None:
+            q = q.where(a.c.status == status)
+        with self._store.read() as conn:
+            dids = [r[0] for r in conn.execute(q).all()]
+        return [self.get(d) for d in dids]
+
+    def descendants(self, conn: Connection, did: str) -> list[str]:
+        out: list[str] = []
+        frontier = [did]
+        while frontier:
+            rows = conn.execute(
+                select(schema.agents.c.did).where(schema.agents.c.parent_did.in_(frontier))
+            ).all()
+            frontier = [r[0] for r in rows if r[0] not in out]
+            out.extend(frontier)
+        return out
+
+    def private_key(self, did: str) -> Ed25519PrivateKey:
+        path = self._key_path(did)
+        if not path.exists():
+            raise AgentError(
+                f"the private key of {did[:80]!r} is not held here", code="key_not_held"
+            )
+        return keys.read_private_key(path)
+
+    def _key_path(self, did: str) -> Path:
+        return self._key_dir / f"{did.rsplit(':', 1)[-1]}.pem"
+
+    # -- creation -------------------------------------------------------------------
+
+    def _new_identity(self, did: str | None) -> tuple[str, Ed25519PrivateKey | None]:
+        if did is None:
+            private = keys.generate()
+            return keys.did_from_public_key(private.public_key()), private
+        try:
+            keys.public_key_from_did(did)
+        except InvalidCredential as exc:
+            raise AgentError(f"{did[:80]!r} is not an Ed25519 did:key", code="bad_did") from exc
+        return did, None
+
+    def register(
+        self,
+        name: str,
+        capabilities: list[str],
+        sponsor: str,
+        trust_score: int | None = None,
+        *,
+        ttl: timedelta | float | None = None,
+        did: str | None = None,
+        now: datetime | float | None = None,
+    ) -> Agent:
+        """Register a root agent (depth 0); its grant record is signed by the gate key."""
+        t = to_epoch(now)
+        if not isinstance(name, str) or not _NAME.match(name):
+            raise AgentError(
+                f"agent name {str(name)[:80]!r} must be 1-64 letters, digits, '.', '_' or '-'",
+                code="invalid_name",
+            )
+        sponsor = check_email(sponsor)
+        parsed = self._check_grants(capabilities)
+        score = self._default_trust if trust_score is None else _check_trust(trust_score)
+        seconds = _ttl_seconds(ttl)
+        did, private = self._new_identity(did)
+        kid, gate_key = self._keyring.signer()
+        record = {
+            "v": RECORD_VERSION,
+            "kind": "registration",
+            "gate": self._gate.gate_id,
+            "did": did,
+            "name": name,
+            "sponsor": sponsor,
+            "capabilities": [str(c) for c in parsed],
+            "depth": 0,
+            "issued_at": t,
+            "expires_at": None if seconds is None else t + seconds,
+        }
+        body = record_bytes(record)
+        signature = keys.b64url(gate_key.sign(body))
+        self._insert(
+            did, private, record, body, signature, f"gate:{kid}", None, score, t, "agent.registered"
+        )
+        return self.get(did)
+
+    def _check_grants(self, capabilities: object) -> tuple[caps.Capability, ...]:
+        if (
+            isinstance(capabilities, str)
+            or not isinstance(capabilities, (list, tuple))
+            or not capabilities
+        ):
+            raise CapabilityError(
+                "capabilities must be a non-empty list", code="capability_malformed"
+            )
+        if len(capabilities) > self._config.limits.max_capabilities_per_agent:
+            raise CapabilityError("too many capabilities", code="capability_malformed")
+        parsed = caps.parse_all(capabilities, grant=True)
+        seen: list[caps.Capability] = []
+        for c in parsed:
+            if c not in seen:
+                seen.append(c)
+        return tuple(seen)
+
+    def delegate(
+        self,
+        parent_ref: str,
+        name: str,
+        capabilities: list[str],
+        *,
+        ttl: timedelta | float | None = None,
+        trust_score: int | None = None,
+        sponsor: str | None = None,
+        did: str | None = None,
+        now: datetime | float | None = None,
+    ) -> Agent:
+        """Create a child whose every grant is covered by the parent's; signed by the parent's key."""
+        t = to_epoch(now)
+        parent = self.state(parent_ref)
+        try:
+            return self._delegate(parent, name, capabilities, ttl, trust_score, sponsor, did, t)
+        except (DelegationError, CapabilityError) as exc:
+            self._audit.append(
+                "delegation.refused",
+                actor=parent.did,
+                at=t,
+                child=str(name)[:80],
+                capabilities=[str(c)[:256] for c in capabilities][:64]
+                if isinstance(capabilities, (list, tuple))
+                else None,
+                code=exc.code,
+                reason=exc.message,
+            )
+            if self.on_refusal is not None:
+                self.on_refusal(parent.did, "escalation", exc.message)
+            raise
+
+    def _delegate(
+        self,
+        parent: AgentState,
+        name: str,
+        capabilities: list[str],
+        ttl: timedelta | float | None,
+        trust_score: int | None,
+        sponsor: str | None,
+        did: str | None,
+        t: float,
+    ) -> Agent:
+        refusal = parent.usable_at(t)
+        if refusal is not None:
+            raise DelegationError(
+                f"agent {parent.name!r} cannot delegate ({refusal.replace('_', ' ')})", code=refusal
+            )
+        assert parent.grant is not None
+        if not isinstance(name, str) or not _NAME.match(name):
+            raise AgentError(
+                f"agent name {str(name)[:80]!r} must be 1-64 letters, digits, '.', '_' or '-'",
+                code="invalid_name",
+            )
+        depth = parent.depth + 1
+        limit = self._config.limits.max_delegation_depth
+        if depth > limit:
+            raise DelegationError(
+                f"delegating from {parent.name!r} would exceed the maximum depth of {limit}",
+                code="depth_exceeded",
+            )
+        parsed = self._check_grants(capabilities)
+        for cap in parsed:
+            if not caps.covered_by_any(parent.grant.parsed, cap):
+                raise DelegationError(
+                    f"capability {str(cap)!r} is not covered by {parent.name!r}'s grants",
+                    code="delegation_not_covered",
+                )
+        seconds = _ttl_seconds(ttl)
+        expires = parent.expires_at if seconds is None else t + seconds
+        if parent.expires_at is not None and (expires is None or expires > parent.expires_at):
+            raise DelegationError(
+                f"a child of {parent.name!r} cannot outlive it", code="outlives_parent"
+            )
+        parent_trust = self._gate.effective_trust(parent.did)
+        if trust_score is None:
+            score = parent_trust
+        else:
+            score = _check_trust(trust_score)
+            if score > parent_trust:
+                raise DelegationError(
+                    f"trust_score {score} is above the parent's trust of {parent_trust}",
+                    code="trust_above_parent",
+                )
+        child_sponsor = parent.sponsor if sponsor is None else check_email(sponsor)
+        private_parent = self.private_key(parent.did)
+        did, private = self._new_identity(did)
+        record = {
+            "v": RECORD_VERSION,
+            "kind": "delegation",
+            "parent": parent.did,
+            "did": did,
+            "name": name,
+            "sponsor": child_sponsor,
+            "capabilities": [str(c) for c in parsed],
+            "depth": depth,
+            "issued_at": t,
+            "expires_at": expires,
+        }
+        body = record_bytes(record)
+        signature = keys.b64url(private_parent.sign(body))
+        self._insert(
+            did,
+            private,
+            record,
+            body,
+            signature,
+            parent.did,
+            parent.did,
+            score,
+            t,
+            "agent.delegated",
+        )
+        return self.get(did)
+
+    def _insert(
+        self,
+        did: str,
+        private: Ed25519PrivateKey | None,
+        record: dict[str, Any],
+        body: bytes,
+        signature: str,
+        signer: str,
+        parent_did: str | None,
+        score: int,
+        t: float,
+        event: str,
+    ) -> None:
+        if private is not None:
+            keys.write_private_key(self._key_path(did), private)
+        try:
+            with self._store.write() as conn:
+                taken = conn.execute(
+                    select(schema.agents.c.did).where(
+                        (schema.agents.c.name == record["name"]) | (schema.agents.c.did == did)
+                    )
+                ).first()
+                if taken is not None:
+                    raise AgentError(
+                        f"an agent named {record['name']!r} already exists", code="agent_exists"
+                    )
+                conn.execute(
+                    schema.agents.insert().values(
+                        did=did,
+                        name=record["name"],
+                        sponsor=record["sponsor"],
+                        parent_did=parent_did,
+                        depth=record["depth"],
+                        created_at=t,
+                        expires_at=record["expires_at"],
+                        status=ACTIVE,
+                        trust_score=score,
+                        record=body.decode("utf-8"),
+                        signature=signature,
+                        signer=signer,
+                        updated_at=t,
+                    )
+                )
+                self._state.record_change(conn, "agent", did, t)
+                self._audit.append_in(
+                    conn,
+                    event,
+                    actor=parent_did or "operator",
+                    at=t,
+                    agent=did,
+                    name=record["name"],
+                    sponsor=record["sponsor"],
+                    capabilities=record["capabilities"],
+                    depth=record["depth"],
+                    expires_at=record["expires_at"],
+                    trust_score=score,
+                )
+        except IntegrityError as exc:
+            self._drop_key(did, private)
+            raise AgentError(
+                f"an agent named {record['name']!r} already exists", code="agent_exists"
+            ) from exc
+        except BaseException:
+            self._drop_key(did, private)
+            raise
+        self._state.invalidate_agent(did)
+
+    def _drop_key(self, did: str, private: Ed25519PrivateKey | None) -> None:
+        if private is not None:
+            self._key_path(did).unlink(missing_ok=True)
+
+    # -- status -----------------------------------------------------------------------
+
+    def _set_status(
+        self,
+        ref: str,
+        status: str,
+        *,
+        reason: str | None,
+        event: str,
+        actor: str,
+        now: datetime | float | None,
+    ) -> list[str]:
+        t = to_epoch(now)
+        root = self.state(ref)
+        if root.status == REVOKED:
+            raise AgentError(f"agent {root.name!r} is revoked for good", code="agent_revoked")
+        a = schema.agents
+        with self._store.write() as conn:
+            below = self.descendants(conn, root.did)
+            if status == ACTIVE:
+                if root.parent_did is not None:
+                    prow = conn.execute(
+                        select(a.c.status).where(a.c.did == root.parent_did)
+                    ).first()
+                    if prow is None or prow[0] != ACTIVE:
+                        raise AgentError(
+                            f"agent {root.name!r} cannot be reinstated while its parent is not active",
+                            code="parent_inactive",
+                        )
+                # Reinstate the agent and the descendants that were suspended because of it.
+                conn.execute(
+                    update(a)
+                    .where(a.c.did == root.did)
+                    .values(status=ACTIVE, status_reason=reason, updated_at=t)
+                )
+                affected = [root.did]
+                if below:
+                    res = conn.execute(
+                        select(a.c.did).where(
+                            a.c.did.in_(below),
+                            a.c.status == SUSPENDED,
+                            a.c.status_reason == CASCADE_PREFIX + root.did,
+                        )
+                    ).all()
+                    cascaded = [r[0] for r in res]
+                    if cascaded:
+                        conn.execute(
+                            update(a)
+                            .where(a.c.did.in_(cascaded))
+                            .values(status=ACTIVE, status_reason=reason, updated_at=t)
+                        )
+                    affected += cascaded
+            else:
+                affected = [root.did, *below]
+                conn.execute(
+                    update(a)
+                    .where(a.c.did == root.did)
+                    .values(
+                        status=status,
+                        status_reason=reason,
+                        updated_at=t,
+                        credentials_not_before=math.floor(t * 1000) / 1000,
+                    )
+                )
+                if below:
+                    # Only agents that were active are suspended "by cascade", so reinstating
+                    # this one never lifts a suspension that had its own reason.
+                    cascade_from = [ACTIVE, SUSPENDED] if status == REVOKED else [ACTIVE]
+                    conn.execute(
+                        update(a)
+                        .where(a.c.did.in_(below), a.c.status.in_(cascade_from))
+                        .values(status=status, status_reason=CASCADE_PREFIX + root.did)
+                    )
+                    conn.execute(
+                        update(a)
+                        .where(a.c.did.in_(below))
+                        .values(updated_at=t, credentials_not_before=math.floor(t * 1000) / 1000)
+                    )
+            for did in affected:
+                self._state.record_change(conn, "agent", did, t)
+            self._audit.append_in(
+                conn,
+                event,
+                actor=actor,
+                at=t,
+                agent=root.did,
+                name=root.name,
+                affected=affected,
+                reason=reason,
+            )
+        for did in affected:
+            self._state.invalidate_agent(did)
+        return affected
+
+    def suspend(
+        self,
+        ref: str,
+        *,
+        reason: str | None = None,
+        actor: str = "operator",
+        now: datetime | float | None = None,
+    ) -> list[str]:
+        """Suspend an agent and its descendants; their live credentials stop working."""
+        return self._set_status(
+            ref, SUSPENDED, reason=reason, event="agent.suspended", actor=actor, now=now
+        )
+
+    def reinstate(
+        self, ref: str, *, reason: str, actor: str = "operator", now: datetime | float | None = None
+    ) -> list[str]:
+        """Reinstate a suspended agent (and descendants suspended by cascade from it)."""
+        if not isinstance(reason, str) or not reason.strip():
+            raise AgentError("reinstating an agent needs a reason", code="reason_required")
+        return self._set_status(
+            ref, ACTIVE, reason=reason, event="agent.reinstated", actor=actor, now=now
+        )
+
+    def revoke(
+        self,
+        ref: str,
+        *,
+        reason: str | None = None,
+        actor: str = "operator",
+        now: datetime | float | None = None,
+    ) -> list[str]:
+        """Revoke an agent and its descendants for good."""
+        return self._set_status(
+            ref, REVOKED, reason=reason, event="agent.revoked", actor=actor, now=now
+        )
+
+    def set_trust(self, conn: Connection, did: str, score: int) -> None:
+        conn.execute(
+            update(schema.agents).where(schema.agents.c.did == did).values(trust_score=score)
+        )
+
+    def stored_trust(self, did: str) -> int:
+        with self._store.read() as conn:
+            row = conn.execute(
+                select(schema.agents.c.trust_score).where(schema.agents.c.did == did)
+            ).first()
+        if row is None:
+            raise AgentError(f"no agent {did[:80]!r}", code="agent_not_found")
+        return int(row[0])

@@ -1,0 +1,240 @@
+"""In-process view of the state that every credential check needs, kept fresh.
+
+Revoked jtis, agent status and verified delegation chains are held in memory
+so a check costs dictionary lookups, whatever the number of agents or revoked
+credentials. Writers in this process update the view at once; every write also
+lands in the `state_changes` feed, which each process polls at most every
+`cache_refresh_seconds` so a revocation on one replica holds on all within 1 s.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+
+from sqlalchemy import Connection, delete, insert, select
+
+from opsgate.config import HARD_TTL_CEILING_MINUTES, Config
+from opsgate.credentials.keyring import KeyRing
+from opsgate.errors import DelegationError, InvalidCredential
+from opsgate.identity.keys import jwk_thumbprint, public_key_from_did
+from opsgate.identity.records import Grant, Link, verify_chain
+from opsgate.store import Store, schema
+
+ACTIVE, SUSPENDED, REVOKED = "active", "suspended", "revoked"
+
+
+@dataclass(frozen=True, slots=True)
+class AgentState:
+    """An agent as the hot path sees it: proven grant, status, revocation horizon."""
+
+    did: str
+    name: str
+    status: str  # own status
+    effective_status: str  # worst of own and every ancestor's
+    grant: Grant | None  # None when the chain does not verify
+    chain_error: str | None
+    credentials_not_before: float | None
+    ancestors: tuple[str, ...]  # root first
+    jkt: str
+    sponsor: str
+    depth: int
+    parent_did: str | None
+    expires_at: float | None
+
+    def usable_at(self, now: float) -> str | None:
+        """None when credentials of this agent may be used at `now`, else a refusal code."""
+        if self.grant is None:
+            return "chain_invalid"
+        if self.effective_status != ACTIVE:
+            return f"agent_{self.effective_status}"
+        if self.expires_at is not None and now >= self.expires_at:
+            return "agent_expired"
+        return None
+
+
+class LiveState:
+    """Caches keyed by did / jti; `refresh()` applies other processes' changes."""
+
+    def __init__(self, store: Store, keyring: KeyRing, config: Config) -> None:
+        self._store = store
+        self._keyring = keyring
+        self._config = config
+        self._agents: dict[str, AgentState] = {}
+        self._revoked: dict[str, float] = {}
+        self._last_change = 0
+        self._next_refresh = 0.0
+        self._refresh_lock = threading.Lock()
+        self._load_lock = threading.Lock()
+
+    # -- loading ----------------------------------------------------------------
+
+    def load(self, now: float) -> None:
+        """Initial load: revocations still in force and the change-feed position."""
+        horizon = now - self._config.limits.leeway_seconds
+        with self._store.read() as conn:
+            self._last_change = int(
+                conn.execute(
+                    select(schema.counters.c.value).where(schema.counters.c.name == "state_changes")
+                ).scalar_one()
+            )
+            rows = conn.execute(
+                select(
+                    schema.revoked_credentials.c.jti, schema.revoked_credentials.c.expires_at
+                ).where(schema.revoked_credentials.c.expires_at > horizon)
+            ).all()
+        self._revoked = {r[0]: float(r[1]) for r in rows}
+        self._next_refresh = time.monotonic() + self._config.cache_refresh_seconds
+
+    def agent(self, did: str) -> AgentState | None:
+        """The agent's state, loading and verifying its chain on first use."""
+        st = self._agents.get(did)
+        if st is not None:
+            return st
+        with self._load_lock:
+            st = self._agents.get(did)
+            if st is None:
+                with self._store.read() as conn:
+                    st = self._load_agent(conn, did)
+                if st is not None:
+                    self._agents[did] = st
+        return st
+
+    def _load_agent(self, conn: Connection, did: str) -> AgentState | None:
+        a = schema.agents
+        chain_rows = []
+        cursor: str | None = did
+        while (
+            cursor is not None and len(chain_rows) <= self._config.limits.max_delegation_depth + 1
+        ):
+            row = conn.execute(select(a).where(a.c.did == cursor)).first()
+            if row is None:
+                break
+            chain_rows.append(row)
+            cursor = row.parent_did
+        if not chain_rows:
+            return None
+        me = chain_rows[0]
+        chain_rows.reverse()
+        grant: Grant | None = None
+        error: str | None = None
+        if cursor is not None:
+            error = "delegation chain is too deep or has a missing link"
+        else:
+            links = [
+                Link(r.did, r.name, r.parent_did, r.record, r.signature, r.signer)
+                for r in chain_rows
+            ]
+            try:
+                grant = verify_chain(
+                    links,
+                    gate_key=self._keyring.public,
+                    max_depth=self._config.limits.max_delegation_depth,
+                )
+            except DelegationError as exc:
+                error = exc.message
+        order = {ACTIVE: 0, SUSPENDED: 1, REVOKED: 2}
+        worst = max((r.status for r in chain_rows), key=lambda s: order.get(s, 3))
+        try:
+            jkt = jwk_thumbprint(public_key_from_did(did))
+        except InvalidCredential:  # a malformed did simply cannot hold credentials
+            jkt, grant, error = "", None, "agent id is not a valid did:key"
+        return AgentState(
+            did=me.did,
+            name=me.name,
+            status=me.status,
+            effective_status=worst if worst in order else REVOKED,
+            grant=grant,
+            chain_error=error,
+            credentials_not_before=(
+                None if me.credentials_not_before is None else float(me.credentials_not_before)
+            ),
+            ancestors=tuple(r.did for r in chain_rows[:-1]),
+            jkt=jkt,
+            sponsor=me.sponsor,
+            depth=int(me.depth),
+            parent_did=me.parent_did,
+            expires_at=None if grant is None else grant.expires_at,
+        )
+
+    # -- revocation -------------------------------------------------------------
+
+    def is_revoked(self, jti: str) -> bool:
+        return jti in self._revoked
+
+    def add_revoked(self, jti: str, expires_at: float) -> None:
+        self._revoked[jti] = expires_at
+
+    def revoked_count(self) -> int:
+        return len(self._revoked)
+
+    def invalidate_agent(self, did: str) -> None:
+        self._agents.pop(did, None)
+        stale = [d for d, st in list(self._agents.items()) if did in st.ancestors]
+        for d in stale:
+            self._agents.pop(d, None)
+
+    # -- the change feed ---------------------------------------------------------
+
+    def record_change(self, conn: Connection, kind: str, subject: str, now: float) -> None:
+        """Append to the change feed inside the writer's transaction."""
+        change_id = self._store.next_counter(conn, "state_changes")
+        conn.execute(
+            insert(schema.state_changes).values(id=change_id, kind=kind, subject=subject, at=now)
+        )
+
+    def maybe_refresh(self) -> None:
+        """Cheap on the hot path: one clock read unless a refresh is due."""
+        if time.monotonic() >= self._next_refresh:
+            self.refresh()
+
+    def refresh(self, *, force: bool = False) -> None:
+        if not self._refresh_lock.acquire(blocking=force):
+            return  # another thread is refreshing; use the current view
+        try:
+            c = schema.state_changes
+            with self._store.read() as conn:
+                rows = conn.execute(
+                    select(c.c.id, c.c.kind, c.c.subject)
+                    .where(c.c.id > self._last_change)
+                    .order_by(c.c.id)
+                ).all()
+                jtis = [r.subject for r in rows if r.kind == "jti"]
+                fetched: dict[str, float] = {}
+                for i in range(0, len(jtis), 500):
+                    part = jtis[i : i + 500]
+                    for jti, exp in conn.execute(
+                        select(
+                            schema.revoked_credentials.c.jti,
+                            schema.revoked_credentials.c.expires_at,
+                        ).where(schema.revoked_credentials.c.jti.in_(part))
+                    ).all():
+                        fetched[jti] = float(exp)
+            self._revoked.update(fetched)
+            keys_changed = False
+            for r in rows:
+                if r.kind == "agent":
+                    self.invalidate_agent(r.subject)
+                elif r.kind == "key":
+                    keys_changed = True
+            if keys_changed:
+                self._keyring.reload()
+            if rows:
+                self._last_change = int(rows[-1].id)
+            self._next_refresh = time.monotonic() + self._config.cache_refresh_seconds
+        finally:
+            self._refresh_lock.release()
+
+    def prune(self, conn: Connection, now: float) -> int:
+        """Forget revocations of credentials that have expired anyway."""
+        horizon = now - HARD_TTL_CEILING_MINUTES * 60
+        res = conn.execute(
+            delete(schema.revoked_credentials).where(
+                schema.revoked_credentials.c.expires_at < horizon
+            )
+        )
+        for jti, exp in list(self._revoked.items()):
+            if exp < horizon:
+                self._revoked.pop(jti, None)
+        return int(res.rowcount or 0)

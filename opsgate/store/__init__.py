@@ -1,0 +1,167 @@
+"""Storage: one SQLAlchemy engine pair over SQLite (embedded default) or PostgreSQL.
+
+`read()` gives a snapshot transaction; `write()` gives a transaction that holds
+the database's write lock from its first statement (SQLite `BEGIN IMMEDIATE`),
+so read-modify-write sequences never deadlock or interleave across processes.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Connection, Engine, create_engine, event, select, text, update
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, OperationalError, SQLAlchemyError
+from sqlalchemy.pool import NullPool
+
+from opsgate.errors import ConfigError, StoreError
+from opsgate.store import schema
+
+DB_FILE = "opsgate.db"
+MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+def _normalise_url(url: str) -> str:
+    try:
+        parsed = make_url(url)
+    except ArgumentError as exc:
+        raise ConfigError(
+            "database url is not a valid SQLAlchemy url", code="database_url"
+        ) from exc
+    if parsed.drivername in ("postgresql", "postgres"):
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    if parsed.get_backend_name() not in ("sqlite", "postgresql"):
+        raise ConfigError(
+            f"database backend {parsed.get_backend_name()!r} is not supported (sqlite, postgresql)",
+            code="database_url",
+        )
+    return parsed.render_as_string(hide_password=False)
+
+
+def _sqlite_engine(url: str, *, immediate: bool) -> Engine:
+    engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.isolation_level = None  # we issue BEGIN ourselves
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA synchronous=FULL")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.execute("PRAGMA busy_timeout=30000")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+    return engine
+
+
+class Store:
+    """The state database. Thread-safe; share one per process."""
+
+    def __init__(self, url: str) -> None:
+        self.url = _normalise_url(url)
+        self.dialect = make_url(self.url).get_backend_name()
+        if self.dialect == "sqlite":
+            self._write_engine = _sqlite_engine(self.url, immediate=True)
+            self._read_engine = _sqlite_engine(self.url, immediate=False)
+        else:
+            self._write_engine = create_engine(
+                self.url, pool_size=20, max_overflow=20, pool_pre_ping=True
+            )
+            self._read_engine = self._write_engine
+        self._migrate_lock = threading.Lock()
+
+    @classmethod
+    def for_state_dir(cls, state_dir: Path, database_url: str | None) -> Store:
+        if database_url:
+            return cls(database_url)
+        return cls(f"sqlite:///{(state_dir / DB_FILE).resolve()}")
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.dialect == "sqlite"
+
+    @contextmanager
+    def read(self) -> Iterator[Connection]:
+        try:
+            with self._read_engine.connect() as conn:
+                yield conn
+                conn.rollback()
+        except OperationalError as exc:
+            raise StoreError(f"state database unavailable: {exc.orig.__class__.__name__}") from exc
+
+    @contextmanager
+    def write(self) -> Iterator[Connection]:
+        try:
+            with self._write_engine.begin() as conn:
+                yield conn
+        except OperationalError as exc:
+            raise StoreError(f"state database unavailable: {exc.orig.__class__.__name__}") from exc
+
+    def next_counter(self, conn: Connection, name: str) -> int:
+        """Take the next value of a counter inside `conn`'s write transaction."""
+        row = conn.execute(
+            update(schema.counters)
+            .where(schema.counters.c.name == name)
+            .values(value=schema.counters.c.value + 1)
+            .returning(schema.counters.c.value)
+        ).first()
+        if row is None:
+            raise StoreError(f"counter {name!r} is missing; run migrations")
+        return int(row[0])
+
+    def migrate(self) -> None:
+        """Bring the schema to the newest revision (idempotent, safe across replicas)."""
+        from alembic import command
+        from alembic.config import Config as AlembicConfig
+        from alembic.runtime.migration import MigrationContext
+        from alembic.script import ScriptDirectory
+
+        cfg = AlembicConfig()
+        cfg.set_main_option("script_location", str(MIGRATIONS))
+        heads = set(ScriptDirectory.from_config(cfg).get_heads())
+        with self._migrate_lock:
+            try:
+                engine = create_engine(self.url, poolclass=NullPool)
+                with engine.connect() as conn:
+                    if self.dialect == "postgresql":
+                        conn.execute(text("SELECT pg_advisory_lock(7400431)"))
+                        conn.commit()
+                    try:
+                        current = set(MigrationContext.configure(conn).get_current_heads())
+                        if current != heads:
+                            cfg.attributes["connection"] = conn
+                            command.upgrade(cfg, "head")
+                            conn.commit()
+                    finally:
+                        if self.dialect == "postgresql":
+                            conn.execute(text("SELECT pg_advisory_unlock(7400431)"))
+                            conn.commit()
+                engine.dispose()
+            except OperationalError as exc:
+                raise StoreError(
+                    f"cannot reach the state database: {exc.orig.__class__.__name__}"
+                ) from exc
+            except SQLAlchemyError as exc:
+                raise StoreError(f"migration failed: {exc.__class__.__name__}") from exc
+
+    def meta_get(self, conn: Connection, key: str) -> str | None:
+        row = conn.execute(
+            select(schema.gate_meta.c.value).where(schema.gate_meta.c.key == key)
+        ).first()
+        return None if row is None else str(row[0])
+
+    def dispose(self) -> None:
+        self._write_engine.dispose()
+        if self._read_engine is not self._write_engine:
+            self._read_engine.dispose()
+
+
+__all__ = ["Store", "schema"]

@@ -1,0 +1,123 @@
+"""opsgate's own schema, as SQLAlchemy Core tables. Alembic migrations create it.
+
+Times are UTC epoch seconds (float): cheap to compare on the hot path and
+identical on SQLite and PostgreSQL.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+)
+
+metadata = MetaData()
+
+gate_meta = Table(
+    "gate_meta",
+    metadata,
+    Column("key", String(64), primary_key=True),
+    Column("value", Text, nullable=False),
+)
+
+# Monotonic counters taken with an UPDATE inside the writer's transaction, so ids
+# become visible in commit order (replicas never miss one).
+counters = Table(
+    "counters",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("value", BigInteger, nullable=False),
+)
+
+gate_keys = Table(
+    "gate_keys",
+    metadata,
+    Column("kid", String(64), primary_key=True),
+    Column("public_key", String(64), nullable=False),  # base64url raw Ed25519
+    Column("created_at", Float, nullable=False),
+    Column("retired_at", Float, nullable=True),
+)
+
+agents = Table(
+    "agents",
+    metadata,
+    Column("did", String(64), primary_key=True),
+    Column("name", String(128), nullable=False, unique=True),
+    Column("sponsor", String(320), nullable=False),
+    Column("parent_did", String(64), ForeignKey("agents.did"), nullable=True),
+    Column("depth", Integer, nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("expires_at", Float, nullable=True),
+    Column("status", String(16), nullable=False),
+    Column("status_reason", Text, nullable=True),
+    Column("trust_score", Integer, nullable=False),
+    # Every credential issued (iat) before this is revoked: O(1) per-agent revocation.
+    Column("credentials_not_before", Float, nullable=True),
+    # The signed grant record (canonical JSON) and the signer's signature over it.
+    Column("record", Text, nullable=False),
+    Column("signature", String(128), nullable=False),
+    Column("signer", String(128), nullable=False),  # parent did, or "gate:<kid>" for roots
+    Column("updated_at", Float, nullable=False),
+)
+Index("ix_agents_parent", agents.c.parent_did)
+
+revoked_credentials = Table(
+    "revoked_credentials",
+    metadata,
+    Column("jti", String(64), primary_key=True),
+    Column("agent_did", String(64), nullable=True),
+    Column("expires_at", Float, nullable=False),
+    Column("revoked_at", Float, nullable=False),
+    Column("reason", Text, nullable=True),
+)
+Index("ix_revoked_expires", revoked_credentials.c.expires_at)
+
+# Change feed for cache invalidation across replicas: kind in (jti, agent, key).
+state_changes = Table(
+    "state_changes",
+    metadata,
+    Column("id", BigInteger, primary_key=True, autoincrement=False),
+    Column("kind", String(16), nullable=False),
+    Column("subject", String(128), nullable=False),
+    Column("at", Float, nullable=False),
+)
+
+audit_events = Table(
+    "audit_events",
+    metadata,
+    Column("seq", BigInteger, primary_key=True, autoincrement=False),
+    Column("at", Float, nullable=False),
+    Column("type", String(64), nullable=False),
+    Column("actor", String(128), nullable=True),
+    Column("body", Text, nullable=False),  # canonical JSON of the event, hashed as stored
+    Column("prev_hash", String(64), nullable=False),
+    Column("hash", String(64), nullable=False),
+)
+Index("ix_audit_type", audit_events.c.type)
+Index("ix_audit_actor", audit_events.c.actor)
+
+audit_head = Table(
+    "audit_head",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("seq", BigInteger, nullable=False),
+    Column("hash", String(64), nullable=False),
+)
+
+audit_checkpoints = Table(
+    "audit_checkpoints",
+    metadata,
+    Column("seq", BigInteger, primary_key=True, autoincrement=False),
+    Column("hash", String(64), nullable=False),
+    Column("at", Float, nullable=False),
+    Column("kid", String(64), nullable=False),
+    Column("signature", String(128), nullable=False),
+)
