@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# Start and stop the real services the test suite talks to, on 127.0.0.1 only.
+# Each service is our own throwaway instance under .services/, on a free port,
+# stopped by the pid we recorded. Source this file, then call start_postgres /
+# stop_services. Exports OPSGATE_TEST_PG_URL.
+
+SERVICES_DIR="${SERVICES_DIR:-$(pwd)/.services}"
+
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
+}
+
+pg_bin() {
+  local dir
+  for dir in /usr/lib/postgresql/*/bin; do
+    [ -x "$dir/initdb" ] && { echo "$dir"; return 0; }
+  done
+  return 1
+}
+
+ensure_postgres_binaries() {
+  pg_bin >/dev/null && return 0
+  echo "installing PostgreSQL server binaries" >&2
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql >/dev/null
+  pg_bin >/dev/null
+}
+
+start_postgres() {
+  ensure_postgres_binaries || { echo "PostgreSQL binaries unavailable" >&2; return 1; }
+  local bin port data runas=()
+  bin=$(pg_bin)
+  port=$(free_port)
+  data="$SERVICES_DIR/pg-$port"
+  mkdir -p "$data"
+  if [ "$(id -u)" = "0" ]; then
+    chown -R postgres: "$SERVICES_DIR"
+    runas=(runuser -u postgres --)
+  fi
+  "${runas[@]}" "$bin/initdb" -D "$data/db" -U postgres --auth=trust --no-sync -E UTF8 >"$data/initdb.log" 2>&1 \
+    || { cat "$data/initdb.log" >&2; return 1; }
+  "${runas[@]}" "$bin/pg_ctl" -D "$data/db" -l "$data/db/server.log" -w -t 60 \
+    -o "-p $port -k $data -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=300" start >/dev/null \
+    || { cat "$data/db/server.log" >&2; return 1; }
+  PG_DATA_DIR="$data/db"
+  PG_PID=$(head -n 1 "$data/db/postmaster.pid")
+  export OPSGATE_TEST_PG_URL="postgresql+psycopg://postgres@127.0.0.1:$port/postgres"
+  echo "PostgreSQL on 127.0.0.1:$port (pid $PG_PID)" >&2
+}
+
+stop_postgres() {
+  if [ -n "${PG_PID:-}" ] && kill -0 "$PG_PID" 2>/dev/null; then
+    kill -INT "$PG_PID" 2>/dev/null || true   # fast shutdown of the server we started
+    for _ in $(seq 1 100); do kill -0 "$PG_PID" 2>/dev/null || break; sleep 0.1; done
+  fi
+  [ -n "${PG_DATA_DIR:-}" ] && rm -rf "$(dirname "$PG_DATA_DIR")"
+  PG_PID=""
+}
+
+stop_services() {
+  stop_postgres
+}

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Run the whole test suite: install what it needs, start the real services it
+# uses (PostgreSQL), run pytest, stop the services. Extra args go to pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ ! -x .venv/bin/python ]; then
+  python3 -m venv .venv
+fi
+.venv/bin/python -m pip install -q --disable-pip-version-check -r requirements-dev.txt
+.venv/bin/python -m pip install -q --disable-pip-version-check --no-deps -e .
+
+# shellcheck source=scripts/services.sh
+source scripts/services.sh
+trap stop_services EXIT
+start_postgres
+
+.venv/bin/python -m pytest -q "$@"

@@ -1,0 +1,92 @@
+"""Shared fixtures: a fresh gate per test, on SQLite or on the real PostgreSQL.
+
+PostgreSQL comes from scripts/test.sh (OPSGATE_TEST_PG_URL); each test gets its
+own database, dropped afterwards. A PostgreSQL test without the server fails
+loudly: it is never silently skipped.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+import opsgate
+
+SEED_CAPABILITIES = [
+    "deploy:staging",
+    "deploy:production",
+    "read:secrets",
+    "write:secrets",
+    "migrate:database",
+    "read:monitoring",
+]
+
+
+def _admin_url() -> str:
+    url = os.environ.get("OPSGATE_TEST_PG_URL")
+    if not url:
+        pytest.fail("OPSGATE_TEST_PG_URL is not set: run the suite with scripts/test.sh")
+    return url
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """A fresh, empty PostgreSQL database on the test server."""
+    admin = _admin_url()
+    name = f"opsgate_t_{uuid.uuid4().hex[:12]}"
+    engine = create_engine(admin, isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    url = make_url(admin).set(database=name).render_as_string(hide_password=False)
+    try:
+        yield url
+    finally:
+        with engine.connect() as conn:
+            conn.execute(
+                text(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE datname = :n AND pid <> pg_backend_pid()"
+                ),
+                {"n": name},
+            )
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
+        engine.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def database_url(request: pytest.FixtureRequest) -> Iterator[str | None]:
+    """None (embedded SQLite) or a fresh PostgreSQL database: storage tests run on both."""
+    if request.param == "sqlite":
+        yield None
+    else:
+        yield request.getfixturevalue("pg_url")
+
+
+@pytest.fixture
+def gate(tmp_path: Path) -> Iterator[opsgate.Gate]:
+    g = opsgate.Gate.open(tmp_path / "state")
+    yield g
+    g.close()
+
+
+@pytest.fixture
+def supervisor(gate: opsgate.Gate) -> opsgate.Agent:
+    return gate.register_agent(
+        "devops-supervisor",
+        capabilities=SEED_CAPABILITIES,
+        sponsor="platform-team@company.com",
+        trust_score=920,
+    )
+
+
+@pytest.fixture
+def deploy_agent(supervisor: opsgate.Agent) -> opsgate.Agent:
+    return supervisor.delegate(
+        name="deploy-agent", capabilities=["deploy:staging", "deploy:production"]
+    )
