@@ -1,0 +1,443 @@
+"""`opsgate` command line: the same Gate as the SDK, one command per operator action.
+
+Exit codes: 0 ok, 1 refused or failed check, 2 usage. Errors are one line on
+stderr (`error [code]: message`), never a traceback. `--json` on listings.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from opsgate.errors import OpsgateError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+app = typer.Typer(
+    name="opsgate",
+    help="The gate every privileged operation of an AI agent passes through.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+agents_app = typer.Typer(help="Register, delegate and manage agents.", no_args_is_help=True)
+creds_app = typer.Typer(help="Issue, verify and revoke credentials.", no_args_is_help=True)
+keys_app = typer.Typer(help="The gate's signing keys.", no_args_is_help=True)
+audit_app = typer.Typer(help="The tamper-evident audit log.", no_args_is_help=True)
+app.add_typer(agents_app, name="agents")
+app.add_typer(creds_app, name="creds")
+app.add_typer(keys_app, name="keys")
+app.add_typer(audit_app, name="audit")
+
+StateDir = Annotated[
+    Path | None,
+    typer.Option(
+        "--state-dir",
+        envvar="OPSGATE_STATE_DIR",
+        help="State directory (default .opsgate).",
+        show_default=False,
+    ),
+]
+JsonOut = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
+
+_ctx_state_dir: dict[str, Path | None] = {"value": None}
+
+
+def _out() -> Console:
+    # emoji=False: rich would render the ":key:" inside every did:key as an emoji.
+    return Console(soft_wrap=True, highlight=False, emoji=False)
+
+
+def _err(message: str) -> None:
+    Console(stderr=True, soft_wrap=True, highlight=False, emoji=False).print(
+        " ".join(message.split()), markup=False
+    )
+
+
+def handle_errors(fn: F) -> F:
+    """Turn opsgate's typed errors into one line on stderr and exit code 1."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except OpsgateError as exc:
+            _err(f"error [{exc.code}]: {exc.message}")
+            raise typer.Exit(1) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _gate(state_dir: Path | None) -> Any:
+    from opsgate.gate import Gate
+
+    return Gate.open(state_dir if state_dir is not None else _ctx_state_dir["value"])
+
+
+def _print_json(data: Any) -> None:
+    typer.echo(json.dumps(data, indent=2, default=str))
+
+
+def _when(epoch: float | None) -> str:
+    if epoch is None:
+        return "-"
+    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+@app.callback()
+def _root(state_dir: StateDir = None) -> None:
+    _ctx_state_dir["value"] = state_dir
+
+
+@app.command()
+@handle_errors
+def init(state_dir: StateDir = None, json_out: JsonOut = False) -> None:
+    """Create the state directory, database and gate signing key."""
+    gate = _gate(state_dir)
+    info = {
+        "state_dir": str(gate.state_dir),
+        "gate_id": gate.gate_id,
+        "database": gate.store.dialect,
+        "kid": gate.keyring.signer()[0],
+    }
+    if json_out:
+        _print_json(info)
+    else:
+        _out().print(f"opsgate ready in {info['state_dir']} ({info['database']})")
+        _out().print(f"gate id {info['gate_id']}, signing key {info['kid']}")
+
+
+# -- agents ---------------------------------------------------------------------------
+
+CapOpt = Annotated[
+    list[str],
+    typer.Option("--capability", "-c", help="A capability ACTION:RESOURCE (repeatable)."),
+]
+
+
+def _show_agent(agent: Any, json_out: bool) -> None:
+    data = agent.to_dict()
+    if json_out:
+        _print_json(data)
+        return
+    table = Table(show_header=False, box=None)
+    for key, value in data.items():
+        shown = ", ".join(value) if isinstance(value, list) else ("-" if value is None else value)
+        table.add_row(f"[bold]{key}[/bold]", escape(str(shown)))
+    _out().print(table)
+
+
+@agents_app.command("register")
+@handle_errors
+def agents_register(
+    name: str,
+    capability: CapOpt,
+    sponsor: Annotated[str, typer.Option(help="Email of the accountable human.")],
+    trust_score: Annotated[int | None, typer.Option(help="Initial trust score 0-1000.")] = None,
+    ttl: Annotated[float | None, typer.Option(help="Lifetime in seconds (default: none).")] = None,
+    state_dir: StateDir = None,
+    json_out: JsonOut = False,
+) -> None:
+    """Register a root agent (depth 0) with its grants."""
+    agent = _gate(state_dir).register_agent(
+        name, capabilities=capability, sponsor=sponsor, trust_score=trust_score, ttl=ttl
+    )
+    _show_agent(agent, json_out)
+
+
+@agents_app.command("delegate")
+@handle_errors
+def agents_delegate(
+    parent: str,
+    name: str,
+    capability: CapOpt,
+    trust_score: Annotated[int | None, typer.Option(help="At most the parent's trust.")] = None,
+    ttl: Annotated[float | None, typer.Option(help="Lifetime in seconds.")] = None,
+    state_dir: StateDir = None,
+    json_out: JsonOut = False,
+) -> None:
+    """Create a sub-agent of PARENT holding a subset of its grants."""
+    gate = _gate(state_dir)
+    child = gate.agents.get(parent).delegate(
+        name=name, capabilities=capability, ttl=ttl, trust_score=trust_score
+    )
+    _show_agent(child, json_out)
+
+
+@agents_app.command("list")
+@handle_errors
+def agents_list(
+    status: Annotated[str | None, typer.Option(help="active, suspended or revoked")] = None,
+    state_dir: StateDir = None,
+    json_out: JsonOut = False,
+) -> None:
+    """List agents."""
+    agents = _gate(state_dir).agents.list(status=status)
+    if json_out:
+        _print_json([a.to_dict() for a in agents])
+        return
+    table = Table("name", "did", "depth", "status", "trust", "capabilities")
+    for a in agents:
+        d = a.to_dict()
+        table.add_row(
+            escape(d["name"]), d["did"], str(d["depth"]), d["effective_status"],
+            str(d["effective_trust"]), escape(", ".join(d["capabilities"])),
+        )
+    _out().print(table)
+
+
+@agents_app.command("show")
+@handle_errors
+def agents_show(agent: str, state_dir: StateDir = None, json_out: JsonOut = False) -> None:
+    """Show one agent (by name or did)."""
+    _show_agent(_gate(state_dir).agents.get(agent), json_out)
+
+
+ReasonOpt = Annotated[str | None, typer.Option(help="Why (recorded in the audit log).")]
+
+
+@agents_app.command("suspend")
+@handle_errors
+def agents_suspend(agent: str, reason: ReasonOpt = None, state_dir: StateDir = None) -> None:
+    """Suspend an agent and its descendants; their credentials stop working."""
+    affected = _gate(state_dir).agents.suspend(agent, reason=reason)
+    _out().print(f"suspended {len(affected)} agent(s)")
+
+
+@agents_app.command("reinstate")
+@handle_errors
+def agents_reinstate(
+    agent: str,
+    reason: Annotated[str, typer.Option(help="Why (required, audited).")],
+    state_dir: StateDir = None,
+) -> None:
+    """Reinstate a suspended agent (and sub-agents suspended because of it)."""
+    affected = _gate(state_dir).agents.reinstate(agent, reason=reason)
+    _out().print(f"reinstated {len(affected)} agent(s)")
+
+
+@agents_app.command("revoke")
+@handle_errors
+def agents_revoke(agent: str, reason: ReasonOpt = None, state_dir: StateDir = None) -> None:
+    """Revoke an agent and its descendants for good."""
+    affected = _gate(state_dir).agents.revoke(agent, reason=reason)
+    _out().print(f"revoked {len(affected)} agent(s)")
+
+
+# -- credentials ------------------------------------------------------------------------
+
+
+@creds_app.command("issue")
+@handle_errors
+def creds_issue(
+    agent: str,
+    scope: Annotated[list[str], typer.Option("--scope", "-s", help="Capability (repeatable).")],
+    ttl_minutes: Annotated[float | None, typer.Option(help="Lifetime in minutes.")] = None,
+    state_dir: StateDir = None,
+    json_out: JsonOut = False,
+) -> None:
+    """Issue a credential; prints the token (and nothing else) on stdout."""
+    gate = _gate(state_dir)
+    cred = gate.credential_manager.issue_credential(
+        gate.agents.resolve(agent), scope=scope, ttl_minutes=ttl_minutes
+    )
+    if json_out:
+        _print_json(
+            {
+                "token": cred.token,
+                "jti": cred.jti,
+                "agent": cred.agent_id,
+                "scope": cred.scope,
+                "expires_at": cred.expires_at.isoformat(),
+            }
+        )
+    else:
+        typer.echo(cred.token)
+        _err(f"jti {cred.jti}, expires {cred.expires_at.isoformat()}")
+
+
+def _read_token(token: str) -> str:
+    return sys.stdin.read().strip() if token == "-" else token.strip()
+
+
+@creds_app.command("verify")
+@handle_errors
+def creds_verify(
+    token: Annotated[str, typer.Argument(help="The token, or - to read it from stdin.")],
+    state_dir: StateDir = None,
+    json_out: JsonOut = False,
+) -> None:
+    """Verify a credential: exit 0 when valid, 1 with the reason when not."""
+    claims = _gate(state_dir).credential_manager.verify(_read_token(token))
+    data = {
+        "valid": True,
+        "sub": claims.sub,
+        "jti": claims.jti,
+        "scope": list(claims.scope),
+        "expires_at": claims.expires_at.isoformat(),
+    }
+    if json_out:
+        _print_json(data)
+    else:
+        _out().print(f"valid: {claims.sub} scope={list(claims.scope)} until {data['expires_at']}")
+
+
+@creds_app.command("revoke")
+@handle_errors
+def creds_revoke(
+    jti: Annotated[str | None, typer.Argument(help="Credential id to revoke.")] = None,
+    agent: Annotated[
+        str | None, typer.Option(help="Revoke every credential of this agent and its sub-agents.")
+    ] = None,
+    reason: ReasonOpt = None,
+    state_dir: StateDir = None,
+) -> None:
+    """Revoke one credential by id, or all of an agent's with --agent."""
+    if (jti is None) == (agent is None):
+        _err("error [usage]: give either a credential id or --agent")
+        raise typer.Exit(2)
+    gate = _gate(state_dir)
+    if agent is not None:
+        affected = gate.credential_manager.revoke_agent(agent, reason=reason)
+        _out().print(f"revoked the credentials of {len(affected)} agent(s)")
+    else:
+        assert jti is not None
+        gate.credential_manager.revoke(jti, reason=reason)
+        _out().print(f"revoked {jti}")
+
+
+# -- keys ------------------------------------------------------------------------------------
+
+
+@keys_app.command("jwks")
+@handle_errors
+def keys_jwks(state_dir: StateDir = None) -> None:
+    """Print the JWK Set that verifies this gate's credentials."""
+    _print_json(_gate(state_dir).jwks())
+
+
+@keys_app.command("rotate")
+@handle_errors
+def keys_rotate(state_dir: StateDir = None) -> None:
+    """Sign with a fresh key from now on; the old key stays published until its tokens expire."""
+    kid = _gate(state_dir).rotate_keys()
+    _out().print(f"now signing with {kid}")
+
+
+# -- audit ------------------------------------------------------------------------------------
+
+
+@audit_app.command("verify")
+@handle_errors
+def audit_verify(
+    anchor: Annotated[
+        Path | None, typer.Option(help="A checkpoint file kept outside the database.")
+    ] = None,
+    state_dir: StateDir = None,
+    json_out: JsonOut = False,
+) -> None:
+    """Check the hash chain (and an anchor); exit 1 naming the first bad seq."""
+    from opsgate.audit.log import load_anchor
+
+    gate = _gate(state_dir)
+    report = gate.audit.verify(load_anchor(anchor) if anchor is not None else None)
+    if json_out:
+        _print_json(report.to_dict())
+    elif report.ok:
+        extra = " and the anchor" if report.anchor_checked else ""
+        _out().print(
+            f"audit log intact: {report.events} events, head seq {report.head_seq}, "
+            f"{report.checkpoints_checked} checkpoint(s){extra} verified"
+        )
+    else:
+        _err(
+            f"audit log TAMPERED: {report.problem} at seq {report.first_bad_seq}: {report.reason}"
+        )
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+@audit_app.command("tail")
+@handle_errors
+def audit_tail(
+    n: Annotated[int, typer.Option("-n", help="How many events.", min=1, max=10000)] = 20,
+    event_type: Annotated[str | None, typer.Option("--type", help="Only this type.")] = None,
+    actor: Annotated[str | None, typer.Option(help="Only this actor (did).")] = None,
+    state_dir: StateDir = None,
+    json_out: JsonOut = False,
+) -> None:
+    """Show the newest audit events."""
+    records = _gate(state_dir).audit.tail(n, event_type=event_type, actor=actor)
+    if json_out:
+        _print_json([{**r.event, "hash": r.hash} for r in records])
+        return
+    table = Table("seq", "time", "type", "actor", "detail")
+    table.columns[3].overflow = "ellipsis"
+    table.columns[3].max_width = 24
+    for r in records:
+        detail = {k: v for k, v in r.event.items() if k not in ("seq", "at", "type", "actor")}
+        table.add_row(
+            str(r.seq), _when(r.at), escape(r.type), escape(r.actor or "-"),
+            escape(json.dumps(detail, default=str)[:200]),
+        )
+    _out().print(table)
+
+
+@audit_app.command("export")
+@handle_errors
+def audit_export(
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="File (default stdout).")] = None,
+    state_dir: StateDir = None,
+) -> None:
+    """Export every event as JSON lines, with prev_hash and hash, for offline verification."""
+    gate = _gate(state_dir)
+    stream = output.open("w", encoding="utf-8") if output else sys.stdout
+    try:
+        for r in gate.audit.events():
+            stream.write(json.dumps({"event": r.event, "prev_hash": r.prev_hash, "hash": r.hash}))
+            stream.write("\n")
+    finally:
+        if output:
+            stream.close()
+
+
+@audit_app.command("checkpoint")
+@handle_errors
+def audit_checkpoint(
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Write the signed checkpoint here.")
+    ] = None,
+    state_dir: StateDir = None,
+) -> None:
+    """Sign the current head; keep the file somewhere the database is not."""
+    gate = _gate(state_dir)
+    cp = gate.audit.export_checkpoint(output) if output else gate.audit.checkpoint()
+    where = f" -> {output}" if output else ""
+    _out().print(f"checkpoint at seq {cp.seq} ({cp.hash[:16]}...) signed by {cp.kid}{where}")
+
+
+def _mount_optional() -> None:
+    from opsgate.policy.cli import app as policy_app
+
+    app.add_typer(policy_app, name="policy")
+
+
+_mount_optional()
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()
