@@ -1,0 +1,193 @@
+"""The facts a policy decision is a function of, as one frozen value.
+
+Fields are type-checked on construction so the compiled conditions can compare
+typed names (``agent.trust_score < 800``) without per-call type checks. The clock
+is a parameter: the hour, weekday and minute are given, never read here.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from types import MappingProxyType
+from typing import Any
+
+from opsgate.errors import PolicyError
+
+_EMPTY: Mapping[str, Any] = MappingProxyType({})
+MAX_PARAM_DEPTH = 16
+
+
+def _shown(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _bad(message: str) -> PolicyError:
+    return PolicyError(message, code="policy_request_invalid")
+
+
+def _check_json(value: object, path: str, depth: int = 0) -> None:
+    """Params must be JSON values: conditions compare them with JSON semantics."""
+    if depth > MAX_PARAM_DEPTH:
+        raise _bad(f"param {path!r} is nested deeper than {MAX_PARAM_DEPTH} levels")
+    if value is None or type(value) in (str, bool, int):
+        return
+    if type(value) is float:
+        if not math.isfinite(value):
+            raise _bad(f"param {path!r} must be a finite number")
+        return
+    if type(value) in (list, tuple):
+        for i, item in enumerate(value):  # type: ignore[attr-defined]
+            _check_json(item, f"{path}[{i}]", depth + 1)
+        return
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            if type(key) is not str:
+                raise _bad(f"param {path!r} has a non-string key {_shown(key)}")
+            _check_json(item, f"{path}.{key}", depth + 1)
+        return
+    raise _bad(f"param {path!r} has unsupported type {type(value).__name__!r}")
+
+
+def _int_in(name: str, value: object, low: int, high: int) -> None:
+    if type(value) is not int or not low <= value <= high:
+        raise _bad(f"{name} must be an integer from {low} to {high}, got {_shown(value)}")
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyRequest:
+    """One operation as policy sees it. `capability` defaults to 'action:resource'."""
+
+    action: str
+    resource: str
+    capability: str = ""
+    environment: str | None = None
+    destructive: bool = False
+    agent_name: str = ""
+    agent_did: str = ""
+    #: Unknown trust is no trust: an omitted score is 0, never a pass.
+    agent_trust_score: int = 0
+    agent_depth: int = 0
+    agent_sponsor: str = ""
+    params: Mapping[str, Any] = field(default_factory=lambda: _EMPTY)
+    hour: int = 0
+    weekday: int = 0
+    minute: int = 0
+
+    def __post_init__(self) -> None:
+        for name in (
+            "action",
+            "resource",
+            "capability",
+            "agent_name",
+            "agent_did",
+            "agent_sponsor",
+        ):
+            if type(getattr(self, name)) is not str:
+                raise _bad(f"{name} must be a string, got {_shown(getattr(self, name))}")
+        if self.environment is not None and type(self.environment) is not str:
+            raise _bad(f"environment must be a string or null, got {_shown(self.environment)}")
+        if type(self.destructive) is not bool:
+            raise _bad(f"destructive must be true or false, got {_shown(self.destructive)}")
+        _int_in("agent trust_score", self.agent_trust_score, 0, 1000)
+        _int_in("agent depth", self.agent_depth, 0, 1000)
+        _int_in("time hour", self.hour, 0, 23)
+        _int_in("time weekday", self.weekday, 0, 6)
+        _int_in("time minute", self.minute, 0, 59)
+        if not self.capability:
+            object.__setattr__(self, "capability", f"{self.action}:{self.resource}")
+        params = self.params
+        if not isinstance(params, Mapping):
+            raise _bad(f"params must be a mapping, got {_shown(params)}")
+        if type(params) is not MappingProxyType:
+            # A private snapshot: the decision cannot change under a caller's later edits.
+            object.__setattr__(self, "params", MappingProxyType(dict(params)))
+        for key in self.params:
+            if type(key) is not str:
+                raise _bad(f"params has a non-string key {_shown(key)}")
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], *, now: datetime | None = None) -> PolicyRequest:
+        """Build from the case-file shape (`agent: {...}`, `time: {...}`, `params: {...}`).
+
+        Missing time fields come from `now` when given, else 0; unknown keys are errors.
+        """
+        if not isinstance(data, Mapping):
+            raise _bad("request must be a mapping")
+        allowed = {
+            "action",
+            "resource",
+            "capability",
+            "environment",
+            "destructive",
+            "agent",
+            "params",
+            "time",
+        }
+        unknown = sorted(str(k) for k in data if k not in allowed)
+        if unknown:
+            raise _bad(f"unknown request key {unknown[0]!r}")
+        for required in ("action", "resource"):
+            if required not in data:
+                raise _bad(f"request needs {required!r}")
+        agent = _sub(data, "agent", {"name", "did", "trust_score", "depth", "sponsor"})
+        clock = _sub(data, "time", {"hour", "weekday", "minute"})
+        params = data.get("params")
+        if params is None:
+            params = {}
+        if not isinstance(params, Mapping):
+            raise _bad("request params must be a mapping")
+        _check_json(dict(params), "params")
+        return cls(
+            action=data["action"],
+            resource=data["resource"],
+            capability=data.get("capability") or "",
+            environment=data.get("environment"),
+            destructive=data.get("destructive", False),
+            agent_name=agent.get("name", ""),
+            agent_did=agent.get("did", ""),
+            agent_trust_score=agent.get("trust_score", 0),
+            agent_depth=agent.get("depth", 0),
+            agent_sponsor=agent.get("sponsor", ""),
+            params=params,
+            hour=clock.get("hour", now.hour if now else 0),
+            weekday=clock.get("weekday", now.weekday() if now else 0),
+            minute=clock.get("minute", now.minute if now else 0),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The case-file shape, so a request can be printed and replayed."""
+        return {
+            "action": self.action,
+            "resource": self.resource,
+            "capability": self.capability,
+            "environment": self.environment,
+            "destructive": self.destructive,
+            "agent": {
+                "name": self.agent_name,
+                "did": self.agent_did,
+                "trust_score": self.agent_trust_score,
+                "depth": self.agent_depth,
+                "sponsor": self.agent_sponsor,
+            },
+            "params": dict(self.params),
+            "time": {"hour": self.hour, "weekday": self.weekday, "minute": self.minute},
+        }
+
+
+def _sub(data: Mapping[str, Any], key: str, allowed: set[str]) -> Mapping[str, Any]:
+    value = data.get(key)
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise _bad(f"request {key} must be a mapping")
+    unknown = sorted(str(k) for k in value if k not in allowed)
+    if unknown:
+        raise _bad(f"unknown request key '{key}.{unknown[0]}'")
+    return value
+
+
+__all__ = ["PolicyRequest"]
