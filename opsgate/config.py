@@ -78,6 +78,8 @@ class AnomalyConfig(_Strict):
 
 class TrustConfig(_Strict):
     deltas: TrustDeltas = TrustDeltas()
+    # Who approves production work of an agent under approval_below (emails or policy groups).
+    approvers: tuple[str, ...] = ()
     approval_below: int = Field(800, ge=0, le=1000)
     suspend_below: int = Field(500, ge=0, le=1000)
     default_score: int = Field(500, ge=0, le=1000)
@@ -90,6 +92,23 @@ class TrustConfig(_Strict):
         return self
 
 
+class SmtpConfig(_Strict):
+    host: str
+    port: int = Field(25, ge=1, le=65535)
+    sender: str
+    starttls: bool = False
+    username: str | None = None
+    password_env: str | None = None  # name of the variable holding the password, never the password
+
+
+class NotificationsConfig(_Strict):
+    """Where approval requests and decisions are announced."""
+
+    webhooks: tuple[str, ...] = ()
+    smtp: SmtpConfig | None = None
+    timeout_seconds: float = Field(5.0, gt=0, le=60)
+
+
 class Config(_Strict):
     """Everything a Gate needs to know that is not data in its store."""
 
@@ -100,6 +119,7 @@ class Config(_Strict):
     cache_refresh_seconds: float = Field(0.5, gt=0, le=1.0)
     limits: Limits = Limits()
     trust: TrustConfig = TrustConfig()
+    notifications: NotificationsConfig = NotificationsConfig()
 
 
 CONFIG_FILE = "opsgate.yaml"

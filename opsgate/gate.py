@@ -20,27 +20,34 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import structlog
 from sqlalchemy import insert
 
 from opsgate import capabilities as caps
+from opsgate.approvals import ApprovalRequest, ApprovalService, PendingApproval, satisfied
 from opsgate.audit.log import AuditLog
 from opsgate.authz import AuthzRequest, authorize, environment_of
 from opsgate.config import Config, load_config
 from opsgate.credentials.keyring import KeyRing
-from opsgate.credentials.manager import CredentialManager, to_epoch
+from opsgate.credentials.manager import Claims, CredentialManager, to_epoch
 from opsgate.decision import Decision
 from opsgate.errors import (
+    ApprovalError,
     ConfigError,
     InvalidCredential,
     OperationError,
+    OpsgateError,
 )
 from opsgate.identity import keys
 from opsgate.identity.registry import Agent, AgentRegistry
 from opsgate.operations.base import Executor, Operation, Outcome, Plan
-from opsgate.state import LiveState
+from opsgate.state import AgentState, LiveState
 from opsgate.store import Store, schema
+from opsgate.trust.engine import TrustEngine
+from opsgate.trust.scoring import TrustEvent, failure_event
 
 DEFAULT_STATE_DIR = ".opsgate"
+log = structlog.get_logger("opsgate.gate")
 
 
 def resolve_state_dir(state_dir: str | os.PathLike[str] | None) -> Path:
@@ -101,8 +108,13 @@ class Gate:
             agents=self.agents,
             issuer=gate_id,
         )
+        self.trust = TrustEngine(
+            store=store, state=self.state, config=config, audit=self.audit, agents=self.agents
+        )
+        self.approvals = ApprovalService(store=store, audit=self.audit, config=config)
+        self.credential_manager.on_escalation = self._on_escalation
+        self.agents.on_refusal = self._on_delegation_refused
         self.policies: Any = None
-        self.trust_approvers: tuple[str, ...] = ()
         self._executors: dict[str, Executor] = {}
 
     @classmethod
@@ -135,7 +147,14 @@ class Gate:
 
         self.policies = load_policies(source, limits=self.config.limits)
 
+    def _on_escalation(self, did: str, reason: str, t: float) -> None:
+        self._charge(did, TrustEvent.POLICY_VIOLATION, f"escalation attempt: {reason}", t)
+
+    def _on_delegation_refused(self, did: str, reason: str, t: float) -> None:
+        self._charge(did, TrustEvent.POLICY_VIOLATION, f"escalation attempt: {reason}", t)
+
     def close(self) -> None:
+        self.approvals.dispatcher.close()
         self.store.dispose()
 
     def __enter__(self) -> Gate:
@@ -194,41 +213,61 @@ class Gate:
     # -- trust ---------------------------------------------------------------------------
 
     def trust_score(self, did: str) -> int:
-        return self.agents.stored_trust(self.agents.resolve(did))
+        return self.trust.score(self.agents.resolve(did))
 
     def effective_trust(self, did: str) -> int:
-        st = self.agents.state(did)
-        return min(self.trust_score(d) for d in (*st.ancestors, st.did))
+        return self.trust.effective(self.agents.state(did))
+
+    def _resolve_approvers(self, names: tuple[str, ...]) -> tuple[str, ...]:
+        groups = getattr(self.policies, "groups", {}) or {}
+        out: set[str] = set()
+        for name in names:
+            key = name.strip().lower()
+            out.update(m.lower() for m in groups.get(key, (key,)))
+        return tuple(sorted(out))
+
+    def _charge(self, did: str | None, cause: TrustEvent, reason: str, t: float,
+                operation: str | None = None, evidence: dict[str, Any] | None = None) -> None:
+        """Apply a negative trust event; a failure to record it never turns a refusal into an allow."""
+        if did is None:
+            return
+        try:
+            self.trust.record(did, cause, reason=reason, now=t, operation=operation, evidence=evidence)
+        except OpsgateError as exc:
+            log.error("trust change not recorded", agent=did, cause=cause.value, code=exc.code)
 
     # -- the one path --------------------------------------------------------------------
 
-    def _authenticate(self, token: object, t: float, proof: str | None, context: str) -> Any:
+    def _authenticate(self, token: object, t: float, proof: str | None, context: str) -> Claims:
+        """Step 1. Misuse of a genuine credential is charged to its (proven) agent."""
         try:
             return self.credential_manager.verify(token, now=t, proof=proof, proof_context=context)
         except InvalidCredential as exc:
-            self._on_credential_refused(exc, t)
+            if exc.detail.get("misuse") and exc.detail.get("agent"):
+                self._charge(
+                    exc.detail["agent"], TrustEvent.CREDENTIAL_MISUSE,
+                    f"credential refused: {exc.code}", t, evidence={"jti": exc.detail.get("jti")},
+                )
             raise
-
-    def _on_credential_refused(self, exc: InvalidCredential, t: float) -> None:
-        """Feed misuse of a genuine credential to trust (hooked by the trust engine)."""
 
     def _decide(
         self,
-        claims: Any,
+        claims: Claims,
         cap: caps.Capability,
         t: float,
         *,
         environment: str | None,
         destructive: bool = False,
         params: dict[str, Any] | None = None,
-    ) -> Decision:
+    ) -> tuple[AgentState, Decision]:
+        """Steps 3 and 4: the pure authorization core, fed with fresh state."""
         agent = self.state.agent(claims.sub)
         assert agent is not None  # verify() checked it
         when = datetime.fromtimestamp(t, UTC)
-        return authorize(
+        decision = authorize(
             AuthzRequest(
                 agent=agent,
-                trust=self.effective_trust(agent.did),
+                trust=self.trust.effective(agent),
                 scope=claims.parsed_scope,
                 capability=cap,
                 environment=environment,
@@ -240,8 +279,18 @@ class Gate:
             ),
             self.policies,
             self.config.trust,
-            self.trust_approvers,
+            self._resolve_approvers(self.config.trust.approvers),
         )
+        return agent, decision
+
+    def _score_decision(self, agent: AgentState, decision: Decision, capability: str, t: float) -> None:
+        """Step 8 for refusals: violations cost trust; every request feeds the detectors."""
+        refused = decision.effect == "deny"
+        if refused:
+            why = decision.extra.get("violation", "policy_deny")
+            self._charge(agent.did, TrustEvent.POLICY_VIOLATION, f"{why}: {'; '.join(decision.reasons)}",
+                         t, operation=capability)
+        self.trust.observe(agent, capability, refused=refused, now=t)
 
     def authorize(
         self,
@@ -252,7 +301,7 @@ class Gate:
         proof: str | None = None,
         params: dict[str, Any] | None = None,
     ) -> Decision:
-        """Decide whether the credential may exercise `capability` now. Audited.
+        """Decide whether the credential may exercise `capability` now. Audited and scored.
 
         Raises InvalidCredential when the token does not verify and
         CapabilityError for a malformed capability; otherwise returns a Decision.
@@ -260,7 +309,7 @@ class Gate:
         t = to_epoch(now)
         claims = self._authenticate(token, t, proof, capability)
         cap = caps.parse_request(capability)
-        decision = self._decide(claims, cap, t, environment=environment_of(cap), params=params)
+        agent, decision = self._decide(claims, cap, t, environment=environment_of(cap), params=params)
         self.audit.append(
             "authorize",
             actor=claims.sub,
@@ -271,26 +320,26 @@ class Gate:
             reasons=list(decision.reasons),
             errors=list(decision.errors) or None,
         )
-        self._after_decision(claims.sub, decision, t, capability)
+        self._score_decision(agent, decision, capability, t)
         return decision
 
-    def _after_decision(self, did: str, decision: Decision, t: float, capability: str) -> None:
-        """Feed refusals to trust (hooked by the trust engine)."""
-
     def register_executor(self, action: str, executor: Executor) -> None:
+        """Route operations with this action to `executor` (plan pure, run does the I/O)."""
         caps.parse_request(f"{action}:x")  # the action must be a valid capability action
         self._executors[action] = executor
 
     def plan(self, operation: Operation) -> Plan:
+        """Step 2: the executor's pure plan (what would happen, and its digest)."""
+        if not isinstance(operation, Operation):
+            raise OperationError("operation must be an opsgate.Operation", code="operation_invalid")
         executor = self._executors.get(operation.action)
         if executor is None:
             raise OperationError(
-                f"no executor is registered for action {operation.action!r}",
-                code="executor_missing",
+                f"no executor is registered for action {operation.action!r}", code="executor_missing"
             )
+        caps.parse_request(operation.capability)
         plan = executor.plan(operation)
-        if plan.capability != operation.capability:
-            caps.parse_request(plan.capability)
+        caps.parse_request(plan.capability)
         return plan
 
     def execute(
@@ -300,20 +349,94 @@ class Gate:
         *,
         now: datetime | float | None = None,
         proof: str | None = None,
-    ) -> Outcome:
-        """Run `operation` through the one path (authenticate → ... → audit+score)."""
+        approval_id: str | None = None,
+    ) -> Outcome | PendingApproval:
+        """Run `operation` through the one path. Returns its Outcome, or PendingApproval.
+
+        Raises InvalidCredential (step 1), OperationError with code
+        `operation_denied` (steps 3-4), ApprovalError (step 5), AuditError (step 6).
+        """
         t = to_epoch(now)
         claims = self._authenticate(token, t, proof, operation.capability)
         plan = self.plan(operation)
         cap = caps.parse_request(plan.capability)
-        decision = self._decide(
-            claims,
-            cap,
-            t,
-            environment=plan.environment,
-            destructive=plan.destructive,
+        agent, decision = self._decide(
+            claims, cap, t, environment=plan.environment, destructive=plan.destructive,
             params=operation.params,
         )
+        if decision.effect == "deny":
+            self.audit.append(
+                "operation.denied", actor=claims.sub, at=t, jti=claims.jti,
+                capability=plan.capability, digest=plan.digest, reasons=list(decision.reasons),
+                errors=list(decision.errors) or None,
+            )
+            self._score_decision(agent, decision, plan.capability, t)
+            raise OperationError(
+                f"operation {plan.capability!r} denied: {'; '.join(decision.reasons)}",
+                code="operation_denied",
+                decision=decision,
+            )
+        if operation.dry_run:
+            self.audit.append(
+                "operation.dry_run", actor=claims.sub, at=t, capability=plan.capability,
+                digest=plan.digest, decision=decision.effect,
+            )
+            return Outcome("dry_run", plan.summary, {"plan": plan.to_dict(),
+                                                     "decision": decision.to_dict()})
+        if decision.effect == "require_approval":
+            if approval_id is None:
+                self.trust.observe(agent, plan.capability, refused=False, now=t)
+                return self.approvals.create(
+                    agent=agent, sponsors=self._sponsors(agent), plan=plan, decision=decision, now=t
+                )
+            request = self.approvals.get(approval_id, now=t)
+            if request.status == "approved" and not satisfied(
+                decision.requirements, (d.approver for d in request.decisions if d.decision == "approve")
+            ):
+                raise ApprovalError(
+                    f"approval {approval_id!r} does not meet the current policy's requirements",
+                    code="approval_insufficient",
+                )
+            self.approvals.consume(approval_id, digest=plan.digest, requester=agent.did, now=t)
+        elif approval_id is not None:
+            self.approvals.consume(approval_id, digest=plan.digest, requester=agent.did, now=t)
+        return self._run(claims, agent, plan, decision, t, approval_id)
+
+    def resume(
+        self,
+        approval_id: str,
+        token: str,
+        *,
+        now: datetime | float | None = None,
+        proof: str | None = None,
+    ) -> Outcome | PendingApproval:
+        """Execute an approved request: steps 1-4 again with fresh state, same digest, once."""
+        request = self.approvals.get(approval_id, now=now)
+        op = request.operation
+        operation = Operation(op["action"], op["resource"], dict(op.get("params") or {}))
+        return self.execute(token, operation, now=now, proof=proof, approval_id=approval_id)
+
+    def wait_for_approval(self, approval_id: str, timeout: float = 60.0) -> ApprovalRequest:
+        return self.approvals.wait(approval_id, timeout=timeout)
+
+    def _sponsors(self, agent: AgentState) -> tuple[str, ...]:
+        sponsors = {agent.sponsor}
+        for did in agent.ancestors:
+            st = self.state.agent(did)
+            if st is not None:
+                sponsors.add(st.sponsor)
+        return tuple(sorted(sponsors))
+
+    def _run(
+        self,
+        claims: Claims,
+        agent: AgentState,
+        plan: Plan,
+        decision: Decision,
+        t: float,
+        approval_id: str | None,
+    ) -> Outcome:
+        """Steps 6-8: durable attempt record (or nothing runs), run, outcome + trust."""
         attempt = self.audit.append(
             "operation.attempt",
             actor=claims.sub,
@@ -322,27 +445,38 @@ class Gate:
             capability=plan.capability,
             digest=plan.digest,
             decision=decision.effect,
+            approval=approval_id,
             reasons=list(decision.reasons),
         )
-        if decision.effect != "allow":
-            self._after_decision(claims.sub, decision, t, plan.capability)
-            raise OperationError(
-                f"operation {plan.capability!r} refused: {'; '.join(decision.reasons)}",
-                code="operation_denied" if decision.effect == "deny" else "approval_required",
-                decision=decision,
-            )
-        executor = self._executors[operation.action]
-        outcome = executor.run(plan)
-        done = self.audit.append(
+        executor = self._executors[plan.operation.action]
+        try:
+            outcome = executor.run(plan)
+        except OpsgateError as exc:
+            outcome = Outcome("failed", exc.message, {"code": exc.code})
+        except Exception as exc:  # noqa: BLE001 - an executor bug is a failed operation, audited
+            # Only the class name: an executor's message may carry secrets.
+            outcome = Outcome("failed", f"executor raised {exc.__class__.__name__}")
+        if outcome.status == "failed":
+            cause = failure_event(outcome.failure_kind)
+        else:
+            cause = TrustEvent.SUCCESS
+        done_at = max(time.time(), t)
+        record = self.audit.append(
             "operation.outcome",
             actor=claims.sub,
-            at=time.time(),
+            at=done_at,
             attempt_seq=attempt.seq,
             capability=plan.capability,
             digest=plan.digest,
             outcome=outcome.status,
             summary=outcome.summary,
+            apply=None if cause is None else self.trust.apply_change(
+                agent.did, cause, reason=outcome.summary or outcome.status,
+                operation=plan.capability,
+            ),
         )
+        self.trust.after_change({**record.event, "seq": record.seq}, done_at)
+        self.trust.observe(agent, plan.capability, refused=False, now=t)
         return Outcome(
-            outcome.status, outcome.summary, outcome.detail, outcome.failure_kind, done.seq
+            outcome.status, outcome.summary, outcome.detail, outcome.failure_kind, record.seq
         )

@@ -109,10 +109,16 @@ class VerifyReport:
         }
 
 
+# A state change that must commit together with its audit event; what it returns
+# is merged into the event (e.g. the trust score an UPDATE ... RETURNING produced).
+Apply = Callable[[Connection], "dict[str, Any] | None"]
+
+
 @dataclass(slots=True)
 class _Pending:
     event: dict[str, Any]
     at: float
+    apply: Apply | None = None
     record: AuditRecord | None = None
     error: BaseException | None = None
 
@@ -245,10 +251,22 @@ class AuditLog:
     # -- appending --------------------------------------------------------------
 
     def append(
-        self, event_type: str, *, actor: str | None = None, at: float | None = None, **fields: Any
+        self,
+        event_type: str,
+        *,
+        actor: str | None = None,
+        at: float | None = None,
+        apply: Apply | None = None,
+        **fields: Any,
     ) -> AuditRecord:
-        """Durably append one event; raises AuditError (fail closed) if it cannot."""
-        slot = _Pending(self._prepare(event_type, actor, fields), time.time() if at is None else at)
+        """Durably append one event; raises AuditError (fail closed) if it cannot.
+
+        `apply` runs inside the same transaction, so the state change it makes
+        and this event commit together or not at all.
+        """
+        slot = _Pending(
+            self._prepare(event_type, actor, fields), time.time() if at is None else at, apply
+        )
         with self._queue_lock:
             self._queue.append(slot)
         with self._writer_lock:
@@ -269,6 +287,11 @@ class AuditLog:
                 self.fail_next -= 1
                 raise OSError("simulated audit storage failure")
             with self._store.write() as conn:
+                for p in batch:
+                    if p.apply is not None:
+                        extra = p.apply(conn)
+                        if extra:
+                            p.event.update(redact(extra))
                 records = self._chain(conn, batch)
                 self._store_records(conn, records)
         except (SQLAlchemyError, OSError, OpsgateError) as exc:

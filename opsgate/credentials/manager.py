@@ -14,6 +14,7 @@ import re
 import secrets
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -132,6 +133,8 @@ class CredentialManager:
         self._seen: dict[str, Claims] = {}
         self._seen_lock = threading.Lock()
         self.proofs = ProofChecker()
+        # Called with (did, reason, now) when an issuance asks for more than the grants.
+        self.on_escalation: Callable[[str, str, float], None] | None = None
 
     # -- issuing ------------------------------------------------------------------
 
@@ -200,6 +203,11 @@ class CredentialManager:
             self._audit.append(
                 "credential.refused", actor=state.did, at=t, code=exc.code, reason=exc.message
             )
+            if self.on_escalation is not None and exc.code in (
+                "scope_not_covered",
+                "capability_unrestricted",
+            ):
+                self.on_escalation(state.did, exc.message, t)
             raise
         exp = round(t + ttl, 3)
         if state.expires_at is not None:

@@ -32,6 +32,18 @@ AGENT_KEY_DIR = "agent-keys"
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
 _EMAIL = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}\Z")
 CASCADE_PREFIX = "cascade from "
+# Refusals that are attempts to widen access (charged as policy violations),
+# as opposed to plain mistakes such as a malformed capability string.
+ESCALATION_CODES = frozenset(
+    {
+        "delegation_not_covered",
+        "capability_unrestricted",
+        "depth_exceeded",
+        "outlives_parent",
+        "trust_above_parent",
+        "scope_not_covered",
+    }
+)
 
 
 def check_email(value: object, what: str = "sponsor") -> str:
@@ -176,7 +188,8 @@ class AgentRegistry:
         self._audit = audit
         self._key_dir = state_dir / AGENT_KEY_DIR
         self._default_trust = default_trust
-        self.on_refusal: Callable[[str, str, str], None] | None = None  # (did, kind, reason)
+        # Called with (did, reason, now) when a delegation tries to widen access.
+        self.on_refusal: Callable[[str, str, float], None] | None = None
 
     # -- lookup -------------------------------------------------------------------
 
@@ -336,8 +349,8 @@ class AgentRegistry:
                 code=exc.code,
                 reason=exc.message,
             )
-            if self.on_refusal is not None:
-                self.on_refusal(parent.did, "escalation", exc.message)
+            if self.on_refusal is not None and exc.code in ESCALATION_CODES:
+                self.on_refusal(parent.did, exc.message, t)
             raise
 
     def _delegate(

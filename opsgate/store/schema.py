@@ -121,3 +121,59 @@ audit_checkpoints = Table(
     Column("kid", String(64), nullable=False),
     Column("signature", String(128), nullable=False),
 )
+
+approvers = Table(
+    "approvers",
+    metadata,
+    Column("email", String(254), primary_key=True),
+    Column("token_hash", String(64), nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("disabled_at", Float, nullable=True),
+)
+
+approval_requests = Table(
+    "approval_requests",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("digest", String(64), nullable=False),
+    Column("requester_did", String(64), nullable=False),
+    Column("requester_name", String(128), nullable=False),
+    Column("sponsors", Text, nullable=False),
+    Column("capability", String(256), nullable=False),
+    Column("operation", Text, nullable=False),
+    Column("plan", Text, nullable=False),
+    Column("requirements", Text, nullable=False),
+    Column("reasons", Text, nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("expires_at", Float, nullable=False),
+    Column("decided_at", Float, nullable=True),
+    Column("consumed_at", Float, nullable=True),
+)
+Index("ix_approval_status", approval_requests.c.status)
+
+approval_decisions = Table(
+    "approval_decisions",
+    metadata,
+    Column("request_id", String(40), ForeignKey("approval_requests.id"), primary_key=True),
+    Column("approver", String(254), primary_key=True),
+    Column("decision", String(16), nullable=False),
+    Column("comment", Text, nullable=True),
+    Column("at", Float, nullable=False),
+)
+
+trust_resources = Table(
+    "trust_resources",
+    metadata,
+    Column("agent_did", String(64), primary_key=True),
+    Column("resource", String(256), primary_key=True),
+    Column("first_seen", Float, nullable=False),
+)
+
+trust_activity = Table(
+    "trust_activity",
+    metadata,
+    Column("agent_did", String(64), primary_key=True),
+    Column("state", Text, nullable=False),
+    Column("updated_at", Float, nullable=False),
+)

@@ -1,0 +1,136 @@
+"""Announce approval requests and decisions: Slack-compatible webhooks and SMTP.
+
+Notifications run on a small background pool so a slow endpoint never holds up
+the gate. A failure is logged and audited; the request itself is already stored.
+"""
+
+from __future__ import annotations
+
+import os
+import smtplib
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor, wait
+from email.message import EmailMessage
+from typing import Any, Protocol
+
+import httpx
+import structlog
+
+from opsgate.approvals.model import ApprovalRequest
+from opsgate.config import NotificationsConfig, SmtpConfig
+
+log = structlog.get_logger("opsgate.approvals")
+
+
+class Notifier(Protocol):
+    name: str
+
+    def send(self, event: str, request: ApprovalRequest, text: str) -> None: ...
+
+
+def message_text(event: str, req: ApprovalRequest) -> str:
+    who = ", ".join(req.approvers)
+    if event == "approval.requested":
+        return (
+            f"opsgate: {req.requester_name} asks to run {req.capability} - approval {req.id} "
+            f"needs {req.min_approvals} of [{who}] before {req.expires.isoformat()}. "
+            f"Why: {'; '.join(req.reasons)}"
+        )
+    return f"opsgate: approval {req.id} for {req.capability} by {req.requester_name} is {req.status}"
+
+
+def _payload(event: str, req: ApprovalRequest, text: str) -> dict[str, Any]:
+    return {
+        "text": text,
+        "event": event,
+        "approval": {
+            "id": req.id,
+            "status": req.status,
+            "capability": req.capability,
+            "requester": req.requester_name,
+            "approvers": list(req.approvers),
+            "min_approvals": req.min_approvals,
+            "digest": req.digest,
+            "expires_at": req.expires.isoformat(),
+        },
+    }
+
+
+class WebhookNotifier:
+    def __init__(self, url: str, timeout: float) -> None:
+        self.url = url
+        self.name = f"webhook {httpx.URL(url).host}"
+        self._timeout = timeout
+
+    def send(self, event: str, request: ApprovalRequest, text: str) -> None:
+        response = httpx.post(self.url, json=_payload(event, request, text), timeout=self._timeout)
+        response.raise_for_status()
+
+
+class SmtpNotifier:
+    def __init__(self, cfg: SmtpConfig, timeout: float) -> None:
+        self.cfg = cfg
+        self.name = f"smtp {cfg.host}:{cfg.port}"
+        self._timeout = timeout
+
+    def send(self, event: str, request: ApprovalRequest, text: str) -> None:
+        msg = EmailMessage()
+        msg["Subject"] = f"[opsgate] {request.capability}: approval {request.status}"
+        msg["From"] = self.cfg.sender
+        msg["To"] = ", ".join(request.approvers)
+        msg.set_content(text)
+        with smtplib.SMTP(self.cfg.host, self.cfg.port, timeout=self._timeout) as smtp:
+            if self.cfg.starttls:
+                smtp.starttls()
+            if self.cfg.username:
+                password = os.environ.get(self.cfg.password_env or "", "")
+                smtp.login(self.cfg.username, password)
+            smtp.send_message(msg)
+
+
+def build_notifiers(cfg: NotificationsConfig) -> list[Notifier]:
+    notifiers: list[Notifier] = [WebhookNotifier(u, cfg.timeout_seconds) for u in cfg.webhooks]
+    if cfg.smtp is not None:
+        notifiers.append(SmtpNotifier(cfg.smtp, cfg.timeout_seconds))
+    return notifiers
+
+
+class Dispatcher:
+    """Sends to every notifier in the background; `on_failure` audits what failed."""
+
+    def __init__(
+        self, notifiers: list[Notifier], on_failure: Callable[[str, str, ApprovalRequest, str], None]
+    ) -> None:
+        self.notifiers = notifiers
+        self._on_failure = on_failure
+        self._pool: ThreadPoolExecutor | None = None
+        self._pending: list[Future[None]] = []
+
+    def dispatch(self, event: str, request: ApprovalRequest) -> None:
+        if not self.notifiers:
+            return
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="opsgate-notify")
+        text = message_text(event, request)
+        for n in self.notifiers:
+            self._pending.append(self._pool.submit(self._send, n, event, request, text))
+        self._pending = [f for f in self._pending if not f.done()]
+
+    def _send(self, notifier: Notifier, event: str, request: ApprovalRequest, text: str) -> None:
+        try:
+            notifier.send(event, request, text)
+        except Exception as exc:  # noqa: BLE001 - any failure is reported, never raised
+            why = exc.__class__.__name__
+            log.warning("notification failed", notifier=notifier.name, approval=request.id, error=why)
+            self._on_failure(notifier.name, event, request, why)
+
+    def flush(self, timeout: float = 10.0) -> None:
+        """Wait for notifications in flight (tests, the demo, shutdown)."""
+        wait(list(self._pending), timeout=timeout)
+        self._pending = [f for f in self._pending if not f.done()]
+
+    def close(self) -> None:
+        self.flush()
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None

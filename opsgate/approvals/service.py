@@ -1,0 +1,397 @@
+"""Approval requests in the state database: create, decide (authenticated), consume once.
+
+Rules enforced here, each with a stable error code:
+- only the resolved approvers of the request may decide, with their approver token;
+- no sponsor in the requesting agent's chain may decide on its request;
+- `min_approvals` distinct approvers per requirement; one deny denies;
+- nothing is decided or consumed after expiry; an approved request is consumed once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import time
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from sqlalchemy import Connection, select, update
+
+from opsgate.approvals.model import (
+    ApprovalDecision,
+    ApprovalRequest,
+    PendingApproval,
+    quorum_status,
+)
+from opsgate.approvals.notify import Dispatcher, build_notifiers
+from opsgate.credentials.manager import to_epoch
+from opsgate.decision import ApprovalRequirement, Decision
+from opsgate.errors import AgentError, ApprovalError
+from opsgate.identity.registry import check_email
+from opsgate.store import Store, schema
+
+if TYPE_CHECKING:
+    from opsgate.audit.log import AuditLog
+    from opsgate.config import Config
+    from opsgate.operations.base import Plan
+    from opsgate.state import AgentState
+
+TOKEN_PREFIX = "opsg_apr_"
+DEFAULT_EXPIRY_SECONDS = 3600
+
+
+def _hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+def _dumps(value: Any) -> str:
+    return orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode("utf-8")
+
+
+class ApprovalService:
+    """`gate.approvals`: approvers, requests and decisions."""
+
+    def __init__(self, *, store: Store, audit: AuditLog, config: Config) -> None:
+        self._store = store
+        self._audit = audit
+        self.dispatcher = Dispatcher(build_notifiers(config.notifications), self._notify_failed)
+
+    # -- approvers -------------------------------------------------------------------
+
+    def add_approver(self, email: str, *, now: datetime | float | None = None) -> str:
+        """Register an approver; returns their token, shown once and stored only hashed."""
+        t = to_epoch(now)
+        address = self._email(email)
+        token = TOKEN_PREFIX + secrets.token_urlsafe(32)
+        a = schema.approvers
+        with self._store.write() as conn:
+            if conn.execute(select(a.c.email).where(a.c.email == address)).first() is not None:
+                raise ApprovalError(
+                    f"approver {address!r} already exists; rotate their token instead",
+                    code="approver_exists",
+                )
+            conn.execute(
+                a.insert().values(email=address, token_hash=_hash_token(token), created_at=t)
+            )
+            self._audit.append_in(conn, "approver.added", actor="operator", at=t, approver=address)
+        return token
+
+    def rotate_approver_token(self, email: str, *, now: datetime | float | None = None) -> str:
+        t = to_epoch(now)
+        address = self._email(email)
+        token = TOKEN_PREFIX + secrets.token_urlsafe(32)
+        with self._store.write() as conn:
+            res = conn.execute(
+                update(schema.approvers)
+                .where(schema.approvers.c.email == address)
+                .values(token_hash=_hash_token(token), disabled_at=None)
+            )
+            if not res.rowcount:
+                raise ApprovalError(f"no approver {address!r}", code="approver_not_found")
+            self._audit.append_in(
+                conn, "approver.token_rotated", actor="operator", at=t, approver=address
+            )
+        return token
+
+    def list_approvers(self) -> list[str]:
+        with self._store.read() as conn:
+            return [r[0] for r in conn.execute(select(schema.approvers.c.email).order_by("email"))]
+
+    @staticmethod
+    def _email(email: object) -> str:
+        try:
+            return check_email(email, "approver")
+        except AgentError as exc:
+            raise ApprovalError(exc.message, code="invalid_email") from exc
+
+    def _authenticate(self, conn: Connection, approver: str, token: object) -> None:
+        row = conn.execute(
+            select(schema.approvers.c.token_hash, schema.approvers.c.disabled_at).where(
+                schema.approvers.c.email == approver
+            )
+        ).first()
+        presented = _hash_token(token) if isinstance(token, str) else ""
+        expected = row[0] if row is not None and row[1] is None else "x" * 64
+        if not hmac.compare_digest(presented, expected) or row is None:
+            raise ApprovalError(
+                f"approver {approver!r} could not be authenticated", code="approver_unauthenticated"
+            )
+
+    # -- requests ----------------------------------------------------------------------
+
+    def create(
+        self,
+        *,
+        agent: AgentState,
+        sponsors: tuple[str, ...],
+        plan: Plan,
+        decision: Decision,
+        now: float,
+    ) -> PendingApproval:
+        """Store a pending request bound to plan.digest; announce it."""
+        if not decision.requirements:
+            raise ApprovalError("decision has no approval requirement", code="no_approvers")
+        expiry = min(
+            (r.expires_in_seconds or DEFAULT_EXPIRY_SECONDS) for r in decision.requirements
+        )
+        req = ApprovalRequest(
+            id="apr_" + secrets.token_hex(12),
+            digest=plan.digest,
+            requester_did=agent.did,
+            requester_name=agent.name,
+            sponsors=sponsors,
+            capability=plan.capability,
+            operation=plan.operation.to_dict(),
+            plan=plan.to_dict(),
+            requirements=decision.requirements,
+            reasons=decision.reasons,
+            status="pending",
+            created_at=now,
+            expires_at=now + expiry,
+        )
+        with self._store.write() as conn:
+            conn.execute(
+                schema.approval_requests.insert().values(
+                    id=req.id,
+                    digest=req.digest,
+                    requester_did=req.requester_did,
+                    requester_name=req.requester_name,
+                    sponsors=_dumps(list(sponsors)),
+                    capability=req.capability,
+                    operation=_dumps(req.operation),
+                    plan=_dumps(req.plan),
+                    requirements=_dumps(
+                        [
+                            {
+                                "policy": r.policy,
+                                "rule": r.rule,
+                                "approvers": list(r.approvers),
+                                "min_approvals": r.min_approvals,
+                                "expires_in_seconds": r.expires_in_seconds,
+                            }
+                            for r in req.requirements
+                        ]
+                    ),
+                    reasons=_dumps(list(req.reasons)),
+                    status="pending",
+                    created_at=now,
+                    expires_at=req.expires_at,
+                )
+            )
+            self._audit.append_in(
+                conn, "approval.requested", actor=agent.did, at=now, approval=req.id,
+                capability=req.capability, digest=req.digest, approvers=list(req.approvers),
+                min_approvals=req.min_approvals, expires_at=req.expires_at,
+            )
+        self.dispatcher.dispatch("approval.requested", req)
+        return PendingApproval(req.id, req)
+
+    def _load(self, conn: Connection, approval_id: object) -> ApprovalRequest:
+        if not isinstance(approval_id, str) or len(approval_id) > 64:
+            raise ApprovalError("approval id is malformed", code="approval_not_found")
+        row = conn.execute(
+            select(schema.approval_requests).where(schema.approval_requests.c.id == approval_id)
+        ).first()
+        if row is None:
+            raise ApprovalError(f"no approval request {approval_id!r}", code="approval_not_found")
+        drows = conn.execute(
+            select(schema.approval_decisions)
+            .where(schema.approval_decisions.c.request_id == approval_id)
+            .order_by(schema.approval_decisions.c.at)
+        ).all()
+        return ApprovalRequest(
+            id=row.id,
+            digest=row.digest,
+            requester_did=row.requester_did,
+            requester_name=row.requester_name,
+            sponsors=tuple(orjson.loads(row.sponsors)),
+            capability=row.capability,
+            operation=orjson.loads(row.operation),
+            plan=orjson.loads(row.plan),
+            requirements=tuple(
+                ApprovalRequirement(
+                    policy=r["policy"],
+                    rule=r["rule"],
+                    approvers=tuple(r["approvers"]),
+                    min_approvals=r["min_approvals"],
+                    expires_in_seconds=r["expires_in_seconds"],
+                )
+                for r in orjson.loads(row.requirements)
+            ),
+            reasons=tuple(orjson.loads(row.reasons)),
+            status=row.status,
+            created_at=float(row.created_at),
+            expires_at=float(row.expires_at),
+            decided_at=row.decided_at,
+            consumed_at=row.consumed_at,
+            decisions=tuple(
+                ApprovalDecision(d.approver, d.decision, float(d.at), d.comment) for d in drows
+            ),
+        )
+
+    def get(self, approval_id: str, *, now: datetime | float | None = None) -> ApprovalRequest:
+        t = to_epoch(now)
+        with self._store.read() as conn:
+            req = self._load(conn, approval_id)
+        if req.status in ("pending", "approved") and t >= req.expires_at:
+            self.expire_due(now=t)
+            with self._store.read() as conn:
+                req = self._load(conn, approval_id)
+        return req
+
+    def list(
+        self, *, status: str | None = None, now: datetime | float | None = None
+    ) -> list[ApprovalRequest]:
+        self.expire_due(now=now)
+        q = select(schema.approval_requests.c.id).order_by(schema.approval_requests.c.created_at)
+        if status is not None:
+            q = q.where(schema.approval_requests.c.status == status)
+        with self._store.read() as conn:
+            ids = [r[0] for r in conn.execute(q).all()]
+            return [self._load(conn, i) for i in ids]
+
+    def expire_due(self, *, now: datetime | float | None = None) -> list[str]:
+        """Mark every pending/approved request past its expiry as expired (audited)."""
+        t = to_epoch(now)
+        ar = schema.approval_requests
+        with self._store.write() as conn:
+            ids = [
+                r[0]
+                for r in conn.execute(
+                    select(ar.c.id).where(ar.c.status.in_(["pending", "approved"]), ar.c.expires_at <= t)
+                ).all()
+            ]
+            if ids:
+                conn.execute(update(ar).where(ar.c.id.in_(ids)).values(status="expired", decided_at=t))
+                for i in ids:
+                    self._audit.append_in(conn, "approval.expired", actor="gate", at=t, approval=i)
+        return ids
+
+    # -- deciding ----------------------------------------------------------------------
+
+    def approve(
+        self, approval_id: str, *, approver: str, token: str, comment: str | None = None,
+        now: datetime | float | None = None,
+    ) -> ApprovalRequest:
+        return self._decide(approval_id, approver, token, "approve", comment, to_epoch(now))
+
+    def deny(
+        self, approval_id: str, *, approver: str, token: str, comment: str | None = None,
+        now: datetime | float | None = None,
+    ) -> ApprovalRequest:
+        return self._decide(approval_id, approver, token, "deny", comment, to_epoch(now))
+
+    def _decide(
+        self, approval_id: str, approver: str, token: str, verdict: str, comment: str | None,
+        t: float,
+    ) -> ApprovalRequest:
+        if comment is not None and (not isinstance(comment, str) or len(comment) > 2000):
+            raise ApprovalError("comment must be text of at most 2000 characters", code="comment_invalid")
+        try:
+            who = self._email(approver)
+            self.expire_due(now=t)
+            with self._store.write() as conn:
+                self._authenticate(conn, who, token)
+                req = self._load(conn, approval_id)
+                if req.status == "pending" and t >= req.expires_at:
+                    raise ApprovalError(f"approval {req.id!r} has expired", code="approval_expired")
+                if req.status != "pending":
+                    raise ApprovalError(
+                        f"approval {req.id!r} is {req.status}, not pending", code=f"approval_{req.status}"
+                    )
+                if who not in req.approvers:
+                    raise ApprovalError(
+                        f"{who!r} is not an approver of {req.id!r}", code="not_an_approver"
+                    )
+                if who in req.sponsors:
+                    raise ApprovalError(
+                        f"{who!r} sponsors the requesting agent and cannot decide on its request",
+                        code="self_approval",
+                    )
+                if any(d.approver == who for d in req.decisions):
+                    raise ApprovalError(f"{who!r} has already decided", code="already_decided")
+                conn.execute(
+                    schema.approval_decisions.insert().values(
+                        request_id=req.id, approver=who, decision=verdict, comment=comment, at=t
+                    )
+                )
+                decisions = (*req.decisions, ApprovalDecision(who, verdict, t, comment))  # type: ignore[arg-type]
+                status = quorum_status(req.requirements, decisions)
+                if status != "pending":
+                    conn.execute(
+                        update(schema.approval_requests)
+                        .where(schema.approval_requests.c.id == req.id)
+                        .values(status=status, decided_at=t)
+                    )
+                self._audit.append_in(
+                    conn, f"approval.{'approved' if verdict == 'approve' else 'denied'}_by",
+                    actor=who, at=t, approval=req.id, comment=comment, status=status,
+                )
+                result = self._load(conn, req.id)
+        except ApprovalError as exc:
+            self._audit.append(
+                "approval.refused", actor=str(approver)[:254], at=t,
+                approval=str(approval_id)[:64], code=exc.code, reason=exc.message,
+            )
+            raise
+        if result.status != "pending":
+            self.dispatcher.dispatch(f"approval.{result.status}", result)
+        return result
+
+    def consume(self, approval_id: str, *, digest: str, requester: str, now: float) -> ApprovalRequest:
+        """Atomically mark an approved, unexpired request for this digest as used."""
+        ar = schema.approval_requests
+        try:
+            with self._store.write() as conn:
+                req = self._load(conn, approval_id)
+                if req.requester_did != requester:
+                    raise ApprovalError(
+                        f"approval {req.id!r} was requested by another agent", code="approval_not_yours"
+                    )
+                if req.digest != digest:
+                    raise ApprovalError(
+                        f"the operation changed since approval {req.id!r} was requested; "
+                        "it needs a new approval",
+                        code="digest_mismatch",
+                    )
+                if req.status == "approved" and now >= req.expires_at:
+                    raise ApprovalError(f"approval {req.id!r} has expired", code="approval_expired")
+                res = conn.execute(
+                    update(ar)
+                    .where(ar.c.id == req.id, ar.c.status == "approved", ar.c.expires_at > now)
+                    .values(status="consumed", consumed_at=now)
+                )
+                if res.rowcount != 1:
+                    raise ApprovalError(
+                        f"approval {req.id!r} is {req.status}, not approved", code=f"approval_{req.status}"
+                    )
+                self._audit.append_in(
+                    conn, "approval.consumed", actor=requester, at=now, approval=req.id, digest=digest
+                )
+                return self._load(conn, req.id)
+        except ApprovalError as exc:
+            self._audit.append(
+                "approval.refused", actor=requester, at=now, approval=str(approval_id)[:64],
+                code=exc.code, reason=exc.message,
+            )
+            raise
+
+    def wait(self, approval_id: str, *, timeout: float, poll: float = 0.2) -> ApprovalRequest:
+        """Block until the request is no longer pending, or `timeout` seconds pass."""
+        deadline = time.monotonic() + timeout
+        while True:
+            req = self.get(approval_id)
+            if req.status != "pending" or time.monotonic() >= deadline:
+                return req
+            time.sleep(min(poll, max(0.0, deadline - time.monotonic())))
+
+    def _notify_failed(self, notifier: str, event: str, req: ApprovalRequest, why: str) -> None:
+        try:
+            self._audit.append(
+                "notification.failed", actor="gate", approval=req.id, notifier=notifier,
+                event=event, error=why,
+            )
+        except Exception:  # noqa: BLE001, S110 - already logged by the dispatcher
+            pass

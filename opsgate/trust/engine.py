@@ -1,0 +1,264 @@
+"""The trust engine: applies score changes in the store and runs the anomaly detectors.
+
+The state database is the truth: a change is one `UPDATE ... SET trust_score =
+clamp(trust_score + delta) RETURNING trust_score`, committed in the same
+transaction as the audit event that explains it (cause, delta, resulting score,
+evidence, operation). Concurrent changes therefore never lose an update. Scores
+are cached for at most `cache_refresh_seconds`, so other replicas' changes show.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from sqlalchemy import Connection, case, insert, select, update
+
+from opsgate.config import Config
+from opsgate.errors import OpsgateError
+from opsgate.store import Store, schema
+from opsgate.trust.anomalies import Activity, Anomaly, Observation, observe
+from opsgate.trust.scoring import MAX_SCORE, MIN_SCORE, TrustEvent, delta_for
+
+if TYPE_CHECKING:
+    from opsgate.audit.log import Apply, AuditLog
+    from opsgate.identity.registry import AgentRegistry
+    from opsgate.state import AgentState, LiveState
+
+
+@dataclass(frozen=True, slots=True)
+class TrustChange:
+    agent: str
+    cause: str
+    delta: int
+    score: int
+    reason: str
+    at: float
+    evidence: dict[str, Any] | None = None
+    operation: str | None = None
+    audit_seq: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "agent": self.agent,
+            "cause": self.cause,
+            "delta": self.delta,
+            "score": self.score,
+            "reason": self.reason,
+            "at": self.at,
+            "evidence": self.evidence,
+            "operation": self.operation,
+            "audit_seq": self.audit_seq,
+        }
+
+
+class TrustEngine:
+    """`gate.trust`: scores, changes with causes, detectors, thresholds."""
+
+    def __init__(
+        self,
+        *,
+        store: Store,
+        state: LiveState,
+        config: Config,
+        audit: AuditLog,
+        agents: AgentRegistry,
+    ) -> None:
+        self._store = store
+        self._state = state
+        self._cfg = config.trust
+        self._refresh = config.cache_refresh_seconds
+        self._audit = audit
+        self._agents = agents
+        self._scores: dict[str, tuple[int, float]] = {}
+        self._activity: dict[str, Activity] = {}
+        self._seen: dict[str, set[str]] = {}
+        self._lock = threading.Lock()
+
+    # -- reading ----------------------------------------------------------------------
+
+    def score(self, did: str) -> int:
+        hit = self._scores.get(did)
+        mono = time.monotonic()
+        if hit is not None and mono - hit[1] < self._refresh:
+            return hit[0]
+        value = self._agents.stored_trust(did)
+        self._scores[did] = (value, mono)
+        return value
+
+    def effective(self, agent: AgentState) -> int:
+        """min(own score, every ancestor's): a low-trust parent caps its children."""
+        score = self.score(agent.did)
+        for did in agent.ancestors:
+            score = min(score, self.score(did))
+        return score
+
+    # -- changing ---------------------------------------------------------------------
+
+    def apply_change(self, did: str, cause: TrustEvent, *, reason: str,
+                     evidence: dict[str, Any] | None = None,
+                     operation: str | None = None) -> Apply:
+        """The state change for one trust event, to run inside its audit event's transaction."""
+        delta = delta_for(cause, self._cfg.deltas)
+        a = schema.agents
+
+        def run(conn: Connection) -> dict[str, Any]:
+            raw = a.c.trust_score + delta
+            new = conn.execute(
+                update(a)
+                .where(a.c.did == did)
+                .values(trust_score=case((raw > MAX_SCORE, MAX_SCORE), (raw < MIN_SCORE, MIN_SCORE),
+                                         else_=raw))
+                .returning(a.c.trust_score)
+            ).scalar_one()
+            return {
+                "trust": {
+                    "agent": did,
+                    "cause": cause.value,
+                    "delta": delta,
+                    "score": int(new),
+                    "reason": reason,
+                    "evidence": evidence,
+                    "operation": operation,
+                }
+            }
+
+        return run
+
+    def after_change(self, record_event: dict[str, Any], at: float) -> TrustChange | None:
+        """Cache the new score and apply the suspension threshold."""
+        t = record_event.get("trust")
+        if not t:
+            return None
+        did, score = t["agent"], int(t["score"])
+        self._scores[did] = (score, time.monotonic())
+        change = TrustChange(
+            did, t["cause"], int(t["delta"]), score, t["reason"], at, t.get("evidence"),
+            t.get("operation"), record_event.get("seq"),
+        )
+        if score < self._cfg.suspend_below:
+            self._suspend(did, score, at)
+        return change
+
+    def _suspend(self, did: str, score: int, at: float) -> None:
+        st = self._state.agent(did)
+        if st is None or st.status != "active":
+            return
+        try:
+            self._agents.suspend(
+                did,
+                reason=f"trust score {score} fell below {self._cfg.suspend_below}",
+                actor="trust-engine",
+                now=at,
+            )
+        except OpsgateError:
+            pass  # already suspended or revoked by a concurrent change
+
+    def record(
+        self,
+        did: str,
+        cause: TrustEvent,
+        *,
+        reason: str,
+        now: float,
+        evidence: dict[str, Any] | None = None,
+        operation: str | None = None,
+    ) -> TrustChange:
+        """Apply one trust event on its own (not tied to an operation outcome); audited."""
+        rec = self._audit.append(
+            "trust.changed",
+            actor=did,
+            at=now,
+            apply=self.apply_change(did, cause, reason=reason, evidence=evidence, operation=operation),
+        )
+        change = self.after_change({**rec.event, "seq": rec.seq}, now)
+        assert change is not None
+        return change
+
+    # -- detecting ----------------------------------------------------------------------
+
+    def observe(self, agent: AgentState, resource: str, *, refused: bool, now: float) -> list[Anomaly]:
+        """Run the detectors on one event; each anomaly becomes an unusual-access change."""
+        seen = self._seen_set(agent.did)
+        seen_before = resource in seen
+        with self._lock:
+            before = self._activity.get(agent.did)
+            if before is None:
+                before = self._load_activity(agent.did)
+            after, anomalies = observe(
+                before, Observation(now, resource, refused, seen_before), self._cfg.anomalies
+            )
+            self._activity[agent.did] = after
+        if not seen_before:
+            seen.add(resource)
+            self._remember_resource(agent.did, resource, now)
+        if after.window_start != before.window_start or anomalies:
+            self._save_activity(agent.did, after, now)
+        for anomaly in anomalies:
+            self.record(
+                agent.did,
+                TrustEvent.UNUSUAL_ACCESS,
+                reason=anomaly.reason,
+                now=now,
+                evidence={"detector": anomaly.detector, **anomaly.evidence},
+                operation=resource,
+            )
+        return anomalies
+
+    def _seen_set(self, did: str) -> set[str]:
+        seen = self._seen.get(did)
+        if seen is None:
+            with self._store.read() as conn:
+                rows = conn.execute(
+                    select(schema.trust_resources.c.resource).where(
+                        schema.trust_resources.c.agent_did == did
+                    )
+                ).all()
+            seen = {r[0] for r in rows}
+            self._seen[did] = seen
+        return seen
+
+    def _remember_resource(self, did: str, resource: str, now: float) -> None:
+        r = schema.trust_resources
+        with self._store.write() as conn:
+            exists = conn.execute(
+                select(r.c.resource).where(r.c.agent_did == did, r.c.resource == resource)
+            ).first()
+            if exists is None:
+                conn.execute(insert(r).values(agent_did=did, resource=resource[:256], first_seen=now))
+
+    def _load_activity(self, did: str) -> Activity:
+        with self._store.read() as conn:
+            row = conn.execute(
+                select(schema.trust_activity.c.state).where(schema.trust_activity.c.agent_did == did)
+            ).first()
+        return Activity() if row is None else Activity.from_dict(orjson.loads(row[0]))
+
+    def _save_activity(self, did: str, activity: Activity, now: float) -> None:
+        t = schema.trust_activity
+        body = orjson.dumps(activity.to_dict()).decode("utf-8")
+        with self._store.write() as conn:
+            res = conn.execute(
+                update(t).where(t.c.agent_did == did).values(state=body, updated_at=now)
+            )
+            if not res.rowcount:
+                conn.execute(insert(t).values(agent_did=did, state=body, updated_at=now))
+
+    # -- explaining ---------------------------------------------------------------------
+
+    def history(self, did: str, *, limit: int = 1000) -> list[TrustChange]:
+        """Every score change of the agent, oldest first, from the audit log."""
+        out: list[TrustChange] = []
+        for rec in self._audit.tail(10_000, actor=did):
+            t = rec.event.get("trust")
+            if t and t.get("agent") == did:
+                out.append(
+                    TrustChange(
+                        did, t["cause"], int(t["delta"]), int(t["score"]), t.get("reason", ""),
+                        rec.at, t.get("evidence"), t.get("operation"), rec.seq,
+                    )
+                )
+        return out[-limit:]
