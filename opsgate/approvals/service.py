@@ -301,14 +301,14 @@ class ApprovalService:
                     raise ApprovalError(
                         f"approval {req.id!r} is {req.status}, not pending", code=f"approval_{req.status}"
                     )
-                if who not in req.approvers:
-                    raise ApprovalError(
-                        f"{who!r} is not an approver of {req.id!r}", code="not_an_approver"
-                    )
                 if who in req.sponsors:
                     raise ApprovalError(
                         f"{who!r} sponsors the requesting agent and cannot decide on its request",
                         code="self_approval",
+                    )
+                if who not in req.approvers:
+                    raise ApprovalError(
+                        f"{who!r} is not an approver of {req.id!r}", code="not_an_approver"
                     )
                 if any(d.approver == who for d in req.decisions):
                     raise ApprovalError(f"{who!r} has already decided", code="already_decided")

@@ -351,11 +351,12 @@ class _Compiler:
         self._check_ascii(tree)
         body = tree.body
         conjuncts = body.values if type(body) is ast.BoolOp and type(body.op) is ast.And else [body]
+        what = "'and'" if len(conjuncts) > 1 else "a condition"
         tests: list[Test] = []
         residual: list[Test] = []
         actions: frozenset[str] | None = None
         for node in conjuncts:
-            test = self.boolean(self.expr(node), node, "a condition")
+            test = self.boolean(self.expr(node), node, what)
             tests.append(test)
             constraint = _action_constraint(node)
             if constraint is None:
