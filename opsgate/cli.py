@@ -38,6 +38,12 @@ app.add_typer(agents_app, name="agents")
 app.add_typer(creds_app, name="creds")
 app.add_typer(keys_app, name="keys")
 app.add_typer(audit_app, name="audit")
+approvers_app = typer.Typer(help="People who may approve operations.", no_args_is_help=True)
+approvals_app = typer.Typer(help="Pending and decided approval requests.", no_args_is_help=True)
+trust_app = typer.Typer(help="Behavioural trust scores.", no_args_is_help=True)
+app.add_typer(approvers_app, name="approvers")
+app.add_typer(approvals_app, name="approvals")
+app.add_typer(trust_app, name="trust")
 
 StateDir = Annotated[
     Path | None,
@@ -424,6 +430,165 @@ def audit_checkpoint(
     cp = gate.audit.export_checkpoint(output) if output else gate.audit.checkpoint()
     where = f" -> {output}" if output else ""
     _out().print(f"checkpoint at seq {cp.seq} ({cp.hash[:16]}...) signed by {cp.kid}{where}")
+
+
+# -- approvers and approvals ------------------------------------------------------------
+
+
+@approvers_app.command("add")
+@handle_errors
+def approvers_add(email: str, state_dir: StateDir = None, json_out: JsonOut = False) -> None:
+    """Register an approver; prints their token once (it is stored only hashed)."""
+    token = _gate(state_dir).approvals.add_approver(email)
+    if json_out:
+        _print_json({"approver": email.lower(), "token": token})
+    else:
+        typer.echo(token)
+        _err(f"approver {email.lower()} added; the token above is shown only this once")
+
+
+@approvers_app.command("rotate")
+@handle_errors
+def approvers_rotate(email: str, state_dir: StateDir = None) -> None:
+    """Replace an approver's token; prints the new one once."""
+    typer.echo(_gate(state_dir).approvals.rotate_approver_token(email))
+
+
+@approvers_app.command("list")
+@handle_errors
+def approvers_list(state_dir: StateDir = None, json_out: JsonOut = False) -> None:
+    """List registered approvers (never their tokens)."""
+    emails = _gate(state_dir).approvals.list_approvers()
+    if json_out:
+        _print_json(emails)
+    else:
+        for e in emails:
+            _out().print(e, markup=False)
+
+
+@approvals_app.command("list")
+@handle_errors
+def approvals_list(
+    status: Annotated[
+        str | None, typer.Option(help="pending, approved, denied, expired or consumed")
+    ] = None,
+    state_dir: StateDir = None,
+    json_out: JsonOut = False,
+) -> None:
+    """List approval requests."""
+    requests = _gate(state_dir).approvals.list(status=status)
+    if json_out:
+        _print_json([r.to_dict() for r in requests])
+        return
+    table = Table("id", "status", "capability", "requester", "approvers", "expires")
+    for r in requests:
+        table.add_row(
+            r.id, r.status, escape(r.capability), escape(r.requester_name),
+            escape(f"{r.min_approvals} of " + ", ".join(r.approvers)), _when(r.expires_at),
+        )
+    _out().print(table)
+
+
+@approvals_app.command("show")
+@handle_errors
+def approvals_show(approval_id: str, state_dir: StateDir = None, json_out: JsonOut = False) -> None:
+    """Show one request: the exact plan it is bound to, and every decision."""
+    data = _gate(state_dir).approvals.get(approval_id).to_dict()
+    if json_out:
+        _print_json(data)
+        return
+    _out().print(json.dumps(data, indent=2, default=str), markup=False)
+
+
+ApproverOpt = Annotated[str, typer.Option("--approver", help="Your approver email.")]
+TokenOpt = Annotated[
+    str,
+    typer.Option(
+        "--token", envvar="OPSGATE_APPROVER_TOKEN", help="Your approver token.", show_default=False
+    ),
+]
+CommentOpt = Annotated[str | None, typer.Option(help="Recorded with the decision.")]
+
+
+@approvals_app.command("approve")
+@handle_errors
+def approvals_approve(
+    approval_id: str, approver: ApproverOpt, token: TokenOpt, comment: CommentOpt = None,
+    state_dir: StateDir = None,
+) -> None:
+    """Approve a request (as a listed approver, with your token)."""
+    req = _gate(state_dir).approvals.approve(
+        approval_id, approver=approver, token=token, comment=comment
+    )
+    _out().print(f"{req.id} is now {req.status}")
+
+
+@approvals_app.command("deny")
+@handle_errors
+def approvals_deny(
+    approval_id: str, approver: ApproverOpt, token: TokenOpt, comment: CommentOpt = None,
+    state_dir: StateDir = None,
+) -> None:
+    """Deny a request; one deny denies."""
+    req = _gate(state_dir).approvals.deny(
+        approval_id, approver=approver, token=token, comment=comment
+    )
+    _out().print(f"{req.id} is now {req.status}")
+
+
+# -- trust -------------------------------------------------------------------------------------
+
+
+@trust_app.command("show")
+@handle_errors
+def trust_show(
+    agent: Annotated[str | None, typer.Argument(help="One agent (default: all).")] = None,
+    state_dir: StateDir = None,
+    json_out: JsonOut = False,
+) -> None:
+    """Trust scores: own and effective (capped by every ancestor)."""
+    gate = _gate(state_dir)
+    agents = [gate.agents.get(agent)] if agent else gate.agents.list()
+    thresholds = gate.config.trust
+    rows = []
+    for a in agents:
+        own, eff = a.trust_score, a.effective_trust
+        band = (
+            "suspend" if eff < thresholds.suspend_below
+            else "approval for production" if eff < thresholds.approval_below
+            else "normal"
+        )
+        rows.append(
+            {"name": a.name, "did": a.did, "score": own, "effective": eff,
+             "status": a.status, "band": band}
+        )
+    if json_out:
+        _print_json(rows)
+        return
+    table = Table("agent", "score", "effective", "status", "band")
+    for r in rows:
+        table.add_row(escape(r["name"]), str(r["score"]), str(r["effective"]), r["status"], r["band"])
+    _out().print(table)
+
+
+@trust_app.command("history")
+@handle_errors
+def trust_history(agent: str, state_dir: StateDir = None, json_out: JsonOut = False) -> None:
+    """Explain an agent's score line by line: cause, delta, resulting score, evidence."""
+    gate = _gate(state_dir)
+    a = gate.agents.get(agent)
+    changes = gate.trust.history(a.did)
+    if json_out:
+        _print_json([c.to_dict() for c in changes])
+        return
+    table = Table("seq", "time", "cause", "delta", "score", "reason")
+    for c in changes:
+        table.add_row(
+            str(c.audit_seq or "-"), _when(c.at), c.cause, f"{c.delta:+d}", str(c.score),
+            escape((c.reason or "")[:120]),
+        )
+    _out().print(table)
+    _out().print(f"{a.name}: score {a.trust_score}, effective {a.effective_trust}")
 
 
 def _mount_optional() -> None:

@@ -473,6 +473,7 @@ class AgentRegistry:
                         expires_at=record["expires_at"],
                         status=ACTIVE,
                         trust_score=score,
+                        initial_trust=score,
                         record=body.decode("utf-8"),
                         signature=signature,
                         signer=signer,
@@ -641,6 +642,17 @@ class AgentRegistry:
         conn.execute(
             update(schema.agents).where(schema.agents.c.did == did).values(trust_score=score)
         )
+
+    def initial_trust(self, did: str) -> tuple[int, float]:
+        with self._store.read() as conn:
+            row = conn.execute(
+                select(schema.agents.c.initial_trust, schema.agents.c.created_at).where(
+                    schema.agents.c.did == did
+                )
+            ).first()
+        if row is None:
+            raise AgentError(f"no agent {did[:80]!r}", code="agent_not_found")
+        return int(row[0]), float(row[1])
 
     def stored_trust(self, did: str) -> int:
         with self._store.read() as conn:

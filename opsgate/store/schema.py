@@ -59,6 +59,7 @@ agents = Table(
     Column("status", String(16), nullable=False),
     Column("status_reason", Text, nullable=True),
     Column("trust_score", Integer, nullable=False),
+    Column("initial_trust", Integer, nullable=False),
     # Every credential issued (iat) before this is revoked: O(1) per-agent revocation.
     Column("credentials_not_before", Float, nullable=True),
     # The signed grant record (canonical JSON) and the signer's signature over it.

@@ -250,8 +250,14 @@ class TrustEngine:
     # -- explaining ---------------------------------------------------------------------
 
     def history(self, did: str, *, limit: int = 1000) -> list[TrustChange]:
-        """Every score change of the agent, oldest first, from the audit log."""
-        out: list[TrustChange] = []
+        """Every score change of the agent, oldest first, from the audit log.
+
+        The first line is the score it was registered or delegated with.
+        """
+        initial, created = self._agents.initial_trust(did)
+        out: list[TrustChange] = [
+            TrustChange(did, "initial", 0, initial, "score at registration", created)
+        ]
         for rec in self._audit.tail(10_000, actor=did):
             t = rec.event.get("trust")
             if t and t.get("agent") == did:
@@ -261,4 +267,4 @@ class TrustEngine:
                         rec.at, t.get("evidence"), t.get("operation"), rec.seq,
                     )
                 )
-        return out[-limit:]
+        return out if len(out) <= limit else [out[0], *out[-(limit - 1) :]]

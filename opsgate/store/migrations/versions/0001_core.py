@@ -46,6 +46,7 @@ def upgrade() -> None:
         sa.Column("status", sa.String(16), nullable=False),
         sa.Column("status_reason", sa.Text, nullable=True),
         sa.Column("trust_score", sa.Integer, nullable=False),
+        sa.Column("initial_trust", sa.Integer, nullable=False),
         sa.Column("credentials_not_before", sa.Float, nullable=True),
         sa.Column("record", sa.Text, nullable=False),
         sa.Column("signature", sa.String(128), nullable=False),
