@@ -164,7 +164,7 @@ def _parse_params(items: list[str]) -> dict[str, Any]:
     for item in items:
         key, sep, raw = item.partition("=")
         if not sep or not key:
-            raise typer.BadParameter(f"expected key=value, got {item!r}", param_hint="--param")
+            raise _fail(f"--param expects key=value, got {item!r}", 2)
         try:
             params[key] = json.loads(raw)
         except ValueError:
@@ -243,10 +243,11 @@ def _show_decision(policies: PolicySet, request: PolicyRequest, decision: Any) -
     for error in decision.errors:
         out.print(f"  [red]error[/red] {escape(error)}")
     for req in decision.requirements:
-        out.print(
-            f"  approval: {req.min_approvals} of [{escape(', '.join(req.approvers))}] "
-            f"within {req.expires_in_seconds}s ({escape(req.policy)} rule {req.rule})"
+        line = (
+            f"  approval: {req.min_approvals} of [{', '.join(req.approvers)}] "
+            f"within {req.expires_in_seconds}s ({req.policy} rule {req.rule})"
         )
+        out.print(line, markup=False)
 
 
 __all__ = ["app"]

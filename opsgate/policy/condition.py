@@ -27,6 +27,7 @@ import difflib
 import math
 import operator
 import re
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NoReturn
@@ -340,7 +341,12 @@ class _Compiler:
         if not self.body.strip():
             raise ConditionError("condition is empty", None)
         try:
-            tree = ast.parse(self.body, mode="eval")
+            # Warnings (an invalid escape, `1 is 1`) become refusals, never stderr noise.
+            with warnings.catch_warnings():
+                warnings.simplefilter("error")
+                tree = ast.parse(self.body, mode="eval")
+        except Warning as exc:
+            raise ConditionError(f"refused: {' '.join(str(exc).split()).lower()}", None) from None
         except SyntaxError as exc:
             raise ConditionError(self._syntax_message(exc), self._syntax_column(exc)) from None
         except (ValueError, RecursionError, MemoryError, OverflowError) as exc:
