@@ -17,6 +17,10 @@ from rich.table import Table
 
 import opsgate
 import opsgate.audit.log
+from opsgate.credentials.handle import CredentialHandle
+from opsgate.operations.deploy import LocalDeployExecutor
+
+POLICIES = Path(__file__).parent / "examples" / "policies.yaml"
 
 console = Console(highlight=False, emoji=False)
 
@@ -86,9 +90,9 @@ def escalation(gate: opsgate.Gate, agents: dict[str, opsgate.Agent]) -> None:
     attempts = [
         ("monitoring-agent delegates write:secrets",
          lambda: agents["monitoring-agent"].delegate(name="sneaky", capabilities=["write:secrets"])),
-        ("deploy-agent asks for a credential with read:secrets",
+        ("monitoring-agent asks for a credential with write:secrets",
          lambda: gate.credential_manager.issue_credential(
-             agent_id=agents["deploy-agent"].did, scope=["read:secrets"])),
+             agent_id=agents["monitoring-agent"].did, scope=["write:secrets"])),
         ("supervisor delegates deploy:* (unrestricted)",
          lambda: agents["devops-supervisor"].delegate(name="wild", capabilities=["deploy:*"])),
         ("a 2-hour credential",
@@ -105,8 +109,85 @@ def escalation(gate: opsgate.Gate, agents: dict[str, opsgate.Agent]) -> None:
             raise SystemExit(1)
 
 
+def policy(gate: opsgate.Gate, agents: dict[str, opsgate.Agent]) -> CredentialHandle:
+    section("4. Policy: production deploys need the SRE team, staging does not")
+    handle = agents["deploy-agent"].credential(scope=["deploy:staging", "deploy:production"])
+    for capability in ("deploy:staging/app-web", "deploy:production/app-web"):
+        d = gate.authorize(handle.token, capability)
+        who = f" from {', '.join(d.approvers)}" if d.approvers else ""
+        console.print(f"  {capability:<28} -> [bold]{d.effect}[/bold]{who}")
+        for reason in d.reasons:
+            console.print(f"      because {reason}")
+    return handle
+
+
+def approvals(
+    gate: opsgate.Gate, agents: dict[str, opsgate.Agent], handle: CredentialHandle,
+    workdir: Path,
+) -> None:
+    section("5. Human approval, bound to the exact release")
+    artifact = workdir / "app-web-2.0.tar"
+    artifact.write_bytes(b"app-web release 2.0\n")
+    john_token = gate.approvals.add_approver("john@company.com")
+    sponsor_token = gate.approvals.add_approver("platform-team@company.com")
+    console.print("  approvers registered: john@company.com, platform-team@company.com (tokens hashed)")
+    deploy = opsgate.Operation(
+        "deploy", "staging/app-web", {"version": "2.0", "artifact": str(artifact)}
+    )
+    before = agents["deploy-agent"].trust_score
+    outcome = gate.execute(handle.token, deploy)
+    console.print(f"  staging deploy: {outcome.status} - {outcome.summary}")
+    prod = opsgate.Operation(
+        "deploy", "production/app-web", {"version": "2.0", "artifact": str(artifact)}
+    )
+    pending = gate.execute(handle.token, prod)
+    assert isinstance(pending, opsgate.PendingApproval)
+    console.print(
+        f"  production deploy -> approval {pending.approval_id} needed from "
+        f"{', '.join(pending.approvers)} (plan digest {pending.digest[:16]}...)"
+    )
+    try:
+        gate.approvals.approve(
+            pending.approval_id, approver="platform-team@company.com", token=sponsor_token
+        )
+    except opsgate.ApprovalError as exc:
+        console.print(f"  refused: the requester's sponsor approving its own request ([red]{exc.code}[/red])")
+    req = gate.approvals.approve(
+        pending.approval_id, approver="john@company.com", token=john_token, comment="ship it"
+    )
+    console.print(f"  john@company.com approves with his approver token -> {req.status}")
+    outcome = gate.resume(pending.approval_id, handle.token)
+    console.print(f"  resumed: {outcome.status} - {outcome.summary}")
+    try:
+        gate.resume(pending.approval_id, handle.token)
+    except opsgate.ApprovalError as exc:
+        console.print(f"  a second run of the same approval is refused ([red]{exc.code}[/red])")
+    after = agents["deploy-agent"].trust_score
+    console.print(f"  deploy-agent trust {before} -> {after} after two successful deploys")
+
+
+def trust(gate: opsgate.Gate, agents: dict[str, opsgate.Agent]) -> None:
+    section("6. Trust moves with behaviour")
+    table = Table("agent", "score", "effective", "last change")
+    for name in ("devops-supervisor", "deploy-agent", "monitoring-agent"):
+        a = agents[name]
+        last = gate.trust.history(a.did)[-1]
+        table.add_row(name, str(a.trust_score), str(a.effective_trust),
+                      f"{last.cause} {last.delta:+d}: {last.reason[:48]}")
+    console.print(table)
+    limit = gate.config.trust.approval_below
+    junior = agents["devops-supervisor"].delegate(
+        name="junior-monitor", capabilities=["read:monitoring"], trust_score=750
+    )
+    cred = gate.credential_manager.issue_credential(junior.did, ["read:monitoring"])
+    for capability in ("read:monitoring/staging", "read:monitoring/production"):
+        d = gate.authorize(cred.token, capability)
+        console.print(f"  junior-monitor (trust 750) {capability:<28} -> [bold]{d.effect}[/bold]")
+    console.print(f"  below {limit}, production work needs approval even where policy allows it")
+
+
 def audit(gate: opsgate.Gate, anchor: Path) -> bool:
-    section("4. The audit log is hash-chained and signed")
+    section("7. The audit log is hash-chained and signed")
     gate.audit.export_checkpoint(anchor)
     report = gate.audit.verify(opsgate.audit.log.load_anchor(anchor))
     status = "[green]OK[/green]" if report.ok else f"[red]{report.problem}[/red]"
@@ -120,11 +201,17 @@ def audit(gate: opsgate.Gate, anchor: Path) -> bool:
 def main() -> int:
     with tempfile.TemporaryDirectory(prefix="opsgate-demo-") as tmp:
         state_dir = Path(tmp) / "state"
-        gate = opsgate.Gate.open(state_dir)
-        console.print(f"opsgate state in {state_dir} (SQLite, WAL)")
+        gate = opsgate.Gate.open(
+            state_dir, policies=POLICIES, trust={"approvers": ["sre-team@company.com"]}
+        )
+        gate.register_executor("deploy", LocalDeployExecutor(Path(tmp) / "deployments"))
+        console.print(f"opsgate state in {state_dir} (SQLite, WAL), policies from {POLICIES.name}")
         agents = identity(gate)
         credentials(gate, agents)
         escalation(gate, agents)
+        handle = policy(gate, agents)
+        approvals(gate, agents, handle, Path(tmp))
+        trust(gate, agents)
         ok = audit(gate, Path(tmp) / "audit-anchor.json")
         gate.close()
     return 0 if ok else 1

@@ -1,5 +1,6 @@
 """opsgate: the gate every privileged operation of an AI agent passes through."""
 
+from opsgate.approvals import ApprovalRequest, PendingApproval
 from opsgate.audit.log import AuditRecord, Checkpoint, VerifyReport
 from opsgate.credentials.manager import Claims, Credential
 from opsgate.decision import ApprovalRequirement, Decision, MatchedRule
@@ -28,6 +29,7 @@ __all__ = [
     "Agent",
     "AgentError",
     "ApprovalError",
+    "ApprovalRequest",
     "ApprovalRequirement",
     "AuditError",
     "AuditRecord",
@@ -46,6 +48,7 @@ __all__ = [
     "OperationError",
     "OpsgateError",
     "Outcome",
+    "PendingApproval",
     "Plan",
     "PolicyError",
     "SecretError",

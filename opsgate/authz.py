@@ -37,8 +37,20 @@ class AuthzRequest:
 PRODUCTION = "production"
 
 
-def environment_of(cap: caps.Capability) -> str:
-    """For a bare capability the environment is its first resource segment."""
+KNOWN_ENVIRONMENTS = ("production", "staging", "development", "test")
+
+
+def environment_of(cap: caps.Capability, known: tuple[str, ...] = KNOWN_ENVIRONMENTS) -> str:
+    """The environment a bare capability touches.
+
+    The first resource segment that names a known environment
+    (`read:secrets/production/db` -> production), else the first segment
+    (`deploy:production/app-web` -> production, `deploy:qa/web` -> qa).
+    Scanning every segment errs towards treating a request as production.
+    """
+    for seg in cap.segments:
+        if seg in known:
+            return seg
     return cap.segments[0]
 
 
