@@ -171,31 +171,31 @@ _OP_TEXT: dict[type, str] = {
 def _raw_compare(op: type, a: Getter, b: Getter) -> Test:
     """Plain Python comparison, used only where static types make it exact."""
     if op is ast.Eq:
-        return lambda r: a(r) == b(r)  # type: ignore[no-any-return]
+        return lambda r: a(r) == b(r)
     if op is ast.NotEq:
-        return lambda r: a(r) != b(r)  # type: ignore[no-any-return]
+        return lambda r: a(r) != b(r)
     if op is ast.Lt:
-        return lambda r: a(r) < b(r)  # type: ignore[no-any-return]
+        return lambda r: a(r) < b(r)
     if op is ast.LtE:
-        return lambda r: a(r) <= b(r)  # type: ignore[no-any-return]
+        return lambda r: a(r) <= b(r)
     if op is ast.Gt:
-        return lambda r: a(r) > b(r)  # type: ignore[no-any-return]
-    return lambda r: a(r) >= b(r)  # type: ignore[no-any-return]
+        return lambda r: a(r) > b(r)
+    return lambda r: a(r) >= b(r)
 
 
 def _raw_compare_const(op: type, a: Getter, c: Any) -> Test:
     """Like `_raw_compare` with a literal on the right: one call fewer per evaluation."""
     if op is ast.Eq:
-        return lambda r: a(r) == c  # type: ignore[no-any-return]
+        return lambda r: a(r) == c
     if op is ast.NotEq:
-        return lambda r: a(r) != c  # type: ignore[no-any-return]
+        return lambda r: a(r) != c
     if op is ast.Lt:
-        return lambda r: a(r) < c  # type: ignore[no-any-return]
+        return lambda r: a(r) < c
     if op is ast.LtE:
-        return lambda r: a(r) <= c  # type: ignore[no-any-return]
+        return lambda r: a(r) <= c
     if op is ast.Gt:
-        return lambda r: a(r) > c  # type: ignore[no-any-return]
-    return lambda r: a(r) >= c  # type: ignore[no-any-return]
+        return lambda r: a(r) > c
+    return lambda r: a(r) >= c
 
 
 def _all_of(tests: Sequence[Test]) -> Test:
@@ -441,7 +441,7 @@ class _Compiler:
         if kind is ast.UnaryOp:
             return self.unary(node)  # type: ignore[arg-type]
         if kind is ast.List:
-            return self.list(node)  # type: ignore[arg-type]
+            return self.list_literal(node)  # type: ignore[arg-type]
         if kind is ast.Call:
             return self.call(node)  # type: ignore[arg-type]
         self.fail(
@@ -462,11 +462,11 @@ class _Compiler:
             return self.literal(value, BOOL)
         if kind is str:
             return self.literal(value, STR)
-        if kind is int:
+        if isinstance(value, int) and kind is int:
             if abs(value) > MAX_INT:
                 self.fail(node, "number is out of range")
             return self.literal(value, NUM)
-        if kind is float:
+        if isinstance(value, float) and kind is float:
             if not math.isfinite(value):
                 self.fail(node, "number is out of range")
             return self.literal(value, NUM)
@@ -534,7 +534,7 @@ class _Compiler:
             self.unknown(node, full)
         return _Expr(operator.attrgetter(field[0]), field[1], name=full)
 
-    def list(self, node: ast.List) -> _Expr:
+    def list_literal(self, node: ast.List) -> _Expr:
         values: list[Any] = []
         elem_types = 0
         for elt in node.elts:
@@ -559,8 +559,8 @@ class _Compiler:
         if op in (ast.USub, ast.UAdd):
             operand = node.operand
             if type(operand) is ast.Constant and type(operand.value) in (int, float):
-                value = -operand.value if op is ast.USub else operand.value
-                return self.literal(value, NUM)
+                number: float = operand.value  # type: ignore[assignment]
+                return self.literal(-number if op is ast.USub else number, NUM)
             self.fail(node, "a sign is only allowed on a number literal", "policy_forbidden")
         self.fail(node, "operator '~' is not allowed", "policy_forbidden")
 
@@ -573,7 +573,7 @@ class _Compiler:
         if item.types == BOOL:
             return item.fn
         fn, where = item.fn, self.snippet(node)
-        return lambda r: _want(fn(r), BOOL, where)  # type: ignore[no-any-return]
+        return lambda r: _want(fn(r), BOOL, where)
 
     def boolop(self, node: ast.BoolOp) -> _Expr:
         word = "'and'" if type(node.op) is ast.And else "'or'"
@@ -708,7 +708,7 @@ class _Compiler:
                     "policy_type",
                 )
             if left.types == STR:
-                return lambda r: a(r) in b(r)  # type: ignore[no-any-return]
+                return lambda r: a(r) in b(r)
         return lambda r: _contains(a(r), b(r), where)
 
     def call(self, node: ast.Call) -> _Expr:

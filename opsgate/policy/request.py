@@ -39,8 +39,8 @@ def _check_json(value: object, path: str, depth: int = 0) -> None:
         if not math.isfinite(value):
             raise _bad(f"param {path!r} must be a finite number")
         return
-    if type(value) in (list, tuple):
-        for i, item in enumerate(value):  # type: ignore[attr-defined]
+    if isinstance(value, (list, tuple)) and type(value) in (list, tuple):
+        for i, item in enumerate(value):
             _check_json(item, f"{path}[{i}]", depth + 1)
         return
     if isinstance(value, Mapping):

@@ -179,7 +179,7 @@ def test_decisions_are_fresh_values(ps: PolicySet) -> None:
 
 def test_policy_set_is_immutable(ps: PolicySet) -> None:
     with pytest.raises(AttributeError):
-        ps.policies = ()  # type: ignore[misc]
+        ps.policies = ()
     with pytest.raises(AttributeError):
         del ps.groups
     with pytest.raises(TypeError):

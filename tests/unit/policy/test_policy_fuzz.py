@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from opsgate.config import Limits
-from opsgate.decision import Decision
+from opsgate.decision import Decision, Effect
 from opsgate.errors import PolicyError
 from opsgate.policy import PolicyRequest, PolicySet, compile_condition
 from opsgate.policy.condition import Condition, EvalError
@@ -216,14 +216,14 @@ def test_pathological_nesting_is_refused(prefix: str, count: int) -> None:
     compile_or_refuse(prefix * count + "true", limits)
 
 
-def _rule_set(condition: Condition, effect: str) -> PolicySet:
+def _rule_set(condition: Condition, effect: Effect) -> PolicySet:
     rule = Rule(
         "fuzz",
         0,
         effect,
         condition,
         approvers=("a@b.com",),
-        min_approvals=1,  # type: ignore[arg-type]
+        min_approvals=1,
         expires_in_seconds=60,
     )
     return PolicySet([Policy("fuzz", (rule,))])

@@ -36,7 +36,7 @@ def problems(text: str, source: str = "pol.yaml", limits: Limits | None = None) 
     assert "\n" not in err.message
     assert err.message.startswith(str(found[0]))
     assert err.code == found[0].code
-    return found
+    return list(found)
 
 
 def one(text: str, **kw: object) -> Problem:
@@ -437,7 +437,7 @@ def test_list_of_paths_and_duplicates_across_files(tmp_path: Path) -> None:
 def problems_from_paths(paths: list[Path]) -> list[Problem]:
     with pytest.raises(PolicyError) as info:
         load_policies(paths)
-    return info.value.detail["problems"]
+    return list(info.value.detail["problems"])
 
 
 def test_problems_in_several_files_are_all_listed(tmp_path: Path) -> None:
