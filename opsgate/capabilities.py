@@ -46,11 +46,15 @@ def _shown(text: str) -> str:
     return repr(text[:80] + ("..." if len(text) > 80 else ""))
 
 
-@lru_cache(maxsize=65536)
 def parse(text: str) -> Capability:
     """Parse `ACTION:RESOURCE`; anything outside the grammar raises CapabilityError."""
-    if not isinstance(text, str):
+    if type(text) is not str:  # also keeps unhashable values away from the cache
         raise CapabilityError("capability must be a string", code="capability_malformed")
+    return _parse(text)
+
+
+@lru_cache(maxsize=65536)
+def _parse(text: str) -> Capability:
     if len(text) > MAX_CAPABILITY_CHARS:
         raise CapabilityError(
             f"capability {_shown(text)} is longer than {MAX_CAPABILITY_CHARS} characters",

@@ -9,7 +9,9 @@ exactly three segments, canonical base64url, a JSON-object header holding only
 
 from __future__ import annotations
 
+import base64
 import binascii
+import re
 from typing import Any
 
 import orjson
@@ -17,10 +19,12 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from opsgate.errors import InvalidCredential
-from opsgate.identity.keys import b64url, b64url_decode
+from opsgate.identity.keys import b64url
 
 _ALLOWED_HEADER_KEYS = frozenset({"alg", "kid", "typ"})
-_B64URL_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
+# 64 signature bytes are 86 base64url characters whose last one carries 2 unused
+# bits; only these characters leave them zero (one encoding per signature).
+_LAST_SIG_CHARS = frozenset("AQgw")
 
 
 def encode(claims: dict[str, Any], key: Ed25519PrivateKey, kid: str) -> str:
@@ -30,11 +34,36 @@ def encode(claims: dict[str, Any], key: Ed25519PrivateKey, kid: str) -> str:
     return f"{header}.{payload}.{b64url(key.sign(signing_input))}"
 
 
+_COMPACT = re.compile(r"([A-Za-z0-9_-]+)\.([A-Za-z0-9_-]+)\.([A-Za-z0-9_-]+)\Z")
+
+
 def _b64(part: str, what: str) -> bytes:
+    # The alphabet was checked by _COMPACT; only the length can still be wrong.
+    pad = -len(part) % 4
+    if pad == 3:
+        raise InvalidCredential(f"token {what} is not base64url", code="malformed")
     try:
-        return b64url_decode(part)
+        return base64.urlsafe_b64decode(part + "=" * pad)
     except (ValueError, binascii.Error) as exc:
         raise InvalidCredential(f"token {what} is not base64url", code="malformed") from exc
+
+
+def _json_object(raw: bytes, what: str) -> dict[str, Any]:
+    """Parse JSON and insist it is exactly what we would have written.
+
+    Re-serialising must give the same bytes: this refuses duplicate keys (which
+    different parsers resolve differently), whitespace and any other encoding
+    trick, at the cost of one orjson.dumps.
+    """
+    try:
+        value = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidCredential(f"token {what} is not json", code="malformed") from exc
+    if not isinstance(value, dict):
+        raise InvalidCredential(f"token {what} is not a json object", code="malformed")
+    if orjson.dumps(value) != raw:
+        raise InvalidCredential(f"token {what} is not in canonical form", code="malformed")
+    return value
 
 
 def split(
@@ -45,12 +74,13 @@ def split(
         raise InvalidCredential("token must be a string", code="malformed")
     if len(token) > max_bytes:
         raise InvalidCredential(f"token is longer than {max_bytes} bytes", code="oversized")
-    parts = token.split(".")
-    if len(parts) != 3 or not all(parts) or not _B64URL_CHARS.issuperset(token.replace(".", "")):
+    m = _COMPACT.match(token)
+    if m is None:
         raise InvalidCredential("token is not a compact jws", code="malformed")
-    h, p, s = parts
+    h, p, s = m.groups()
+    raw_header = _b64(h, "header")
     try:
-        header = orjson.loads(_b64(h, "header"))
+        header = orjson.loads(raw_header)
     except orjson.JSONDecodeError as exc:
         raise InvalidCredential("token header is not json", code="malformed") from exc
     if not isinstance(header, dict):
@@ -66,9 +96,13 @@ def split(
         raise InvalidCredential("token header has no key id", code="unknown_kid")
     if "typ" in header and header["typ"] != "JWT":
         raise InvalidCredential("token type is not JWT", code="malformed")
+    if orjson.dumps(header) != raw_header:
+        raise InvalidCredential("token header is not in canonical form", code="malformed")
     signature = _b64(s, "signature")
-    if len(signature) != 64:
+    if len(signature) != 64 or len(s) != 86:
         raise InvalidCredential("token signature has the wrong length", code="bad_signature")
+    if s[-1] not in _LAST_SIG_CHARS:
+        raise InvalidCredential("token signature is not canonical base64url", code="malformed")
     return header, p, f"{h}.{p}".encode("ascii"), signature
 
 
@@ -80,10 +114,4 @@ def check_signature(key: Ed25519PublicKey, signing_input: bytes, signature: byte
 
 
 def payload(p: str) -> dict[str, Any]:
-    try:
-        claims = orjson.loads(_b64(p, "payload"))
-    except orjson.JSONDecodeError as exc:
-        raise InvalidCredential("token payload is not json", code="malformed") from exc
-    if not isinstance(claims, dict):
-        raise InvalidCredential("token payload is not a json object", code="malformed")
-    return claims
+    return _json_object(_b64(p, "payload"), "payload")

@@ -37,6 +37,9 @@ if TYPE_CHECKING:
 
 _JTI = re.compile(r"[A-Za-z0-9_-]{22,64}\Z")
 _CACHE_MAX = 100_000
+_CLAIMS = frozenset({"iss", "sub", "aud", "iat", "nbf", "exp", "jti", "scope", "cnf"})
+_NUM = (int, float)
+_MAX_LIFETIME = HARD_TTL_CEILING_MINUTES * 60 + 0.001  # ms rounding of iat/exp
 
 
 def _ms_floor(t: float) -> float:
@@ -324,37 +327,35 @@ class CredentialManager:
             raise bad("has no valid subject")
         if not isinstance(jti, str) or not _JTI.match(jti):
             raise bad("has no valid id")
-        times = [c.get(k) for k in ("iat", "nbf", "exp")]
-        if any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in times):
+        iat, nbf, exp = c.get("iat"), c.get("nbf"), c.get("exp")
+        # type() is exact: bools (an int subclass) and anything else are refused.
+        if not (type(iat) in _NUM and type(nbf) in _NUM and type(exp) in _NUM):
             raise bad("has malformed time claims")
-        iat, nbf, exp = (float(v) for v in times)  # type: ignore[arg-type]
         if not (math.isfinite(iat) and math.isfinite(nbf) and math.isfinite(exp)):
             raise bad("has malformed time claims")
-        if exp <= iat or exp - iat > HARD_TTL_CEILING_MINUTES * 60 + 1:
+        if exp <= iat or exp - iat > _MAX_LIFETIME:
             raise bad("has a lifetime outside the allowed range", "bad_lifetime")
         if (
-            not isinstance(scope, list)
+            type(scope) is not list
             or not scope
             or len(scope) > self._limits.max_scope_entries
-            or not all(isinstance(s, str) for s in scope)
         ):
             raise bad("has a malformed scope")
         try:
             parsed = caps.parse_all(scope, grant=True)
         except CapabilityError as exc:
             raise bad("has a malformed scope") from exc
-        if not isinstance(cnf, dict) or not isinstance(cnf.get("jkt"), str):
+        if type(cnf) is not dict or type(cnf.get("jkt")) is not str or len(cnf) != 1:
             raise bad("is not bound to a key", "unbound")
-        allowed = {"iss", "sub", "aud", "iat", "nbf", "exp", "jti", "scope", "cnf"}
-        if not allowed.issuperset(c):
+        if not _CLAIMS.issuperset(c):
             raise bad("has unexpected claims")
         return Claims(
             sub=sub,
             jti=jti,
             scope=tuple(scope),
-            iat=iat,
-            nbf=nbf,
-            exp=exp,
+            iat=float(iat),
+            nbf=float(nbf),
+            exp=float(exp),
             iss=c["iss"],
             aud=c["aud"],
             jkt=cnf["jkt"],
