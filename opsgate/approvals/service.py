@@ -188,12 +188,14 @@ class ApprovalService:
         self.dispatcher.dispatch("approval.requested", req)
         return PendingApproval(req.id, req)
 
-    def _load(self, conn: Connection, approval_id: object) -> ApprovalRequest:
+    def _load(self, conn: Connection, approval_id: object, *, lock: bool = False) -> ApprovalRequest:
+        """Read a request; `lock` holds its row until the transaction ends (PostgreSQL)."""
         if not isinstance(approval_id, str) or len(approval_id) > 64:
             raise ApprovalError("approval id is malformed", code="approval_not_found")
-        row = conn.execute(
-            select(schema.approval_requests).where(schema.approval_requests.c.id == approval_id)
-        ).first()
+        q = select(schema.approval_requests).where(schema.approval_requests.c.id == approval_id)
+        if lock and not self._store.is_sqlite:
+            q = q.with_for_update()
+        row = conn.execute(q).first()
         if row is None:
             raise ApprovalError(f"no approval request {approval_id!r}", code="approval_not_found")
         drows = conn.execute(
@@ -294,7 +296,7 @@ class ApprovalService:
             self.expire_due(now=t)
             with self._store.write() as conn:
                 self._authenticate(conn, who, token)
-                req = self._load(conn, approval_id)
+                req = self._load(conn, approval_id, lock=True)
                 if req.status == "pending" and t >= req.expires_at:
                     raise ApprovalError(f"approval {req.id!r} has expired", code="approval_expired")
                 if req.status != "pending":
@@ -345,7 +347,7 @@ class ApprovalService:
         ar = schema.approval_requests
         try:
             with self._store.write() as conn:
-                req = self._load(conn, approval_id)
+                req = self._load(conn, approval_id, lock=True)
                 if req.requester_did != requester:
                     raise ApprovalError(
                         f"approval {req.id!r} was requested by another agent", code="approval_not_yours"

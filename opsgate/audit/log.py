@@ -19,10 +19,9 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from sqlalchemy import Connection, delete, func, insert, select, update
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy import Connection, func, select
 
-from opsgate.errors import AuditError, OpsgateError
+from opsgate.errors import AuditError
 from opsgate.store import Store, schema
 
 GENESIS_HASH = "0" * 64
@@ -111,7 +110,8 @@ class VerifyReport:
 
 # A state change that must commit together with its audit event; what it returns
 # is merged into the event (e.g. the trust score an UPDATE ... RETURNING produced).
-Apply = Callable[[Connection], "dict[str, Any] | None"]
+# It runs on the transaction's DBAPI cursor (placeholders through Store.q).
+Apply = Callable[[Any], "dict[str, Any] | None"]
 
 
 @dataclass(slots=True)
@@ -199,54 +199,43 @@ class AuditLog:
             event["actor"] = actor
         return event
 
-    def _chain(self, conn: Connection, pending: list[_Pending]) -> list[AuditRecord]:
-        """Number and hash events after the current head, inside a write transaction."""
-        head_q = select(schema.audit_head.c.seq, schema.audit_head.c.hash).where(
-            schema.audit_head.c.id == 1
-        )
-        if not self._store.is_sqlite:
-            head_q = head_q.with_for_update()
-        head = conn.execute(head_q).one()
+    def _chain_and_store(self, cur: Any, pending: list[_Pending]) -> list[AuditRecord]:
+        """Number, hash and insert events after the current head, in the caller's transaction.
+
+        Runs on a raw DBAPI cursor: this is the hot path of every operation, and
+        the head row lock (FOR UPDATE on PostgreSQL, the write lock on SQLite)
+        keeps seq gap-free across threads, processes and replicas.
+        """
+        q = self._store.q
+        lock = "" if self._store.is_sqlite else " FOR UPDATE"
+        cur.execute(f"SELECT seq, hash FROM audit_head WHERE id = 1{lock}")  # noqa: S608
+        head = cur.fetchone()
         seq, prev = int(head[0]), str(head[1])
         records: list[AuditRecord] = []
+        rows: list[tuple[Any, ...]] = []
         for p in pending:
             seq += 1
-            event = dict(p.event)
+            event = p.event
             event["seq"] = seq
             event["at"] = p.at
             body = canonical(event)
             digest = chain_hash(prev, body)
-            records.append(
-                AuditRecord(seq, p.at, event["type"], event.get("actor"), event, prev, digest)
-            )
+            actor = event.get("actor")
+            records.append(AuditRecord(seq, p.at, event["type"], actor, event, prev, digest))
+            rows.append((seq, p.at, event["type"], actor, body.decode("utf-8"), prev, digest))
             prev = digest
-        return records
-
-    def _store_records(self, conn: Connection, records: list[AuditRecord]) -> None:
-        conn.execute(
-            insert(schema.audit_events),
-            [
-                {
-                    "seq": r.seq,
-                    "at": r.at,
-                    "type": r.type,
-                    "actor": r.actor,
-                    "body": canonical(r.event).decode("utf-8"),
-                    "prev_hash": r.prev_hash,
-                    "hash": r.hash,
-                }
-                for r in records
-            ],
+        cur.executemany(
+            q(
+                "INSERT INTO audit_events (seq, at, type, actor, body, prev_hash, hash) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)"
+            ),
+            rows,
         )
-        last = records[-1]
-        conn.execute(
-            update(schema.audit_head)
-            .where(schema.audit_head.c.id == 1)
-            .values(seq=last.seq, hash=last.hash)
-        )
+        cur.execute(q("UPDATE audit_head SET seq = ?, hash = ? WHERE id = 1"), (seq, prev))
         every = self._checkpoint_every
-        if every and (records[0].seq - 1) // every != last.seq // every:
-            self._write_checkpoint(conn, last.seq, last.hash, last.at)
+        if every and (records[0].seq - 1) // every != seq // every:
+            self._write_checkpoint(cur, seq, prev, records[-1].at)
+        return records
 
     # -- appending --------------------------------------------------------------
 
@@ -286,15 +275,14 @@ class AuditLog:
             if self.fail_next > 0:
                 self.fail_next -= 1
                 raise OSError("simulated audit storage failure")
-            with self._store.write() as conn:
+            with self._store.raw_write() as cur:
                 for p in batch:
                     if p.apply is not None:
-                        extra = p.apply(conn)
+                        extra = p.apply(cur)
                         if extra:
                             p.event.update(redact(extra))
-                records = self._chain(conn, batch)
-                self._store_records(conn, records)
-        except (SQLAlchemyError, OSError, OpsgateError) as exc:
+                records = self._chain_and_store(cur, batch)
+        except Exception as exc:  # noqa: BLE001 - every failure fails every caller, closed
             for p in batch:
                 p.error = exc
             return
@@ -316,9 +304,8 @@ class AuditLog:
             raise AuditError("audit write failed: OSError", code="audit_write_failed")
         slot = _Pending(self._prepare(event_type, actor, fields), time.time() if at is None else at)
         try:
-            records = self._chain(conn, [slot])
-            self._store_records(conn, records)
-        except SQLAlchemyError as exc:
+            records = self._chain_and_store(conn.connection.cursor(), [slot])
+        except Exception as exc:
             raise AuditError(
                 f"audit write failed: {exc.__class__.__name__}", code="audit_write_failed"
             ) from exc
@@ -326,14 +313,14 @@ class AuditLog:
 
     # -- checkpoints ------------------------------------------------------------
 
-    def _write_checkpoint(self, conn: Connection, seq: int, digest: str, at: float) -> Checkpoint:
+    def _write_checkpoint(self, cur: Any, seq: int, digest: str, at: float) -> Checkpoint:
         kid, sign = self._signer()
         signature = sign(Checkpoint(self._gate_id, seq, digest, at, kid, "").payload())
-        conn.execute(delete(schema.audit_checkpoints).where(schema.audit_checkpoints.c.seq == seq))
-        conn.execute(
-            insert(schema.audit_checkpoints).values(
-                seq=seq, hash=digest, at=at, kid=kid, signature=signature
-            )
+        q = self._store.q
+        cur.execute(q("DELETE FROM audit_checkpoints WHERE seq = ?"), (seq,))
+        cur.execute(
+            q("INSERT INTO audit_checkpoints (seq, hash, at, kid, signature) VALUES (?, ?, ?, ?, ?)"),
+            (seq, digest, at, kid, signature),
         )
         return Checkpoint(
             self._gate_id, seq, digest, at, kid, signature, public_key=self._public_jwk(kid)
@@ -343,14 +330,14 @@ class AuditLog:
         """Sign the current head and store the checkpoint; returns it for export."""
         with self._writer_lock:
             try:
-                with self._store.write() as conn:
-                    head = conn.execute(
-                        select(schema.audit_head.c.seq, schema.audit_head.c.hash)
-                    ).one()
+                with self._store.raw_write() as cur:
+                    lock = "" if self._store.is_sqlite else " FOR UPDATE"
+                    cur.execute(f"SELECT seq, hash FROM audit_head WHERE id = 1{lock}")  # noqa: S608
+                    head = cur.fetchone()
                     return self._write_checkpoint(
-                        conn, int(head[0]), str(head[1]), time.time() if at is None else at
+                        cur, int(head[0]), str(head[1]), time.time() if at is None else at
                     )
-            except SQLAlchemyError as exc:
+            except Exception as exc:
                 raise AuditError(
                     f"checkpoint failed: {exc.__class__.__name__}", code="audit_write_failed"
                 ) from exc
@@ -491,6 +478,13 @@ class AuditLog:
                     report.head_seq + 1,
                     "truncation",
                     f"the head says seq {int(head[0])} but the log ends at {report.head_seq}",
+                )
+            if int(head[0]) < report.head_seq:
+                first = int(head[0]) + 1
+                return self._fail(
+                    report, first, "insertion",
+                    f"event(s) from seq {first} were added behind the log's back "
+                    f"(its head is seq {int(head[0])})",
                 )
             return self._fail(
                 report, int(head[0]), "edit", "the stored head does not match the chain"

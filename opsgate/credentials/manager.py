@@ -192,6 +192,7 @@ class CredentialManager:
         """Issue a credential for `scope` (each entry covered by the agent's grants)."""
         t = _ms_floor(to_epoch(now))
         ttl = self._ttl_seconds(ttl_minutes)
+        self._state.maybe_refresh()  # another replica may have rotated keys or suspended the agent
         state = self._agents.state(agent_id)
         refusal = state.usable_at(t)
         if refusal is not None:

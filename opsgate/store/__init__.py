@@ -105,6 +105,51 @@ class Store:
         except OperationalError as exc:
             raise StoreError(f"state database unavailable: {exc.orig.__class__.__name__}") from exc
 
+    @contextmanager
+    def raw_write(self) -> Iterator[Any]:
+        """A DBAPI cursor inside a write transaction, for the few hot paths (audit appends).
+
+        SQL passed to it goes through `q()` for the driver's placeholder style.
+        """
+        try:
+            raw = self._write_engine.raw_connection()
+        except OperationalError as exc:
+            raise StoreError(f"state database unavailable: {exc.orig.__class__.__name__}") from exc
+        try:
+            cur = raw.cursor()
+            if self.is_sqlite:
+                cur.execute("BEGIN IMMEDIATE")
+            yield cur
+            raw.commit()
+        except BaseException:
+            raw.rollback()
+            raise
+        finally:
+            raw.close()
+
+    def q(self, sql: str) -> str:
+        """Rewrite '?' placeholders for the driver (psycopg wants %s)."""
+        return sql if self.is_sqlite else sql.replace("?", "%s")
+
+    def insert_ignore(self, table: Any, values: dict[str, Any]) -> Any:
+        """INSERT that does nothing when the primary key exists (safe under races)."""
+        if self.is_sqlite:
+            from sqlalchemy.dialects.sqlite import insert as dialect_insert
+        else:
+            from sqlalchemy.dialects.postgresql import insert as dialect_insert
+        return dialect_insert(table).values(**values).on_conflict_do_nothing()
+
+    def upsert(self, table: Any, values: dict[str, Any], keys: list[str]) -> Any:
+        """INSERT ... ON CONFLICT (keys) DO UPDATE with the other values."""
+        if self.is_sqlite:
+            from sqlalchemy.dialects.sqlite import insert as dialect_insert
+        else:
+            from sqlalchemy.dialects.postgresql import insert as dialect_insert
+        stmt = dialect_insert(table).values(**values)
+        return stmt.on_conflict_do_update(
+            index_elements=keys, set_={k: v for k, v in values.items() if k not in keys}
+        )
+
     def next_counter(self, conn: Connection, name: str) -> int:
         """Take the next value of a counter inside `conn`'s write transaction."""
         row = conn.execute(

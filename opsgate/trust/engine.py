@@ -15,10 +15,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import orjson
-from sqlalchemy import Connection, case, insert, select, update
+from sqlalchemy import select
 
 from opsgate.config import Config
-from opsgate.errors import OpsgateError
+from opsgate.errors import AgentError, OpsgateError
 from opsgate.store import Store, schema
 from opsgate.trust.anomalies import Activity, Anomaly, Observation, observe
 from opsgate.trust.scoring import MAX_SCORE, MIN_SCORE, TrustEvent, delta_for
@@ -103,17 +103,19 @@ class TrustEngine:
                      operation: str | None = None) -> Apply:
         """The state change for one trust event, to run inside its audit event's transaction."""
         delta = delta_for(cause, self._cfg.deltas)
-        a = schema.agents
+        sql = self._store.q(
+            "UPDATE agents SET trust_score = CASE WHEN trust_score + ? > ? THEN ? "
+            "WHEN trust_score + ? < ? THEN ? ELSE trust_score + ? END WHERE did = ? "
+            "RETURNING trust_score"
+        )
+        params = (delta, MAX_SCORE, MAX_SCORE, delta, MIN_SCORE, MIN_SCORE, delta, did)
 
-        def run(conn: Connection) -> dict[str, Any]:
-            raw = a.c.trust_score + delta
-            new = conn.execute(
-                update(a)
-                .where(a.c.did == did)
-                .values(trust_score=case((raw > MAX_SCORE, MAX_SCORE), (raw < MIN_SCORE, MIN_SCORE),
-                                         else_=raw))
-                .returning(a.c.trust_score)
-            ).scalar_one()
+        def run(cur: Any) -> dict[str, Any]:
+            cur.execute(sql, params)
+            row = cur.fetchone()
+            if row is None:
+                raise AgentError(f"no agent {did[:80]!r}", code="agent_not_found")
+            new = row[0]
             return {
                 "trust": {
                     "agent": did,
@@ -222,13 +224,13 @@ class TrustEngine:
         return seen
 
     def _remember_resource(self, did: str, resource: str, now: float) -> None:
-        r = schema.trust_resources
         with self._store.write() as conn:
-            exists = conn.execute(
-                select(r.c.resource).where(r.c.agent_did == did, r.c.resource == resource)
-            ).first()
-            if exists is None:
-                conn.execute(insert(r).values(agent_did=did, resource=resource[:256], first_seen=now))
+            conn.execute(
+                self._store.insert_ignore(
+                    schema.trust_resources,
+                    {"agent_did": did, "resource": resource[:256], "first_seen": now},
+                )
+            )
 
     def _load_activity(self, did: str) -> Activity:
         with self._store.read() as conn:
@@ -238,14 +240,15 @@ class TrustEngine:
         return Activity() if row is None else Activity.from_dict(orjson.loads(row[0]))
 
     def _save_activity(self, did: str, activity: Activity, now: float) -> None:
-        t = schema.trust_activity
         body = orjson.dumps(activity.to_dict()).decode("utf-8")
         with self._store.write() as conn:
-            res = conn.execute(
-                update(t).where(t.c.agent_did == did).values(state=body, updated_at=now)
+            conn.execute(
+                self._store.upsert(
+                    schema.trust_activity,
+                    {"agent_did": did, "state": body, "updated_at": now},
+                    ["agent_did"],
+                )
             )
-            if not res.rowcount:
-                conn.execute(insert(t).values(agent_did=did, state=body, updated_at=now))
 
     # -- explaining ---------------------------------------------------------------------
 
