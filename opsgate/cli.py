@@ -601,7 +601,21 @@ _mount_optional()
 
 
 def main() -> None:
-    app()
+    """Console entry point: usage errors become one line on stderr and exit code 2."""
+    from typer import Abort
+    from typer._click.exceptions import ClickException
+
+    try:
+        code = app(standalone_mode=False)
+    except ClickException as exc:
+        message = exc.format_message()
+        if message:  # bare `opsgate` shows help and exits 2 without an error line
+            _err(f"error [usage]: {message}")
+        sys.exit(2)
+    except Abort:
+        _err("error [aborted]: aborted")
+        sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":
