@@ -1,0 +1,460 @@
+"""Audit log tampering, on SQLite and on the real PostgreSQL (`database_url`).
+
+Each test writes a real log through the gate (registrations, delegation,
+credentials, authorizations, a revocation), then edits the audit table with
+SQLAlchemy the way an attacker with database access would, and asserts that
+`gate.audit.verify()` names the first bad seq and the kind of tampering.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from sqlalchemy import delete, func, insert, select, update
+
+import opsgate
+from opsgate.audit.log import GENESIS_HASH, load_anchor
+from opsgate.store import schema
+
+events = schema.audit_events
+
+
+# -- helpers: what an attacker with write access to the database can do ----------------------
+
+
+def body_bytes(event: dict[str, Any]) -> bytes:
+    return orjson.dumps(event, option=orjson.OPT_SORT_KEYS)
+
+
+def link(prev_hash: str, body: bytes) -> str:
+    return hashlib.sha256(prev_hash.encode("ascii") + body).hexdigest()
+
+
+def rows(gate: opsgate.Gate) -> list[Any]:
+    with gate.store.read() as conn:
+        return list(conn.execute(select(events).order_by(events.c.seq)).all())
+
+
+def row(gate: opsgate.Gate, seq: int) -> Any:
+    with gate.store.read() as conn:
+        return conn.execute(select(events).where(events.c.seq == seq)).one()
+
+
+def set_row(gate: opsgate.Gate, seq: int, **values: Any) -> None:
+    with gate.store.write() as conn:
+        conn.execute(update(events).where(events.c.seq == seq).values(**values))
+
+
+def shift_seqs(gate: opsgate.Gate, after: int, by: int) -> None:
+    """Renumber every row with seq > `after` by `by` (through negative seqs: no PK clash)."""
+    with gate.store.write() as conn:
+        conn.execute(update(events).where(events.c.seq > after).values(seq=-events.c.seq))
+        conn.execute(update(events).where(events.c.seq < 0).values(seq=-events.c.seq + by))
+
+
+def delete_rows(gate: opsgate.Gate, *seqs: int) -> None:
+    with gate.store.write() as conn:
+        conn.execute(delete(events).where(events.c.seq.in_(seqs)))
+
+
+def set_head(gate: opsgate.Gate, seq: int, digest: str) -> None:
+    with gate.store.write() as conn:
+        conn.execute(update(schema.audit_head).values(seq=seq, hash=digest))
+
+
+def wipe_checkpoints(gate: opsgate.Gate) -> None:
+    with gate.store.write() as conn:
+        conn.execute(delete(schema.audit_checkpoints))
+
+
+def forged_event(seq: int, at: float, event_type: str = "credential.issued") -> dict[str, Any]:
+    return {
+        "type": event_type,
+        "actor": "did:key:z6MkhaXgBZDvotDkL5257faiztiGiC2QtKLGpbnnEGta2doK",
+        "jti": "forgedforgedforgedforg",
+        "scope": ["deploy:production"],
+        "seq": seq,
+        "at": at,
+    }
+
+
+def insert_row(gate: opsgate.Gate, event: dict[str, Any], prev_hash: str) -> str:
+    body = body_bytes(event)
+    digest = link(prev_hash, body)
+    with gate.store.write() as conn:
+        conn.execute(
+            insert(events).values(
+                seq=event["seq"],
+                at=event["at"],
+                type=event["type"],
+                actor=event.get("actor"),
+                body=body.decode("utf-8"),
+                prev_hash=prev_hash,
+                hash=digest,
+            )
+        )
+    return digest
+
+
+def rechain_from(gate: opsgate.Gate, seq: int) -> str:
+    """Recompute prev_hash/hash of every row from `seq` on, and the head: a consistent rewrite."""
+    all_rows = rows(gate)
+    prev = GENESIS_HASH if seq == 1 else row(gate, seq - 1).hash
+    with gate.store.write() as conn:
+        for r in all_rows:
+            if r.seq < seq:
+                continue
+            digest = link(prev, r.body.encode("utf-8"))
+            conn.execute(
+                update(events).where(events.c.seq == r.seq).values(prev_hash=prev, hash=digest)
+            )
+            prev = digest
+        conn.execute(update(schema.audit_head).values(seq=all_rows[-1].seq, hash=prev))
+    return prev
+
+
+def assert_bad(report: Any, seq: int, problem: str) -> None:
+    assert report.ok is False, report
+    assert (report.problem, report.first_bad_seq) == (problem, seq), report.reason
+
+
+# -- fixtures -------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def audited(tmp_path: Path, database_url: str | None) -> Iterator[opsgate.Gate]:
+    """A gate whose log holds real events from every kind of writer."""
+    gate = opsgate.Gate.open(tmp_path / "state", database_url=database_url)
+    sup = gate.register_agent(
+        "devops-supervisor",
+        capabilities=["deploy:staging", "deploy:production", "read:secrets"],
+        sponsor="platform-team@company.com",
+        trust_score=920,
+    )
+    agent = sup.delegate("deploy-agent", ["deploy:staging", "deploy:production"])
+    cm = gate.credential_manager
+    for _ in range(3):
+        cred = cm.issue_credential(agent.did, ["deploy:staging"])
+        gate.authorize(cred.token, "deploy:staging/app-web")
+    cm.revoke(cred.jti, reason="rotation drill")
+    with pytest.raises(opsgate.InvalidCredential):
+        cm.verify(cred.token)
+    assert gate.audit.head()[0] >= 10
+    yield gate
+    gate.close()
+
+
+# -- intact ---------------------------------------------------------------------------------------
+
+
+def test_intact_log_verifies(audited: opsgate.Gate, tmp_path: Path) -> None:
+    report = audited.audit.verify()
+    n = audited.audit.head()[0]
+    assert report.ok and report.problem is None and report.first_bad_seq is None
+    assert report.events == report.head_seq == n == len(rows(audited))
+    seqs = [r.seq for r in rows(audited)]
+    assert seqs == list(range(1, n + 1))
+    anchor = load_anchor(_export(audited, tmp_path))
+    report = audited.audit.verify(anchor)
+    assert report.ok and report.anchor_checked
+    # The chain is what the design says: hash = SHA-256(prev_hash ‖ body), from genesis.
+    prev = GENESIS_HASH
+    for r in rows(audited):
+        assert r.prev_hash == prev
+        assert r.hash == link(prev, r.body.encode("utf-8"))
+        assert json.loads(r.body)["seq"] == r.seq
+        prev = r.hash
+
+
+def _export(gate: opsgate.Gate, tmp_path: Path) -> Path:
+    path = tmp_path / "anchor.json"
+    gate.audit.export_checkpoint(path)
+    return path
+
+
+# -- edits -----------------------------------------------------------------------------------------
+
+
+def test_edits_of_a_row_are_edits_and_undoing_them_heals(audited: opsgate.Gate) -> None:
+    """Body, type, actor and time of one row, each edited alone, then put back."""
+    forged_actor = "did:key:z6MkhaXgBZDvotDkL5257faiztiGiC2QtKLGpbnnEGta2doK"
+    for seq in (1, 6, audited.audit.head()[0]):
+        original = row(audited, seq)
+        event = json.loads(original.body)
+        event["reason"] = "nothing to see here"
+        edits = [
+            {"body": body_bytes(event).decode("utf-8")},
+            {"body": original.body + " "},
+            {"type": "gate.noop"},
+            {"actor": forged_actor},
+            {"actor": None} if original.actor is not None else {"actor": "operator"},
+            {"at": original.at - 3600},
+        ]
+        for values in edits:
+            set_row(audited, seq, **values)
+            assert_bad(audited.audit.verify(), seq, "edit")
+            set_row(audited, seq, **{k: getattr(original, k) for k in values})
+            assert audited.audit.verify().ok, values
+
+
+def test_rewritten_row_with_recomputed_hash_is_an_edit(audited: opsgate.Gate) -> None:
+    r = row(audited, 5)
+    event = json.loads(r.body)
+    event["actor"] = "operator"
+    body = body_bytes(event)
+    set_row(audited, 5, body=body.decode("utf-8"), actor="operator", hash=link(r.prev_hash, body))
+    assert_bad(audited.audit.verify(), 5, "edit")
+
+
+def test_rewritten_tail_with_recomputed_chain_is_caught_by_the_anchor(
+    audited: opsgate.Gate, tmp_path: Path
+) -> None:
+    anchor = load_anchor(_export(audited, tmp_path))
+    r = row(audited, 5)
+    event = json.loads(r.body)
+    event["actor"] = "operator"
+    set_row(audited, 5, body=body_bytes(event).decode("utf-8"), actor="operator")
+    rechain_from(audited, 5)
+    wipe_checkpoints(audited)
+    report = audited.audit.verify(anchor)
+    assert report.ok is False and report.problem == "replacement"
+    assert 5 <= report.first_bad_seq <= anchor.seq
+
+
+def test_stored_checkpoint_catches_a_recomputed_chain(audited: opsgate.Gate) -> None:
+    audited.audit.checkpoint()
+    n = audited.audit.head()[0]
+    r = row(audited, 3)
+    event = json.loads(r.body)
+    event["name"] = "someone-else"
+    set_row(audited, 3, body=body_bytes(event).decode("utf-8"))
+    rechain_from(audited, 3)
+    report = audited.audit.verify()
+    assert report.ok is False and report.problem == "replacement"
+    assert 3 <= report.first_bad_seq <= n
+
+
+# -- deletions and insertions ---------------------------------------------------------------------
+
+
+def test_deleted_row_is_a_deletion(audited: opsgate.Gate) -> None:
+    delete_rows(audited, 6)
+    assert_bad(audited.audit.verify(), 6, "deletion")
+
+
+def test_deleted_row_with_renumbering_is_a_deletion(audited: opsgate.Gate) -> None:
+    delete_rows(audited, 6)
+    shift_seqs(audited, after=6, by=-1)
+    n = audited.audit.head()[0]
+    set_head(audited, n - 1, row(audited, n - 1).hash)
+    assert [r.seq for r in rows(audited)] == list(range(1, n))
+    assert_bad(audited.audit.verify(), 6, "deletion")
+
+
+def test_deleted_first_row_is_a_deletion(audited: opsgate.Gate) -> None:
+    delete_rows(audited, 1)
+    shift_seqs(audited, after=1, by=-1)
+    assert_bad(audited.audit.verify(), 1, "deletion")
+
+
+def test_inserted_forged_row_with_renumbering_is_an_insertion(audited: opsgate.Gate) -> None:
+    before = row(audited, 5)
+    shift_seqs(audited, after=5, by=1)
+    insert_row(audited, forged_event(6, before.at + 0.0001), before.hash)
+    n = audited.audit.head()[0]
+    set_head(audited, n + 1, row(audited, n + 1).hash)
+    assert [r.seq for r in rows(audited)] == list(range(1, n + 2))
+    assert_bad(audited.audit.verify(), 6, "insertion")
+
+
+def test_forged_row_appended_after_the_head_is_an_insertion(audited: opsgate.Gate) -> None:
+    n, head_hash = audited.audit.head()
+    insert_row(audited, forged_event(n + 1, row(audited, n).at + 1), head_hash)
+    assert_bad(audited.audit.verify(), n + 1, "insertion")
+
+
+# -- reorder, truncation, replacement --------------------------------------------------------------
+
+
+def _swap(gate: opsgate.Gate, x: int, y: int) -> None:
+    with gate.store.write() as conn:
+        conn.execute(update(events).where(events.c.seq == x).values(seq=-x))
+        conn.execute(update(events).where(events.c.seq == y).values(seq=x))
+        conn.execute(update(events).where(events.c.seq == -x).values(seq=y))
+
+
+def test_swapped_rows_are_a_reorder(audited: opsgate.Gate) -> None:
+    for x, y in ((7, 8), (3, 9), (1, 2)):
+        _swap(audited, x, y)
+        assert_bad(audited.audit.verify(), x, "reorder")
+        _swap(audited, x, y)
+        assert audited.audit.verify().ok
+
+
+def test_truncated_tail_is_a_truncation(audited: opsgate.Gate) -> None:
+    n = audited.audit.head()[0]
+    delete_rows(audited, n, n - 1, n - 2)
+    assert_bad(audited.audit.verify(), n - 2, "truncation")
+
+
+def test_truncation_with_head_rewritten_is_caught_by_the_anchor(
+    audited: opsgate.Gate, tmp_path: Path
+) -> None:
+    anchor = load_anchor(_export(audited, tmp_path))
+    n = audited.audit.head()[0]
+    assert anchor.seq == n
+    delete_rows(audited, n, n - 1, n - 2)
+    set_head(audited, n - 3, row(audited, n - 3).hash)
+    wipe_checkpoints(audited)
+    report = audited.audit.verify(anchor)
+    assert_bad(report, n - 2, "truncation")
+    assert report.anchor_checked
+
+
+def test_truncation_below_a_stored_checkpoint_is_a_truncation(audited: opsgate.Gate) -> None:
+    audited.audit.checkpoint()
+    n = audited.audit.head()[0]
+    delete_rows(audited, n, n - 1)
+    set_head(audited, n - 2, row(audited, n - 2).hash)
+    assert_bad(audited.audit.verify(), n - 1, "truncation")
+
+
+def _replace_log(gate: opsgate.Gate, count: int) -> None:
+    """Drop every event and write a fresh, internally valid chain of `count` events."""
+    start = row(gate, 1).at
+    with gate.store.write() as conn:
+        conn.execute(delete(events))
+    prev = GENESIS_HASH
+    for seq in range(1, count + 1):
+        prev = insert_row(gate, forged_event(seq, start + seq, "gate.key_created"), prev)
+    set_head(gate, count, prev)
+    wipe_checkpoints(gate)
+
+
+def test_wholesale_replacement_is_caught_by_the_anchor(
+    audited: opsgate.Gate, tmp_path: Path
+) -> None:
+    anchor = load_anchor(_export(audited, tmp_path))
+    n = audited.audit.head()[0]
+    _replace_log(audited, n + 5)
+    assert audited.audit.verify().ok  # a fresh valid chain: only an outside anchor can tell
+    report = audited.audit.verify(anchor)
+    assert report.ok is False and report.problem == "replacement", report
+    assert 1 <= report.first_bad_seq <= anchor.seq
+
+
+def test_replacement_by_a_shorter_chain_is_caught_by_the_anchor(
+    audited: opsgate.Gate, tmp_path: Path
+) -> None:
+    anchor = load_anchor(_export(audited, tmp_path))
+    _replace_log(audited, 3)
+    report = audited.audit.verify(anchor)
+    assert report.ok is False and report.problem in ("truncation", "replacement"), report
+
+
+def test_replacement_keeping_stored_checkpoints_is_caught_without_an_anchor(
+    audited: opsgate.Gate,
+) -> None:
+    audited.audit.checkpoint()
+    n = audited.audit.head()[0]
+    with audited.store.read() as conn:
+        kept = conn.execute(select(schema.audit_checkpoints)).all()
+    _replace_log(audited, n + 2)
+    with audited.store.write() as conn:
+        for cp in kept:
+            conn.execute(insert(schema.audit_checkpoints).values(**cp._mapping))
+    report = audited.audit.verify()
+    assert report.ok is False and report.problem == "replacement"
+
+
+# -- anchors ---------------------------------------------------------------------------------------
+
+
+def test_anchor_from_another_gate_is_a_replacement(audited: opsgate.Gate, tmp_path: Path) -> None:
+    with opsgate.Gate.open(tmp_path / "other") as other:
+        other.register_agent("x", ["deploy:staging"], sponsor="ops@company.com")
+        anchor = load_anchor(_export(other, tmp_path))
+    report = audited.audit.verify(anchor)
+    assert report.ok is False and report.problem == "replacement"
+
+
+def test_tampered_or_missing_anchor_file_is_refused(audited: opsgate.Gate, tmp_path: Path) -> None:
+    path = _export(audited, tmp_path)
+    data = json.loads(path.read_text())
+    data["seq"] = 1  # pretend the anchor covers less than it signed
+    path.write_text(json.dumps(data))
+    with pytest.raises(opsgate.AuditError) as info:
+        audited.audit.verify(load_anchor(path))
+    assert info.value.code == "anchor_invalid"
+    path.write_text("{not json")
+    with pytest.raises(opsgate.AuditError) as info:
+        load_anchor(path)
+    assert info.value.code == "anchor_invalid"
+    with pytest.raises(opsgate.AuditError) as info:
+        load_anchor(tmp_path / "missing.json")
+    assert info.value.code == "anchor_missing"
+
+
+# -- fail closed -----------------------------------------------------------------------------------
+
+
+def _agent_rows(gate: opsgate.Gate) -> int:
+    with gate.store.read() as conn:
+        return int(conn.execute(select(func.count()).select_from(schema.agents)).scalar_one())
+
+
+def test_issue_credential_fails_closed(audited: opsgate.Gate) -> None:
+    agent = audited.agents.get("deploy-agent")
+    head = audited.audit.head()
+    audited.audit.fail_next = 1
+    with pytest.raises(opsgate.AuditError) as info:
+        audited.credential_manager.issue_credential(agent.did, ["deploy:staging"])
+    assert info.value.code == "audit_write_failed"
+    assert audited.audit.head() == head
+    assert audited.audit.verify().ok
+    cred = audited.credential_manager.issue_credential(agent.did, ["deploy:staging"])
+    assert audited.credential_manager.verify(cred.token).jti == cred.jti
+
+
+def test_register_agent_fails_closed(audited: opsgate.Gate) -> None:
+    count, head = _agent_rows(audited), audited.audit.head()
+    key_dir = audited.state_dir / "agent-keys"
+    keys_before = set(key_dir.iterdir())
+    audited.audit.fail_next = 1
+    with pytest.raises(opsgate.AuditError):
+        audited.register_agent("ghost", ["deploy:staging"], sponsor="ops@company.com")
+    assert _agent_rows(audited) == count
+    assert set(key_dir.iterdir()) == keys_before
+    assert audited.audit.head() == head
+    with pytest.raises(opsgate.AgentError) as info:
+        audited.agents.get("ghost")
+    assert info.value.code == "agent_not_found"
+    # and the name is still free
+    assert audited.register_agent("ghost", ["deploy:staging"], sponsor="ops@company.com")
+
+
+def test_delegate_fails_closed(audited: opsgate.Gate) -> None:
+    count = _agent_rows(audited)
+    audited.audit.fail_next = 1
+    with pytest.raises(opsgate.AuditError):
+        audited.agents.get("deploy-agent").delegate("ghost-child", ["deploy:staging"])
+    assert _agent_rows(audited) == count
+
+
+def test_authorize_fails_closed(audited: opsgate.Gate) -> None:
+    agent = audited.agents.get("deploy-agent")
+    cred = audited.credential_manager.issue_credential(agent.did, ["deploy:staging"])
+    head = audited.audit.head()
+    audited.audit.fail_next = 1
+    with pytest.raises(opsgate.AuditError):
+        audited.authorize(cred.token, "deploy:staging/app-web")
+    assert audited.audit.head() == head
+    decision = audited.authorize(cred.token, "deploy:staging/app-web")
+    assert decision.effect == "allow"
+    assert audited.audit.verify().ok
