@@ -101,7 +101,10 @@ def authorize(
     if decision.effect == "deny":
         return _with(decision, violation="policy_deny")
     if req.environment == PRODUCTION and req.trust < trust.approval_below:
-        reason = f"trust {req.trust} is below {trust.approval_below}: production operations need approval"
+        reason = (
+            f"trust {req.trust} is below {trust.approval_below}: "
+            "production operations need approval"
+        )
         if not trust_approvers:
             return Decision(
                 "deny",

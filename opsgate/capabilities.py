@@ -2,9 +2,9 @@
 
 A grant covers a request when the actions are equal and the grant's segments
 match a prefix of the request's at segment boundaries. `*` matches exactly one
-segment, `**` (last segment only) matches one or more remaining segments. There is no action wildcard,
-and a grant whose first resource segment is a wildcard (unrestricted access) is
-refused wherever grants are created.
+segment, `**` (last segment only) matches one or more remaining segments. There
+is no action wildcard, and a grant whose first resource segment is a wildcard
+(unrestricted access) is refused wherever grants are created.
 """
 
 from __future__ import annotations

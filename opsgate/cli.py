@@ -196,8 +196,12 @@ def agents_list(
     for a in agents:
         d = a.to_dict()
         table.add_row(
-            escape(d["name"]), d["did"], str(d["depth"]), d["effective_status"],
-            str(d["effective_trust"]), escape(", ".join(d["capabilities"])),
+            escape(d["name"]),
+            d["did"],
+            str(d["depth"]),
+            d["effective_status"],
+            str(d["effective_trust"]),
+            escape(", ".join(d["capabilities"])),
         )
     _out().print(table)
 
@@ -273,7 +277,7 @@ def creds_issue(
 
 
 def _read_token(token: str) -> str:
-    return sys.stdin.read().strip() if token == "-" else token.strip()
+    return sys.stdin.read().strip() if token == "-" else token.strip()  # noqa: S105
 
 
 @creds_app.command("verify")
@@ -366,9 +370,7 @@ def audit_verify(
             f"{report.checkpoints_checked} checkpoint(s){extra} verified"
         )
     else:
-        _err(
-            f"audit log TAMPERED: {report.problem} at seq {report.first_bad_seq}: {report.reason}"
-        )
+        _err(f"audit log TAMPERED: {report.problem} at seq {report.first_bad_seq}: {report.reason}")
     if not report.ok:
         raise typer.Exit(1)
 
@@ -393,7 +395,10 @@ def audit_tail(
     for r in records:
         detail = {k: v for k, v in r.event.items() if k not in ("seq", "at", "type", "actor")}
         table.add_row(
-            str(r.seq), _when(r.at), escape(r.type), escape(r.actor or "-"),
+            str(r.seq),
+            _when(r.at),
+            escape(r.type),
+            escape(r.actor or "-"),
             escape(json.dumps(detail, default=str)[:200]),
         )
     _out().print(table)
@@ -402,7 +407,9 @@ def audit_tail(
 @audit_app.command("export")
 @handle_errors
 def audit_export(
-    output: Annotated[Path | None, typer.Option("--output", "-o", help="File (default stdout).")] = None,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="File (default stdout).")
+    ] = None,
     state_dir: StateDir = None,
 ) -> None:
     """Export every event as JSON lines, with prev_hash and hash, for offline verification."""
@@ -483,8 +490,12 @@ def approvals_list(
     table = Table("id", "status", "capability", "requester", "approvers", "expires")
     for r in requests:
         table.add_row(
-            r.id, r.status, escape(r.capability), escape(r.requester_name),
-            escape(f"{r.min_approvals} of " + ", ".join(r.approvers)), _when(r.expires_at),
+            r.id,
+            r.status,
+            escape(r.capability),
+            escape(r.requester_name),
+            escape(f"{r.min_approvals} of " + ", ".join(r.approvers)),
+            _when(r.expires_at),
         )
     _out().print(table)
 
@@ -513,7 +524,10 @@ CommentOpt = Annotated[str | None, typer.Option(help="Recorded with the decision
 @approvals_app.command("approve")
 @handle_errors
 def approvals_approve(
-    approval_id: str, approver: ApproverOpt, token: TokenOpt, comment: CommentOpt = None,
+    approval_id: str,
+    approver: ApproverOpt,
+    token: TokenOpt,
+    comment: CommentOpt = None,
     state_dir: StateDir = None,
 ) -> None:
     """Approve a request (as a listed approver, with your token)."""
@@ -526,7 +540,10 @@ def approvals_approve(
 @approvals_app.command("deny")
 @handle_errors
 def approvals_deny(
-    approval_id: str, approver: ApproverOpt, token: TokenOpt, comment: CommentOpt = None,
+    approval_id: str,
+    approver: ApproverOpt,
+    token: TokenOpt,
+    comment: CommentOpt = None,
     state_dir: StateDir = None,
 ) -> None:
     """Deny a request; one deny denies."""
@@ -554,20 +571,30 @@ def trust_show(
     for a in agents:
         own, eff = a.trust_score, a.effective_trust
         band = (
-            "suspend" if eff < thresholds.suspend_below
-            else "approval for production" if eff < thresholds.approval_below
+            "suspend"
+            if eff < thresholds.suspend_below
+            else "approval for production"
+            if eff < thresholds.approval_below
             else "normal"
         )
         rows.append(
-            {"name": a.name, "did": a.did, "score": own, "effective": eff,
-             "status": a.status, "band": band}
+            {
+                "name": a.name,
+                "did": a.did,
+                "score": own,
+                "effective": eff,
+                "status": a.status,
+                "band": band,
+            }
         )
     if json_out:
         _print_json(rows)
         return
     table = Table("agent", "score", "effective", "status", "band")
     for r in rows:
-        table.add_row(escape(r["name"]), str(r["score"]), str(r["effective"]), r["status"], r["band"])
+        table.add_row(
+            escape(r["name"]), str(r["score"]), str(r["effective"]), r["status"], r["band"]
+        )
     _out().print(table)
 
 
@@ -584,7 +611,11 @@ def trust_history(agent: str, state_dir: StateDir = None, json_out: JsonOut = Fa
     table = Table("seq", "time", "cause", "delta", "score", "reason")
     for c in changes:
         table.add_row(
-            str(c.audit_seq or "-"), _when(c.at), c.cause, f"{c.delta:+d}", str(c.score),
+            str(c.audit_seq or "-"),
+            _when(c.at),
+            c.cause,
+            f"{c.delta:+d}",
+            str(c.score),
             escape((c.reason or "")[:120]),
         )
     _out().print(table)

@@ -75,6 +75,16 @@ class AnomalyConfig(_Strict):
     probe_refusals: int = Field(5, ge=1)
     cooldown_seconds: int = Field(300, ge=0)
 
+    @model_validator(mode="after")
+    def _check_hours(self) -> AnomalyConfig:
+        if self.active_hours is not None:
+            start, end = self.active_hours
+            if not (0 <= start <= 23 and 0 <= end <= 24) or start == end:
+                raise ValueError(
+                    "active_hours must be [start, end) with 0 <= start <= 23, end <= 24"
+                )
+        return self
+
 
 class TrustConfig(_Strict):
     deltas: TrustDeltas = TrustDeltas()

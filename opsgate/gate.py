@@ -18,7 +18,7 @@ import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import structlog
 from sqlalchemy import insert
@@ -183,7 +183,7 @@ class Gate:
         return self.keyring.jwks(to_epoch(now))
 
     def rotate_keys(self, now: datetime | float | None = None) -> str:
-        """Sign new credentials with a fresh key; the old one stays published until its tokens expire."""
+        """Sign with a fresh key; the old one stays published until its tokens have expired."""
         t = to_epoch(now)
         with self.store.write() as conn:
             new, old = self.keyring.rotate(conn, t)
@@ -226,13 +226,22 @@ class Gate:
             out.update(m.lower() for m in groups.get(key, (key,)))
         return tuple(sorted(out))
 
-    def _charge(self, did: str | None, cause: TrustEvent, reason: str, t: float,
-                operation: str | None = None, evidence: dict[str, Any] | None = None) -> None:
-        """Apply a negative trust event; a failure to record it never turns a refusal into an allow."""
+    def _charge(
+        self,
+        did: str | None,
+        cause: TrustEvent,
+        reason: str,
+        t: float,
+        operation: str | None = None,
+        evidence: dict[str, Any] | None = None,
+    ) -> None:
+        """Apply a trust event; failing to record it never turns a refusal into an allow."""
         if did is None:
             return
         try:
-            self.trust.record(did, cause, reason=reason, now=t, operation=operation, evidence=evidence)
+            self.trust.record(
+                did, cause, reason=reason, now=t, operation=operation, evidence=evidence
+            )
         except OpsgateError as exc:
             log.error("trust change not recorded", agent=did, cause=cause.value, code=exc.code)
 
@@ -245,8 +254,11 @@ class Gate:
         except InvalidCredential as exc:
             if exc.detail.get("misuse") and exc.detail.get("agent"):
                 self._charge(
-                    exc.detail["agent"], TrustEvent.CREDENTIAL_MISUSE,
-                    f"credential refused: {exc.code}", t, evidence={"jti": exc.detail.get("jti")},
+                    exc.detail["agent"],
+                    TrustEvent.CREDENTIAL_MISUSE,
+                    f"credential refused: {exc.code}",
+                    t,
+                    evidence={"jti": exc.detail.get("jti")},
                 )
             raise
 
@@ -283,13 +295,20 @@ class Gate:
         )
         return agent, decision
 
-    def _score_decision(self, agent: AgentState, decision: Decision, capability: str, t: float) -> None:
+    def _score_decision(
+        self, agent: AgentState, decision: Decision, capability: str, t: float
+    ) -> None:
         """Step 8 for refusals: violations cost trust; every request feeds the detectors."""
         refused = decision.effect == "deny"
         if refused:
             why = decision.extra.get("violation", "policy_deny")
-            self._charge(agent.did, TrustEvent.POLICY_VIOLATION, f"{why}: {'; '.join(decision.reasons)}",
-                         t, operation=capability)
+            self._charge(
+                agent.did,
+                TrustEvent.POLICY_VIOLATION,
+                f"{why}: {'; '.join(decision.reasons)}",
+                t,
+                operation=capability,
+            )
         self.trust.observe(agent, capability, refused=refused, now=t)
 
     def authorize(
@@ -309,7 +328,9 @@ class Gate:
         t = to_epoch(now)
         claims = self._authenticate(token, t, proof, capability)
         cap = caps.parse_request(capability)
-        agent, decision = self._decide(claims, cap, t, environment=environment_of(cap), params=params)
+        agent, decision = self._decide(
+            claims, cap, t, environment=environment_of(cap), params=params
+        )
         self.audit.append(
             "authorize",
             actor=claims.sub,
@@ -335,7 +356,8 @@ class Gate:
         executor = self._executors.get(operation.action)
         if executor is None:
             raise OperationError(
-                f"no executor is registered for action {operation.action!r}", code="executor_missing"
+                f"no executor is registered for action {operation.action!r}",
+                code="executor_missing",
             )
         caps.parse_request(operation.capability)
         plan = executor.plan(operation)
@@ -357,17 +379,34 @@ class Gate:
         `operation_denied` (steps 3-4), ApprovalError (step 5), AuditError (step 6).
         """
         t = to_epoch(now)
+        if not isinstance(operation, Operation):
+            raise OperationError("operation must be an opsgate.Operation", code="operation_invalid")
         claims = self._authenticate(token, t, proof, operation.capability)
+        return self._execute(claims, operation, t, approval_id)
+
+    def _execute(
+        self, claims: Claims, operation: Operation, t: float, approval_id: str | None
+    ) -> Outcome | PendingApproval:
+        """Steps 2-8 for an authenticated caller."""
         plan = self.plan(operation)
         cap = caps.parse_request(plan.capability)
         agent, decision = self._decide(
-            claims, cap, t, environment=plan.environment, destructive=plan.destructive,
+            claims,
+            cap,
+            t,
+            environment=plan.environment,
+            destructive=plan.destructive,
             params=operation.params,
         )
         if decision.effect == "deny":
             self.audit.append(
-                "operation.denied", actor=claims.sub, at=t, jti=claims.jti,
-                capability=plan.capability, digest=plan.digest, reasons=list(decision.reasons),
+                "operation.denied",
+                actor=claims.sub,
+                at=t,
+                jti=claims.jti,
+                capability=plan.capability,
+                digest=plan.digest,
+                reasons=list(decision.reasons),
                 errors=list(decision.errors) or None,
             )
             self._score_decision(agent, decision, plan.capability, t)
@@ -378,24 +417,35 @@ class Gate:
             )
         if operation.dry_run:
             self.audit.append(
-                "operation.dry_run", actor=claims.sub, at=t, capability=plan.capability,
-                digest=plan.digest, decision=decision.effect,
+                "operation.dry_run",
+                actor=claims.sub,
+                at=t,
+                capability=plan.capability,
+                digest=plan.digest,
+                decision=decision.effect,
             )
-            return Outcome("dry_run", plan.summary, {"plan": plan.to_dict(),
-                                                     "decision": decision.to_dict()})
+            return Outcome(
+                "dry_run", plan.summary, {"plan": plan.to_dict(), "decision": decision.to_dict()}
+            )
         if decision.effect == "require_approval":
             if approval_id is None:
                 self.trust.observe(agent, plan.capability, refused=False, now=t)
                 return self.approvals.create(
                     agent=agent, sponsors=self._sponsors(agent), plan=plan, decision=decision, now=t
                 )
-            request = self.approvals.get(approval_id, now=t)
+            request = self._approval_for(approval_id, agent.did, t)
             if request.status == "approved" and not satisfied(
-                decision.requirements, (d.approver for d in request.decisions if d.decision == "approve")
+                decision.requirements,
+                (d.approver for d in request.decisions if d.decision == "approve"),
             ):
-                raise ApprovalError(
-                    f"approval {approval_id!r} does not meet the current policy's requirements",
-                    code="approval_insufficient",
+                self._refuse_approval(
+                    ApprovalError(
+                        f"approval {approval_id!r} does not meet the current policy's requirements",
+                        code="approval_insufficient",
+                    ),
+                    agent.did,
+                    approval_id,
+                    t,
                 )
             self.approvals.consume(approval_id, digest=plan.digest, requester=agent.did, now=t)
         elif approval_id is not None:
@@ -410,11 +460,48 @@ class Gate:
         now: datetime | float | None = None,
         proof: str | None = None,
     ) -> Outcome | PendingApproval:
-        """Execute an approved request: steps 1-4 again with fresh state, same digest, once."""
-        request = self.approvals.get(approval_id, now=now)
+        """Execute an approved request: steps 1-4 again with fresh state, same digest, once.
+
+        The caller is authenticated before anything about the approval is read, so
+        an unauthenticated caller learns nothing about which approvals exist.
+        """
+        t = to_epoch(now)
+        claims = self._authenticate(token, t, proof, f"resume:{approval_id}")
+        request = self._approval_for(approval_id, claims.sub, t)
         op = request.operation
         operation = Operation(op["action"], op["resource"], dict(op.get("params") or {}))
-        return self.execute(token, operation, now=now, proof=proof, approval_id=approval_id)
+        return self._execute(claims, operation, t, approval_id)
+
+    def _approval_for(self, approval_id: str, requester: str, t: float) -> ApprovalRequest:
+        """The approval request, if it exists and belongs to `requester`; refusals audited."""
+        try:
+            request = self.approvals.get(approval_id, now=t)
+        except ApprovalError as exc:
+            self._refuse_approval(exc, requester, approval_id, t)
+        if request.requester_did != requester:
+            self._refuse_approval(
+                ApprovalError(
+                    f"approval {approval_id!r} was requested by another agent",
+                    code="approval_not_yours",
+                ),
+                requester,
+                approval_id,
+                t,
+            )
+        return request
+
+    def _refuse_approval(
+        self, exc: ApprovalError, requester: str, approval_id: object, t: float
+    ) -> NoReturn:
+        self.audit.append(
+            "approval.refused",
+            actor=requester,
+            at=t,
+            approval=str(approval_id)[:64],
+            code=exc.code,
+            reason=exc.message,
+        )
+        raise exc
 
     def wait_for_approval(self, approval_id: str, timeout: float = 60.0) -> ApprovalRequest:
         return self.approvals.wait(approval_id, timeout=timeout)
@@ -451,6 +538,10 @@ class Gate:
         executor = self._executors[plan.operation.action]
         try:
             outcome = executor.run(plan)
+            if not isinstance(outcome, Outcome):
+                outcome = Outcome(
+                    "failed", f"executor returned {type(outcome).__name__}, not an Outcome"
+                )
         except OpsgateError as exc:
             outcome = Outcome("failed", exc.message, {"code": exc.code})
         except Exception as exc:  # noqa: BLE001 - an executor bug is a failed operation, audited
@@ -470,8 +561,12 @@ class Gate:
             digest=plan.digest,
             outcome=outcome.status,
             summary=outcome.summary,
-            apply=None if cause is None else self.trust.apply_change(
-                agent.did, cause, reason=outcome.summary or outcome.status,
+            apply=None
+            if cause is None
+            else self.trust.apply_change(
+                agent.did,
+                cause,
+                reason=outcome.summary or outcome.status,
                 operation=plan.capability,
             ),
         )

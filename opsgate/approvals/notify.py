@@ -36,7 +36,9 @@ def message_text(event: str, req: ApprovalRequest) -> str:
             f"needs {req.min_approvals} of [{who}] before {req.expires.isoformat()}. "
             f"Why: {'; '.join(req.reasons)}"
         )
-    return f"opsgate: approval {req.id} for {req.capability} by {req.requester_name} is {req.status}"
+    return (
+        f"opsgate: approval {req.id} for {req.capability} by {req.requester_name} is {req.status}"
+    )
 
 
 def _payload(event: str, req: ApprovalRequest, text: str) -> dict[str, Any]:
@@ -99,7 +101,9 @@ class Dispatcher:
     """Sends to every notifier in the background; `on_failure` audits what failed."""
 
     def __init__(
-        self, notifiers: list[Notifier], on_failure: Callable[[str, str, ApprovalRequest, str], None]
+        self,
+        notifiers: list[Notifier],
+        on_failure: Callable[[str, str, ApprovalRequest, str], None],
     ) -> None:
         self.notifiers = notifiers
         self._on_failure = on_failure
@@ -121,7 +125,9 @@ class Dispatcher:
             notifier.send(event, request, text)
         except Exception as exc:  # noqa: BLE001 - any failure is reported, never raised
             why = exc.__class__.__name__
-            log.warning("notification failed", notifier=notifier.name, approval=request.id, error=why)
+            log.warning(
+                "notification failed", notifier=notifier.name, approval=request.id, error=why
+            )
             self._on_failure(notifier.name, event, request, why)
 
     def flush(self, timeout: float = 10.0) -> None:

@@ -17,6 +17,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import orjson
+import structlog
 from sqlalchemy import Connection, select, update
 
 from opsgate.approvals.model import (
@@ -28,7 +29,7 @@ from opsgate.approvals.model import (
 from opsgate.approvals.notify import Dispatcher, build_notifiers
 from opsgate.credentials.manager import to_epoch
 from opsgate.decision import ApprovalRequirement, Decision
-from opsgate.errors import AgentError, ApprovalError
+from opsgate.errors import AgentError, ApprovalError, OpsgateError
 from opsgate.identity.registry import check_email
 from opsgate.store import Store, schema
 
@@ -38,7 +39,8 @@ if TYPE_CHECKING:
     from opsgate.operations.base import Plan
     from opsgate.state import AgentState
 
-TOKEN_PREFIX = "opsg_apr_"
+log = structlog.get_logger("opsgate.approvals")
+TOKEN_PREFIX = "opsg_apr_"  # noqa: S105 - a prefix that makes leaked tokens greppable
 DEFAULT_EXPIRY_SECONDS = 3600
 
 
@@ -181,14 +183,23 @@ class ApprovalService:
                 )
             )
             self._audit.append_in(
-                conn, "approval.requested", actor=agent.did, at=now, approval=req.id,
-                capability=req.capability, digest=req.digest, approvers=list(req.approvers),
-                min_approvals=req.min_approvals, expires_at=req.expires_at,
+                conn,
+                "approval.requested",
+                actor=agent.did,
+                at=now,
+                approval=req.id,
+                capability=req.capability,
+                digest=req.digest,
+                approvers=list(req.approvers),
+                min_approvals=req.min_approvals,
+                expires_at=req.expires_at,
             )
         self.dispatcher.dispatch("approval.requested", req)
         return PendingApproval(req.id, req)
 
-    def _load(self, conn: Connection, approval_id: object, *, lock: bool = False) -> ApprovalRequest:
+    def _load(
+        self, conn: Connection, approval_id: object, *, lock: bool = False
+    ) -> ApprovalRequest:
         """Read a request; `lock` holds its row until the transaction ends (PostgreSQL)."""
         if not isinstance(approval_id, str) or len(approval_id) > 64:
             raise ApprovalError("approval id is malformed", code="approval_not_found")
@@ -262,11 +273,15 @@ class ApprovalService:
             ids = [
                 r[0]
                 for r in conn.execute(
-                    select(ar.c.id).where(ar.c.status.in_(["pending", "approved"]), ar.c.expires_at <= t)
+                    select(ar.c.id).where(
+                        ar.c.status.in_(["pending", "approved"]), ar.c.expires_at <= t
+                    )
                 ).all()
             ]
             if ids:
-                conn.execute(update(ar).where(ar.c.id.in_(ids)).values(status="expired", decided_at=t))
+                conn.execute(
+                    update(ar).where(ar.c.id.in_(ids)).values(status="expired", decided_at=t)
+                )
                 for i in ids:
                     self._audit.append_in(conn, "approval.expired", actor="gate", at=t, approval=i)
         return ids
@@ -274,23 +289,40 @@ class ApprovalService:
     # -- deciding ----------------------------------------------------------------------
 
     def approve(
-        self, approval_id: str, *, approver: str, token: str, comment: str | None = None,
+        self,
+        approval_id: str,
+        *,
+        approver: str,
+        token: str,
+        comment: str | None = None,
         now: datetime | float | None = None,
     ) -> ApprovalRequest:
         return self._decide(approval_id, approver, token, "approve", comment, to_epoch(now))
 
     def deny(
-        self, approval_id: str, *, approver: str, token: str, comment: str | None = None,
+        self,
+        approval_id: str,
+        *,
+        approver: str,
+        token: str,
+        comment: str | None = None,
         now: datetime | float | None = None,
     ) -> ApprovalRequest:
         return self._decide(approval_id, approver, token, "deny", comment, to_epoch(now))
 
     def _decide(
-        self, approval_id: str, approver: str, token: str, verdict: str, comment: str | None,
+        self,
+        approval_id: str,
+        approver: str,
+        token: str,
+        verdict: str,
+        comment: str | None,
         t: float,
     ) -> ApprovalRequest:
         if comment is not None and (not isinstance(comment, str) or len(comment) > 2000):
-            raise ApprovalError("comment must be text of at most 2000 characters", code="comment_invalid")
+            raise ApprovalError(
+                "comment must be text of at most 2000 characters", code="comment_invalid"
+            )
         try:
             who = self._email(approver)
             self.expire_due(now=t)
@@ -301,7 +333,8 @@ class ApprovalService:
                     raise ApprovalError(f"approval {req.id!r} has expired", code="approval_expired")
                 if req.status != "pending":
                     raise ApprovalError(
-                        f"approval {req.id!r} is {req.status}, not pending", code=f"approval_{req.status}"
+                        f"approval {req.id!r} is {req.status}, not pending",
+                        code=f"approval_{req.status}",
                     )
                 if who in req.sponsors:
                     raise ApprovalError(
@@ -328,21 +361,32 @@ class ApprovalService:
                         .values(status=status, decided_at=t)
                     )
                 self._audit.append_in(
-                    conn, f"approval.{'approved' if verdict == 'approve' else 'denied'}_by",
-                    actor=who, at=t, approval=req.id, comment=comment, status=status,
+                    conn,
+                    f"approval.{'approved' if verdict == 'approve' else 'denied'}_by",
+                    actor=who,
+                    at=t,
+                    approval=req.id,
+                    comment=comment,
+                    status=status,
                 )
                 result = self._load(conn, req.id)
         except ApprovalError as exc:
             self._audit.append(
-                "approval.refused", actor=str(approver)[:254], at=t,
-                approval=str(approval_id)[:64], code=exc.code, reason=exc.message,
+                "approval.refused",
+                actor=str(approver)[:254],
+                at=t,
+                approval=str(approval_id)[:64],
+                code=exc.code,
+                reason=exc.message,
             )
             raise
         if result.status != "pending":
             self.dispatcher.dispatch(f"approval.{result.status}", result)
         return result
 
-    def consume(self, approval_id: str, *, digest: str, requester: str, now: float) -> ApprovalRequest:
+    def consume(
+        self, approval_id: str, *, digest: str, requester: str, now: float
+    ) -> ApprovalRequest:
         """Atomically mark an approved, unexpired request for this digest as used."""
         ar = schema.approval_requests
         try:
@@ -350,7 +394,8 @@ class ApprovalService:
                 req = self._load(conn, approval_id, lock=True)
                 if req.requester_did != requester:
                     raise ApprovalError(
-                        f"approval {req.id!r} was requested by another agent", code="approval_not_yours"
+                        f"approval {req.id!r} was requested by another agent",
+                        code="approval_not_yours",
                     )
                 if req.digest != digest:
                     raise ApprovalError(
@@ -367,16 +412,26 @@ class ApprovalService:
                 )
                 if res.rowcount != 1:
                     raise ApprovalError(
-                        f"approval {req.id!r} is {req.status}, not approved", code=f"approval_{req.status}"
+                        f"approval {req.id!r} is {req.status}, not approved",
+                        code=f"approval_{req.status}",
                     )
                 self._audit.append_in(
-                    conn, "approval.consumed", actor=requester, at=now, approval=req.id, digest=digest
+                    conn,
+                    "approval.consumed",
+                    actor=requester,
+                    at=now,
+                    approval=req.id,
+                    digest=digest,
                 )
                 return self._load(conn, req.id)
         except ApprovalError as exc:
             self._audit.append(
-                "approval.refused", actor=requester, at=now, approval=str(approval_id)[:64],
-                code=exc.code, reason=exc.message,
+                "approval.refused",
+                actor=requester,
+                at=now,
+                approval=str(approval_id)[:64],
+                code=exc.code,
+                reason=exc.message,
             )
             raise
 
@@ -392,8 +447,12 @@ class ApprovalService:
     def _notify_failed(self, notifier: str, event: str, req: ApprovalRequest, why: str) -> None:
         try:
             self._audit.append(
-                "notification.failed", actor="gate", approval=req.id, notifier=notifier,
-                event=event, error=why,
+                "notification.failed",
+                actor="gate",
+                approval=req.id,
+                notifier=notifier,
+                event=event,
+                error=why,
             )
-        except Exception:  # noqa: BLE001, S110 - already logged by the dispatcher
-            pass
+        except OpsgateError as exc:  # already logged by the dispatcher; the request is stored
+            log.error("notification failure not audited", approval=req.id, code=exc.code)

@@ -298,7 +298,7 @@ class AuditLog:
         at: float | None = None,
         **fields: Any,
     ) -> AuditRecord:
-        """Append inside a caller's write transaction, so a state change and its record commit together."""
+        """Append inside the caller's write transaction: change and record commit together."""
         if self.fail_next > 0:
             self.fail_next -= 1
             raise AuditError("audit write failed: OSError", code="audit_write_failed")
@@ -319,7 +319,10 @@ class AuditLog:
         q = self._store.q
         cur.execute(q("DELETE FROM audit_checkpoints WHERE seq = ?"), (seq,))
         cur.execute(
-            q("INSERT INTO audit_checkpoints (seq, hash, at, kid, signature) VALUES (?, ?, ?, ?, ?)"),
+            q(
+                "INSERT INTO audit_checkpoints (seq, hash, at, kid, signature) "
+                "VALUES (?, ?, ?, ?, ?)"
+            ),
             (seq, digest, at, kid, signature),
         )
         return Checkpoint(
@@ -482,7 +485,9 @@ class AuditLog:
             if int(head[0]) < report.head_seq:
                 first = int(head[0]) + 1
                 return self._fail(
-                    report, first, "insertion",
+                    report,
+                    first,
+                    "insertion",
                     f"event(s) from seq {first} were added behind the log's back "
                     f"(its head is seq {int(head[0])})",
                 )

@@ -102,9 +102,7 @@ def split(
     if len(signature) != 64 or len(s) != 86:
         raise InvalidCredential("token signature has the wrong length", code="bad_signature")
     if s[-1] not in _LAST_SIG_CHARS:
-        raise InvalidCredential(
-            "token signature is not canonical base64url", code="bad_signature"
-        )
+        raise InvalidCredential("token signature is not canonical base64url", code="bad_signature")
     return header, p, f"{h}.{p}".encode("ascii"), signature
 
 

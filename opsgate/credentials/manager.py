@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+import structlog
 from sqlalchemy import select, update
 
 from opsgate import capabilities as caps
@@ -26,7 +27,7 @@ from opsgate.config import HARD_TTL_CEILING_MINUTES, Config
 from opsgate.credentials import jws
 from opsgate.credentials.keyring import KeyRing
 from opsgate.credentials.proof import ProofChecker
-from opsgate.errors import CapabilityError, CredentialError, InvalidCredential
+from opsgate.errors import CapabilityError, CredentialError, InvalidCredential, OpsgateError
 from opsgate.identity.keys import b64url
 from opsgate.state import LiveState
 from opsgate.store import Store, schema
@@ -35,6 +36,7 @@ if TYPE_CHECKING:
     from opsgate.audit.log import AuditLog
     from opsgate.identity.registry import AgentRegistry
 
+log = structlog.get_logger("opsgate.credentials")
 _JTI = re.compile(r"[A-Za-z0-9_-]{22,64}\Z")
 _CACHE_MAX = 100_000
 _CLAIMS = frozenset({"iss", "sub", "aud", "iat", "nbf", "exp", "jti", "scope", "cnf"})
@@ -271,17 +273,26 @@ class CredentialManager:
             if proof is not None or self._config.require_proof:
                 if proof is None:
                     raise InvalidCredential(
-                        "credential presented without proof of its key", code="missing_proof"
+                        "credential presented without proof of its key",
+                        code="missing_proof",
+                        agent=claims.sub,
+                        misuse=True,
+                        jti=claims.jti,
                     )
                 assert isinstance(token, str)
-                self.proofs.check(
-                    proof,
-                    token=token,
-                    sub=claims.sub,
-                    ctx=proof_context,
-                    now=t,
-                    leeway=self._limits.leeway_seconds,
-                )
+                try:
+                    self.proofs.check(
+                        proof,
+                        token=token,
+                        sub=claims.sub,
+                        ctx=proof_context,
+                        now=t,
+                        leeway=self._limits.leeway_seconds,
+                    )
+                except InvalidCredential as exc:
+                    # A genuine credential without proof of its key: misuse, charged.
+                    exc.detail.update(agent=claims.sub, misuse=True, jti=claims.jti)
+                    raise
         except InvalidCredential as exc:
             if "agent" not in exc.detail:
                 exc.detail["agent"] = None
@@ -336,11 +347,7 @@ class CredentialManager:
             raise bad("has malformed time claims")
         if exp <= iat or exp - iat > _MAX_LIFETIME:
             raise bad("has a lifetime outside the allowed range", "bad_lifetime")
-        if (
-            type(scope) is not list
-            or not scope
-            or len(scope) > self._limits.max_scope_entries
-        ):
+        if type(scope) is not list or not scope or len(scope) > self._limits.max_scope_entries:
             raise bad("has a malformed scope")
         try:
             parsed = caps.parse_all(scope, grant=True)
@@ -403,8 +410,8 @@ class CredentialManager:
                 reason=exc.message,
                 jti=exc.detail.get("jti"),
             )
-        except Exception:  # noqa: BLE001 - the credential is refused either way
-            pass
+        except OpsgateError as err:  # the credential is refused either way
+            log.error("credential rejection not audited", code=exc.code, audit_error=err.code)
 
     # -- revoking -------------------------------------------------------------------
 

@@ -249,10 +249,12 @@ class AgentRegistry:
 
     # -- creation -------------------------------------------------------------------
 
-    def _new_identity(self, did: str | None) -> tuple[str, Ed25519PrivateKey | None]:
+    def _new_identity(self, did: object) -> tuple[str, Ed25519PrivateKey | None]:
         if did is None:
             private = keys.generate()
             return keys.did_from_public_key(private.public_key()), private
+        if not isinstance(did, str):
+            raise AgentError("did must be a did:key string", code="bad_did")
         try:
             keys.public_key_from_did(did)
         except InvalidCredential as exc:
@@ -332,7 +334,7 @@ class AgentRegistry:
         did: str | None = None,
         now: datetime | float | None = None,
     ) -> Agent:
-        """Create a child whose every grant is covered by the parent's; signed by the parent's key."""
+        """Create a child whose every grant is covered by the parent's, signed by the parent."""
         t = to_epoch(now)
         parent = self.state(parent_ref)
         try:
@@ -534,7 +536,8 @@ class AgentRegistry:
                     ).first()
                     if prow is None or prow[0] != ACTIVE:
                         raise AgentError(
-                            f"agent {root.name!r} cannot be reinstated while its parent is not active",
+                            f"agent {root.name!r} cannot be reinstated while its parent "
+                            "is not active",
                             code="parent_inactive",
                         )
                 # Reinstate the agent and the descendants that were suspended because of it.

@@ -50,7 +50,9 @@ class LocalDeployExecutor:
             raise OperationError("deploy needs a 'version' like '2.0'", code="operation_invalid")
         artifact = operation.params.get("artifact")
         if not isinstance(artifact, str) or not Path(artifact).exists():
-            raise OperationError("deploy needs an existing 'artifact' path", code="operation_invalid")
+            raise OperationError(
+                "deploy needs an existing 'artifact' path", code="operation_invalid"
+            )
         digest = artifact_digest(Path(artifact))
         release = self.root / env / app / "releases" / version
         return Plan(
@@ -86,6 +88,7 @@ class LocalDeployExecutor:
         link_tmp.symlink_to(Path("releases") / version)
         os.replace(link_tmp, app_dir / "current")
         return Outcome(
-            "succeeded", f"{app} {version} is live in {env}",
+            "succeeded",
+            f"{app} {version} is live in {env}",
             {"release": str(release), "artifact_digest": plan.content["artifact_digest"]},
         )

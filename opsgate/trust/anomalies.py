@@ -81,9 +81,20 @@ def _roll(a: Activity, now: float, cfg: AnomalyConfig) -> Activity:
         return a
     elapsed = int((now - a.window_start) // w)
     alpha = 1 - 0.5 ** (w / cfg.baseline_half_life_seconds)
-    baseline = a.baseline + alpha * (a.window_count - a.baseline)
-    if elapsed > 1:  # idle windows pull the baseline toward zero, in one step
-        baseline *= (1 - alpha) ** min(elapsed - 1, 10_000)
+    n = a.baseline_windows
+
+    def weight(i: int) -> float:
+        # A plain running mean over the first windows, then the EWMA: an agent that
+        # has always been busy is compared with its busy self, not with a cold zero.
+        return max(alpha, 1.0 / (i + 1))
+
+    baseline = a.baseline + weight(n) * (a.window_count - a.baseline)
+    idle = elapsed - 1  # windows with no events pull the baseline toward zero
+    exact = min(idle, 64)
+    for i in range(exact):
+        baseline *= 1 - weight(n + 1 + i)
+    if idle > exact:
+        baseline *= (1 - alpha) ** min(idle - exact, 100_000)
     return replace(
         a,
         window_start=a.window_start + elapsed * w,
@@ -125,7 +136,11 @@ def observe(a: Activity, obs: Observation, cfg: AnomalyConfig) -> tuple[Activity
                 "rate_spike",
                 f"{a.window_count} requests in {cfg.rate_window_seconds}s, "
                 f"baseline {a.baseline:.1f}",
-                {"count": a.window_count, "baseline": round(a.baseline, 2), "limit": round(limit, 2)},
+                {
+                    "count": a.window_count,
+                    "baseline": round(a.baseline, 2),
+                    "limit": round(limit, 2),
+                },
             )
         )
         a = _fired(a, "rate_spike", now)

@@ -9,6 +9,7 @@ are cached for at most `cache_refresh_seconds`, so other replicas' changes show.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from dataclasses import dataclass
@@ -73,7 +74,10 @@ class TrustEngine:
         self._refresh = config.cache_refresh_seconds
         self._audit = audit
         self._agents = agents
-        self._scores: dict[str, tuple[int, float]] = {}
+        # did -> (score, fetched at (monotonic), audit seq of the change it came from).
+        # A newer seq always wins, so concurrent changes never leave an older score behind.
+        self._scores: dict[str, tuple[int, float, int]] = {}
+        self._score_lock = threading.Lock()
         self._activity: dict[str, Activity] = {}
         self._seen: dict[str, set[str]] = {}
         self._lock = threading.Lock()
@@ -85,8 +89,12 @@ class TrustEngine:
         mono = time.monotonic()
         if hit is not None and mono - hit[1] < self._refresh:
             return hit[0]
+        seen = hit[2] if hit is not None else -1
         value = self._agents.stored_trust(did)
-        self._scores[did] = (value, mono)
+        with self._score_lock:
+            current = self._scores.get(did)
+            if current is None or current[2] == seen:  # no change landed while we read
+                self._scores[did] = (value, mono, seen)
         return value
 
     def effective(self, agent: AgentState) -> int:
@@ -98,9 +106,15 @@ class TrustEngine:
 
     # -- changing ---------------------------------------------------------------------
 
-    def apply_change(self, did: str, cause: TrustEvent, *, reason: str,
-                     evidence: dict[str, Any] | None = None,
-                     operation: str | None = None) -> Apply:
+    def apply_change(
+        self,
+        did: str,
+        cause: TrustEvent,
+        *,
+        reason: str,
+        evidence: dict[str, Any] | None = None,
+        operation: str | None = None,
+    ) -> Apply:
         """The state change for one trust event, to run inside its audit event's transaction."""
         delta = delta_for(cause, self._cfg.deltas)
         sql = self._store.q(
@@ -136,12 +150,25 @@ class TrustEngine:
         if not t:
             return None
         did, score = t["agent"], int(t["score"])
-        self._scores[did] = (score, time.monotonic())
+        seq = int(record_event.get("seq") or 0)
+        with self._score_lock:
+            current = self._scores.get(did)
+            if current is None or seq > current[2]:
+                self._scores[did] = (score, time.monotonic(), seq)
         change = TrustChange(
-            did, t["cause"], int(t["delta"]), score, t["reason"], at, t.get("evidence"),
-            t.get("operation"), record_event.get("seq"),
+            did,
+            t["cause"],
+            int(t["delta"]),
+            score,
+            t["reason"],
+            at,
+            t.get("evidence"),
+            t.get("operation"),
+            record_event.get("seq"),
         )
-        if score < self._cfg.suspend_below:
+        # Only a loss suspends: after an operator reinstates a low-scoring agent, its
+        # successes must not suspend it again; its next failure or violation will.
+        if score < self._cfg.suspend_below and int(t["delta"]) < 0:
             self._suspend(did, score, at)
         return change
 
@@ -149,15 +176,14 @@ class TrustEngine:
         st = self._state.agent(did)
         if st is None or st.status != "active":
             return
-        try:
+        # A concurrent change may have suspended or revoked it already: that is fine.
+        with contextlib.suppress(OpsgateError):
             self._agents.suspend(
                 did,
                 reason=f"trust score {score} fell below {self._cfg.suspend_below}",
                 actor="trust-engine",
                 now=at,
             )
-        except OpsgateError:
-            pass  # already suspended or revoked by a concurrent change
 
     def record(
         self,
@@ -174,7 +200,9 @@ class TrustEngine:
             "trust.changed",
             actor=did,
             at=now,
-            apply=self.apply_change(did, cause, reason=reason, evidence=evidence, operation=operation),
+            apply=self.apply_change(
+                did, cause, reason=reason, evidence=evidence, operation=operation
+            ),
         )
         change = self.after_change({**rec.event, "seq": rec.seq}, now)
         assert change is not None
@@ -182,7 +210,9 @@ class TrustEngine:
 
     # -- detecting ----------------------------------------------------------------------
 
-    def observe(self, agent: AgentState, resource: str, *, refused: bool, now: float) -> list[Anomaly]:
+    def observe(
+        self, agent: AgentState, resource: str, *, refused: bool, now: float
+    ) -> list[Anomaly]:
         """Run the detectors on one event; each anomaly becomes an unusual-access change."""
         seen = self._seen_set(agent.did)
         seen_before = resource in seen
@@ -235,7 +265,9 @@ class TrustEngine:
     def _load_activity(self, did: str) -> Activity:
         with self._store.read() as conn:
             row = conn.execute(
-                select(schema.trust_activity.c.state).where(schema.trust_activity.c.agent_did == did)
+                select(schema.trust_activity.c.state).where(
+                    schema.trust_activity.c.agent_did == did
+                )
             ).first()
         return Activity() if row is None else Activity.from_dict(orjson.loads(row[0]))
 
@@ -266,8 +298,15 @@ class TrustEngine:
             if t and t.get("agent") == did:
                 out.append(
                     TrustChange(
-                        did, t["cause"], int(t["delta"]), int(t["score"]), t.get("reason", ""),
-                        rec.at, t.get("evidence"), t.get("operation"), rec.seq,
+                        did,
+                        t["cause"],
+                        int(t["delta"]),
+                        int(t["score"]),
+                        t.get("reason", ""),
+                        rec.at,
+                        t.get("evidence"),
+                        t.get("operation"),
+                        rec.seq,
                     )
                 )
         return out if len(out) <= limit else [out[0], *out[-(limit - 1) :]]

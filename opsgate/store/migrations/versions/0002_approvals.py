@@ -42,8 +42,9 @@ def upgrade() -> None:
     op.create_index("ix_approval_status", "approval_requests", ["status"])
     op.create_table(
         "approval_decisions",
-        sa.Column("request_id", sa.String(40), sa.ForeignKey("approval_requests.id"),
-                  primary_key=True),
+        sa.Column(
+            "request_id", sa.String(40), sa.ForeignKey("approval_requests.id"), primary_key=True
+        ),
         sa.Column("approver", sa.String(254), primary_key=True),
         sa.Column("decision", sa.String(16), nullable=False),
         sa.Column("comment", sa.Text, nullable=True),
