@@ -137,7 +137,7 @@ class CredentialManager:
         self.audience = config.audience
         self._seen: dict[str, Claims] = {}
         self._seen_lock = threading.Lock()
-        self.proofs = ProofChecker()
+        self.proofs = ProofChecker(store)
         # Called with (did, reason, now) when an issuance asks for more than the grants.
         self.on_escalation: Callable[[str, str, float], None] | None = None
 

@@ -14,11 +14,13 @@ import threading
 from typing import Any
 
 import orjson
+from sqlalchemy import delete
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from opsgate.credentials import jws
 from opsgate.errors import InvalidCredential
 from opsgate.identity.keys import b64url, b64url_decode, public_key_from_did
+from opsgate.store import Store, schema
 
 PROOF_TYP = "opsgate-pop+jwt"
 MAX_PROOF_AGE_SECONDS = 60
@@ -41,9 +43,11 @@ def make_proof(key: Ed25519PrivateKey, token: str, ctx: str, now: float) -> str:
 
 
 class ProofChecker:
-    """Checks proofs and remembers recent proof ids so none is replayed."""
+    """Checks proofs and records each proof id in the state database, so none is
+    accepted twice, on this replica or any other."""
 
-    def __init__(self) -> None:
+    def __init__(self, store: Store) -> None:
+        self._store = store
         self._seen: dict[str, float] = {}
         self._lock = threading.Lock()
 
@@ -79,10 +83,21 @@ class ProofChecker:
             raise bad("malformed proof")
         if abs(now - iat) > MAX_PROOF_AGE_SECONDS + leeway:
             raise bad("proof is stale")
+        if not 16 <= len(jti) <= 64:
+            raise bad("malformed proof")
         with self._lock:
-            if len(self._seen) > 100_000:
-                horizon = now - 2 * (MAX_PROOF_AGE_SECONDS + leeway)
-                self._seen = {k: v for k, v in self._seen.items() if v > horizon}
             if jti in self._seen:
                 raise bad("proof was already used", code="proof_replayed")
             self._seen[jti] = now
+            if len(self._seen) > 100_000:
+                horizon = now - 2 * (MAX_PROOF_AGE_SECONDS + leeway)
+                self._seen = {k: v for k, v in self._seen.items() if v > horizon}
+        expires = now + 2 * (MAX_PROOF_AGE_SECONDS + leeway)
+        t = schema.used_proofs
+        with self._store.write() as conn:
+            inserted = conn.execute(
+                self._store.insert_ignore(t, {"jti": jti, "expires_at": expires}).returning(t.c.jti)
+            ).first()
+            if inserted is None:
+                raise bad("proof was already used", code="proof_replayed")
+            conn.execute(delete(t).where(t.c.expires_at < now - MAX_PROOF_AGE_SECONDS))

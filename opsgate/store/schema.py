@@ -178,3 +178,11 @@ trust_activity = Table(
     Column("state", Text, nullable=False),
     Column("updated_at", Float, nullable=False),
 )
+
+used_proofs = Table(
+    "used_proofs",
+    metadata,
+    Column("jti", String(64), primary_key=True),
+    Column("expires_at", Float, nullable=False),
+)
+Index("ix_used_proofs_expires", used_proofs.c.expires_at)
