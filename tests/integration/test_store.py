@@ -165,6 +165,26 @@ def test_replica_issues_with_the_rotated_key_after_a_refresh_interval(
         assert gate.credential_manager.verify(cred.token).jti == cred.jti
 
 
+def test_a_proof_of_possession_is_accepted_once_across_replicas(
+    state_dir: Path, database_url: str | None
+) -> None:
+    """Each proof is accepted once (proof.py): replaying it to another replica must fail too."""
+    a = opsgate.Gate.open(state_dir, database_url=database_url, require_proof=True)
+    b = opsgate.Gate.open(state_dir, database_url=database_url, require_proof=True)
+    try:
+        agent = a.register_agent("deployer", ["deploy:staging"], sponsor="ops@company.com")
+        handle = agent.credential(scope=["deploy:staging"])
+        ctx = "deploy:staging/app-web"
+        proof = handle.proof(ctx)
+        assert a.authorize(handle.token, ctx, proof=proof).effect == "allow"
+        with pytest.raises(opsgate.InvalidCredential) as info:
+            b.authorize(handle.token, ctx, proof=proof)
+        assert info.value.code == "proof_replayed"
+    finally:
+        a.close()
+        b.close()
+
+
 # -- audit sequence under concurrency --------------------------------------------------------------
 
 
@@ -226,3 +246,35 @@ def test_audit_seq_is_gap_free_across_two_gates(pair: tuple[opsgate.Gate, opsgat
     assert _hammer(writers, per_thread=15) == []
     _assert_gap_free(a, len(writers) * 15, before)
     assert b.audit.verify().ok
+
+
+def test_concurrent_registrations_of_one_name_leave_one_agent(
+    pair: tuple[opsgate.Gate, opsgate.Gate],
+) -> None:
+    a, b = pair
+    results: list[object] = []
+    lock = threading.Lock()
+
+    def register(gate: opsgate.Gate) -> Callable[[int], Any]:
+        def run(_: int) -> None:
+            try:
+                agent = gate.register_agent(
+                    "contested", ["deploy:staging"], sponsor="o@company.com"
+                )
+                outcome: object = agent.did
+            except opsgate.AgentError as exc:
+                outcome = exc.code
+            with lock:
+                results.append(outcome)
+
+        return run
+
+    assert _hammer([register(g) for g in (a, b) for _ in range(4)], per_thread=1) == []
+    winners = [r for r in results if isinstance(r, str) and r.startswith("did:key:")]
+    assert len(winners) == 1 and results.count("agent_exists") == 7, results
+    with a.store.read() as conn:
+        rows = conn.execute(select(schema.agents.c.did)).all()
+    assert [r[0] for r in rows] == winners
+    key_files = list((a.state_dir / "agent-keys").iterdir())
+    assert len(key_files) == 1 and key_files[0].stem in winners[0]  # losers left no key behind
+    assert a.audit.verify().ok

@@ -119,9 +119,27 @@ def rechain_from(gate: opsgate.Gate, seq: int) -> str:
     return prev
 
 
-def assert_bad(report: Any, seq: int, problem: str) -> None:
-    assert report.ok is False, report
-    assert (report.problem, report.first_bad_seq) == (problem, seq), report.reason
+def assert_bad(report: Any, seq: int, problem: str, scenario: str = "") -> None:
+    assert report.ok is False, (scenario, report)
+    assert (report.problem, report.first_bad_seq) == (problem, seq), (scenario, report.reason)
+
+
+AUDIT_TABLES = (events, schema.audit_head, schema.audit_checkpoints)
+
+
+def snapshot(gate: opsgate.Gate) -> dict[str, list[dict[str, Any]]]:
+    with gate.store.read() as conn:
+        return {t.name: [dict(r._mapping) for r in conn.execute(select(t))] for t in AUDIT_TABLES}
+
+
+def restore(gate: opsgate.Gate, snap: dict[str, list[dict[str, Any]]]) -> None:
+    """Put the audit tables back as they were, and check that the log verifies again."""
+    with gate.store.write() as conn:
+        for t in AUDIT_TABLES:
+            conn.execute(delete(t))
+            if snap[t.name]:
+                conn.execute(insert(t), snap[t.name])
+    assert gate.audit.verify().ok
 
 
 # -- fixtures -------------------------------------------------------------------------------------
@@ -203,83 +221,101 @@ def test_edits_of_a_row_are_edits_and_undoing_them_heals(audited: opsgate.Gate) 
             assert audited.audit.verify().ok, values
 
 
-def test_rewritten_row_with_recomputed_hash_is_an_edit(audited: opsgate.Gate) -> None:
-    r = row(audited, 5)
+def _rewrite_row(gate: opsgate.Gate, seq: int, recompute: bool) -> None:
+    r = row(gate, seq)
     event = json.loads(r.body)
     event["actor"] = "operator"
     body = body_bytes(event)
-    set_row(audited, 5, body=body.decode("utf-8"), actor="operator", hash=link(r.prev_hash, body))
-    assert_bad(audited.audit.verify(), 5, "edit")
+    values: dict[str, Any] = {"body": body.decode("utf-8"), "actor": "operator"}
+    if recompute:
+        values["hash"] = link(r.prev_hash, body)
+    set_row(gate, seq, **values)
 
 
-def test_rewritten_tail_with_recomputed_chain_is_caught_by_the_anchor(
-    audited: opsgate.Gate, tmp_path: Path
-) -> None:
+def test_recomputed_hashes(audited: opsgate.Gate, tmp_path: Path) -> None:
+    snap = snapshot(audited)
     anchor = load_anchor(_export(audited, tmp_path))
-    r = row(audited, 5)
-    event = json.loads(r.body)
-    event["actor"] = "operator"
-    set_row(audited, 5, body=body_bytes(event).decode("utf-8"), actor="operator")
-    rechain_from(audited, 5)
+    wipe_checkpoints(audited)  # the anchor is kept elsewhere; the attacker wipes the table
+
+    # one row rewritten with its own hash recomputed: the next link breaks
+    _rewrite_row(audited, 5, recompute=True)
+    assert_bad(audited.audit.verify(), 5, "edit", "one row rehashed")
+    restore(audited, snap)
+
+    # the whole chain recomputed from that row on (and the head): only the anchor can tell
     wipe_checkpoints(audited)
+    _rewrite_row(audited, 5, recompute=False)
+    rechain_from(audited, 5)
+    assert audited.audit.verify().ok
     report = audited.audit.verify(anchor)
-    assert report.ok is False and report.problem == "replacement"
+    assert report.ok is False and report.problem == "replacement", report
     assert 5 <= report.first_bad_seq <= anchor.seq
+    restore(audited, snap)
 
-
-def test_stored_checkpoint_catches_a_recomputed_chain(audited: opsgate.Gate) -> None:
+    # ... or a checkpoint stored in the database, signed by the gate key
     audited.audit.checkpoint()
     n = audited.audit.head()[0]
-    r = row(audited, 3)
-    event = json.loads(r.body)
-    event["name"] = "someone-else"
-    set_row(audited, 3, body=body_bytes(event).decode("utf-8"))
+    _rewrite_row(audited, 3, recompute=False)
     rechain_from(audited, 3)
     report = audited.audit.verify()
-    assert report.ok is False and report.problem == "replacement"
+    assert report.ok is False and report.problem == "replacement", report
     assert 3 <= report.first_bad_seq <= n
 
 
 # -- deletions and insertions ---------------------------------------------------------------------
 
 
-def test_deleted_row_is_a_deletion(audited: opsgate.Gate) -> None:
+def test_deletions(audited: opsgate.Gate) -> None:
+    snap = snapshot(audited)
+    n = audited.audit.head()[0]
+
     delete_rows(audited, 6)
-    assert_bad(audited.audit.verify(), 6, "deletion")
+    assert_bad(audited.audit.verify(), 6, "deletion", "row deleted, gap left")
+    restore(audited, snap)
 
-
-def test_deleted_row_with_renumbering_is_a_deletion(audited: opsgate.Gate) -> None:
     delete_rows(audited, 6)
     shift_seqs(audited, after=6, by=-1)
-    n = audited.audit.head()[0]
     set_head(audited, n - 1, row(audited, n - 1).hash)
     assert [r.seq for r in rows(audited)] == list(range(1, n))
-    assert_bad(audited.audit.verify(), 6, "deletion")
+    assert_bad(audited.audit.verify(), 6, "deletion", "row deleted, later seqs renumbered")
+    restore(audited, snap)
 
+    delete_rows(audited, 6, 7, 8)
+    shift_seqs(audited, after=8, by=-3)
+    set_head(audited, n - 3, row(audited, n - 3).hash)
+    assert_bad(audited.audit.verify(), 6, "deletion", "three rows deleted, renumbered")
+    restore(audited, snap)
 
-def test_deleted_first_row_is_a_deletion(audited: opsgate.Gate) -> None:
     delete_rows(audited, 1)
     shift_seqs(audited, after=1, by=-1)
-    assert_bad(audited.audit.verify(), 1, "deletion")
+    assert_bad(audited.audit.verify(), 1, "deletion", "first row deleted, renumbered")
 
 
-def test_inserted_forged_row_with_renumbering_is_an_insertion(audited: opsgate.Gate) -> None:
+def test_insertions(audited: opsgate.Gate) -> None:
+    snap = snapshot(audited)
+    n, head_hash = audited.audit.head()
+
     before = row(audited, 5)
     shift_seqs(audited, after=5, by=1)
     insert_row(audited, forged_event(6, before.at + 0.0001), before.hash)
-    n = audited.audit.head()[0]
     set_head(audited, n + 1, row(audited, n + 1).hash)
     assert [r.seq for r in rows(audited)] == list(range(1, n + 2))
-    assert_bad(audited.audit.verify(), 6, "insertion")
+    assert_bad(audited.audit.verify(), 6, "insertion", "forged row, later seqs renumbered")
+    restore(audited, snap)
 
+    before = row(audited, 5)
+    shift_seqs(audited, after=5, by=2)
+    digest = insert_row(audited, forged_event(6, before.at + 0.0001), before.hash)
+    insert_row(audited, forged_event(7, before.at + 0.0002), digest)
+    set_head(audited, n + 2, row(audited, n + 2).hash)
+    assert_bad(audited.audit.verify(), 6, "insertion", "two forged rows, renumbered")
+    restore(audited, snap)
 
-def test_forged_row_appended_after_the_head_is_an_insertion(audited: opsgate.Gate) -> None:
-    n, head_hash = audited.audit.head()
     insert_row(audited, forged_event(n + 1, row(audited, n).at + 1), head_hash)
-    assert_bad(audited.audit.verify(), n + 1, "insertion")
+    assert_bad(audited.audit.verify(), n + 1, "insertion", "forged row behind the head")
 
 
-# -- reorder, truncation, replacement --------------------------------------------------------------
+# -- reorder, truncation, replacement ---------------------------------------------------------
 
 
 def _swap(gate: opsgate.Gate, x: int, y: int) -> None:
@@ -292,37 +328,30 @@ def _swap(gate: opsgate.Gate, x: int, y: int) -> None:
 def test_swapped_rows_are_a_reorder(audited: opsgate.Gate) -> None:
     for x, y in ((7, 8), (3, 9), (1, 2)):
         _swap(audited, x, y)
-        assert_bad(audited.audit.verify(), x, "reorder")
+        assert_bad(audited.audit.verify(), x, "reorder", f"{x}<->{y}")
         _swap(audited, x, y)
         assert audited.audit.verify().ok
 
 
-def test_truncated_tail_is_a_truncation(audited: opsgate.Gate) -> None:
+def test_truncations(audited: opsgate.Gate, tmp_path: Path) -> None:
+    snap = snapshot(audited)
     n = audited.audit.head()[0]
+
     delete_rows(audited, n, n - 1, n - 2)
-    assert_bad(audited.audit.verify(), n - 2, "truncation")
+    assert_bad(audited.audit.verify(), n - 2, "truncation", "tail deleted, head kept")
+    restore(audited, snap)
 
-
-def test_truncation_with_head_rewritten_is_caught_by_the_anchor(
-    audited: opsgate.Gate, tmp_path: Path
-) -> None:
     anchor = load_anchor(_export(audited, tmp_path))
-    n = audited.audit.head()[0]
     assert anchor.seq == n
     delete_rows(audited, n, n - 1, n - 2)
     set_head(audited, n - 3, row(audited, n - 3).hash)
+    report = audited.audit.verify()
+    assert_bad(report, n - 2, "truncation", "below a stored checkpoint")
     wipe_checkpoints(audited)
+    assert audited.audit.verify().ok  # nothing inside the database can tell any more
     report = audited.audit.verify(anchor)
-    assert_bad(report, n - 2, "truncation")
+    assert_bad(report, n - 2, "truncation", "head rewritten, checkpoints wiped, anchor")
     assert report.anchor_checked
-
-
-def test_truncation_below_a_stored_checkpoint_is_a_truncation(audited: opsgate.Gate) -> None:
-    audited.audit.checkpoint()
-    n = audited.audit.head()[0]
-    delete_rows(audited, n, n - 1)
-    set_head(audited, n - 2, row(audited, n - 2).hash)
-    assert_bad(audited.audit.verify(), n - 1, "truncation")
 
 
 def _replace_log(gate: opsgate.Gate, count: int) -> None:
@@ -337,40 +366,34 @@ def _replace_log(gate: opsgate.Gate, count: int) -> None:
     wipe_checkpoints(gate)
 
 
-def test_wholesale_replacement_is_caught_by_the_anchor(
-    audited: opsgate.Gate, tmp_path: Path
-) -> None:
-    anchor = load_anchor(_export(audited, tmp_path))
+def test_replacements(audited: opsgate.Gate, tmp_path: Path) -> None:
+    anchor = load_anchor(_export(audited, tmp_path))  # also stores a checkpoint
+    snap = snapshot(audited)
     n = audited.audit.head()[0]
+
+    # a fresh valid chain, longer than the old one, checkpoints wiped
     _replace_log(audited, n + 5)
-    assert audited.audit.verify().ok  # a fresh valid chain: only an outside anchor can tell
+    assert audited.audit.verify().ok  # internally valid: only an outside anchor can tell
     report = audited.audit.verify(anchor)
     assert report.ok is False and report.problem == "replacement", report
     assert 1 <= report.first_bad_seq <= anchor.seq
+    restore(audited, snap)
 
-
-def test_replacement_by_a_shorter_chain_is_caught_by_the_anchor(
-    audited: opsgate.Gate, tmp_path: Path
-) -> None:
-    anchor = load_anchor(_export(audited, tmp_path))
+    # a fresh valid chain, shorter than the anchor
     _replace_log(audited, 3)
     report = audited.audit.verify(anchor)
     assert report.ok is False and report.problem in ("truncation", "replacement"), report
+    restore(audited, snap)
 
-
-def test_replacement_keeping_stored_checkpoints_is_caught_without_an_anchor(
-    audited: opsgate.Gate,
-) -> None:
-    audited.audit.checkpoint()
-    n = audited.audit.head()[0]
+    # a fresh valid chain, but the gate-signed checkpoints in the database were kept
     with audited.store.read() as conn:
-        kept = conn.execute(select(schema.audit_checkpoints)).all()
+        kept = [dict(cp._mapping) for cp in conn.execute(select(schema.audit_checkpoints))]
+    assert kept
     _replace_log(audited, n + 2)
     with audited.store.write() as conn:
-        for cp in kept:
-            conn.execute(insert(schema.audit_checkpoints).values(**cp._mapping))
+        conn.execute(insert(schema.audit_checkpoints), kept)
     report = audited.audit.verify()
-    assert report.ok is False and report.problem == "replacement"
+    assert report.ok is False and report.problem == "replacement", report
 
 
 # -- anchors ---------------------------------------------------------------------------------------
@@ -409,52 +432,41 @@ def _agent_rows(gate: opsgate.Gate) -> int:
         return int(conn.execute(select(func.count()).select_from(schema.agents)).scalar_one())
 
 
-def test_issue_credential_fails_closed(audited: opsgate.Gate) -> None:
+def test_writers_fail_closed(audited: opsgate.Gate) -> None:
+    """With the audit write failing, nothing is issued, created or decided."""
     agent = audited.agents.get("deploy-agent")
-    head = audited.audit.head()
-    audited.audit.fail_next = 1
-    with pytest.raises(opsgate.AuditError) as info:
-        audited.credential_manager.issue_credential(agent.did, ["deploy:staging"])
-    assert info.value.code == "audit_write_failed"
-    assert audited.audit.head() == head
-    assert audited.audit.verify().ok
-    cred = audited.credential_manager.issue_credential(agent.did, ["deploy:staging"])
-    assert audited.credential_manager.verify(cred.token).jti == cred.jti
-
-
-def test_register_agent_fails_closed(audited: opsgate.Gate) -> None:
+    cm = audited.credential_manager
+    token = cm.issue_credential(agent.did, ["deploy:staging"]).token
     count, head = _agent_rows(audited), audited.audit.head()
     key_dir = audited.state_dir / "agent-keys"
     keys_before = set(key_dir.iterdir())
-    audited.audit.fail_next = 1
-    with pytest.raises(opsgate.AuditError):
-        audited.register_agent("ghost", ["deploy:staging"], sponsor="ops@company.com")
-    assert _agent_rows(audited) == count
-    assert set(key_dir.iterdir()) == keys_before
-    assert audited.audit.head() == head
-    with pytest.raises(opsgate.AgentError) as info:
+
+    attempts = {
+        "issue_credential": lambda: cm.issue_credential(agent.did, ["deploy:staging"]),
+        "register_agent": lambda: audited.register_agent(
+            "ghost", ["deploy:staging"], sponsor="ops@company.com"
+        ),
+        "delegate": lambda: agent.delegate("ghost-child", ["deploy:staging"]),
+        "authorize": lambda: audited.authorize(token, "deploy:staging/app-web"),
+    }
+    for name, attempt in attempts.items():
+        audited.audit.fail_next = 1
+        with pytest.raises(opsgate.AuditError) as info:
+            attempt()  # no credential, agent or decision comes back
+        assert info.value.code == "audit_write_failed", name
+        assert audited.audit.head() == head, name
+        assert _agent_rows(audited) == count, name
+        assert set(key_dir.iterdir()) == keys_before, name
+    with pytest.raises(opsgate.AgentError) as agent_info:
         audited.agents.get("ghost")
-    assert info.value.code == "agent_not_found"
-    # and the name is still free
+    assert agent_info.value.code == "agent_not_found"
+    assert audited.audit.verify().ok
+
+    # the storage is back: everything works, and the refused names are still free
+    audited.audit.fail_next = 0
+    cred = cm.issue_credential(agent.did, ["deploy:staging"])
+    assert cm.verify(cred.token).jti == cred.jti
     assert audited.register_agent("ghost", ["deploy:staging"], sponsor="ops@company.com")
-
-
-def test_delegate_fails_closed(audited: opsgate.Gate) -> None:
-    count = _agent_rows(audited)
-    audited.audit.fail_next = 1
-    with pytest.raises(opsgate.AuditError):
-        audited.agents.get("deploy-agent").delegate("ghost-child", ["deploy:staging"])
-    assert _agent_rows(audited) == count
-
-
-def test_authorize_fails_closed(audited: opsgate.Gate) -> None:
-    agent = audited.agents.get("deploy-agent")
-    cred = audited.credential_manager.issue_credential(agent.did, ["deploy:staging"])
-    head = audited.audit.head()
-    audited.audit.fail_next = 1
-    with pytest.raises(opsgate.AuditError):
-        audited.authorize(cred.token, "deploy:staging/app-web")
-    assert audited.audit.head() == head
-    decision = audited.authorize(cred.token, "deploy:staging/app-web")
-    assert decision.effect == "allow"
+    assert agent.delegate("ghost-child", ["deploy:staging"])
+    assert audited.authorize(token, "deploy:staging/app-web").effect == "allow"
     assert audited.audit.verify().ok

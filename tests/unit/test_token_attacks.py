@@ -13,6 +13,7 @@ import base64
 import hashlib
 import hmac
 import json
+import os
 import shutil
 import time
 from collections.abc import Callable, Iterator
@@ -513,3 +514,84 @@ def test_forged_token_with_valid_claims_is_accepted(attack: Attack) -> None:
     claims = attack.gate.credential_manager.verify(token)
     assert claims.jti == attack.credential.jti
     assert list(claims.scope) == SCOPE
+
+
+# -- proof of possession: a stolen token without the agent's key is useless ---------------------
+
+
+@pytest.fixture
+def pop(template: Path, tmp_path: Path) -> Iterator[tuple[opsgate.Gate, Any, Any]]:
+    """A copy of the template gate that demands proof of possession on every use."""
+    state = tmp_path / "state"
+    shutil.copytree(template, state)
+    with opsgate.Gate.open(state, require_proof=True) as gate:
+        agent = gate.agents.get("deploy-agent")
+        yield gate, agent, agent.credential(scope=SCOPE)
+
+
+def _proof(key: Ed25519PrivateKey, token: str, ctx: str, iat: float, **extra: Any) -> str:
+    header = b64(compact_json({"alg": "EdDSA", "typ": "opsgate-pop+jwt", **extra.pop("h", {})}))
+    claims = {
+        "ath": b64(hashlib.sha256(token.encode("ascii")).digest()),
+        "ctx": ctx,
+        "iat": iat,
+        "jti": b64(os.urandom(16)),
+        **extra,
+    }
+    return sign(key, header, b64(compact_json(claims)))
+
+
+POP_CASES = [
+    # (id, how the proof is made, expected code)
+    ("no-proof", "none", "missing_proof"),
+    ("signed-by-another-key", "other_key", "bad_proof"),
+    ("signed-by-the-gate-key", "gate_key", "bad_proof"),
+    ("for-another-token", "other_token", "bad_proof"),
+    ("for-another-request", "other_ctx", "bad_proof"),
+    ("stale", "stale", "bad_proof"),
+    ("from-the-future", "future", "bad_proof"),
+    ("wrong-typ", "wrong_typ", "bad_proof"),
+    ("alg-none", "alg_none", "bad_proof"),
+    ("not-a-jws", "garbage", "bad_proof"),
+    ("replayed", "replay", "proof_replayed"),
+]
+
+
+@pytest.mark.parametrize(("how", "code"), [c[1:] for c in POP_CASES], ids=[c[0] for c in POP_CASES])
+def test_proof_of_possession_attack_is_refused(
+    pop: tuple[opsgate.Gate, Any, Any], how: str, code: str
+) -> None:
+    gate, agent, handle = pop
+    token, ctx, now = handle.token, "deploy:production/app-web", time.time()
+    key = gate.agents.private_key(agent.did)
+    other = gate.credential_manager.issue_credential(agent.did, SCOPE).token
+    proofs: dict[str, Callable[[], str | None]] = {
+        "none": lambda: None,
+        "other_key": lambda: _proof(Ed25519PrivateKey.generate(), token, ctx, now),
+        "gate_key": lambda: _proof(gate.keyring.signer()[1], token, ctx, now),
+        "other_token": lambda: _proof(key, other, ctx, now),
+        "other_ctx": lambda: _proof(key, token, "deploy:production/app-api", now),
+        "stale": lambda: _proof(key, token, ctx, now - 120),
+        "future": lambda: _proof(key, token, ctx, now + 120),
+        "wrong_typ": lambda: _proof(key, token, ctx, now, h={"typ": "JWT"}),
+        "alg_none": lambda: _proof(key, token, ctx, now, h={"alg": "none"}),
+        "garbage": lambda: "a.b.c",
+        "replay": lambda: handle.proof(ctx, now),
+    }
+    proof = proofs[how]()
+    if how == "replay":
+        assert gate.authorize(token, ctx, proof=proof, now=now).effect
+    with pytest.raises(opsgate.InvalidCredential) as info:
+        gate.authorize(token, ctx, proof=proof, now=now)
+    assert info.value.code == code
+
+
+def test_proof_of_possession_accepted_when_genuine(pop: tuple[opsgate.Gate, Any, Any]) -> None:
+    gate, agent, handle = pop
+    ctx = "deploy:production/app-web"
+    for _ in range(3):  # a fresh proof per request
+        decision = gate.authorize(handle.token, ctx, proof=handle.proof(ctx))
+        assert "violation" not in decision.extra
+    key = gate.agents.private_key(agent.did)
+    proof = _proof(key, handle.token, ctx, time.time())
+    assert gate.credential_manager.verify(handle.token, proof=proof, proof_context=ctx)
