@@ -14,8 +14,8 @@ import threading
 from typing import Any
 
 import orjson
-from sqlalchemy import delete
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from sqlalchemy import delete
 
 from opsgate.credentials import jws
 from opsgate.errors import InvalidCredential
