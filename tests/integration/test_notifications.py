@@ -1,0 +1,255 @@
+"""Approval notifications against real servers: a local HTTP webhook receiver and a
+real SMTP server (aiosmtpd), both on 127.0.0.1 and free ports. A notifier that fails
+is audited as `notification.failed`; the request is stored and approvable regardless.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from email import message_from_bytes
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiosmtpd.controller import Controller
+from helpers import World, audit_events, deploy, free_port, open_world
+
+import opsgate
+from opsgate.approvals import PendingApproval
+
+JOHN, JANE = "john@company.com", "jane@company.com"
+
+
+class Webhook:
+    """A real HTTP server that records every POST body (JSON) and answers `status`."""
+
+    def __init__(self, status: int = 200) -> None:
+        self.status = status
+        self.posts: list[dict[str, Any]] = []
+        self.content_types: list[str] = []
+        owner = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                owner.content_types.append(self.headers.get("Content-Type", ""))
+                owner.posts.append(json.loads(body))
+                self.send_response(owner.status)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hooks/approvals"
+        self.thread = threading.Thread(
+            target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
+
+    def __enter__(self) -> Webhook:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(5)
+
+
+class Mailbox:
+    """aiosmtpd handler: keeps each delivered envelope."""
+
+    def __init__(self) -> None:
+        self.envelopes: list[Any] = []
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        self.envelopes.append(envelope)
+        return "250 OK"
+
+
+@pytest.fixture
+def webhook() -> Iterator[Webhook]:
+    with Webhook() as hook:
+        yield hook
+
+
+@pytest.fixture
+def smtp() -> Iterator[tuple[Mailbox, int]]:
+    mailbox = Mailbox()
+    port = free_port()
+    controller = Controller(mailbox, hostname="127.0.0.1", port=port)
+    controller.start()
+    try:
+        yield mailbox, port
+    finally:
+        controller.stop()
+
+
+def _request(w: World) -> PendingApproval:
+    pending = w.gate.execute(w.token, deploy())
+    assert isinstance(pending, PendingApproval)
+    return pending
+
+
+def _smtp_config(port: int) -> dict[str, Any]:
+    return {"smtp": {"host": "127.0.0.1", "port": port, "sender": "opsgate@company.com"}}
+
+
+def test_webhook_announces_the_request_and_its_decision(tmp_path: Path, webhook: Webhook) -> None:
+    w = open_world(tmp_path / "state", notifications={"webhooks": [webhook.url]})
+    try:
+        pending = _request(w)
+        w.gate.approvals.dispatcher.flush()
+        assert len(webhook.posts) == 1
+        first = webhook.posts[0]
+        assert isinstance(first["text"], str)
+        assert pending.approval_id in first["text"]
+        assert "deploy:production/app-web" in first["text"]
+        assert first["event"] == "approval.requested"
+        assert first["approval"]["id"] == pending.approval_id
+        assert first["approval"]["status"] == "pending"
+        assert first["approval"]["approvers"] == [JANE, JOHN]
+        assert first["approval"]["digest"] == pending.digest
+        assert webhook.content_types[0].startswith("application/json")
+
+        w.approve(pending.approval_id, JOHN)
+        w.gate.approvals.dispatcher.flush()
+        assert len(webhook.posts) == 2
+        second = webhook.posts[1]
+        assert second["event"] == "approval.approved"
+        assert second["approval"]["id"] == pending.approval_id
+        assert second["approval"]["status"] == "approved"
+        assert pending.approval_id in second["text"] and "approved" in second["text"]
+        # No token or secret of any kind travels in a notification.
+        for post in webhook.posts:
+            for token in w.approver_tokens.values():
+                assert token not in json.dumps(post)
+            assert w.token not in json.dumps(post)
+        assert audit_events(w.gate, "notification.failed") == []
+    finally:
+        w.gate.close()
+
+
+def test_webhook_announces_a_denial(tmp_path: Path, webhook: Webhook) -> None:
+    w = open_world(tmp_path / "state", notifications={"webhooks": [webhook.url]})
+    try:
+        pending = _request(w)
+        w.deny(pending.approval_id, JANE, comment="freeze")
+        w.gate.approvals.dispatcher.flush()
+        assert [p["event"] for p in webhook.posts] == ["approval.requested", "approval.denied"]
+        assert webhook.posts[1]["approval"]["status"] == "denied"
+    finally:
+        w.gate.close()
+
+
+def test_smtp_mail_reaches_every_approver(
+    tmp_path: Path, smtp: tuple[Mailbox, int]
+) -> None:
+    mailbox, port = smtp
+    w = open_world(tmp_path / "state", notifications=_smtp_config(port))
+    try:
+        pending = _request(w)
+        w.gate.approvals.dispatcher.flush()
+        assert len(mailbox.envelopes) == 1
+        envelope = mailbox.envelopes[0]
+        assert envelope.mail_from == "opsgate@company.com"
+        assert sorted(envelope.rcpt_tos) == [JANE, JOHN]
+        message = message_from_bytes(envelope.content)
+        assert "deploy:production/app-web" in message["Subject"]
+        body = message.get_payload(decode=True).decode()
+        assert pending.approval_id in body
+
+        w.approve(pending.approval_id, JANE)
+        w.gate.approvals.dispatcher.flush()
+        assert len(mailbox.envelopes) == 2
+        decided = message_from_bytes(mailbox.envelopes[1].content)
+        assert "approved" in decided["Subject"]
+        assert sorted(mailbox.envelopes[1].rcpt_tos) == [JANE, JOHN]
+        assert audit_events(w.gate, "notification.failed") == []
+    finally:
+        w.gate.close()
+
+
+def test_webhook_and_smtp_together(
+    tmp_path: Path, webhook: Webhook, smtp: tuple[Mailbox, int]
+) -> None:
+    mailbox, port = smtp
+    w = open_world(tmp_path / "state",
+                   notifications={"webhooks": [webhook.url], **_smtp_config(port)})
+    try:
+        _request(w)
+        w.gate.approvals.dispatcher.flush()
+        assert len(webhook.posts) == 1 and len(mailbox.envelopes) == 1
+    finally:
+        w.gate.close()
+
+
+def _assert_failure_is_audited_and_request_still_works(w: World, notifier: str) -> None:
+    pending = _request(w)
+    w.gate.approvals.dispatcher.flush()
+    failed = audit_events(w.gate, "notification.failed")
+    assert len(failed) == 1
+    assert failed[0]["approval"] == pending.approval_id
+    assert failed[0]["event"] == "approval.requested"
+    assert notifier in failed[0]["notifier"]
+    # The request was stored before announcing, and stays fully usable.
+    assert w.gate.approvals.get(pending.approval_id).status == "pending"
+    assert w.approve(pending.approval_id, JOHN).status == "approved"
+    outcome = w.gate.resume(pending.approval_id, w.token)
+    assert isinstance(outcome, opsgate.Outcome) and outcome.status == "succeeded"
+    w.gate.approvals.dispatcher.flush()
+    assert [e["event"] for e in audit_events(w.gate, "notification.failed")] == [
+        "approval.requested", "approval.approved"
+    ]
+    assert w.gate.audit.verify().ok
+
+
+def test_webhook_answering_500_is_audited_and_the_request_still_works(tmp_path: Path) -> None:
+    with Webhook(status=500) as hook:
+        w = open_world(tmp_path / "state", notifications={"webhooks": [hook.url]})
+        try:
+            _assert_failure_is_audited_and_request_still_works(w, "webhook")
+            assert len(hook.posts) == 2  # it was reached; it just failed
+        finally:
+            w.gate.close()
+
+
+def test_webhook_connection_refused_is_audited_and_the_request_still_works(
+    tmp_path: Path,
+) -> None:
+    closed = free_port()  # nothing listens here
+    w = open_world(tmp_path / "state",
+                   notifications={"webhooks": [f"http://127.0.0.1:{closed}/hook"]})
+    try:
+        _assert_failure_is_audited_and_request_still_works(w, "webhook")
+    finally:
+        w.gate.close()
+
+
+def test_smtp_server_down_is_audited_and_the_request_still_works(tmp_path: Path) -> None:
+    w = open_world(tmp_path / "state", notifications=_smtp_config(free_port()))
+    try:
+        _assert_failure_is_audited_and_request_still_works(w, "smtp")
+    finally:
+        w.gate.close()
+
+
+def test_one_failing_notifier_does_not_stop_the_others(
+    tmp_path: Path, webhook: Webhook
+) -> None:
+    closed = free_port()
+    w = open_world(
+        tmp_path / "state",
+        notifications={"webhooks": [f"http://127.0.0.1:{closed}/hook", webhook.url]},
+    )
+    try:
+        pending = _request(w)
+        w.gate.approvals.dispatcher.flush()
+        assert [p["approval"]["id"] for p in webhook.posts] == [pending.approval_id]
+        assert len(audit_events(w.gate, "notification.failed")) == 1
+    finally:
+        w.gate.close()
