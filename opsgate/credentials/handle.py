@@ -37,7 +37,7 @@ class CredentialHandle:
         t = to_epoch(now)
         with self._lock:
             c = self._current
-            if c is None or t >= self._renew_at(c):
+            if c is None or t >= self._renew_at(c) or self._revoked(c):
                 if c is not None:
                     self.renewals += 1
                 c = self._gate.credential_manager.issue_credential(
@@ -45,6 +45,15 @@ class CredentialHandle:
                 )
                 self._current = c
             return c
+
+    def _revoked(self, c: Credential) -> bool:
+        """A revoked credential is replaced at once (two dictionary lookups)."""
+        state = self._gate.state
+        if state.is_revoked(c.jti):
+            return True
+        agent = state.agent(c.agent_id)
+        nb = None if agent is None else agent.credentials_not_before
+        return nb is not None and c.issued_at.timestamp() <= nb
 
     @staticmethod
     def _renew_at(c: Credential) -> float:
