@@ -22,7 +22,7 @@ from opsgate.config import Config
 from opsgate.errors import AgentError, OpsgateError
 from opsgate.store import Store, schema
 from opsgate.trust.anomalies import Activity, Anomaly, Observation, observe
-from opsgate.trust.scoring import MAX_SCORE, MIN_SCORE, TrustEvent, delta_for
+from opsgate.trust.scoring import TrustEvent, clamp, delta_for
 
 if TYPE_CHECKING:
     from opsgate.audit.log import Apply, AuditLog
@@ -117,25 +117,30 @@ class TrustEngine:
     ) -> Apply:
         """The state change for one trust event, to run inside its audit event's transaction."""
         delta = delta_for(cause, self._cfg.deltas)
-        sql = self._store.q(
-            "UPDATE agents SET trust_score = CASE WHEN trust_score + ? > ? THEN ? "
-            "WHEN trust_score + ? < ? THEN ? ELSE trust_score + ? END WHERE did = ? "
-            "RETURNING trust_score"
+        q = self._store.q
+        # The row lock (FOR UPDATE; SQLite's write lock) makes read-then-write atomic,
+        # so the history can record the delta actually applied at the 0/1000 bounds.
+        read = q("SELECT trust_score FROM agents WHERE did = ?") + (
+            "" if self._store.is_sqlite else " FOR UPDATE"
         )
-        params = (delta, MAX_SCORE, MAX_SCORE, delta, MIN_SCORE, MIN_SCORE, delta, did)
+        write = q("UPDATE agents SET trust_score = ? WHERE did = ?")
 
         def run(cur: Any) -> dict[str, Any]:
-            cur.execute(sql, params)
+            cur.execute(read, (did,))
             row = cur.fetchone()
             if row is None:
                 raise AgentError(f"no agent {did[:80]!r}", code="agent_not_found")
-            new = row[0]
+            old = int(row[0])
+            new = clamp(old + delta)
+            if new != old:
+                cur.execute(write, (new, did))
             return {
                 "trust": {
                     "agent": did,
                     "cause": cause.value,
-                    "delta": delta,
-                    "score": int(new),
+                    "delta": new - old,
+                    "requested_delta": delta if new - old != delta else None,
+                    "score": new,
                     "reason": reason,
                     "evidence": evidence,
                     "operation": operation,
@@ -168,7 +173,8 @@ class TrustEngine:
         )
         # Only a loss suspends: after an operator reinstates a low-scoring agent, its
         # successes must not suspend it again; its next failure or violation will.
-        if score < self._cfg.suspend_below and int(t["delta"]) < 0:
+        asked = t["delta"] if t.get("requested_delta") is None else t["requested_delta"]
+        if score < self._cfg.suspend_below and int(asked) < 0:
             self._suspend(did, score, at)
         return change
 
