@@ -120,8 +120,10 @@ class TrustEngine:
         q = self._store.q
         # The row lock (FOR UPDATE; SQLite's write lock) makes read-then-write atomic,
         # so the history can record the delta actually applied at the 0/1000 bounds.
-        read = q("SELECT trust_score FROM agents WHERE did = ?") + (
-            "" if self._store.is_sqlite else " FOR UPDATE"
+        read = q(
+            "SELECT trust_score FROM agents WHERE did = ?"
+            if self._store.is_sqlite
+            else "SELECT trust_score FROM agents WHERE did = ? FOR UPDATE"
         )
         write = q("UPDATE agents SET trust_score = ? WHERE did = ?")
 
