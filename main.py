@@ -63,7 +63,9 @@ def identity(gate: opsgate.Gate) -> dict[str, opsgate.Agent]:
     }
     table = Table("sub-agent", "did", "depth", "capabilities")
     for agent in agents.values():
-        table.add_row(agent.name, agent.did[:32] + "...", str(agent.depth), ", ".join(agent.capabilities))
+        table.add_row(
+            agent.name, agent.did[:32] + "...", str(agent.depth), ", ".join(agent.capabilities)
+        )
     console.print(table)
     agents["devops-supervisor"] = supervisor
     return agents
@@ -88,16 +90,28 @@ def credentials(gate: opsgate.Gate, agents: dict[str, opsgate.Agent]) -> opsgate
 def escalation(gate: opsgate.Gate, agents: dict[str, opsgate.Agent]) -> None:
     section("3. Escalation attempts are refused")
     attempts = [
-        ("monitoring-agent delegates write:secrets",
-         lambda: agents["monitoring-agent"].delegate(name="sneaky", capabilities=["write:secrets"])),
-        ("monitoring-agent asks for a credential with write:secrets",
-         lambda: gate.credential_manager.issue_credential(
-             agent_id=agents["monitoring-agent"].did, scope=["write:secrets"])),
-        ("supervisor delegates deploy:* (unrestricted)",
-         lambda: agents["devops-supervisor"].delegate(name="wild", capabilities=["deploy:*"])),
-        ("a 2-hour credential",
-         lambda: gate.credential_manager.issue_credential(
-             agent_id=agents["deploy-agent"].did, scope=["deploy:staging"], ttl_minutes=120)),
+        (
+            "monitoring-agent delegates write:secrets",
+            lambda: agents["monitoring-agent"].delegate(
+                name="sneaky", capabilities=["write:secrets"]
+            ),
+        ),
+        (
+            "monitoring-agent asks for a credential with write:secrets",
+            lambda: gate.credential_manager.issue_credential(
+                agent_id=agents["monitoring-agent"].did, scope=["write:secrets"]
+            ),
+        ),
+        (
+            "supervisor delegates deploy:* (unrestricted)",
+            lambda: agents["devops-supervisor"].delegate(name="wild", capabilities=["deploy:*"]),
+        ),
+        (
+            "a 2-hour credential",
+            lambda: gate.credential_manager.issue_credential(
+                agent_id=agents["deploy-agent"].did, scope=["deploy:staging"], ttl_minutes=120
+            ),
+        ),
     ]
     for label, attempt in attempts:
         try:
@@ -122,7 +136,9 @@ def policy(gate: opsgate.Gate, agents: dict[str, opsgate.Agent]) -> CredentialHa
 
 
 def approvals(
-    gate: opsgate.Gate, agents: dict[str, opsgate.Agent], handle: CredentialHandle,
+    gate: opsgate.Gate,
+    agents: dict[str, opsgate.Agent],
+    handle: CredentialHandle,
     workdir: Path,
 ) -> None:
     section("5. Human approval, bound to the exact release")
@@ -130,7 +146,9 @@ def approvals(
     artifact.write_bytes(b"app-web release 2.0\n")
     john_token = gate.approvals.add_approver("john@company.com")
     sponsor_token = gate.approvals.add_approver("platform-team@company.com")
-    console.print("  approvers registered: john@company.com, platform-team@company.com (tokens hashed)")
+    console.print(
+        "  approvers registered: john@company.com, platform-team@company.com (tokens hashed)"
+    )
     deploy = opsgate.Operation(
         "deploy", "staging/app-web", {"version": "2.0", "artifact": str(artifact)}
     )
@@ -151,7 +169,9 @@ def approvals(
             pending.approval_id, approver="platform-team@company.com", token=sponsor_token
         )
     except opsgate.ApprovalError as exc:
-        console.print(f"  refused: the requester's sponsor approving its own request ([red]{exc.code}[/red])")
+        console.print(
+            f"  refused: the requester's sponsor approving its own request ([red]{exc.code}[/red])"
+        )
     req = gate.approvals.approve(
         pending.approval_id, approver="john@company.com", token=john_token, comment="ship it"
     )
@@ -172,8 +192,12 @@ def trust(gate: opsgate.Gate, agents: dict[str, opsgate.Agent]) -> None:
     for name in ("devops-supervisor", "deploy-agent", "monitoring-agent"):
         a = agents[name]
         last = gate.trust.history(a.did)[-1]
-        table.add_row(name, str(a.trust_score), str(a.effective_trust),
-                      f"{last.cause} {last.delta:+d}: {last.reason[:48]}")
+        table.add_row(
+            name,
+            str(a.trust_score),
+            str(a.effective_trust),
+            f"{last.cause} {last.delta:+d}: {last.reason[:48]}",
+        )
     console.print(table)
     limit = gate.config.trust.approval_below
     junior = agents["devops-supervisor"].delegate(

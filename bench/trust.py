@@ -40,7 +40,7 @@ def pure_core(n: int) -> dict[str, list[int]]:
     }
     live = {k: [v[0], 500] for k, v in states.items()}
 
-    def make(key: str):  # noqa: ANN202 - closure factory
+    def make(key: str):
         seen = states[key][1]
 
         def step(i: int) -> None:
@@ -61,8 +61,9 @@ def pure_core(n: int) -> dict[str, list[int]]:
 def engine_path(n: int, quick: bool) -> tuple[dict[str, list[int]], float, float]:
     with temp_dir("opsgate-bench-trust-") as tmp:
         gate = opsgate.Gate.open(tmp / "state")
-        sup = gate.register_agent("sup", ["deploy:staging"], sponsor="ops@company.com",
-                                  trust_score=900)
+        sup = gate.register_agent(
+            "sup", ["deploy:staging"], sponsor="ops@company.com", trust_score=900
+        )
         short = sup.delegate(name="short-history", capabilities=["deploy:staging"])
         long = sup.delegate(name="long-history", capabilities=["deploy:staging"])
         past = 10_000 if quick else 1_000_000
@@ -77,15 +78,17 @@ def engine_path(n: int, quick: bool) -> tuple[dict[str, list[int]], float, float
         with gate.store.write() as conn:
             conn.execute(
                 schema.trust_resources.insert(),
-                [{"agent_did": long.did, "resource": f"deploy:staging/app-{i}", "first_seen": t0}
-                 for i in range(min(past, 100_000))],
+                [
+                    {"agent_did": long.did, "resource": f"deploy:staging/app-{i}", "first_seen": t0}
+                    for i in range(min(past, 100_000))
+                ],
             )
         states = {a.name: gate.state.agent(a.did) for a in (short, long)}
         for st in states.values():
             assert st is not None
             gate.trust.observe(st, "deploy:staging/app-1", refused=False, now=t0)
 
-        def make(name: str):  # noqa: ANN202
+        def make(name: str):
             st = states[name]
 
             def step(i: int) -> None:
@@ -105,7 +108,9 @@ def engine_path(n: int, quick: bool) -> tuple[dict[str, list[int]], float, float
 
         def scored(i: int) -> None:
             gate.audit.append(
-                "operation.outcome", actor=did, outcome="succeeded",
+                "operation.outcome",
+                actor=did,
+                outcome="succeeded",
                 apply=gate.trust.apply_change(did, TrustEvent.SUCCESS, reason="ok"),
             )
 
@@ -127,12 +132,22 @@ def main() -> None:
     table = Table("what", "p50", "p95", "target", "ok?")
     for name, samples in {**{f"pure core, {k}": v for k, v in core.items()}, **engine}.items():
         s = stats(samples)
-        table.row(name, fmt_us(s.p50), fmt_us(s.p95), f"<= {fmt_us(TARGET_US)}",
-                  "yes" if s.p50 <= TARGET_US else "NO")
+        table.row(
+            name,
+            fmt_us(s.p50),
+            fmt_us(s.p95),
+            f"<= {fmt_us(TARGET_US)}",
+            "yes" if s.p50 <= TARGET_US else "NO",
+        )
     table.rule()
     table.row("outcome audit append (fsync)", fmt_us(plain), "", "", "")
-    table.row("  + score UPDATE in the same txn", fmt_us(scored), "",
-              f"+{fmt_us(max(0.0, scored - plain))}", "")
+    table.row(
+        "  + score UPDATE in the same txn",
+        fmt_us(scored),
+        "",
+        f"+{fmt_us(max(0.0, scored - plain))}",
+        "",
+    )
     table.note(
         "The score update is persisted inside the outcome record's transaction, so it "
         "shares that fsync; its extra cost is one indexed UPDATE."
