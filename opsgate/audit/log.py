@@ -53,8 +53,14 @@ def canonical(obj: Any) -> bytes:
         raise AuditError(f"audit event is not serialisable: {exc}", code="audit_invalid") from exc
 
 
+_SCALARS = (str, int, float, bool, type(None))
+
+
 def redact(value: Any) -> Any:
     """Replace the values of secret-bearing keys, recursively."""
+    if type(value) is dict and _REDACT_KEYS.isdisjoint([str(k).lower() for k in value]):
+        # The common case, cheaply: no secret-named key here; recurse only into containers.
+        return {k: (v if type(v) in _SCALARS else redact(v)) for k, v in value.items()}
     if isinstance(value, Mapping):
         return {
             str(k): (REDACTED if str(k).lower() in _REDACT_KEYS else redact(v))
@@ -121,6 +127,10 @@ class _Pending:
     apply: Apply | None = None
     record: AuditRecord | None = None
     error: BaseException | None = None
+    lead: bool = False  # woken to write the next batch rather than with a result
+    # Held from creation until the slot's batch is written: a follower blocks on it.
+    # (A bare lock is the cheapest one-shot wake-up CPython has.)
+    gate: Any = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,7 +196,8 @@ class AuditLog:
         self._checkpoint_every = checkpoint_every
         self._queue: list[_Pending] = []
         self._queue_lock = threading.Lock()
-        self._writer_lock = threading.Lock()
+        self._writing = False  # a leader is writing a batch (guarded by _queue_lock)
+        self._writer_lock = threading.Lock()  # serialises batches with checkpoint()
         self.fail_next: int = 0  # test hook: simulate storage failures
 
     # -- processors -------------------------------------------------------------
@@ -257,18 +268,46 @@ class AuditLog:
             self._prepare(event_type, actor, fields), time.time() if at is None else at, apply
         )
         with self._queue_lock:
+            lead = not self._writing
+            if lead:
+                self._writing = True
+            else:
+                slot.gate = threading.Lock()
+                slot.gate.acquire()
             self._queue.append(slot)
-        with self._writer_lock:
-            if slot.record is None and slot.error is None:
-                with self._queue_lock:
-                    batch, self._queue = self._queue, []
-                self._write_batch(batch)
+        if not lead:
+            slot.gate.acquire()  # released by the leader that wrote this slot's batch
+            lead = slot.lead
+        if lead:
+            self._lead()
         if slot.error is not None:
             raise AuditError(
                 f"audit write failed: {slot.error.__class__.__name__}", code="audit_write_failed"
             ) from slot.error
         assert slot.record is not None
         return slot.record
+
+    def _lead(self) -> None:
+        """Group commit: write everything queued in one transaction, wake its owners,
+        then hand the writer role to the first caller that queued meanwhile.
+
+        A lone caller writes its own event with no thread hop; under load, callers
+        queue while a commit is in flight and share the next fsync.
+        """
+        with self._queue_lock:
+            batch, self._queue = self._queue, []
+        with self._writer_lock:
+            self._write_batch(batch)
+        for p in batch:
+            if p.gate is not None and not p.lead:
+                p.gate.release()
+        with self._queue_lock:
+            if self._queue:
+                nxt = self._queue[0]
+                nxt.lead = True
+                nxt.gate.release()
+            else:
+                self._writing = False
 
     def _write_batch(self, batch: list[_Pending]) -> None:
         try:

@@ -15,11 +15,10 @@ import re
 from typing import Any
 
 import orjson
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from opsgate.errors import InvalidCredential
-from opsgate.identity.keys import b64url
+from opsgate.identity.keys import b64url, verify_signature
 
 _ALLOWED_HEADER_KEYS = frozenset({"alg", "kid", "typ"})
 # 64 signature bytes are 86 base64url characters whose last one carries 2 unused
@@ -106,11 +105,9 @@ def split(
     return header, p, f"{h}.{p}".encode("ascii"), signature
 
 
-def check_signature(key: Ed25519PublicKey, signing_input: bytes, signature: bytes) -> None:
-    try:
-        key.verify(signature, signing_input)
-    except InvalidSignature as exc:
-        raise InvalidCredential("token signature does not verify", code="bad_signature") from exc
+def check_signature(key: Ed25519PublicKey | bytes, signing_input: bytes, signature: bytes) -> None:
+    if not verify_signature(key, signature, signing_input):
+        raise InvalidCredential("token signature does not verify", code="bad_signature")
 
 
 def payload(p: str) -> dict[str, Any]:

@@ -28,6 +28,7 @@ PUBLISHED_AFTER_RETIREMENT = HARD_TTL_CEILING_MINUTES * 60 + MAX_LEEWAY_SECONDS
 class GateKey:
     kid: str
     public: Ed25519PublicKey
+    raw: bytes  # the 32 public key bytes, what the verify hot path needs
     created_at: float
     retired_at: float | None
 
@@ -49,6 +50,7 @@ class KeyRing:
             r.kid: GateKey(
                 r.kid,
                 Ed25519PublicKey.from_public_bytes(keys.b64url_decode(r.public_key)),
+                keys.b64url_decode(r.public_key),
                 float(r.created_at),
                 None if r.retired_at is None else float(r.retired_at),
             )

@@ -313,7 +313,7 @@ class CredentialManager:
             key = self._keyring.get(header["kid"])
             if key is None:
                 raise InvalidCredential("token is signed with an unknown key", code="unknown_kid")
-        jws.check_signature(key.public, signing_input, signature)
+        jws.check_signature(key.raw, signing_input, signature)
         c = jws.payload(p)
         claims = self._claims(c, header["kid"])
         if key.retired_at is not None and claims.iat > key.retired_at:
