@@ -296,8 +296,13 @@ class AuditLog:
         """
         with self._queue_lock:
             batch, self._queue = self._queue, []
-        with self._writer_lock:
-            self._write_batch(batch)
+        try:
+            with self._writer_lock:
+                self._write_batch(batch)  # never raises: failures land in each slot
+        except BaseException as exc:  # noqa: BLE001 - e.g. KeyboardInterrupt: fail the batch
+            for p in batch:
+                if p.record is None and p.error is None:
+                    p.error = exc
         for p in batch:
             if p.gate is not None and not p.lead:
                 p.gate.release()
