@@ -82,25 +82,23 @@ def _roll(a: Activity, now: float, cfg: AnomalyConfig) -> Activity:
     elapsed = int((now - a.window_start) // w)
     alpha = 1 - 0.5 ** (w / cfg.baseline_half_life_seconds)
     n = a.baseline_windows
-
-    def weight(i: int) -> float:
-        # A plain running mean over the first windows, then the EWMA: an agent that
-        # has always been busy is compared with its busy self, not with a cold zero.
-        return max(alpha, 1.0 / (i + 1))
-
-    baseline = a.baseline + weight(n) * (a.window_count - a.baseline)
+    # A plain running mean over the first windows, then the EWMA: an agent that
+    # has always been busy is compared with its busy self, not with a cold zero.
+    baseline = a.baseline + max(alpha, 1.0 / (n + 1)) * (a.window_count - a.baseline)
     idle = elapsed - 1  # windows with no events pull the baseline toward zero
     exact = min(idle, 64)
     for i in range(exact):
-        baseline *= 1 - weight(n + 1 + i)
+        baseline *= 1 - max(alpha, 1.0 / (n + 2 + i))
     if idle > exact:
         baseline *= (1 - alpha) ** min(idle - exact, 100_000)
-    return replace(
-        a,
-        window_start=a.window_start + elapsed * w,
-        window_count=0,
-        baseline=baseline,
-        baseline_windows=a.baseline_windows + elapsed,
+    return Activity(
+        a.events,
+        a.window_start + elapsed * w,
+        0,
+        baseline,
+        a.baseline_windows + elapsed,
+        a.refusals,
+        a.last_fired,
     )
 
 
@@ -120,7 +118,16 @@ def observe(a: Activity, obs: Observation, cfg: AnomalyConfig) -> tuple[Activity
     """Fold one event into the activity summary; return the anomalies it reveals."""
     now = obs.at
     a = _roll(a, now, cfg)
-    a = replace(a, events=a.events + 1, window_count=a.window_count + 1)
+    # One direct construction: dataclasses.replace() costs more than the detectors.
+    a = Activity(
+        a.events + 1,
+        a.window_start,
+        a.window_count + 1,
+        a.baseline,
+        a.baseline_windows,
+        a.refusals,
+        a.last_fired,
+    )
     found: list[Anomaly] = []
 
     # rate spike against the agent's own baseline
