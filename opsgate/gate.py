@@ -536,6 +536,7 @@ class Gate:
             reasons=list(decision.reasons),
         )
         executor = self._executors[plan.operation.action]
+        started = time.monotonic()
         try:
             outcome = executor.run(plan)
             if not isinstance(outcome, Outcome):
@@ -551,7 +552,7 @@ class Gate:
             cause = failure_event(outcome.failure_kind)
         else:
             cause = TrustEvent.SUCCESS
-        done_at = max(time.time(), t)
+        done_at = t + (time.monotonic() - started)  # the caller's clock, plus the run time
         record = self.audit.append(
             "operation.outcome",
             actor=claims.sub,

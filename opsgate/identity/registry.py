@@ -641,11 +641,6 @@ class AgentRegistry:
             ref, REVOKED, reason=reason, event="agent.revoked", actor=actor, now=now
         )
 
-    def set_trust(self, conn: Connection, did: str, score: int) -> None:
-        conn.execute(
-            update(schema.agents).where(schema.agents.c.did == did).values(trust_score=score)
-        )
-
     def initial_trust(self, did: str) -> tuple[int, float]:
         with self._store.read() as conn:
             row = conn.execute(
