@@ -65,6 +65,7 @@ class Gate:
         self.store = store
         now = time.time()
         store.migrate()
+        store.restrict_files()
         self.keyring = KeyRing(store, state_dir)
         self.keyring.reload()
         with store.write() as conn:

@@ -203,6 +203,18 @@ class Store:
         ).first()
         return None if row is None else str(row[0])
 
+    def restrict_files(self) -> None:
+        """The embedded database holds the audit log and approver token hashes: owner only."""
+        if not self.is_sqlite:
+            return
+        path = make_url(self.url).database
+        if not path:
+            return
+        for suffix in ("", "-wal", "-shm"):
+            f = Path(path + suffix)
+            if f.exists():
+                f.chmod(0o600)
+
     def dispose(self) -> None:
         self._write_engine.dispose()
         if self._read_engine is not self._write_engine:
