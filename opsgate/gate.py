@@ -156,6 +156,7 @@ class Gate:
 
     def close(self) -> None:
         self.approvals.dispatcher.close()
+        self.audit.close()
         self.store.dispose()
 
     def __enter__(self) -> Gate:

@@ -198,6 +198,7 @@ class AuditLog:
         self._queue_lock = threading.Lock()
         self._writing = False  # a leader is writing a batch (guarded by _queue_lock)
         self._writer_lock = threading.Lock()  # serialises batches with checkpoint()
+        self._writer = store.dedicated_writer()  # used only under _writer_lock
         self.fail_next: int = 0  # test hook: simulate storage failures
 
     # -- processors -------------------------------------------------------------
@@ -277,8 +278,9 @@ class AuditLog:
             self._queue.append(slot)
         if not lead:
             slot.gate.acquire()  # released by the leader that wrote this slot's batch
-            lead = slot.lead
-        if lead:
+            if slot.lead:  # handed the writer role by the previous leader
+                self._lead()
+        else:
             self._lead()
         if slot.error is not None:
             raise AuditError(
@@ -319,7 +321,7 @@ class AuditLog:
             if self.fail_next > 0:
                 self.fail_next -= 1
                 raise OSError("simulated audit storage failure")
-            with self._store.raw_write() as cur:
+            with self._writer.transaction() as cur:
                 for p in batch:
                     if p.apply is not None:
                         extra = p.apply(cur)
@@ -355,6 +357,10 @@ class AuditLog:
             ) from exc
         return records[0]
 
+    def close(self) -> None:
+        with self._writer_lock:
+            self._writer.close()
+
     # -- checkpoints ------------------------------------------------------------
 
     def _write_checkpoint(self, cur: Any, seq: int, digest: str, at: float) -> Checkpoint:
@@ -377,7 +383,7 @@ class AuditLog:
         """Sign the current head and store the checkpoint; returns it for export."""
         with self._writer_lock:
             try:
-                with self._store.raw_write() as cur:
+                with self._writer.transaction() as cur:
                     lock = "" if self._store.is_sqlite else " FOR UPDATE"
                     cur.execute(f"SELECT seq, hash FROM audit_head WHERE id = 1{lock}")  # noqa: S608
                     head = cur.fetchone()

@@ -7,6 +7,7 @@ so read-modify-write sequences never deadlock or interleave across processes.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -127,6 +128,9 @@ class Store:
         finally:
             raw.close()
 
+    def dedicated_writer(self) -> DedicatedWriter:
+        return DedicatedWriter(self)
+
     def q(self, sql: str) -> str:
         """Rewrite '?' placeholders for the driver (psycopg wants %s)."""
         return sql if self.is_sqlite else sql.replace("?", "%s")
@@ -221,4 +225,49 @@ class Store:
             self._read_engine.dispose()
 
 
-__all__ = ["Store", "schema"]
+class DedicatedWriter:
+    """A DBAPI connection kept out of the pool for one writer at a time.
+
+    The audit log's group-commit leader writes every batch through it: no pool
+    checkout, reset or return per batch, which is most of the CPU of a small
+    transaction. The owner serialises use (the audit writer lock). A connection
+    that fails is dropped and a fresh one is opened on the next use.
+    """
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self._conn: Any = None
+        self._cur: Any = None
+
+    @contextmanager
+    def transaction(self) -> Iterator[Any]:
+        if self._conn is None:
+            try:
+                conn = self._store._write_engine.raw_connection()
+            except OperationalError as exc:
+                raise StoreError(
+                    f"state database unavailable: {exc.orig.__class__.__name__}"
+                ) from exc
+            conn.detach()  # ours until close(); never handed to another caller
+            self._conn, self._cur = conn, conn.cursor()
+        conn, cur = self._conn, self._cur
+        try:
+            if self._store.is_sqlite:
+                cur.execute("BEGIN IMMEDIATE")
+            yield cur
+            conn.commit()
+        except BaseException:
+            try:
+                conn.rollback()
+            except Exception:  # noqa: BLE001 - the connection is gone; open a new one next time
+                self.close()
+            raise
+
+    def close(self) -> None:
+        conn, self._conn, self._cur = self._conn, None, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                conn.close()
+
+
+__all__ = ["DedicatedWriter", "Store", "schema"]
