@@ -106,28 +106,6 @@ class Store:
         except OperationalError as exc:
             raise StoreError(f"state database unavailable: {exc.orig.__class__.__name__}") from exc
 
-    @contextmanager
-    def raw_write(self) -> Iterator[Any]:
-        """A DBAPI cursor inside a write transaction, for the few hot paths (audit appends).
-
-        SQL passed to it goes through `q()` for the driver's placeholder style.
-        """
-        try:
-            raw = self._write_engine.raw_connection()
-        except OperationalError as exc:
-            raise StoreError(f"state database unavailable: {exc.orig.__class__.__name__}") from exc
-        try:
-            cur = raw.cursor()
-            if self.is_sqlite:
-                cur.execute("BEGIN IMMEDIATE")
-            yield cur
-            raw.commit()
-        except BaseException:
-            raw.rollback()
-            raise
-        finally:
-            raw.close()
-
     def dedicated_writer(self) -> DedicatedWriter:
         return DedicatedWriter(self)
 
