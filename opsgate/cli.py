@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -103,6 +104,8 @@ def _when(epoch: float | None) -> str:
 @app.callback()
 def _root(state_dir: StateDir = None) -> None:
     _ctx_state_dir["value"] = state_dir
+    if state_dir is not None:  # sub-apps (policy) read it from the environment
+        os.environ["OPSGATE_STATE_DIR"] = str(state_dir)
 
 
 @app.command()

@@ -174,12 +174,25 @@ def _parse_params(items: list[str]) -> dict[str, Any]:
 
 @app.command()
 def explain(
-    policies_path: Annotated[
-        list[Path], typer.Option("--policies", help="Policy file or directory.")
-    ],
     action: Annotated[str, typer.Option(help="Operation action, e.g. deploy.")],
     resource: Annotated[str, typer.Option(help="Resource, e.g. production/app-web.")],
-    environment: Annotated[str | None, typer.Option(help="Target environment.")] = None,
+    policies_path: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--policies",
+            help="Policy file or directory (default: `policies` in the state dir's opsgate.yaml).",
+        ),
+    ] = None,
+    state_dir: Annotated[
+        Path | None,
+        typer.Option("--state-dir", envvar="OPSGATE_STATE_DIR", help="State directory."),
+    ] = None,
+    environment: Annotated[
+        str | None,
+        typer.Option(
+            help="Target environment (default: read from the resource, as the gate does)."
+        ),
+    ] = None,
     destructive: Annotated[
         bool, typer.Option("--destructive", help="The operation is destructive.")
     ] = False,
@@ -201,7 +214,10 @@ def explain(
     now = datetime.now(UTC)
     params = _parse_params(param or [])
     try:
-        policies = load_policies(policies_path, Limits())
+        sources: Any = policies_path or _configured_policies(state_dir)
+        policies = load_policies(sources, Limits())
+        if environment is None:
+            environment = _environment_of(action, resource)
         request = PolicyRequest(
             action=action,
             resource=resource,
@@ -224,6 +240,36 @@ def explain(
         _print_json({"request": request.to_dict(), "decision": decision.to_dict()})
         return
     _show_decision(policies, request, decision)
+
+
+def _configured_policies(state_dir: Path | None) -> str:
+    """The policy path from the state dir's opsgate.yaml, as Gate.open would use it."""
+    from opsgate.config import load_config
+    from opsgate.errors import ConfigError
+    from opsgate.gate import resolve_state_dir
+
+    try:
+        configured = load_config(resolve_state_dir(state_dir)).policies
+    except ConfigError as exc:
+        raise PolicyError(exc.message, code="policy_not_found") from exc
+    if not configured:
+        raise PolicyError(
+            "no policies: pass --policies or set 'policies' in the state dir's opsgate.yaml",
+            code="policy_not_found",
+        )
+    return configured
+
+
+def _environment_of(action: str, resource: str) -> str | None:
+    """The environment the gate would see for `action:resource` (None if not a capability)."""
+    from opsgate import capabilities as caps
+    from opsgate.authz import environment_of
+    from opsgate.errors import CapabilityError
+
+    try:
+        return environment_of(caps.parse_request(f"{action}:{resource}"))
+    except CapabilityError:
+        return None
 
 
 def _show_decision(policies: PolicySet, request: PolicyRequest, decision: Any) -> None:

@@ -1,0 +1,221 @@
+"""The `opsgate` command: exit codes (0 ok, 1 refused/failed check, 2 usage), one-line
+errors without tracebacks, --json listings, and no secret in what it prints."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from opsgate.cli import app
+
+ROOT = Path(__file__).resolve().parents[2]
+runner = CliRunner()
+
+
+def run(state: Path, *args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
+    result = runner.invoke(app, ["--state-dir", str(state), *args], env=env)
+    return result.exit_code, result.stdout, result.stderr
+
+
+def one_error_line(stderr: str, code: str) -> None:
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, stderr
+    assert lines[0].startswith(f"error [{code}]"), stderr
+    assert "Traceback" not in stderr
+
+
+@pytest.fixture
+def state(tmp_path: Path) -> Path:
+    s = tmp_path / "state"
+    code, out, _ = run(s, "init", "--json")
+    assert code == 0
+    assert json.loads(out)["gate_id"].startswith("opsgate:")
+    code, _, err = run(
+        s,
+        "agents",
+        "register",
+        "sup",
+        "-c",
+        "deploy:staging",
+        "-c",
+        "deploy:production",
+        "--sponsor",
+        "platform-team@company.com",
+        "--trust-score",
+        "920",
+    )
+    assert code == 0, err
+    code, _, err = run(s, "agents", "delegate", "sup", "dep", "-c", "deploy:staging")
+    assert code == 0, err
+    return s
+
+
+def test_agents_listing_and_refused_escalation(state: Path) -> None:
+    code, out, _ = run(state, "agents", "list", "--json")
+    assert code == 0
+    agents = {a["name"]: a for a in json.loads(out)}
+    assert agents["dep"]["capabilities"] == ["deploy:staging"]
+    assert agents["dep"]["depth"] == 1 and agents["sup"]["trust_score"] == 920
+    code, out, err = run(state, "agents", "delegate", "dep", "wide", "-c", "deploy:production")
+    assert code == 1
+    one_error_line(err, "delegation_not_covered")
+    code, out, _ = run(state, "agents", "list", "--json")
+    assert "wide" not in {a["name"] for a in json.loads(out)}
+
+
+def test_credential_lifecycle(state: Path) -> None:
+    code, token, err = run(state, "creds", "issue", "dep", "-s", "deploy:staging")
+    assert code == 0, err
+    token = token.strip()
+    assert token.count(".") == 2 and "\n" not in token
+    code, out, _ = run(state, "creds", "verify", token, "--json")
+    assert code == 0 and json.loads(out)["scope"] == ["deploy:staging"]
+    jti = json.loads(out)["jti"]
+    assert run(state, "creds", "revoke", jti)[0] == 0
+    code, _, err = run(state, "creds", "verify", token)
+    assert code == 1
+    one_error_line(err, "revoked")
+    code, _, err = run(
+        state, "creds", "issue", "dep", "-s", "deploy:staging", "--ttl-minutes", "99"
+    )
+    assert code == 1
+    one_error_line(err, "ttl_too_long")
+    code, _, err = run(state, "creds", "issue", "dep", "-s", "deploy:production")
+    assert code == 1
+    one_error_line(err, "scope_not_covered")
+    assert run(state, "creds", "revoke")[0] == 2  # neither a jti nor --agent
+
+
+def test_key_rotation_keeps_old_tokens_valid(state: Path) -> None:
+    _, token, _ = run(state, "creds", "issue", "dep", "-s", "deploy:staging")
+    code, out, _ = run(state, "keys", "jwks")
+    before = {k["kid"] for k in json.loads(out)["keys"]}
+    assert run(state, "keys", "rotate")[0] == 0
+    _, out, _ = run(state, "keys", "jwks")
+    after = {k["kid"] for k in json.loads(out)["keys"]}
+    assert before < after  # the old key stays published
+    assert run(state, "creds", "verify", token.strip())[0] == 0
+
+
+def test_audit_verify_detects_an_edited_row_and_truncation(state: Path, tmp_path: Path) -> None:
+    anchor = tmp_path / "anchor.json"
+    assert run(state, "audit", "checkpoint", "-o", str(anchor))[0] == 0
+    code, out, _ = run(state, "audit", "verify", "--anchor", str(anchor), "--json")
+    assert code == 0 and json.loads(out)["ok"] is True
+    code, out, _ = run(state, "audit", "tail", "-n", "3", "--json")
+    assert code == 0 and len(json.loads(out)) == 3
+    db = sqlite3.connect(state / "opsgate.db")
+    db.execute("UPDATE audit_events SET body = replace(body, 'dep', 'xyz') WHERE seq = 3")
+    db.commit()
+    code, _, err = run(state, "audit", "verify")
+    assert code == 1 and "seq 3" in err and "edit" in err
+    db.execute("DELETE FROM audit_events WHERE seq >= 3")
+    db.execute(
+        "UPDATE audit_head SET seq = 2, hash = (SELECT hash FROM audit_events WHERE seq = 2)"
+    )
+    db.execute("DELETE FROM audit_checkpoints")
+    db.commit()
+    db.close()
+    assert run(state, "audit", "verify")[0] == 0  # a clean-looking prefix...
+    code, out, _ = run(state, "audit", "verify", "--anchor", str(anchor), "--json")
+    assert code == 1 and json.loads(out)["problem"] == "truncation"  # ...but not to the anchor
+
+
+def test_approvals_through_the_cli_never_print_the_token(state: Path, tmp_path: Path) -> None:
+    code, token, _ = run(state, "approvers", "add", "john@company.com")
+    assert code == 0 and token.strip().startswith("opsg_apr_")
+    token = token.strip()
+    assert run(state, "approvers", "add", "john@company.com")[0] == 1  # exists
+    code, out, _ = run(state, "approvals", "list", "--json")
+    assert code == 0 and json.loads(out) == []
+    code, _, err = run(
+        state,
+        "approvals",
+        "approve",
+        "apr_missing",
+        "--approver",
+        "john@company.com",
+        env={"OPSGATE_APPROVER_TOKEN": token},
+    )
+    assert code == 1
+    one_error_line(err, "approval_not_found")
+    for args in (["audit", "tail", "-n", "50", "--json"], ["approvers", "list", "--json"]):
+        code, out, _ = run(state, *args)
+        assert code == 0 and token not in out
+
+
+def test_trust_listings(state: Path) -> None:
+    code, out, _ = run(state, "trust", "show", "--json")
+    assert code == 0
+    rows = {r["name"]: r for r in json.loads(out)}
+    assert rows["dep"]["effective"] == 920 and rows["dep"]["band"] == "normal"
+    run(state, "agents", "delegate", "dep", "wide", "-c", "deploy:production")  # refused: -75
+    code, out, _ = run(state, "trust", "history", "dep", "--json")
+    causes = [(c["cause"], c["delta"], c["score"]) for c in json.loads(out)]
+    assert causes == [("initial", 0, 920), ("policy_violation", -75, 845)]
+
+
+def test_policy_explain_uses_the_state_dirs_policies(state: Path) -> None:
+    (state / "policies.yaml").write_text((ROOT / "examples" / "policies.yaml").read_text())
+    (state / "opsgate.yaml").write_text("policies: policies.yaml\n")
+    code, out, err = run(
+        state,
+        "policy",
+        "explain",
+        "--action",
+        "deploy",
+        "--resource",
+        "production/app-web",
+        "--json",
+    )
+    assert code == 0, err
+    data = json.loads(out)
+    assert data["request"]["environment"] == "production"  # read from the resource
+    assert data["decision"]["effect"] == "require_approval"
+
+
+def test_bad_config_is_one_line_not_a_traceback(tmp_path: Path) -> None:
+    s = tmp_path / "state"
+    s.mkdir()
+    (s / "opsgate.yaml").write_text("limits:\n  max_ttl_minutes: 600\n")
+    code, _, err = run(s, "agents", "list")
+    assert code == 1
+    one_error_line(err, "config_invalid")
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["agents", "bogus"],
+        [
+            "agents",
+            "register",
+            "x",
+            "-c",
+            "deploy:a",
+            "--sponsor",
+            "a@b.co",
+            "--trust-score",
+            "abc",
+        ],
+        ["audit", "tail", "-n", "0"],
+    ],
+)
+def test_usage_errors_exit_2_with_one_line(tmp_path: Path, args: list[str]) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "opsgate.cli", "--state-dir", str(tmp_path / "s"), *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        timeout=60,
+    )
+    assert proc.returncode == 2, proc.stderr
+    one_error_line(proc.stderr, "usage")
