@@ -96,6 +96,7 @@ def test_credential_lifecycle(state: Path) -> None:
 def test_key_rotation_keeps_old_tokens_valid(state: Path) -> None:
     _, token, _ = run(state, "creds", "issue", "dep", "-s", "deploy:staging")
     code, out, _ = run(state, "keys", "jwks")
+    assert code == 0
     before = {k["kid"] for k in json.loads(out)["keys"]}
     assert run(state, "keys", "rotate")[0] == 0
     _, out, _ = run(state, "keys", "jwks")
