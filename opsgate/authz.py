@@ -13,6 +13,7 @@ from typing import Any, Protocol
 from opsgate import capabilities as caps
 from opsgate.config import TrustConfig
 from opsgate.decision import ApprovalRequirement, Decision, MatchedRule
+from opsgate.policy import PolicyRequest
 from opsgate.state import AgentState
 
 
@@ -78,8 +79,6 @@ def authorize(
     if policies is None:
         decision = Decision("allow", (f"{str(cap)!r} is covered by scope and grants",))
     else:
-        from opsgate.policy import PolicyRequest
-
         decision = policies.decide(
             PolicyRequest(
                 action=cap.action,

@@ -76,11 +76,3 @@ class Decision:
                 for r in self.requirements
             ],
         }
-
-
-def allow(*reasons: str) -> Decision:
-    return Decision("allow", tuple(reasons))
-
-
-def deny(*reasons: str) -> Decision:
-    return Decision("deny", tuple(reasons))

@@ -23,6 +23,7 @@ from opsgate.identity.records import Grant, Link, verify_chain
 from opsgate.store import Store, schema
 
 ACTIVE, SUSPENDED, REVOKED = "active", "suspended", "revoked"
+PRUNE_EVERY = 60.0  # seconds between clean-ups of expired revocations
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +66,7 @@ class LiveState:
         self._revoked: dict[str, float] = {}
         self._last_change = 0
         self._next_refresh = 0.0
+        self._next_prune = 0.0
         self._refresh_lock = threading.Lock()
         self._load_lock = threading.Lock()
 
@@ -223,18 +225,36 @@ class LiveState:
             if rows:
                 self._last_change = int(rows[-1].id)
             self._next_refresh = time.monotonic() + self._config.cache_refresh_seconds
+            if self.prune_due():
+                self.forget_expired()
         finally:
             self._refresh_lock.release()
 
-    def prune(self, conn: Connection, now: float) -> int:
-        """Forget revocations of credentials that have expired anyway."""
-        horizon = now - HARD_TTL_CEILING_MINUTES * 60
-        res = conn.execute(
+    def prune_due(self) -> bool:
+        """True at most once per PRUNE_EVERY seconds (wall clock, this process)."""
+        now = time.time()
+        if now < self._next_prune:
+            return False
+        self._next_prune = now + PRUNE_EVERY
+        return True
+
+    def forget_expired(self) -> None:
+        """Drop revocations of credentials that have expired anyway (an hour of margin).
+
+        Housekeeping, not a decision: it uses the wall clock, never a caller's `now`,
+        so an injected future time can never forget a revocation still in force.
+        """
+        horizon = time.time() - HARD_TTL_CEILING_MINUTES * 60
+        for jti, exp in list(self._revoked.items()):
+            if exp < horizon:
+                self._revoked.pop(jti, None)
+
+    def prune(self, conn: Connection) -> None:
+        """forget_expired(), in the state database too (inside a writer's transaction)."""
+        horizon = time.time() - HARD_TTL_CEILING_MINUTES * 60
+        conn.execute(
             delete(schema.revoked_credentials).where(
                 schema.revoked_credentials.c.expires_at < horizon
             )
         )
-        for jti, exp in list(self._revoked.items()):
-            if exp < horizon:
-                self._revoked.pop(jti, None)
-        return int(res.rowcount or 0)
+        self.forget_expired()

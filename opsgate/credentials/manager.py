@@ -430,6 +430,8 @@ class CredentialManager:
                     r.insert().values(jti=jti, expires_at=expires, revoked_at=t, reason=reason)
                 )
                 self._state.record_change(conn, "jti", jti, t)
+            if self._state.prune_due():
+                self._state.prune(conn)
             self._audit.append_in(conn, "credential.revoked", at=t, jti=jti, reason=reason)
         self._state.add_revoked(jti, expires)
 
