@@ -32,6 +32,7 @@ from opsgate.credentials.keyring import KeyRing
 from opsgate.credentials.manager import Claims, CredentialManager, to_epoch
 from opsgate.decision import Decision
 from opsgate.errors import (
+    AgentError,
     ApprovalError,
     ConfigError,
     InvalidCredential,
@@ -39,7 +40,7 @@ from opsgate.errors import (
     OpsgateError,
 )
 from opsgate.identity import keys
-from opsgate.identity.registry import Agent, AgentRegistry
+from opsgate.identity.registry import Agent, AgentRegistry, check_email
 from opsgate.operations.base import Executor, Operation, Outcome, Plan
 from opsgate.state import AgentState, LiveState
 from opsgate.store import Store, schema
@@ -116,6 +117,8 @@ class Gate:
         self.credential_manager.on_escalation = self._on_escalation
         self.agents.on_refusal = self._on_delegation_refused
         self.policies: Any = None
+        self.trust_approvers: tuple[str, ...] = ()
+        self._resolve_trust_approvers()
         self._executors: dict[str, Executor] = {}
 
     @classmethod
@@ -147,6 +150,7 @@ class Gate:
         from opsgate.policy import load_policies
 
         self.policies = load_policies(source, limits=self.config.limits)
+        self._resolve_trust_approvers()
 
     def _on_escalation(self, did: str, reason: str, t: float) -> None:
         self._charge(did, TrustEvent.POLICY_VIOLATION, f"escalation attempt: {reason}", t)
@@ -220,13 +224,24 @@ class Gate:
     def effective_trust(self, did: str) -> int:
         return self.trust.effective(self.agents.state(did))
 
-    def _resolve_approvers(self, names: tuple[str, ...]) -> tuple[str, ...]:
+    def _resolve_trust_approvers(self) -> None:
+        """Resolve `trust.approvers` once (at open and on policy load), never per decision.
+
+        An entry is a policy group name (exact, lower-cased) or a plain email; anything
+        else is a configuration error, so a near-miss never silently becomes a person.
+        """
         groups = getattr(self.policies, "groups", {}) or {}
         out: set[str] = set()
-        for name in names:
-            key = name.strip().lower()
-            out.update(m.lower() for m in groups.get(key, (key,)))
-        return tuple(sorted(out))
+        for name in self.config.trust.approvers:
+            key = name.lower()
+            if key in groups:
+                out.update(m.lower() for m in groups[key])
+                continue
+            try:
+                out.add(check_email(name, "trust approver"))
+            except AgentError as exc:
+                raise ConfigError(exc.message, code="config_invalid") from exc
+        self.trust_approvers = tuple(sorted(out))
 
     def _charge(
         self,
@@ -293,7 +308,7 @@ class Gate:
             ),
             self.policies,
             self.config.trust,
-            self._resolve_approvers(self.config.trust.approvers),
+            self.trust_approvers,
         )
         return agent, decision
 
