@@ -119,8 +119,12 @@ class World:
             approval_id, approver=who, token=self.approver_tokens[who], **kw
         )
 
-    def credential(self, agent: opsgate.Agent | None = None, scope: list[str] | None = None,
-                   now: float | None = None) -> str:
+    def credential(
+        self,
+        agent: opsgate.Agent | None = None,
+        scope: list[str] | None = None,
+        now: float | None = None,
+    ) -> str:
         agent = agent or self.agent
         return self.gate.credential_manager.issue_credential(
             agent_id=agent.did, scope=scope or DEPLOY_SCOPE, ttl_minutes=15, now=now
@@ -151,8 +155,9 @@ def open_world(
         sponsor=SUPERVISOR_SPONSOR,
         trust_score=supervisor_trust,
     )
-    agent = supervisor.delegate(name="deploy-agent", capabilities=DEPLOY_SCOPE,
-                                sponsor=agent_sponsor)
+    agent = supervisor.delegate(
+        name="deploy-agent", capabilities=DEPLOY_SCOPE, sponsor=agent_sponsor
+    )
     credential = gate.credential_manager.issue_credential(
         agent_id=agent.did, scope=DEPLOY_SCOPE, ttl_minutes=15
     )
@@ -204,8 +209,9 @@ class Stall:
     Hooks the gate's own engines through SQLAlchemy events; nothing is replaced.
     """
 
-    def __init__(self, gate: opsgate.Gate, fragment: str, thread_name: str,
-                 seconds: float = 0.5) -> None:
+    def __init__(
+        self, gate: opsgate.Gate, fragment: str, thread_name: str, seconds: float = 0.5
+    ) -> None:
         self.gate = gate
         self.fragment = fragment
         self.thread_name = thread_name

@@ -53,14 +53,22 @@ def canonical(obj: Any) -> bytes:
         raise AuditError(f"audit event is not serialisable: {exc}", code="audit_invalid") from exc
 
 
-_SCALARS = (str, int, float, bool, type(None))
+_SCALARS = frozenset({str, int, float, bool, type(None)})
 
 
 def redact(value: Any) -> Any:
-    """Replace the values of secret-bearing keys, recursively."""
-    if type(value) is dict and _REDACT_KEYS.isdisjoint([str(k).lower() for k in value]):
-        # The common case, cheaply: no secret-named key here; recurse only into containers.
+    """Replace the values of secret-bearing keys, recursively.
+
+    Exact-type checks come first: events are flat dicts of scalars and short
+    lists, and this runs on every append.
+    """
+    t = type(value)
+    if t in _SCALARS:
+        return value
+    if t is dict and _REDACT_KEYS.isdisjoint([str(k).lower() for k in value]):
         return {k: (v if type(v) in _SCALARS else redact(v)) for k, v in value.items()}
+    if t is list or t is tuple:
+        return [v if type(v) in _SCALARS else redact(v) for v in value]
     if isinstance(value, Mapping):
         return {
             str(k): (REDACTED if str(k).lower() in _REDACT_KEYS else redact(v))
@@ -200,6 +208,9 @@ class AuditLog:
         self._writer_lock = threading.Lock()  # serialises batches with checkpoint()
         self._writer = store.dedicated_writer()  # used only under _writer_lock
         self.fail_next: int = 0  # test hook: simulate storage failures
+        # Group-commit counters, for diagnostics: transactions and events in them.
+        self.batches = 0
+        self.batched_events = 0
 
     # -- processors -------------------------------------------------------------
 
@@ -317,6 +328,8 @@ class AuditLog:
                 self._writing = False
 
     def _write_batch(self, batch: list[_Pending]) -> None:
+        self.batches += 1
+        self.batched_events += len(batch)
         try:
             if self.fail_next > 0:
                 self.fail_next -= 1

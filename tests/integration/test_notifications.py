@@ -146,9 +146,7 @@ def test_webhook_announces_a_denial(tmp_path: Path, webhook: Webhook) -> None:
         w.gate.close()
 
 
-def test_smtp_mail_reaches_every_approver(
-    tmp_path: Path, smtp: tuple[Mailbox, int]
-) -> None:
+def test_smtp_mail_reaches_every_approver(tmp_path: Path, smtp: tuple[Mailbox, int]) -> None:
     mailbox, port = smtp
     w = open_world(tmp_path / "state", notifications=_smtp_config(port))
     try:
@@ -178,8 +176,9 @@ def test_webhook_and_smtp_together(
     tmp_path: Path, webhook: Webhook, smtp: tuple[Mailbox, int]
 ) -> None:
     mailbox, port = smtp
-    w = open_world(tmp_path / "state",
-                   notifications={"webhooks": [webhook.url], **_smtp_config(port)})
+    w = open_world(
+        tmp_path / "state", notifications={"webhooks": [webhook.url], **_smtp_config(port)}
+    )
     try:
         _request(w)
         w.gate.approvals.dispatcher.flush()
@@ -203,7 +202,8 @@ def _assert_failure_is_audited_and_request_still_works(w: World, notifier: str) 
     assert isinstance(outcome, opsgate.Outcome) and outcome.status == "succeeded"
     w.gate.approvals.dispatcher.flush()
     assert [e["event"] for e in audit_events(w.gate, "notification.failed")] == [
-        "approval.requested", "approval.approved"
+        "approval.requested",
+        "approval.approved",
     ]
     assert w.gate.audit.verify().ok
 
@@ -222,8 +222,9 @@ def test_webhook_connection_refused_is_audited_and_the_request_still_works(
     tmp_path: Path,
 ) -> None:
     closed = free_port()  # nothing listens here
-    w = open_world(tmp_path / "state",
-                   notifications={"webhooks": [f"http://127.0.0.1:{closed}/hook"]})
+    w = open_world(
+        tmp_path / "state", notifications={"webhooks": [f"http://127.0.0.1:{closed}/hook"]}
+    )
     try:
         _assert_failure_is_audited_and_request_still_works(w, "webhook")
     finally:
@@ -238,9 +239,7 @@ def test_smtp_server_down_is_audited_and_the_request_still_works(tmp_path: Path)
         w.gate.close()
 
 
-def test_one_failing_notifier_does_not_stop_the_others(
-    tmp_path: Path, webhook: Webhook
-) -> None:
+def test_one_failing_notifier_does_not_stop_the_others(tmp_path: Path, webhook: Webhook) -> None:
     closed = free_port()
     w = open_world(
         tmp_path / "state",

@@ -34,9 +34,12 @@ class Event:
     refused: bool = False
 
 
-def run(events: Iterable[Event], cfg: AnomalyConfig = DEFAULT,
-        activity: Activity | None = None,
-        seen: set[str] | None = None) -> tuple[Activity, list[tuple[int, Anomaly]]]:
+def run(
+    events: Iterable[Event],
+    cfg: AnomalyConfig = DEFAULT,
+    activity: Activity | None = None,
+    seen: set[str] | None = None,
+) -> tuple[Activity, list[tuple[int, Anomaly]]]:
     """Fold a stream through observe(), tracking seen resources as the gate does
     (pass the same `seen` set to continue a stream)."""
     a = activity or Activity()
@@ -111,16 +114,21 @@ def test_new_resource_fires_after_warm_up_only() -> None:
     a, fired = run(early, seen=seen)
     assert fired == []  # every resource is new at first: that is not an anomaly
     assert seen == set(known)
-    a, fired = run([Event(at(hour=11, minute=i), known[i % 3]) for i in range(warmup)],
-                   activity=a, seen=seen)
+    a, fired = run(
+        [Event(at(hour=11, minute=i), known[i % 3]) for i in range(warmup)], activity=a, seen=seen
+    )
     assert fired == []
-    a, found = observe(a, Observation(at(hour=12), "read:secrets/prod/db", False,
-                                      "read:secrets/prod/db" in seen), DEFAULT)
+    a, found = observe(
+        a,
+        Observation(at(hour=12), "read:secrets/prod/db", False, "read:secrets/prod/db" in seen),
+        DEFAULT,
+    )
     assert [x.detector for x in found] == ["new_resource"]
     assert found[0].evidence == {"resource": "read:secrets/prod/db"}
     # The second use is not new any more.
-    _, again = observe(a, Observation(at(hour=12, minute=30), "read:secrets/prod/db", False,
-                                      True), DEFAULT)
+    _, again = observe(
+        a, Observation(at(hour=12, minute=30), "read:secrets/prod/db", False, True), DEFAULT
+    )
     assert again == []
 
 
@@ -223,8 +231,12 @@ def test_long_normal_stream_raises_no_anomaly() -> None:
     """5,000 requests over five working days, a few known resources, inside active hours."""
     cfg = AnomalyConfig(active_hours=(7, 20))
     rng = random.Random(20300107)
-    resources = ["deploy:staging/app-web", "deploy:production/app-web",
-                 "read:monitoring/app-web", "read:secrets/app-web/db"]
+    resources = [
+        "deploy:staging/app-web",
+        "deploy:production/app-web",
+        "read:monitoring/app-web",
+        "read:secrets/app-web/db",
+    ]
     events: list[Event] = []
     for day in range(5):
         start = at(day=day, hour=8)
@@ -253,8 +265,13 @@ def test_observe_is_pure() -> None:
 
 
 def _world(tmp_path: Path, trust_score: int = 1000, **trust: Any) -> Any:
-    return open_world(tmp_path / "state", "trust_groups.yaml", approvers=(),
-                      supervisor_trust=trust_score, trust=trust or None)
+    return open_world(
+        tmp_path / "state",
+        "trust_groups.yaml",
+        approvers=(),
+        supervisor_trust=trust_score,
+        trust=trust or None,
+    )
 
 
 def _unusual(gate: opsgate.Gate, did: str) -> list[Any]:

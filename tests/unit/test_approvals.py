@@ -62,8 +62,11 @@ def request_approval(w: World, operation: opsgate.Operation | None = None) -> Pe
 
 def refusal(gate: opsgate.Gate, approval_id: str) -> list[str]:
     """Codes of the approval.refused events about this request, oldest first."""
-    return [e["code"] for e in audit_events(gate, "approval.refused")
-            if e.get("approval") == approval_id]
+    return [
+        e["code"]
+        for e in audit_events(gate, "approval.refused")
+        if e.get("approval") == approval_id
+    ]
 
 
 def decisions_in_db(gate: opsgate.Gate, approval_id: str) -> list[tuple[str, str]]:
@@ -106,11 +109,20 @@ def test_production_deploy_waits_for_one_sre_then_runs_once(world: World) -> Non
     assert w.gate.approvals.get(pending.approval_id).status == "consumed"
 
     types = audit_types(w.gate)
-    for kind in ("approval.requested", "approval.approved_by", "approval.consumed",
-                 "operation.attempt", "operation.outcome"):
+    for kind in (
+        "approval.requested",
+        "approval.approved_by",
+        "approval.consumed",
+        "operation.attempt",
+        "operation.outcome",
+    ):
         assert kind in types
-    assert types.index("approval.requested") < types.index("approval.approved_by") \
-        < types.index("approval.consumed") < types.index("operation.attempt")
+    assert (
+        types.index("approval.requested")
+        < types.index("approval.approved_by")
+        < types.index("approval.consumed")
+        < types.index("operation.attempt")
+    )
     attempt = audit_events(w.gate, "operation.attempt")[-1]
     assert attempt["approval"] == pending.approval_id
     assert attempt["digest"] == pending.digest
@@ -132,8 +144,9 @@ def test_approver_token_is_shown_once_and_only_its_hash_is_stored(
         for record in w.gate.audit.tail(10_000):
             assert token not in str(record.event)
     with w.gate.store.read() as conn:
-        stored = dict(conn.execute(select(schema.approvers.c.email,
-                                          schema.approvers.c.token_hash)).all())
+        stored = dict(
+            conn.execute(select(schema.approvers.c.email, schema.approvers.c.token_hash)).all()
+        )
     assert stored[JOHN] == hashlib.sha256(w.approver_tokens[JOHN].encode()).hexdigest()
     # Nor in the raw SQLite files (WAL included), where a deleted page could linger.
     for f in (tmp_path / "state").glob("opsgate.db*"):
@@ -186,8 +199,14 @@ def attack_world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     w = open_world(
         tmp_path_factory.mktemp("attacks") / "state",
         "sponsors_in_group.yaml",
-        approvers=(JOHN, JANE, SUPERVISOR_SPONSOR, AGENT_SPONSOR, "mallory@company.com",
-                   "sre-team@company.com"),
+        approvers=(
+            JOHN,
+            JANE,
+            SUPERVISOR_SPONSOR,
+            AGENT_SPONSOR,
+            "mallory@company.com",
+            "sre-team@company.com",
+        ),
     )
     yield w
     w.gate.close()
@@ -221,10 +240,13 @@ def test_approval_attack_is_refused(attack_world: World, case: dict[str, Any], v
     target = case.get("approval", pending.approval_id)
 
     def refused() -> int:
-        return len([
-            e for e in audit_events(w.gate, "approval.refused")
-            if e["code"] == case["code"] and e.get("approval") == target[:64]
-        ])
+        return len(
+            [
+                e
+                for e in audit_events(w.gate, "approval.refused")
+                if e["code"] == case["code"] and e.get("approval") == target[:64]
+            ]
+        )
 
     refused_before = refused()
     decide = getattr(w.gate.approvals, verb)
@@ -288,8 +310,9 @@ def test_two_approvals_need_two_distinct_approvers(tmp_path: Path) -> None:
         assert twice.value.code == "already_decided"
         # Same person in another spelling is still the same person.
         with pytest.raises(opsgate.ApprovalError) as spelled:
-            w.gate.approvals.approve(pending.approval_id, approver="JOHN@company.com",
-                                     token=w.approver_tokens[JOHN])
+            w.gate.approvals.approve(
+                pending.approval_id, approver="JOHN@company.com", token=w.approver_tokens[JOHN]
+            )
         assert spelled.value.code == "already_decided"
         assert w.status(pending.approval_id) == "pending"
         assert decisions_in_db(w.gate, pending.approval_id) == [(JOHN, "approve")]
@@ -302,7 +325,9 @@ def test_two_approvals_need_two_distinct_approvers(tmp_path: Path) -> None:
         assert w.gate.resume(pending.approval_id, w.token).status == "succeeded"
         assert w.executor.count == 1
         assert refusal(w.gate, pending.approval_id) == [
-            "already_decided", "already_decided", "approval_pending"
+            "already_decided",
+            "already_decided",
+            "approval_pending",
         ]
     finally:
         w.gate.close()
@@ -369,16 +394,18 @@ def test_expired_request_cannot_be_approved(world: World) -> None:
     pending = request_approval(w)
     later = time.time() + 2 * HOUR
     with pytest.raises(opsgate.ApprovalError) as exc:
-        w.gate.approvals.approve(pending.approval_id, approver=JOHN,
-                                 token=w.approver_tokens[JOHN], now=later)
+        w.gate.approvals.approve(
+            pending.approval_id, approver=JOHN, token=w.approver_tokens[JOHN], now=later
+        )
     assert exc.value.code == "approval_expired"
     assert w.gate.approvals.get(pending.approval_id, now=later).status == "expired"
     assert decisions_in_db(w.gate, pending.approval_id) == []
     assert [r.id for r in w.gate.approvals.list(status="expired", now=later)] == [
         pending.approval_id
     ]
-    expired = [e for e in audit_events(w.gate, "approval.expired")
-               if e["approval"] == pending.approval_id]
+    expired = [
+        e for e in audit_events(w.gate, "approval.expired") if e["approval"] == pending.approval_id
+    ]
     assert len(expired) == 1
     assert refusal(w.gate, pending.approval_id) == ["approval_expired"]
 
@@ -400,7 +427,9 @@ def test_approved_request_cannot_be_resumed_after_expiry(world: World) -> None:
 def test_expires_in_from_the_rule_is_honoured(tmp_path: Path) -> None:
     path = tmp_path / "short.yaml"
     path.write_text(
-        policy("policies.yaml").read_text(encoding="utf-8").replace(
+        policy("policies.yaml")
+        .read_text(encoding="utf-8")
+        .replace(
             'approvers: ["sre-team@company.com"]',
             'approvers: ["sre-team@company.com"]\n        expires_in: 10m',
         ),
@@ -412,8 +441,12 @@ def test_expires_in_from_the_rule_is_honoured(tmp_path: Path) -> None:
         req = w.gate.approvals.get(pending.approval_id)
         assert req.expires_at - req.created_at == pytest.approx(600)
         with pytest.raises(opsgate.ApprovalError) as exc:
-            w.gate.approvals.approve(pending.approval_id, approver=JOHN,
-                                     token=w.approver_tokens[JOHN], now=req.created_at + 601)
+            w.gate.approvals.approve(
+                pending.approval_id,
+                approver=JOHN,
+                token=w.approver_tokens[JOHN],
+                now=req.created_at + 601,
+            )
         assert exc.value.code == "approval_expired"
     finally:
         w.gate.close()
@@ -436,13 +469,19 @@ def test_second_resume_is_refused_as_consumed(world: World) -> None:
     assert direct.value.code == "approval_consumed"
     assert w.executor.count == 1
     assert refusal(w.gate, pending.approval_id) == ["approval_consumed", "approval_consumed"]
-    assert len([e for e in audit_events(w.gate, "approval.consumed")
-                if e["approval"] == pending.approval_id]) == 1
+    assert (
+        len(
+            [
+                e
+                for e in audit_events(w.gate, "approval.consumed")
+                if e["approval"] == pending.approval_id
+            ]
+        )
+        == 1
+    )
 
 
-def test_concurrent_resumes_run_exactly_once(
-    tmp_path: Path, database_url: str | None
-) -> None:
+def test_concurrent_resumes_run_exactly_once(tmp_path: Path, database_url: str | None) -> None:
     w = open_world(tmp_path / "state", database_url=database_url)
     try:
         pending = request_approval(w)
@@ -616,14 +655,13 @@ def test_resume_of_an_unknown_approval_is_audited(world: World) -> None:
 # -- concurrency of decisions ------------------------------------------------------------------
 
 
-def _john_stalls_after_reading_decisions(w: World, approval_id: str, verb: str = "approve",
-                                         second: Any = None) -> tuple[Any, Any]:
+def _john_stalls_after_reading_decisions(
+    w: World, approval_id: str, verb: str = "approve", second: Any = None
+) -> tuple[Any, Any]:
     """John's decision reads the request and its decisions, then pauses; `second` runs
     meanwhile (on SQLite it waits for John's write lock; on PostgreSQL it commits)."""
     with Stall(w.gate, "FROM approval_decisions", "approver-john") as stall:
-        thread, out = run_in_thread(
-            "approver-john", lambda: getattr(w, verb)(approval_id, JOHN)
-        )
+        thread, out = run_in_thread("approver-john", lambda: getattr(w, verb)(approval_id, JOHN))
         assert stall.stalled.wait(10)
         try:
             other: Any = second()
@@ -670,7 +708,8 @@ def test_two_approvers_deciding_at_once_reach_the_quorum(
         assert not isinstance(john, Exception), john
         assert not isinstance(jane, Exception), jane
         assert sorted(decisions_in_db(w.gate, pending.approval_id)) == [
-            (JANE, "approve"), (JOHN, "approve")
+            (JANE, "approve"),
+            (JOHN, "approve"),
         ]
         assert w.status(pending.approval_id) == "approved", "two approvals, yet not approved"
     finally:

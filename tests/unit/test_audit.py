@@ -19,7 +19,7 @@ import pytest
 from sqlalchemy import delete, func, insert, select, update
 
 import opsgate
-from opsgate.audit.log import GENESIS_HASH, load_anchor
+from opsgate.audit.log import GENESIS_HASH, REDACTED, load_anchor, redact
 from opsgate.store import schema
 
 events = schema.audit_events
@@ -470,3 +470,56 @@ def test_writers_fail_closed(audited: opsgate.Gate) -> None:
     assert agent.delegate("ghost-child", ["deploy:staging"])
     assert audited.authorize(token, "deploy:staging/app-web").effect == "allow"
     assert audited.audit.verify().ok
+
+
+# -- the writer's head hint -----------------------------------------------------------------------
+
+
+def test_a_rolled_back_write_leaves_no_gap(audited: opsgate.Gate) -> None:
+    """An event written inside a transaction that rolls back moves the writer's head
+    hint past the database; the next append must notice and chain onto the real head."""
+    head = audited.audit.head()
+
+    class Boom(Exception):
+        pass
+
+    with pytest.raises(Boom), audited.store.write() as conn:
+        audited.audit.append_in(conn, "test.rolled_back", actor="operator")
+        raise Boom
+    assert audited.audit.head() == head
+    record = audited.audit.append("test.after", actor="operator")
+    assert record.seq == head[0] + 1 and record.prev_hash == head[1]
+    assert audited.audit.verify().ok
+
+
+def test_another_writer_on_the_same_store_is_chained_onto(
+    audited: opsgate.Gate, database_url: str | None
+) -> None:
+    """A second gate (another process or replica) appends between two of ours."""
+    other = opsgate.Gate.open(audited.state_dir, database_url=database_url)
+    try:
+        for i in range(5):
+            mine = audited.audit.append("test.mine", actor="operator", i=i)
+            theirs = other.audit.append("test.theirs", actor="operator", i=i)
+            assert theirs.seq == mine.seq + 1 and theirs.prev_hash == mine.hash
+        report = audited.audit.verify()
+        assert report.ok and report.head_seq == theirs.seq
+    finally:
+        other.close()
+
+
+def test_redaction_reaches_every_level() -> None:
+    fields = {
+        "jti": "j-1",
+        "reasons": ["covered", {"token": "eyJ.secret", "why": "ok"}],
+        "nested": {"Password": "hunter2", "deep": [{"private_key": "k", "n": 1}], "t": ("x",)},
+        "flags": (True, None, 1.5),
+    }
+    out = redact(fields)
+    assert out == {
+        "jti": "j-1",
+        "reasons": ["covered", {"token": REDACTED, "why": "ok"}],
+        "nested": {"Password": REDACTED, "deep": [{"private_key": REDACTED, "n": 1}], "t": ["x"]},
+        "flags": [True, None, 1.5],
+    }
+    assert "hunter2" not in repr(out) and "eyJ.secret" not in repr(out)

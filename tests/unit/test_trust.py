@@ -49,16 +49,19 @@ class Clock:
         return self.t
 
 
-def token_at(w: World, t: float, agent: opsgate.Agent | None = None,
-             scope: list[str] | None = None) -> str:
+def token_at(
+    w: World, t: float, agent: opsgate.Agent | None = None, scope: list[str] | None = None
+) -> str:
     return w.credential(agent, scope, now=t)
 
 
-def trust_world(tmp_path: Path, policies: str = "trust_groups.yaml", *,
-                trust_score: int = 920, **config: Any) -> World:
+def trust_world(
+    tmp_path: Path, policies: str = "trust_groups.yaml", *, trust_score: int = 920, **config: Any
+) -> World:
     """A world whose deploy agent starts at `trust_score` (the supervisor's score)."""
-    return open_world(tmp_path / "state", policies, approvers=(), supervisor_trust=trust_score,
-                      **config)
+    return open_world(
+        tmp_path / "state", policies, approvers=(), supervisor_trust=trust_score, **config
+    )
 
 
 @pytest.fixture
@@ -101,8 +104,12 @@ def test_success_adds_five_per_execute_and_plateaus_at_1000(tmp_path: Path) -> N
 
 
 def test_failed_deployments_cost_40_each(tmp_path: Path) -> None:
-    w = open_world(tmp_path / "state", "trust_groups.yaml", approvers=(),
-                   executor=RecordingExecutor(fail_kind="deployment"))
+    w = open_world(
+        tmp_path / "state",
+        "trust_groups.yaml",
+        approvers=(),
+        executor=RecordingExecutor(fail_kind="deployment"),
+    )
     try:
         clock = Clock()
         token = token_at(w, clock.t)
@@ -118,8 +125,9 @@ def test_failed_deployments_cost_40_each(tmp_path: Path) -> None:
 
 
 def _out_of_scope(w: World, t: float) -> None:
-    decision = w.gate.authorize(token_at(w, t, scope=["deploy:staging"]),
-                                "deploy:production/app-web", now=t)
+    decision = w.gate.authorize(
+        token_at(w, t, scope=["deploy:staging"]), "deploy:production/app-web", now=t
+    )
     assert decision.effect == "deny"
 
 
@@ -139,8 +147,7 @@ def _credential_beyond_grants(w: World, t: float) -> None:
 
 def _unrestricted_credential(w: World, t: float) -> None:
     with pytest.raises(opsgate.CapabilityError) as exc:
-        w.gate.credential_manager.issue_credential(agent_id=w.agent.did, scope=["deploy:**"],
-                                                   now=t)
+        w.gate.credential_manager.issue_credential(agent_id=w.agent.did, scope=["deploy:**"], now=t)
     assert exc.value.code == "capability_unrestricted"
 
 
@@ -158,8 +165,14 @@ def _delegate_more_trust(w: World, t: float) -> None:
 
 @pytest.mark.parametrize(
     "violate",
-    [_out_of_scope, _policy_deny, _credential_beyond_grants, _unrestricted_credential,
-     _delegate_beyond_grants, _delegate_more_trust],
+    [
+        _out_of_scope,
+        _policy_deny,
+        _credential_beyond_grants,
+        _unrestricted_credential,
+        _delegate_beyond_grants,
+        _delegate_more_trust,
+    ],
     ids=lambda f: f.__name__.strip("_"),
 )
 def test_policy_violations_cost_75_each(tmp_path: Path, violate: Any) -> None:
@@ -180,8 +193,9 @@ def test_policy_violations_cost_75_each(tmp_path: Path, violate: Any) -> None:
 def test_revoked_credential_presented_costs_150(world: World) -> None:
     w = world
     clock = Clock()
-    cred = w.gate.credential_manager.issue_credential(agent_id=w.agent.did, scope=DEPLOY_SCOPE,
-                                                      now=clock.t)
+    cred = w.gate.credential_manager.issue_credential(
+        agent_id=w.agent.did, scope=DEPLOY_SCOPE, now=clock.t
+    )
     w.gate.credential_manager.revoke(cred.jti, now=clock.tick())
     with pytest.raises(opsgate.InvalidCredential) as exc:
         w.gate.execute(cred.token, deploy("staging/app-web"), now=clock.tick())
@@ -233,8 +247,9 @@ def test_forged_tokens_change_no_agents_score(tmp_path: Path, world: World) -> N
     # A credential for the same did, genuinely issued by another gate's key.
     other = opsgate.Gate.open(tmp_path / "other")
     try:
-        other.register_agent("deploy-agent", DEPLOY_SCOPE, sponsor="eve@company.com",
-                             did=w.agent.did)
+        other.register_agent(
+            "deploy-agent", DEPLOY_SCOPE, sponsor="eve@company.com", did=w.agent.did
+        )
         foreign = other.credential_manager.issue_credential(
             agent_id=w.agent.did, scope=DEPLOY_SCOPE, now=T0
         ).token
@@ -276,13 +291,14 @@ def test_forged_tokens_change_no_agents_score(tmp_path: Path, world: World) -> N
 
 def test_configured_deltas_are_used(tmp_path: Path) -> None:
     w = open_world(
-        tmp_path / "state", "deny_legacy.yaml", approvers=(),
+        tmp_path / "state",
+        "deny_legacy.yaml",
+        approvers=(),
         trust={"deltas": {"success": 10, "failed_deployment": -100, "policy_violation": -20}},
     )
     try:
         clock = Clock(step=120)
-        assert w.gate.execute(token_at(w, clock.t), deploy("staging/app-web"),
-                              now=clock.tick()).ok
+        assert w.gate.execute(token_at(w, clock.t), deploy("staging/app-web"), now=clock.tick()).ok
         assert w.agent.trust_score == 930
         _policy_deny(w, clock.tick())
         assert w.agent.trust_score == 910
@@ -413,8 +429,13 @@ def test_a_low_trust_supervisor_puts_its_agents_production_work_behind_approval(
 
 
 def test_below_500_suspends_the_agent_and_its_sub_agents_at_once(tmp_path: Path) -> None:
-    w = open_world(tmp_path / "state", "trust_groups.yaml", approvers=(), supervisor_trust=540,
-                   executor=RecordingExecutor(fail_kind="deployment"))
+    w = open_world(
+        tmp_path / "state",
+        "trust_groups.yaml",
+        approvers=(),
+        supervisor_trust=540,
+        executor=RecordingExecutor(fail_kind="deployment"),
+    )
     try:
         sub = w.agent.delegate(name="sub-agent", capabilities=["deploy:staging"])
         clock = Clock()
@@ -442,13 +463,15 @@ def test_below_500_suspends_the_agent_and_its_sub_agents_at_once(tmp_path: Path)
             assert exc.value.code == "revoked"  # suspension revokes every live credential
         assert w.executor.count == runs
         with pytest.raises(opsgate.CredentialError) as refused:
-            w.gate.credential_manager.issue_credential(agent_id=sub.did,
-                                                       scope=["deploy:staging"], now=clock.t)
+            w.gate.credential_manager.issue_credential(
+                agent_id=sub.did, scope=["deploy:staging"], now=clock.t
+            )
         assert refused.value.code == "agent_suspended"
         assert w.gate.authorize(sup_token, "deploy:staging/app", now=clock.tick()).allowed
 
-        affected = w.gate.agents.reinstate("deploy-agent", reason="reviewed the failures",
-                                           now=clock.tick())
+        affected = w.gate.agents.reinstate(
+            "deploy-agent", reason="reviewed the failures", now=clock.tick()
+        )
         assert set(affected) == {w.agent.did, sub.did}
         assert (w.agent.status, sub.status) == ("active", "active")
         reinstated = audit_events(w.gate, "agent.reinstated")[-1]
@@ -467,8 +490,7 @@ def test_reinstated_agent_is_not_suspended_again_by_a_success(tmp_path: Path) ->
     w = trust_world(tmp_path, trust_score=520)
     try:
         clock = Clock()
-        w.gate.trust.record(w.agent.did, TrustEvent.FAILED_DEPLOYMENT, reason="x",
-                            now=clock.tick())
+        w.gate.trust.record(w.agent.did, TrustEvent.FAILED_DEPLOYMENT, reason="x", now=clock.tick())
         assert w.agent.status == "suspended"
         w.gate.agents.reinstate("deploy-agent", reason="false alarm", now=clock.tick())
         assert w.agent.status == "active"
@@ -523,8 +545,14 @@ def test_every_change_is_explained_in_history(tmp_path: Path) -> None:
 
 
 def test_concurrent_trust_events_lose_no_update(tmp_path: Path, database_url: str | None) -> None:
-    w = open_world(tmp_path / "state", "trust_groups.yaml", approvers=(), supervisor_trust=600,
-                   trust={"deltas": {"success": 2}}, database_url=database_url)
+    w = open_world(
+        tmp_path / "state",
+        "trust_groups.yaml",
+        approvers=(),
+        supervisor_trust=600,
+        trust={"deltas": {"success": 2}},
+        database_url=database_url,
+    )
     try:
         barrier = threading.Barrier(16)
         errors: list[BaseException] = []
@@ -533,8 +561,9 @@ def test_concurrent_trust_events_lose_no_update(tmp_path: Path, database_url: st
             barrier.wait()
             try:
                 for i in range(10):
-                    w.gate.trust.record(w.agent.did, TrustEvent.SUCCESS, reason=f"{n}.{i}",
-                                        now=T0 + i)
+                    w.gate.trust.record(
+                        w.agent.did, TrustEvent.SUCCESS, reason=f"{n}.{i}", now=T0 + i
+                    )
             except BaseException as exc:
                 errors.append(exc)
 
@@ -568,8 +597,13 @@ def test_the_gate_never_reports_an_older_score_after_concurrent_events(tmp_path:
     Decisions read that view: a stale score (higher or lower than the truth) must not
     survive the changes that superseded it.
     """
-    w = open_world(tmp_path / "state", "trust_groups.yaml", approvers=(), supervisor_trust=600,
-                   trust={"deltas": {"success": 1}})
+    w = open_world(
+        tmp_path / "state",
+        "trust_groups.yaml",
+        approvers=(),
+        supervisor_trust=600,
+        trust={"deltas": {"success": 1}},
+    )
     try:
         stale: list[tuple[int, int, int]] = []
         for round_ in range(12):
