@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import lru_cache
 
-from opsgate.errors import CapabilityError
+from opsgate.errors import CapabilityError, shown
 
 _ACTION = re.compile(r"[a-z][a-z0-9_-]*\Z")
 _SEGMENT = re.compile(r"[A-Za-z0-9._-]+\Z")
@@ -41,11 +41,6 @@ class Capability:
         return f"{self.action}:{self.resource}"
 
 
-def _shown(text: str) -> str:
-    """Quote user input for an error message without letting it span lines."""
-    return repr(text[:80] + ("..." if len(text) > 80 else ""))
-
-
 def parse(text: str) -> Capability:
     """Parse `ACTION:RESOURCE`; anything outside the grammar raises CapabilityError."""
     if type(text) is not str:  # also keeps unhashable values away from the cache
@@ -57,36 +52,36 @@ def parse(text: str) -> Capability:
 def _parse(text: str) -> Capability:
     if len(text) > MAX_CAPABILITY_CHARS:
         raise CapabilityError(
-            f"capability {_shown(text)} is longer than {MAX_CAPABILITY_CHARS} characters",
+            f"capability {shown(text)} is longer than {MAX_CAPABILITY_CHARS} characters",
             code="capability_malformed",
         )
     action, sep, resource = text.partition(":")
     if not sep or not _ACTION.match(action):
         raise CapabilityError(
-            f"capability {_shown(text)} must be 'action:resource' with a lowercase action",
+            f"capability {shown(text)} must be 'action:resource' with a lowercase action",
             code="capability_malformed",
         )
     segments = tuple(resource.split("/"))
     if len(segments) > MAX_SEGMENTS:
         raise CapabilityError(
-            f"capability {_shown(text)} has more than {MAX_SEGMENTS} segments",
+            f"capability {shown(text)} has more than {MAX_SEGMENTS} segments",
             code="capability_malformed",
         )
     for i, seg in enumerate(segments):
         if seg == "**":
             if i != len(segments) - 1:
                 raise CapabilityError(
-                    f"capability {_shown(text)}: '**' is only allowed as the last segment",
+                    f"capability {shown(text)}: '**' is only allowed as the last segment",
                     code="capability_malformed",
                 )
         elif seg != "*" and not _SEGMENT.match(seg):
             raise CapabilityError(
-                f"capability {_shown(text)} has an invalid resource segment {_shown(seg)}",
+                f"capability {shown(text)} has an invalid resource segment {shown(seg)}",
                 code="capability_malformed",
             )
         if seg in (".", ".."):
             raise CapabilityError(
-                f"capability {_shown(text)} has a relative path segment",
+                f"capability {shown(text)} has a relative path segment",
                 code="capability_malformed",
             )
     return Capability(action, segments)
@@ -97,7 +92,7 @@ def parse_grant(text: str) -> Capability:
     cap = parse(text)
     if cap.segments[0] in ("*", "**"):
         raise CapabilityError(
-            f"capability {_shown(text)} grants unrestricted access; name the resource",
+            f"capability {shown(text)} grants unrestricted access; name the resource",
             code="capability_unrestricted",
         )
     return cap
@@ -108,7 +103,7 @@ def parse_request(text: str) -> Capability:
     cap = parse(text)
     if cap.has_wildcard:
         raise CapabilityError(
-            f"requested capability {_shown(text)} must name a concrete resource",
+            f"requested capability {shown(text)} must name a concrete resource",
             code="capability_malformed",
         )
     return cap

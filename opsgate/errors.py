@@ -98,6 +98,24 @@ class StoreError(OpsgateError):
     default_code = "store_unavailable"
 
 
+_SHOWN_MAX = 64
+
+
+def shown(value: object) -> str:
+    """Quote user input for a message or an audit record, unless it could be a secret.
+
+    Names, dids and capabilities are short single-line text; anything longer,
+    multi-line or key-shaped (a PEM pasted into the wrong argument) is described
+    by its length only, so a mistake never copies key material into an error,
+    a log line or the append-only audit log.
+    """
+    if not isinstance(value, str):
+        return f"<{type(value).__name__}>"
+    if len(value) > _SHOWN_MAX or not value.isprintable() or "PRIVATE" in value.upper():
+        return f"<{len(value)} characters, not shown>"
+    return repr(value)
+
+
 __all__ = [
     "AgentError",
     "ApprovalError",
@@ -112,4 +130,5 @@ __all__ = [
     "PolicyError",
     "SecretError",
     "StoreError",
+    "shown",
 ]

@@ -107,17 +107,22 @@ class Dispatcher:
     ) -> None:
         self.notifiers = notifiers
         self._on_failure = on_failure
-        self._pool: ThreadPoolExecutor | None = None
+        # One sending thread per notifier: each channel gets a request's events in
+        # order (requested before approved/denied), and a slow one delays no other.
+        self._pools: list[ThreadPoolExecutor] = []
         self._pending: list[Future[None]] = []
 
     def dispatch(self, event: str, request: ApprovalRequest) -> None:
         if not self.notifiers:
             return
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="opsgate-notify")
+        if not self._pools:
+            self._pools = [
+                ThreadPoolExecutor(max_workers=1, thread_name_prefix="opsgate-notify")
+                for n in self.notifiers
+            ]
         text = message_text(event, request)
-        for n in self.notifiers:
-            self._pending.append(self._pool.submit(self._send, n, event, request, text))
+        for n, pool in zip(self.notifiers, self._pools, strict=True):
+            self._pending.append(pool.submit(self._send, n, event, request, text))
         self._pending = [f for f in self._pending if not f.done()]
 
     def _send(self, notifier: Notifier, event: str, request: ApprovalRequest, text: str) -> None:
@@ -137,6 +142,6 @@ class Dispatcher:
 
     def close(self) -> None:
         self.flush()
-        if self._pool is not None:
-            self._pool.shutdown(wait=True)
-            self._pool = None
+        pools, self._pools = self._pools, []
+        for pool in pools:
+            pool.shutdown(wait=True)

@@ -27,7 +27,13 @@ from opsgate.config import HARD_TTL_CEILING_MINUTES, Config
 from opsgate.credentials import jws
 from opsgate.credentials.keyring import KeyRing
 from opsgate.credentials.proof import ProofChecker
-from opsgate.errors import CapabilityError, CredentialError, InvalidCredential, OpsgateError
+from opsgate.errors import (
+    CapabilityError,
+    CredentialError,
+    InvalidCredential,
+    OpsgateError,
+    shown,
+)
 from opsgate.identity.keys import b64url
 from opsgate.state import LiveState
 from opsgate.store import Store, schema
@@ -48,6 +54,11 @@ def _ms_floor(t: float) -> float:
     return math.floor(t * 1000) / 1000
 
 
+# Times from 1970 to the year 9000: every expiry derived from them (agent
+# lifetimes are capped at a century) still fits a datetime.
+MAX_EPOCH = 221_845_392_000.0
+
+
 def to_epoch(now: datetime | float | None) -> float:
     """Accept an aware datetime (or epoch seconds); naive datetimes are ambiguous, so refused."""
     if now is None:
@@ -55,10 +66,17 @@ def to_epoch(now: datetime | float | None) -> float:
     if isinstance(now, datetime):
         if now.tzinfo is None:
             raise CredentialError("'now' must be a timezone-aware datetime", code="naive_datetime")
-        return now.timestamp()
-    if isinstance(now, bool) or not isinstance(now, (int, float)) or not math.isfinite(now):
+        t = now.timestamp()
+    elif isinstance(now, bool) or not isinstance(now, (int, float)):
         raise CredentialError("'now' must be a datetime", code="invalid_time")
-    return float(now)
+    else:
+        try:
+            t = float(now)
+        except OverflowError:
+            t = math.inf
+    if not 0.0 <= t <= MAX_EPOCH:  # also refuses NaN
+        raise CredentialError("'now' is outside 1970 to 9000", code="invalid_time")
+    return t
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,6 +158,8 @@ class CredentialManager:
         self.proofs = ProofChecker(store)
         # Called with (did, reason, now) when an issuance asks for more than the grants.
         self.on_escalation: Callable[[str, str, float], None] | None = None
+        # Latest iat this process has signed per agent (see revoke_agent).
+        self._last_iat: dict[str, float] = {}
 
     # -- issuing ------------------------------------------------------------------
 
@@ -149,17 +169,25 @@ class CredentialManager:
             return self._limits.default_ttl_minutes * 60.0
         if isinstance(ttl_minutes, bool) or not isinstance(ttl_minutes, (int, float)):
             raise CredentialError("ttl_minutes must be a number of minutes", code="ttl_invalid")
-        if not math.isfinite(ttl_minutes) or ttl_minutes <= 0:
+        if isinstance(ttl_minutes, int) and ttl_minutes > limit:
+            minutes = math.inf  # an int too large for a float is still just too long
+        else:
+            minutes = float(ttl_minutes)
+        if (isinstance(ttl_minutes, float) and not math.isfinite(ttl_minutes)) or minutes <= 0:
             raise CredentialError(
-                f"ttl_minutes must be greater than 0, got {ttl_minutes!r}", code="ttl_invalid"
+                f"ttl_minutes must be greater than 0, got {ttl_minutes!r:.40}", code="ttl_invalid"
             )
-        if ttl_minutes > limit:
+        if minutes > limit:
             raise CredentialError(
-                f"ttl_minutes {ttl_minutes!r} exceeds the configured maximum of {limit} "
+                f"ttl_minutes {ttl_minutes!r:.40} exceeds the configured maximum of {limit} "
                 f"(hard ceiling {HARD_TTL_CEILING_MINUTES})",
                 code="ttl_too_long",
             )
-        return float(ttl_minutes) * 60.0
+        if minutes * 60.0 < 1.0:
+            raise CredentialError(
+                f"ttl_minutes {ttl_minutes!r:.40} is shorter than one second", code="ttl_invalid"
+            )
+        return minutes * 60.0
 
     def _check_scope(self, scope: object, grants: tuple[caps.Capability, ...]) -> list[str]:
         if isinstance(scope, str) or not isinstance(scope, (list, tuple)) or not scope:
@@ -176,7 +204,7 @@ class CredentialManager:
             cap = caps.parse_grant(entry)  # CapabilityError for malformed / unrestricted
             if not caps.covered_by_any(grants, cap):
                 raise CredentialError(
-                    f"scope {entry!r} is not covered by the agent's grants",
+                    f"scope {shown(entry)} is not covered by the agent's grants",
                     code="scope_not_covered",
                 )
             if entry not in out:
@@ -231,7 +259,15 @@ class CredentialManager:
             "scope": granted,
             "cnf": {"jkt": state.jkt},
         }
-        token = jws.encode(claims, key, kid)
+        credential = Credential(
+            token=jws.encode(claims, key, kid),
+            jti=jti,
+            agent_id=state.did,
+            scope=granted,
+            issued_at=datetime.fromtimestamp(t, UTC),
+            expires_at=datetime.fromtimestamp(exp, UTC),
+            kid=kid,
+        )
         self._audit.append(
             "credential.issued",
             actor=state.did,
@@ -241,15 +277,9 @@ class CredentialManager:
             expires_at=exp,
             kid=kid,
         )
-        return Credential(
-            token=token,
-            jti=jti,
-            agent_id=state.did,
-            scope=granted,
-            issued_at=datetime.fromtimestamp(t, UTC),
-            expires_at=datetime.fromtimestamp(exp, UTC),
-            kid=kid,
-        )
+        if t > self._last_iat.get(state.did, 0.0):
+            self._last_iat[state.did] = t
+        return credential
 
     # -- verifying ------------------------------------------------------------------
 
@@ -420,9 +450,12 @@ class CredentialManager:
     ) -> None:
         """Revoke one credential by id; idempotent, checked on every later use."""
         if not isinstance(jti, str) or not _JTI.match(jti):
-            raise CredentialError(f"{str(jti)[:64]!r} is not a credential id", code="jti_invalid")
+            raise CredentialError(f"{shown(jti)} is not a credential id", code="jti_invalid")
         t = to_epoch(now)
-        expires = t + HARD_TTL_CEILING_MINUTES * 60 + self._limits.leeway_seconds
+        # Kept until any token with this id must have expired: measured from the
+        # later of the caller's time and the wall clock, so a revocation given a
+        # past `now` is not forgotten while the token still lives.
+        expires = max(t, time.time()) + HARD_TTL_CEILING_MINUTES * 60 + self._limits.leeway_seconds
         r = schema.revoked_credentials
         with self._store.write() as conn:
             if conn.execute(select(r.c.jti).where(r.c.jti == jti)).first() is None:
@@ -438,12 +471,18 @@ class CredentialManager:
     def revoke_agent(
         self, agent_id: str, *, reason: str | None = None, now: datetime | float | None = None
     ) -> list[str]:
-        """Revoke every credential issued so far to the agent and all its descendants."""
+        """Revoke every credential issued so far to the agent and all its descendants.
+
+        The cut-off is a time: `now`, or later if this gate has already issued one
+        of these agents a credential stamped after it (a `now` given in the future),
+        so "so far" holds whatever times callers passed. Replicas rely on their
+        clocks agreeing to within a token's leeway.
+        """
         t = to_epoch(now)
-        nb = _ms_floor(t)
         root = self._agents.state(agent_id)
         with self._store.write() as conn:
             affected = [root.did, *self._agents.descendants(conn, root.did)]
+            nb = _ms_floor(max(t, *(self._last_iat.get(did, 0.0) for did in affected)))
             conn.execute(
                 update(schema.agents)
                 .where(schema.agents.c.did.in_(affected))

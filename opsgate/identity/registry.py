@@ -17,7 +17,13 @@ from opsgate import capabilities as caps
 from opsgate.config import Config
 from opsgate.credentials.keyring import KeyRing
 from opsgate.credentials.manager import to_epoch
-from opsgate.errors import AgentError, CapabilityError, DelegationError, InvalidCredential
+from opsgate.errors import (
+    AgentError,
+    CapabilityError,
+    DelegationError,
+    InvalidCredential,
+    shown,
+)
 from opsgate.identity import keys
 from opsgate.identity.records import RECORD_VERSION, record_bytes
 from opsgate.state import ACTIVE, REVOKED, SUSPENDED, AgentState, LiveState
@@ -49,9 +55,13 @@ ESCALATION_CODES = frozenset(
 def check_email(value: object, what: str = "sponsor") -> str:
     if not isinstance(value, str) or len(value) > 254 or not _EMAIL.match(value):
         raise AgentError(
-            f"{what} must be an email address, got {str(value)[:80]!r}", code="invalid_email"
+            f"{what} must be an email address, got {shown(value)}", code="invalid_email"
         )
     return value.lower()
+
+
+# An agent lives at most a century: longer is a mistake, not a policy.
+MAX_AGENT_TTL_SECONDS = 100 * 365.25 * 86_400
 
 
 def _ttl_seconds(ttl: object) -> float | None:
@@ -60,11 +70,13 @@ def _ttl_seconds(ttl: object) -> float | None:
     if isinstance(ttl, timedelta):
         seconds = ttl.total_seconds()
     elif isinstance(ttl, (int, float)) and not isinstance(ttl, bool):
-        seconds = float(ttl)
+        seconds = math.inf if isinstance(ttl, int) and ttl > MAX_AGENT_TTL_SECONDS else float(ttl)
     else:
         raise DelegationError("ttl must be a timedelta or a number of seconds", code="ttl_invalid")
-    if not math.isfinite(seconds) or seconds <= 0:
+    if math.isnan(seconds) or seconds <= 0:
         raise DelegationError("ttl must be positive", code="ttl_invalid")
+    if seconds > MAX_AGENT_TTL_SECONDS:
+        raise DelegationError("ttl must be at most 100 years", code="ttl_invalid")
     return seconds
 
 
@@ -204,13 +216,13 @@ class AgentRegistry:
                 select(schema.agents.c.did).where(schema.agents.c.name == ref)
             ).first()
         if row is None:
-            raise AgentError(f"no agent named {ref[:80]!r}", code="agent_not_found")
+            raise AgentError(f"no agent named {shown(ref)}", code="agent_not_found")
         return str(row[0])
 
     def state(self, ref: str) -> AgentState:
         st = self._state.agent(self.resolve(ref))
         if st is None:
-            raise AgentError(f"no agent {ref[:80]!r}", code="agent_not_found")
+            raise AgentError(f"no agent {shown(ref)}", code="agent_not_found")
         return st
 
     def get(self, ref: str) -> Agent:
@@ -240,7 +252,7 @@ class AgentRegistry:
         path = self._key_path(did)
         if not path.exists():
             raise AgentError(
-                f"the private key of {did[:80]!r} is not held here", code="key_not_held"
+                f"the private key of {shown(did)} is not held here", code="key_not_held"
             )
         return keys.read_private_key(path)
 
@@ -258,7 +270,7 @@ class AgentRegistry:
         try:
             keys.public_key_from_did(did)
         except InvalidCredential as exc:
-            raise AgentError(f"{did[:80]!r} is not an Ed25519 did:key", code="bad_did") from exc
+            raise AgentError(f"{shown(did)} is not an Ed25519 did:key", code="bad_did") from exc
         return did, None
 
     def register(
@@ -276,7 +288,7 @@ class AgentRegistry:
         t = to_epoch(now)
         if not isinstance(name, str) or not _NAME.match(name):
             raise AgentError(
-                f"agent name {str(name)[:80]!r} must be 1-64 letters, digits, '.', '_' or '-'",
+                f"agent name {shown(name)} must be 1-64 letters, digits, '.', '_' or '-'",
                 code="invalid_name",
             )
         sponsor = check_email(sponsor)
@@ -344,8 +356,8 @@ class AgentRegistry:
                 "delegation.refused",
                 actor=parent.did,
                 at=t,
-                child=str(name)[:80],
-                capabilities=[str(c)[:256] for c in capabilities][:64]
+                child=shown(name),
+                capabilities=[shown(c) for c in capabilities][:64]
                 if isinstance(capabilities, (list, tuple))
                 else None,
                 code=exc.code,
@@ -374,7 +386,7 @@ class AgentRegistry:
         assert parent.grant is not None
         if not isinstance(name, str) or not _NAME.match(name):
             raise AgentError(
-                f"agent name {str(name)[:80]!r} must be 1-64 letters, digits, '.', '_' or '-'",
+                f"agent name {shown(name)} must be 1-64 letters, digits, '.', '_' or '-'",
                 code="invalid_name",
             )
         depth = parent.depth + 1
@@ -388,7 +400,7 @@ class AgentRegistry:
         for cap in parsed:
             if not caps.covered_by_any(parent.grant.parsed, cap):
                 raise DelegationError(
-                    f"capability {str(cap)!r} is not covered by {parent.name!r}'s grants",
+                    f"capability {shown(cap)} is not covered by {parent.name!r}'s grants",
                     code="delegation_not_covered",
                 )
         seconds = _ttl_seconds(ttl)
@@ -649,7 +661,7 @@ class AgentRegistry:
                 )
             ).first()
         if row is None:
-            raise AgentError(f"no agent {did[:80]!r}", code="agent_not_found")
+            raise AgentError(f"no agent {shown(did)}", code="agent_not_found")
         return int(row[0]), float(row[1])
 
     def stored_trust(self, did: str) -> int:
@@ -658,5 +670,5 @@ class AgentRegistry:
                 select(schema.agents.c.trust_score).where(schema.agents.c.did == did)
             ).first()
         if row is None:
-            raise AgentError(f"no agent {did[:80]!r}", code="agent_not_found")
+            raise AgentError(f"no agent {shown(did)}", code="agent_not_found")
         return int(row[0])
