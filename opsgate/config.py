@@ -92,13 +92,17 @@ class TrustConfig(_Strict):
     approvers: tuple[str, ...] = ()
     approval_below: int = Field(800, ge=0, le=1000)
     suspend_below: int = Field(500, ge=0, le=1000)
-    default_score: int = Field(500, ge=0, le=1000)
+    # A new root agent has earned nothing: production needs approval (below
+    # approval_below), yet one mistake does not suspend it and its sub-agents.
+    default_score: int = Field(700, ge=0, le=1000)
     anomalies: AnomalyConfig = AnomalyConfig()
 
     @model_validator(mode="after")
     def _check(self) -> TrustConfig:
         if self.suspend_below > self.approval_below:
             raise ValueError("suspend_below must not exceed approval_below")
+        if self.default_score < self.suspend_below:
+            raise ValueError("default_score must not be below suspend_below")
         return self
 
 

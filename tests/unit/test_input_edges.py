@@ -210,3 +210,27 @@ def test_shown_quotes_names_and_hides_anything_key_shaped() -> None:
     assert shown("a\nb") == "<3 characters, not shown>"
     assert shown("-----BEGIN PRIVATE KEY-----") == "<27 characters, not shown>"
     assert shown(None) == "<NoneType>" and shown(42) == "<int>"
+
+
+# -- defaults ------------------------------------------------------------------------------------
+
+
+def test_a_new_agent_starts_below_production_trust_but_clear_of_suspension(
+    gate: opsgate.Gate,
+) -> None:
+    agent = gate.register_agent("newcomer", ["deploy:staging"], sponsor="ops@company.com")
+    cfg = gate.config.trust
+    assert cfg.suspend_below < agent.trust_score < cfg.approval_below
+    # one refused escalation costs a policy violation, not the whole subtree
+    with pytest.raises(OpsgateError):
+        agent.delegate(name="wider", capabilities=["deploy:production"])
+    assert agent.trust_score == cfg.default_score + cfg.deltas.policy_violation
+    assert agent.status == "active"
+
+
+def test_a_default_score_below_the_suspension_line_is_a_config_error(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "opsgate.yaml").write_text("trust: {default_score: 400}\n")
+    with pytest.raises(opsgate.ConfigError):
+        opsgate.Gate.open(state)
