@@ -54,7 +54,12 @@ log = structlog.get_logger("opsgate.gate")
 def resolve_state_dir(state_dir: str | os.PathLike[str] | None) -> Path:
     if state_dir is None:
         state_dir = os.environ.get("OPSGATE_STATE_DIR") or DEFAULT_STATE_DIR
-    return Path(state_dir).expanduser().resolve()
+    if not isinstance(state_dir, (str, os.PathLike)) or not os.fspath(state_dir):
+        raise ConfigError("state dir must be a non-empty path", code="state_dir_invalid")
+    try:
+        return Path(state_dir).expanduser().resolve()
+    except (TypeError, ValueError, OSError, RuntimeError) as exc:  # NUL bytes, loops, ...
+        raise ConfigError("state dir is not a usable path", code="state_dir_invalid") from exc
 
 
 class Gate:

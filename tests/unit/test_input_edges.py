@@ -234,3 +234,18 @@ def test_a_default_score_below_the_suspension_line_is_a_config_error(tmp_path: P
     (state / "opsgate.yaml").write_text("trust: {default_score: 400}\n")
     with pytest.raises(opsgate.ConfigError):
         opsgate.Gate.open(state)
+
+
+@pytest.mark.parametrize("state_dir", [123, "", "bad\x00path", b"bytes"], ids=repr)
+def test_an_unusable_state_dir_is_a_config_error(state_dir: Any) -> None:
+    with pytest.raises(opsgate.ConfigError) as info:
+        opsgate.Gate.open(state_dir)
+    assert info.value.code == "state_dir_invalid"
+
+
+def test_a_state_dir_that_is_a_file_is_a_config_error(tmp_path: Path) -> None:
+    path = tmp_path / "file"
+    path.write_text("not a directory")
+    with pytest.raises(opsgate.ConfigError):
+        opsgate.Gate.open(path)
+    assert path.read_text() == "not a directory"
