@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from opsgate.errors import OpsgateError
+from opsgate.errors import ConfigError, OpsgateError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -85,10 +85,29 @@ def handle_errors(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def _gate(state_dir: Path | None) -> Any:
-    from opsgate.gate import Gate
+def _gate(state_dir: Path | None, *, create: bool = False) -> Any:
+    """Open the gate; only `init` may create one, so a mistyped --state-dir is an
+    error rather than a fresh, empty gate that verifies as intact."""
+    from opsgate.credentials.keyring import KEY_DIR
+    from opsgate.gate import Gate, resolve_state_dir
 
-    return Gate.open(state_dir if state_dir is not None else _ctx_state_dir["value"])
+    path = resolve_state_dir(state_dir if state_dir is not None else _ctx_state_dir["value"])
+    if not create and not (path / KEY_DIR).is_dir():
+        raise ConfigError(
+            f"no opsgate state in '{path}': run 'opsgate init' first (or pass --state-dir)",
+            code="not_initialized",
+        )
+    return Gate.open(path)
+
+
+def _writable(path: Path) -> Any:
+    """Open an output file up front, so nothing is done when it cannot be written."""
+    try:
+        return path.open("w", encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot write '{path}': {exc.strerror or 'not a file'}", code="output_unwritable"
+        ) from exc
 
 
 def _print_json(data: Any) -> None:
@@ -112,7 +131,7 @@ def _root(state_dir: StateDir = None) -> None:
 @handle_errors
 def init(state_dir: StateDir = None, json_out: JsonOut = False) -> None:
     """Create the state directory, database and gate signing key."""
-    gate = _gate(state_dir)
+    gate = _gate(state_dir, create=True)
     info = {
         "state_dir": str(gate.state_dir),
         "gate_id": gate.gate_id,
@@ -417,7 +436,7 @@ def audit_export(
 ) -> None:
     """Export every event as JSON lines, with prev_hash and hash, for offline verification."""
     gate = _gate(state_dir)
-    stream = output.open("w", encoding="utf-8") if output else sys.stdout
+    stream = _writable(output) if output else sys.stdout
     try:
         for r in gate.audit.events():
             stream.write(json.dumps({"event": r.event, "prev_hash": r.prev_hash, "hash": r.hash}))
@@ -437,7 +456,12 @@ def audit_checkpoint(
 ) -> None:
     """Sign the current head; keep the file somewhere the database is not."""
     gate = _gate(state_dir)
-    cp = gate.audit.export_checkpoint(output) if output else gate.audit.checkpoint()
+    if output is None:
+        cp = gate.audit.checkpoint()
+    else:
+        with _writable(output) as stream:
+            cp = gate.audit.checkpoint()
+            stream.write(json.dumps(cp.to_dict(), indent=2, sort_keys=True) + "\n")
     where = f" -> {output}" if output else ""
     _out().print(f"checkpoint at seq {cp.seq} ({cp.hash[:16]}...) signed by {cp.kid}{where}")
 
@@ -636,9 +660,12 @@ _mount_optional()
 
 def main() -> None:
     """Console entry point: usage errors become one line on stderr and exit code 2."""
+    import structlog
     from typer import Abort
     from typer._click.exceptions import ClickException
 
+    # Log lines go to stderr: stdout carries only results (tables, JSON, tokens).
+    structlog.configure(logger_factory=structlog.PrintLoggerFactory(file=sys.stderr))
     try:
         code = app(standalone_mode=False)
     except ClickException as exc:
@@ -648,6 +675,14 @@ def main() -> None:
         sys.exit(2)
     except Abort:
         _err("error [aborted]: aborted")
+        sys.exit(1)
+    except Exception as exc:  # a bug or an unforeseen environment: still one line
+        if os.environ.get("OPSGATE_DEBUG"):
+            raise
+        _err(
+            f"error [internal]: unexpected {exc.__class__.__name__}; "
+            "set OPSGATE_DEBUG=1 to see the traceback"
+        )
         sys.exit(1)
     sys.exit(code if isinstance(code, int) else 0)
 

@@ -148,6 +148,10 @@ def load_config(state_dir: Path, overrides: dict[str, Any] | None = None) -> Con
             loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
         except yaml.YAMLError as exc:
             raise ConfigError(f"cannot parse '{path.name}': {exc.__class__.__name__}") from exc
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"'{path.name}' is not UTF-8 text") from exc
+        except OSError as exc:
+            raise ConfigError(f"cannot read '{path.name}': {exc.strerror or 'not a file'}") from exc
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"'{path.name}' must be a mapping")
         data.update(loaded or {})

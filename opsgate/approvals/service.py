@@ -29,7 +29,7 @@ from opsgate.approvals.model import (
 from opsgate.approvals.notify import Dispatcher, build_notifiers
 from opsgate.credentials.manager import to_epoch
 from opsgate.decision import ApprovalRequirement, Decision
-from opsgate.errors import AgentError, ApprovalError, OpsgateError
+from opsgate.errors import AgentError, ApprovalError, OpsgateError, shown
 from opsgate.identity.registry import check_email
 from opsgate.store import Store, schema
 
@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     from opsgate.state import AgentState
 
 log = structlog.get_logger("opsgate.approvals")
+_STATUSES = ("pending", "approved", "denied", "expired", "consumed")
 TOKEN_PREFIX = "opsg_apr_"  # noqa: S105 - a prefix that makes leaked tokens greppable
 DEFAULT_EXPIRY_SECONDS = 3600
 
@@ -257,6 +258,11 @@ class ApprovalService:
     def list(
         self, *, status: str | None = None, now: datetime | float | None = None
     ) -> list[ApprovalRequest]:
+        if status is not None and status not in _STATUSES:
+            raise ApprovalError(
+                f"status must be one of {', '.join(_STATUSES)}, got {shown(status)}",
+                code="status_invalid",
+            )
         self.expire_due(now=now)
         q = select(schema.approval_requests.c.id).order_by(schema.approval_requests.c.created_at)
         if status is not None:

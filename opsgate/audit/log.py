@@ -25,6 +25,9 @@ from opsgate.errors import AuditError
 from opsgate.store import Store, schema
 
 GENESIS_HASH = "0" * 64
+# Events that introduce a gate signing key (their `kid`); checkpoints and anchors
+# must be signed by one of these.
+_KEY_EVENTS = frozenset({"gate.key_created", "gate.key_rotated"})
 CHECKPOINT_TYPE = "opsgate-audit-checkpoint"
 
 # Keys whose values are never written, whatever a caller passes in.
@@ -464,7 +467,10 @@ class AuditLog:
 
     def _iter_rows(self) -> Iterator[tuple[Any, ...]]:
         """Stream (seq, at, type, actor, body, prev_hash, hash) in seq order, cheaply."""
-        sql = "SELECT seq, at, type, actor, body, prev_hash, hash FROM audit_events ORDER BY seq"
+        sql = (
+            "SELECT seq, at, type, actor, body, prev_hash, hash FROM audit_events "
+            "ORDER BY seq NULLS FIRST"
+        )
         raw = self._store._read_engine.raw_connection()
         try:
             if self._store.is_sqlite:
@@ -501,13 +507,24 @@ class AuditLog:
         prev_hash, expected = GENESIS_HASH, 1
         seen: dict[str, int] = {}
         cp_hashes: dict[int, str] = {}
+        key_kids: set[str] = set()  # gate keys the log itself says were created
         loads = orjson.loads
         sha = hashlib.sha256
         for seq, at, etype, actor, body, row_prev, row_hash in self._iter_rows():
+            if type(seq) is not int or seq < expected:
+                # NULL, non-integer, duplicate or pre-genesis seq: a row that is not ours.
+                where = seq if type(seq) is int and seq > 0 else expected
+                return self._fail(
+                    report, where, "insertion", f"a row with seq {seq!r:.20} was added"
+                )
             if seq != expected:
                 return self._fail(report, expected, "deletion", f"seq {expected} is missing")
-            raw = body.encode("utf-8") if isinstance(body, str) else bytes(body)
-            if sha(row_prev.encode("ascii") + raw).hexdigest() != row_hash:
+            try:
+                raw = body.encode("utf-8") if isinstance(body, str) else bytes(body)
+                intact = sha(row_prev.encode("ascii") + raw).hexdigest() == row_hash
+            except (UnicodeError, AttributeError, TypeError, ValueError):
+                intact = False
+            if not intact:
                 return self._fail(report, seq, "edit", "event content does not match its hash")
             try:
                 ev = loads(raw)
@@ -525,6 +542,8 @@ class AuditLog:
                 return self._fail(
                     report, seq, "edit", "indexed columns differ from the hashed event"
                 )
+            if etype in _KEY_EVENTS and isinstance(ev.get("kid"), str):
+                key_kids.add(ev["kid"])
             if seq in cps:
                 cp_hashes[seq] = row_hash
             if len(seen) < 4096:
@@ -536,7 +555,12 @@ class AuditLog:
         report.head_seq = expected - 1
         report.head_hash = prev_hash
         with self._store.read() as conn:
-            head = conn.execute(select(schema.audit_head.c.seq, schema.audit_head.c.hash)).one()
+            heads = conn.execute(select(schema.audit_head.c.seq, schema.audit_head.c.hash)).all()
+        if len(heads) != 1 or type(heads[0][0]) is not int or not isinstance(heads[0][1], str):
+            return self._fail(
+                report, report.head_seq, "edit", "the stored head is missing or malformed"
+            )
+        head = heads[0]
         if int(head[0]) != report.head_seq or str(head[1]) != prev_hash:
             if int(head[0]) > report.head_seq:
                 return self._fail(
@@ -558,8 +582,16 @@ class AuditLog:
                 report, int(head[0]), "edit", "the stored head does not match the chain"
             )
         for cp_seq, cp in sorted(cps.items()):
-            stored = Checkpoint(self._gate_id, cp_seq, cp.hash, float(cp.at), cp.kid, cp.signature)
-            if not self._check_signature(cp.kid, stored.payload(), cp.signature):
+            try:
+                stored = Checkpoint(
+                    self._gate_id, cp_seq, str(cp.hash), float(cp.at), str(cp.kid), cp.signature
+                )
+                signed = cp.kid in key_kids and self._check_signature(
+                    cp.kid, stored.payload(), str(cp.signature)
+                )
+            except (TypeError, ValueError, AuditError):
+                signed = False
+            if not signed:
                 return self._fail(
                     report, cp_seq, "replacement", "a stored checkpoint has a bad signature"
                 )
@@ -577,23 +609,36 @@ class AuditLog:
             report.checkpoints_checked += 1
         if anchor is not None:
             report.anchor_checked = True
-            return self._check_anchor(report, anchor)
+            return self._check_anchor(report, anchor, key_kids)
         return report
 
-    def _check_anchor(self, report: VerifyReport, anchor: Checkpoint) -> VerifyReport:
-        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-
-        from opsgate.identity.keys import b64url_decode, verify_signature
+    def _check_anchor(
+        self, report: VerifyReport, anchor: Checkpoint, key_kids: set[str]
+    ) -> VerifyReport:
+        """The anchor must be intact and signed by a key of this gate that the log
+        itself recorded: a key carried only by the anchor file proves nothing."""
+        from opsgate.identity.keys import b64url_decode, jwk_thumbprint, verify_signature
 
         try:
-            key = Ed25519PublicKey.from_public_bytes(b64url_decode(anchor.public_key["x"]))
+            embedded = b64url_decode(str(anchor.public_key["x"]))
             sig = b64url_decode(anchor.signature)
-        except (KeyError, ValueError) as exc:
+        except (KeyError, ValueError, TypeError) as exc:
             raise AuditError("anchor file is malformed", code="anchor_invalid") from exc
-        if not verify_signature(key, sig, anchor.payload()):
+        if len(embedded) != 32 or not verify_signature(embedded, sig, anchor.payload()):
             raise AuditError("anchor signature does not verify", code="anchor_invalid")
+        if jwk_thumbprint(embedded) != anchor.kid:
+            raise AuditError("anchor key does not match its kid", code="anchor_invalid")
         if anchor.gate != self._gate_id:
             return self._fail(report, 1, "replacement", "the anchor belongs to another gate's log")
+        if anchor.kid not in key_kids or not self._check_signature(
+            anchor.kid, anchor.payload(), anchor.signature
+        ):
+            return self._fail(
+                report,
+                1,
+                "replacement",
+                "the anchor is not signed by a key this gate's log records",
+            )
         if anchor.seq > report.head_seq:
             return self._fail(
                 report,
@@ -670,5 +715,9 @@ def load_anchor(path: Path) -> Checkpoint:
         )
     except FileNotFoundError as exc:
         raise AuditError(f"anchor file '{path}' not found", code="anchor_missing") from exc
+    except OSError as exc:
+        raise AuditError(
+            f"anchor file '{path.name}' cannot be read: {exc.strerror}", code="anchor_invalid"
+        ) from exc
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise AuditError(f"anchor file '{path.name}' is malformed", code="anchor_invalid") from exc

@@ -104,8 +104,14 @@ def private_pem(key: Ed25519PrivateKey) -> bytes:
 
 def write_private_key(path: Path, key: Ed25519PrivateKey) -> None:
     """Write a private key readable by the owner only (0600), never overwriting."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot write key file '{path.parent.name}/{path.name}': {exc.strerror}",
+            code="key_dir_unusable",
+        ) from exc
     try:
         os.write(fd, private_pem(key))
         os.fsync(fd)

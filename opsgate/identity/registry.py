@@ -231,6 +231,11 @@ class AgentRegistry:
     def list(self, *, status: str | None = None) -> list[Agent]:
         a = schema.agents
         q = select(a.c.did).order_by(a.c.depth, a.c.created_at, a.c.name)
+        if status is not None and status not in (ACTIVE, SUSPENDED, REVOKED):
+            raise AgentError(
+                f"status must be {ACTIVE}, {SUSPENDED} or {REVOKED}, got {shown(status)}",
+                code="status_invalid",
+            )
         if status is not None:
             q = q.where(a.c.status == status)
         with self._store.read() as conn:

@@ -26,21 +26,32 @@ DB_FILE = "opsgate.db"
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 
+# The drivers opsgate ships with; any other driver name is refused up front.
+_DRIVERS = {
+    "sqlite": "sqlite",
+    "sqlite+pysqlite": "sqlite",
+    "postgresql": "postgresql+psycopg",
+    "postgres": "postgresql+psycopg",
+    "postgresql+psycopg": "postgresql+psycopg",
+}
+
+
 def _normalise_url(url: str) -> str:
     try:
         parsed = make_url(url)
-    except ArgumentError as exc:
+        _ = parsed.port  # a non-numeric port is only noticed here
+    except (ArgumentError, ValueError, TypeError) as exc:
         raise ConfigError(
             "database url is not a valid SQLAlchemy url", code="database_url"
         ) from exc
-    if parsed.drivername in ("postgresql", "postgres"):
-        parsed = parsed.set(drivername="postgresql+psycopg")
-    if parsed.get_backend_name() not in ("sqlite", "postgresql"):
+    driver = _DRIVERS.get(parsed.drivername)
+    if driver is None:
         raise ConfigError(
-            f"database backend {parsed.get_backend_name()!r} is not supported (sqlite, postgresql)",
+            f"database driver {parsed.drivername[:40]!r} is not supported "
+            "(sqlite, postgresql+psycopg)",
             code="database_url",
         )
-    return parsed.render_as_string(hide_password=False)
+    return parsed.set(drivername=driver).render_as_string(hide_password=False)
 
 
 def _sqlite_engine(url: str, *, immediate: bool) -> Engine:

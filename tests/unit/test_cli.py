@@ -186,9 +186,10 @@ def test_bad_config_is_one_line_not_a_traceback(tmp_path: Path) -> None:
     s = tmp_path / "state"
     s.mkdir()
     (s / "opsgate.yaml").write_text("limits:\n  max_ttl_minutes: 600\n")
-    code, _, err = run(s, "agents", "list")
+    code, _, err = run(s, "init")
     assert code == 1
     one_error_line(err, "config_invalid")
+    assert not (s / "gate-keys").exists()
 
 
 @pytest.mark.parametrize(
@@ -220,3 +221,103 @@ def test_usage_errors_exit_2_with_one_line(tmp_path: Path, args: list[str]) -> N
     )
     assert proc.returncode == 2, proc.stderr
     one_error_line(proc.stderr, "usage")
+
+
+# -- the environment around the command --------------------------------------------------------
+
+
+def test_a_missing_state_dir_is_an_error_not_a_fresh_gate(tmp_path: Path) -> None:
+    typo = tmp_path / "typo"
+    for args in (["audit", "verify"], ["agents", "list"], ["keys", "jwks"]):
+        code, out, err = run(typo, *args)
+        assert code == 1 and out == "", args
+        one_error_line(err, "not_initialized")
+    assert not typo.exists()
+
+
+@pytest.mark.parametrize(
+    "breakage",
+    ["config-not-utf8", "config-is-a-dir", "gate-keys-is-a-file", "agent-keys-is-a-file"],
+)
+def test_a_broken_state_dir_is_one_line(state: Path, breakage: str) -> None:
+    if breakage == "config-not-utf8":
+        (state / "opsgate.yaml").write_bytes(b"\xff\xfe")
+    elif breakage == "config-is-a-dir":
+        (state / "opsgate.yaml").mkdir()
+    else:
+        d = state / breakage.removesuffix("-is-a-file")
+        for f in d.iterdir():
+            f.unlink()
+        d.rmdir()
+        d.write_text("")
+    code, _, err = run(
+        state, "agents", "register", "x", "-c", "deploy:staging", "--sponsor", "a@company.com"
+    )
+    assert code == 1, err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_unwritable_outputs_change_nothing(state: Path, tmp_path: Path) -> None:
+    with sqlite3.connect(state / "opsgate.db") as con:
+        checkpoints = con.execute("SELECT count(*) FROM audit_checkpoints").fetchone()[0]
+    for args in (
+        ["audit", "checkpoint", "-o", str(tmp_path / "missing" / "cp.json")],
+        ["audit", "checkpoint", "-o", str(tmp_path)],
+        ["audit", "export", "-o", str(tmp_path / "missing" / "log.jsonl")],
+    ):
+        code, _, err = run(state, *args)
+        assert code == 1, args
+        one_error_line(err, "output_unwritable")
+    with sqlite3.connect(state / "opsgate.db") as con:
+        assert con.execute("SELECT count(*) FROM audit_checkpoints").fetchone()[0] == checkpoints
+    code, _, err = run(state, "audit", "verify", "--anchor", str(tmp_path))
+    assert code == 1
+    one_error_line(err, "anchor_invalid")
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://postgres@127.0.0.1:abc/x",
+        "postgresql://[::1",
+        "postgresql+psycopg2://postgres@127.0.0.1/x",
+        "postgresql+asyncpg://postgres@127.0.0.1/x",
+        "mysql://root@127.0.0.1/x",
+    ],
+)
+def test_unsupported_database_urls_are_one_line(state: Path, url: str) -> None:
+    code, _, err = run(state, "agents", "list", env={"OPSGATE_DATABASE_URL": url})
+    assert code == 1
+    one_error_line(err, "database_url")
+
+
+@pytest.mark.parametrize("args", [["agents", "list"], ["approvals", "list"]])
+def test_unknown_status_filters_are_refused(state: Path, args: list[str]) -> None:
+    code, out, err = run(state, *args, "--status", "bogus", "--json")
+    assert code == 1 and out == ""
+    one_error_line(err, "status_invalid")
+
+
+def test_log_lines_never_reach_stdout(state: Path) -> None:
+    """Even when a rejection cannot be audited, stdout stays empty for a refused command."""
+    env = {**os.environ, "OPSGATE_STATE_DIR": str(state)}
+    with sqlite3.connect(state / "opsgate.db") as con:  # the rejection's audit write fails
+        con.execute(
+            "CREATE TRIGGER no_audit BEFORE INSERT ON audit_events "
+            "BEGIN SELECT RAISE(ABORT, 'audit disk gone'); END"
+        )
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "opsgate.cli", "creds", "verify", "garbage"],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,
+        )
+    finally:
+        with sqlite3.connect(state / "opsgate.db") as con:
+            con.execute("DROP TRIGGER no_audit")
+    assert "not audited" in proc.stderr, proc.stderr  # the log line, on stderr
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stdout == ""
+    assert "Traceback" not in proc.stderr
