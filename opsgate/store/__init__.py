@@ -8,6 +8,7 @@ so read-modify-write sequences never deadlock or interleave across processes.
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -94,7 +95,14 @@ class Store:
     def for_state_dir(cls, state_dir: Path, database_url: str | None) -> Store:
         if database_url:
             return cls(database_url)
-        return cls(f"sqlite:///{(state_dir / DB_FILE).resolve()}")
+        path = (state_dir / DB_FILE).resolve()
+        try:
+            # Created owner-only before SQLite opens it: SQLite gives its -wal and
+            # -shm files the database file's mode, so none is ever world-readable.
+            os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+        except OSError as exc:
+            raise StoreError(f"cannot open the state database: {exc.strerror}") from exc
+        return cls(f"sqlite:///{path}")
 
     @property
     def is_sqlite(self) -> bool:

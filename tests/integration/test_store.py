@@ -7,6 +7,7 @@ concurrent writers in one process and across two gates.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -278,3 +279,19 @@ def test_concurrent_registrations_of_one_name_leave_one_agent(
     key_files = list((a.state_dir / "agent-keys").iterdir())
     assert len(key_files) == 1 and key_files[0].stem in winners[0]  # losers left no key behind
     assert a.audit.verify().ok
+
+
+def test_the_embedded_database_is_owner_only_from_its_first_byte(tmp_path: Path) -> None:
+    """Created 0600 before SQLite opens it (SQLite copies that mode to -wal and -shm)."""
+    from opsgate.store import DB_FILE, Store
+
+    old = os.umask(0)
+    try:
+        store = Store.for_state_dir(tmp_path, None)
+        assert (tmp_path / DB_FILE).stat().st_mode & 0o777 == 0o600
+        store.migrate()
+        for f in tmp_path.glob(DB_FILE + "*"):
+            assert f.stat().st_mode & 0o777 == 0o600, f.name
+        store.dispose()
+    finally:
+        os.umask(old)
