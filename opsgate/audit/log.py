@@ -225,6 +225,14 @@ class AuditLog:
             event["actor"] = actor
         return event
 
+    def _lock_head(self, cur: Any) -> tuple[int, str]:
+        """Read the head under its row lock (FOR UPDATE on PostgreSQL; on SQLite the
+        transaction already holds the database write lock)."""
+        lock = "" if self._store.is_sqlite else " FOR UPDATE"
+        cur.execute(f"SELECT seq, hash FROM audit_head WHERE id = 1{lock}")  # noqa: S608
+        head = cur.fetchone()
+        return int(head[0]), str(head[1])
+
     def _chain_and_store(self, cur: Any, pending: list[_Pending]) -> list[AuditRecord]:
         """Number, hash and insert events after the current head, in the caller's transaction.
 
@@ -233,10 +241,7 @@ class AuditLog:
         keeps seq gap-free across threads, processes and replicas.
         """
         q = self._store.q
-        lock = "" if self._store.is_sqlite else " FOR UPDATE"
-        cur.execute(f"SELECT seq, hash FROM audit_head WHERE id = 1{lock}")  # noqa: S608
-        head = cur.fetchone()
-        seq, prev = int(head[0]), str(head[1])
+        seq, prev = self._lock_head(cur)
         records: list[AuditRecord] = []
         rows: list[tuple[Any, ...]] = []
         for p in pending:
@@ -338,6 +343,9 @@ class AuditLog:
                 self.fail_next -= 1
                 raise OSError("simulated audit storage failure")
             with self._writer.transaction() as cur:
+                # `apply` callbacks lock the rows they change before the head is
+                # locked, the same order as every transaction that changes state
+                # and then calls append_in: no lock-order deadlock on PostgreSQL.
                 for p in batch:
                     if p.apply is not None:
                         extra = p.apply(cur)

@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import structlog
-from sqlalchemy import select, update
+from sqlalchemy import Connection, select, update
 
 from opsgate import capabilities as caps
 from opsgate.config import HARD_TTL_CEILING_MINUTES, Config
@@ -77,6 +77,24 @@ def to_epoch(now: datetime | float | None) -> float:
     if not 0.0 <= t <= MAX_EPOCH:  # also refuses NaN
         raise CredentialError("'now' is outside 1970 to 9000", code="invalid_time")
     return t
+
+
+def revocation_cutoff(conn: Connection, dids: list[str], t: float) -> float:
+    """The per-agent "not before" for revoking every credential issued so far.
+
+    At least `t`, and never before the latest iat already issued to these agents
+    (rows locked, in the revoking transaction): a credential stamped by a replica
+    whose clock runs ahead, or given a future `now`, is covered too.
+    """
+    a = schema.agents
+    issued = [
+        r[0]
+        for r in conn.execute(
+            select(a.c.last_issued_at).where(a.c.did.in_(dids)).with_for_update()
+        ).all()
+        if r[0] is not None
+    ]
+    return _ms_floor(max([t, *issued]))
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,8 +176,6 @@ class CredentialManager:
         self.proofs = ProofChecker(store)
         # Called with (did, reason, now) when an issuance asks for more than the grants.
         self.on_escalation: Callable[[str, str, float], None] | None = None
-        # Latest iat this process has signed per agent (see revoke_agent).
-        self._last_iat: dict[str, float] = {}
 
     # -- issuing ------------------------------------------------------------------
 
@@ -268,7 +284,7 @@ class CredentialManager:
             expires_at=datetime.fromtimestamp(exp, UTC),
             kid=kid,
         )
-        self._audit.append(
+        record = self._audit.append(
             "credential.issued",
             actor=state.did,
             at=t,
@@ -276,10 +292,34 @@ class CredentialManager:
             scope=granted,
             expires_at=exp,
             kid=kid,
+            apply=self._note_issue(state.did, t),
         )
-        if t > self._last_iat.get(state.did, 0.0):
-            self._last_iat[state.did] = t
+        if record.event.get("revoked_on_issue"):
+            # A per-agent revocation committed first and covers this iat: the token
+            # is dead; say so rather than hand it out.
+            raise CredentialError(
+                f"credentials of agent {state.name!r} were revoked while this one was issued",
+                code="revoked",
+            )
         return credential
+
+    def _note_issue(self, did: str, iat: float) -> Callable[[Any], dict[str, Any] | None]:
+        """In the issuance's audit transaction: record the agent's latest iat, so a
+        later per-agent revocation's cut-off covers it, and notice a revocation
+        that committed first."""
+        sql = self._store.q(
+            "UPDATE agents SET last_issued_at = CASE WHEN last_issued_at IS NULL "
+            "OR last_issued_at < ? THEN ? ELSE last_issued_at END "
+            "WHERE did = ? RETURNING credentials_not_before"
+        )
+
+        def apply(cur: Any) -> dict[str, Any] | None:
+            cur.execute(sql, (iat, iat, did))
+            row = cur.fetchone()
+            nb = None if row is None else row[0]
+            return {"revoked_on_issue": True} if nb is not None and iat <= nb else None
+
+        return apply
 
     # -- verifying ------------------------------------------------------------------
 
@@ -473,16 +513,15 @@ class CredentialManager:
     ) -> list[str]:
         """Revoke every credential issued so far to the agent and all its descendants.
 
-        The cut-off is a time: `now`, or later if this gate has already issued one
-        of these agents a credential stamped after it (a `now` given in the future),
-        so "so far" holds whatever times callers passed. Replicas rely on their
-        clocks agreeing to within a token's leeway.
+        "So far" is every issuance that committed before this revocation, on any
+        replica and whatever clock stamped it (see `revocation_cutoff`); one that
+        commits after it and is still covered is refused when issued.
         """
         t = to_epoch(now)
         root = self._agents.state(agent_id)
         with self._store.write() as conn:
-            affected = [root.did, *self._agents.descendants(conn, root.did)]
-            nb = _ms_floor(max(t, *(self._last_iat.get(did, 0.0) for did in affected)))
+            affected = [root.did, *self._agents.descendants(conn, root.did, lock=True)]
+            nb = revocation_cutoff(conn, affected, t)
             conn.execute(
                 update(schema.agents)
                 .where(schema.agents.c.did.in_(affected))
@@ -503,4 +542,4 @@ class CredentialManager:
         return affected
 
 
-__all__ = ["Claims", "Credential", "CredentialManager", "to_epoch"]
+__all__ = ["Claims", "Credential", "CredentialManager", "revocation_cutoff", "to_epoch"]

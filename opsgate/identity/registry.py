@@ -16,7 +16,7 @@ from sqlalchemy.exc import IntegrityError
 from opsgate import capabilities as caps
 from opsgate.config import Config
 from opsgate.credentials.keyring import KeyRing
-from opsgate.credentials.manager import to_epoch
+from opsgate.credentials.manager import revocation_cutoff, to_epoch
 from opsgate.errors import (
     AgentError,
     CapabilityError,
@@ -242,13 +242,18 @@ class AgentRegistry:
             dids = [r[0] for r in conn.execute(q).all()]
         return [self.get(d) for d in dids]
 
-    def descendants(self, conn: Connection, did: str) -> list[str]:
+    def descendants(self, conn: Connection, did: str, *, lock: bool = False) -> list[str]:
+        """Every agent below `did`. With `lock`, each level's rows are locked as they
+        are found (PostgreSQL), so no child can be added under them meanwhile."""
         out: list[str] = []
         frontier = [did]
+        if lock:
+            conn.execute(
+                select(schema.agents.c.did).where(schema.agents.c.did == did).with_for_update()
+            )
         while frontier:
-            rows = conn.execute(
-                select(schema.agents.c.did).where(schema.agents.c.parent_did.in_(frontier))
-            ).all()
+            q = select(schema.agents.c.did).where(schema.agents.c.parent_did.in_(frontier))
+            rows = conn.execute(q.with_for_update() if lock else q).all()
             frontier = [r[0] for r in rows if r[0] not in out]
             out.extend(frontier)
         return out
@@ -545,7 +550,9 @@ class AgentRegistry:
             raise AgentError(f"agent {root.name!r} is revoked for good", code="agent_revoked")
         a = schema.agents
         with self._store.write() as conn:
-            below = self.descendants(conn, root.did)
+            below = self.descendants(conn, root.did, lock=status != ACTIVE)
+            # Suspension and revocation also revoke every credential issued so far.
+            nb = revocation_cutoff(conn, [root.did, *below], t) if status != ACTIVE else t
             if status == ACTIVE:
                 if root.parent_did is not None:
                     prow = conn.execute(
@@ -589,7 +596,7 @@ class AgentRegistry:
                         status=status,
                         status_reason=reason,
                         updated_at=t,
-                        credentials_not_before=math.floor(t * 1000) / 1000,
+                        credentials_not_before=nb,
                     )
                 )
                 if below:
@@ -604,7 +611,7 @@ class AgentRegistry:
                     conn.execute(
                         update(a)
                         .where(a.c.did.in_(below))
-                        .values(updated_at=t, credentials_not_before=math.floor(t * 1000) / 1000)
+                        .values(updated_at=t, credentials_not_before=nb)
                     )
             for did in affected:
                 self._state.record_change(conn, "agent", did, t)

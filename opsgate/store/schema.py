@@ -62,6 +62,9 @@ agents = Table(
     Column("initial_trust", Integer, nullable=False),
     # Every credential issued (iat) before this is revoked: O(1) per-agent revocation.
     Column("credentials_not_before", Float, nullable=True),
+    # The latest iat of a credential issued to this agent (set in the issuance's
+    # audit transaction), so a revocation's cut-off is never earlier than it.
+    Column("last_issued_at", Float, nullable=True),
     # The signed grant record (canonical JSON) and the signer's signature over it.
     Column("record", Text, nullable=False),
     Column("signature", String(128), nullable=False),

@@ -295,3 +295,39 @@ def test_the_embedded_database_is_owner_only_from_its_first_byte(tmp_path: Path)
         store.dispose()
     finally:
         os.umask(old)
+
+
+def test_revoke_agent_on_one_replica_covers_what_another_issued_with_a_clock_ahead(
+    pair: tuple[opsgate.Gate, opsgate.Gate],
+) -> None:
+    """The cut-off is never before the latest iat issued to the agent (kept in the
+    database by the issuance's own audit transaction), whichever replica stamped it."""
+    a, b = pair
+    agent = a.register_agent("deployer", ["deploy:staging"], sponsor="ops@company.com")
+    t = time.time()
+    ahead = b.credential_manager.issue_credential(agent.did, ["deploy:staging"], now=t + 3)
+    a.credential_manager.revoke_agent(agent.did, now=t)
+    for gate in (a, b):
+        _until(_refused_with(gate, ahead.token, "revoked"), timeout=1.5)
+    # an issuance whose iat the revocation covers is refused, not handed out dead
+    head = b.audit.head()[0]
+    with pytest.raises(opsgate.CredentialError) as info:
+        b.credential_manager.issue_credential(agent.did, ["deploy:staging"], now=t + 2)
+    assert info.value.code == "revoked"
+    issued = [r for r in b.audit.events(after_seq=head) if r.type == "credential.issued"]
+    assert len(issued) == 1 and issued[0].event["revoked_on_issue"] is True
+    later = b.credential_manager.issue_credential(agent.did, ["deploy:staging"], now=t + 4)
+    assert a.credential_manager.verify(later.token, now=t + 4).jti == later.jti
+
+
+def test_suspension_covers_credentials_issued_on_another_replica_before_it(
+    pair: tuple[opsgate.Gate, opsgate.Gate],
+) -> None:
+    a, b = pair
+    agent = a.register_agent("deployer", ["deploy:staging"], sponsor="ops@company.com")
+    t = time.time()
+    ahead = b.credential_manager.issue_credential(agent.did, ["deploy:staging"], now=t + 3)
+    a.agents.suspend(agent.did, now=t)
+    a.agents.reinstate(agent.did, reason="drill over", now=t + 1)
+    for gate in (a, b):
+        _until(_refused_with(gate, ahead.token, "revoked"), timeout=1.5)
