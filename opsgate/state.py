@@ -17,7 +17,7 @@ from sqlalchemy import Connection, delete, insert, select
 
 from opsgate.config import HARD_TTL_CEILING_MINUTES, Config
 from opsgate.credentials.keyring import KeyRing
-from opsgate.errors import DelegationError, InvalidCredential
+from opsgate.errors import DelegationError, InvalidCredential, StoreError
 from opsgate.identity.keys import jwk_thumbprint, public_key_from_did
 from opsgate.identity.records import Grant, Link, verify_chain
 from opsgate.store import Store, schema
@@ -69,6 +69,10 @@ class LiveState:
         self._next_prune = 0.0
         self._refresh_lock = threading.Lock()
         self._load_lock = threading.Lock()
+        # How old a view of other replicas' changes may be and still be used: the
+        # promise is that a revocation anywhere holds everywhere within a second.
+        self._max_age = max(1.0, 2 * config.cache_refresh_seconds)
+        self._fresh_until = 0.0
 
     # -- loading ----------------------------------------------------------------
 
@@ -88,6 +92,7 @@ class LiveState:
             ).all()
         self._revoked = {r[0]: float(r[1]) for r in rows}
         self._next_refresh = time.monotonic() + self._config.cache_refresh_seconds
+        self._fresh_until = time.monotonic() + self._max_age
 
     def agent(self, did: str) -> AgentState | None:
         """The agent's state, loading and verifying its chain on first use."""
@@ -187,48 +192,70 @@ class LiveState:
         )
 
     def maybe_refresh(self) -> None:
-        """Cheap on the hot path: one clock read unless a refresh is due."""
-        if time.monotonic() >= self._next_refresh:
+        """Cheap on the hot path: one clock read unless a refresh is due.
+
+        While another thread refreshes, the current view is used only if it is
+        younger than `max_age`; past that (the database hangs or is gone) callers
+        wait a bounded time for a refresh and then fail closed, so a cut-off
+        replica never keeps honouring credentials revoked elsewhere.
+        """
+        now = time.monotonic()
+        if now < self._next_refresh:
+            return
+        if now < self._fresh_until:
             self.refresh()
+            return
+        if not self._refresh_lock.acquire(timeout=self._max_age):
+            raise StoreError("replica state is stale: the state database does not answer")
+        try:
+            if time.monotonic() >= self._fresh_until:
+                self._refresh_locked()
+        finally:
+            self._refresh_lock.release()
 
     def refresh(self, *, force: bool = False) -> None:
         if not self._refresh_lock.acquire(blocking=force):
             return  # another thread is refreshing; use the current view
         try:
-            c = schema.state_changes
-            with self._store.read() as conn:
-                rows = conn.execute(
-                    select(c.c.id, c.c.kind, c.c.subject)
-                    .where(c.c.id > self._last_change)
-                    .order_by(c.c.id)
-                ).all()
-                jtis = [r.subject for r in rows if r.kind == "jti"]
-                fetched: dict[str, float] = {}
-                for i in range(0, len(jtis), 500):
-                    part = jtis[i : i + 500]
-                    for jti, exp in conn.execute(
-                        select(
-                            schema.revoked_credentials.c.jti,
-                            schema.revoked_credentials.c.expires_at,
-                        ).where(schema.revoked_credentials.c.jti.in_(part))
-                    ).all():
-                        fetched[jti] = float(exp)
-            self._revoked.update(fetched)
-            keys_changed = False
-            for r in rows:
-                if r.kind == "agent":
-                    self.invalidate_agent(r.subject)
-                elif r.kind == "key":
-                    keys_changed = True
-            if keys_changed:
-                self._keyring.reload()
-            if rows:
-                self._last_change = int(rows[-1].id)
-            self._next_refresh = time.monotonic() + self._config.cache_refresh_seconds
-            if self.prune_due():
-                self.forget_expired()
+            self._refresh_locked()
         finally:
             self._refresh_lock.release()
+
+    def _refresh_locked(self) -> None:
+        started = time.monotonic()
+        c = schema.state_changes
+        with self._store.read() as conn:
+            rows = conn.execute(
+                select(c.c.id, c.c.kind, c.c.subject)
+                .where(c.c.id > self._last_change)
+                .order_by(c.c.id)
+            ).all()
+            jtis = [r.subject for r in rows if r.kind == "jti"]
+            fetched: dict[str, float] = {}
+            for i in range(0, len(jtis), 500):
+                part = jtis[i : i + 500]
+                for jti, exp in conn.execute(
+                    select(
+                        schema.revoked_credentials.c.jti,
+                        schema.revoked_credentials.c.expires_at,
+                    ).where(schema.revoked_credentials.c.jti.in_(part))
+                ).all():
+                    fetched[jti] = float(exp)
+        self._revoked.update(fetched)
+        keys_changed = False
+        for r in rows:
+            if r.kind == "agent":
+                self.invalidate_agent(r.subject)
+            elif r.kind == "key":
+                keys_changed = True
+        if keys_changed:
+            self._keyring.reload()
+        if rows:
+            self._last_change = int(rows[-1].id)
+        self._next_refresh = time.monotonic() + self._config.cache_refresh_seconds
+        self._fresh_until = started + self._max_age
+        if self.prune_due():
+            self.forget_expired()
 
     def prune_due(self) -> bool:
         """True at most once per PRUNE_EVERY seconds (wall clock, this process)."""

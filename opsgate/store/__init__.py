@@ -27,6 +27,15 @@ DB_FILE = "opsgate.db"
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 
+_PG_TIMEOUTS = {
+    "connect_timeout": 5,
+    "tcp_user_timeout": 10_000,  # ms
+    "keepalives": 1,
+    "keepalives_idle": 10,
+    "keepalives_interval": 5,
+    "keepalives_count": 2,
+}
+
 # The drivers opsgate ships with; any other driver name is refused up front.
 _DRIVERS = {
     "sqlite": "sqlite",
@@ -85,8 +94,17 @@ class Store:
             self._write_engine = _sqlite_engine(self.url, immediate=True)
             self._read_engine = _sqlite_engine(self.url, immediate=False)
         else:
+            given = make_url(self.url).query
+            # A database that stops answering must turn into an error, not a hang:
+            # bounded connects, and the kernel drops a connection whose data goes
+            # unacknowledged (a partition). URL parameters win over these.
+            timeouts = {k: v for k, v in _PG_TIMEOUTS.items() if k not in given}
             self._write_engine = create_engine(
-                self.url, pool_size=20, max_overflow=20, pool_pre_ping=True
+                self.url,
+                pool_size=20,
+                max_overflow=20,
+                pool_pre_ping=True,
+                connect_args=timeouts,
             )
             self._read_engine = self._write_engine
         self._migrate_lock = threading.Lock()

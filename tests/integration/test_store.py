@@ -331,3 +331,41 @@ def test_suspension_covers_credentials_issued_on_another_replica_before_it(
     a.agents.reinstate(agent.did, reason="drill over", now=t + 1)
     for gate in (a, b):
         _until(_refused_with(gate, ahead.token, "revoked"), timeout=1.5)
+
+
+def test_a_replica_that_signs_with_a_key_just_rotated_elsewhere_issues_usable_tokens(
+    pair: tuple[opsgate.Gate, opsgate.Gate],
+) -> None:
+    a, b = pair
+    agent = a.register_agent("deployer", ["deploy:staging"], sponsor="ops@company.com")
+    b.credential_manager.issue_credential(agent.did, ["deploy:staging"])  # b's view is warm
+    old_kid = b.keyring.signer()[0]
+    a.rotate_keys()
+    token = b.credential_manager.issue_credential(agent.did, ["deploy:staging"])
+    assert token.kid == old_kid  # b has not seen the rotation yet
+    time.sleep(1.1)
+    for gate in (a, b):
+        assert gate.credential_manager.verify(token.token).jti == token.jti
+
+
+def test_a_replica_whose_refresh_hangs_fails_closed_within_a_second(tmp_path: Path) -> None:
+    """A refresh stuck on a dead connection holds the refresh lock; other callers may use
+    the view only while it is younger than a second, then get a typed error."""
+    with opsgate.Gate.open(tmp_path / "state") as gate:
+        agent = gate.register_agent("deployer", ["deploy:staging"], sponsor="ops@company.com")
+        cred = gate.credential_manager.issue_credential(agent.did, ["deploy:staging"])
+        state = gate.state
+        state.refresh(force=True)
+        assert state._refresh_lock.acquire()  # the stuck refresh
+        try:
+            assert gate.credential_manager.verify(cred.token).jti == cred.jti
+            time.sleep(1.05)
+            started = time.monotonic()
+            with pytest.raises(opsgate.StoreError):
+                gate.credential_manager.verify(cred.token)
+            assert time.monotonic() - started < 1.5
+            with pytest.raises(opsgate.StoreError):
+                gate.authorize(cred.token, "deploy:staging/app")
+        finally:
+            state._refresh_lock.release()
+        assert gate.credential_manager.verify(cred.token).jti == cred.jti  # recovered
