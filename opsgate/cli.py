@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from opsgate.errors import ConfigError, OpsgateError
+from opsgate.errors import ConfigError, OpsgateError, scrub
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -46,18 +46,38 @@ app.add_typer(approvers_app, name="approvers")
 app.add_typer(approvals_app, name="approvals")
 app.add_typer(trust_app, name="trust")
 
+
+def _one_of(*choices: str) -> Callable[[str | None], str | None]:
+    """A filter value outside its choices is a usage error (exit 2), not an empty list."""
+
+    def check(value: str | None) -> str | None:
+        if value is not None and value not in choices:
+            raise typer.BadParameter(f"must be one of {', '.join(choices)}")
+        return value
+
+    return check
+
+
+def _non_empty(value: str | None) -> str | None:
+    """An empty --state-dir (an unset shell variable) must not mean "here"."""
+    if value is not None and not value.strip():
+        raise typer.BadParameter("the state dir must not be empty")
+    return value
+
+
 StateDir = Annotated[
-    Path | None,
+    str | None,
     typer.Option(
         "--state-dir",
         envvar="OPSGATE_STATE_DIR",
         help="State directory (default .opsgate).",
         show_default=False,
+        callback=_non_empty,
     ),
 ]
 JsonOut = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
 
-_ctx_state_dir: dict[str, Path | None] = {"value": None}
+_ctx_state_dir: dict[str, str | None] = {"value": None}
 
 
 def _out() -> Console:
@@ -67,7 +87,7 @@ def _out() -> Console:
 
 def _err(message: str) -> None:
     Console(stderr=True, soft_wrap=True, highlight=False, emoji=False).print(
-        " ".join(message.split()), markup=False
+        " ".join(scrub(message).split()), markup=False
     )
 
 
@@ -85,7 +105,7 @@ def handle_errors(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def _gate(state_dir: Path | None, *, create: bool = False) -> Any:
+def _gate(state_dir: str | None, *, create: bool = False) -> Any:
     """Open the gate; only `init` may create one, so a mistyped --state-dir is an
     error rather than a fresh, empty gate that verifies as intact."""
     from opsgate.credentials.keyring import KEY_DIR
@@ -205,7 +225,13 @@ def agents_delegate(
 @agents_app.command("list")
 @handle_errors
 def agents_list(
-    status: Annotated[str | None, typer.Option(help="active, suspended or revoked")] = None,
+    status: Annotated[
+        str | None,
+        typer.Option(
+            help="active, suspended or revoked",
+            callback=_one_of("active", "suspended", "revoked"),
+        ),
+    ] = None,
     state_dir: StateDir = None,
     json_out: JsonOut = False,
 ) -> None:
@@ -504,7 +530,11 @@ def approvers_list(state_dir: StateDir = None, json_out: JsonOut = False) -> Non
 @handle_errors
 def approvals_list(
     status: Annotated[
-        str | None, typer.Option(help="pending, approved, denied, expired or consumed")
+        str | None,
+        typer.Option(
+            help="pending, approved, denied, expired or consumed",
+            callback=_one_of("pending", "approved", "denied", "expired", "consumed"),
+        ),
     ] = None,
     state_dir: StateDir = None,
     json_out: JsonOut = False,

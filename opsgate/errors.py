@@ -20,6 +20,7 @@ lowercase line with user input quoted; they never contain secret values.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 
@@ -99,21 +100,46 @@ class StoreError(OpsgateError):
 
 
 _SHOWN_MAX = 64
+# Shapes of opsgate's own secrets and of keys: approver tokens, JWS/JWTs, PEM.
+_SECRET_PREFIXES = ("opsg_", "eyj", "-----begin")
+_LONG_WORD = re.compile(r"[A-Za-z0-9+/=_.-]{60,}")
+_PEM = re.compile(r"-----BEGIN[^-]*-----.*?(-----END[^-]*-----|$)", re.DOTALL)
+_TOKEN = re.compile(r"opsg_[A-Za-z0-9_-]+")
 
 
-def shown(value: object) -> str:
-    """Quote user input for a message or an audit record, unless it could be a secret.
+def safe_text(value: object) -> str:
+    """User input as text for a message or an audit record, unless it could be a secret.
 
-    Names, dids and capabilities are short single-line text; anything longer,
-    multi-line or key-shaped (a PEM pasted into the wrong argument) is described
-    by its length only, so a mistake never copies key material into an error,
-    a log line or the append-only audit log.
+    Names, dids, ids and capabilities are short single-line text; anything
+    longer, multi-line or secret-shaped (an approver token, a JWT, a PEM pasted
+    into the wrong argument) is described by its length only, so a mistake
+    never copies a secret into an error, a log line or the append-only audit log.
     """
     if not isinstance(value, str):
         return f"<{type(value).__name__}>"
-    if len(value) > _SHOWN_MAX or not value.isprintable() or "PRIVATE" in value.upper():
+    lowered = value.lower()
+    if (
+        len(value) > _SHOWN_MAX
+        or not value.isprintable()
+        or "private" in lowered
+        or lowered.startswith(_SECRET_PREFIXES)
+    ):
         return f"<{len(value)} characters, not shown>"
-    return repr(value)
+    return value
+
+
+def shown(value: object) -> str:
+    """`safe_text`, quoted when it is the input itself."""
+    text = safe_text(value)
+    return repr(text) if text is value else text
+
+
+def scrub(message: str) -> str:
+    """Remove secret-shaped words from free text we did not write (usage errors that
+    echo an argument): PEM blocks, approver tokens, and very long opaque words."""
+    message = _PEM.sub("<key, not shown>", message)
+    message = _TOKEN.sub("<token, not shown>", message)
+    return _LONG_WORD.sub(lambda m: f"<{len(m.group())} characters, not shown>", message)
 
 
 __all__ = [
@@ -130,5 +156,7 @@ __all__ = [
     "PolicyError",
     "SecretError",
     "StoreError",
+    "safe_text",
+    "scrub",
     "shown",
 ]

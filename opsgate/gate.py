@@ -38,6 +38,7 @@ from opsgate.errors import (
     InvalidCredential,
     OperationError,
     OpsgateError,
+    safe_text,
 )
 from opsgate.identity import keys
 from opsgate.identity.registry import Agent, AgentRegistry, check_email
@@ -519,7 +520,7 @@ class Gate:
             "approval.refused",
             actor=requester,
             at=t,
-            approval=str(approval_id)[:64],
+            approval=safe_text(approval_id),
             code=exc.code,
             reason=exc.message,
         )

@@ -29,7 +29,7 @@ from opsgate.approvals.model import (
 from opsgate.approvals.notify import Dispatcher, build_notifiers
 from opsgate.credentials.manager import to_epoch
 from opsgate.decision import ApprovalRequirement, Decision
-from opsgate.errors import AgentError, ApprovalError, OpsgateError, shown
+from opsgate.errors import AgentError, ApprovalError, OpsgateError, safe_text, shown
 from opsgate.identity.registry import check_email
 from opsgate.store import Store, schema
 
@@ -209,7 +209,9 @@ class ApprovalService:
             q = q.with_for_update()
         row = conn.execute(q).first()
         if row is None:
-            raise ApprovalError(f"no approval request {approval_id!r}", code="approval_not_found")
+            raise ApprovalError(
+                f"no approval request {shown(approval_id)}", code="approval_not_found"
+            )
         drows = conn.execute(
             select(schema.approval_decisions)
             .where(schema.approval_decisions.c.request_id == approval_id)
@@ -379,9 +381,9 @@ class ApprovalService:
         except ApprovalError as exc:
             self._audit.append(
                 "approval.refused",
-                actor=str(approver)[:254],
+                actor=safe_text(approver),
                 at=t,
-                approval=str(approval_id)[:64],
+                approval=safe_text(approval_id),
                 code=exc.code,
                 reason=exc.message,
             )
@@ -435,7 +437,7 @@ class ApprovalService:
                 "approval.refused",
                 actor=requester,
                 at=now,
-                approval=str(approval_id)[:64],
+                approval=safe_text(approval_id),
                 code=exc.code,
                 reason=exc.message,
             )

@@ -43,7 +43,8 @@ if TYPE_CHECKING:
     from opsgate.identity.registry import AgentRegistry
 
 log = structlog.get_logger("opsgate.credentials")
-_JTI = re.compile(r"[A-Za-z0-9_-]{22,64}\Z")
+# 16 random bytes, base64url: the only credential ids this gate issues.
+_JTI = re.compile(r"[A-Za-z0-9_-]{22}\Z")
 _CACHE_MAX = 100_000
 _CLAIMS = frozenset({"iss", "sub", "aud", "iat", "nbf", "exp", "jti", "scope", "cnf"})
 _NUM = (int, float)

@@ -22,6 +22,7 @@ from opsgate.errors import (
     CapabilityError,
     DelegationError,
     InvalidCredential,
+    safe_text,
     shown,
 )
 from opsgate.identity import keys
@@ -366,8 +367,8 @@ class AgentRegistry:
                 "delegation.refused",
                 actor=parent.did,
                 at=t,
-                child=shown(name),
-                capabilities=[shown(c) for c in capabilities][:64]
+                child=safe_text(name),
+                capabilities=[safe_text(c) for c in capabilities][:64]
                 if isinstance(capabilities, (list, tuple))
                 else None,
                 code=exc.code,
@@ -410,7 +411,7 @@ class AgentRegistry:
         for cap in parsed:
             if not caps.covered_by_any(parent.grant.parsed, cap):
                 raise DelegationError(
-                    f"capability {shown(cap)} is not covered by {parent.name!r}'s grants",
+                    f"capability {shown(str(cap))} is not covered by the grants of {parent.name!r}",
                     code="delegation_not_covered",
                 )
         seconds = _ttl_seconds(ttl)

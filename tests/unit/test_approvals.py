@@ -38,6 +38,7 @@ from sqlalchemy import select
 
 import opsgate
 from opsgate.approvals import PendingApproval
+from opsgate.errors import safe_text
 from opsgate.store import schema
 
 ATTACKS: list[dict[str, Any]] = yaml.safe_load(
@@ -244,7 +245,9 @@ def test_approval_attack_is_refused(attack_world: World, case: dict[str, Any], v
             [
                 e
                 for e in audit_events(w.gate, "approval.refused")
-                if e["code"] == case["code"] and e.get("approval") == target[:64]
+                # the id as the audit keeps user input: itself, or its length if it
+                # is oversized or secret-shaped
+                if e["code"] == case["code"] and e.get("approval") == safe_text(target)
             ]
         )
 

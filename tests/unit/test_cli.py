@@ -292,10 +292,54 @@ def test_unsupported_database_urls_are_one_line(state: Path, url: str) -> None:
 
 
 @pytest.mark.parametrize("args", [["agents", "list"], ["approvals", "list"]])
-def test_unknown_status_filters_are_refused(state: Path, args: list[str]) -> None:
-    code, out, err = run(state, *args, "--status", "bogus", "--json")
-    assert code == 1 and out == ""
-    one_error_line(err, "status_invalid")
+def test_unknown_status_filters_are_usage_errors(state: Path, args: list[str]) -> None:
+    code, out, _ = run(state, *args, "--status", "bogus", "--json")
+    assert code == 2 and out == ""
+
+
+def test_unknown_status_filters_are_refused_by_the_sdk(tmp_path: Path) -> None:
+    import opsgate
+
+    with opsgate.Gate.open(tmp_path / "state") as gate:
+        for listing in (gate.agents.list, gate.approvals.list):
+            with pytest.raises(opsgate.OpsgateError) as info:
+                listing(status="bogus")
+            assert info.value.code == "status_invalid"
+
+
+def test_an_empty_state_dir_is_a_usage_error(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["--state-dir", "", "init"])
+    assert result.exit_code == 2
+    assert not (Path.cwd() / "gate-keys").exists()
+
+
+def test_secrets_in_usage_errors_are_not_echoed(state: Path) -> None:
+    pem = next((state / "agent-keys").glob("*.pem")).read_text()
+    body = "".join(line for line in pem.splitlines() if not line.startswith("-----"))
+    token = run(state, "approvers", "add", "jane@company.com")[1].strip()
+    assert token.startswith("opsg_apr_")
+    env = {**os.environ, "OPSGATE_STATE_DIR": str(state)}
+    for args in (
+        ["creds", "verify", pem],
+        ["agents", "show", body],
+        ["creds", "revoke", token],
+        ["approvals", "approve", token, "--approver", "jane@company.com", "--token", token],
+        ["approvals", "approve", "apr_x", "--approver", token, "--token", token],
+    ):
+        # the real entry point: usage errors are printed by it, not by click
+        proc = subprocess.run(
+            [sys.executable, "-m", "opsgate.cli", *args],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,
+        )
+        out, err = proc.stdout, proc.stderr
+        assert proc.returncode in (1, 2), (args, err)
+        assert body[16:40] not in out + err and token[9:] not in out + err, args
+    code, out, _ = run(state, "audit", "export")
+    assert code == 0
+    assert body[16:40] not in out and token[9:] not in out
 
 
 def test_log_lines_never_reach_stdout(state: Path) -> None:
