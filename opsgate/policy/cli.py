@@ -22,7 +22,7 @@ from opsgate.errors import PolicyError
 from opsgate.policy.engine import PolicySet
 from opsgate.policy.loader import load_policies
 from opsgate.policy.problems import Problem
-from opsgate.policy.request import PolicyRequest
+from opsgate.policy.request import PolicyRequest, environment_for
 from opsgate.policy.testing import CasesReport, run_case_file
 
 app = typer.Typer(
@@ -217,7 +217,7 @@ def explain(
         sources: Any = policies_path or _configured_policies(state_dir)
         policies = load_policies(sources, Limits())
         if environment is None:
-            environment = _environment_of(action, resource)
+            environment = environment_for(action, resource)
         request = PolicyRequest(
             action=action,
             resource=resource,
@@ -258,18 +258,6 @@ def _configured_policies(state_dir: Path | None) -> str:
             code="policy_not_found",
         )
     return configured
-
-
-def _environment_of(action: str, resource: str) -> str | None:
-    """The environment the gate would see for `action:resource` (None if not a capability)."""
-    from opsgate import capabilities as caps
-    from opsgate.authz import environment_of
-    from opsgate.errors import CapabilityError
-
-    try:
-        return environment_of(caps.parse_request(f"{action}:{resource}"))
-    except CapabilityError:
-        return None
 
 
 def _show_decision(policies: PolicySet, request: PolicyRequest, decision: Any) -> None:

@@ -145,7 +145,13 @@ class PolicyRequest:
             action=data["action"],
             resource=data["resource"],
             capability=data.get("capability") or "",
-            environment=data.get("environment"),
+            # Omitted: what the gate derives from the resource, so a decision table
+            # and `policy explain` judge a request the way the gate would.
+            environment=(
+                data["environment"]
+                if "environment" in data
+                else environment_for(data["action"], data["resource"])
+            ),
             destructive=data.get("destructive", False),
             agent_name=agent.get("name", ""),
             agent_did=agent.get("did", ""),
@@ -191,3 +197,17 @@ def _sub(data: Mapping[str, Any], key: str, allowed: set[str]) -> Mapping[str, A
 
 
 __all__ = ["PolicyRequest"]
+
+
+def environment_for(action: object, resource: object) -> str | None:
+    """The environment the gate sees for `action:resource` (None if not a capability)."""
+    from opsgate import capabilities as caps
+    from opsgate.authz import environment_of
+    from opsgate.errors import CapabilityError
+
+    if not isinstance(action, str) or not isinstance(resource, str):
+        return None
+    try:
+        return environment_of(caps.parse_request(f"{action}:{resource}"))
+    except CapabilityError:
+        return None

@@ -7,6 +7,9 @@ of each request, so policy authors test policies the way they write them.
         request: {action: deploy, resource: production/app-web, environment: production}
         expect: require_approval
         approvers: [john@company.com]  # optional: the resolved approvers, as a set
+
+A request without `environment` gets the one the gate derives from its resource
+(`production/app-web` -> production); `environment: null` means none.
 """
 
 from __future__ import annotations

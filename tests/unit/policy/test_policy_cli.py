@@ -89,7 +89,7 @@ def test_validate_without_args_is_usage_error() -> None:
 def test_test_passes() -> None:
     code, out, err = run("test", DATA / "seed_cases.yaml", DATA / "devops_cases.yaml")
     assert code == 0, out + err
-    assert "42 passed, 0 failed" in out
+    assert "44 passed, 0 failed" in out
 
 
 def test_test_names_failing_cases(tmp_path: Path) -> None:
@@ -252,3 +252,11 @@ def test_explain_invalid_policies_exit_1(tmp_path: Path) -> None:
     bad.write_text(BAD)
     code, _, err = run("explain", "--policies", str(bad), "--action", "a", "--resource", "r")
     assert code == 1 and "3 problems found" in err
+
+
+def test_the_example_decision_table_passes() -> None:
+    from opsgate.policy.testing import run_case_file
+
+    root = Path(__file__).resolve().parents[3]
+    report = run_case_file(root / "examples" / "policy_cases.yaml")
+    assert report.passed and len(report.results) == 4, report.failures
