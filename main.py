@@ -3,7 +3,7 @@
     pip install -r requirements.txt && python main.py
 
 Runs on a fresh temporary state directory (SQLite, no servers). Every step goes
-through the same Gate the CLI, HTTP API and MCP server use.
+through the same Gate the `opsgate` CLI uses.
 """
 
 from __future__ import annotations
@@ -83,7 +83,9 @@ def credentials(gate: opsgate.Gate, agents: dict[str, opsgate.Agent]) -> opsgate
     console.print(f"  verified: sub={claims.sub[:24]}... bound to key {claims.jkt[:12]}...")
     for capability in ("deploy:production/app-web", "deploy:production-eu/app-web"):
         decision = gate.authorize(cred.token, capability)
-        console.print(f"  authorize {capability:<32} -> [bold]{decision.effect}[/bold]")
+        why = "" if decision.effect != "deny" else f" ({decision.reasons[0]})"
+        console.print(f"  authorize {capability:<32} -> [bold]{decision.effect}[/bold]{why}")
+    console.print("  (an out-of-scope request is a policy violation: deploy-agent trust -75)")
     return cred
 
 
@@ -183,7 +185,9 @@ def approvals(
     except opsgate.ApprovalError as exc:
         console.print(f"  a second run of the same approval is refused ([red]{exc.code}[/red])")
     after = agents["deploy-agent"].trust_score
-    console.print(f"  deploy-agent trust {before} -> {after} after two successful deploys")
+    console.print(
+        f"  deploy-agent trust {before} -> {after} after two successful deploys (+5 each)"
+    )
 
 
 def trust(gate: opsgate.Gate, agents: dict[str, opsgate.Agent]) -> None:
@@ -196,7 +200,7 @@ def trust(gate: opsgate.Gate, agents: dict[str, opsgate.Agent]) -> None:
             name,
             str(a.trust_score),
             str(a.effective_trust),
-            f"{last.cause} {last.delta:+d}: {last.reason[:48]}",
+            f"{last.cause} {last.delta:+d}: {last.reason}",
         )
     console.print(table)
     limit = gate.config.trust.approval_below
@@ -212,12 +216,12 @@ def trust(gate: opsgate.Gate, agents: dict[str, opsgate.Agent]) -> None:
 
 def audit(gate: opsgate.Gate, anchor: Path) -> bool:
     section("7. The audit log is hash-chained and signed")
-    gate.audit.export_checkpoint(anchor)
+    checkpoint = gate.audit.export_checkpoint(anchor)
     report = gate.audit.verify(opsgate.audit.log.load_anchor(anchor))
     status = "[green]OK[/green]" if report.ok else f"[red]{report.problem}[/red]"
     console.print(
         f"audit verify: {status} - {report.events} events, head seq {report.head_seq}, "
-        f"anchored checkpoint at seq {report.head_seq}"
+        f"anchored by a checkpoint signed at seq {checkpoint.seq} (kept outside the database)"
     )
     return report.ok
 
