@@ -545,6 +545,8 @@ def approvals_list(
         _print_json([r.to_dict() for r in requests])
         return
     table = Table("id", "status", "capability", "requester", "approvers", "expires")
+    table.columns[0].no_wrap = True  # ids are copied into `approvals approve`: never cut
+    table.columns[0].min_width = 28
     for r in requests:
         table.add_row(
             r.id,
