@@ -13,6 +13,7 @@ execute(credential, operation)
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 import uuid
@@ -26,7 +27,7 @@ from sqlalchemy import insert
 from opsgate import capabilities as caps
 from opsgate.approvals import ApprovalRequest, ApprovalService, PendingApproval, satisfied
 from opsgate.audit.log import AuditLog
-from opsgate.authz import AuthzRequest, authorize, environment_of
+from opsgate.authz import KNOWN_ENVIRONMENTS, AuthzRequest, authorize, environment_of
 from opsgate.config import Config, load_config
 from opsgate.credentials.keyring import KeyRing
 from opsgate.credentials.manager import Claims, CredentialManager, to_epoch
@@ -50,6 +51,8 @@ from opsgate.trust.scoring import TrustEvent, failure_event
 
 DEFAULT_STATE_DIR = ".opsgate"
 log = structlog.get_logger("opsgate.gate")
+# The trust event of a failure an executor did not classify, by action.
+_FAILURE_KINDS = {"deploy": "deployment", "migrate": "migration"}
 
 
 def resolve_state_dir(state_dir: str | os.PathLike[str] | None) -> Path:
@@ -321,10 +324,15 @@ class Gate:
     def _score_decision(
         self, agent: AgentState, decision: Decision, capability: str, t: float
     ) -> None:
-        """Step 8 for refusals: violations cost trust; every request feeds the detectors."""
-        refused = decision.effect == "deny"
-        if refused:
-            why = decision.extra.get("violation", "policy_deny")
+        """Step 8 for refusals: violations cost trust; every request feeds the detectors.
+
+        Only a violation (a policy deny, out of scope, not granted) is charged: a
+        refusal because the agent's own trust is too low for production (and no one
+        may approve) is not a new offence, and charging it would spiral an agent
+        into suspension for asking.
+        """
+        why = decision.extra.get("violation") if decision.effect == "deny" else None
+        if why is not None:
             self._charge(
                 agent.did,
                 TrustEvent.POLICY_VIOLATION,
@@ -332,7 +340,7 @@ class Gate:
                 t,
                 operation=capability,
             )
-        self.trust.observe(agent, capability, refused=refused, now=t)
+        self.trust.observe(agent, capability, refused=why is not None, now=t)
 
     def authorize(
         self,
@@ -376,15 +384,48 @@ class Gate:
         """Step 2: the executor's pure plan (what would happen, and its digest)."""
         if not isinstance(operation, Operation):
             raise OperationError("operation must be an opsgate.Operation", code="operation_invalid")
+        if not isinstance(operation.action, str) or not isinstance(operation.resource, str):
+            raise OperationError(
+                "operation action and resource must be text", code="operation_invalid"
+            )
         executor = self._executors.get(operation.action)
         if executor is None:
             raise OperationError(
                 f"no executor is registered for action {operation.action!r}",
                 code="executor_missing",
             )
-        caps.parse_request(operation.capability)
-        plan = executor.plan(operation)
-        caps.parse_request(plan.capability)
+        cap = caps.parse_request(operation.capability)
+        if not isinstance(operation.params, dict) or not isinstance(operation.dry_run, bool):
+            raise OperationError(
+                "operation params must be a mapping and dry_run a bool", code="operation_invalid"
+            )
+        try:
+            plan = executor.plan(operation)
+        except OpsgateError:
+            raise
+        except Exception as exc:  # an executor bug or its I/O: typed, message withheld
+            raise OperationError(
+                f"the {operation.action!r} executor could not plan: {exc.__class__.__name__}",
+                code="plan_failed",
+            ) from exc
+        if not isinstance(plan, Plan):
+            raise OperationError("the executor's plan is not a Plan", code="plan_failed")
+        # What is authorized is the operation the agent asked for, exactly.
+        if plan.operation != operation or plan.capability != operation.capability:
+            raise OperationError("the executor's plan is for another operation", code="plan_failed")
+        planned = cap
+        # The environment policy and the trust gate see: the one the capability names
+        # wins, so an executor that leaves it unset, or names another, never
+        # downgrades production; an executor may supply one the capability lacks.
+        named = environment_of(planned)
+        if named in KNOWN_ENVIRONMENTS and plan.environment != named:
+            if plan.environment is not None:
+                raise OperationError(
+                    f"the executor planned environment {plan.environment!r} for "
+                    f"{plan.capability!r}, which names {named!r}",
+                    code="plan_failed",
+                )
+            plan = dataclasses.replace(plan, environment=named)
         return plan
 
     def execute(
@@ -560,19 +601,28 @@ class Gate:
         )
         executor = self._executors[plan.operation.action]
         started = time.monotonic()
+        interrupted: BaseException | None = None
         try:
             outcome = executor.run(plan)
             if not isinstance(outcome, Outcome):
                 outcome = Outcome(
                     "failed", f"executor returned {type(outcome).__name__}, not an Outcome"
                 )
+            elif outcome.status != "succeeded" and outcome.status != "failed":
+                outcome = Outcome("failed", f"executor returned status {outcome.status!r}")
         except OpsgateError as exc:
             outcome = Outcome("failed", exc.message, {"code": exc.code})
         except Exception as exc:  # noqa: BLE001 - an executor bug is a failed operation, audited
             # Only the class name: an executor's message may carry secrets.
             outcome = Outcome("failed", f"executor raised {exc.__class__.__name__}")
+        except BaseException as exc:  # noqa: BLE001 - interrupted: record the outcome, re-raise
+            interrupted = exc
+            outcome = Outcome("failed", f"interrupted by {exc.__class__.__name__}")
         if outcome.status == "failed":
-            cause = failure_event(outcome.failure_kind)
+            # A failure the executor did not classify is still a failed deploy/migration.
+            kind = outcome.failure_kind or _FAILURE_KINDS.get(plan.operation.action)
+            outcome = dataclasses.replace(outcome, failure_kind=kind)
+            cause = failure_event(kind)
         else:
             cause = TrustEvent.SUCCESS
         done_at = t + (time.monotonic() - started)  # the caller's clock, plus the run time
@@ -596,6 +646,8 @@ class Gate:
         )
         self.trust.after_change({**record.event, "seq": record.seq}, done_at)
         self.trust.observe(agent, plan.capability, refused=False, now=t)
+        if interrupted is not None:
+            raise interrupted
         return Outcome(
             outcome.status, outcome.summary, outcome.detail, outcome.failure_kind, record.seq
         )

@@ -304,7 +304,7 @@ class AgentRegistry:
             )
         sponsor = check_email(sponsor)
         parsed = self._check_grants(capabilities)
-        score = self._default_trust if trust_score is None else _check_trust(trust_score)
+        score = self._default_trust if trust_score is None else self._startable(trust_score)
         seconds = _ttl_seconds(ttl)
         did, private = self._new_identity(did)
         kid, gate_key = self._keyring.signer()
@@ -424,7 +424,7 @@ class AgentRegistry:
         if trust_score is None:
             score = parent_trust
         else:
-            score = _check_trust(trust_score)
+            score = self._startable(trust_score)
             if score > parent_trust:
                 raise DelegationError(
                     f"trust_score {score} is above the parent's trust of {parent_trust}",
@@ -529,6 +529,18 @@ class AgentRegistry:
             raise
         self._state.invalidate_agent(did)
 
+    def _startable(self, trust_score: object) -> int:
+        """A new agent's score: valid, and not one that would have it suspended."""
+        score = _check_trust(trust_score)
+        floor = self._config.trust.suspend_below
+        if score < floor:
+            raise AgentError(
+                f"trust_score {score} is below the suspension threshold {floor}: "
+                "such an agent could not act",
+                code="trust_score_invalid",
+            )
+        return score
+
     def _drop_key(self, did: str, private: Ed25519PrivateKey | None) -> None:
         if private is not None:
             self._key_path(did).unlink(missing_ok=True)
@@ -574,13 +586,23 @@ class AgentRegistry:
                 affected = [root.did]
                 if below:
                     res = conn.execute(
-                        select(a.c.did).where(
+                        select(a.c.did, a.c.trust_score).where(
                             a.c.did.in_(below),
                             a.c.status == SUSPENDED,
                             a.c.status_reason == CASCADE_PREFIX + root.did,
                         )
                     ).all()
-                    cascaded = [r[0] for r in res]
+                    # A descendant whose own score fell below the threshold meanwhile
+                    # stays suspended, now on its own account, until it is reinstated.
+                    floor = self._config.trust.suspend_below
+                    cascaded = [r[0] for r in res if r[1] >= floor]
+                    own = [r[0] for r in res if r[1] < floor]
+                    if own:
+                        conn.execute(
+                            update(a)
+                            .where(a.c.did.in_(own))
+                            .values(status_reason=f"trust below {floor}", updated_at=t)
+                        )
                     if cascaded:
                         conn.execute(
                             update(a)

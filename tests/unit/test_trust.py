@@ -469,13 +469,18 @@ def test_below_500_suspends_the_agent_and_its_sub_agents_at_once(tmp_path: Path)
         assert refused.value.code == "agent_suspended"
         assert w.gate.authorize(sup_token, "deploy:staging/app", now=clock.tick()).allowed
 
+        # The sub-agent presented its revoked credential above (misuse, -150): its own
+        # score is now below 500, so reinstating its parent leaves it suspended.
+        assert sub.trust_score < 500
         affected = w.gate.agents.reinstate(
             "deploy-agent", reason="reviewed the failures", now=clock.tick()
         )
-        assert set(affected) == {w.agent.did, sub.did}
-        assert (w.agent.status, sub.status) == ("active", "active")
+        assert set(affected) == {w.agent.did}
+        assert (w.agent.status, sub.status) == ("active", "suspended")
         reinstated = audit_events(w.gate, "agent.reinstated")[-1]
         assert reinstated["reason"] == "reviewed the failures"
+        affected = w.gate.agents.reinstate("sub-agent", reason="reviewed it too", now=clock.tick())
+        assert set(affected) == {sub.did} and sub.status == "active"
         # Credentials from before the suspension stay dead; new ones work.
         with pytest.raises(opsgate.InvalidCredential) as stale:
             w.gate.credential_manager.verify(sub_token, now=clock.tick())
