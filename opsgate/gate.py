@@ -44,6 +44,7 @@ from opsgate.errors import (
 from opsgate.identity import keys
 from opsgate.identity.registry import Agent, AgentRegistry, check_email
 from opsgate.operations.base import Executor, Operation, Outcome, Plan
+from opsgate.policy.request import check_params
 from opsgate.state import AgentState, LiveState
 from opsgate.store import Store, schema
 from opsgate.trust.engine import TrustEngine
@@ -359,6 +360,8 @@ class Gate:
         t = to_epoch(now)
         claims = self._authenticate(token, t, proof, capability)
         cap = caps.parse_request(capability)
+        if params is not None:
+            check_params(params)
         agent, decision = self._decide(
             claims, cap, t, environment=environment_of(cap), params=params
         )
@@ -399,6 +402,7 @@ class Gate:
             raise OperationError(
                 "operation params must be a mapping and dry_run a bool", code="operation_invalid"
             )
+        check_params(operation.params)
         try:
             plan = executor.plan(operation)
         except OpsgateError:
@@ -571,11 +575,17 @@ class Gate:
         return self.approvals.wait(approval_id, timeout=timeout)
 
     def _sponsors(self, agent: AgentState) -> tuple[str, ...]:
-        sponsors = {agent.sponsor}
+        """Who may not approve this agent's requests: the sponsor of every agent in its
+        chain and, where a sponsor is a policy group, each of the group's members."""
+        direct = {agent.sponsor}
         for did in agent.ancestors:
             st = self.state.agent(did)
             if st is not None:
-                sponsors.add(st.sponsor)
+                direct.add(st.sponsor)
+        groups = getattr(self.policies, "groups", {}) or {}
+        sponsors = set(direct)
+        for sponsor in direct:
+            sponsors.update(m.lower() for m in groups.get(sponsor.lower(), ()))
         return tuple(sorted(sponsors))
 
     def _run(

@@ -29,7 +29,7 @@ from opsgate.approvals.model import (
 from opsgate.approvals.notify import Dispatcher, build_notifiers
 from opsgate.credentials.manager import to_epoch
 from opsgate.decision import ApprovalRequirement, Decision
-from opsgate.errors import AgentError, ApprovalError, OpsgateError, safe_text, shown
+from opsgate.errors import AgentError, ApprovalError, OpsgateError, safe_text, scrub, shown
 from opsgate.identity.registry import check_email
 from opsgate.store import Store, schema
 
@@ -331,6 +331,8 @@ class ApprovalService:
             raise ApprovalError(
                 "comment must be text of at most 2000 characters", code="comment_invalid"
             )
+        if comment is not None:
+            comment = scrub(comment)  # a token pasted into a comment is not kept
         try:
             who = self._email(approver)
             self.expire_due(now=t)

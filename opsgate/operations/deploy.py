@@ -12,6 +12,7 @@ import hashlib
 import os
 import re
 import shutil
+import stat
 from pathlib import Path
 
 from opsgate.errors import OperationError
@@ -20,14 +21,36 @@ from opsgate.operations.base import Operation, Outcome, Plan
 _VERSION = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
 
 
+def _plain(path: Path) -> str:
+    """'file' or 'dir'; anything else (a symlink, a device, a fifo) is refused, so the
+    digest covers exactly what is copied and reading it cannot hang."""
+    mode = path.lstat().st_mode
+    if stat.S_ISREG(mode):
+        return "file"
+    if stat.S_ISDIR(mode):
+        return "dir"
+    raise OperationError(
+        "the artifact may hold only regular files and directories (no symlinks)",
+        code="operation_invalid",
+    )
+
+
 def artifact_digest(path: Path) -> str:
+    """SHA-256 over every file's relative path and content: what an approval binds."""
     h = hashlib.sha256()
-    if path.is_dir():
-        for f in sorted(p for p in path.rglob("*") if p.is_file()):
-            h.update(str(f.relative_to(path)).encode() + b"\0")
-            h.update(hashlib.sha256(f.read_bytes()).digest())
-    else:
-        h.update(path.read_bytes())
+    try:
+        if _plain(path) == "dir":
+            for f in sorted(path.rglob("*")):
+                if _plain(f) == "file":
+                    h.update(str(f.relative_to(path)).encode() + b"\0")
+                    h.update(hashlib.sha256(f.read_bytes()).digest())
+        else:
+            h.update(path.read_bytes())
+    except OSError as exc:
+        raise OperationError(
+            f"the artifact cannot be read: {exc.strerror or exc.__class__.__name__}",
+            code="operation_invalid",
+        ) from exc
     return "sha256:" + h.hexdigest()
 
 
@@ -78,10 +101,17 @@ class LocalDeployExecutor:
             staging = release.with_name(f".{version}.partial")
             shutil.rmtree(staging, ignore_errors=True)
             if source.is_dir():
-                shutil.copytree(source, staging)
+                shutil.copytree(source, staging, symlinks=True)
+                copied = artifact_digest(staging)
             else:
                 staging.mkdir()
                 shutil.copy2(source, staging / source.name)
+                copied = artifact_digest(staging / source.name)
+            if copied != plan.content["artifact_digest"]:  # changed while being copied
+                shutil.rmtree(staging, ignore_errors=True)
+                return Outcome(
+                    "failed", "artifact changed after planning", failure_kind="deployment"
+                )
             os.replace(staging, release)
         link_tmp = app_dir / ".current.tmp"
         link_tmp.unlink(missing_ok=True)

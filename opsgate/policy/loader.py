@@ -79,7 +79,8 @@ _BaseLoader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoade
 
 
 class _StrictLoader(_BaseLoader):  # type: ignore[valid-type,misc]
-    """SafeLoader that refuses duplicate keys: a second `action:` must not win silently."""
+    """SafeLoader that refuses duplicate keys (a second `action:` must not win silently)
+    and aliases (a kilobyte of nested `*refs` expands to gigabytes)."""
 
 
 def _strict_mapping(loader: _StrictLoader, node: yaml.MappingNode) -> dict[Any, Any]:
@@ -106,6 +107,18 @@ _StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _s
 def load_yaml(text: str, source: str) -> tuple[Any, Problem | None]:
     """Safe-load one YAML document; a syntax problem comes back located by line/column."""
     try:
+        for event in yaml.parse(text, Loader=_StrictLoader):
+            if isinstance(event, yaml.AliasEvent):  # refused before anything expands
+                mark = event.start_mark
+                return None, Problem(
+                    source,
+                    None,
+                    None,
+                    mark.column + 1,
+                    "invalid yaml: aliases (*name) are not allowed in policy files",
+                    "policy_syntax",
+                    line=mark.line + 1,
+                )
         return yaml.load(text, Loader=_StrictLoader), None  # noqa: S506 - SafeLoader subclass
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)

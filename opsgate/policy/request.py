@@ -52,6 +52,18 @@ def _check_json(value: object, path: str, depth: int = 0) -> None:
     raise _bad(f"param {path!r} has unsupported type {type(value).__name__!r}")
 
 
+def check_params(params: object) -> None:
+    """Operation params must be plain JSON (finite numbers, string keys, bounded depth):
+    policy compares them and the plan digest hashes them, and a NaN would slip past
+    both (every comparison with it is false; JSON writes it as null)."""
+    if not isinstance(params, Mapping):
+        raise PolicyError("operation params must be a mapping", code="params_invalid")
+    try:
+        _check_json(dict(params), "params")
+    except PolicyError as exc:
+        raise PolicyError(exc.message, code="params_invalid") from None
+
+
 def _int_in(name: str, value: object, low: int, high: int) -> None:
     if type(value) is not int or not low <= value <= high:
         raise _bad(f"{name} must be an integer from {low} to {high}, got {_shown(value)}")

@@ -151,3 +151,101 @@ def test_agents_cannot_start_below_the_suspension_threshold(tmp_path: Path) -> N
             parent.delegate(name="c", capabilities=["deploy:staging"], trust_score=50)
         assert info.value.code == "trust_score_invalid"
         assert [a.name for a in gate.agents.list()] == ["p"]
+
+
+# -- params, policy files, artifacts, approvals ------------------------------------------------
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf"), {1: "x"}, {"s": {1}}])
+def test_params_that_are_not_plain_json_are_refused(tmp_path: Path, bad: Any) -> None:
+    """A NaN would slip past `params.replicas > 10` and hash like null in the digest."""
+    w = open_world(tmp_path / "state")
+    try:
+        with pytest.raises(opsgate.OpsgateError) as info:
+            w.gate.execute(w.token, deploy("staging/app-web", replicas=bad))
+        assert info.value.code == "params_invalid"
+        with pytest.raises(opsgate.OpsgateError) as info:
+            w.gate.authorize(w.token, "deploy:staging/app-web", params={"replicas": bad})
+        assert info.value.code == "params_invalid"
+        assert w.executor.count == 0
+    finally:
+        w.gate.close()
+
+
+def test_yaml_aliases_in_a_policy_file_are_refused_at_once(tmp_path: Path) -> None:
+    levels = ["a: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
+    for prev, name in zip("abcdefgh", "bcdefghi", strict=True):
+        levels.append(f"{name}: &{name} [{', '.join([f'*{prev}'] * 9)}]")
+    bomb = tmp_path / "bomb.yaml"
+    bomb.write_text(
+        "x:\n"
+        + "".join(f"  {line}\n" for line in levels)
+        + "policies:\n  - name: p\n    rules:\n      - {condition: 'true', action: *i}\n"
+    )
+    with pytest.raises(opsgate.PolicyError) as info:
+        opsgate.Gate.open(tmp_path / "state", policies=bomb)
+    assert info.value.code == "policy_syntax"
+    assert "alias" in str(info.value)
+
+
+def test_an_artifact_with_a_symlink_is_refused(tmp_path: Path) -> None:
+    from opsgate.operations.deploy import LocalDeployExecutor
+
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "app.py").write_text("print('approved?')")
+    artifact = tmp_path / "release"
+    artifact.mkdir()
+    (artifact / "README").write_text("release")
+    (artifact / "lib").symlink_to(outside)
+    w = open_world(tmp_path / "state", executor=LocalDeployExecutor(tmp_path / "deployments"))  # type: ignore[arg-type]
+    try:
+        with pytest.raises(opsgate.OperationError) as info:
+            w.gate.execute(
+                w.token,
+                Operation(
+                    "deploy", "staging/app-web", {"version": "1.0", "artifact": str(artifact)}
+                ),
+            )
+        assert info.value.code == "operation_invalid"
+        assert not (tmp_path / "deployments").exists()
+    finally:
+        w.gate.close()
+
+
+def test_members_of_a_sponsor_group_cannot_approve_its_agents_requests(tmp_path: Path) -> None:
+    policies = tmp_path / "policies.yaml"
+    policies.write_text(
+        "policies:\n"
+        "  - name: prod\n"
+        "    rules:\n"
+        "      - condition: \"action == 'deploy' and environment == 'production'\"\n"
+        "        action: require_approval\n"
+        "        approvers: [sre-team@company.com]\n"
+        "groups:\n"
+        "  sre-team@company.com: [john@company.com, jane@company.com]\n"
+        "  platform-lead@company.com: [john@company.com]\n"  # the supervisor's sponsor
+    )
+    w = open_world(tmp_path / "state", policies=policies)
+    try:
+        pending = w.gate.execute(w.token, deploy("production/app-web"))
+        assert isinstance(pending, opsgate.PendingApproval)
+        with pytest.raises(opsgate.ApprovalError) as info:
+            w.approve(pending.approval_id, "john@company.com")
+        assert info.value.code == "self_approval"
+        assert w.approve(pending.approval_id, "jane@company.com").status == "approved"
+    finally:
+        w.gate.close()
+
+
+def test_a_token_pasted_into_an_approval_comment_is_not_kept(tmp_path: Path) -> None:
+    w = open_world(tmp_path / "state")
+    try:
+        pending = w.gate.execute(w.token, deploy("production/app-web"))
+        john = w.approver_tokens["john@company.com"]
+        req = w.approve(pending.approval_id, "jane@company.com", comment=f"see {john}")
+        assert john not in str(req.to_dict())
+        for record in w.gate.audit.events():
+            assert john[9:] not in str(record.event)
+    finally:
+        w.gate.close()
