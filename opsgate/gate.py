@@ -359,9 +359,13 @@ class Gate:
         """
         t = to_epoch(now)
         claims = self._authenticate(token, t, proof, capability)
-        cap = caps.parse_request(capability)
-        if params is not None:
-            check_params(params)
+        try:
+            cap = caps.parse_request(capability)
+            if params is not None:
+                check_params(params)
+        except OpsgateError as exc:
+            self._audit_refusal("authorize.refused", claims, capability, exc, t)
+            raise
         agent, decision = self._decide(
             claims, cap, t, environment=environment_of(cap), params=params
         )
@@ -456,7 +460,11 @@ class Gate:
         self, claims: Claims, operation: Operation, t: float, approval_id: str | None
     ) -> Outcome | PendingApproval:
         """Steps 2-8 for an authenticated caller."""
-        plan = self.plan(operation)
+        try:
+            plan = self.plan(operation)
+        except OpsgateError as exc:  # a malformed request is still an audited refusal
+            self._audit_refusal("operation.refused", claims, operation.capability, exc, t)
+            raise
         cap = caps.parse_request(plan.capability)
         agent, decision = self._decide(
             claims,
@@ -573,6 +581,21 @@ class Gate:
 
     def wait_for_approval(self, approval_id: str, timeout: float = 60.0) -> ApprovalRequest:
         return self.approvals.wait(approval_id, timeout=timeout)
+
+    def _audit_refusal(
+        self, event: str, claims: Claims, capability: object, exc: OpsgateError, t: float
+    ) -> None:
+        """An authenticated request refused before any decision (malformed): audited,
+        not charged (a mistake is not an escalation)."""
+        self.audit.append(
+            event,
+            actor=claims.sub,
+            at=t,
+            jti=claims.jti,
+            capability=safe_text(capability),
+            code=exc.code,
+            reason=exc.message,
+        )
 
     def _sponsors(self, agent: AgentState) -> tuple[str, ...]:
         """Who may not approve this agent's requests: the sponsor of every agent in its

@@ -327,13 +327,13 @@ class ApprovalService:
         comment: str | None,
         t: float,
     ) -> ApprovalRequest:
-        if comment is not None and (not isinstance(comment, str) or len(comment) > 2000):
-            raise ApprovalError(
-                "comment must be text of at most 2000 characters", code="comment_invalid"
-            )
-        if comment is not None:
-            comment = scrub(comment)  # a token pasted into a comment is not kept
         try:
+            if comment is not None and (not isinstance(comment, str) or len(comment) > 2000):
+                raise ApprovalError(
+                    "comment must be text of at most 2000 characters", code="comment_invalid"
+                )
+            if comment is not None:
+                comment = scrub(comment)  # a token pasted into a comment is not kept
             who = self._email(approver)
             self.expire_due(now=t)
             with self._store.write() as conn:

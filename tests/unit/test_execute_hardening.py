@@ -115,10 +115,17 @@ def test_an_interrupted_run_leaves_its_outcome_and_is_re_raised(tmp_path: Path) 
 def test_malformed_operations_are_typed_errors(tmp_path: Path, operation: Operation) -> None:
     w = open_world(tmp_path / "state")
     try:
+        before = w.agent.trust_score
         with pytest.raises(opsgate.OperationError) as info:
             w.gate.execute(w.token, operation)
         assert info.value.code == "operation_invalid"
         assert w.executor.count == 0
+        last = w.gate.audit.tail(1)[0]  # refused, audited, not charged
+        assert last.type == "operation.refused" and last.event["code"] == "operation_invalid"
+        assert last.actor == w.agent.did and w.agent.trust_score == before
+        with pytest.raises(opsgate.CapabilityError):
+            w.gate.authorize(w.token, "deploy:Production/../x")
+        assert w.gate.audit.tail(1)[0].type == "authorize.refused"
     finally:
         w.gate.close()
 
