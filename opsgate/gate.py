@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import threading
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -130,6 +131,8 @@ class Gate:
         self.trust_approvers: tuple[str, ...] = ()
         self._resolve_trust_approvers()
         self._executors: dict[str, Executor] = {}
+        self._misused: dict[str, None] = {}  # jtis already charged as misuse (insertion order)
+        self._misuse_lock = threading.Lock()
 
     @classmethod
     def open(
@@ -279,7 +282,8 @@ class Gate:
         try:
             return self.credential_manager.verify(token, now=t, proof=proof, proof_context=context)
         except InvalidCredential as exc:
-            if exc.detail.get("misuse") and exc.detail.get("agent"):
+            jti = exc.detail.get("jti")
+            if exc.detail.get("misuse") and exc.detail.get("agent") and self._first_misuse(jti):
                 self._charge(
                     exc.detail["agent"],
                     TrustEvent.CREDENTIAL_MISUSE,
@@ -288,6 +292,19 @@ class Gate:
                     evidence={"jti": exc.detail.get("jti")},
                 )
             raise
+
+    def _first_misuse(self, jti: object) -> bool:
+        """Charge misuse once per credential: whoever replays a leaked expired or
+        revoked token can make it fail again, but cannot drain its agent's trust."""
+        if not isinstance(jti, str):
+            return True
+        with self._misuse_lock:
+            if jti in self._misused:
+                return False
+            if len(self._misused) >= 100_000:
+                self._misused.pop(next(iter(self._misused)))
+            self._misused[jti] = None
+            return True
 
     def _decide(
         self,

@@ -450,15 +450,18 @@ class AuditLog:
             rows = conn.execute(q).all()
         return [self._record(r) for r in reversed(rows)]
 
-    def events(self, *, after_seq: int = 0, batch: int = 5000) -> Iterator[AuditRecord]:
-        """Every event in seq order (for export)."""
+    def events(
+        self, *, after_seq: int = 0, actor: str | None = None, batch: int = 5000
+    ) -> Iterator[AuditRecord]:
+        """Every event in seq order (for export), or every event of one actor."""
         t = schema.audit_events
         last = after_seq
         while True:
+            q = select(t).where(t.c.seq > last)
+            if actor is not None:
+                q = q.where(t.c.actor == actor)
             with self._store.read() as conn:
-                rows = conn.execute(
-                    select(t).where(t.c.seq > last).order_by(t.c.seq).limit(batch)
-                ).all()
+                rows = conn.execute(q.order_by(t.c.seq).limit(batch)).all()
             if not rows:
                 return
             for r in rows:

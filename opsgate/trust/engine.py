@@ -301,7 +301,7 @@ class TrustEngine:
         out: list[TrustChange] = [
             TrustChange(did, "initial", 0, initial, "score at registration", created)
         ]
-        for rec in self._audit.tail(10_000, actor=did):
+        for rec in self._audit.events(actor=did):  # all of them: every change is explained
             t = rec.event.get("trust")
             if t and t.get("agent") == did:
                 out.append(

@@ -256,3 +256,20 @@ def test_a_token_pasted_into_an_approval_comment_is_not_kept(tmp_path: Path) -> 
             assert john[9:] not in str(record.event)
     finally:
         w.gate.close()
+
+
+def test_replaying_a_leaked_expired_token_costs_its_agent_once(tmp_path: Path) -> None:
+    w = open_world(tmp_path / "state")
+    try:
+        t = 1_900_000_000.0
+        token = w.credential(now=t)
+        before = w.agent.trust_score
+        for i in range(4):
+            with pytest.raises(opsgate.InvalidCredential) as info:
+                w.gate.authorize(token, "deploy:staging/app-web", now=t + 3600 + i)
+            assert info.value.code == "expired"
+        assert w.agent.trust_score == before - 150
+        rejected = [r for r in w.gate.audit.events() if r.type == "credential.rejected"]
+        assert len(rejected) == 4  # every attempt is still on record
+    finally:
+        w.gate.close()
