@@ -369,6 +369,7 @@ class _Compiler:
                 residual.append(test)
             else:
                 actions = constraint if actions is None else actions & constraint
+        self._check_literals(tree)
         if actions is not None and not actions:
             raise ConditionError(
                 "condition can never match: its action constraints exclude every action",
@@ -408,6 +409,35 @@ class _Compiler:
             for child in ast.iter_child_nodes(node):
                 if not isinstance(child, _NOT_COUNTED):
                     stack.append((child, depth + 1))
+
+    def _check_literals(self, tree: ast.Expression) -> None:
+        """String values (however written, escapes included) are ASCII unless they meet
+        params: every name, resource, environment and email opsgate knows is ASCII, so
+        a literal with a look-alike letter is a rule that silently never fires. Runs
+        after the typed checks, which explain the common cases more precisely."""
+        parents: dict[ast.AST, ast.AST] = {}
+        for node in ast.walk(tree):
+            for child in ast.iter_child_nodes(node):
+                parents[child] = node
+        for node in ast.walk(tree):
+            if type(node) is ast.Constant and type(node.value) is str and not node.value.isascii():
+                # Allowed only where it meets free text: the comparison or call that
+                # holds it also reads `params` (a city name may well be 'Zürich').
+                owner = parents.get(node)
+                while owner is not None and not isinstance(owner, (ast.Compare, ast.Call)):
+                    owner = parents.get(owner)
+                if owner is not None and any(
+                    type(n) is ast.Name and n.id == "params" for n in ast.walk(owner)
+                ):
+                    continue
+                bad = next(ch for ch in node.value if not ch.isascii())
+                column = self.offset(node.lineno, node.col_offset)
+                raise ConditionError(
+                    f"string {quote(node.value)} holds the non-ascii character {bad!r} "
+                    f"(U+{ord(bad):04X}); names, resources, environments and emails are "
+                    "ascii, so a look-alike letter never matches",
+                    (column or 0) + 1,
+                )
 
     def _check_ascii(self, tree: ast.Expression) -> None:
         """Outside string literals only ASCII: Python would NFKC-fold look-alike names."""

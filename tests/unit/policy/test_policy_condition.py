@@ -289,3 +289,25 @@ def test_deep_nesting_beyond_the_parser_is_a_policy_error() -> None:
     )
     for text in ("not " * 20_000 + "true", "[" * 5000 + "]" * 5000, "-" * 50_000 + "1"):
         refuse(text, limits)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "'pr\u043eduction' in resource",
+        "'pr\\u043eduction' in resource",  # written as an escape
+        "agent.name == 'd\u0435ploy-agent'",
+        "agent.sponsor == 'j\u043ehn@company.com'",
+        "lower(environment) == 'pr\u043eduction'",
+        "endswith(lower(resource), '\u0430pp-web')",
+        "action == 'deploy' and capability in ['deploy:pr\u043eduction/app']",
+    ],
+)
+def test_look_alike_literals_that_could_never_match_are_refused(text: str) -> None:
+    err = refuse(text)
+    assert "non-ascii" in str(err) or "can never" in str(err), str(err)
+
+
+def test_non_ascii_literals_meeting_params_in_calls_are_allowed() -> None:
+    assert check("startswith(params.city, 'Zü')", params={"city": "Zürich"})
+    assert check("lower(params.city) == 'zürich'", params={"city": "Zürich"})
