@@ -521,47 +521,54 @@ class AuditLog:
         key_kids: set[str] = set()  # gate keys the log itself says were created
         loads = orjson.loads
         sha = hashlib.sha256
-        for seq, at, etype, actor, body, row_prev, row_hash in self._iter_rows():
-            if type(seq) is not int or seq < expected:
-                # NULL, non-integer, duplicate or pre-genesis seq: a row that is not ours.
-                where = seq if type(seq) is int and seq > 0 else expected
-                return self._fail(
-                    report, where, "insertion", f"a row with seq {seq!r:.20} was added"
-                )
-            if seq != expected:
-                return self._fail(report, expected, "deletion", f"seq {expected} is missing")
-            try:
-                raw = body.encode("utf-8") if isinstance(body, str) else bytes(body)
-                intact = sha(row_prev.encode("ascii") + raw).hexdigest() == row_hash
-            except (UnicodeError, AttributeError, TypeError, ValueError):
-                intact = False
-            if not intact:
-                return self._fail(report, seq, "edit", "event content does not match its hash")
-            try:
-                ev = loads(raw)
-                consistent = (
-                    ev["seq"] == seq
-                    and ev["type"] == etype
-                    and ev.get("actor") == actor
-                    and ev["at"] == at
-                )
-            except (orjson.JSONDecodeError, KeyError, TypeError):
-                return self._fail(report, seq, "edit", "event body is not a valid event")
-            if row_prev != prev_hash or ev["seq"] != seq:
-                return self._classify_link(report, seq, ev.get("seq"), row_prev, prev_hash, seen)
-            if not consistent:
-                return self._fail(
-                    report, seq, "edit", "indexed columns differ from the hashed event"
-                )
-            if etype in _KEY_EVENTS and isinstance(ev.get("kid"), str):
-                key_kids.add(ev["kid"])
-            if seq in cps:
-                cp_hashes[seq] = row_hash
-            if len(seen) < 4096:
-                seen[row_hash] = seq
-            else:
-                seen = {row_hash: seq}
-            prev_hash, expected = row_hash, expected + 1
+        try:
+            for seq, at, etype, actor, body, row_prev, row_hash in self._iter_rows():
+                if type(seq) is not int or seq < expected:
+                    # NULL, non-integer, duplicate or pre-genesis seq: a row that is not ours.
+                    where = seq if type(seq) is int and seq > 0 else expected
+                    return self._fail(
+                        report, where, "insertion", f"a row with seq {seq!r:.20} was added"
+                    )
+                if seq != expected:
+                    return self._fail(report, expected, "deletion", f"seq {expected} is missing")
+                try:
+                    raw = body.encode("utf-8") if isinstance(body, str) else bytes(body)
+                    intact = sha(row_prev.encode("ascii") + raw).hexdigest() == row_hash
+                except (UnicodeError, AttributeError, TypeError, ValueError):
+                    intact = False
+                if not intact:
+                    return self._fail(report, seq, "edit", "event content does not match its hash")
+                try:
+                    ev = loads(raw)
+                    consistent = (
+                        ev["seq"] == seq
+                        and ev["type"] == etype
+                        and ev.get("actor") == actor
+                        and ev["at"] == at
+                    )
+                except (orjson.JSONDecodeError, KeyError, TypeError):
+                    return self._fail(report, seq, "edit", "event body is not a valid event")
+                if row_prev != prev_hash or ev["seq"] != seq:
+                    return self._classify_link(
+                        report, seq, ev.get("seq"), row_prev, prev_hash, seen
+                    )
+                if not consistent:
+                    return self._fail(
+                        report, seq, "edit", "indexed columns differ from the hashed event"
+                    )
+                if etype in _KEY_EVENTS and isinstance(ev.get("kid"), str):
+                    key_kids.add(ev["kid"])
+                if seq in cps:
+                    cp_hashes[seq] = row_hash
+                if len(seen) < 4096:
+                    seen[row_hash] = seq
+                else:
+                    seen = {row_hash: seq}
+                prev_hash, expected = row_hash, expected + 1
+        finally:
+            if not report.ok:  # stopped at a bad row: say how far the chain held
+                report.events = report.head_seq = expected - 1
+                report.head_hash = prev_hash
         report.events = expected - 1
         report.head_seq = expected - 1
         report.head_hash = prev_hash

@@ -172,3 +172,11 @@ def test_sqlite_text_in_integer_columns_is_reported(tmp_path: Path) -> None:
                         {"s": s, "at": at},
                     )
             assert g.audit.verify().ok, statement
+
+
+def test_a_failed_verify_says_how_far_the_chain_held(gate: opsgate.Gate) -> None:
+    _sql(gate, "UPDATE audit_events SET body = body || ' ' WHERE seq = 4")
+    report = gate.audit.verify()
+    assert not report.ok and report.first_bad_seq == 4
+    assert report.events == report.head_seq == 3
+    assert report.head_hash == _row(gate, 3).hash
