@@ -46,16 +46,24 @@ class KeyRing:
     def reload(self) -> None:
         with self._store.read() as conn:
             rows = conn.execute(select(schema.gate_keys)).all()
-        loaded = {
-            r.kid: GateKey(
+        loaded: dict[str, GateKey] = {}
+        for r in rows:
+            try:
+                raw = keys.b64url_decode(r.public_key)
+                public = Ed25519PublicKey.from_public_bytes(raw)
+            except (ValueError, TypeError):
+                continue
+            # A kid is the RFC 7638 thumbprint of its key: a row whose key was swapped
+            # (by someone with write access to the database) is no key of this gate.
+            if keys.jwk_thumbprint(raw) != r.kid:
+                continue
+            loaded[r.kid] = GateKey(
                 r.kid,
-                Ed25519PublicKey.from_public_bytes(keys.b64url_decode(r.public_key)),
-                keys.b64url_decode(r.public_key),
+                public,
+                raw,
                 float(r.created_at),
                 None if r.retired_at is None else float(r.retired_at),
             )
-            for r in rows
-        }
         current: tuple[str, Ed25519PrivateKey] | None = None
         for k in sorted(loaded.values(), key=lambda k: k.created_at, reverse=True):
             path = self._dir / f"{k.kid}.pem"

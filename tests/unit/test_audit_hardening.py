@@ -180,3 +180,37 @@ def test_a_failed_verify_says_how_far_the_chain_held(gate: opsgate.Gate) -> None
     assert not report.ok and report.first_bad_seq == 4
     assert report.events == report.head_seq == 3
     assert report.head_hash == _row(gate, 3).hash
+
+
+def test_a_gate_key_swapped_in_the_database_cannot_re_sign_checkpoints(
+    gate: opsgate.Gate,
+) -> None:
+    """The attacker keeps the recorded kid but puts their own key under it and
+    re-signs the stored checkpoint: a kid is its key's thumbprint, so it is refused."""
+    cp = gate.audit.checkpoint()
+    attacker = Ed25519PrivateKey.generate()
+    payload = orjson.dumps(
+        {
+            "type": CHECKPOINT_TYPE,
+            "gate": cp.gate,
+            "seq": cp.seq,
+            "hash": cp.hash,
+            "at": cp.at,
+            "kid": cp.kid,
+        },
+        option=orjson.OPT_SORT_KEYS,
+    )
+    with gate.store.write() as conn:
+        conn.execute(
+            update(schema.gate_keys)
+            .where(schema.gate_keys.c.kid == cp.kid)
+            .values(public_key=_b64(attacker.public_key().public_bytes_raw()))
+        )
+        conn.execute(
+            update(schema.audit_checkpoints)
+            .where(schema.audit_checkpoints.c.seq == cp.seq)
+            .values(signature=_b64(attacker.sign(payload)))
+        )
+    gate.keyring.reload()
+    report = gate.audit.verify()
+    assert not report.ok and report.problem == "replacement", report
