@@ -482,12 +482,7 @@ def audit_checkpoint(
 ) -> None:
     """Sign the current head; keep the file somewhere the database is not."""
     gate = _gate(state_dir)
-    if output is None:
-        cp = gate.audit.checkpoint()
-    else:
-        with _writable(output) as stream:
-            cp = gate.audit.checkpoint()
-            stream.write(json.dumps(cp.to_dict(), indent=2, sort_keys=True) + "\n")
+    cp = gate.audit.export_checkpoint(output) if output else gate.audit.checkpoint()
     where = f" -> {output}" if output else ""
     _out().print(f"checkpoint at seq {cp.seq} ({cp.hash[:16]}...) signed by {cp.kid}{where}")
 

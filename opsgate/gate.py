@@ -438,11 +438,10 @@ class Gate:
         # What is authorized is the operation the agent asked for, exactly.
         if plan.operation != operation or plan.capability != operation.capability:
             raise OperationError("the executor's plan is for another operation", code="plan_failed")
-        planned = cap
         # The environment policy and the trust gate see: the one the capability names
         # wins, so an executor that leaves it unset, or names another, never
         # downgrades production; an executor may supply one the capability lacks.
-        named = environment_of(planned)
+        named = environment_of(cap)
         if named in KNOWN_ENVIRONMENTS and plan.environment != named:
             if plan.environment is not None:
                 raise OperationError(

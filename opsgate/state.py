@@ -71,7 +71,7 @@ class LiveState:
         self._load_lock = threading.Lock()
         # How old a view of other replicas' changes may be and still be used: the
         # promise is that a revocation anywhere holds everywhere within a second.
-        self._max_age = max(1.0, 2 * config.cache_refresh_seconds)
+        self.max_age = max(1.0, 2 * config.cache_refresh_seconds)
         self._fresh_until = 0.0
 
     # -- loading ----------------------------------------------------------------
@@ -92,7 +92,7 @@ class LiveState:
             ).all()
         self._revoked = {r[0]: float(r[1]) for r in rows}
         self._next_refresh = time.monotonic() + self._config.cache_refresh_seconds
-        self._fresh_until = time.monotonic() + self._max_age
+        self._fresh_until = time.monotonic() + self.max_age
 
     def agent(self, did: str) -> AgentState | None:
         """The agent's state, loading and verifying its chain on first use."""
@@ -205,7 +205,7 @@ class LiveState:
         if now < self._fresh_until:
             self.refresh()
             return
-        if not self._refresh_lock.acquire(timeout=self._max_age):
+        if not self._refresh_lock.acquire(timeout=self.max_age):
             raise StoreError("replica state is stale: the state database does not answer")
         try:
             if time.monotonic() >= self._fresh_until:
@@ -253,7 +253,7 @@ class LiveState:
         if rows:
             self._last_change = int(rows[-1].id)
         self._next_refresh = time.monotonic() + self._config.cache_refresh_seconds
-        self._fresh_until = started + self._max_age
+        self._fresh_until = started + self.max_age
         if self.prune_due():
             self.forget_expired()
 

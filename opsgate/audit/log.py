@@ -420,8 +420,17 @@ class AuditLog:
                 ) from exc
 
     def export_checkpoint(self, path: Path) -> Checkpoint:
-        cp = self.checkpoint()
-        path.write_text(json.dumps(cp.to_dict(), indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        """Sign the head and write it to `path`; the file is opened first, so nothing is
+        stored when it cannot be written."""
+        try:
+            out = path.open("w", encoding="utf-8")
+        except OSError as exc:
+            raise AuditError(
+                f"cannot write '{path}': {exc.strerror or 'not a file'}", code="output_unwritable"
+            ) from exc
+        with out:
+            cp = self.checkpoint()
+            out.write(json.dumps(cp.to_dict(), indent=2, sort_keys=True) + "\n")
         return cp
 
     # -- reading ----------------------------------------------------------------

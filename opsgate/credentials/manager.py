@@ -177,7 +177,6 @@ class CredentialManager:
         self.proofs = ProofChecker(store)
         # Called with (did, reason, now) when an issuance asks for more than the grants.
         self.on_escalation: Callable[[str, str, float], None] | None = None
-        self._retired_grace = max(1.0, 2 * config.cache_refresh_seconds)
 
     # -- issuing ------------------------------------------------------------------
 
@@ -388,9 +387,9 @@ class CredentialManager:
         jws.check_signature(key.raw, signing_input, signature)
         c = jws.payload(p)
         claims = self._claims(c, header["kid"])
-        # A replica may still sign with a key for up to one state refresh after
-        # another rotated it; later than that, a retired key minting is refused.
-        if key.retired_at is not None and claims.iat > key.retired_at + self._retired_grace:
+        # A replica may still sign with a key while its view of another's rotation
+        # is not yet stale; later than that, a retired key minting is refused.
+        if key.retired_at is not None and claims.iat > key.retired_at + self._state.max_age:
             raise InvalidCredential("token is signed with a retired key", code="bad_signature")
         assert isinstance(token, str)
         with self._seen_lock:
