@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Run the whole test suite: install what it needs, start the real services it
-# uses (PostgreSQL), run pytest, stop the services. Extra args go to pytest.
+# uses (PostgreSQL, OpenBao), run pytest, stop the services. Extra args go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,5 +14,6 @@ fi
 source scripts/services.sh
 trap stop_services EXIT
 start_postgres
+start_openbao
 
 .venv/bin/python -m pytest -q "$@"

@@ -1,7 +1,8 @@
 """Shared fixtures: a fresh gate per test, on SQLite or on the real PostgreSQL.
 
-PostgreSQL comes from scripts/test.sh (OPSGATE_TEST_PG_URL); each test gets its
-own database, dropped afterwards. A PostgreSQL test without the server fails
+PostgreSQL and OpenBao come from scripts/test.sh (OPSGATE_TEST_PG_URL,
+OPSGATE_TEST_VAULT_ADDR/TOKEN); each PostgreSQL test gets its own database, dropped
+afterwards. A PostgreSQL test without the server fails
 loudly: it is never silently skipped.
 """
 
@@ -57,6 +58,19 @@ def pg_url() -> Iterator[str]:
             )
             conn.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
         engine.dispose()
+
+
+@pytest.fixture
+def vault() -> tuple[str, str]:
+    """(address, root token) of the real OpenBao dev server started by scripts/test.sh.
+
+    Tests that use it create their own mounts/paths (uuid-named) so they never share state.
+    """
+    addr = os.environ.get("OPSGATE_TEST_VAULT_ADDR")
+    token = os.environ.get("OPSGATE_TEST_VAULT_TOKEN")
+    if not addr or not token:
+        pytest.fail("OPSGATE_TEST_VAULT_ADDR is not set: run the suite with scripts/test.sh")
+    return addr, token
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
