@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -19,6 +19,10 @@ from opsgate.errors import ConfigError
 HARD_TTL_CEILING_MINUTES = 60
 #: Clock skew tolerated on exp/nbf; configurable downwards only.
 MAX_LEEWAY_SECONDS = 30
+#: JWS algorithm names for an Ed25519 signature: "EdDSA" (RFC 8037) and the fully
+#: specified "Ed25519" (RFC 9864). Every gate key is Ed25519, so each fits every key;
+#: nothing else (Ed448, none, HMAC, RSA, ECDSA) is ever accepted.
+ED25519_ALGORITHMS = ("EdDSA", "Ed25519")
 
 
 class _Strict(BaseModel):
@@ -28,7 +32,10 @@ class _Strict(BaseModel):
 class Limits(_Strict):
     """Algorithms, lifetimes and size caps checked on the hot path."""
 
-    allowed_algorithms: tuple[str, ...] = ("EdDSA",)
+    allowed_algorithms: tuple[str, ...] = ED25519_ALGORITHMS
+    # What new credentials (and the JWKS) say. "EdDSA" because most JOSE libraries
+    # in use verify only that name today (PyJWT 2.15 among them); see the README.
+    signing_algorithm: Literal["EdDSA", "Ed25519"] = "EdDSA"
     default_ttl_minutes: int = Field(15, ge=1, le=HARD_TTL_CEILING_MINUTES)
     max_ttl_minutes: int = Field(15, ge=1, le=HARD_TTL_CEILING_MINUTES)
     leeway_seconds: int = Field(5, ge=0, le=MAX_LEEWAY_SECONDS)
@@ -46,8 +53,11 @@ class Limits(_Strict):
 
     @model_validator(mode="after")
     def _check(self) -> Limits:
-        if tuple(self.allowed_algorithms) != ("EdDSA",):
-            raise ValueError("allowed_algorithms: only 'EdDSA' is supported")
+        algs = tuple(self.allowed_algorithms)
+        if not algs or len(set(algs)) != len(algs) or not set(algs) <= set(ED25519_ALGORITHMS):
+            raise ValueError("allowed_algorithms: one or both of 'EdDSA' and 'Ed25519', each once")
+        if self.signing_algorithm not in algs:
+            raise ValueError("signing_algorithm must be one of allowed_algorithms")
         if self.default_ttl_minutes > self.max_ttl_minutes:
             raise ValueError("default_ttl_minutes must not exceed max_ttl_minutes")
         return self

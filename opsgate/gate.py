@@ -199,7 +199,7 @@ class Gate:
 
     def jwks(self, now: datetime | float | None = None) -> dict[str, list[dict[str, str]]]:
         """The public keys that verify this gate's credentials (RFC 7517 JWK Set)."""
-        return self.keyring.jwks(to_epoch(now))
+        return self.keyring.jwks(to_epoch(now), self.config.limits.signing_algorithm)
 
     def rotate_keys(self, now: datetime | float | None = None) -> str:
         """Sign with a fresh key; the old one stays published until its tokens have expired."""

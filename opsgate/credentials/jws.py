@@ -1,4 +1,5 @@
-"""Compact JWS with EdDSA only: the smallest strict encoder/decoder we can audit.
+"""Compact JWS with Ed25519 signatures only (`EdDSA` or `Ed25519` in the header):
+the smallest strict encoder/decoder we can audit.
 
 Tokens are standard JWTs (any JOSE library verifies them with the gate's JWKS);
 this module exists because the verify hot path must cost little more than the
@@ -26,8 +27,8 @@ _ALLOWED_HEADER_KEYS = frozenset({"alg", "kid", "typ"})
 _LAST_SIG_CHARS = frozenset("AQgw")
 
 
-def encode(claims: dict[str, Any], key: Ed25519PrivateKey, kid: str) -> str:
-    header = b64url(orjson.dumps({"alg": "EdDSA", "kid": kid, "typ": "JWT"}))
+def encode(claims: dict[str, Any], key: Ed25519PrivateKey, kid: str, alg: str = "EdDSA") -> str:
+    header = b64url(orjson.dumps({"alg": alg, "kid": kid, "typ": "JWT"}))
     payload = b64url(orjson.dumps(claims))
     signing_input = f"{header}.{payload}".encode("ascii")
     return f"{header}.{payload}.{b64url(key.sign(signing_input))}"
@@ -85,7 +86,8 @@ def split(
     if not isinstance(header, dict):
         raise InvalidCredential("token header is not a json object", code="malformed")
     alg = header.get("alg")
-    if alg not in allowed_algs:
+    # Exact names only: "ED25519", "eddsa" or a list holding "EdDSA" are not algorithms.
+    if type(alg) is not str or alg not in allowed_algs:
         raise InvalidCredential(
             f"algorithm {str(alg)[:20]!r} is not allowed", code="alg_not_allowed"
         )

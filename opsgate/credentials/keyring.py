@@ -129,5 +129,6 @@ class KeyRing:
             key=lambda k: k.created_at,
         )
 
-    def jwks(self, now: float) -> dict[str, list[dict[str, str]]]:
-        return {"keys": [keys.public_jwk(k.public, k.kid) for k in self.published(now)]}
+    def jwks(self, now: float, alg: str = "EdDSA") -> dict[str, list[dict[str, str]]]:
+        """The JWK Set; each key says `alg`, the algorithm new credentials are signed with."""
+        return {"keys": [keys.public_jwk(k.public, k.kid, alg) for k in self.published(now)]}

@@ -1,4 +1,4 @@
-"""Issue, verify and revoke short-lived credentials (EdDSA JWTs bound to the agent's key).
+"""Issue, verify and revoke short-lived credentials (Ed25519-signed JWTs bound to the agent's key).
 
 Verification raises `InvalidCredential` with a stable code and never returns
 False. A credential seen before skips the signature check (kept in a bounded
@@ -35,7 +35,7 @@ from opsgate.errors import (
     shown,
 )
 from opsgate.identity.keys import b64url
-from opsgate.state import LiveState
+from opsgate.state import AgentState, LiveState
 from opsgate.store import Store, schema
 
 if TYPE_CHECKING:
@@ -48,7 +48,7 @@ _JTI = re.compile(r"[A-Za-z0-9_-]{22}\Z")
 _CACHE_MAX = 100_000
 _CLAIMS = frozenset({"iss", "sub", "aud", "iat", "nbf", "exp", "jti", "scope", "cnf"})
 _NUM = (int, float)
-_MAX_LIFETIME = HARD_TTL_CEILING_MINUTES * 60 + 0.001  # ms rounding of iat/exp
+_MAX_LIFETIME = HARD_TTL_CEILING_MINUTES * 60 + 0.001  # credentials once carried ms times
 
 
 def _ms_floor(t: float) -> float:
@@ -78,6 +78,22 @@ def to_epoch(now: datetime | float | None) -> float:
     if not 0.0 <= t <= MAX_EPOCH:  # also refuses NaN
         raise CredentialError("'now' is outside 1970 to 9000", code="invalid_time")
     return t
+
+
+def issue_second(t: float, not_before: float | None) -> int:
+    """The whole-second iat of a credential issued at `t`.
+
+    Credentials carry integer NumericDates (what JOSE libraries in every language
+    parse), while a per-agent revocation cuts at a finer instant: a credential is
+    revoked when its `iat <= not_before`. An issuance later in the same second as
+    a revocation would be covered by it, so it is stamped with the next second
+    (valid within the verifier's leeway). A cut-off a whole second or more ahead
+    (a clock running ahead) is not jumped: that issuance is refused instead.
+    """
+    iat = math.floor(t)
+    if not_before is not None and iat <= not_before < iat + 1:
+        return iat + 1
+    return iat
 
 
 def revocation_cutoff(conn: Connection, dids: list[str], t: float) -> float:
@@ -260,42 +276,15 @@ class CredentialManager:
             ):
                 self.on_escalation(state.did, exc.message, t)
             raise
-        exp = round(t + ttl, 3)
-        if state.expires_at is not None:
-            exp = min(exp, state.expires_at)
-        kid, key = self._keyring.signer()
-        jti = b64url(secrets.token_bytes(16))
-        claims = {
-            "iss": self.issuer,
-            "sub": state.did,
-            "aud": self.audience,
-            "iat": t,
-            "nbf": t,
-            "exp": exp,
-            "jti": jti,
-            "scope": granted,
-            "cnf": {"jkt": state.jkt},
-        }
-        credential = Credential(
-            token=jws.encode(claims, key, kid),
-            jti=jti,
-            agent_id=state.did,
-            scope=granted,
-            issued_at=datetime.fromtimestamp(t, UTC),
-            expires_at=datetime.fromtimestamp(exp, UTC),
-            kid=kid,
-        )
-        record = self._audit.append(
-            "credential.issued",
-            actor=state.did,
-            at=t,
-            jti=jti,
-            scope=granted,
-            expires_at=exp,
-            kid=kid,
-            apply=self._note_issue(state.did, t),
-        )
-        if record.event.get("revoked_on_issue"):
+        iat = issue_second(t, state.credentials_not_before)
+        credential, not_before = self._issue(state, granted, iat, t, ttl)
+        if credential is None:
+            # A per-agent revocation committed first in this very second: stamp the
+            # next second once, so the credential is neither covered nor dead on arrival.
+            again = issue_second(t, not_before)
+            if again > iat:
+                credential, _ = self._issue(state, granted, again, t, ttl)
+        if credential is None:
             # A per-agent revocation committed first and covers this iat: the token
             # is dead; say so rather than hand it out.
             raise CredentialError(
@@ -304,10 +293,62 @@ class CredentialManager:
             )
         return credential
 
-    def _note_issue(self, did: str, iat: float) -> Callable[[Any], dict[str, Any] | None]:
+    def _issue(
+        self, state: AgentState, scope: list[str], iat: int, t: float, ttl: float
+    ) -> tuple[Credential | None, float | None]:
+        """Sign and audit one credential stamped `iat`; (None, the agent's not-before)
+        when a per-agent revocation that committed first covers it."""
+        exp = iat + math.floor(ttl + 1e-6)
+        if state.expires_at is not None:
+            exp = min(exp, math.floor(state.expires_at))  # never outlives the agent
+        if exp <= iat:
+            raise CredentialError(
+                f"agent {state.name!r} expires within a second", code="agent_expired"
+            )
+        kid, key = self._keyring.signer()
+        jti = b64url(secrets.token_bytes(16))
+        claims = {
+            "iss": self.issuer,
+            "sub": state.did,
+            "aud": self.audience,
+            "iat": iat,
+            "nbf": iat,
+            "exp": exp,
+            "jti": jti,
+            "scope": scope,
+            "cnf": {"jkt": state.jkt},
+        }
+        credential = Credential(
+            token=jws.encode(claims, key, kid, self._limits.signing_algorithm),
+            jti=jti,
+            agent_id=state.did,
+            scope=scope,
+            issued_at=datetime.fromtimestamp(iat, UTC),
+            expires_at=datetime.fromtimestamp(exp, UTC),
+            kid=kid,
+        )
+        seen: list[float | None] = [None]
+        record = self._audit.append(
+            "credential.issued",
+            actor=state.did,
+            at=t,
+            jti=jti,
+            scope=scope,
+            expires_at=exp,
+            kid=kid,
+            apply=self._note_issue(state.did, iat, seen),
+        )
+        if record.event.get("revoked_on_issue"):
+            self._state.invalidate_agent(state.did)
+            return None, seen[0]
+        return credential, None
+
+    def _note_issue(
+        self, did: str, iat: int, seen: list[float | None]
+    ) -> Callable[[Any], dict[str, Any] | None]:
         """In the issuance's audit transaction: record the agent's latest iat, so a
         later per-agent revocation's cut-off covers it, and notice a revocation
-        that committed first."""
+        that committed first (its not-before lands in `seen`)."""
         sql = self._store.q(
             "UPDATE agents SET last_issued_at = CASE WHEN last_issued_at IS NULL "
             "OR last_issued_at < ? THEN ? ELSE last_issued_at END "
@@ -317,7 +358,8 @@ class CredentialManager:
         def apply(cur: Any) -> dict[str, Any] | None:
             cur.execute(sql, (iat, iat, did))
             row = cur.fetchone()
-            nb = None if row is None else row[0]
+            nb = None if row is None or row[0] is None else float(row[0])
+            seen[0] = nb
             return {"revoked_on_issue": True} if nb is not None and iat <= nb else None
 
         return apply
@@ -545,4 +587,11 @@ class CredentialManager:
         return affected
 
 
-__all__ = ["Claims", "Credential", "CredentialManager", "revocation_cutoff", "to_epoch"]
+__all__ = [
+    "Claims",
+    "Credential",
+    "CredentialManager",
+    "issue_second",
+    "revocation_cutoff",
+    "to_epoch",
+]

@@ -57,11 +57,11 @@ def public_key_from_did(did: str) -> Ed25519PublicKey:
     return Ed25519PublicKey.from_public_bytes(raw[2:])
 
 
-def public_jwk(key: Ed25519PublicKey, kid: str | None = None) -> dict[str, str]:
+def public_jwk(key: Ed25519PublicKey, kid: str | None = None, alg: str = "EdDSA") -> dict[str, str]:
     jwk = {"kty": "OKP", "crv": "Ed25519", "x": b64url(public_bytes(key))}
     if kid is not None:
         jwk["kid"] = kid
-        jwk["alg"] = "EdDSA"
+        jwk["alg"] = alg
         jwk["use"] = "sig"
     return jwk
 

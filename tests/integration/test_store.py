@@ -320,6 +320,30 @@ def test_revoke_agent_on_one_replica_covers_what_another_issued_with_a_clock_ahe
     assert a.credential_manager.verify(later.token, now=t + 4).jti == later.jti
 
 
+def test_revoke_agent_on_one_replica_in_the_same_second_as_issuance_on_another(
+    pair: tuple[opsgate.Gate, opsgate.Gate],
+) -> None:
+    """iat is a whole second, the cut-off finer: within one second, what either replica
+    issued before the revocation is revoked everywhere, and what one issues after it
+    (not having seen it yet) is valid everywhere, not dead on arrival."""
+    a, b = pair
+    agent = a.register_agent("deployer", ["deploy:staging"], sponsor="ops@company.com")
+    second = float(int(time.time()) + 10)
+    early_a = a.credential_manager.issue_credential(agent.did, ["deploy:staging"], now=second + 0.1)
+    early_b = b.credential_manager.issue_credential(agent.did, ["deploy:staging"], now=second + 0.2)
+    for token in (early_a.token, early_b.token):
+        assert b.credential_manager.verify(token, now=second + 0.3)  # b caches the agent
+    a.credential_manager.revoke_agent(agent.did, now=second + 0.5)
+    late = b.credential_manager.issue_credential(agent.did, ["deploy:staging"], now=second + 0.7)
+    assert late.issued_at.timestamp() == second + 1
+    for gate in (a, b):
+        assert gate.credential_manager.verify(late.token, now=second + 0.8).jti == late.jti
+        for early in (early_a, early_b):
+            with pytest.raises(opsgate.InvalidCredential) as info:
+                gate.credential_manager.verify(early.token, now=second + 0.8)
+            assert info.value.code == "revoked"
+
+
 def test_suspension_covers_credentials_issued_on_another_replica_before_it(
     pair: tuple[opsgate.Gate, opsgate.Gate],
 ) -> None:

@@ -319,7 +319,8 @@ def test_issue_refuses_expired_agent(gate: opsgate.Gate) -> None:
         "short-lived", ["deploy:staging"], sponsor="ops@company.com", ttl=60, now=t
     )
     cred = gate.credential_manager.issue_credential(agent.did, ["deploy:staging"], now=t)
-    assert cred.expires_at.timestamp() == pytest.approx(t + 60, abs=0.002)  # not past the agent
+    # Not past the agent (whole seconds: at most one second short of it).
+    assert t + 59 < cred.expires_at.timestamp() <= t + 60
     with pytest.raises(CredentialError) as info:
         gate.credential_manager.issue_credential(agent.did, ["deploy:staging"], now=t + 61)
     assert info.value.code == "agent_expired"
@@ -464,3 +465,72 @@ def test_revoke_agent_with_the_wall_clock(gate: opsgate.Gate, deploy_agent: Any)
     time.sleep(0.002)  # a new millisecond: "every credential issued before now"
     fresh = cm.issue_credential(deploy_agent.did, SCOPE)
     assert cm.verify(fresh.token).jti == fresh.jti
+
+
+# -- whole-second iat and per-agent revocation ---------------------------------------------------
+
+
+def _second(offset: float) -> float:
+    """A time `offset` into a whole second well in the future (fixed, so tests are exact)."""
+    return 1_900_000_000 + offset
+
+
+def test_revoke_agent_in_the_same_second_as_issuance(gate: opsgate.Gate, deploy_agent: Any) -> None:
+    """iat is a whole second; the revocation cuts finer: what was issued before it in
+    that second is revoked, what is issued after it is not dead on arrival."""
+    cm = gate.credential_manager
+    before = cm.issue_credential(deploy_agent.did, SCOPE, now=_second(0.2))
+    cm.revoke_agent(deploy_agent.did, now=_second(0.5))
+    after = cm.issue_credential(deploy_agent.did, SCOPE, now=_second(0.8))
+    with pytest.raises(opsgate.InvalidCredential) as info:
+        cm.verify(before.token, now=_second(0.9))
+    assert info.value.code == "revoked"
+    assert cm.verify(after.token, now=_second(0.9)).jti == after.jti
+    # The later one is stamped with the next second, never earlier than the cut-off.
+    assert before.issued_at.timestamp() == _second(0)
+    assert after.issued_at.timestamp() == _second(1)
+    assert after.ttl_seconds == 15 * 60
+    assert cm.verify(after.token, now=_second(1.5)).jti == after.jti
+
+
+def test_a_revocation_committed_elsewhere_in_the_same_second_is_not_dead_on_arrival(
+    gate: opsgate.Gate, deploy_agent: Any
+) -> None:
+    """Another replica's revocation this replica has not seen yet: the issuance's own
+    audit transaction notices it and stamps the next second instead of refusing."""
+    from sqlalchemy import update
+
+    from opsgate.store import schema
+
+    cm = gate.credential_manager
+    before = cm.issue_credential(deploy_agent.did, SCOPE, now=_second(0.2))
+    cm.verify(before.token, now=_second(0.3))  # the agent's state is cached
+    with gate.store.write() as conn:  # what the other replica's revoke_agent committed
+        conn.execute(
+            update(schema.agents)
+            .where(schema.agents.c.did == deploy_agent.did)
+            .values(credentials_not_before=_second(0.5))
+        )
+    head = gate.audit.head()[0]
+    after = cm.issue_credential(deploy_agent.did, SCOPE, now=_second(0.8))
+    issued = [r.event for r in gate.audit.events(after_seq=head) if r.type == "credential.issued"]
+    assert [e.get("revoked_on_issue", False) for e in issued] == [True, False]
+    assert issued[-1]["jti"] == after.jti
+    assert after.issued_at.timestamp() == _second(1)
+    assert cm.verify(after.token, now=_second(0.9)).jti == after.jti
+    with pytest.raises(opsgate.InvalidCredential) as info:
+        cm.verify(before.token, now=_second(0.9))
+    assert info.value.code == "revoked"
+
+
+def test_a_revocation_a_second_or_more_ahead_is_refused_not_jumped(
+    gate: opsgate.Gate, deploy_agent: Any
+) -> None:
+    cm = gate.credential_manager
+    cm.revoke_agent(deploy_agent.did, now=_second(2.5))
+    with pytest.raises(CredentialError) as info:
+        cm.issue_credential(deploy_agent.did, SCOPE, now=_second(0.8))
+    assert info.value.code == "revoked"
+    fresh = cm.issue_credential(deploy_agent.did, SCOPE, now=_second(3.1))
+    assert fresh.issued_at.timestamp() == _second(3)
+    assert cm.verify(fresh.token, now=_second(3.2)).jti == fresh.jti

@@ -231,12 +231,12 @@ def m_gate_action(a: Attack, action: str) -> object:
     return a.token
 
 
-def m_unsigned(a: Attack, signature: str) -> object:
-    header = b64(compact_json({"alg": "none", "typ": "JWT", "kid": a.gate_kid}))
+def m_unsigned(a: Attack, signature: str, alg: str = "none") -> object:
+    header = b64(compact_json({"alg": alg, "typ": "JWT", "kid": a.gate_kid}))
     return f"{header}.{a.token.split('.')[1]}.{signature}"
 
 
-def m_hmac(a: Attack, secret: str) -> object:
+def m_hmac(a: Attack, secret: str, alg: str = "HS256") -> object:
     public = a.gate_key.public_key()
     secrets = {
         "raw": keys.public_bytes(public),
@@ -245,7 +245,7 @@ def m_hmac(a: Attack, secret: str) -> object:
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
         ),
     }
-    header = b64(compact_json({"alg": "HS256", "typ": "JWT", "kid": a.gate_kid}))
+    header = b64(compact_json({"alg": alg, "typ": "JWT", "kid": a.gate_kid}))
     payload = a.token.split(".")[1]
     mac = hmac.new(secrets[secret], f"{header}.{payload}".encode("ascii"), hashlib.sha256)
     return f"{header}.{payload}.{b64(mac.digest())}"
@@ -262,9 +262,11 @@ def m_forge(
     action: str | None = None,
     header_json: str | None = None,
     payload_json: str | None = None,
+    tamper: dict[str, Any] | None = None,
     **kid: Any,
 ) -> object:
-    """A new token signed with a real private key (the gate's unless `key` says otherwise)."""
+    """A new token signed with a real private key (the gate's unless `key` says otherwise);
+    `tamper` changes claims after signing, keeping the signature."""
     if action is not None:
         GATE_ACTIONS[action](a)
     if rotate:
@@ -282,7 +284,11 @@ def m_forge(
         c.pop(name, None)
     h_b64 = b64(header_json.encode("utf-8") if header_json is not None else compact_json(h))
     p_b64 = b64(payload_json.encode("utf-8") if payload_json is not None else compact_json(c))
-    return sign(a.signing_key(key), h_b64, p_b64)
+    token = sign(a.signing_key(key), h_b64, p_b64)
+    if tamper:
+        signature = token.rsplit(".", 1)[1]
+        token = f"{h_b64}.{b64(compact_json({**c, **a.resolve(tamper)}))}.{signature}"
+    return token
 
 
 def m_tamper_header(
