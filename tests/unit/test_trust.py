@@ -508,6 +508,40 @@ def test_reinstated_agent_is_not_suspended_again_by_a_success(tmp_path: Path) ->
         w.gate.close()
 
 
+def test_reinstated_at_zero_a_further_loss_suspends_again(tmp_path: Path) -> None:
+    """At 0 every loss is clamped to 0 points: the loss asked for decides, not the one applied."""
+    w = open_world(
+        tmp_path / "state",
+        "trust_groups.yaml",
+        approvers=(),
+        supervisor_trust=520,
+        executor=RecordingExecutor(fail_kind="deployment"),
+        trust={"deltas": {"credential_misuse": -1000}},
+    )
+    try:
+        clock = Clock()
+        w.gate.trust.record(w.agent.did, TrustEvent.CREDENTIAL_MISUSE, reason="x", now=clock.t)
+        assert (w.agent.trust_score, w.agent.status) == (0, "suspended")
+        for loss in ("record", "execute"):
+            w.gate.agents.reinstate("deploy-agent", reason="reviewed", now=clock.tick())
+            assert (w.agent.trust_score, w.agent.status) == (0, "active")
+            if loss == "record":
+                change = w.gate.trust.record(
+                    w.agent.did, TrustEvent.POLICY_VIOLATION, reason="y", now=clock.tick()
+                )
+                assert (change.delta, change.score) == (0, 0)
+            else:
+                out = w.gate.execute(token_at(w, clock.t), deploy("staging/app-web"), now=clock.t)
+                assert out.status == "failed"
+            assert w.agent.status == "suspended", f"a loss at 0 ({loss}) left the agent active"
+            last = changes(w.gate, w.agent.did)[-1]
+            assert (last.delta, last.score) == (0, 0)
+            assert audit_events(w.gate, "agent.suspended")[-1]["actor"] == "trust-engine"
+        assert len(audit_events(w.gate, "agent.suspended")) == 3
+    finally:
+        w.gate.close()
+
+
 def test_a_sub_agents_fall_does_not_suspend_its_parent(world: World) -> None:
     w = world
     sub = w.agent.delegate(name="sub-agent", capabilities=["deploy:staging"], trust_score=520)
