@@ -111,7 +111,7 @@ def engine_path(n: int, quick: bool) -> tuple[dict[str, list[int]], float, float
                 "operation.outcome",
                 actor=did,
                 outcome="succeeded",
-                apply=gate.trust.apply_change(did, TrustEvent.SUCCESS, reason="ok"),
+                apply=gate.trust.apply_change(did, TrustEvent.SUCCESS, reason="ok", now=t0),
             )
 
         both = interleaved({"plain": plain, "scored": scored}, m, block=50)

@@ -664,16 +664,47 @@ def trust_history(agent: str, state_dir: StateDir = None, json_out: JsonOut = Fa
         return
     table = Table("seq", "time", "cause", "delta", "score", "reason")
     for c in changes:
+        delta = f"{c.delta:+d}"
+        if c.requested_delta is not None:
+            delta += f" (of {c.requested_delta:+d})"
+        reason = (c.reason or "")[:120]
+        if c.by:
+            reason = f"{reason} (by {c.by})"
+        for w in c.withheld:  # why credit was cut: every refused point is explained
+            reason += f"; withheld [{w.get('rule')}]: {w.get('reason')}"
         table.add_row(
-            str(c.audit_seq or "-"),
-            _when(c.at),
-            c.cause,
-            f"{c.delta:+d}",
-            str(c.score),
-            escape((c.reason or "")[:120]),
+            str(c.audit_seq or "-"), _when(c.at), c.cause, delta, str(c.score), escape(reason)
         )
     _out().print(table)
     _out().print(f"{a.name}: score {a.trust_score}, effective {a.effective_trust}")
+
+
+def _login_name() -> str:
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except (OSError, KeyError):  # no login name in this environment
+        return ""
+
+
+@trust_app.command("set")
+@handle_errors
+def trust_set(
+    agent: str,
+    score: Annotated[int, typer.Argument(help="The new score, 0-1000.")],
+    reason: Annotated[str, typer.Option(help="Why (required, audited).")],
+    by: Annotated[
+        str | None,
+        typer.Option(help="Who sets it (audited; default: your login name)."),
+    ] = None,
+    state_dir: StateDir = None,
+) -> None:
+    """Set an agent's own score: the operator's audited way over the approval threshold
+    (credit alone needs days of clean history). A lower score counts as a loss."""
+    gate = _gate(state_dir)
+    change = gate.set_trust_score(agent, score, reason=reason, by=by or _login_name())
+    _out().print(f"{gate.agents.get(agent).name}: score {change.score} ({change.delta:+d})")
 
 
 def _mount_optional() -> None:

@@ -96,8 +96,19 @@ class AnomalyConfig(_Strict):
         return self
 
 
+class CreditRules(_Strict):
+    """What stops an agent from farming trust (see opsgate.trust.scoring.credit)."""
+
+    # Positive points one agent may earn in a 24 h window (0: none at all).
+    max_credit_per_day: int = Field(25, ge=0, le=1000)
+    # Days without a loss before credit may lift an agent to approval_below or over
+    # it; an operator's `trust set` is the only other way up (0 turns the rule off).
+    clean_history_days: float = Field(7.0, ge=0, le=365)
+
+
 class TrustConfig(_Strict):
     deltas: TrustDeltas = TrustDeltas()
+    credit: CreditRules = CreditRules()
     # Who approves production work of an agent under approval_below (emails or policy groups).
     approvers: tuple[str, ...] = ()
     approval_below: int = Field(800, ge=0, le=1000)

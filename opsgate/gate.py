@@ -48,7 +48,7 @@ from opsgate.operations.base import Executor, Operation, Outcome, Plan
 from opsgate.policy.request import check_params
 from opsgate.state import AgentState, LiveState
 from opsgate.store import Store, schema
-from opsgate.trust.engine import TrustEngine
+from opsgate.trust.engine import MISUSE_CHARGE_WINDOW, TrustChange, TrustEngine
 from opsgate.trust.scoring import TrustEvent, failure_event
 
 DEFAULT_STATE_DIR = ".opsgate"
@@ -131,7 +131,8 @@ class Gate:
         self.trust_approvers: tuple[str, ...] = ()
         self._resolve_trust_approvers()
         self._executors: dict[str, Executor] = {}
-        self._misused: dict[str, None] = {}  # jtis already charged as misuse (insertion order)
+        # jtis known to be charged as misuse (insertion order): spares the store a write.
+        self._misused: dict[str, None] = {}
         self._misuse_lock = threading.Lock()
 
     @classmethod
@@ -237,6 +238,20 @@ class Gate:
     def effective_trust(self, did: str) -> int:
         return self.trust.effective(self.agents.state(did))
 
+    def set_trust_score(
+        self,
+        agent: str,
+        score: int,
+        *,
+        reason: str,
+        by: str,
+        now: datetime | float | None = None,
+    ) -> TrustChange:
+        """An operator's audited change of an agent's score (who, why): the one way to
+        lift an agent over `approval_below` before its clean history allows it."""
+        did = self.agents.resolve(agent)
+        return self.trust.set_score(did, score, reason=reason, actor=by, now=to_epoch(now))
+
     def _resolve_trust_approvers(self) -> None:
         """Resolve `trust.approvers` once (at open and on policy load), never per decision.
 
@@ -264,47 +279,67 @@ class Gate:
         t: float,
         operation: str | None = None,
         evidence: dict[str, Any] | None = None,
-    ) -> None:
+        misuse: tuple[str, float] | None = None,
+    ) -> bool:
         """Apply a trust event; failing to record it never turns a refusal into an allow."""
         if did is None:
-            return
+            return False
         try:
             self.trust.record(
-                did, cause, reason=reason, now=t, operation=operation, evidence=evidence
+                did,
+                cause,
+                reason=reason,
+                now=t,
+                operation=operation,
+                evidence=evidence,
+                misuse=misuse,
             )
         except OpsgateError as exc:
             log.error("trust change not recorded", agent=did, cause=cause.value, code=exc.code)
+            return False
+        return True
 
     # -- the one path --------------------------------------------------------------------
 
     def _authenticate(self, token: object, t: float, proof: str | None, context: str) -> Claims:
-        """Step 1. Misuse of a genuine credential is charged to its (proven) agent."""
+        """Step 1. Misuse of a genuine credential is charged to its (proven) agent, once."""
         try:
             return self.credential_manager.verify(token, now=t, proof=proof, proof_context=context)
         except InvalidCredential as exc:
-            jti = exc.detail.get("jti")
-            if exc.detail.get("misuse") and exc.detail.get("agent") and self._first_misuse(jti):
-                self._charge(
-                    exc.detail["agent"],
-                    TrustEvent.CREDENTIAL_MISUSE,
-                    f"credential refused: {exc.code}",
-                    t,
-                    evidence={"jti": exc.detail.get("jti")},
-                )
+            d = exc.detail
+            if d.get("misuse") and d.get("agent"):
+                self._charge_misuse(d["agent"], d.get("jti"), d.get("exp"), exc.code, t)
             raise
 
-    def _first_misuse(self, jti: object) -> bool:
-        """Charge misuse once per credential: whoever replays a leaked expired or
-        revoked token can make it fail again, but cannot drain its agent's trust."""
-        if not isinstance(jti, str):
-            return True
+    def _charge_misuse(self, did: str, jti: object, exp: object, code: str, t: float) -> None:
+        """Charge misuse once per credential, across restarts and replicas: whoever
+        replays a leaked expired or revoked token can make it fail again, but cannot
+        drain its agent's trust. The record of the charge commits with the charge.
+
+        A credential is chargeable until MISUSE_CHARGE_WINDOW after its expiry; later
+        it is refused and audited but charges nothing, so its record can be dropped.
+        """
+        if not isinstance(jti, str) or type(exp) is not float:
+            return  # verify() always names both for misuse; never charge unbounded
+        forget_after = exp + MISUSE_CHARGE_WINDOW
+        if t >= forget_after:
+            return
         with self._misuse_lock:
             if jti in self._misused:
-                return False
+                return
+        if not self._charge(
+            did,
+            TrustEvent.CREDENTIAL_MISUSE,
+            f"credential refused: {code}",
+            t,
+            evidence={"jti": jti},
+            misuse=(jti, forget_after),
+        ):
+            return
+        with self._misuse_lock:  # charged (now or before): no more round trips for it
             if len(self._misused) >= 100_000:
                 self._misused.pop(next(iter(self._misused)))
             self._misused[jti] = None
-            return True
 
     def _decide(
         self,
@@ -690,7 +725,9 @@ class Gate:
                 agent.did,
                 cause,
                 reason=outcome.summary or outcome.status,
+                now=done_at,
                 operation=plan.capability,
+                digest=plan.digest,
             ),
         )
         self.trust.after_change({**record.event, "seq": record.seq}, done_at)

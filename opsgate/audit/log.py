@@ -460,15 +460,22 @@ class AuditLog:
         return [self._record(r) for r in reversed(rows)]
 
     def events(
-        self, *, after_seq: int = 0, actor: str | None = None, batch: int = 5000
+        self,
+        *,
+        after_seq: int = 0,
+        actor: str | None = None,
+        event_type: str | None = None,
+        batch: int = 5000,
     ) -> Iterator[AuditRecord]:
-        """Every event in seq order (for export), or every event of one actor."""
+        """Every event in seq order (for export), or every event of one actor and/or type."""
         t = schema.audit_events
         last = after_seq
         while True:
             q = select(t).where(t.c.seq > last)
             if actor is not None:
                 q = q.where(t.c.actor == actor)
+            if event_type is not None:
+                q = q.where(t.c.type == event_type)
             with self._store.read() as conn:
                 rows = conn.execute(q.order_by(t.c.seq).limit(batch)).all()
             if not rows:

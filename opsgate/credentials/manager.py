@@ -391,6 +391,7 @@ class CredentialManager:
                         agent=claims.sub,
                         misuse=True,
                         jti=claims.jti,
+                        exp=claims.exp,
                     )
                 assert isinstance(token, str)
                 try:
@@ -404,7 +405,7 @@ class CredentialManager:
                     )
                 except InvalidCredential as exc:
                     # A genuine credential without proof of its key: misuse, charged.
-                    exc.detail.update(agent=claims.sub, misuse=True, jti=claims.jti)
+                    exc.detail.update(agent=claims.sub, misuse=True, jti=claims.jti, exp=claims.exp)
                     raise
         except InvalidCredential as exc:
             if "agent" not in exc.detail:
@@ -492,7 +493,7 @@ class CredentialManager:
 
         def misuse(message: str, code: str) -> InvalidCredential:
             return InvalidCredential(
-                message, code=code, agent=claims.sub, misuse=True, jti=claims.jti
+                message, code=code, agent=claims.sub, misuse=True, jti=claims.jti, exp=claims.exp
             )
 
         state = self._state.agent(claims.sub)

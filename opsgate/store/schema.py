@@ -65,6 +65,11 @@ agents = Table(
     # The latest iat of a credential issued to this agent (set in the issuance's
     # audit transaction), so a revocation's cut-off is never earlier than it.
     Column("last_issued_at", Float, nullable=True),
+    # The anti-farming ledger, changed under the row lock with the score: the last
+    # loss (null: created_at) and the current 24 h credit window and its points.
+    Column("trust_clean_since", Float, nullable=True),
+    Column("trust_credit_window", Float, nullable=True),
+    Column("trust_credit_points", Integer, nullable=False, server_default="0"),
     # The signed grant record (canonical JSON) and the signer's signature over it.
     Column("record", Text, nullable=False),
     Column("signature", String(128), nullable=False),
@@ -189,3 +194,24 @@ used_proofs = Table(
     Column("expires_at", Float, nullable=False),
 )
 Index("ix_used_proofs_expires", used_proofs.c.expires_at)
+
+# Plan digests an agent has been credited for: the same plan never earns twice.
+trust_credits = Table(
+    "trust_credits",
+    metadata,
+    Column("agent_did", String(64), primary_key=True),
+    Column("digest", String(64), primary_key=True),
+    Column("at", Float, nullable=False),
+)
+
+# Credentials already charged as misuse, written with the charge: once per
+# credential across restarts and replicas. Kept until no replica could still
+# charge the credential (`forget_after`, then a margin for clock skew).
+misuse_charges = Table(
+    "misuse_charges",
+    metadata,
+    Column("jti", String(64), primary_key=True),
+    Column("agent_did", String(64), nullable=False),
+    Column("forget_after", Float, nullable=False),
+)
+Index("ix_misuse_forget", misuse_charges.c.forget_after)

@@ -10,19 +10,53 @@ are cached for at most `cache_refresh_seconds`, so other replicas' changes show.
 from __future__ import annotations
 
 import contextlib
+import heapq
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import orjson
 from sqlalchemy import select
 
-from opsgate.config import Config
-from opsgate.errors import AgentError, OpsgateError
+from opsgate.config import HARD_TTL_CEILING_MINUTES, Config
+from opsgate.errors import AgentError, OpsgateError, shown
 from opsgate.store import Store, schema
+from opsgate.store.ledger import LedgerSQL
 from opsgate.trust.anomalies import Activity, Anomaly, Observation, observe
-from opsgate.trust.scoring import TrustEvent, clamp, delta_for
+from opsgate.trust.scoring import MAX_SCORE, MIN_SCORE, Credit, TrustEvent, credit, delta_for
+
+_ALREADY_CHARGED = "this credential has been charged as misuse before"
+OPERATOR_EVENT = "trust.set"  # an operator's change; actor "operator", `by` names who
+MISUSE_PRUNE_EVERY = 60.0
+# How long after its expiry a credential can still be charged as misuse.
+MISUSE_CHARGE_WINDOW = (
+    HARD_TTL_CEILING_MINUTES * 60.0
+)  # seconds between clean-ups of charged-misuse records
+
+
+def _trust_record(
+    did: str,
+    cause: TrustEvent,
+    requested: int,
+    result: Credit,
+    reason: str,
+    evidence: dict[str, Any] | None,
+    operation: str | None,
+) -> dict[str, Any]:
+    """The `trust` part of an audit event: what changed, why, and any credit withheld."""
+    return {
+        "agent": did,
+        "cause": cause.value,
+        "delta": result.delta,
+        "requested_delta": requested if result.delta != requested else None,
+        "score": result.ledger.score,
+        "reason": reason,
+        "evidence": evidence,
+        "operation": operation,
+        "withheld": [{"rule": r, "reason": why} for r, why in result.withheld] or None,
+    }
+
 
 if TYPE_CHECKING:
     from opsgate.audit.log import Apply, AuditLog
@@ -41,6 +75,9 @@ class TrustChange:
     evidence: dict[str, Any] | None = None
     operation: str | None = None
     audit_seq: int | None = None
+    requested_delta: int | None = None  # when the rules or the 0/1000 bounds cut it
+    withheld: tuple[dict[str, str], ...] = ()  # each {rule, reason}: why credit was cut
+    by: str | None = None  # the operator, for a score an operator set
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -53,7 +90,28 @@ class TrustChange:
             "evidence": self.evidence,
             "operation": self.operation,
             "audit_seq": self.audit_seq,
+            "requested_delta": self.requested_delta,
+            "withheld": list(self.withheld),
+            "by": self.by,
         }
+
+    @classmethod
+    def from_event(cls, t: dict[str, Any], at: float, seq: int | None) -> TrustChange:
+        requested = t.get("requested_delta")
+        return cls(
+            t["agent"],
+            t["cause"],
+            int(t["delta"]),
+            int(t["score"]),
+            t.get("reason", ""),
+            at,
+            t.get("evidence"),
+            t.get("operation"),
+            seq,
+            None if requested is None else int(requested),
+            tuple(t.get("withheld") or ()),
+            t.get("by"),
+        )
 
 
 class TrustEngine:
@@ -81,6 +139,17 @@ class TrustEngine:
         self._activity: dict[str, Activity] = {}
         self._seen: dict[str, set[str]] = {}
         self._lock = threading.Lock()
+        self._ledger_sql = LedgerSQL(store)
+        self._next_misuse_prune = 0.0
+
+    def _misuse_prune_due(self) -> bool:
+        """At most once per MISUSE_PRUNE_EVERY seconds (monotonic, this process)."""
+        mono = time.monotonic()
+        with self._score_lock:
+            if mono < self._next_misuse_prune:
+                return False
+            self._next_misuse_prune = mono + MISUSE_PRUNE_EVERY
+            return True
 
     # -- reading ----------------------------------------------------------------------
 
@@ -112,44 +181,87 @@ class TrustEngine:
         cause: TrustEvent,
         *,
         reason: str,
+        now: float,
         evidence: dict[str, Any] | None = None,
         operation: str | None = None,
+        digest: str | None = None,
+        misuse: tuple[str, float] | None = None,
     ) -> Apply:
-        """The state change for one trust event, to run inside its audit event's transaction."""
+        """The state change for one trust event, to run inside its audit event's transaction.
+
+        `digest` is the plan a success was for (the same plan earns once); `misuse`
+        is (jti, forget_after) of a credential charged as misuse (charged once).
+        """
         delta = delta_for(cause, self._cfg.deltas)
-        q = self._store.q
-        # The row lock (FOR UPDATE; SQLite's write lock) makes read-then-write atomic,
-        # so the history can record the delta actually applied at the 0/1000 bounds.
-        read = q(
-            "SELECT trust_score FROM agents WHERE did = ?"
-            if self._store.is_sqlite
-            else "SELECT trust_score FROM agents WHERE did = ? FOR UPDATE"
-        )
-        write = q("UPDATE agents SET trust_score = ? WHERE did = ?")
+        ledger_sql = self._ledger_sql
+        prune = misuse is not None and self._misuse_prune_due()
 
         def run(cur: Any) -> dict[str, Any]:
-            cur.execute(read, (did,))
-            row = cur.fetchone()
-            if row is None:
+            # The row lock (FOR UPDATE; SQLite's write lock) makes read-then-write
+            # atomic, so the history records the delta actually applied.
+            before = ledger_sql.lock(cur, did)
+            if before is None:
                 raise AgentError(f"no agent {did[:80]!r}", code="agent_not_found")
-            old = int(row[0])
-            new = clamp(old + delta)
-            if new != old:
-                cur.execute(write, (new, did))
-            return {
-                "trust": {
-                    "agent": did,
-                    "cause": cause.value,
-                    "delta": new - old,
-                    "requested_delta": delta if new - old != delta else None,
-                    "score": new,
-                    "reason": reason,
-                    "evidence": evidence,
-                    "operation": operation,
-                }
-            }
+            if misuse is not None and not ledger_sql.first_misuse(cur, misuse[0], did, misuse[1]):
+                result = Credit(0, before, (("already_charged", _ALREADY_CHARGED),))
+            else:
+                repeated = (
+                    digest is not None
+                    and delta > 0
+                    and not ledger_sql.first_credit(cur, did, digest, now)
+                )
+                result = credit(
+                    before,
+                    delta,
+                    now=now,
+                    repeated=repeated,
+                    rules=self._cfg.credit,
+                    approval_below=self._cfg.approval_below,
+                )
+            if prune:
+                ledger_sql.prune_misuse(cur)
+            if result.ledger != before:
+                ledger_sql.save(cur, did, result.ledger)
+            return {"trust": _trust_record(did, cause, delta, result, reason, evidence, operation)}
 
         return run
+
+    def set_score(
+        self, did: str, score: object, *, reason: str, actor: str, now: float
+    ) -> TrustChange:
+        """An operator sets an agent's score (the one way over `approval_below` without
+        the clean-history wait); audited with who and why. A lowered score is a loss."""
+        if type(score) is not int or not MIN_SCORE <= score <= MAX_SCORE:
+            raise AgentError(
+                f"trust score must be an integer 0-1000, got {shown(score)}",
+                code="trust_score_invalid",
+            )
+        if not isinstance(reason, str) or not reason.strip():
+            raise AgentError("setting a trust score needs a reason", code="reason_required")
+        if not isinstance(actor, str) or not actor.strip():
+            raise AgentError("setting a trust score needs who sets it", code="actor_required")
+        ledger_sql = self._ledger_sql
+
+        def run(cur: Any) -> dict[str, Any]:
+            before = ledger_sql.lock(cur, did)
+            if before is None:
+                raise AgentError(f"no agent {did[:80]!r}", code="agent_not_found")
+            clean = now if score < before.score else before.clean_since
+            after = replace(before, score=score, clean_since=clean)
+            if after != before:
+                ledger_sql.save(cur, did, after)
+            result = Credit(score - before.score, after)
+            return {
+                "trust": _trust_record(
+                    did, TrustEvent.OPERATOR, score - before.score, result, reason, None, None
+                )
+                | {"by": actor.strip()}
+            }
+
+        rec = self._audit.append(OPERATOR_EVENT, actor="operator", at=now, agent=did, apply=run)
+        change = self.after_change({**rec.event, "seq": rec.seq}, now)
+        assert change is not None
+        return change
 
     def after_change(self, record_event: dict[str, Any], at: float) -> TrustChange | None:
         """Cache the new score and apply the suspension threshold."""
@@ -162,21 +274,15 @@ class TrustEngine:
             current = self._scores.get(did)
             if current is None or seq > current[2]:
                 self._scores[did] = (score, time.monotonic(), seq)
-        change = TrustChange(
-            did,
-            t["cause"],
-            int(t["delta"]),
-            score,
-            t["reason"],
-            at,
-            t.get("evidence"),
-            t.get("operation"),
-            record_event.get("seq"),
-        )
+        change = TrustChange.from_event(t, at, record_event.get("seq"))
         # Only a loss suspends: after an operator reinstates a low-scoring agent, its
         # successes must not suspend it again; its next failure or violation will.
-        asked = t["delta"] if t.get("requested_delta") is None else t["requested_delta"]
-        if score < self._cfg.suspend_below and int(asked) < 0:
+        # The loss asked for decides (at 0 nothing more can be taken); a misuse
+        # already charged is no new loss.
+        asked = change.delta if change.requested_delta is None else change.requested_delta
+        if any(w.get("rule") == "already_charged" for w in change.withheld):
+            asked = 0
+        if score < self._cfg.suspend_below and asked < 0:
             self._suspend(did, score, at)
         return change
 
@@ -202,14 +308,25 @@ class TrustEngine:
         now: float,
         evidence: dict[str, Any] | None = None,
         operation: str | None = None,
+        misuse: tuple[str, float] | None = None,
     ) -> TrustChange:
-        """Apply one trust event on its own (not tied to an operation outcome); audited."""
+        """Apply one trust event on its own (not tied to an operation outcome); audited.
+
+        `misuse` = (jti, forget_after): charge that credential once, across restarts
+        and replicas (the record is written in the charge's transaction).
+        """
         rec = self._audit.append(
             "trust.changed",
             actor=did,
             at=now,
             apply=self.apply_change(
-                did, cause, reason=reason, evidence=evidence, operation=operation
+                did,
+                cause,
+                reason=reason,
+                now=now,
+                evidence=evidence,
+                operation=operation,
+                misuse=misuse,
             ),
         )
         change = self.after_change({**rec.event, "seq": rec.seq}, now)
@@ -301,20 +418,10 @@ class TrustEngine:
         out: list[TrustChange] = [
             TrustChange(did, "initial", 0, initial, "score at registration", created)
         ]
-        for rec in self._audit.events(actor=did):  # all of them: every change is explained
+        own = self._audit.events(actor=did)  # all of them: every change is explained
+        by_operator = self._audit.events(event_type=OPERATOR_EVENT)
+        for rec in heapq.merge(own, by_operator, key=lambda r: r.seq):
             t = rec.event.get("trust")
             if t and t.get("agent") == did:
-                out.append(
-                    TrustChange(
-                        did,
-                        t["cause"],
-                        int(t["delta"]),
-                        int(t["score"]),
-                        t.get("reason", ""),
-                        rec.at,
-                        t.get("evidence"),
-                        t.get("operation"),
-                        rec.seq,
-                    )
-                )
+                out.append(TrustChange.from_event(t, rec.at, rec.seq))
         return out if len(out) <= limit else [out[0], *out[-(limit - 1) :]]

@@ -1,11 +1,14 @@
-"""Trust scores as pure functions: event kinds, their deltas, clamping, effective trust."""
+"""Trust scores as pure functions: event kinds, deltas, clamping, the anti-farming rules."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from enum import StrEnum
 
-from opsgate.config import TrustDeltas
+from opsgate.config import CreditRules, TrustDeltas
+from opsgate.errors import AgentError, shown
 
 MIN_SCORE, MAX_SCORE = 0, 1000
 
@@ -17,9 +20,15 @@ class TrustEvent(StrEnum):
     POLICY_VIOLATION = "policy_violation"
     UNUSUAL_ACCESS = "unusual_access"
     CREDENTIAL_MISUSE = "credential_misuse"
+    OPERATOR = "operator"  # a score an operator set (`trust set`); has no delta
 
 
 def delta_for(kind: TrustEvent, deltas: TrustDeltas) -> int:
+    if kind is TrustEvent.OPERATOR or not isinstance(kind, TrustEvent):
+        raise AgentError(
+            f"{shown(kind)} is not a trust event with a delta (an operator uses set_score)",
+            code="trust_event_invalid",
+        )
     return int(getattr(deltas, kind.value))
 
 
@@ -42,3 +51,85 @@ def failure_event(failure_kind: str | None) -> TrustEvent | None:
         "deployment": TrustEvent.FAILED_DEPLOYMENT,
         "migration": TrustEvent.FAILED_MIGRATION,
     }.get(failure_kind or "")
+
+
+DAY_SECONDS = 86_400.0
+
+
+@dataclass(frozen=True, slots=True)
+class Ledger:
+    """What the anti-farming rules read about an agent (stored beside its score)."""
+
+    score: int
+    clean_since: float  # the agent's last loss, or its creation
+    window_start: float | None  # start of the current 24 h credit window
+    credited: int  # points credited in that window
+
+
+@dataclass(frozen=True, slots=True)
+class Credit:
+    """The delta actually applied and the ledger after it; `withheld` explains any cut."""
+
+    delta: int
+    ledger: Ledger
+    withheld: tuple[tuple[str, str], ...] = ()  # (rule, reason)
+
+
+def credit(
+    ledger: Ledger,
+    requested: int,
+    *,
+    now: float,
+    repeated: bool,
+    rules: CreditRules,
+    approval_below: int,
+) -> Credit:
+    """Apply one requested change under the anti-farming rules (pure).
+
+    A loss always applies in full (clamped at 0) and restarts the clean history.
+    A gain earns nothing for a plan digest the agent has been credited for before,
+    at most `max_credit_per_day` points in a 24 h window, and never lifts the score
+    to `approval_below` or over it before `clean_history_days` without a loss.
+    """
+    old = ledger.score
+    if requested <= 0:
+        new = clamp(old + requested)
+        clean = now if requested < 0 else ledger.clean_since
+        return Credit(new - old, replace(ledger, score=new, clean_since=clean))
+    withheld: list[tuple[str, str]] = []
+    grant = requested
+    if repeated:
+        withheld.append(("repeated_plan", "this plan digest has earned credit before"))
+        grant = 0
+    window, credited = ledger.window_start, ledger.credited
+    # A clock that runs backwards keeps the current window: it never opens a new one.
+    if window is None or now >= window + DAY_SECONDS:
+        window, credited = now, 0
+    room = max(0, rules.max_credit_per_day - credited)
+    if grant > room:
+        withheld.append(
+            (
+                "daily_cap",
+                f"credit is capped at {rules.max_credit_per_day} points per 24 h "
+                f"({credited} earned since {_iso(window)})",
+            )
+        )
+        grant = room
+    clean_for = now - ledger.clean_since
+    needed = rules.clean_history_days * DAY_SECONDS
+    if old < approval_below <= old + grant and clean_for < needed:
+        withheld.append(
+            (
+                "clean_history",
+                f"rising to {approval_below} or above needs {rules.clean_history_days:g} days "
+                f"without a loss (clean since {_iso(ledger.clean_since)}) or an operator",
+            )
+        )
+        grant = max(0, approval_below - 1 - old)
+    new = clamp(old + grant)
+    after = Ledger(new, ledger.clean_since, window, credited + (new - old))
+    return Credit(new - old, after, tuple(withheld))
+
+
+def _iso(t: float) -> str:
+    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

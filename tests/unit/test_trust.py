@@ -35,6 +35,8 @@ from opsgate.trust.scoring import TrustEvent
 # Monday 2030-01-07 10:00 UTC: inside any office-hours window.
 T0 = datetime(2030, 1, 7, 10, 0, tzinfo=UTC).timestamp()
 JOHN, JANE = "john@company.com", "jane@company.com"
+# Anti-farming rules switched off, for tests about something else.
+NO_CREDIT_RULES = {"max_credit_per_day": 1000, "clean_history_days": 0}
 
 
 class Clock:
@@ -86,11 +88,11 @@ def scores(gate: opsgate.Gate, *agents: opsgate.Agent) -> list[int]:
 def test_success_adds_five_per_execute_and_plateaus_at_1000(tmp_path: Path) -> None:
     w = trust_world(tmp_path, trust_score=960)
     try:
-        clock = Clock()
-        token = token_at(w, clock.t)
+        clock = Clock(step=6 * 3600)  # four a day, each a new release: within every rule
         seen = []
-        for _ in range(12):
-            out = w.gate.execute(token, deploy("staging/app-web"), now=clock.tick())
+        for i in range(12):
+            token = token_at(w, clock.tick())
+            out = w.gate.execute(token, deploy("staging/app-web", version=f"3.{i}"), now=clock.t)
             assert out.status == "succeeded"
             seen.append(w.agent.trust_score)
         assert seen == [965, 970, 975, 980, 985, 990, 995, 1000, 1000, 1000, 1000, 1000]
@@ -562,9 +564,12 @@ def test_every_change_is_explained_in_history(tmp_path: Path) -> None:
         w.gate.execute(token, deploy("staging/app-web"), now=clock.tick())
         _policy_deny(w, clock.tick())
         _credential_beyond_grants(w, clock.tick())
-        w.gate.credential_manager.revoke(w.credential_.jti, now=clock.tick())
+        cred = w.gate.credential_manager.issue_credential(
+            agent_id=w.agent.did, scope=DEPLOY_SCOPE, now=clock.t
+        )
+        w.gate.credential_manager.revoke(cred.jti, now=clock.tick())
         with pytest.raises(opsgate.InvalidCredential):
-            w.gate.execute(w.token, deploy("staging/app-web"), now=clock.tick())
+            w.gate.execute(cred.token, deploy("staging/app-web"), now=clock.tick())
         history = changes(w.gate, w.agent.did)
         assert [(c.cause, c.delta, c.score) for c in history] == [
             ("success", 5, 925),
@@ -589,7 +594,8 @@ def test_concurrent_trust_events_lose_no_update(tmp_path: Path, database_url: st
         "trust_groups.yaml",
         approvers=(),
         supervisor_trust=600,
-        trust={"deltas": {"success": 2}},
+        # Lost updates only: the anti-farming rules are off here (tested on their own).
+        trust={"deltas": {"success": 2}, "credit": NO_CREDIT_RULES},
         database_url=database_url,
     )
     try:
@@ -641,7 +647,7 @@ def test_the_gate_never_reports_an_older_score_after_concurrent_events(tmp_path:
         "trust_groups.yaml",
         approvers=(),
         supervisor_trust=600,
-        trust={"deltas": {"success": 1}},
+        trust={"deltas": {"success": 1}, "credit": NO_CREDIT_RULES},
     )
     try:
         stale: list[tuple[int, int, int]] = []
