@@ -325,7 +325,8 @@ def test_off_hours_through_the_gate(tmp_path: Path) -> None:
         assert w.gate.execute(day, deploy("staging/app-web"), now=at(hour=10)).ok
         assert _unusual(w.gate, w.agent.did) == []
         night = w.credential(scope=["deploy:staging"], now=at(hour=3))
-        assert w.gate.execute(night, deploy("staging/app-web"), now=at(hour=3)).ok
+        # A new release (the same plan again would earn no credit).
+        assert w.gate.execute(night, deploy("staging/app-web", version="2.5"), now=at(hour=3)).ok
         unusual = _unusual(w.gate, w.agent.did)
         assert [c.evidence["detector"] for c in unusual] == ["off_hours"]
         assert unusual[0].evidence["hour"] == 3
@@ -361,10 +362,12 @@ def test_normal_work_through_the_gate_raises_no_anomaly(tmp_path: Path) -> None:
             token = w.credential(scope=["deploy:staging"], now=at(day=day, hour=9))
             times = sorted(at(day=day, hour=9) + rng.uniform(0, 800) for _ in range(40))
             for t in times:
-                assert w.gate.execute(token, deploy(rng.choice(apps)), now=t).ok
+                release = deploy(rng.choice(apps), version=f"1.{n}")
+                assert w.gate.execute(token, release, now=t).ok
                 n += 1
         assert _unusual(w.gate, w.agent.did) == []
-        assert w.agent.trust_score == 1000
+        # Nothing lost; the gains are the daily credit cap of each of the three days.
+        assert w.agent.trust_score == 900 + 3 * 25
         assert w.executor.count == n == 120
     finally:
         w.gate.close()
