@@ -7,11 +7,20 @@ overrides. Unknown keys and out-of-range values are load errors, never clamps.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from opsgate.errors import ConfigError
 
@@ -144,6 +153,38 @@ class NotificationsConfig(_Strict):
     timeout_seconds: float = Field(5.0, gt=0, le=60)
 
 
+#: A database target's name is one capability segment (`migrate:database/<name>`).
+DATABASE_NAME = re.compile(r"[a-z0-9][a-z0-9_.-]{0,62}\Z", re.ASCII)
+_SEGMENT = re.compile(r"[A-Za-z0-9._-]+\Z", re.ASCII)
+
+
+class DatabaseTarget(_Strict):
+    """A database migrations may run against, and the only directory they come from."""
+
+    # May hold a password: SecretStr keeps it out of reprs and dumps.
+    url: SecretStr
+    migrations: str
+    # Unlabelled targets are treated as production (the trust gate applies).
+    environment: str = "production"
+    lock_timeout_seconds: float = Field(5.0, gt=0, le=600)
+    statement_timeout_seconds: float = Field(600.0, gt=0, le=86_400)
+    lock_wait_seconds: float = Field(10.0, ge=0, le=3600)
+
+    @field_validator("environment")
+    @classmethod
+    def _environment(cls, value: str) -> str:
+        if not _SEGMENT.match(value):
+            raise ValueError("environment must be one capability segment")
+        return value
+
+    @field_validator("migrations")
+    @classmethod
+    def _migrations(cls, value: str) -> str:
+        if not value or "\x00" in value:
+            raise ValueError("migrations must be a directory path")
+        return value
+
+
 class Config(_Strict):
     """Everything a Gate needs to know that is not data in its store."""
 
@@ -155,6 +196,15 @@ class Config(_Strict):
     limits: Limits = Limits()
     trust: TrustConfig = TrustConfig()
     notifications: NotificationsConfig = NotificationsConfig()
+    databases: dict[str, DatabaseTarget] = Field(default_factory=dict)
+
+    @field_validator("databases")
+    @classmethod
+    def _database_names(cls, value: dict[str, DatabaseTarget]) -> dict[str, DatabaseTarget]:
+        for name in value:
+            if not DATABASE_NAME.match(name):
+                raise ValueError(f"database name {name[:64]!r} must match [a-z0-9][a-z0-9_.-]*")
+        return value
 
 
 CONFIG_FILE = "opsgate.yaml"
@@ -178,6 +228,12 @@ def load_config(state_dir: Path, overrides: dict[str, Any] | None = None) -> Con
         data.update(loaded or {})
         if isinstance(data.get("policies"), str) and not os.path.isabs(data["policies"]):
             data["policies"] = str((state_dir / data["policies"]).resolve())
+        databases = data.get("databases")
+        for target in databases.values() if isinstance(databases, dict) else ():
+            # Relative migration directories are the config file's, like policies.
+            where = target.get("migrations") if isinstance(target, dict) else None
+            if isinstance(where, str) and where and not os.path.isabs(where):
+                target["migrations"] = str((state_dir / where).resolve())
     env_url = os.environ.get("OPSGATE_DATABASE_URL")
     if env_url:
         data["database_url"] = env_url

@@ -10,6 +10,7 @@
     ├── PolicyError                   policy_syntax, policy_unknown_name, ... (loading)
     ├── ApprovalError                 approval_not_found, not_an_approver, self_approval, ...
     ├── OperationError                operation_denied, executor_missing, operation_failed, ...
+    │   └── MigrationError            migration_locked, migration_edited, migration_refused, ...
     ├── AuditError                    audit_write_failed, audit_corrupt, anchor_invalid
     ├── SecretError                   secret_not_found, ...
     └── StoreError                    store_unavailable, ...
@@ -87,6 +88,12 @@ class OperationError(OpsgateError):
     default_code = "operation_failed"
 
 
+class MigrationError(OperationError):
+    """A migration plan or run refused: drift, lock held, failed state, bad files."""
+
+    default_code = "migration_failed"
+
+
 class AuditError(OpsgateError):
     default_code = "audit_write_failed"
 
@@ -151,6 +158,7 @@ __all__ = [
     "CredentialError",
     "DelegationError",
     "InvalidCredential",
+    "MigrationError",
     "OperationError",
     "OpsgateError",
     "PolicyError",

@@ -44,7 +44,7 @@ from opsgate.errors import (
 )
 from opsgate.identity import keys
 from opsgate.identity.registry import Agent, AgentRegistry, check_email
-from opsgate.operations.base import Executor, Operation, Outcome, Plan
+from opsgate.operations.base import Executor, Operation, Outcome, Plan, RunContext
 from opsgate.policy.request import check_params
 from opsgate.state import AgentState, LiveState
 from opsgate.store import Store, schema
@@ -687,7 +687,12 @@ class Gate:
         started = time.monotonic()
         interrupted: BaseException | None = None
         try:
-            outcome = executor.run(plan)
+            with_context = getattr(executor, "run_with_context", None)
+            if callable(with_context):
+                context = RunContext(agent.did, agent.name, approval_id)
+                outcome = with_context(plan, context)
+            else:
+                outcome = executor.run(plan)
             if not isinstance(outcome, Outcome):
                 outcome = Outcome(
                     "failed", f"executor returned {type(outcome).__name__}, not an Outcome"

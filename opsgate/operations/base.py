@@ -105,3 +105,19 @@ class Executor(Protocol):
     def plan(self, operation: Operation) -> Plan: ...
 
     def run(self, plan: Plan) -> Outcome: ...
+
+
+@dataclass(frozen=True, slots=True)
+class RunContext:
+    """Who a run is for, as the gate authenticated it (for records the executor keeps,
+    such as a migration history row). Never part of the plan digest."""
+
+    agent_did: str
+    agent_name: str
+    approval_id: str | None = None
+
+
+class ContextualExecutor(Executor, Protocol):
+    """An executor whose run needs to know who asked: the gate calls `run_with_context`."""
+
+    def run_with_context(self, plan: Plan, context: RunContext) -> Outcome: ...

@@ -1,0 +1,893 @@
+"""Findings per statement, from the real parsers: pglast (PostgreSQL) and sqlglot (SQLite).
+
+Pure: text in, statements with findings out. The classifier knows a fixed set of
+statement shapes; anything else — a statement neither parser understands, a generic
+`Command`, a `DO` block, a function body, a SET, a GRANT — is "needs review", which is
+destructive. So a statement can only be called safe by being recognised as safe.
+
+The statements returned are the exact text the runner executes, one at a time: what
+was classified is what runs. A drop (or truncate, or unbounded DML) of an object
+created earlier in the same file is not destructive: nothing that existed before is
+lost.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from enum import IntEnum
+from typing import Any, Literal, TypeVar
+
+import pglast
+import sqlglot
+from pglast import ast as pg
+from pglast import enums as pge
+from sqlglot import exp
+from sqlglot.errors import ErrorLevel, SqlglotError
+
+from opsgate.operations.migrate.codes import code
+
+Dialect = Literal["postgresql", "sqlite"]
+_E = TypeVar("_E", bound=IntEnum)
+DIALECTS: tuple[Dialect, ...] = ("postgresql", "sqlite")
+_NAME_MAX = 80
+
+
+class _NoCommandFallbackWarnings(logging.Filter):
+    """sqlglot logs a warning whenever it falls back to a generic Command; for us that
+    is a finding (needs review), not a log line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Falling back to parsing as a 'Command'" not in record.getMessage()
+
+
+logging.getLogger("sqlglot").addFilter(_NoCommandFallbackWarnings())
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    code: str
+    message: str
+    destructive: bool
+    severity: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "code": self.code,
+            "message": self.message,
+            "destructive": self.destructive,
+            "severity": self.severity,
+        }
+
+
+def finding(name: str, subject: str = "") -> Finding:
+    c = code(name)
+    message = f"{c.title}: {subject}" if subject else c.title
+    return Finding(c.code, message, c.destructive, c.severity)
+
+
+@dataclass(frozen=True, slots=True)
+class Statement:
+    """One statement of a migration file: its exact text and what it was found to do."""
+
+    index: int  # 1-based within its file
+    sql: str
+    kind: str  # the parser's name for it, e.g. "DropStmt" or "Drop"
+    findings: tuple[Finding, ...]
+    transactional: bool = True
+
+    @property
+    def destructive(self) -> bool:
+        return any(f.destructive for f in self.findings)
+
+    @property
+    def codes(self) -> tuple[str, ...]:
+        return tuple(f.code for f in self.findings)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "index": self.index,
+            "sql": self.sql,
+            "kind": self.kind,
+            "destructive": self.destructive,
+            "transactional": self.transactional,
+            "findings": [f.to_dict() for f in self.findings],
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class FileAnalysis:
+    statements: tuple[Statement, ...]
+
+    @property
+    def transactional(self) -> bool:
+        return all(s.transactional for s in self.statements)
+
+    @property
+    def destructive(self) -> bool:
+        return any(s.destructive for s in self.statements)
+
+    @property
+    def errors(self) -> tuple[tuple[Statement, Finding], ...]:
+        return tuple((s, f) for s in self.statements for f in s.findings if f.severity == "error")
+
+
+def classify(text: str, dialect: Dialect) -> FileAnalysis:
+    """Split `text` into statements and classify each; file-level rules last."""
+    if dialect == "postgresql":
+        raw = list(_postgres_statements(text))
+    elif dialect == "sqlite":
+        raw = list(_sqlite_statements(text))
+    else:  # a programming error: dialects come from validated config
+        raise ValueError(f"unsupported dialect {dialect!r}")
+    statements = [
+        Statement(i, sql, kind, tuple(found), transactional)
+        for i, (sql, kind, found, transactional) in enumerate(raw, start=1)
+    ]
+    # A statement that cannot run in a transaction runs alone, outside one: mixed with
+    # others, a failure half-way would leave the file half-applied with no rollback.
+    outside = [s for s in statements if not s.transactional]
+    if outside:
+        extra = finding("OG303") if len(statements) == 1 else finding("OG302")
+        statements = [
+            Statement(s.index, s.sql, s.kind, (*s.findings, extra), s.transactional)
+            if not s.transactional
+            else s
+            for s in statements
+        ]
+    return FileAnalysis(tuple(statements))
+
+
+# -- shared bookkeeping ------------------------------------------------------------------
+
+_Raw = tuple[str, str, list[Finding], bool]
+
+
+@dataclass
+class _Created:
+    """Objects created by earlier statements of the same file (normalised names)."""
+
+    tables: set[str] = field(default_factory=set)
+    columns: set[tuple[str, str]] = field(default_factory=set)
+    objects: set[tuple[str, str]] = field(default_factory=set)  # (kind, name)
+    constraints: dict[str, str] = field(default_factory=dict)  # name -> kind
+    dropped_indexes: set[str] = field(default_factory=set)
+
+    def has_column(self, table: str, column: str) -> bool:
+        return table in self.tables or (table, column) in self.columns
+
+    def rename_table(self, old: str, new: str) -> None:
+        if old in self.tables:
+            self.tables.add(new)
+            self.columns |= {(new, c) for t, c in self.columns if t == old}
+
+
+def _norm(name: str) -> str:
+    """`public.t` and `t` name the same table for "created in this file"; anything
+    else that does not match counts as pre-existing (the safe direction)."""
+    return name[len("public.") :] if name.startswith("public.") else name
+
+
+def _words(text: str) -> frozenset[str]:
+    return frozenset(text.split())
+
+
+def _shown(name: str) -> str:
+    return name if len(name) <= _NAME_MAX else name[: _NAME_MAX - 3] + "..."
+
+
+# -- PostgreSQL (pglast) -----------------------------------------------------------------
+
+#: Functions a DML statement may call without "needs review": built-ins with no effect
+#: outside the value they return. Anything else (pg_sleep, set_config, dblink_exec,
+#: pg_terminate_backend, lo_import, a user function) could do anything.
+PG_SAFE_FUNCTIONS = _words(
+    """
+    abs age array_agg array_length array_position array_to_string avg bit_length bool_and
+    bool_or btrim cardinality ceil ceiling char_length character_length clock_timestamp
+    coalesce concat concat_ws count currval date_part date_trunc decode dense_rank encode
+    every extract first_value floor format gen_random_uuid generate_series initcap
+    json_agg json_build_array json_build_object json_object_agg jsonb_agg jsonb_build_array
+    jsonb_build_object jsonb_object_agg jsonb_set jsonb_strip_nulls lag last_value lead
+    left length lower lpad ltrim make_date make_interval make_timestamp make_timestamptz
+    max md5 min mod nextval now ntile nullif octet_length position power random rank
+    regexp_match regexp_replace repeat replace reverse right round row_number rpad rtrim
+    split_part sqrt statement_timestamp string_agg string_to_array strpos substr substring
+    sum timeofday to_char to_date to_json to_jsonb to_number to_timestamp
+    transaction_timestamp translate trim trunc unnest upper
+    """
+)
+
+#: Defaults that do not force a table rewrite when a column is added (PG11+ stores
+#: a non-volatile default in the catalogue).
+_PG_STABLE_DEFAULTS = frozenset(
+    {"now", "statement_timestamp", "transaction_timestamp", "current_timestamp"}
+)
+
+_PG_DML = (pg.InsertStmt, pg.UpdateStmt, pg.DeleteStmt, pg.SelectStmt)
+
+
+def _pg_walk(node: Any, skip: tuple[type, ...] = ()) -> Iterator[pg.Node]:
+    if isinstance(node, (list, tuple)):
+        for item in node:
+            yield from _pg_walk(item, skip)
+    elif isinstance(node, pg.Node):
+        if skip and isinstance(node, skip):
+            return
+        yield node
+        for name in getattr(type(node), "__slots__", ()):
+            yield from _pg_walk(getattr(node, name, None), skip)
+
+
+def _pg_strings(items: Any) -> str:
+    if isinstance(items, pg.String):
+        return str(items.sval)
+    if isinstance(items, pg.ObjectWithArgs):
+        return _pg_strings(items.objname)
+    if isinstance(items, pg.TypeName):
+        return _pg_strings(items.names)
+    if isinstance(items, (list, tuple)):
+        parts = [str(p.sval) for p in items if isinstance(p, pg.String)]
+        if len(parts) == len(items):
+            return ".".join(parts)
+    return "?"
+
+
+def _pg_rel(rv: pg.RangeVar | None) -> str:
+    if rv is None:
+        return "?"
+    name = str(rv.relname)
+    return _norm(f"{rv.schemaname}.{name}" if rv.schemaname else name)
+
+
+def _pg_funcname(call: pg.FuncCall) -> str:
+    parts = [str(p.sval) for p in call.funcname or () if isinstance(p, pg.String)]
+    if len(parts) == 2 and parts[0] == "pg_catalog":
+        parts = parts[1:]
+    return ".".join(parts)
+
+
+def _pg_unsafe_calls(node: Any) -> list[str]:
+    return sorted(
+        {
+            name
+            for n in _pg_walk(node)
+            if isinstance(n, pg.FuncCall) and (name := _pg_funcname(n)) not in PG_SAFE_FUNCTIONS
+        }
+    )
+
+
+def _pg_row_dependent(where: Any, target: pg.RangeVar | None) -> bool:
+    """Does the WHERE read a column of the target row? A predicate that does not
+    (`WHERE true`, `WHERE 1 = 1`, `WHERE EXISTS (...)`) selects all rows or none."""
+    if where is None:
+        return False
+    names: set[str | None] = {None}
+    if target is not None:
+        names |= {str(target.relname)}
+        if target.alias is not None:
+            names.add(str(target.alias.aliasname))
+    for n in _pg_walk(where, skip=(pg.SubLink, pg.SelectStmt)):
+        if isinstance(n, pg.ColumnRef):
+            fields = [f.sval if isinstance(f, pg.String) else None for f in n.fields or ()]
+            qualifier = fields[-2] if len(fields) >= 2 else None
+            if qualifier in names:
+                return True
+    return False
+
+
+class _Postgres:
+    def __init__(self) -> None:
+        self.created = _Created()
+
+    def statement(self, node: pg.Node) -> tuple[list[Finding], bool]:
+        """Findings for one parsed statement, and whether it may run in a transaction."""
+        handler: Callable[[Any], tuple[list[Finding], bool]] | None = getattr(
+            self, "_" + type(node).__name__, None
+        )
+        if handler is None:
+            return [finding("OG202", type(node).__name__)], _pg_transactional(node)
+        found, transactional = handler(node)
+        found.extend(self._cte_writes(node))
+        return found, transactional
+
+    def _cte_writes(self, node: pg.Node) -> list[Finding]:
+        return [
+            finding("OG104", str(n.ctename))
+            for n in _pg_walk(node)
+            if isinstance(n, pg.CommonTableExpr)
+            and isinstance(n.ctequery, (pg.InsertStmt, pg.UpdateStmt, pg.DeleteStmt, pg.MergeStmt))
+        ]
+
+    def _calls(self, node: Any) -> list[Finding]:
+        unsafe = _pg_unsafe_calls(node)
+        return [finding("OG202", "calls " + _shown(", ".join(unsafe)))] if unsafe else []
+
+    # DDL -------------------------------------------------------------------------------
+
+    def _CreateStmt(self, node: pg.CreateStmt) -> tuple[list[Finding], bool]:
+        table = _pg_rel(node.relation)
+        if not node.if_not_exists:  # IF NOT EXISTS may have created nothing
+            self.created.tables.add(table)
+            for elt in node.tableElts or ():
+                if isinstance(elt, pg.Constraint) and elt.conname:
+                    self.created.constraints[str(elt.conname)] = _pg_contype(elt)
+        return [], True
+
+    def _CreateTableAsStmt(self, node: pg.CreateTableAsStmt) -> tuple[list[Finding], bool]:
+        into = node.into
+        if into is not None and not node.if_not_exists:
+            self.created.tables.add(_pg_rel(into.rel))
+        return self._calls(node.query), True
+
+    def _CreateSchemaStmt(self, node: pg.CreateSchemaStmt) -> tuple[list[Finding], bool]:
+        if node.schemaElts:  # statements nested in the schema: not looked into
+            return [finding("OG202", "CREATE SCHEMA with nested statements")], True
+        if not node.if_not_exists and node.schemaname:
+            self.created.objects.add(("schema", str(node.schemaname)))
+        return [], True
+
+    def _ViewStmt(self, node: pg.ViewStmt) -> tuple[list[Finding], bool]:
+        if not node.replace:
+            self.created.objects.add(("view", _pg_rel(node.view)))
+        return [], True
+
+    def _IndexStmt(self, node: pg.IndexStmt) -> tuple[list[Finding], bool]:
+        table = _pg_rel(node.relation)
+        found: list[Finding] = []
+        existing = table not in self.created.tables
+        name = str(node.idxname) if node.idxname else ""
+        if existing and node.unique:
+            replaced = name and _norm(name) in self.created.dropped_indexes
+            found.append(finding("MF102" if replaced else "MF101", name or table))
+        if existing and not node.concurrent:
+            found.append(finding("PG101", name or table))
+        if name and not node.if_not_exists:
+            self.created.objects.add(("index", _norm(name)))
+        return found, not node.concurrent
+
+    def _DropStmt(self, node: pg.DropStmt) -> tuple[list[Finding], bool]:
+        kind = _enum(pge.ObjectType, node.removeType)
+        found: list[Finding] = []
+        for obj in node.objects or ():
+            name = _norm(_pg_strings(obj))
+            if kind == pge.ObjectType.OBJECT_TABLE:
+                if name in self.created.tables:
+                    continue
+                found.append(finding("DS102", _shown(name)))
+            elif kind == pge.ObjectType.OBJECT_SCHEMA:
+                if ("schema", name) in self.created.objects:
+                    continue
+                found.append(finding("DS101", _shown(name)))
+            else:
+                label = kind.name.removeprefix("OBJECT_").lower().replace("_", " ")
+                if kind == pge.ObjectType.OBJECT_INDEX:
+                    self.created.dropped_indexes.add(name)
+                    if ("index", name) in self.created.objects:
+                        continue
+                    if not node.concurrent:
+                        found.append(finding("PG102", _shown(name)))
+                if (label, name) in self.created.objects:
+                    continue
+                found.append(finding("OG105", f"{label} {_shown(name)}"))
+        return found, not node.concurrent
+
+    def _RenameStmt(self, node: pg.RenameStmt) -> tuple[list[Finding], bool]:
+        kind = _enum(pge.ObjectType, node.renameType)
+        t = pge.ObjectType
+        table = _pg_rel(node.relation) if node.relation is not None else ""
+        if kind in (t.OBJECT_TABLE, t.OBJECT_VIEW, t.OBJECT_MATVIEW, t.OBJECT_FOREIGN_TABLE):
+            new = _norm(str(node.newname))
+            if table in self.created.tables:
+                self.created.rename_table(table, new)
+                return [], True
+            return [finding("BC101", f"{_shown(table)} to {_shown(new)}")], True
+        if kind == t.OBJECT_SCHEMA:
+            return [finding("BC101", f"schema {_shown(_pg_strings(node.subname))}")], True
+        if kind in (t.OBJECT_COLUMN, t.OBJECT_ATTRIBUTE):
+            column = str(node.subname)
+            if self.created.has_column(table, column):
+                self.created.columns.add((table, str(node.newname)))
+                return [], True
+            return [finding("BC102", f"{_shown(table)}.{_shown(column)}")], True
+        if kind in (
+            t.OBJECT_INDEX,
+            t.OBJECT_TABCONSTRAINT,
+            t.OBJECT_SEQUENCE,
+            t.OBJECT_TRIGGER,
+            t.OBJECT_TYPE,
+            t.OBJECT_DOMAIN,
+        ):
+            return [], True
+        return [finding("OG202", f"rename of {kind.name.removeprefix('OBJECT_').lower()}")], True
+
+    def _AlterTableStmt(self, node: pg.AlterTableStmt) -> tuple[list[Finding], bool]:
+        table = _pg_rel(node.relation)
+        existing = table not in self.created.tables
+        found: list[Finding] = []
+        transactional = True
+        at = pge.AlterTableType
+        for cmd in node.cmds or ():
+            sub = at(cmd.subtype)
+            column = str(cmd.name) if cmd.name else ""
+            if sub == at.AT_AddColumn:
+                found.extend(self._add_column(table, existing, cmd.def_))
+            elif sub == at.AT_DropColumn:
+                if not self.created.has_column(table, column):
+                    found.append(finding("DS103", f"{_shown(table)}.{_shown(column)}"))
+            elif sub == at.AT_AlterColumnType:
+                if not self.created.has_column(table, column):
+                    found.append(finding("PG301", f"{_shown(table)}.{_shown(column)}"))
+                    found.append(finding("OG106", f"{_shown(table)}.{_shown(column)}"))
+                using = getattr(cmd.def_, "raw_default", None)
+                found.extend(self._calls(using))
+            elif sub == at.AT_SetNotNull:
+                if not self.created.has_column(table, column):
+                    found.append(finding("MF104", f"{_shown(table)}.{_shown(column)}"))
+                    found.append(finding("PG303", f"{_shown(table)}.{_shown(column)}"))
+            elif sub == at.AT_AddConstraint:
+                found.extend(self._add_constraint(table, existing, cmd.def_))
+            elif sub == at.AT_DropConstraint:
+                kind = self.created.constraints.get(column)
+                if kind is None:
+                    found.append(finding("CD101", f"{_shown(column)} on {_shown(table)}"))
+            elif sub == at.AT_DetachPartition and getattr(cmd.def_, "concurrent", False):
+                transactional = False
+            elif sub not in _PG_PLAIN_ALTERS:
+                found.append(finding("OG202", sub.name.removeprefix("AT_")))
+        return found, transactional
+
+    def _add_column(self, table: str, existing: bool, col: Any) -> list[Finding]:
+        if not isinstance(col, pg.ColumnDef):
+            return [finding("OG202", "ADD COLUMN")]
+        name = str(col.colname)
+        self.created.columns.add((table, name))
+        if not existing:
+            return []
+        found: list[Finding] = []
+        cons = [c for c in col.constraints or () if isinstance(c, pg.Constraint)]
+        kinds = {_enum(pge.ConstrType, c.contype) for c in cons}
+        ct = pge.ConstrType
+        default = next((c.raw_expr for c in cons if c.contype == ct.CONSTR_DEFAULT), None)
+        if (ct.CONSTR_NOTNULL in kinds or ct.CONSTR_PRIMARY in kinds) and default is None:
+            found.append(finding("MF103", f"{_shown(table)}.{_shown(name)}"))
+        if ct.CONSTR_UNIQUE in kinds or ct.CONSTR_PRIMARY in kinds:
+            found.append(finding("MF101", f"{_shown(table)}.{_shown(name)}"))
+        if ct.CONSTR_FOREIGN in kinds:
+            found.append(finding("OG110", f"{_shown(table)}.{_shown(name)}"))
+        if ct.CONSTR_GENERATED in kinds or ct.CONSTR_IDENTITY in kinds:
+            found.append(finding("PG302", f"{_shown(table)}.{_shown(name)}"))
+        elif default is not None:
+            calls = {_pg_funcname(n) for n in _pg_walk(default) if isinstance(n, pg.FuncCall)}
+            if calls - _PG_STABLE_DEFAULTS:
+                found.append(finding("PG302", f"{_shown(table)}.{_shown(name)}"))
+            found.extend(self._calls(default))
+        return found
+
+    def _add_constraint(self, table: str, existing: bool, con: Any) -> list[Finding]:
+        if not isinstance(con, pg.Constraint):
+            return [finding("OG202", "ADD CONSTRAINT")]
+        kind = _pg_contype(con)
+        if con.conname:
+            self.created.constraints[str(con.conname)] = kind
+        if not existing:
+            return []
+        name = _shown(str(con.conname or table))
+        ct = pge.ConstrType
+        contype = _enum(pge.ConstrType, con.contype)
+        if contype == ct.CONSTR_PRIMARY and not con.indexname:
+            return [finding("PG104", name)]
+        if contype in (ct.CONSTR_UNIQUE, ct.CONSTR_EXCLUSION):
+            found = [finding("MF101", name)]
+            if not con.indexname:
+                found.append(finding("PG105", name))
+            return found
+        if contype == ct.CONSTR_CHECK and not con.skip_validation:
+            return [finding("PG305", name)]
+        if contype == ct.CONSTR_FOREIGN and not con.skip_validation:
+            return [finding("OG110", name)]
+        return []
+
+    # DML -------------------------------------------------------------------------------
+
+    def _InsertStmt(self, node: pg.InsertStmt) -> tuple[list[Finding], bool]:
+        return self._calls(node), True
+
+    def _SelectStmt(self, node: pg.SelectStmt) -> tuple[list[Finding], bool]:
+        found = self._calls(node)
+        into = node.intoClause
+        if into is not None:
+            self.created.tables.add(_pg_rel(into.rel))
+        return found, True
+
+    def _UpdateStmt(self, node: pg.UpdateStmt) -> tuple[list[Finding], bool]:
+        table = _pg_rel(node.relation)
+        found = self._calls(node)
+        if table not in self.created.tables:
+            bounded = _pg_row_dependent(node.whereClause, node.relation)
+            found.insert(0, finding("OG109" if bounded else "OG102", _shown(table)))
+        return found, True
+
+    def _DeleteStmt(self, node: pg.DeleteStmt) -> tuple[list[Finding], bool]:
+        table = _pg_rel(node.relation)
+        found = self._calls(node)
+        if table not in self.created.tables:
+            bounded = _pg_row_dependent(node.whereClause, node.relation)
+            found.insert(0, finding("OG108" if bounded else "OG101", _shown(table)))
+        return found, True
+
+    def _TruncateStmt(self, node: pg.TruncateStmt) -> tuple[list[Finding], bool]:
+        names = [_pg_rel(r) for r in node.relations or ()]
+        cascade = _enum(pge.DropBehavior, node.behavior) == pge.DropBehavior.DROP_CASCADE
+        lost = [n for n in names if cascade or n not in self.created.tables]
+        return ([finding("OG103", _shown(", ".join(lost)))] if lost else []), True
+
+    # Plain statements with nothing to flag -------------------------------------------
+
+    def _plain(self, node: pg.Node) -> tuple[list[Finding], bool]:
+        return [], True
+
+    _CommentStmt = _plain
+    _CreateSeqStmt = _plain
+    _AlterSeqStmt = _plain
+    _CreateEnumStmt = _plain
+    _CompositeTypeStmt = _plain
+    _CreateDomainStmt = _plain
+    _CreateRangeStmt = _plain
+    _RefreshMatViewStmt = _plain
+
+    def _AlterEnumStmt(self, node: pg.AlterEnumStmt) -> tuple[list[Finding], bool]:
+        return [], True
+
+    def _TransactionStmt(self, node: pg.TransactionStmt) -> tuple[list[Finding], bool]:
+        kind = _enum(pge.TransactionStmtKind, node.kind).name.removeprefix("TRANS_STMT_")
+        return [finding("OG301", kind)], True
+
+
+def _enum(kind: type[_E], value: Any) -> _E:
+    """pglast's enum fields are typed optional; the parser always sets them."""
+    return kind(value)
+
+
+def _pg_contype(con: pg.Constraint) -> str:
+    return _enum(pge.ConstrType, con.contype).name.removeprefix("CONSTR_").lower()
+
+
+_PG_PLAIN_ALTERS = frozenset(
+    {
+        pge.AlterTableType.AT_DropNotNull,
+        pge.AlterTableType.AT_ColumnDefault,
+        pge.AlterTableType.AT_ValidateConstraint,
+        pge.AlterTableType.AT_SetStatistics,
+        pge.AlterTableType.AT_SetStorage,
+        pge.AlterTableType.AT_SetCompression,
+        pge.AlterTableType.AT_AddIdentity,
+        pge.AlterTableType.AT_SetIdentity,
+        pge.AlterTableType.AT_DropIdentity,
+        pge.AlterTableType.AT_AttachPartition,
+        pge.AlterTableType.AT_DetachPartition,
+        pge.AlterTableType.AT_ClusterOn,
+        pge.AlterTableType.AT_DropCluster,
+        pge.AlterTableType.AT_SetRelOptions,
+        pge.AlterTableType.AT_ResetRelOptions,
+    }
+)
+
+
+def _pg_transactional(node: pg.Node) -> bool:
+    """Statements PostgreSQL refuses inside a transaction block."""
+    if isinstance(
+        node,
+        (
+            pg.VacuumStmt,
+            pg.CreatedbStmt,
+            pg.DropdbStmt,
+            pg.AlterSystemStmt,
+            pg.CreateTableSpaceStmt,
+            pg.DropTableSpaceStmt,
+        ),
+    ):
+        return False
+    if isinstance(node, pg.ReindexStmt):
+        return not any(
+            isinstance(p, pg.DefElem) and p.defname == "concurrently" for p in node.params or ()
+        )
+    return True
+
+
+def _postgres_statements(text: str) -> Iterator[_Raw]:
+    walker = _Postgres()
+    try:
+        parsed = [(_pg_slice(text, r), r.stmt) for r in pglast.parse_sql(text)]
+    except pglast.parser.ParseError:
+        # Split with PostgreSQL's own scanner, then parse one by one, so only the
+        # statements the parser rejects become "needs review".
+        parsed = []
+        try:
+            parts = list(pglast.split(text, with_parser=False, only_slices=True))
+        except pglast.parser.ParseError:  # not even scannable (an unterminated quote)
+            parts = [slice(0, len(text))] if text.strip() else []
+        for part in parts:
+            sql = text[part]
+            try:
+                nodes = pglast.parse_sql(sql)
+            except pglast.parser.ParseError:
+                parsed.append((sql, None))
+                continue
+            # One slice of the scanner must be one statement for the parser too.
+            parsed.append((sql, nodes[0].stmt if len(nodes) == 1 else None))
+    for sql, node in parsed:
+        if node is None:
+            yield sql.strip(), "unparsed", [finding("OG201")], True
+            continue
+        found, transactional = walker.statement(node)
+        yield sql.strip(), type(node).__name__, found, transactional
+
+
+def _pg_slice(text: str, raw: pg.RawStmt) -> str:
+    start = raw.stmt_location or 0
+    length = raw.stmt_len or (len(text) - start)  # 0 means "to the end"
+    return text[start : start + length]
+
+
+# -- SQLite (sqlglot) --------------------------------------------------------------------
+
+#: SQLite functions a DML statement may call without "needs review" (load_extension,
+#: fts3_tokenizer, and anything unknown could do more than compute a value).
+SQLITE_SAFE_FUNCTIONS = _words(
+    """
+    abs avg char coalesce count date datetime group_concat hex ifnull iif instr julianday
+    length like lower ltrim max min nullif printf quote random replace round rtrim
+    strftime string_agg substr substring sum time total trim typeof unhex unicode upper
+    json json_array json_extract json_object json_group_array json_group_object
+    row_number rank dense_rank lag lead first_value last_value ntile concat concat_ws
+    if case cast
+    """
+)
+
+
+def _sqlite_chunks(text: str) -> Iterator[str]:
+    """Statement boundaries as SQLite itself sees them (`complete_statement`): a
+    semicolon inside a string, a comment or a trigger body does not end a statement."""
+    start = 0
+    pos = text.find(";")
+    while pos != -1:
+        if sqlite3.complete_statement(text[start : pos + 1]):
+            yield text[start : pos + 1]
+            start = pos + 1
+        pos = text.find(";", pos + 1)
+    tail = text[start:]
+    if tail.strip():
+        yield tail
+
+
+def _sqlite_empty(chunk: str) -> bool:
+    """Only comments and whitespace (per sqlglot's tokenizer): not a statement."""
+    try:
+        tokens = sqlglot.tokenize(chunk, read="sqlite")
+    except SqlglotError:
+        return False
+    return all(t.token_type == sqlglot.TokenType.SEMICOLON for t in tokens)
+
+
+def _sqlite_statements(text: str) -> Iterator[_Raw]:
+    walker = _Sqlite()
+    for chunk in _sqlite_chunks(text):
+        if _sqlite_empty(chunk):
+            continue
+        sql = chunk.strip()
+        try:
+            trees = [
+                t for t in sqlglot.parse(sql, read="sqlite", error_level=ErrorLevel.RAISE) if t
+            ]
+        except (SqlglotError, RecursionError, ValueError):
+            yield sql, "unparsed", [finding("OG201")], True
+            continue
+        if len(trees) != 1:  # sqlglot and SQLite disagree on where statements end
+            yield sql, "unparsed", [finding("OG201")], True
+            continue
+        tree: Any = trees[0]
+        if tree.args.get("concurrently"):  # sqlglot reads PostgreSQL syntax SQLite refuses
+            yield sql, "unparsed", [finding("OG201", "not SQLite syntax")], True
+            continue
+        if isinstance(tree, exp.Command):
+            yield sql, "Command", [finding("OG201", _shown(str(tree.this).upper()))], True
+            continue
+        found, transactional = walker.statement(tree)
+        yield sql, type(tree).__name__, found, transactional
+
+
+def _sq_name(node: exp.Expression | None) -> str:
+    if node is None:
+        return "?"
+    if isinstance(node, exp.Schema):
+        node = node.this
+    if isinstance(node, exp.Table):
+        parts = [p for p in (node.args.get("db"), node.args.get("this")) if p is not None]
+        return _norm(".".join(p.name for p in parts))
+    return _norm(node.name) if hasattr(node, "name") else "?"
+
+
+def _sq_funcname(node: exp.Func) -> str:
+    if isinstance(node, exp.Anonymous):
+        return str(node.name).lower()
+    return node.sql_name().lower()
+
+
+def _sq_row_dependent(where: exp.Expression | None, target: str, alias: str) -> bool:
+    if where is None:
+        return False
+    names = {"", target, alias}
+    for node in where.walk(prune=lambda n: isinstance(n, (exp.Subquery, exp.Select))):
+        if isinstance(node, exp.Column) and node.table in names:
+            return True
+    return False
+
+
+class _Sqlite:
+    def __init__(self) -> None:
+        self.created = _Created()
+
+    def statement(self, tree: exp.Expression) -> tuple[list[Finding], bool]:
+        handler = getattr(self, "_" + type(tree).__name__, None)
+        if handler is None:
+            return [finding("OG202", type(tree).__name__)], True
+        found: list[Finding]
+        found, transactional = handler(tree)
+        found.extend(
+            finding("OG104", cte.alias_or_name)
+            for cte in tree.find_all(exp.CTE)
+            if isinstance(cte.this, (exp.Insert, exp.Update, exp.Delete, exp.Merge))
+        )
+        return found, transactional
+
+    def _calls(self, tree: exp.Expression) -> list[Finding]:
+        unsafe = sorted(
+            {
+                name
+                for f in tree.find_all(exp.Func)
+                if (name := _sq_funcname(f)) not in SQLITE_SAFE_FUNCTIONS
+            }
+        )
+        return [finding("OG202", "calls " + _shown(", ".join(unsafe)))] if unsafe else []
+
+    def _Create(self, tree: exp.Create) -> tuple[list[Finding], bool]:
+        kind = str(tree.args.get("kind") or "").upper()
+        exists = bool(tree.args.get("exists"))
+        if kind == "TABLE":
+            name = _sq_name(tree.this)
+            if not exists:
+                self.created.tables.add(name)
+            query = tree.args.get("expression")
+            return (self._calls(query) if query is not None else []), True
+        if kind == "INDEX":
+            index = tree.this
+            table = _sq_name(index.args.get("table")) if isinstance(index, exp.Index) else "?"
+            name = _norm(index.name) if isinstance(index, exp.Index) else ""
+            found = []
+            if tree.args.get("unique") and table not in self.created.tables:
+                replaced = name and name in self.created.dropped_indexes
+                found.append(finding("MF102" if replaced else "MF101", name or table))
+            if name and not exists:
+                self.created.objects.add(("index", name))
+            return found, True
+        if kind == "VIEW":
+            if not exists:
+                self.created.objects.add(("view", _sq_name(tree.this)))
+            return [], True
+        return [finding("OG202", f"CREATE {kind}")], True
+
+    def _Drop(self, tree: exp.Drop) -> tuple[list[Finding], bool]:
+        kind = str(tree.args.get("kind") or "").upper()
+        found: list[Finding] = []
+        for table in tree.args.get("tables") or [tree.this]:
+            name = _sq_name(table)
+            if kind == "TABLE":
+                if name not in self.created.tables:
+                    found.append(finding("DS102", _shown(name)))
+            else:
+                label = kind.lower()
+                if label == "index":
+                    self.created.dropped_indexes.add(name)
+                if (label, name) not in self.created.objects:
+                    found.append(finding("OG105", f"{label} {_shown(name)}"))
+        return found, True
+
+    def _Alter(self, tree: exp.Alter) -> tuple[list[Finding], bool]:
+        if str(tree.args.get("kind") or "").upper() != "TABLE":
+            return [finding("OG202", "ALTER")], True
+        table = _sq_name(tree.this)
+        existing = table not in self.created.tables
+        found: list[Finding] = []
+        for action in tree.args.get("actions") or ():
+            if isinstance(action, exp.ColumnDef):
+                column = action.name
+                self.created.columns.add((table, column))
+                cons = [c.args.get("kind") for c in action.args.get("constraints") or ()]
+                not_null = any(
+                    isinstance(c, exp.NotNullColumnConstraint) and not c.args.get("allow_null")
+                    for c in cons
+                )
+                default = next(
+                    (c for c in cons if isinstance(c, exp.DefaultColumnConstraint)), None
+                )
+                if existing and not_null and default is None:
+                    found.append(finding("MF103", f"{_shown(table)}.{_shown(column)}"))
+                if existing and any(isinstance(c, exp.UniqueColumnConstraint) for c in cons):
+                    found.append(finding("MF101", f"{_shown(table)}.{_shown(column)}"))
+            elif isinstance(action, exp.Drop) and str(action.args.get("kind")).upper() == "COLUMN":
+                for col in action.args.get("tables") or [action.this]:
+                    column = col.name if col is not None else "?"
+                    if not self.created.has_column(table, column):
+                        found.append(finding("DS103", f"{_shown(table)}.{_shown(column)}"))
+            elif isinstance(action, exp.AlterRename):
+                new = _sq_name(action.this)
+                if existing:
+                    found.append(finding("BC101", f"{_shown(table)} to {_shown(new)}"))
+                else:
+                    self.created.rename_table(table, new)
+            elif isinstance(action, exp.RenameColumn):
+                old = action.this.name if action.this is not None else "?"
+                if self.created.has_column(table, old):
+                    new_col = action.args.get("to")
+                    self.created.columns.add((table, new_col.name if new_col else "?"))
+                else:
+                    found.append(finding("BC102", f"{_shown(table)}.{_shown(old)}"))
+            else:
+                found.append(finding("OG202", f"ALTER TABLE {type(action).__name__}"))
+        return found, True
+
+    def _Insert(self, tree: exp.Insert) -> tuple[list[Finding], bool]:
+        return self._calls(tree), True
+
+    def _Select(self, tree: exp.Select) -> tuple[list[Finding], bool]:
+        return self._calls(tree), True
+
+    def _Union(self, tree: exp.Union) -> tuple[list[Finding], bool]:
+        return self._calls(tree), True
+
+    def _Update(self, tree: exp.Update) -> tuple[list[Finding], bool]:
+        return self._dml(tree, "OG109", "OG102"), True
+
+    def _Delete(self, tree: exp.Delete) -> tuple[list[Finding], bool]:
+        return self._dml(tree, "OG108", "OG101"), True
+
+    def _dml(self, tree: exp.Expression, bounded: str, unbounded: str) -> list[Finding]:
+        target = tree.this
+        table = _sq_name(target)
+        alias = target.alias if isinstance(target, exp.Table) else ""
+        found = self._calls(tree)
+        if table not in self.created.tables:
+            row = _sq_row_dependent(tree.args.get("where"), table, alias)
+            found.insert(0, finding(bounded if row else unbounded, _shown(table)))
+        return found
+
+    def _TruncateTable(self, tree: exp.TruncateTable) -> tuple[list[Finding], bool]:
+        names = [_sq_name(t) for t in tree.expressions]
+        lost = [n for n in names if n not in self.created.tables]
+        return ([finding("OG103", _shown(", ".join(lost)))] if lost else []), True
+
+    def _Transaction(self, tree: exp.Expression) -> tuple[list[Finding], bool]:
+        return [finding("OG301", type(tree).__name__.upper())], True
+
+    _Commit = _Transaction
+    _Rollback = _Transaction
+
+    def _Attach(self, tree: exp.Expression) -> tuple[list[Finding], bool]:
+        return [finding("OG304", type(tree).__name__.upper())], True
+
+    _Detach = _Attach
+
+
+__all__ = [
+    "DIALECTS",
+    "PG_SAFE_FUNCTIONS",
+    "SQLITE_SAFE_FUNCTIONS",
+    "Dialect",
+    "FileAnalysis",
+    "Finding",
+    "Statement",
+    "classify",
+]

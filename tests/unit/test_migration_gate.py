@@ -1,0 +1,263 @@
+"""Migrations through the one path (`Gate.execute` / `resume`) with the example policy:
+a safe migration is allowed and applied, a destructive one waits for the DBA group and
+the approval is bound to the checksums, a failed one costs the agent trust, and the
+target, its directory and its URL come from config only.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from contextlib import closing
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from helpers import audit_events, audit_types, database_text
+
+import opsgate
+from opsgate.approvals import PendingApproval
+from opsgate.operations.base import Operation
+from opsgate.operations.migrate import MigrationExecutor
+from opsgate.store.migration_target import MigrationTarget, TargetSettings
+
+EXAMPLE_POLICY = Path(__file__).parent.parent.parent / "examples" / "policies.yaml"
+PASSWORD = "s3cret-pw-9f2c"
+
+
+@dataclass
+class MigrateWorld:
+    gate: opsgate.Gate
+    agent: opsgate.Agent
+    token: str
+    migrations: Path
+    target_db: Path
+    dba_token: str
+
+    def execute(self, params: dict[str, object] | None = None, db: str = "orders") -> object:
+        return self.gate.execute(self.token, Operation("migrate", f"database/{db}", params or {}))
+
+    def write(self, name: str, sql: str) -> None:
+        (self.migrations / name).write_text(sql)
+
+    def tables(self) -> set[str]:
+        if not self.target_db.exists():
+            return set()
+        with closing(sqlite3.connect(self.target_db)) as conn:
+            rows = conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
+        return {r[0] for r in rows}
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> Iterator[MigrateWorld]:
+    migrations = tmp_path / "migrations"
+    migrations.mkdir()
+    target_db = tmp_path / "orders.db"
+    gate = opsgate.Gate.open(
+        tmp_path / "state",
+        policies=EXAMPLE_POLICY,
+        databases={
+            "orders": {"url": f"sqlite:///{target_db}", "migrations": str(migrations)},
+            "billing": {
+                "url": f"sqlite:///{tmp_path / 'billing.db'}",
+                "migrations": str(migrations),
+            },
+        },
+    )
+    gate.register_executor("migrate", MigrationExecutor(gate.config, state_dir=gate.state_dir))
+    supervisor = gate.register_agent(
+        "devops-supervisor",
+        capabilities=["migrate:database"],
+        sponsor="platform-team@company.com",
+        trust_score=920,
+    )
+    agent = supervisor.delegate(name="database-agent", capabilities=["migrate:database/orders"])
+    token = gate.credential_manager.issue_credential(
+        agent_id=agent.did, scope=["migrate:database/orders"], ttl_minutes=15
+    ).token
+    dba = gate.approvals.add_approver("dana@company.com")
+    yield MigrateWorld(gate, agent, token, migrations, target_db, dba)
+    gate.close()
+
+
+def test_a_safe_migration_is_allowed_and_applied(world: MigrateWorld) -> None:
+    world.write("V1__init.sql", "CREATE TABLE orders (id integer PRIMARY KEY, total integer);")
+    outcome = world.execute()
+    assert isinstance(outcome, opsgate.Outcome) and outcome.status == "succeeded"
+    assert "orders" in world.tables()
+    attempt = audit_events(world.gate, "operation.attempt")[-1]
+    assert attempt["capability"] == "migrate:database/orders"
+    assert attempt["decision"] == "allow"
+
+
+def test_a_destructive_migration_waits_for_the_dba_group_then_resume_applies_it(
+    world: MigrateWorld,
+) -> None:
+    world.write("V1__init.sql", "CREATE TABLE legacy (id integer); CREATE TABLE keep (id int);")
+    assert world.execute().status == "succeeded"  # type: ignore[attr-defined]
+    world.write("V2__drop_legacy.sql", "DROP TABLE legacy;\nCREATE INDEX keep_id ON keep (id);")
+    pending = world.execute()
+    assert isinstance(pending, PendingApproval)
+    assert pending.approvers == ("dana@company.com",)
+    assert "legacy" in world.tables()  # nothing ran meanwhile
+    # What the approver approves: the SQL, the destructive statement marked, the checksums.
+    plan = pending.request.plan
+    migration = plan["content"]["pending"][0]
+    assert migration["name"] == "V2__drop_legacy.sql" and migration["checksum"].startswith(
+        "sha256:"
+    )
+    first, second = migration["statements"]
+    assert first["sql"] == "DROP TABLE legacy;" and first["destructive"] is True
+    assert [f["code"] for f in first["findings"]] == ["DS102"]
+    assert second["destructive"] is False
+    assert plan["content"]["findings"] == ["DS102"]
+    assert any("!! [DS102] DROP TABLE legacy;" in step for step in plan["steps"])
+    world.gate.approvals.approve(
+        pending.approval_id, approver="dana@company.com", token=world.dba_token
+    )
+    outcome = world.gate.resume(pending.approval_id, world.token)
+    assert isinstance(outcome, opsgate.Outcome) and outcome.status == "succeeded", outcome
+    assert "legacy" not in world.tables()
+
+
+def test_a_file_edited_after_approval_is_a_digest_mismatch(world: MigrateWorld) -> None:
+    world.write("V1__drop.sql", "DROP TABLE IF EXISTS legacy;")
+    pending = world.execute()
+    assert isinstance(pending, PendingApproval)
+    world.gate.approvals.approve(
+        pending.approval_id, approver="dana@company.com", token=world.dba_token
+    )
+    world.write("V1__drop.sql", "DROP TABLE IF EXISTS legacy; DROP TABLE IF EXISTS customers;")
+    with pytest.raises(opsgate.ApprovalError) as exc:
+        world.gate.resume(pending.approval_id, world.token)
+    assert exc.value.code == "digest_mismatch"
+    assert "operation.attempt" not in audit_types(world.gate)
+
+
+def test_a_failed_migration_is_recorded_and_costs_trust(world: MigrateWorld) -> None:
+    world.write("V1__bad.sql", "CREATE TABLE t (id int);\nINSERT INTO missing VALUES (1);")
+    before = world.agent.trust_score
+    outcome = world.execute()
+    assert isinstance(outcome, opsgate.Outcome)
+    assert outcome.status == "failed" and outcome.failure_kind == "migration"
+    assert "V1__bad.sql" in outcome.summary and "statement 2" in outcome.summary
+    assert world.agent.trust_score == before - 40
+    assert "t" not in world.tables()  # its own transaction rolled back
+    # Never silently retried: the next apply refuses until a repair.
+    with pytest.raises(opsgate.OperationError) as exc:
+        world.execute()
+    assert exc.value.code == "migration_needs_repair"
+
+
+def test_repair_goes_through_the_gate_needs_the_dba_and_is_audited(world: MigrateWorld) -> None:
+    world.write("V1__bad.sql", "INSERT INTO missing VALUES (1);")
+    assert world.execute().status == "failed"  # type: ignore[attr-defined]
+    pending = world.execute({"mode": "repair", "reason": "table created by hand"})
+    assert isinstance(pending, PendingApproval)  # clearing a failure is a human's call
+    world.gate.approvals.approve(
+        pending.approval_id, approver="dana@company.com", token=world.dba_token
+    )
+    outcome = world.gate.resume(pending.approval_id, world.token)
+    assert outcome.status == "succeeded"  # type: ignore[union-attr]
+    outcomes = audit_events(world.gate, "operation.outcome")
+    assert "cleared 1 failed" in outcomes[-1]["summary"]
+    executor = MigrationExecutor(world.gate.config, state_dir=world.gate.state_dir)
+    status = executor.status("orders")
+    assert status.unresolved == () and status.pending == ("V1__bad.sql",)
+
+
+def test_params_are_typed_and_a_path_cannot_be_smuggled_in(world: MigrateWorld) -> None:
+    world.write("V1__init.sql", "CREATE TABLE t (id int);")
+    for params in (
+        {"migrations": "/etc"},
+        {"target": "1"},
+        {"target": True},
+        {"target": 0},
+        {"mode": "drop"},
+        {"url": "sqlite:////tmp/x.db"},
+    ):
+        with pytest.raises(opsgate.OperationError) as exc:
+            world.execute(params)
+        assert exc.value.code == "params_invalid", params
+    assert "t" not in world.tables()
+
+
+def test_an_agent_with_orders_cannot_touch_billing_or_an_unconfigured_database(
+    world: MigrateWorld,
+) -> None:
+    world.write("V1__init.sql", "CREATE TABLE t (id int);")
+    with pytest.raises(opsgate.OperationError) as exc:
+        world.execute(db="billing")
+    assert exc.value.code == "operation_denied"
+    assert exc.value.detail["decision"].extra["violation"] == "out_of_scope"
+    with pytest.raises(opsgate.OpsgateError) as exc:
+        world.gate.execute(world.token, Operation("migrate", "database/orders/../billing", {}))
+    assert exc.value.code == "capability_malformed"
+    # Covered by the scope, but not a target: the executor takes exactly database/<name>.
+    with pytest.raises(opsgate.OperationError) as exc:
+        world.gate.execute(world.token, Operation("migrate", "database/orders/billing", {}))
+    assert exc.value.code == "operation_invalid"
+    with pytest.raises(opsgate.OperationError) as exc:
+        world.execute(db="nowhere")
+    assert exc.value.code in ("database_unknown", "operation_denied")
+    assert not (world.target_db.parent / "billing.db").exists()
+
+
+def test_the_database_url_never_appears_in_plans_audit_errors_or_reprs(tmp_path: Path) -> None:
+    migrations = tmp_path / "m"
+    migrations.mkdir()
+    (migrations / "V1__x.sql").write_text("CREATE TABLE t (id int);")
+    url = f"postgresql://migrator:{PASSWORD}@127.0.0.1:1/orders"  # nothing listens on port 1
+    gate = opsgate.Gate.open(
+        tmp_path / "state", databases={"orders": {"url": url, "migrations": str(migrations)}}
+    )
+    try:
+        executor = MigrationExecutor(gate.config, state_dir=gate.state_dir)
+        gate.register_executor("migrate", executor)
+        sup = gate.register_agent(
+            "sup", capabilities=["migrate:database"], sponsor="p@company.com", trust_score=920
+        )
+        token = gate.credential_manager.issue_credential(
+            agent_id=sup.did, scope=["migrate:database/orders"], ttl_minutes=15
+        ).token
+        with pytest.raises(opsgate.OpsgateError) as exc:
+            gate.execute(token, Operation("migrate", "database/orders", {}))
+        assert exc.value.code == "database_unavailable"
+        seen = [str(exc.value), repr(exc.value), repr(gate.config), repr(executor)]
+        seen.append(str(gate.config.model_dump()))
+        seen.append(database_text(gate))
+        for text in seen:
+            assert PASSWORD not in text
+    finally:
+        gate.close()
+
+
+def test_the_gates_own_database_cannot_be_a_target(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    gate = opsgate.Gate.open(
+        state,
+        databases={
+            "self": {"url": f"sqlite:///{state / 'opsgate.db'}", "migrations": str(tmp_path)}
+        },
+    )
+    try:
+        with pytest.raises(opsgate.ConfigError) as exc:
+            MigrationExecutor(gate.config, state_dir=gate.state_dir)
+        assert exc.value.code == "database_target_invalid"
+    finally:
+        gate.close()
+
+
+def test_attach_is_refused_at_run_time_even_when_approved(world: MigrateWorld) -> None:
+    """The classifier refuses ATTACH; if it ever missed one, the connection still would."""
+    settings = TargetSettings()
+    with MigrationTarget.connect(
+        f"sqlite:///{world.target_db}", label="orders", settings=settings
+    ) as target:
+        for sql in (
+            f"ATTACH DATABASE '{world.gate.state_dir / 'opsgate.db'}' AS gate",
+            f"VACUUM INTO '{world.target_db.parent / 'copy.db'}'",
+        ):
+            with pytest.raises(Exception, match=r"not authorized|authorization denied"):
+                target._statement(sql)
+    assert not (world.target_db.parent / "copy.db").exists()
