@@ -1,13 +1,16 @@
 """The opsgate quick-start: a supervisor agent and its DevOps sub-agents, end to end.
 
-    pip install -r requirements.txt && python main.py
+    pip install -r requirements.txt && python main.py [--clean]
 
 Runs on a fresh temporary state directory (SQLite, no servers). Every step goes
-through the same Gate the `opsgate` CLI uses.
+through the same Gate the `opsgate` CLI uses, and the state is kept afterwards
+(printed at the end) so the CLI can look at what happened; --clean removes it.
 """
 
 from __future__ import annotations
 
+import argparse
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -146,6 +149,11 @@ def approvals(
     section("5. Human approval, bound to the exact release")
     artifact = workdir / "app-web-2.0.tar"
     artifact.write_bytes(b"app-web release 2.0\n")
+    console.print(
+        f"  the deploy executor is a local stand-in: a deploy copies the artifact into "
+        f"{workdir / 'deployments'}/<env>/<app>/releases/<version>/ (no servers)",
+        markup=False,
+    )
     john_token = gate.approvals.add_approver("john@company.com")
     sponsor_token = gate.approvals.add_approver("platform-team@company.com")
     console.print(
@@ -226,22 +234,69 @@ def audit(gate: opsgate.Gate, anchor: Path) -> bool:
     return report.ok
 
 
-def main() -> int:
-    with tempfile.TemporaryDirectory(prefix="opsgate-demo-") as tmp:
-        state_dir = Path(tmp) / "state"
-        gate = opsgate.Gate.open(
-            state_dir, policies=POLICIES, trust={"approvers": ["sre-team@company.com"]}
-        )
-        gate.register_executor("deploy", LocalDeployExecutor(Path(tmp) / "deployments"))
+APPROVERS = ["sre-team@company.com"]
+
+
+def keep_config(state_dir: Path) -> None:
+    """Write the demo's settings into the state dir, so the CLI sees the same gate."""
+    (state_dir / "opsgate.yaml").write_text(
+        f"policies: {str(POLICIES.resolve())!r}\ntrust:\n  approvers: {APPROVERS}\n",
+        encoding="utf-8",
+    )
+
+
+def look_around(workdir: Path) -> None:
+    """Where the demo left its state, and how to inspect it."""
+    section("Look around")
+    lines = [
+        f"everything is kept in {workdir} (python main.py --clean removes it at exit):",
+        f"  {workdir / 'state'}  the gate: SQLite database, keys, opsgate.yaml",
+        f"  {workdir / 'deployments'}  what the local deploy wrote",
+        f"  {workdir / 'audit-anchor.json'}  the signed checkpoint",
+        "inspect it with the opsgate command (pip install -e . first):",
+        *(f"  {command}" for command in inspect_commands(workdir)),
+    ]
+    for line in lines:  # whole lines: paths and commands are copied from here
+        console.print(line, markup=False, soft_wrap=True)
+
+
+def inspect_commands(workdir: Path) -> list[str]:
+    return [
+        f"export OPSGATE_STATE_DIR={workdir / 'state'}",
+        "opsgate agents list",
+        "opsgate trust history deploy-agent",
+        "opsgate approvals list",
+        "opsgate audit tail -n 20",
+        f"opsgate audit verify --anchor {workdir / 'audit-anchor.json'}",
+    ]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="The opsgate quick-start demo.")
+    parser.add_argument(
+        "--clean", action="store_true", help="remove the demo's state directory at exit"
+    )
+    args = parser.parse_args(argv)
+    workdir = Path(tempfile.mkdtemp(prefix="opsgate-demo-"))
+    try:
+        state_dir = workdir / "state"
+        gate = opsgate.Gate.open(state_dir, policies=POLICIES, trust={"approvers": APPROVERS})
+        keep_config(state_dir)
+        gate.register_executor("deploy", LocalDeployExecutor(workdir / "deployments"))
         console.print(f"opsgate state in {state_dir} (SQLite, WAL), policies from {POLICIES.name}")
         agents = identity(gate)
         credentials(gate, agents)
         escalation(gate, agents)
         handle = policy(gate, agents)
-        approvals(gate, agents, handle, Path(tmp))
+        approvals(gate, agents, handle, workdir)
         trust(gate, agents)
-        ok = audit(gate, Path(tmp) / "audit-anchor.json")
+        ok = audit(gate, workdir / "audit-anchor.json")
         gate.close()
+        if not args.clean:
+            look_around(workdir)
+    finally:
+        if args.clean:
+            shutil.rmtree(workdir, ignore_errors=True)
     return 0 if ok else 1
 
 

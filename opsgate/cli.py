@@ -80,9 +80,26 @@ JsonOut = Annotated[bool, typer.Option("--json", help="Print machine-readable JS
 _ctx_state_dir: dict[str, str | None] = {"value": None}
 
 
+#: Width of output that is not a terminal (a pipe, a file): wide enough that a row is one line.
+PIPED_WIDTH = 100_000
+
+
 def _out() -> Console:
     # emoji=False: rich would render the ":key:" inside every did:key as an emoji.
-    return Console(soft_wrap=True, highlight=False, emoji=False)
+    console = Console(soft_wrap=True, highlight=False, emoji=False)
+    if not console.is_terminal:
+        # Piped or captured: full rows, never fitted to 80 columns (and cut).
+        console.width = PIPED_WIDTH
+    return console
+
+
+def _table(*headers: str, **options: Any) -> Table:
+    """A table whose cells fold onto more lines in a narrow terminal, never cut with an
+    ellipsis: dids, jtis, approval ids and hashes are copied out of these listings."""
+    table = Table(**options)
+    for header in headers:
+        table.add_column(header, overflow="fold")
+    return table
 
 
 def _err(message: str) -> None:
@@ -169,7 +186,11 @@ def init(state_dir: StateDir = None, json_out: JsonOut = False) -> None:
 
 CapOpt = Annotated[
     list[str],
-    typer.Option("--capability", "-c", help="A capability ACTION:RESOURCE (repeatable)."),
+    typer.Option(
+        "--capability",
+        "-c",
+        help="A capability ACTION:RESOURCE; repeat -c for each (-c deploy:staging -c read:logs).",
+    ),
 ]
 
 
@@ -178,7 +199,7 @@ def _show_agent(agent: Any, json_out: bool) -> None:
     if json_out:
         _print_json(data)
         return
-    table = Table(show_header=False, box=None)
+    table = _table("field", "value", show_header=False, box=None)
     for key, value in data.items():
         shown = ", ".join(value) if isinstance(value, list) else ("-" if value is None else value)
         table.add_row(f"[bold]{key}[/bold]", escape(str(shown)))
@@ -240,7 +261,7 @@ def agents_list(
     if json_out:
         _print_json([a.to_dict() for a in agents])
         return
-    table = Table("name", "did", "depth", "status", "trust", "capabilities")
+    table = _table("name", "did", "depth", "status", "trust", "capabilities")
     for a in agents:
         d = a.to_dict()
         table.add_row(
@@ -299,7 +320,10 @@ def agents_revoke(agent: str, reason: ReasonOpt = None, state_dir: StateDir = No
 @handle_errors
 def creds_issue(
     agent: str,
-    scope: Annotated[list[str], typer.Option("--scope", "-s", help="Capability (repeatable).")],
+    scope: Annotated[
+        list[str],
+        typer.Option("--scope", "-s", help="A capability; repeat -s for each (-s a:x -s b:y)."),
+    ],
     ttl_minutes: Annotated[float | None, typer.Option(help="Lifetime in minutes.")] = None,
     state_dir: StateDir = None,
     json_out: JsonOut = False,
@@ -437,9 +461,7 @@ def audit_tail(
     if json_out:
         _print_json([{**r.event, "hash": r.hash} for r in records])
         return
-    table = Table("seq", "time", "type", "actor", "detail")
-    table.columns[3].overflow = "ellipsis"
-    table.columns[3].max_width = 24
+    table = _table("seq", "time", "type", "actor", "detail")
     for r in records:
         detail = {k: v for k, v in r.event.items() if k not in ("seq", "at", "type", "actor")}
         table.add_row(
@@ -447,7 +469,7 @@ def audit_tail(
             _when(r.at),
             escape(r.type),
             escape(r.actor or "-"),
-            escape(json.dumps(detail, default=str)[:200]),
+            escape(json.dumps(detail, default=str)),
         )
     _out().print(table)
 
@@ -539,9 +561,8 @@ def approvals_list(
     if json_out:
         _print_json([r.to_dict() for r in requests])
         return
-    table = Table("id", "status", "capability", "requester", "approvers", "expires")
-    table.columns[0].no_wrap = True  # ids are copied into `approvals approve`: never cut
-    table.columns[0].min_width = 28
+    table = _table("id", "status", "capability", "requester", "approvers", "expires")
+    table.columns[0].min_width = 28  # ids are copied into `approvals approve`: one line
     for r in requests:
         table.add_row(
             r.id,
@@ -644,7 +665,7 @@ def trust_show(
     if json_out:
         _print_json(rows)
         return
-    table = Table("agent", "score", "effective", "status", "band")
+    table = _table("agent", "score", "effective", "status", "band")
     for r in rows:
         table.add_row(
             escape(r["name"]), str(r["score"]), str(r["effective"]), r["status"], r["band"]
@@ -662,12 +683,12 @@ def trust_history(agent: str, state_dir: StateDir = None, json_out: JsonOut = Fa
     if json_out:
         _print_json([c.to_dict() for c in changes])
         return
-    table = Table("seq", "time", "cause", "delta", "score", "reason")
+    table = _table("seq", "time", "cause", "delta", "score", "reason")
     for c in changes:
         delta = f"{c.delta:+d}"
         if c.requested_delta is not None:
             delta += f" (of {c.requested_delta:+d})"
-        reason = (c.reason or "")[:120]
+        reason = c.reason or ""
         if c.by:
             reason = f"{reason} (by {c.by})"
         for w in c.withheld:  # why credit was cut: every refused point is explained
@@ -716,6 +737,19 @@ def _mount_optional() -> None:
 _mount_optional()
 
 
+def _repeat_hint(exc: Exception, message: str) -> str:
+    """`-c a b` reads `b` as a stray argument: say how several values are given."""
+    ctx = getattr(exc, "ctx", None)
+    if ctx is None or not message.startswith("Got unexpected extra argument"):
+        return ""
+    flags = [
+        min(p.opts, key=len) for p in ctx.command.params if getattr(p, "multiple", False) and p.opts
+    ]
+    if not flags:
+        return ""
+    return f"; for several values repeat the option: {flags[0]} A {flags[0]} B"
+
+
 def main() -> None:
     """Console entry point: usage errors become one line on stderr and exit code 2."""
     import structlog
@@ -729,7 +763,7 @@ def main() -> None:
     except ClickException as exc:
         message = exc.format_message()
         if message:  # bare `opsgate` shows help and exits 2 without an error line
-            _err(f"error [usage]: {message}")
+            _err(f"error [usage]: {message}{_repeat_hint(exc, message)}")
         sys.exit(2)
     except Abort:
         _err("error [aborted]: aborted")

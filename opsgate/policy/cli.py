@@ -41,19 +41,22 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JS
 
 
 def _out() -> Console:
-    return Console(soft_wrap=True, highlight=False)
+    console = Console(soft_wrap=True, highlight=False)
+    if not console.is_terminal:
+        console.width = 100_000  # piped: full rows, never fitted to 80 columns
+    return console
 
 
 def _print_json(data: Any) -> None:
     typer.echo(json.dumps(data, indent=2, sort_keys=False, default=str))
 
 
-def _fail(message: str, code: int) -> typer.Exit:
-    """One line on stderr, then the exit code."""
+def _fail(message: str, exit_code: int, code: str = "usage") -> typer.Exit:
+    """One line on stderr (`error [code]: message`, as every opsgate command), then exit."""
     Console(stderr=True, soft_wrap=True, highlight=False).print(
-        f"error: {' '.join(message.split())}", markup=False
+        f"error [{code}]: {' '.join(message.split())}", markup=False
     )
-    return typer.Exit(code)
+    return typer.Exit(exit_code)
 
 
 def _exit_code(exc: PolicyError) -> int:
@@ -78,10 +81,10 @@ def _report_policy_error(exc: PolicyError, as_json: bool) -> typer.Exit:
         )
         return typer.Exit(code)
     if not problems:
-        return _fail(exc.message, code)
+        return _fail(exc.message, code, exc.code)
     err = Console(stderr=True, soft_wrap=True, highlight=False)
     for problem in problems:
-        err.print(f"error: {problem}", markup=False)
+        err.print(f"error [{problem.code}]: {problem}", markup=False)
     err.print(f"{len(problems)} problem{'s' if len(problems) != 1 else ''} found", markup=False)
     return typer.Exit(code)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sqlite3
 import subprocess
 import sys
@@ -13,6 +14,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+import opsgate
 from opsgate.cli import app
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -365,3 +367,105 @@ def test_log_lines_never_reach_stdout(state: Path) -> None:
     assert proc.returncode == 1, proc.stderr
     assert proc.stdout == ""
     assert "Traceback" not in proc.stderr
+
+
+# -- what a newcomer meets -----------------------------------------------------------------------
+
+
+def test_listings_print_every_identifier_whole_when_piped(tmp_path: Path) -> None:
+    """Captured output is no terminal: rows are never fitted to 80 columns, so no did,
+    jti, approval id or hash is cut with an ellipsis."""
+    from helpers import deploy, open_world
+
+    world = open_world(tmp_path / "state", "policies.yaml")
+    pending = world.gate.execute(world.token, deploy())
+    assert isinstance(pending, opsgate.PendingApproval)
+    cred = world.gate.credential_manager.issue_credential(
+        world.agent.did, ["deploy:staging"], ttl_minutes=5
+    )
+    world.gate.credential_manager.revoke(cred.jti, reason="x" * 150 + " end-of-reason")
+    dids = [world.supervisor.did, world.agent.did]
+    world.gate.close()
+    state = tmp_path / "state"
+    listings = {
+        "agents list": dids,
+        "agents show deploy-agent": [world.agent.did, world.supervisor.did],
+        "audit tail -n 50": [*dids, cred.jti, pending.approval_id, "end-of-reason"],
+        "approvals list": [pending.approval_id, pending.request.capability],
+        "trust show": ["deploy-agent"],
+    }
+    for args, wanted in listings.items():
+        code, out, err = run(state, *args.split())
+        assert code == 0, err
+        assert "…" not in out, args
+        for value in wanted:
+            assert value in out, (args, value)
+
+
+def test_a_narrow_terminal_folds_identifiers_and_never_cuts_them(state: Path) -> None:
+    env = {"TTY_COMPATIBLE": "1", "COLUMNS": "50", "NO_COLOR": "1"}
+    code, out, _ = run(state, "agents", "list", env=env)
+    assert code == 0
+    text = re.sub(r"\x1b\[[0-9;]*m", "", out)  # bold headers
+    assert "…" not in text and max(len(line) for line in text.splitlines()) <= 50
+    # Folded, every character is still there: read the did column back.
+    cells = [line.split("│")[2].strip() for line in text.splitlines() if line.startswith("│")]
+    dids = "".join(cells)
+    for did in (_agent(state, "sup")["did"], _agent(state, "dep")["did"]):
+        assert did in dids
+    code, out, _ = run(state, "audit", "tail", env=env)
+    assert code == 0 and "…" not in out
+
+
+def _agent(state: Path, name: str) -> dict[str, str]:
+    code, out, _ = run(state, "agents", "show", name, "--json")
+    assert code == 0
+    return json.loads(out)  # type: ignore[no-any-return]
+
+
+def test_several_capabilities_after_one_flag_get_a_hint(tmp_path: Path) -> None:
+    """`-c a b` is a usage error (one value per flag); the message says what works."""
+    for args in (
+        [
+            "agents",
+            "register",
+            "x",
+            "-c",
+            "deploy:staging",
+            "deploy:production",
+            "--sponsor",
+            "a@b.co",
+        ],
+        ["creds", "issue", "x", "-s", "deploy:staging", "deploy:production"],
+    ):
+        proc = subprocess.run(
+            [sys.executable, "-m", "opsgate.cli", "--state-dir", str(tmp_path / "s"), *args],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+            timeout=60,
+        )
+        assert proc.returncode == 2, proc.stderr
+        one_error_line(proc.stderr, "usage")
+        flag = args[3]
+        assert f"repeat the option: {flag} A {flag} B" in proc.stderr, proc.stderr
+
+
+def test_policy_errors_carry_their_code_through_the_opsgate_command(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text('policies:\n  - name: p\n    rules:\n      - condition: "nope =="\n')
+    proc = subprocess.run(
+        [sys.executable, "-m", "opsgate.cli", "policy", "validate", str(bad)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        timeout=60,
+    )
+    assert proc.returncode == 1
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error")]
+    assert errors and all(line.startswith("error [policy_") for line in errors), proc.stderr
+    missing = runner.invoke(app, ["policy", "validate", str(tmp_path / "none.yaml")])
+    assert missing.exit_code == 2
+    assert missing.stderr.startswith("error [policy_not_found]: "), missing.stderr

@@ -52,8 +52,14 @@ def test_validate_lists_every_problem(tmp_path: Path) -> None:
     bad.write_text(BAD)
     code, out, err = run("validate", bad)
     assert code == 1
-    lines = [line for line in err.splitlines() if line.startswith("error: ")]
+    lines = [line for line in err.splitlines() if line.startswith("error [")]
     assert len(lines) == 3, err
+    # Each problem carries its code, like every other opsgate error line.
+    assert [line.split("]")[0] for line in lines] == [
+        "error [policy_type",
+        "error [policy_approvers",
+        "error [policy_approvers",
+    ]
     assert "policy 'broken', rule 0, column 22" in lines[0]
     assert all("bad.yaml" in line and "rule 1" in line for line in lines[1:])
     assert "3 problems found" in err
@@ -77,7 +83,7 @@ def test_validate_json_problems(tmp_path: Path) -> None:
 def test_validate_missing_path_is_usage_error(tmp_path: Path) -> None:
     code, out, err = run("validate", tmp_path / "nope.yaml")
     assert code == 2
-    assert len(err.strip().splitlines()) == 1 and err.startswith("error: ")
+    assert len(err.strip().splitlines()) == 1 and err.startswith("error [policy_not_found]: ")
     assert "does not exist" in err and out == ""
 
 
@@ -148,7 +154,7 @@ def test_bad_case_files_fail_with_one_line(tmp_path: Path, content: str, fragmen
     cases.write_text(content.replace("POL", str(DATA / "seed.yaml")))
     code, out, err = run("test", cases)
     assert code == 1
-    errors = [line for line in err.splitlines() if line.startswith("error: ")]
+    errors = [line for line in err.splitlines() if line.startswith("error [policy_")]
     assert len(errors) == 1 and fragment in errors[0], err
     assert "Traceback" not in out + err
 
@@ -237,7 +243,8 @@ def test_explain_usage_errors(extra: list[str]) -> None:
     assert code == 2
     assert "Traceback" not in out + err
     if extra[0] != "--trust-score":  # our own checks (not the option parser's) are one line
-        assert len(err.strip().splitlines()) == 1 and err.startswith("error: "), err
+        assert len(err.strip().splitlines()) == 1, err
+        assert err.startswith(("error [usage]: ", "error [policy_request_invalid]: ")), err
 
 
 def test_explain_missing_policies_is_usage_error(tmp_path: Path) -> None:
