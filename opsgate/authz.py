@@ -29,6 +29,7 @@ class AuthzRequest:
     capability: caps.Capability
     environment: str | None
     destructive: bool = False
+    findings: tuple[str, ...] = ()
     params: Mapping[str, Any] = field(default_factory=dict)
     hour: int = 0
     weekday: int = 0
@@ -86,6 +87,7 @@ def authorize(
                 capability=str(cap),
                 environment=req.environment,
                 destructive=req.destructive,
+                findings=req.findings,
                 agent_name=req.agent.name,
                 agent_did=req.agent.did,
                 agent_trust_score=req.trust,

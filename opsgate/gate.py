@@ -57,6 +57,16 @@ log = structlog.get_logger("opsgate.gate")
 _FAILURE_KINDS = {"deploy": "deployment", "migrate": "migration"}
 
 
+def plan_findings(plan: Plan) -> tuple[str, ...]:
+    """The finding codes an executor reports for policy (`findings`), checked."""
+    found = plan.attributes.get("findings", ()) if isinstance(plan.attributes, dict) else None
+    if not isinstance(found, (list, tuple)) or any(type(f) is not str for f in found):
+        raise OperationError(
+            "the executor's plan findings are not a list of codes", code="plan_failed"
+        )
+    return tuple(found)
+
+
 def resolve_state_dir(state_dir: str | os.PathLike[str] | None) -> Path:
     if state_dir is None:
         state_dir = os.environ.get("OPSGATE_STATE_DIR") or DEFAULT_STATE_DIR
@@ -349,6 +359,7 @@ class Gate:
         *,
         environment: str | None,
         destructive: bool = False,
+        findings: tuple[str, ...] = (),
         params: dict[str, Any] | None = None,
     ) -> tuple[AgentState, Decision]:
         """Steps 3 and 4: the pure authorization core, fed with fresh state."""
@@ -363,6 +374,7 @@ class Gate:
                 capability=cap,
                 environment=environment,
                 destructive=destructive,
+                findings=findings,
                 params=params or {},
                 hour=when.hour,
                 weekday=when.weekday(),
@@ -470,6 +482,7 @@ class Gate:
             ) from exc
         if not isinstance(plan, Plan):
             raise OperationError("the executor's plan is not a Plan", code="plan_failed")
+        plan_findings(plan)  # a malformed findings list is the executor's plan error
         # What is authorized is the operation the agent asked for, exactly.
         if plan.operation != operation or plan.capability != operation.capability:
             raise OperationError("the executor's plan is for another operation", code="plan_failed")
@@ -523,6 +536,7 @@ class Gate:
             t,
             environment=plan.environment,
             destructive=plan.destructive,
+            findings=plan_findings(plan),
             params=operation.params,
         )
         if decision.effect == "deny":

@@ -78,6 +78,8 @@ class PolicyRequest:
     capability: str = ""
     environment: str | None = None
     destructive: bool = False
+    #: Codes of what the executor found in the plan (a migration's DS102, OG101, ...).
+    findings: tuple[str, ...] = ()
     agent_name: str = ""
     agent_did: str = ""
     #: Unknown trust is no trust: an omitted score is 0, never a pass.
@@ -104,6 +106,12 @@ class PolicyRequest:
             raise _bad(f"environment must be a string or null, got {_shown(self.environment)}")
         if type(self.destructive) is not bool:
             raise _bad(f"destructive must be true or false, got {_shown(self.destructive)}")
+        if not isinstance(self.findings, (list, tuple)) or any(
+            type(f) is not str for f in self.findings
+        ):
+            raise _bad(f"findings must be a list of codes, got {_shown(self.findings)}")
+        if type(self.findings) is not tuple:
+            object.__setattr__(self, "findings", tuple(self.findings))
         _int_in("agent trust_score", self.agent_trust_score, 0, 1000)
         _int_in("agent depth", self.agent_depth, 0, 1000)
         _int_in("time hour", self.hour, 0, 23)
@@ -135,6 +143,7 @@ class PolicyRequest:
             "capability",
             "environment",
             "destructive",
+            "findings",
             "agent",
             "params",
             "time",
@@ -165,6 +174,7 @@ class PolicyRequest:
                 else environment_for(data["action"], data["resource"])
             ),
             destructive=data.get("destructive", False),
+            findings=data.get("findings") or (),
             agent_name=agent.get("name", ""),
             agent_did=agent.get("did", ""),
             agent_trust_score=agent.get("trust_score", 0),
@@ -184,6 +194,7 @@ class PolicyRequest:
             "capability": self.capability,
             "environment": self.environment,
             "destructive": self.destructive,
+            "findings": list(self.findings),
             "agent": {
                 "name": self.agent_name,
                 "did": self.agent_did,

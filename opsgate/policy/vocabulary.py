@@ -46,6 +46,7 @@ FIELDS: Mapping[str, tuple[str, int, str]] = MappingProxyType(
         "capability": ("capability", STR, "'action:resource', e.g. 'deploy:production/app-web'"),
         "environment": ("environment", STR | NULL, "target environment, null when none"),
         "destructive": ("destructive", BOOL, "whether the plan destroys data or state"),
+        "findings": ("findings", LIST, "the plan's finding codes, e.g. ['DS102'] (migrations)"),
         "agent.name": ("agent_name", STR, "the requesting agent's name"),
         "agent.did": ("agent_did", STR, "the requesting agent's did:key"),
         "agent.trust_score": ("agent_trust_score", NUM, "effective trust score, 0-1000"),

@@ -261,3 +261,50 @@ def test_attach_is_refused_at_run_time_even_when_approved(world: MigrateWorld) -
             with pytest.raises(Exception, match=r"not authorized|authorization denied"):
                 target._statement(sql)
     assert not (world.target_db.parent / "copy.db").exists()
+
+
+FINDINGS_POLICY = """
+policies:
+  - name: no-schema-drops
+    rules:
+      - condition: "action == 'migrate' and 'DS102' in findings"
+        action: deny
+  - name: review-deletes
+    rules:
+      - condition: "action == 'migrate' and 'OG108' in findings"
+        action: require_approval
+        approvers: ["dba-team@company.com"]
+groups:
+  dba-team@company.com: [dana@company.com]
+"""
+
+
+def test_policy_sees_the_findings_of_the_plan(world: MigrateWorld, tmp_path: Path) -> None:
+    path = tmp_path / "findings.yaml"
+    path.write_text(FINDINGS_POLICY)
+    world.gate.load_policies(path)
+    world.write("V1__init.sql", "CREATE TABLE orders (id int);")
+    assert world.execute().status == "succeeded"  # type: ignore[attr-defined]
+    # Not destructive (the condition reads the row), but a policy can still ask for review.
+    world.write("V2__prune.sql", "DELETE FROM orders WHERE id < 10;")
+    pending = world.execute()
+    assert isinstance(pending, PendingApproval)
+    assert pending.request.plan["destructive"] is False
+    assert pending.request.plan["content"]["findings"] == ["OG108"]
+    (world.migrations / "V2__prune.sql").unlink()
+    assert "orders" in world.tables()
+    world.write("V2__drop.sql", "DROP TABLE orders;")
+    with pytest.raises(opsgate.OperationError) as exc:
+        world.execute()
+    assert exc.value.code == "operation_denied"
+    assert any(m.policy == "no-schema-drops" for m in exc.value.detail["decision"].matched)
+
+
+def test_findings_must_be_a_list_of_codes() -> None:
+    from opsgate.errors import PolicyError
+    from opsgate.policy import PolicyRequest
+
+    assert PolicyRequest("migrate", "database/x", findings=["DS102"]).findings == ("DS102",)
+    for bad in ("DS102", [1], None):
+        with pytest.raises(PolicyError):
+            PolicyRequest("migrate", "database/x", findings=bad)  # type: ignore[arg-type]

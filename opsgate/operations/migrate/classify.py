@@ -787,6 +787,8 @@ class _Sqlite:
             if kind == "TABLE":
                 if name not in self.created.tables:
                     found.append(finding("DS102", _shown(name)))
+            elif kind in ("SCHEMA", "DATABASE"):
+                found.append(finding("DS101", _shown(name)))
             else:
                 label = kind.lower()
                 if label == "index":
