@@ -147,10 +147,11 @@ def approvals(
     workdir: Path,
 ) -> None:
     section("5. Human approval, bound to the exact release")
-    artifact = workdir / "app-web-2.0.tar"
+    artifact = workdir / "artifacts" / "app-web-2.0.tar"
     artifact.write_bytes(b"app-web release 2.0\n")
     console.print(
-        f"  the deploy executor is a local stand-in: a deploy copies the artifact into "
+        f"  the deploy executor is a local stand-in: a deploy copies the artifact (read only "
+        f"from {workdir / 'artifacts'}) into "
         f"{workdir / 'deployments'}/<env>/<app>/releases/<version>/ (no servers)",
         markup=False,
     )
@@ -282,7 +283,12 @@ def main(argv: list[str] | None = None) -> int:
         state_dir = workdir / "state"
         gate = opsgate.Gate.open(state_dir, policies=POLICIES, trust={"approvers": APPROVERS})
         keep_config(state_dir)
-        gate.register_executor("deploy", LocalDeployExecutor(workdir / "deployments"))
+        # The deploy executor reads artifacts only from the roots it is given.
+        (workdir / "artifacts").mkdir()
+        gate.register_executor(
+            "deploy",
+            LocalDeployExecutor(workdir / "deployments", artifact_roots=[workdir / "artifacts"]),
+        )
         console.print(f"opsgate state in {state_dir} (SQLite, WAL), policies from {POLICIES.name}")
         agents = identity(gate)
         credentials(gate, agents)

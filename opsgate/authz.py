@@ -56,6 +56,28 @@ def environment_of(cap: caps.Capability, known: tuple[str, ...] = KNOWN_ENVIRONM
     return cap.segments[0]
 
 
+def scope_refusal(
+    agent: AgentState, scope: tuple[caps.Capability, ...], cap: caps.Capability
+) -> Decision | None:
+    """Step 3 alone: the deny when `cap` is outside the credential's scope or the
+    agent's delegated grants, else None. It needs only the capability, so the gate
+    runs it before any executor code reads anything on the request's behalf."""
+    if not caps.covered_by_any(scope, cap):
+        return Decision(
+            "deny",
+            (f"{str(cap)!r} is not in the credential's scope",),
+            extra={"violation": "out_of_scope"},
+        )
+    grant = agent.grant
+    if grant is None or not caps.covered_by_any(grant.parsed, cap):
+        return Decision(
+            "deny",
+            (f"{str(cap)!r} is not granted to agent {agent.name!r}",),
+            extra={"violation": "not_granted"},
+        )
+    return None
+
+
 def authorize(
     req: AuthzRequest,
     policies: PolicyEngine | None,
@@ -64,19 +86,9 @@ def authorize(
 ) -> Decision:
     """Scope ⊆ grants, then policy, then trust thresholds. Deny wins; errors never allow."""
     cap = req.capability
-    if not caps.covered_by_any(req.scope, cap):
-        return Decision(
-            "deny",
-            (f"{str(cap)!r} is not in the credential's scope",),
-            extra={"violation": "out_of_scope"},
-        )
-    grant = req.agent.grant
-    if grant is None or not caps.covered_by_any(grant.parsed, cap):
-        return Decision(
-            "deny",
-            (f"{str(cap)!r} is not granted to agent {req.agent.name!r}",),
-            extra={"violation": "not_granted"},
-        )
+    refusal = scope_refusal(req.agent, req.scope, cap)
+    if refusal is not None:
+        return refusal
     if policies is None:
         decision = Decision("allow", (f"{str(cap)!r} is covered by scope and grants",))
     else:

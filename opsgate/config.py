@@ -185,6 +185,25 @@ class DatabaseTarget(_Strict):
         return value
 
 
+class DeployConfig(_Strict):
+    """The local deploy executor, registered for action `deploy` when `root` is set.
+
+    `artifact_roots` are the only directories artifacts are read from; with none,
+    no deploy runs. Relative paths are taken from the state dir.
+    """
+
+    root: str | None = None
+    artifact_roots: tuple[str, ...] = ()
+
+    @model_validator(mode="after")
+    def _check(self) -> DeployConfig:
+        if self.root is not None and not self.artifact_roots:
+            raise ValueError("deploy.root needs deploy.artifact_roots (where artifacts come from)")
+        if self.root is None and self.artifact_roots:
+            raise ValueError("deploy.artifact_roots needs deploy.root (where releases go)")
+        return self
+
+
 class Config(_Strict):
     """Everything a Gate needs to know that is not data in its store."""
 
@@ -197,6 +216,7 @@ class Config(_Strict):
     trust: TrustConfig = TrustConfig()
     notifications: NotificationsConfig = NotificationsConfig()
     databases: dict[str, DatabaseTarget] = Field(default_factory=dict)
+    deploy: DeployConfig = DeployConfig()
 
     @field_validator("databases")
     @classmethod
@@ -208,6 +228,17 @@ class Config(_Strict):
 
 
 CONFIG_FILE = "opsgate.yaml"
+
+
+def _paths_from(base: Path, deploy: dict[str, Any]) -> dict[str, Any]:
+    """Relative deploy paths in the config file are relative to its directory."""
+    out = dict(deploy)
+    if isinstance(out.get("root"), str):
+        out["root"] = os.path.join(base, out["root"])
+    roots = out.get("artifact_roots")
+    if isinstance(roots, list):
+        out["artifact_roots"] = [os.path.join(base, r) if isinstance(r, str) else r for r in roots]
+    return out
 
 
 def load_config(state_dir: Path, overrides: dict[str, Any] | None = None) -> Config:
@@ -234,6 +265,9 @@ def load_config(state_dir: Path, overrides: dict[str, Any] | None = None) -> Con
             where = target.get("migrations") if isinstance(target, dict) else None
             if isinstance(where, str) and where and not os.path.isabs(where):
                 target["migrations"] = str((state_dir / where).resolve())
+        deploy = data.get("deploy")
+        if isinstance(deploy, dict):
+            data["deploy"] = _paths_from(state_dir, deploy)
     env_url = os.environ.get("OPSGATE_DATABASE_URL")
     if env_url:
         data["database_url"] = env_url

@@ -28,7 +28,13 @@ from sqlalchemy import insert
 from opsgate import capabilities as caps
 from opsgate.approvals import ApprovalRequest, ApprovalService, PendingApproval, satisfied
 from opsgate.audit.log import AuditLog
-from opsgate.authz import KNOWN_ENVIRONMENTS, AuthzRequest, authorize, environment_of
+from opsgate.authz import (
+    KNOWN_ENVIRONMENTS,
+    AuthzRequest,
+    authorize,
+    environment_of,
+    scope_refusal,
+)
 from opsgate.config import Config, load_config
 from opsgate.credentials.keyring import KeyRing
 from opsgate.credentials.manager import Claims, CredentialManager, to_epoch
@@ -44,7 +50,15 @@ from opsgate.errors import (
 )
 from opsgate.identity import keys
 from opsgate.identity.registry import Agent, AgentRegistry, check_email
-from opsgate.operations.base import Executor, Operation, Outcome, Plan, RunContext
+from opsgate.operations.base import (
+    Executor,
+    Operation,
+    Outcome,
+    Plan,
+    RunContext,
+    params_model_of,
+    validate_params,
+)
 from opsgate.policy.request import check_params
 from opsgate.state import AgentState, LiveState
 from opsgate.store import Store, schema
@@ -165,9 +179,22 @@ class Gate:
             overrides["database_url"] = database_url
         config = load_config(path, overrides)
         gate = cls(path, config, Store.for_state_dir(path, config.database_url))
-        policy_source = policies if policies is not None else config.policies
-        if policy_source is not None:
-            gate.load_policies(policy_source)
+        try:
+            policy_source = policies if policies is not None else config.policies
+            if policy_source is not None:
+                gate.load_policies(policy_source)
+            if config.deploy.root is not None:
+                from opsgate.operations.deploy import LocalDeployExecutor
+
+                gate.register_executor(
+                    "deploy",
+                    LocalDeployExecutor(
+                        config.deploy.root, artifact_roots=config.deploy.artifact_roots
+                    ),
+                )
+        except BaseException:
+            gate.close()
+            raise
         return gate
 
     def load_policies(self, source: str | os.PathLike[str] | list[str]) -> None:
@@ -351,6 +378,11 @@ class Gate:
                 self._misused.pop(next(iter(self._misused)))
             self._misused[jti] = None
 
+    def _agent(self, claims: Claims) -> AgentState:
+        agent = self.state.agent(claims.sub)
+        assert agent is not None  # verify() checked it
+        return agent
+
     def _decide(
         self,
         claims: Claims,
@@ -363,8 +395,7 @@ class Gate:
         params: dict[str, Any] | None = None,
     ) -> tuple[AgentState, Decision]:
         """Steps 3 and 4: the pure authorization core, fed with fresh state."""
-        agent = self.state.agent(claims.sub)
-        assert agent is not None  # verify() checked it
+        agent = self._agent(claims)
         when = datetime.fromtimestamp(t, UTC)
         decision = authorize(
             AuthzRequest(
@@ -427,6 +458,14 @@ class Gate:
             cap = caps.parse_request(capability)
             if params is not None:
                 check_params(params)
+            executor = self._executors.get(cap.action)
+            if (
+                params is not None
+                and executor is not None
+                # Scope first: a refused request never runs executor code (its schema).
+                and scope_refusal(self._agent(claims), claims.parsed_scope, cap) is None
+            ):
+                params = validate_params(params_model_of(executor), params, cap.action)[1]
         except OpsgateError as exc:
             self._audit_refusal("authorize.refused", claims, capability, exc, t)
             raise
@@ -447,23 +486,26 @@ class Gate:
         return decision
 
     def register_executor(self, action: str, executor: Executor) -> None:
-        """Route operations with this action to `executor` (plan pure, run does the I/O)."""
+        """Route operations with this action to `executor` (plan pure, run does the I/O).
+
+        The executor must declare its params schema (`params_model`), and one that
+        touches files (`forbid_paths`) is told to keep away from the state dir:
+        either is a ConfigError here, before any operation reaches it.
+        """
         caps.parse_request(f"{action}:x")  # the action must be a valid capability action
+        params_model_of(executor)
+        forbid = getattr(executor, "forbid_paths", None)
+        if callable(forbid):
+            forbid((self.state_dir,))
         self._executors[action] = executor
 
-    def plan(self, operation: Operation) -> Plan:
-        """Step 2: the executor's pure plan (what would happen, and its digest)."""
+    def _operation_capability(self, operation: Operation) -> caps.Capability:
+        """The capability an operation needs, from its shape alone (no executor code)."""
         if not isinstance(operation, Operation):
             raise OperationError("operation must be an opsgate.Operation", code="operation_invalid")
         if not isinstance(operation.action, str) or not isinstance(operation.resource, str):
             raise OperationError(
                 "operation action and resource must be text", code="operation_invalid"
-            )
-        executor = self._executors.get(operation.action)
-        if executor is None:
-            raise OperationError(
-                f"no executor is registered for action {operation.action!r}",
-                code="executor_missing",
             )
         cap = caps.parse_request(operation.capability)
         if not isinstance(operation.params, dict) or not isinstance(operation.dry_run, bool):
@@ -471,6 +513,33 @@ class Gate:
                 "operation params must be a mapping and dry_run a bool", code="operation_invalid"
             )
         check_params(operation.params)
+        return cap
+
+    def _executor_for(self, action: str) -> Executor:
+        executor = self._executors.get(action)
+        if executor is None:
+            raise OperationError(
+                f"no executor is registered for action {action!r}",
+                code="executor_missing",
+            )
+        return executor
+
+    def plan(self, operation: Operation) -> Plan:
+        """Step 2: the executor's plan (what would happen, and its digest).
+
+        The operator's view: no credential is checked here. Agents reach it only
+        through `execute`, which checks scope and grants first.
+        """
+        return self._plan(operation)[0]
+
+    def _plan(self, operation: Operation) -> tuple[Plan, dict[str, Any]]:
+        """The plan, and the typed params (defaults filled in) policy is to see."""
+        cap = self._operation_capability(operation)
+        executor = self._executor_for(operation.action)
+        given, typed = validate_params(
+            params_model_of(executor), operation.params, operation.action
+        )
+        operation = dataclasses.replace(operation, params=given)
         try:
             plan = executor.plan(operation)
         except OpsgateError:
@@ -498,7 +567,7 @@ class Gate:
                     code="plan_failed",
                 )
             plan = dataclasses.replace(plan, environment=named)
-        return plan
+        return plan, typed
 
     def execute(
         self,
@@ -523,13 +592,27 @@ class Gate:
     def _execute(
         self, claims: Claims, operation: Operation, t: float, approval_id: str | None
     ) -> Outcome | PendingApproval:
-        """Steps 2-8 for an authenticated caller."""
+        """Steps 2-8 for an authenticated caller.
+
+        Scope and grants are checked on the capability alone before any executor
+        code runs: a refused request never reaches a plan, so it cannot learn
+        anything an executor would read (whether an artifact exists, its digest).
+        """
         try:
-            plan = self.plan(operation)
+            cap = self._operation_capability(operation)
+            self._executor_for(operation.action)  # a lookup, no executor code
         except OpsgateError as exc:  # a malformed request is still an audited refusal
             self._audit_refusal("operation.refused", claims, operation.capability, exc, t)
             raise
-        cap = caps.parse_request(plan.capability)
+        agent = self._agent(claims)
+        refusal = scope_refusal(agent, claims.parsed_scope, cap)
+        if refusal is not None:
+            self._deny_operation(claims, agent, refusal, operation.capability, None, t)
+        try:
+            plan, typed_params = self._plan(operation)
+        except OpsgateError as exc:
+            self._audit_refusal("operation.refused", claims, operation.capability, exc, t)
+            raise
         agent, decision = self._decide(
             claims,
             cap,
@@ -537,25 +620,10 @@ class Gate:
             environment=plan.environment,
             destructive=plan.destructive,
             findings=plan_findings(plan),
-            params=operation.params,
+            params=typed_params,
         )
         if decision.effect == "deny":
-            self.audit.append(
-                "operation.denied",
-                actor=claims.sub,
-                at=t,
-                jti=claims.jti,
-                capability=plan.capability,
-                digest=plan.digest,
-                reasons=list(decision.reasons),
-                errors=list(decision.errors) or None,
-            )
-            self._score_decision(agent, decision, plan.capability, t)
-            raise OperationError(
-                f"operation {plan.capability!r} denied: {'; '.join(decision.reasons)}",
-                code="operation_denied",
-                decision=decision,
-            )
+            self._deny_operation(claims, agent, decision, plan.capability, plan.digest, t)
         if operation.dry_run:
             self.audit.append(
                 "operation.dry_run",
@@ -592,6 +660,33 @@ class Gate:
         elif approval_id is not None:
             self.approvals.consume(approval_id, digest=plan.digest, requester=agent.did, now=t)
         return self._run(claims, agent, plan, decision, t, approval_id)
+
+    def _deny_operation(
+        self,
+        claims: Claims,
+        agent: AgentState,
+        decision: Decision,
+        capability: str,
+        digest: str | None,
+        t: float,
+    ) -> NoReturn:
+        """A refused operation: audited, charged when it is a violation, raised."""
+        self.audit.append(
+            "operation.denied",
+            actor=claims.sub,
+            at=t,
+            jti=claims.jti,
+            capability=capability,
+            digest=digest,
+            reasons=list(decision.reasons),
+            errors=list(decision.errors) or None,
+        )
+        self._score_decision(agent, decision, capability, t)
+        raise OperationError(
+            f"operation {capability!r} denied: {'; '.join(decision.reasons)}",
+            code="operation_denied",
+            decision=decision,
+        )
 
     def resume(
         self,

@@ -18,7 +18,7 @@ from typing import Any
 from sqlalchemy import event, select
 
 import opsgate
-from opsgate.operations.base import Operation, Outcome, Plan
+from opsgate.operations.base import Operation, OperationParams, Outcome, Plan
 from opsgate.store import schema
 
 DATA = Path(__file__).parent / "data"
@@ -42,6 +42,15 @@ def deploy(resource: str = "production/app-web", **params: Any) -> Operation:
     return Operation("deploy", resource, {**RELEASE, **params})
 
 
+class ReleaseParams(OperationParams):
+    """The params RecordingExecutor accepts (strict: `replicas="3"` is refused)."""
+
+    version: str
+    artifact_digest: str
+    replicas: int | None = None
+    drop_tables: bool = False
+
+
 class RecordingExecutor:
     """Executor for action `deploy`: a pure plan, and a run() that records each plan it ran.
 
@@ -62,9 +71,14 @@ class RecordingExecutor:
         self.raises = raises
         self.returns = returns
         self.runs: list[Plan] = []
+        self.plans: list[Operation] = []  # every operation plan() was asked for
         self._lock = threading.Lock()
 
+    params_model = ReleaseParams
+
     def plan(self, operation: Operation) -> Plan:
+        with self._lock:
+            self.plans.append(operation)
         environment = operation.resource.split("/")[0]
         version = operation.params.get("version")
         digest = operation.params.get("artifact_digest")

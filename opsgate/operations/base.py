@@ -8,12 +8,14 @@ The plan digest binds approvals to that exact content. `run()` does the I/O.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any, ClassVar, Literal, Protocol
 
 import orjson
+from pydantic import BaseModel, ConfigDict, ValidationError
 
-from opsgate.errors import OperationError
+from opsgate.errors import ConfigError, OperationError, safe_text
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,8 +101,29 @@ class Outcome:
         return self.status != "failed"
 
 
+class OperationParams(BaseModel):
+    """Base of every executor's params schema: strict types, unknown keys refused.
+
+    Policy compares params (`params.drop_tables == true`); without a schema `1` or
+    `"yes"` would slip past such a rule. Subclass it and list the fields.
+    """
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class NoParams(OperationParams):
+    """The schema of an executor that takes no params."""
+
+
 class Executor(Protocol):
-    """Plans and runs one kind of operation."""
+    """Plans and runs one kind of operation; `params_model` declares its params.
+
+    An executor that reads or writes files may also define `forbid_paths(paths)`:
+    the gate calls it at registration with its state dir, and it raises ConfigError
+    if anything it would read or write overlaps those paths.
+    """
+
+    params_model: ClassVar[type[BaseModel]]
 
     def plan(self, operation: Operation) -> Plan: ...
 
@@ -121,3 +144,62 @@ class ContextualExecutor(Executor, Protocol):
     """An executor whose run needs to know who asked: the gate calls `run_with_context`."""
 
     def run_with_context(self, plan: Plan, context: RunContext) -> Outcome: ...
+
+
+def params_model_of(executor: object) -> type[BaseModel]:
+    """The executor's declared params schema; none, or a loose one, is refused."""
+    model = getattr(executor, "params_model", None)
+    if not (isinstance(model, type) and issubclass(model, BaseModel)):
+        raise ConfigError(
+            f"executor {type(executor).__name__} must declare params_model, a pydantic "
+            "model such as a subclass of opsgate.operations.base.OperationParams",
+            code="executor_invalid",
+        )
+    cfg = model.model_config
+    if cfg.get("extra") != "forbid" or cfg.get("strict") is not True:
+        raise ConfigError(
+            f"params_model {model.__name__} must keep extra='forbid' and strict=True",
+            code="executor_invalid",
+        )
+    return model
+
+
+# What a schema refusal says, by pydantic error type: never the value itself.
+_PARAM_PROBLEMS = {
+    "missing": "is required",
+    "extra_forbidden": "is not a param of this operation",
+    "bool_type": "must be true or false",
+    "int_type": "must be an integer",
+    "float_type": "must be a number",
+    "string_type": "must be a string",
+    "list_type": "must be a list",
+    "dict_type": "must be a mapping",
+    "model_type": "must be a mapping",
+    "string_pattern_mismatch": "does not have the required form",
+    "string_too_short": "is too short",
+    "string_too_long": "is too long",
+    "literal_error": "is not one of the allowed values",
+    "enum": "is not one of the allowed values",
+}
+
+
+def validate_params(
+    model: type[BaseModel], params: Mapping[str, Any], action: str
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Params checked against the executor's schema before policy runs.
+
+    Returns (the params as given, typed: what the operation and its digest carry;
+    every field with defaults filled in: what policy sees). The refusal names the
+    field and the problem, never the value, which may be a secret.
+    """
+    try:
+        parsed = model.model_validate(dict(params), strict=True)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(safe_text(str(p)) for p in first["loc"]) or "params"
+        problem = _PARAM_PROBLEMS.get(first["type"], f"is invalid ({first['type']})")
+        raise OperationError(
+            f"param {where!r} of {safe_text(action)!r} {problem}", code="params_invalid"
+        ) from None
+    given = parsed.model_dump(mode="json", exclude_unset=True)
+    return given, parsed.model_dump(mode="json")

@@ -201,11 +201,14 @@ def test_an_artifact_with_a_symlink_is_refused(tmp_path: Path) -> None:
     outside = tmp_path / "outside"
     outside.mkdir()
     (outside / "app.py").write_text("print('approved?')")
-    artifact = tmp_path / "release"
-    artifact.mkdir()
+    artifact = tmp_path / "artifacts" / "release"
+    artifact.mkdir(parents=True)
     (artifact / "README").write_text("release")
     (artifact / "lib").symlink_to(outside)
-    w = open_world(tmp_path / "state", executor=LocalDeployExecutor(tmp_path / "deployments"))  # type: ignore[arg-type]
+    executor = LocalDeployExecutor(
+        tmp_path / "deployments", artifact_roots=[tmp_path / "artifacts"]
+    )
+    w = open_world(tmp_path / "state", executor=executor)  # type: ignore[arg-type]
     try:
         with pytest.raises(opsgate.OperationError) as info:
             w.gate.execute(
@@ -214,7 +217,7 @@ def test_an_artifact_with_a_symlink_is_refused(tmp_path: Path) -> None:
                     "deploy", "staging/app-web", {"version": "1.0", "artifact": str(artifact)}
                 ),
             )
-        assert info.value.code == "operation_invalid"
+        assert info.value.code == "artifact_invalid"
         assert not (tmp_path / "deployments").exists()
     finally:
         w.gate.close()
