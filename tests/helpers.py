@@ -49,6 +49,7 @@ class ReleaseParams(OperationParams):
     artifact_digest: str
     replicas: int | None = None
     drop_tables: bool = False
+    noise: str | None = None  # free text an agent may vary at will (a deploy note)
 
 
 class RecordingExecutor:
