@@ -512,35 +512,72 @@ def audit_checkpoint(
 # -- approvers and approvals ------------------------------------------------------------
 
 
+TokenTtl = Annotated[
+    int | None,
+    typer.Option(
+        "--ttl-days",
+        help="Days until the token expires (default: approvals.token_ttl_days, 90).",
+        show_default=False,
+    ),
+]
+
+
 @approvers_app.command("add")
 @handle_errors
-def approvers_add(email: str, state_dir: StateDir = None, json_out: JsonOut = False) -> None:
+def approvers_add(
+    email: str, ttl_days: TokenTtl = None, state_dir: StateDir = None, json_out: JsonOut = False
+) -> None:
     """Register an approver; prints their token once (it is stored only hashed)."""
-    token = _gate(state_dir).approvals.add_approver(email)
-    if json_out:
-        _print_json({"approver": email.lower(), "token": token})
-    else:
-        typer.echo(token)
-        _err(f"approver {email.lower()} added; the token above is shown only this once")
+    gate = _gate(state_dir)
+    token = gate.approvals.add_approver(email, ttl_days=ttl_days)
+    _print_token(gate.approvals.get_approver(email), token, json_out, "added")
 
 
 @approvers_app.command("rotate")
 @handle_errors
-def approvers_rotate(email: str, state_dir: StateDir = None) -> None:
-    """Replace an approver's token; prints the new one once."""
-    typer.echo(_gate(state_dir).approvals.rotate_approver_token(email))
+def approvers_rotate(
+    email: str, ttl_days: TokenTtl = None, state_dir: StateDir = None, json_out: JsonOut = False
+) -> None:
+    """Replace an approver's token; prints the new one once. The old one stops working now."""
+    gate = _gate(state_dir)
+    token = gate.approvals.rotate_approver_token(email, ttl_days=ttl_days)
+    _print_token(gate.approvals.get_approver(email), token, json_out, "rotated")
+
+
+def _print_token(approver: Any, token: str, json_out: bool, what: str) -> None:
+    expires = approver.token_expires_at
+    if json_out:
+        _print_json({"approver": approver.email, "token": token, "token_expires_at": _iso(expires)})
+        return
+    typer.echo(token)  # alone on stdout, so it can be captured
+    _err(
+        f"approver {approver.email} {what}; the token above is shown only this once "
+        f"and expires {_when(expires)}"
+    )
+
+
+def _iso(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, UTC).isoformat()
 
 
 @approvers_app.command("list")
 @handle_errors
 def approvers_list(state_dir: StateDir = None, json_out: JsonOut = False) -> None:
-    """List registered approvers (never their tokens)."""
-    emails = _gate(state_dir).approvals.list_approvers()
+    """List registered approvers with their token's age and expiry (never the token)."""
+    now = datetime.now(UTC).timestamp()
+    approvers = _gate(state_dir).approvals.list_approvers()
     if json_out:
-        _print_json(emails)
-    else:
-        for e in emails:
-            _out().print(e, markup=False)
+        _print_json([a.to_dict(now) for a in approvers])
+        return
+    table = _table("approver", "status", "token age", "token expires")
+    for a in approvers:
+        table.add_row(
+            escape(a.email),
+            a.status(now),
+            f"{a.token_age_days(now):.0f} days",
+            _when(a.token_expires_at),
+        )
+    _out().print(table)
 
 
 @approvals_app.command("list")
@@ -621,11 +658,14 @@ def approvals_deny(
     comment: CommentOpt = None,
     state_dir: StateDir = None,
 ) -> None:
-    """Deny a request; one deny denies."""
+    """Deny a request; one deny denies, and cancels an approved request not yet run."""
+    from opsgate.approvals.model import cancelled_after_quorum
+
     req = _gate(state_dir).approvals.deny(
         approval_id, approver=approver, token=token, comment=comment
     )
-    _out().print(f"{req.id} is now {req.status}")
+    note = " (its approval is cancelled: it will not run)" if cancelled_after_quorum(req) else ""
+    _out().print(f"{req.id} is now {req.status}{note}", markup=False)
 
 
 # -- trust -------------------------------------------------------------------------------------

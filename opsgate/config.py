@@ -59,6 +59,9 @@ class Limits(_Strict):
     max_expression_nodes: int = Field(500, ge=8, le=100_000)
     max_rules: int = Field(10_000, ge=1, le=1_000_000)
     max_policy_file_bytes: int = Field(2_000_000, ge=1024, le=100_000_000)
+    # How far a replica's clock may lag or lead the database's and still have
+    # proofs of possession accepted; used proofs are kept that much longer.
+    proof_clock_skew_seconds: int = Field(300, ge=0, le=3600)
 
     @model_validator(mode="after")
     def _check(self) -> Limits:
@@ -204,6 +207,12 @@ class DeployConfig(_Strict):
         return self
 
 
+class ApprovalsConfig(_Strict):
+    """Approver tokens: how long a token lives before it must be rotated."""
+
+    token_ttl_days: int = Field(90, ge=1, le=3650)
+
+
 class Config(_Strict):
     """Everything a Gate needs to know that is not data in its store."""
 
@@ -214,6 +223,7 @@ class Config(_Strict):
     cache_refresh_seconds: float = Field(0.5, gt=0, le=1.0)
     limits: Limits = Limits()
     trust: TrustConfig = TrustConfig()
+    approvals: ApprovalsConfig = ApprovalsConfig()
     notifications: NotificationsConfig = NotificationsConfig()
     databases: dict[str, DatabaseTarget] = Field(default_factory=dict)
     deploy: DeployConfig = DeployConfig()

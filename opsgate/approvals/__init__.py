@@ -3,6 +3,7 @@
 from opsgate.approvals.model import (
     ApprovalDecision,
     ApprovalRequest,
+    Approver,
     PendingApproval,
     quorum_status,
     satisfied,
@@ -13,6 +14,7 @@ __all__ = [
     "ApprovalDecision",
     "ApprovalRequest",
     "ApprovalService",
+    "Approver",
     "PendingApproval",
     "quorum_status",
     "satisfied",

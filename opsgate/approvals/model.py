@@ -10,6 +10,39 @@ from typing import Any, Literal
 from opsgate.decision import ApprovalRequirement
 
 Status = Literal["pending", "approved", "denied", "expired", "consumed"]
+DAY = 86400.0
+
+
+@dataclass(frozen=True, slots=True)
+class Approver:
+    """A registered approver and their current token's lifetime (never the token)."""
+
+    email: str
+    created_at: float
+    token_issued_at: float
+    token_expires_at: float
+    disabled_at: float | None = None
+
+    def status(self, now: float) -> Literal["active", "expired", "disabled"]:
+        if self.disabled_at is not None:
+            return "disabled"
+        return "expired" if now >= self.token_expires_at else "active"
+
+    def token_age_days(self, now: float) -> float:
+        return max(0.0, now - self.token_issued_at) / DAY
+
+    def to_dict(self, now: float) -> dict[str, Any]:
+        def iso(t: float) -> str:
+            return datetime.fromtimestamp(t, UTC).isoformat()
+
+        return {
+            "approver": self.email,
+            "status": self.status(now),
+            "created_at": iso(self.created_at),
+            "token_issued_at": iso(self.token_issued_at),
+            "token_expires_at": iso(self.token_expires_at),
+            "token_age_days": round(self.token_age_days(now), 1),
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +153,14 @@ def satisfied(requirements: Iterable[ApprovalRequirement], approvals: Iterable[s
     """Every requirement has at least min_approvals distinct approvers from its own list."""
     approved = set(approvals)
     return all(len(approved & set(r.approvers)) >= r.min_approvals for r in requirements)
+
+
+def cancelled_after_quorum(req: ApprovalRequest) -> bool:
+    """Denied although its approvals met the quorum: approved, then withdrawn before use."""
+    approvals = (d.approver for d in req.decisions if d.decision == "approve")
+    if req.status != "denied" or not req.requirements:
+        return False
+    return satisfied(req.requirements, approvals)
 
 
 def quorum_status(

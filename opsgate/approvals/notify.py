@@ -36,6 +36,12 @@ def message_text(event: str, req: ApprovalRequest) -> str:
             f"needs {req.min_approvals} of [{who}] before {req.expires.isoformat()}. "
             f"Why: {'; '.join(req.reasons)}"
         )
+    if event == "approval.cancelled":
+        by = next((d.approver for d in reversed(req.decisions) if d.decision == "deny"), "?")
+        return (
+            f"opsgate: approval {req.id} for {req.capability} by {req.requester_name} was "
+            f"approved, then cancelled by {by} before it ran; it will not run"
+        )
     return (
         f"opsgate: approval {req.id} for {req.capability} by {req.requester_name} is {req.status}"
     )
@@ -77,7 +83,8 @@ class SmtpNotifier:
 
     def send(self, event: str, request: ApprovalRequest, text: str) -> None:
         msg = EmailMessage()
-        msg["Subject"] = f"[opsgate] {request.capability}: approval {request.status}"
+        status = "cancelled" if event == "approval.cancelled" else request.status
+        msg["Subject"] = f"[opsgate] {request.capability}: approval {status}"
         msg["From"] = self.cfg.sender
         msg["To"] = ", ".join(request.approvers)
         msg.set_content(text)

@@ -1,10 +1,14 @@
 """Approval requests in the state database: create, decide (authenticated), consume once.
 
 Rules enforced here, each with a stable error code:
-- only the resolved approvers of the request may decide, with their approver token;
+- only the resolved approvers of the request may decide, with their approver token,
+  and only while that token has not expired;
 - no sponsor in the requesting agent's chain may decide on its request;
-- `min_approvals` distinct approvers per requirement; one deny denies;
-- nothing is decided or consumed after expiry; an approved request is consumed once.
+- `min_approvals` distinct approvers per requirement; one deny denies, also after
+  the quorum was met, until the request is consumed (the deny cancels it);
+- nothing is decided or consumed after expiry; an approved request is consumed once;
+- every status change is conditional on the status it was read in, so two
+  replicas racing (a resume, a deny, an expiry) never overwrite each other.
 """
 
 from __future__ import annotations
@@ -21,9 +25,12 @@ import structlog
 from sqlalchemy import Connection, select, update
 
 from opsgate.approvals.model import (
+    DAY,
     ApprovalDecision,
     ApprovalRequest,
+    Approver,
     PendingApproval,
+    cancelled_after_quorum,
     quorum_status,
 )
 from opsgate.approvals.notify import Dispatcher, build_notifiers
@@ -49,6 +56,16 @@ def _hash_token(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8")).hexdigest()
 
 
+def _approver(row: Any) -> Approver:
+    return Approver(
+        email=row.email,
+        created_at=float(row.created_at),
+        token_issued_at=float(row.token_issued_at),
+        token_expires_at=float(row.token_expires_at),
+        disabled_at=None if row.disabled_at is None else float(row.disabled_at),
+    )
+
+
 def _dumps(value: Any) -> str:
     return orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode("utf-8")
 
@@ -59,14 +76,26 @@ class ApprovalService:
     def __init__(self, *, store: Store, audit: AuditLog, config: Config) -> None:
         self._store = store
         self._audit = audit
+        self._token_ttl_days = config.approvals.token_ttl_days
         self.dispatcher = Dispatcher(build_notifiers(config.notifications), self._notify_failed)
 
     # -- approvers -------------------------------------------------------------------
 
-    def add_approver(self, email: str, *, now: datetime | float | None = None) -> str:
-        """Register an approver; returns their token, shown once and stored only hashed."""
+    def add_approver(
+        self,
+        email: str,
+        *,
+        ttl_days: int | None = None,
+        now: datetime | float | None = None,
+    ) -> str:
+        """Register an approver; returns their token, shown once and stored only hashed.
+
+        The token expires after `ttl_days` (default `approvals.token_ttl_days`);
+        `rotate_approver_token` issues the next one.
+        """
         t = to_epoch(now)
         address = self._email(email)
+        expires = t + self._ttl_seconds(ttl_days)
         token = TOKEN_PREFIX + secrets.token_urlsafe(32)
         a = schema.approvers
         with self._store.write() as conn:
@@ -76,31 +105,85 @@ class ApprovalService:
                     code="approver_exists",
                 )
             conn.execute(
-                a.insert().values(email=address, token_hash=_hash_token(token), created_at=t)
+                a.insert().values(
+                    email=address,
+                    token_hash=_hash_token(token),
+                    created_at=t,
+                    token_issued_at=t,
+                    token_expires_at=expires,
+                )
             )
-            self._audit.append_in(conn, "approver.added", actor="operator", at=t, approver=address)
+            self._audit.append_in(
+                conn,
+                "approver.added",
+                actor="operator",
+                at=t,
+                approver=address,
+                token_expires_at=expires,
+            )
         return token
 
-    def rotate_approver_token(self, email: str, *, now: datetime | float | None = None) -> str:
+    def rotate_approver_token(
+        self,
+        email: str,
+        *,
+        ttl_days: int | None = None,
+        now: datetime | float | None = None,
+    ) -> str:
+        """Replace an approver's token; the old one stops working at once (no grace:
+        a rotation is usually because the old token may have leaked)."""
         t = to_epoch(now)
         address = self._email(email)
+        expires = t + self._ttl_seconds(ttl_days)
         token = TOKEN_PREFIX + secrets.token_urlsafe(32)
         with self._store.write() as conn:
             res = conn.execute(
                 update(schema.approvers)
                 .where(schema.approvers.c.email == address)
-                .values(token_hash=_hash_token(token), disabled_at=None)
+                .values(
+                    token_hash=_hash_token(token),
+                    disabled_at=None,
+                    token_issued_at=t,
+                    token_expires_at=expires,
+                )
             )
             if not res.rowcount:
                 raise ApprovalError(f"no approver {address!r}", code="approver_not_found")
             self._audit.append_in(
-                conn, "approver.token_rotated", actor="operator", at=t, approver=address
+                conn,
+                "approver.token_rotated",
+                actor="operator",
+                at=t,
+                approver=address,
+                token_expires_at=expires,
             )
         return token
 
-    def list_approvers(self) -> list[str]:
+    def list_approvers(self) -> list[Approver]:
+        """Every registered approver with their token's age and expiry (never the token)."""
+        a = schema.approvers
         with self._store.read() as conn:
-            return [r[0] for r in conn.execute(select(schema.approvers.c.email).order_by("email"))]
+            rows = conn.execute(select(a).order_by(a.c.email)).all()
+        return [_approver(r) for r in rows]
+
+    def get_approver(self, email: str) -> Approver:
+        address = self._email(email)
+        a = schema.approvers
+        with self._store.read() as conn:
+            row = conn.execute(select(a).where(a.c.email == address)).first()
+        if row is None:
+            raise ApprovalError(f"no approver {address!r}", code="approver_not_found")
+        return _approver(row)
+
+    def _ttl_seconds(self, ttl_days: object) -> float:
+        if ttl_days is None:
+            return self._token_ttl_days * DAY
+        if isinstance(ttl_days, bool) or not isinstance(ttl_days, int) or not 1 <= ttl_days <= 3650:
+            raise ApprovalError(
+                f"token lifetime must be whole days from 1 to 3650, got {shown(ttl_days)}",
+                code="token_ttl_invalid",
+            )
+        return ttl_days * DAY
 
     @staticmethod
     def _email(email: object) -> str:
@@ -109,10 +192,11 @@ class ApprovalService:
         except AgentError as exc:
             raise ApprovalError(exc.message, code="invalid_email") from exc
 
-    def _authenticate(self, conn: Connection, approver: str, token: object) -> None:
+    def _authenticate(self, conn: Connection, approver: str, token: object, t: float) -> None:
+        a = schema.approvers
         row = conn.execute(
-            select(schema.approvers.c.token_hash, schema.approvers.c.disabled_at).where(
-                schema.approvers.c.email == approver
+            select(a.c.token_hash, a.c.disabled_at, a.c.token_expires_at).where(
+                a.c.email == approver
             )
         ).first()
         presented = _hash_token(token) if isinstance(token, str) else ""
@@ -120,6 +204,13 @@ class ApprovalService:
         if not hmac.compare_digest(presented, expected) or row is None:
             raise ApprovalError(
                 f"approver {approver!r} could not be authenticated", code="approver_unauthenticated"
+            )
+        # Checked only after the token matched: an expiry tells nothing to a guesser.
+        if t >= row[2]:
+            raise ApprovalError(
+                f"the token of approver {approver!r} has expired; the operator must rotate it "
+                "(opsgate approvers rotate)",
+                code="approver_token_expired",
             )
 
     # -- requests ----------------------------------------------------------------------
@@ -274,25 +365,32 @@ class ApprovalService:
             return [self._load(conn, i) for i in ids]
 
     def expire_due(self, *, now: datetime | float | None = None) -> list[str]:
-        """Mark every pending/approved request past its expiry as expired (audited)."""
+        """Mark every pending/approved request past its expiry as expired (audited).
+
+        Each row changes only from the status it was read in: a request another
+        replica consumed or denied meanwhile keeps that status.
+        """
         t = to_epoch(now)
         ar = schema.approval_requests
+        expired: list[str] = []
         with self._store.write() as conn:
-            ids = [
-                r[0]
-                for r in conn.execute(
-                    select(ar.c.id).where(
-                        ar.c.status.in_(["pending", "approved"]), ar.c.expires_at <= t
-                    )
-                ).all()
-            ]
-            if ids:
-                conn.execute(
-                    update(ar).where(ar.c.id.in_(ids)).values(status="expired", decided_at=t)
+            due = conn.execute(
+                select(ar.c.id, ar.c.status).where(
+                    ar.c.status.in_(["pending", "approved"]), ar.c.expires_at <= t
                 )
-                for i in ids:
-                    self._audit.append_in(conn, "approval.expired", actor="gate", at=t, approval=i)
-        return ids
+            ).all()
+            for approval_id, status in due:
+                res = conn.execute(
+                    update(ar)
+                    .where(ar.c.id == approval_id, ar.c.status == status, ar.c.expires_at <= t)
+                    .values(status="expired", decided_at=t)
+                )
+                if res.rowcount == 1:
+                    expired.append(approval_id)
+                    self._audit.append_in(
+                        conn, "approval.expired", actor="gate", at=t, approval=approval_id
+                    )
+        return expired
 
     # -- deciding ----------------------------------------------------------------------
 
@@ -337,11 +435,14 @@ class ApprovalService:
             who = self._email(approver)
             self.expire_due(now=t)
             with self._store.write() as conn:
-                self._authenticate(conn, who, token)
+                self._authenticate(conn, who, token, t)
                 req = self._load(conn, approval_id, lock=True)
-                if req.status == "pending" and t >= req.expires_at:
+                if req.status in ("pending", "approved") and t >= req.expires_at:
                     raise ApprovalError(f"approval {req.id!r} has expired", code="approval_expired")
-                if req.status != "pending":
+                # Until it is consumed, an approved request can still be denied: the
+                # deny cancels it. Only a deny: the quorum is already met.
+                decidable = ("pending", "approved") if verdict == "deny" else ("pending",)
+                if req.status not in decidable:
                     raise ApprovalError(
                         f"approval {req.id!r} is {req.status}, not pending",
                         code=f"approval_{req.status}",
@@ -355,7 +456,9 @@ class ApprovalService:
                     raise ApprovalError(
                         f"{who!r} is not an approver of {req.id!r}", code="not_an_approver"
                     )
-                if any(d.approver == who for d in req.decisions):
+                # An approver who approved may still deny (withdraw it); nothing else twice.
+                mine = {d.decision for d in req.decisions if d.approver == who}
+                if verdict in mine or "deny" in mine:
                     raise ApprovalError(f"{who!r} has already decided", code="already_decided")
                 conn.execute(
                     schema.approval_decisions.insert().values(
@@ -364,12 +467,18 @@ class ApprovalService:
                 )
                 decisions = (*req.decisions, ApprovalDecision(who, verdict, t, comment))  # type: ignore[arg-type]
                 status = quorum_status(req.requirements, decisions)
-                if status != "pending":
-                    conn.execute(
-                        update(schema.approval_requests)
-                        .where(schema.approval_requests.c.id == req.id)
+                if status != req.status:
+                    ar = schema.approval_requests
+                    res = conn.execute(
+                        update(ar)
+                        .where(ar.c.id == req.id, ar.c.status == req.status)
                         .values(status=status, decided_at=t)
                     )
+                    if res.rowcount != 1:  # changed since it was read: decide again
+                        raise ApprovalError(
+                            f"approval {req.id!r} changed while it was being decided; try again",
+                            code="approval_conflict",
+                        )
                 self._audit.append_in(
                     conn,
                     f"approval.{'approved' if verdict == 'approve' else 'denied'}_by",
@@ -378,6 +487,7 @@ class ApprovalService:
                     approval=req.id,
                     comment=comment,
                     status=status,
+                    cancelled=True if req.status == "approved" else None,
                 )
                 result = self._load(conn, req.id)
         except ApprovalError as exc:
@@ -390,7 +500,9 @@ class ApprovalService:
                 reason=exc.message,
             )
             raise
-        if result.status != "pending":
+        if result.status == "denied" and cancelled_after_quorum(result):
+            self.dispatcher.dispatch("approval.cancelled", result)
+        elif result.status != "pending":
             self.dispatcher.dispatch(f"approval.{result.status}", result)
         return result
 

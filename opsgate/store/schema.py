@@ -138,6 +138,9 @@ approvers = Table(
     Column("token_hash", String(64), nullable=False),
     Column("created_at", Float, nullable=False),
     Column("disabled_at", Float, nullable=True),
+    # The current token's issue and expiry times (rotation replaces both).
+    Column("token_issued_at", Float, nullable=False),
+    Column("token_expires_at", Float, nullable=False),
 )
 
 approval_requests = Table(
@@ -166,7 +169,8 @@ approval_decisions = Table(
     metadata,
     Column("request_id", String(40), ForeignKey("approval_requests.id"), primary_key=True),
     Column("approver", String(254), primary_key=True),
-    Column("decision", String(16), nullable=False),
+    # Part of the key: an approver who approved may later deny (withdraw it).
+    Column("decision", String(16), primary_key=True),
     Column("comment", Text, nullable=True),
     Column("at", Float, nullable=False),
 )

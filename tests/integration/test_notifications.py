@@ -146,6 +146,27 @@ def test_webhook_announces_a_denial(tmp_path: Path, webhook: Webhook) -> None:
         w.gate.close()
 
 
+def test_webhook_announces_an_approval_cancelled_before_it_ran(
+    tmp_path: Path, webhook: Webhook
+) -> None:
+    w = open_world(tmp_path / "state", notifications={"webhooks": [webhook.url]})
+    try:
+        pending = _request(w)
+        w.approve(pending.approval_id, JOHN)
+        w.deny(pending.approval_id, JANE, comment="wrong release")
+        w.gate.approvals.dispatcher.flush()
+        assert [p["event"] for p in webhook.posts] == [
+            "approval.requested",
+            "approval.approved",
+            "approval.cancelled",
+        ]
+        last = webhook.posts[-1]
+        assert last["approval"]["status"] == "denied"
+        assert "cancelled by jane@company.com" in last["text"] and "will not run" in last["text"]
+    finally:
+        w.gate.close()
+
+
 def test_smtp_mail_reaches_every_approver(tmp_path: Path, smtp: tuple[Mailbox, int]) -> None:
     mailbox, port = smtp
     w = open_world(tmp_path / "state", notifications=_smtp_config(port))

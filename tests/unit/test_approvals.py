@@ -804,3 +804,452 @@ def test_approval_rule_without_real_approvers_is_a_load_error(tmp_path: Path, na
         assert w.executor.count == 0
     finally:
         w.gate.close()
+
+
+# -- a deny after the quorum cancels the approval until it is used ----------------------------
+
+
+class Recorder:
+    """A notifier (outside the unit under test) that keeps what it was asked to send."""
+
+    name = "recorder"
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, str, str]] = []
+
+    def send(self, event: str, request: Any, text: str) -> None:
+        self.sent.append((event, request.status, text))
+
+
+def test_a_deny_after_the_quorum_cancels_the_approved_request(world: World) -> None:
+    w = world
+    recorder = Recorder()
+    w.gate.approvals.dispatcher.notifiers = [recorder]
+    pending = request_approval(w)
+    assert w.approve(pending.approval_id, JOHN).status == "approved"
+    cancelled = w.deny(pending.approval_id, JANE, comment="wrong release")
+    assert cancelled.status == "denied"
+    assert [(d.approver, d.decision) for d in cancelled.decisions] == [
+        (JOHN, "approve"),
+        (JANE, "deny"),
+    ]
+    for attempt in (
+        lambda: w.gate.resume(pending.approval_id, w.token),
+        lambda: w.gate.execute(w.token, deploy(), approval_id=pending.approval_id),
+    ):
+        with pytest.raises(opsgate.ApprovalError) as exc:
+            attempt()
+        assert exc.value.code == "approval_denied"
+    assert w.executor.count == 0
+    denied = [
+        e
+        for e in audit_events(w.gate, "approval.denied_by")
+        if e["approval"] == pending.approval_id
+    ]
+    assert len(denied) == 1
+    assert denied[0]["actor"] == JANE and denied[0]["status"] == "denied"
+    assert denied[0]["cancelled"] is True
+    w.gate.approvals.dispatcher.flush()
+    events = [e for e, _, _ in recorder.sent]
+    assert events == ["approval.requested", "approval.approved", "approval.cancelled"]
+    assert "cancelled by jane@company.com" in recorder.sent[-1][2]
+    assert w.gate.audit.verify().ok
+
+
+def test_the_approver_who_approved_can_withdraw_it(world: World) -> None:
+    w = world
+    pending = request_approval(w)
+    w.approve(pending.approval_id, JOHN)
+    withdrawn = w.deny(pending.approval_id, JOHN, comment="approved the wrong one")
+    assert withdrawn.status == "denied"
+    assert decisions_in_db(w.gate, pending.approval_id) == [(JOHN, "approve"), (JOHN, "deny")]
+    with pytest.raises(opsgate.ApprovalError) as exc:
+        w.gate.resume(pending.approval_id, w.token)
+    assert exc.value.code == "approval_denied"
+    # Approving again, or denying twice, is still refused.
+    for decide in (w.approve, w.deny):
+        with pytest.raises(opsgate.ApprovalError) as again:
+            decide(pending.approval_id, JOHN)
+        assert again.value.code == "approval_denied"
+    assert w.executor.count == 0
+
+
+def test_a_pending_request_can_be_withdrawn_by_the_approver_who_approved(tmp_path: Path) -> None:
+    w = open_world(tmp_path / "state", "two_approvals.yaml")
+    try:
+        pending = request_approval(w)
+        assert w.approve(pending.approval_id, JOHN).status == "pending"
+        assert w.deny(pending.approval_id, JOHN).status == "denied"
+        with pytest.raises(opsgate.ApprovalError) as exc:
+            w.approve(pending.approval_id, JANE)
+        assert exc.value.code == "approval_denied"
+    finally:
+        w.gate.close()
+
+
+def test_an_approval_cannot_be_cancelled_once_it_ran_or_expired(world: World) -> None:
+    w = world
+    used = request_approval(w)
+    w.approve(used.approval_id, JOHN)
+    assert w.gate.resume(used.approval_id, w.token).status == "succeeded"
+    with pytest.raises(opsgate.ApprovalError) as exc:
+        w.deny(used.approval_id, JANE)
+    assert exc.value.code == "approval_consumed"
+    assert w.status(used.approval_id) == "consumed"
+
+    stale = request_approval(w, deploy(version="9.9.9"))
+    w.approve(stale.approval_id, JOHN)
+    later = w.gate.approvals.get(stale.approval_id).expires_at + 1
+    with pytest.raises(opsgate.ApprovalError) as late:
+        w.gate.approvals.deny(
+            stale.approval_id, approver=JANE, token=w.approver_tokens[JANE], now=later
+        )
+    assert late.value.code == "approval_expired"
+    assert w.gate.approvals.get(stale.approval_id, now=later).status == "expired"
+    assert refusal(w.gate, used.approval_id) == ["approval_consumed"]
+    assert refusal(w.gate, stale.approval_id) == ["approval_expired"]
+
+
+@pytest.mark.parametrize("case", ATTACKS, ids=[c["id"] for c in ATTACKS])
+def test_a_deny_after_the_quorum_by_anyone_not_eligible_changes_nothing(
+    attack_world: World, case: dict[str, Any]
+) -> None:
+    """Only an authenticated, listed approver outside the sponsor chain can cancel."""
+    w = attack_world
+    runs_before = w.executor.count
+    pending = request_approval(w, deploy(version=f"cancel-{case['id']}"))
+    assert w.approve(pending.approval_id, JANE).status == "approved"
+    target = case.get("approval", pending.approval_id)
+    with pytest.raises(opsgate.ApprovalError) as exc:
+        w.gate.approvals.deny(
+            target, approver=case["approver"], token=_presented(w, case), comment="cancel"
+        )
+    assert exc.value.code == case["code"], exc.value
+    assert w.status(pending.approval_id) == "approved"
+    assert decisions_in_db(w.gate, pending.approval_id) == [(JANE, "approve")]
+    assert w.gate.resume(pending.approval_id, w.token).status == "succeeded"
+    assert w.executor.count == runs_before + 1
+
+
+def test_a_deny_racing_a_resume_either_cancels_it_or_comes_too_late(
+    tmp_path: Path, database_url: str | None
+) -> None:
+    """Exactly one of {executed, denied}: never a run of a denied request, never both."""
+    w = open_world(tmp_path / "state", database_url=database_url)
+    try:
+        outcomes: dict[str, int] = {"executed": 0, "denied": 0}
+        for round_ in range(6):
+            pending = request_approval(w, deploy(version=f"race-{round_}"))
+            w.approve(pending.approval_id, JOHN)
+            runs = w.executor.count
+            barrier = threading.Barrier(2)
+            results: dict[str, Any] = {}
+
+            def resume(pid: str = pending.approval_id) -> None:
+                barrier.wait()
+                try:
+                    results["resume"] = w.gate.resume(pid, w.token)
+                except opsgate.OpsgateError as exc:
+                    results["resume"] = exc
+
+            def deny(pid: str = pending.approval_id) -> None:
+                barrier.wait()
+                try:
+                    results["deny"] = w.deny(pid, JANE)
+                except opsgate.OpsgateError as exc:
+                    results["deny"] = exc
+
+            threads = [threading.Thread(target=resume), threading.Thread(target=deny)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(30)
+            status = w.status(pending.approval_id)
+            ran = w.executor.count - runs
+            if isinstance(results["resume"], opsgate.Outcome):
+                assert ran == 1 and status == "consumed", (status, results)
+                assert isinstance(results["deny"], opsgate.ApprovalError)
+                assert results["deny"].code == "approval_consumed"
+                outcomes["executed"] += 1
+            else:
+                assert ran == 0 and status == "denied", (status, results)
+                assert results["resume"].code == "approval_denied", results
+                assert results["deny"].status == "denied"
+                outcomes["denied"] += 1
+        assert sum(outcomes.values()) == 6
+        assert w.gate.audit.verify().ok
+    finally:
+        w.gate.close()
+
+
+def test_a_deny_holding_the_request_wins_over_a_resume(
+    tmp_path: Path, database_url: str | None
+) -> None:
+    """The deny has read the approved request when the resume arrives: the resume must
+    not run it (it waits for the deny and finds it denied)."""
+    w = open_world(tmp_path / "state", database_url=database_url)
+    try:
+        pending = request_approval(w)
+        w.approve(pending.approval_id, JOHN)
+        with Stall(w.gate, "FROM approval_decisions", "approver-jane", seconds=0.5) as stall:
+            thread, out = run_in_thread("approver-jane", lambda: w.deny(pending.approval_id, JANE))
+            assert stall.stalled.wait(10)
+            with pytest.raises(opsgate.ApprovalError) as exc:
+                w.gate.resume(pending.approval_id, w.token)
+            thread.join(30)
+        assert exc.value.code == "approval_denied"
+        assert out[0].status == "denied"
+        assert w.executor.count == 0
+        assert w.status(pending.approval_id) == "denied"
+    finally:
+        w.gate.close()
+
+
+# -- approver tokens expire and rotate ------------------------------------------------------------
+
+DAY = 86400.0
+
+
+def test_an_approver_token_expires_after_its_lifetime(tmp_path: Path) -> None:
+    w = open_world(tmp_path / "state", "two_rules.yaml", approvers=(JOHN,))
+    try:
+        issued = time.time() - DAY + 60  # a one-day token with a minute left
+        token = w.gate.approvals.add_approver(SAM, ttl_days=1, now=issued)
+        assert w.gate.approvals.get_approver(SAM).token_expires_at == pytest.approx(issued + DAY)
+        pending = request_approval(w, deploy("production/payments"))
+        w.approve(pending.approval_id, JOHN)
+        expired_at = issued + DAY
+        with pytest.raises(opsgate.ApprovalError) as exc:
+            w.gate.approvals.approve(pending.approval_id, approver=SAM, token=token, now=expired_at)
+        assert exc.value.code == "approver_token_expired"
+        assert token not in str(exc.value)
+        # A wrong token for an expired approver says only "unauthenticated".
+        with pytest.raises(opsgate.ApprovalError) as wrong:
+            w.gate.approvals.approve(
+                pending.approval_id, approver=SAM, token=token[:-1], now=expired_at
+            )
+        assert wrong.value.code == "approver_unauthenticated"
+        assert w.status(pending.approval_id) == "pending"
+        assert decisions_in_db(w.gate, pending.approval_id) == [(JOHN, "approve")]
+        assert refusal(w.gate, pending.approval_id) == [
+            "approver_token_expired",
+            "approver_unauthenticated",
+        ]
+        # A moment earlier the same token worked.
+        assert (
+            w.gate.approvals.approve(
+                pending.approval_id, approver=SAM, token=token, now=expired_at - 1
+            ).status
+            == "approved"
+        )
+    finally:
+        w.gate.close()
+
+
+def test_an_expired_token_cannot_approve_or_deny_and_rotation_restores_it(world: World) -> None:
+    w = world
+    old = w.gate.approvals.rotate_approver_token(JOHN, ttl_days=1, now=time.time() - DAY + 60)
+    pending = request_approval(w)
+    expires = w.gate.approvals.get_approver(JOHN).token_expires_at
+    for decide in (w.gate.approvals.approve, w.gate.approvals.deny):
+        with pytest.raises(opsgate.ApprovalError) as exc:
+            decide(pending.approval_id, approver=JOHN, token=old, now=expires)
+        assert exc.value.code == "approver_token_expired"
+    assert w.status(pending.approval_id) == "pending"
+    assert decisions_in_db(w.gate, pending.approval_id) == []
+    # A rotation gives a fresh lifetime from now and kills the old token at once.
+    new = w.gate.approvals.rotate_approver_token(JOHN, ttl_days=30)
+    rotated = w.gate.approvals.get_approver(JOHN)
+    assert rotated.token_expires_at == pytest.approx(rotated.token_issued_at + 30 * DAY)
+    assert rotated.token_issued_at == pytest.approx(time.time(), abs=5)
+    with pytest.raises(opsgate.ApprovalError) as stale:
+        w.gate.approvals.approve(pending.approval_id, approver=JOHN, token=old)
+    assert stale.value.code == "approver_unauthenticated"  # the old token is dead at once
+    assert w.gate.approvals.approve(pending.approval_id, approver=JOHN, token=new).status == (
+        "approved"
+    )
+    rotations = audit_events(w.gate, "approver.token_rotated")
+    assert rotations[-1]["approver"] == JOHN
+    assert rotations[-1]["token_expires_at"] == pytest.approx(rotated.token_expires_at)
+    for record in w.gate.audit.tail(10_000):
+        assert new not in str(record.event) and old not in str(record.event)
+
+
+def test_the_default_token_lifetime_comes_from_the_configuration(tmp_path: Path) -> None:
+    w = open_world(tmp_path / "a", approvers=(JOHN,))
+    short = open_world(tmp_path / "b", approvers=(JOHN,), approvals={"token_ttl_days": 7})
+    try:
+        for world_, days in ((w, 90), (short, 7)):
+            a = world_.gate.approvals.get_approver(JOHN)
+            assert a.token_expires_at - a.token_issued_at == pytest.approx(days * DAY)
+            added = audit_events(world_.gate, "approver.added")[-1]
+            assert added["token_expires_at"] == pytest.approx(a.token_expires_at)
+        with pytest.raises(opsgate.ConfigError):
+            opsgate.Gate.open(tmp_path / "c", approvals={"token_ttl_days": 0})
+    finally:
+        w.gate.close()
+        short.gate.close()
+
+
+@pytest.mark.parametrize("ttl", [0, -1, 3651, 10**30, 1.5, True, "30"])
+def test_a_token_lifetime_outside_whole_days_1_to_3650_is_refused(world: World, ttl: Any) -> None:
+    before = world.gate.approvals.list_approvers()
+    for call in (
+        lambda: world.gate.approvals.add_approver("sam@company.com", ttl_days=ttl),
+        lambda: world.gate.approvals.rotate_approver_token(JOHN, ttl_days=ttl),
+    ):
+        with pytest.raises(opsgate.ApprovalError) as exc:
+            call()
+        assert exc.value.code == "token_ttl_invalid"
+    assert world.gate.approvals.list_approvers() == before
+    # John's token was not replaced.
+    pending = request_approval(world)
+    assert world.approve(pending.approval_id, JOHN).status == "approved"
+
+
+def test_approvers_are_listed_with_their_token_age_and_expiry(world: World) -> None:
+    w = world
+    t0 = time.time() - 10 * DAY
+    w.gate.approvals.add_approver("sam@company.com", ttl_days=30, now=t0)
+    now = time.time()
+    listed = {a.email: a for a in w.gate.approvals.list_approvers()}
+    assert sorted(listed) == [JANE, JOHN, "sam@company.com"]
+    sam = listed["sam@company.com"]
+    assert sam.status(now) == "active"
+    assert sam.token_age_days(now) == pytest.approx(10, abs=0.01)
+    assert sam.status(t0 + 30 * DAY) == "expired"
+    row = sam.to_dict(now)
+    assert row["approver"] == "sam@company.com" and row["token_age_days"] == 10.0
+    assert row["status"] == "active" and row["token_expires_at"].startswith("20")
+    assert "token" not in row and "token_hash" not in row
+
+
+def test_existing_approvers_get_the_default_expiry_when_the_schema_is_upgraded(
+    tmp_path: Path, database_url: str | None
+) -> None:
+    """A database from before token expiry: its tokens expire 90 days after creation."""
+    from alembic import command
+    from alembic.config import Config as AlembicConfig
+    from sqlalchemy import create_engine, text
+
+    from opsgate.store import MIGRATIONS, Store
+
+    state = tmp_path / "state"
+    state.mkdir()
+    store = Store.for_state_dir(state, database_url)
+    cfg = AlembicConfig()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    engine = create_engine(store.url)
+    created = time.time() - 100 * DAY
+    with engine.connect() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "0005")
+        conn.execute(
+            text(
+                "INSERT INTO approvers (email, token_hash, created_at) "
+                "VALUES ('old@company.com', :h, :t), ('new@company.com', :h, :n)"
+            ),
+            {"h": "0" * 64, "t": created, "n": time.time()},
+        )
+        conn.commit()
+    engine.dispose()
+    store.dispose()
+    with opsgate.Gate.open(state, database_url=database_url) as gate:
+        old = gate.approvals.get_approver("old@company.com")
+        assert old.token_issued_at == pytest.approx(created)
+        assert old.token_expires_at == pytest.approx(created + 90 * DAY)
+        assert old.status(time.time()) == "expired"
+        assert gate.approvals.get_approver("new@company.com").status(time.time()) == "active"
+
+
+# -- sponsors far up the chain and the earliest expiry ---------------------------------------------
+
+
+@pytest.mark.parametrize("levels_up", [1, 2, 3])
+def test_the_sponsor_of_any_ancestor_cannot_approve(tmp_path: Path, levels_up: int) -> None:
+    """A requester at depth 3: the sponsors of its parent, grandparent and root are all
+    barred, not only the nearest one (every approval attack elsewhere is two levels)."""
+    sponsors = ["root-owner@company.com", "lead-one@company.com", "lead-two@company.com"]
+    path = tmp_path / "chain.yaml"
+    path.write_text(
+        "policies:\n"
+        "  - name: approve-production-deployments\n"
+        "    rules:\n"
+        "      - condition: \"action == 'deploy' and environment == 'production'\"\n"
+        "        action: require_approval\n"
+        "        approvers: [sre-team@company.com]\n"
+        "groups:\n"
+        f"  sre-team@company.com: [{JOHN}, {', '.join(sponsors)}]\n",
+        encoding="utf-8",
+    )
+    w = open_world(tmp_path / "state", path, approvers=(JOHN, *sponsors))
+    try:
+        root = w.gate.register_agent("root", DEPLOY_SCOPE, sponsor=sponsors[0], trust_score=920)
+        one = root.delegate(name="level-one", capabilities=DEPLOY_SCOPE, sponsor=sponsors[1])
+        two = one.delegate(name="level-two", capabilities=DEPLOY_SCOPE, sponsor=sponsors[2])
+        three = two.delegate(
+            name="level-three", capabilities=DEPLOY_SCOPE, sponsor="owner-three@company.com"
+        )
+        assert w.gate.agents.state(three.did).depth == 3
+        pending = w.gate.execute(w.credential(three), deploy())
+        assert isinstance(pending, PendingApproval)
+        barred = sponsors[3 - levels_up]  # 1 up: level-two's sponsor; 3 up: the root's
+        for decide in (w.approve, w.deny):
+            with pytest.raises(opsgate.ApprovalError) as exc:
+                decide(pending.approval_id, barred)
+            assert exc.value.code == "self_approval"
+        assert w.status(pending.approval_id) == "pending"
+        assert decisions_in_db(w.gate, pending.approval_id) == []
+        assert refusal(w.gate, pending.approval_id) == ["self_approval", "self_approval"]
+        assert w.approve(pending.approval_id, JOHN).status == "approved"
+    finally:
+        w.gate.close()
+
+
+@pytest.mark.parametrize(
+    ("first", "second", "expected"),
+    [("2h", "10m", 600), ("10m", "2h", 600), (None, "2h", 3600), ("30m", None, 1800)],
+    ids=["shorter-second", "shorter-first", "default-is-shorter", "default-is-longer"],
+)
+def test_with_several_matched_rules_the_approval_expires_at_the_earliest(
+    tmp_path: Path, first: str | None, second: str | None, expected: int
+) -> None:
+    def rule(condition: str, group: str, expires_in: str | None) -> str:
+        extra = f"        expires_in: {expires_in}\n" if expires_in else ""
+        return (
+            f'      - condition: "{condition}"\n'
+            "        action: require_approval\n"
+            f"        approvers: [{group}]\n" + extra
+        )
+
+    path = tmp_path / "two-expiries.yaml"
+    path.write_text(
+        "policies:\n"
+        "  - name: production\n"
+        "    rules:\n"
+        + rule("action == 'deploy' and environment == 'production'", "sre-team@company.com", first)
+        + "  - name: payments\n"
+        "    rules:\n"
+        + rule("resource == 'production/payments'", "security@company.com", second)
+        + "groups:\n"
+        f"  sre-team@company.com: [{JOHN}, {JANE}]\n"
+        f"  security@company.com: [{SAM}]\n",
+        encoding="utf-8",
+    )
+    w = open_world(tmp_path / "state", path, approvers=(JOHN, JANE, SAM))
+    try:
+        pending = request_approval(w, deploy("production/payments"))
+        req = w.gate.approvals.get(pending.approval_id)
+        assert len(req.requirements) == 2
+        assert req.expires_at - req.created_at == pytest.approx(expected)
+        w.approve(pending.approval_id, JOHN)
+        with pytest.raises(opsgate.ApprovalError) as exc:
+            w.gate.approvals.approve(
+                pending.approval_id,
+                approver=SAM,
+                token=w.approver_tokens[SAM],
+                now=req.created_at + expected + 1,
+            )
+        assert exc.value.code == "approval_expired"
+    finally:
+        w.gate.close()

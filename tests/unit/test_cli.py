@@ -469,3 +469,79 @@ def test_policy_errors_carry_their_code_through_the_opsgate_command(tmp_path: Pa
     missing = runner.invoke(app, ["policy", "validate", str(tmp_path / "none.yaml")])
     assert missing.exit_code == 2
     assert missing.stderr.startswith("error [policy_not_found]: "), missing.stderr
+
+
+def test_approver_tokens_show_their_expiry_and_rotate_through_the_cli(state: Path) -> None:
+    code, out, err = run(state, "approvers", "add", "john@company.com", "--ttl-days", "30")
+    assert code == 0, err
+    token = out.strip()
+    assert token.startswith("opsg_apr_") and "\n" not in token  # alone on stdout
+    assert "shown only this once" in err and "expires 20" in err
+    code, out, _ = run(state, "approvers", "add", "jane@company.com", "--json")
+    added = json.loads(out)
+    assert code == 0 and added["approver"] == "jane@company.com"
+    assert added["token"].startswith("opsg_apr_") and added["token_expires_at"].startswith("20")
+
+    code, out, _ = run(state, "approvers", "list", "--json")
+    assert code == 0
+    listed = {a["approver"]: a for a in json.loads(out)}
+    assert sorted(listed) == ["jane@company.com", "john@company.com"]
+    assert listed["john@company.com"]["status"] == "active"
+    assert listed["john@company.com"]["token_age_days"] == 0.0
+    assert set(listed["john@company.com"]) == {
+        "approver",
+        "status",
+        "created_at",
+        "token_issued_at",
+        "token_expires_at",
+        "token_age_days",
+    }
+    assert token not in out and added["token"] not in out
+    code, out, _ = run(state, "approvers", "list")
+    assert code == 0 and "john@company.com" in out and "token expires" in out
+    assert "0 days" in out and token not in out
+
+    code, out, err = run(state, "approvers", "rotate", "john@company.com")
+    assert code == 0, err
+    new = out.strip()
+    assert new.startswith("opsg_apr_") and new != token and "expires" in err
+    for presented, expected in ((token, "approver_unauthenticated"), (new, "approval_not_found")):
+        code, _, err = run(
+            state,
+            "approvals",
+            "approve",
+            "apr_missing",
+            "--approver",
+            "john@company.com",
+            "--token",
+            presented,
+        )
+        assert code == 1
+        one_error_line(err, expected)  # the old token is refused at once, the new one works
+
+    for args in (["add", "sam@company.com"], ["rotate", "john@company.com"]):
+        code, _, err = run(state, "approvers", *args, "--ttl-days", "0")
+        assert code == 1
+        one_error_line(err, "token_ttl_invalid")
+    code, _, err = run(state, "approvers", "rotate", "nobody@company.com")
+    assert code == 1
+    one_error_line(err, "approver_not_found")
+
+
+def test_an_expired_approver_token_is_refused_with_its_own_code(state: Path) -> None:
+    import time
+
+    import opsgate
+
+    with opsgate.Gate.open(state) as gate:
+        token = gate.approvals.add_approver(
+            "john@company.com", ttl_days=1, now=time.time() - 2 * 86400
+        )
+    code, out, _ = run(state, "approvers", "list", "--json")
+    assert json.loads(out)[0]["status"] == "expired"
+    code, _, err = run(
+        state, "approvals", "deny", "apr_x", "--approver", "john@company.com", "--token", token
+    )
+    assert code == 1
+    one_error_line(err, "approver_token_expired")
+    assert token[9:] not in err

@@ -371,8 +371,8 @@ def _drop_below(w: World, agent: opsgate.Agent, bound: int, t: float) -> None:
 def test_below_800_production_needs_the_trust_approvers(tmp_path: Path) -> None:
     w = trust_world(tmp_path, trust={"approvers": ["sre-team@company.com"]}, trust_score=840)
     try:
-        for email in (JOHN, JANE):
-            w.approver_tokens[email] = w.gate.approvals.add_approver(email)
+        for email in (JOHN, JANE):  # on the scripted clock: approver tokens expire
+            w.approver_tokens[email] = w.gate.approvals.add_approver(email, now=T0)
         clock = Clock()
         token = token_at(w, clock.t)
         assert w.gate.execute(token, deploy(), now=clock.tick()).status == "succeeded"

@@ -1,0 +1,189 @@
+"""Approvals decided and used on two replicas (two gates on one PostgreSQL database).
+
+A status changes only from the state it was read in: an expiry, a deny and a resume
+racing on different replicas never overwrite each other, a consumed approval is never
+marked expired, and a deny either cancels an approved request or comes too late —
+never both, never neither.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from helpers import (
+    RecordingExecutor,
+    Stall,
+    World,
+    audit_events,
+    deploy,
+    open_world,
+    policy,
+    run_in_thread,
+)
+
+import opsgate
+from opsgate.approvals import PendingApproval
+
+pytestmark = pytest.mark.postgres
+JOHN, JANE = "john@company.com", "jane@company.com"
+
+
+@pytest.fixture
+def replicas(
+    tmp_path: Path, pg_url: str
+) -> Iterator[tuple[World, opsgate.Gate, RecordingExecutor]]:
+    """Replica A (the world: agent, approvers) and replica B on the same database,
+    each with its own executor and the same policies."""
+    w = open_world(tmp_path / "state", database_url=pg_url)
+    b = opsgate.Gate.open(tmp_path / "state", database_url=pg_url, policies=policy("policies.yaml"))
+    executor_b = RecordingExecutor()
+    b.register_executor("deploy", executor_b)
+    try:
+        yield w, b, executor_b
+    finally:
+        b.close()
+        w.gate.close()
+
+
+def _approved(w: World, version: str) -> PendingApproval:
+    pending = w.gate.execute(w.token, deploy(version=version))
+    assert isinstance(pending, PendingApproval)
+    assert w.approve(pending.approval_id, JOHN).status == "approved"
+    return pending
+
+
+def _expired_events(gate: opsgate.Gate, approval_id: str) -> list[dict[str, Any]]:
+    return [e for e in audit_events(gate, "approval.expired") if e["approval"] == approval_id]
+
+
+def test_an_expiry_that_read_the_request_before_a_resume_never_overwrites_it(
+    replicas: tuple[World, opsgate.Gate, RecordingExecutor],
+) -> None:
+    """Replica A (clock past the expiry) reads the request as approved and pauses;
+    replica B consumes and runs it; A's expiry must then leave it consumed."""
+    w, b, executor_b = replicas
+    pending = _approved(w, "1.0")
+    expires_at = w.gate.approvals.get(pending.approval_id).expires_at
+    with Stall(w.gate, "approval_requests.expires_at <=", "expirer", seconds=1.0) as stall:
+        thread, out = run_in_thread(
+            "expirer", lambda: w.gate.approvals.expire_due(now=expires_at + 1)
+        )
+        assert stall.stalled.wait(10)
+        fresh = w.credential(now=expires_at - 10)  # valid then: only the approval is at stake
+        assert b.resume(pending.approval_id, fresh, now=expires_at - 5).status == "succeeded"
+        thread.join(30)
+    assert out == [[]], out  # nothing expired: the request was consumed meanwhile
+    assert executor_b.count == 1 and w.executor.count == 0
+    for gate in (w.gate, b):
+        assert gate.approvals.get(pending.approval_id, now=expires_at - 5).status == "consumed"
+    assert _expired_events(w.gate, pending.approval_id) == []
+    assert w.gate.audit.verify().ok
+
+
+def test_expiries_racing_resumes_never_mark_a_consumed_approval_expired(
+    replicas: tuple[World, opsgate.Gate, RecordingExecutor],
+) -> None:
+    w, b, executor_b = replicas
+    for round_ in range(8):
+        pending = _approved(w, f"2.{round_}")
+        expires_at = w.gate.approvals.get(pending.approval_id).expires_at
+        fresh = w.credential(now=expires_at - 10)
+        barrier = threading.Barrier(2)
+        results: dict[str, Any] = {}
+
+        def expire(ex: float = expires_at) -> None:
+            barrier.wait()
+            results["expired"] = w.gate.approvals.expire_due(now=ex + 1)
+
+        def resume(
+            pid: str = pending.approval_id, ex: float = expires_at, tok: str = fresh
+        ) -> None:
+            barrier.wait()
+            try:
+                results["resume"] = b.resume(pid, tok, now=ex - 5)
+            except opsgate.OpsgateError as exc:
+                results["resume"] = exc
+
+        threads = [threading.Thread(target=expire), threading.Thread(target=resume)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        status = b.approvals.get(pending.approval_id, now=expires_at - 5).status
+        if isinstance(results["resume"], opsgate.Outcome):
+            assert status == "consumed", f"round {round_}: an executed approval ended {status}"
+            assert pending.approval_id not in results["expired"]
+            assert _expired_events(w.gate, pending.approval_id) == []
+        else:
+            assert results["resume"].code == "approval_expired", results
+            assert status == "expired"
+            assert len(_expired_events(w.gate, pending.approval_id)) == 1
+    assert executor_b.count == len([e for e in audit_events(w.gate, "approval.consumed")])
+    assert w.gate.audit.verify().ok
+
+
+def test_a_deny_on_one_replica_racing_a_resume_on_another_has_one_winner(
+    replicas: tuple[World, opsgate.Gate, RecordingExecutor],
+) -> None:
+    w, b, executor_b = replicas
+    wins = {"executed": 0, "denied": 0}
+    for round_ in range(8):
+        pending = _approved(w, f"3.{round_}")
+        runs = executor_b.count
+        barrier = threading.Barrier(2)
+        results: dict[str, Any] = {}
+
+        def deny(pid: str = pending.approval_id) -> None:
+            barrier.wait()
+            try:
+                results["deny"] = w.deny(pid, JANE)
+            except opsgate.OpsgateError as exc:
+                results["deny"] = exc
+
+        def resume(pid: str = pending.approval_id) -> None:
+            barrier.wait()
+            try:
+                results["resume"] = b.resume(pid, w.token)
+            except opsgate.OpsgateError as exc:
+                results["resume"] = exc
+
+        threads = [threading.Thread(target=deny), threading.Thread(target=resume)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        status = w.gate.approvals.get(pending.approval_id).status
+        ran = executor_b.count - runs
+        if isinstance(results["resume"], opsgate.Outcome):
+            assert (ran, status) == (1, "consumed"), results
+            assert results["deny"].code == "approval_consumed", results
+            wins["executed"] += 1
+        else:
+            assert (ran, status) == (0, "denied"), results
+            assert results["resume"].code == "approval_denied", results
+            assert results["deny"].status == "denied"
+            wins["denied"] += 1
+    assert w.executor.count == 0
+    assert sum(wins.values()) == 8
+    assert w.gate.audit.verify().ok
+
+
+def test_a_deny_that_holds_the_request_wins_over_a_resume_on_another_replica(
+    replicas: tuple[World, opsgate.Gate, RecordingExecutor],
+) -> None:
+    w, b, executor_b = replicas
+    pending = _approved(w, "4.0")
+    with Stall(w.gate, "FROM approval_decisions", "approver-jane", seconds=1.0) as stall:
+        thread, out = run_in_thread("approver-jane", lambda: w.deny(pending.approval_id, JANE))
+        assert stall.stalled.wait(10)
+        with pytest.raises(opsgate.ApprovalError) as exc:
+            b.resume(pending.approval_id, w.token)
+        thread.join(30)
+    assert exc.value.code == "approval_denied"
+    assert out[0].status == "denied"
+    assert executor_b.count == 0
+    assert b.approvals.get(pending.approval_id).status == "denied"
