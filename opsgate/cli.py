@@ -374,7 +374,8 @@ def creds_verify(
         _out().print(f"valid: {claims.sub} scope={list(claims.scope)} until {data['expires_at']}")
 
 
-@creds_app.command("revoke")
+# A jti may start with "-" (base64url): read it as the id, not as an unknown option.
+@creds_app.command("revoke", context_settings={"ignore_unknown_options": True})
 @handle_errors
 def creds_revoke(
     jti: Annotated[str | None, typer.Argument(help="Credential id to revoke.")] = None,

@@ -545,3 +545,23 @@ def test_an_expired_approver_token_is_refused_with_its_own_code(state: Path) -> 
     assert code == 1
     one_error_line(err, "approver_token_expired")
     assert token[9:] not in err
+
+
+def test_a_credential_id_starting_with_a_dash_can_be_revoked(tmp_path: Path) -> None:
+    """One jti in 64 starts with "-" (base64url): it is an id, not an unknown option."""
+    with opsgate.Gate.open(tmp_path / "state") as gate:
+        agent = gate.register_agent("a", ["deploy:staging"], sponsor="ops@company.com")
+        for _ in range(5000):
+            cred = gate.credential_manager.issue_credential(agent.did, ["deploy:staging"])
+            if cred.jti.startswith("-"):
+                break
+        assert cred.jti.startswith("-")
+    code, out, err = run(tmp_path / "state", "creds", "revoke", cred.jti, "--reason", "leaked")
+    assert code == 0, err
+    assert cred.jti in out
+    code, _, err = run(tmp_path / "state", "creds", "verify", cred.token)
+    assert code == 1
+    one_error_line(err, "revoked")
+    # a mistyped option is still no credential id
+    code, _, _ = run(tmp_path / "state", "creds", "revoke", "--agnet", "a")
+    assert code == 2
