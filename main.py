@@ -84,7 +84,8 @@ def credentials(gate: opsgate.Gate, agents: dict[str, opsgate.Agent]) -> opsgate
     console.print(f"  expires {cred.expires_at.isoformat()}")
     claims = gate.credential_manager.verify(cred.token)
     console.print(f"  verified: sub={claims.sub[:24]}... bound to key {claims.jkt[:12]}...")
-    for capability in ("deploy:production/app-web", "deploy:production-eu/app-web"):
+    # The credential holds deploy:production only: staging is outside its scope.
+    for capability in ("deploy:production/app-web", "deploy:staging/app-web"):
         decision = gate.authorize(cred.token, capability)
         why = "" if decision.effect != "deny" else f" ({decision.reasons[0]})"
         console.print(f"  authorize {capability:<32} -> [bold]{decision.effect}[/bold]{why}")

@@ -13,6 +13,7 @@ from typing import Any, Protocol
 from opsgate import capabilities as caps
 from opsgate.config import TrustConfig
 from opsgate.decision import ApprovalRequirement, Decision, MatchedRule
+from opsgate.environments import DEFAULT, Environments
 from opsgate.policy import PolicyRequest
 from opsgate.state import AgentState
 
@@ -30,30 +31,20 @@ class AuthzRequest:
     environment: str | None
     destructive: bool = False
     findings: tuple[str, ...] = ()
+    protected: bool = False  # the environment is protected: low trust needs approval
     params: Mapping[str, Any] = field(default_factory=dict)
     hour: int = 0
     weekday: int = 0
     minute: int = 0
 
 
-PRODUCTION = "production"
+def environment_of(cap: caps.Capability, environments: Environments = DEFAULT) -> str | None:
+    """The canonical environment a capability names (None: none, or undeclared).
 
-
-KNOWN_ENVIRONMENTS = ("production", "staging", "development", "test")
-
-
-def environment_of(cap: caps.Capability, known: tuple[str, ...] = KNOWN_ENVIRONMENTS) -> str:
-    """The environment a bare capability touches.
-
-    The first resource segment that names a known environment
-    (`read:secrets/production/db` -> production), else the first segment
-    (`deploy:production/app-web` -> production, `deploy:qa/web` -> qa).
-    Scanning every segment errs towards treating a request as production.
+    See opsgate.environments: the first segment, or after a namespace the first
+    declared one (`read:secrets/production/db` -> production).
     """
-    for seg in cap.segments:
-        if seg in known:
-            return seg
-    return cap.segments[0]
+    return environments.environment_of(cap)
 
 
 def scope_refusal(
@@ -113,10 +104,10 @@ def authorize(
         )
     if decision.effect == "deny":
         return _with(decision, violation="policy_deny")
-    if req.environment == PRODUCTION and req.trust < trust.approval_below:
+    if req.protected and req.trust < trust.approval_below:
         reason = (
             f"trust {req.trust} is below {trust.approval_below}: "
-            "production operations need approval"
+            f"{req.environment} operations need approval"
         )
         if not trust_approvers:
             return Decision(

@@ -1,6 +1,8 @@
 """Capability grammar and coverage: `ACTION:RESOURCE`, resource segments joined by `/`.
 
-A grant covers a request when the actions are equal and the grant's segments
+Resource segments are case-insensitive: parsing lower-cases them, so every
+capability has one canonical spelling. A grant covers a request when the actions
+are equal and the grant's segments
 match a prefix of the request's at segment boundaries. `*` matches exactly one
 segment, `**` (last segment only) matches one or more remaining segments. There
 is no action wildcard, and a grant whose first resource segment is a wildcard
@@ -84,7 +86,9 @@ def _parse(text: str) -> Capability:
                 f"capability {shown(text)} has a relative path segment",
                 code="capability_malformed",
             )
-    return Capability(action, segments)
+    # One canonical case: `secrets/PRODUCTION/db` is `secrets/production/db` for
+    # coverage, policy and trust alike (segments are ASCII, so lower() is exact).
+    return Capability(action, tuple(seg.lower() for seg in segments))
 
 
 def parse_grant(text: str) -> Capability:

@@ -17,6 +17,7 @@ from pydantic import (
     ConfigDict,
     Field,
     SecretStr,
+    StrictBool,
     ValidationError,
     field_validator,
     model_validator,
@@ -213,6 +214,25 @@ class ApprovalsConfig(_Strict):
     token_ttl_days: int = Field(90, ge=1, le=3650)
 
 
+_ENV_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}\Z")
+
+
+class EnvironmentConfig(_Strict):
+    """One declared environment: other spellings of its name, and whether it is protected
+    (below `trust.approval_below`, its operations need approval)."""
+
+    aliases: tuple[str, ...] = ()
+    protected: StrictBool = False  # never "yes" read as true: it decides who needs approval
+
+
+DEFAULT_ENVIRONMENTS: dict[str, EnvironmentConfig] = {
+    "production": EnvironmentConfig(protected=True),
+    "staging": EnvironmentConfig(),
+    "development": EnvironmentConfig(),
+    "test": EnvironmentConfig(),
+}
+
+
 class Config(_Strict):
     """Everything a Gate needs to know that is not data in its store."""
 
@@ -227,6 +247,12 @@ class Config(_Strict):
     notifications: NotificationsConfig = NotificationsConfig()
     databases: dict[str, DatabaseTarget] = Field(default_factory=dict)
     deploy: DeployConfig = DeployConfig()
+    # Environments a resource may name, canonical (lower-case) name -> aliases, protected.
+    environments: dict[str, EnvironmentConfig] = Field(
+        default_factory=lambda: dict(DEFAULT_ENVIRONMENTS)
+    )
+    # First resource segments that are a kind of resource, not an environment.
+    resource_namespaces: tuple[str, ...] = ("secrets", "database", "monitoring")
 
     @field_validator("databases")
     @classmethod
@@ -235,6 +261,35 @@ class Config(_Strict):
             if not DATABASE_NAME.match(name):
                 raise ValueError(f"database name {name[:64]!r} must match [a-z0-9][a-z0-9_.-]*")
         return value
+
+    @model_validator(mode="after")
+    def _check_environments(self) -> Config:
+        if not self.environments:
+            raise ValueError("environments: declare at least one")
+        spellings: dict[str, str] = {}
+        namespaces = set(self.resource_namespaces)
+        for ns in self.resource_namespaces:
+            if not _ENV_NAME.match(ns):
+                raise ValueError(f"resource_namespaces: {ns!r} must be a lower-case segment")
+        for name, env in self.environments.items():
+            for spelling in (name, *env.aliases):
+                if not _ENV_NAME.match(spelling):
+                    raise ValueError(
+                        f"environments: {spelling!r} must be a lower-case resource segment"
+                    )
+                if spelling in spellings or spelling in namespaces:
+                    raise ValueError(
+                        f"environments: {spelling!r} is declared twice (or is a namespace)"
+                    )
+                spellings[spelling] = name
+        for db, target in self.databases.items():
+            # Its migrations are judged in that environment: it must be one the gate knows.
+            if target.environment.lower() not in spellings:
+                raise ValueError(
+                    f"databases.{db}.environment: {target.environment[:64]!r} is not a "
+                    "declared environment"
+                )
+        return self
 
 
 CONFIG_FILE = "opsgate.yaml"

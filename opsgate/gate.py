@@ -28,20 +28,16 @@ from sqlalchemy import insert
 from opsgate import capabilities as caps
 from opsgate.approvals import ApprovalRequest, ApprovalService, PendingApproval, satisfied
 from opsgate.audit.log import AuditLog
-from opsgate.authz import (
-    KNOWN_ENVIRONMENTS,
-    AuthzRequest,
-    authorize,
-    environment_of,
-    scope_refusal,
-)
+from opsgate.authz import AuthzRequest, authorize, scope_refusal
 from opsgate.config import Config, load_config
 from opsgate.credentials.keyring import KeyRing
 from opsgate.credentials.manager import Claims, CredentialManager, to_epoch
 from opsgate.decision import Decision
+from opsgate.environments import Environments, Resolved
 from opsgate.errors import (
     AgentError,
     ApprovalError,
+    CapabilityError,
     ConfigError,
     InvalidCredential,
     OperationError,
@@ -114,6 +110,7 @@ class Gate:
         if new_kid is not None:
             self.keyring.reload()
         self.state = LiveState(store, self.keyring, config)
+        self.environments = Environments.from_config(config)
         self.audit = AuditLog(
             store,
             gate_id=gate_id,
@@ -200,7 +197,9 @@ class Gate:
     def load_policies(self, source: str | os.PathLike[str] | list[str]) -> None:
         from opsgate.policy import load_policies
 
-        self.policies = load_policies(source, limits=self.config.limits)
+        self.policies = load_policies(
+            source, limits=self.config.limits, aliases=self.environments.aliases
+        )
         self._resolve_trust_approvers()
 
     def _on_escalation(self, did: str, reason: str, t: float) -> None:
@@ -404,6 +403,7 @@ class Gate:
                 scope=claims.parsed_scope,
                 capability=cap,
                 environment=environment,
+                protected=self.environments.is_protected(environment),
                 destructive=destructive,
                 findings=findings,
                 params=params or {},
@@ -455,7 +455,9 @@ class Gate:
         t = to_epoch(now)
         claims = self._authenticate(token, t, proof, capability)
         try:
-            cap = caps.parse_request(capability)
+            # Canonical before anything sees it: one case, aliases resolved, declared.
+            resolved = self.environments.resolve(caps.parse_request(capability)).check()
+            cap = resolved.capability
             if params is not None:
                 check_params(params)
             executor = self._executors.get(cap.action)
@@ -470,7 +472,7 @@ class Gate:
             self._audit_refusal("authorize.refused", claims, capability, exc, t)
             raise
         agent, decision = self._decide(
-            claims, cap, t, environment=environment_of(cap), params=params
+            claims, cap, t, environment=resolved.environment, params=params
         )
         self.audit.append(
             "authorize",
@@ -499,21 +501,22 @@ class Gate:
             forbid((self.state_dir,))
         self._executors[action] = executor
 
-    def _operation_capability(self, operation: Operation) -> caps.Capability:
-        """The capability an operation needs, from its shape alone (no executor code)."""
+    def _operation_capability(self, operation: Operation) -> Resolved:
+        """The capability an operation needs, from its shape alone (no executor code):
+        canonical (one case, aliases resolved) and in a declared environment."""
         if not isinstance(operation, Operation):
             raise OperationError("operation must be an opsgate.Operation", code="operation_invalid")
         if not isinstance(operation.action, str) or not isinstance(operation.resource, str):
             raise OperationError(
                 "operation action and resource must be text", code="operation_invalid"
             )
-        cap = caps.parse_request(operation.capability)
+        resolved = self.environments.resolve(caps.parse_request(operation.capability)).check()
         if not isinstance(operation.params, dict) or not isinstance(operation.dry_run, bool):
             raise OperationError(
                 "operation params must be a mapping and dry_run a bool", code="operation_invalid"
             )
         check_params(operation.params)
-        return cap
+        return resolved
 
     def _executor_for(self, action: str) -> Executor:
         executor = self._executors.get(action)
@@ -534,12 +537,16 @@ class Gate:
 
     def _plan(self, operation: Operation) -> tuple[Plan, dict[str, Any]]:
         """The plan, and the typed params (defaults filled in) policy is to see."""
-        cap = self._operation_capability(operation)
+        resolved = self._operation_capability(operation)
         executor = self._executor_for(operation.action)
         given, typed = validate_params(
             params_model_of(executor), operation.params, operation.action
         )
-        operation = dataclasses.replace(operation, params=given)
+        # The executor plans (and an approval binds) the canonical resource: one case,
+        # aliases resolved, so `prod/web` and `production/web` are one place.
+        operation = dataclasses.replace(
+            operation, resource=resolved.capability.resource, params=given
+        )
         try:
             plan = executor.plan(operation)
         except OpsgateError:
@@ -558,8 +565,17 @@ class Gate:
         # The environment policy and the trust gate see: the one the capability names
         # wins, so an executor that leaves it unset, or names another, never
         # downgrades production; an executor may supply one the capability lacks.
-        named = environment_of(cap)
-        if named in KNOWN_ENVIRONMENTS and plan.environment != named:
+        if plan.environment is not None:
+            planned = self.environments.canonical_name(plan.environment)
+            if planned is None:
+                raise CapabilityError(
+                    f"the executor planned environment {safe_text(plan.environment)!r} for "
+                    f"{plan.capability!r}, which is not declared",
+                    code="environment_undeclared",
+                )
+            plan = dataclasses.replace(plan, environment=planned)
+        named = resolved.environment
+        if named is not None and plan.environment != named:
             if plan.environment is not None:
                 raise OperationError(
                     f"the executor planned environment {plan.environment!r} for "
@@ -599,7 +615,7 @@ class Gate:
         anything an executor would read (whether an artifact exists, its digest).
         """
         try:
-            cap = self._operation_capability(operation)
+            cap = self._operation_capability(operation).capability
             self._executor_for(operation.action)  # a lookup, no executor code
         except OpsgateError as exc:  # a malformed request is still an audited refusal
             self._audit_refusal("operation.refused", claims, operation.capability, exc, t)

@@ -55,7 +55,8 @@ class ReleaseParams(OperationParams):
 class RecordingExecutor:
     """Executor for action `deploy`: a pure plan, and a run() that records each plan it ran.
 
-    The environment is the first resource segment; the plan content is the version
+    The environment is the first resource segment (none for a namespace such as
+    `database/...`); the plan content is the version
     and artifact digest from the params. `fail_kind` makes run() report a failed
     operation of that kind ("deployment" feeds the trust engine); `raises` makes it
     raise; `returns` makes it return that value as is.
@@ -80,7 +81,9 @@ class RecordingExecutor:
     def plan(self, operation: Operation) -> Plan:
         with self._lock:
             self.plans.append(operation)
-        environment = operation.resource.split("/")[0]
+        first = operation.resource.split("/")[0]
+        # Like the real executors: a namespace (database/orders) names no environment.
+        environment = None if first in ("secrets", "database", "monitoring") else first
         version = operation.params.get("version")
         digest = operation.params.get("artifact_digest")
         return Plan(

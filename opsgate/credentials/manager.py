@@ -27,6 +27,7 @@ from opsgate.config import HARD_TTL_CEILING_MINUTES, Config
 from opsgate.credentials import jws
 from opsgate.credentials.keyring import KeyRing
 from opsgate.credentials.proof import ProofChecker
+from opsgate.environments import Environments
 from opsgate.errors import (
     CapabilityError,
     CredentialError,
@@ -180,6 +181,7 @@ class CredentialManager:
         issuer: str,
     ) -> None:
         self._config = config
+        self._environments = Environments.from_config(config)
         self._limits = config.limits
         self._store = store
         self._keyring = keyring
@@ -234,14 +236,16 @@ class CredentialManager:
             )
         out: list[str] = []
         for entry in scope:
-            cap = caps.parse_grant(entry)  # CapabilityError for malformed / unrestricted
-            if not caps.covered_by_any(grants, cap):
+            # CapabilityError for malformed / unrestricted; canonical (case, aliases).
+            resolved = self._environments.resolve(caps.parse_grant(entry))
+            if not caps.covered_by_any(grants, resolved.capability):
                 raise CredentialError(
                     f"scope {shown(entry)} is not covered by the agent's grants",
                     code="scope_not_covered",
                 )
-            if entry not in out:
-                out.append(entry)
+            canonical = str(resolved.check().capability)
+            if canonical not in out:
+                out.append(canonical)
         return out
 
     def issue_credential(

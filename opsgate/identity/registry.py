@@ -17,6 +17,7 @@ from opsgate import capabilities as caps
 from opsgate.config import Config
 from opsgate.credentials.keyring import KeyRing
 from opsgate.credentials.manager import revocation_cutoff, to_epoch
+from opsgate.environments import Environments
 from opsgate.errors import (
     AgentError,
     CapabilityError,
@@ -195,6 +196,7 @@ class AgentRegistry:
     ) -> None:
         self._gate = gate
         self._config = config
+        self._environments = Environments.from_config(config)
         self._store = store
         self._keyring = keyring
         self._state = state
@@ -304,6 +306,7 @@ class AgentRegistry:
             )
         sponsor = check_email(sponsor)
         parsed = self._check_grants(capabilities)
+        self._check_environments(parsed)
         score = self._default_trust if trust_score is None else self._startable(trust_score)
         seconds = _ttl_seconds(ttl)
         did, private = self._new_identity(did)
@@ -338,12 +341,22 @@ class AgentRegistry:
             )
         if len(capabilities) > self._config.limits.max_capabilities_per_agent:
             raise CapabilityError("too many capabilities", code="capability_malformed")
-        parsed = caps.parse_all(capabilities, grant=True)
+        # Canonical (one case, environment aliases resolved) before anything compares
+        # or signs them; an undeclared environment is refused by _check_environments.
+        parsed = [
+            self._environments.resolve(c).capability
+            for c in caps.parse_all(capabilities, grant=True)
+        ]
         seen: list[caps.Capability] = []
         for c in parsed:
             if c not in seen:
                 seen.append(c)
         return tuple(seen)
+
+    def _check_environments(self, grants: tuple[caps.Capability, ...]) -> None:
+        """A grant's environment must be declared (CapabilityError environment_undeclared)."""
+        for c in grants:
+            self._environments.resolve(c).check()
 
     def delegate(
         self,
@@ -414,6 +427,7 @@ class AgentRegistry:
                     f"capability {shown(str(cap))} is not covered by the grants of {parent.name!r}",
                     code="delegation_not_covered",
                 )
+        self._check_environments(parsed)
         seconds = _ttl_seconds(ttl)
         expires = parent.expires_at if seconds is None else t + seconds
         if parent.expires_at is not None and (expires is None or expires > parent.expires_at):

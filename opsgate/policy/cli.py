@@ -18,11 +18,12 @@ from rich.markup import escape
 from rich.table import Table
 
 from opsgate.config import Limits
+from opsgate.environments import Environments
 from opsgate.errors import PolicyError
 from opsgate.policy.engine import PolicySet
 from opsgate.policy.loader import load_policies
 from opsgate.policy.problems import Problem
-from opsgate.policy.request import PolicyRequest, environment_for
+from opsgate.policy.request import PolicyRequest, canonical_target
 from opsgate.policy.testing import CasesReport, run_case_file
 
 app = typer.Typer(
@@ -134,16 +135,40 @@ def _show_report(report: CasesReport) -> None:
             out.print(f"    error {escape(error)}")
 
 
+StateDirOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--state-dir",
+        envvar="OPSGATE_STATE_DIR",
+        help="State directory whose opsgate.yaml declares the environments (and policies).",
+    ),
+]
+
+
+def _environments(state_dir: Path | None) -> Environments:
+    """The environments the gate of `state_dir` uses (built-in ones without a config)."""
+    from opsgate.config import load_config
+    from opsgate.errors import ConfigError
+    from opsgate.gate import resolve_state_dir
+
+    try:
+        return Environments.from_config(load_config(resolve_state_dir(state_dir)))
+    except ConfigError as exc:
+        raise PolicyError(exc.message, code="policy_not_found") from exc
+
+
 @app.command("test")
 def test_cases(
     cases: Annotated[list[Path], typer.Argument(help="Decision-table (cases) YAML files.")],
+    state_dir: StateDirOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Run decision tables; exit 1 naming every case whose decision differs."""
     reports: list[CasesReport] = []
     try:
+        environments = _environments(state_dir)
         for path in cases:
-            reports.append(run_case_file(path))
+            reports.append(run_case_file(path, environments=environments))
     except PolicyError as exc:
         raise _report_policy_error(exc, as_json) from None
     ok = all(r.passed for r in reports)
@@ -186,10 +211,7 @@ def explain(
             help="Policy file or directory (default: `policies` in the state dir's opsgate.yaml).",
         ),
     ] = None,
-    state_dir: Annotated[
-        Path | None,
-        typer.Option("--state-dir", envvar="OPSGATE_STATE_DIR", help="State directory."),
-    ] = None,
+    state_dir: StateDirOpt = None,
     environment: Annotated[
         str | None,
         typer.Option(
@@ -218,12 +240,17 @@ def explain(
     params = _parse_params(param or [])
     try:
         sources: Any = policies_path or _configured_policies(state_dir)
-        policies = load_policies(sources, Limits())
+        environments = _environments(state_dir)
+        policies = load_policies(sources, Limits(), aliases=environments.aliases)
+        # As the gate sees it: one case, aliases resolved, the environment derived.
+        canonical, derived, undeclared = canonical_target(action, resource, environments)
         if environment is None:
-            environment = environment_for(action, resource)
+            environment = derived
+        else:
+            environment = environments.canonical_name(environment) or environment
         request = PolicyRequest(
             action=action,
-            resource=resource,
+            resource=canonical,  # type: ignore[arg-type]  # checked by PolicyRequest
             environment=environment,
             destructive=destructive,
             agent_name=agent_name,
@@ -239,10 +266,18 @@ def explain(
     except PolicyError as exc:
         raise _report_policy_error(exc, as_json) from None
     decision = policies.decide(request)
+    note = (
+        None
+        if undeclared is None
+        else f"the gate refuses this request before policy: environment {undeclared!r} "
+        "is not declared (environment_undeclared)"
+    )
     if as_json:
-        _print_json({"request": request.to_dict(), "decision": decision.to_dict()})
+        _print_json({"request": request.to_dict(), "decision": decision.to_dict(), "note": note})
         return
     _show_decision(policies, request, decision)
+    if note is not None:
+        _out().print(f"[yellow]note[/yellow]: {escape(note)}")
 
 
 def _configured_policies(state_dir: Path | None) -> str:

@@ -58,8 +58,9 @@ Test = Callable[[PolicyRequest], bool]
 
 #: Largest integer literal accepted; beyond this a number is almost surely a typo.
 MAX_INT = 2**63
-#: Characters a prefix/suffix of action, resource, capability or environment may hold.
-_AFFIX = re.compile(r"[A-Za-z0-9._/:-]*", re.ASCII)
+#: Characters a prefix/suffix of action, resource, capability or environment may hold
+#: (lower case: the gate lower-cases every resource before policy sees it).
+_AFFIX = re.compile(r"[a-z0-9._/:-]*", re.ASCII)
 
 
 class ConditionError(Exception):
@@ -290,9 +291,10 @@ _KNOWN_NAMES = sorted([*FIELDS, *LITERAL_NAMES, "params.<key>"])
 
 
 class _Compiler:
-    def __init__(self, text: str, limits: Limits) -> None:
+    def __init__(self, text: str, limits: Limits, aliases: Mapping[str, str]) -> None:
         self.text = text
         self.limits = limits
+        self.aliases = aliases
         self.lead = len(text) - len(text.lstrip(" \t"))
         self.body = text[self.lead :]
         self.lines = self.body.split("\n")
@@ -646,6 +648,24 @@ class _Compiler:
                 f"{quote(value)} can never equal {var.name}: not a valid {var.name} value",
                 "policy_type",
             )
+        self.no_alias(var, value, node, keep=slice(None))
+
+    def no_alias(self, var: _Expr, value: object, node: ast.AST, *, keep: slice) -> None:
+        """An environment alias never reaches policy (the gate resolves it first), so a
+        literal naming one can never match: a load error naming the canonical name.
+        `keep` selects the complete segments (a prefix's last one may be partial)."""
+        if not self.aliases or var.name not in VALUE_GRAMMAR or type(value) is not str:
+            return
+        text = value.partition(":")[2] if var.name == "capability" and ":" in value else value
+        for seg in text.split("/")[keep]:
+            name = self.aliases.get(seg)
+            if name is not None:
+                self.fail(
+                    node,
+                    f"{quote(seg)} is an alias of environment {quote(name)}: the gate "
+                    f"resolves it before policy, so write {quote(name)}",
+                    "policy_type",
+                )
 
     def equality(
         self, op: type, left: _Expr, right: _Expr, lnode: ast.AST, rnode: ast.AST, where: str
@@ -786,6 +806,10 @@ class _Compiler:
                 f"not a valid {subject.name} value",
                 "policy_type",
             )
+        if affix.const:
+            # A prefix's last segment may be partial, as may a suffix's first.
+            keep = slice(None, -1) if func.id == "startswith" else slice(1, None)
+            self.no_alias(subject, affix.value, node, keep=keep)
         g1, g2 = getters
         if func.id == "startswith":
             return _Expr(lambda r: g1(r).startswith(g2(r)), result)
@@ -823,11 +847,17 @@ def _action_constraint(node: ast.AST) -> frozenset[str] | None:
     return None
 
 
-def compile_condition_checked(text: str, limits: Limits) -> Condition:
-    """Compile or raise ConditionError (the loader turns it into a located Problem)."""
+def compile_condition_checked(
+    text: str, limits: Limits, aliases: Mapping[str, str] | None = None
+) -> Condition:
+    """Compile or raise ConditionError (the loader turns it into a located Problem).
+
+    `aliases` (alias -> canonical environment): a literal naming an alias where policy
+    compares a resource, capability or environment is an error (it can never match).
+    """
     if not isinstance(text, str):
         raise ConditionError("condition must be a string", None, "policy_invalid")
-    return _Compiler(text, limits).compile()
+    return _Compiler(text, limits, aliases or {}).compile()
 
 
 def compile_condition(text: str, limits: Limits | None = None) -> Condition:

@@ -153,8 +153,9 @@ class _PendingPolicy:
 
 
 class _Loader:
-    def __init__(self, limits: Limits) -> None:
+    def __init__(self, limits: Limits, aliases: Mapping[str, str] | None = None) -> None:
         self.limits = limits
+        self.aliases = aliases
         self.problems: list[Problem] = []
         self.sources: list[str] = []
         self.policies: list[_PendingPolicy] = []
@@ -420,7 +421,7 @@ class _Loader:
             problem("condition must be a string (quote it in yaml)")
         else:
             try:
-                condition = compile_condition_checked(condition_text, self.limits)
+                condition = compile_condition_checked(condition_text, self.limits, self.aliases)
             except ConditionError as exc:
                 problem(f"condition: {exc.message}", exc.column, exc.code)
         approvers: tuple[str, ...] = ()
@@ -534,12 +535,18 @@ def policy_files(paths: PathLike | Iterable[PathLike]) -> list[Path]:
     return files
 
 
-def load_policies(paths: PathLike | Iterable[PathLike], limits: Limits | None = None) -> PolicySet:
+def load_policies(
+    paths: PathLike | Iterable[PathLike],
+    limits: Limits | None = None,
+    *,
+    aliases: Mapping[str, str] | None = None,
+) -> PolicySet:
     """Load a file, a directory of *.yaml/*.yml, or a list of both into one PolicySet.
 
     Files are merged (groups too); a policy name or group defined twice is an error.
+    `aliases` are the gate's environment aliases: a condition naming one is an error.
     """
-    loader = _Loader(limits or Limits())
+    loader = _Loader(limits or Limits(), aliases)
     for file in policy_files(paths):
         loader.add_path(file)
     return loader.build()

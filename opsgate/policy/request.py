@@ -14,6 +14,7 @@ from datetime import datetime
 from types import MappingProxyType
 from typing import Any
 
+from opsgate.environments import DEFAULT, Environments
 from opsgate.errors import PolicyError
 
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
@@ -130,10 +131,18 @@ class PolicyRequest:
                 raise _bad(f"params has a non-string key {_shown(key)}")
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any], *, now: datetime | None = None) -> PolicyRequest:
+    def from_dict(
+        cls,
+        data: Mapping[str, Any],
+        *,
+        now: datetime | None = None,
+        environments: Environments | None = None,
+    ) -> PolicyRequest:
         """Build from the case-file shape (`agent: {...}`, `time: {...}`, `params: {...}`).
 
-        Missing time fields come from `now` when given, else 0; unknown keys are errors.
+        The resource and environment are canonical as the gate makes them (one case,
+        aliases of `environments`, default: the built-in ones). Missing time fields come
+        from `now` when given, else 0; unknown keys are errors.
         """
         if not isinstance(data, Mapping):
             raise _bad("request must be a mapping")
@@ -162,17 +171,17 @@ class PolicyRequest:
         if not isinstance(params, Mapping):
             raise _bad("request params must be a mapping")
         _check_json(dict(params), "params")
+        # What the gate derives, so a decision table and `policy explain` judge a
+        # request the way the gate would: canonical resource, derived environment.
+        resource, derived, _ = canonical_target(data["action"], data["resource"], environments)
+        environment = data.get("environment", derived)
+        if isinstance(environment, str):  # given: an alias or another case is the name
+            environment = (environments or DEFAULT).canonical_name(environment) or environment
         return cls(
             action=data["action"],
-            resource=data["resource"],
+            resource=resource,  # type: ignore[arg-type]  # checked in __post_init__
             capability=data.get("capability") or "",
-            # Omitted: what the gate derives from the resource, so a decision table
-            # and `policy explain` judge a request the way the gate would.
-            environment=(
-                data["environment"]
-                if "environment" in data
-                else environment_for(data["action"], data["resource"])
-            ),
+            environment=environment,
             destructive=data.get("destructive", False),
             findings=data.get("findings") or (),
             agent_name=agent.get("name", ""),
@@ -222,15 +231,26 @@ def _sub(data: Mapping[str, Any], key: str, allowed: set[str]) -> Mapping[str, A
 __all__ = ["PolicyRequest"]
 
 
-def environment_for(action: object, resource: object) -> str | None:
-    """The environment the gate sees for `action:resource` (None if not a capability)."""
+def canonical_target(
+    action: object, resource: object, environments: Environments | None = None
+) -> tuple[object, str | None, str | None]:
+    """(resource, environment, undeclared) as the gate sees `action:resource`: one case,
+    environment aliases resolved. Not a capability: (resource as given, None, None)."""
     from opsgate import capabilities as caps
-    from opsgate.authz import environment_of
+    from opsgate.environments import DEFAULT
     from opsgate.errors import CapabilityError
 
     if not isinstance(action, str) or not isinstance(resource, str):
-        return None
+        return resource, None, None
     try:
-        return environment_of(caps.parse_request(f"{action}:{resource}"))
+        resolved = (environments or DEFAULT).resolve(caps.parse_request(f"{action}:{resource}"))
     except CapabilityError:
-        return None
+        return resource, None, None
+    return resolved.capability.resource, resolved.environment, resolved.undeclared
+
+
+def environment_for(
+    action: object, resource: object, environments: Environments | None = None
+) -> str | None:
+    """The environment the gate sees for `action:resource` (None if none or not a capability)."""
+    return canonical_target(action, resource, environments)[1]

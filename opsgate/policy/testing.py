@@ -8,8 +8,11 @@ of each request, so policy authors test policies the way they write them.
         expect: require_approval
         approvers: [john@company.com]  # optional: the resolved approvers, as a set
 
-A request without `environment` gets the one the gate derives from its resource
-(`production/app-web` -> production); `environment: null` means none.
+A request is canonical as the gate makes it (resource segments lower-cased,
+environment aliases resolved). A request without `environment` gets the one the gate
+derives from its resource (`production/app-web` -> production; none for
+`database/orders`, and none for a first segment that is not a declared environment,
+which the gate refuses before policy); `environment: null` means none.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from typing import Any
 
 from opsgate.config import Limits
 from opsgate.decision import EFFECTS, Decision, Effect
+from opsgate.environments import Environments
 from opsgate.errors import PolicyError
 from opsgate.policy.engine import PolicySet
 from opsgate.policy.loader import load_policies, load_yaml
@@ -120,9 +124,13 @@ def run_cases(
 
 
 def load_cases(
-    path: str | Path, limits: Limits | None = None
+    path: str | Path, limits: Limits | None = None, environments: Environments | None = None
 ) -> tuple[PolicySet, list[PolicyCase]]:
-    """Read a cases file and load the policies it names; every problem is reported."""
+    """Read a cases file and load the policies it names; every problem is reported.
+
+    Requests are canonical as the gate makes them under `environments` (default: the
+    built-in ones): one case, aliases resolved, the environment derived when omitted.
+    """
     path = Path(path)
     source = str(path)
     if not path.is_file():
@@ -175,12 +183,16 @@ def load_cases(
     cases: list[PolicyCase] = []
     names: set[str] = set()
     for i, entry in enumerate(entries):
-        case = _case(entry, i, names, problem)
+        case = _case(entry, i, names, problem, environments)
         if case is not None:
             cases.append(case)
     raise_problems(problems)
     try:
-        policies = load_policies([path.parent / ref for ref in refs], limits)
+        policies = load_policies(
+            [path.parent / ref for ref in refs],
+            limits,
+            aliases=None if environments is None else environments.aliases,
+        )
     except PolicyError as exc:
         if exc.code != "policy_not_found":
             raise
@@ -191,7 +203,9 @@ def load_cases(
     return policies, cases
 
 
-def _case(entry: Any, i: int, names: set[str], problem: Any) -> PolicyCase | None:
+def _case(
+    entry: Any, i: int, names: set[str], problem: Any, environments: Environments | None
+) -> PolicyCase | None:
     if not isinstance(entry, dict):
         problem(f"cases[{i}] must be a mapping")
         return None
@@ -225,7 +239,10 @@ def _case(entry: Any, i: int, names: set[str], problem: Any) -> PolicyCase | Non
         else:
             expected_approvers = frozenset(a.lower() for a in approvers)
     try:
-        request = PolicyRequest.from_dict(entry.get("request"))  # type: ignore[arg-type]
+        request = PolicyRequest.from_dict(
+            entry.get("request"),  # type: ignore[arg-type]
+            environments=environments,
+        )
     except PolicyError as exc:
         problem(f"{label}: {exc.message}")
         return None
@@ -238,9 +255,11 @@ def _as_cases_problem(p: Problem) -> Problem:
     return Problem(p.file, None, None, p.column, p.message, "policy_cases_invalid", line=p.line)
 
 
-def run_case_file(path: str | Path, limits: Limits | None = None) -> CasesReport:
+def run_case_file(
+    path: str | Path, limits: Limits | None = None, environments: Environments | None = None
+) -> CasesReport:
     """Load a cases file and its policies and run every case."""
-    policies, cases = load_cases(path, limits)
+    policies, cases = load_cases(path, limits, environments)
     return run_cases(policies, cases, str(path))
 
 

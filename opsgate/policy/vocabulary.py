@@ -76,9 +76,10 @@ FUNCTIONS: Mapping[str, tuple[tuple[int, ...], int]] = MappingProxyType(
 )
 
 # Values of these names follow the capability grammar, so a literal outside it
-# (a look-alike letter, a trailing space) can never compare equal: a load error.
+# (a look-alike letter, a trailing space, an upper-case letter: the gate lower-cases
+# every resource) can never compare equal: a load error.
 _ACTION = r"[a-z][a-z0-9_-]*"
-_SEGMENT = r"[A-Za-z0-9._-]+"
+_SEGMENT = r"[a-z0-9._-]+"
 _RESOURCE = rf"{_SEGMENT}(?:/{_SEGMENT})*"
 VALUE_GRAMMAR: Mapping[str, re.Pattern[str]] = MappingProxyType(
     {

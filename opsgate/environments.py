@@ -1,0 +1,118 @@
+"""Environments: declared names, their aliases, which are protected (pure).
+
+A resource names its environment in one place. Its first segment is the
+environment, unless that segment is a resource namespace (`secrets`, `database`,
+`monitoring`: `read:secrets/production/db`), in which case the first later segment
+naming a declared environment is, and a resource with none names no environment
+(`migrate:database/orders`). Aliases (and, like every resource segment, any case)
+become the canonical name before coverage, policy and trust see the capability, so
+`deploy:PROD/web` with alias `prod` is `deploy:production/web` everywhere. An
+environment that is not declared is refused (`environment_undeclared`): a name the
+operator never declared is never silently unprotected.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from opsgate import capabilities as caps
+from opsgate.config import DEFAULT_ENVIRONMENTS, Config
+from opsgate.errors import CapabilityError, shown
+
+_CACHE_MAX = 65_536
+
+
+@dataclass(frozen=True, slots=True)
+class Resolved:
+    """A capability with its environment in canonical form, and what that environment is."""
+
+    capability: caps.Capability
+    environment: str | None  # None: the resource names no environment
+    undeclared: str | None = None  # the segment in the environment's place, not declared
+
+    def check(self) -> Resolved:
+        """Self, or CapabilityError(environment_undeclared)."""
+        if self.undeclared is not None:
+            raise CapabilityError(
+                f"capability {shown(str(self.capability))} names environment "
+                f"{shown(self.undeclared)}, which is not declared",
+                code="environment_undeclared",
+            )
+        return self
+
+
+class Environments:
+    """The declared environments of one gate. Thread-safe; resolutions are cached."""
+
+    def __init__(
+        self,
+        names: Mapping[str, tuple[tuple[str, ...], bool]],
+        namespaces: tuple[str, ...],
+    ) -> None:
+        """`names`: canonical name -> (aliases, protected)."""
+        self._canonical: dict[str, str] = {}
+        for name, (aliases, _) in names.items():
+            for spelling in (name, *aliases):
+                self._canonical[spelling.lower()] = name
+        self.names = tuple(names)
+        #: Every other spelling (alias) -> its canonical name; policy must not name them.
+        self.aliases = {a: n for a, n in self._canonical.items() if a != n}
+        self.protected = frozenset(n for n, (_, p) in names.items() if p)
+        self.namespaces = frozenset(n.lower() for n in namespaces)
+        self._cache: dict[caps.Capability, Resolved] = {}
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_config(cls, config: Config) -> Environments:
+        return cls(
+            {n: (e.aliases, e.protected) for n, e in config.environments.items()},
+            config.resource_namespaces,
+        )
+
+    def canonical_name(self, name: str) -> str | None:
+        """The declared environment `name` (any case, or an alias) stands for, if any."""
+        return self._canonical.get(name.lower())
+
+    def is_protected(self, environment: str | None) -> bool:
+        return environment in self.protected
+
+    def resolve(self, cap: caps.Capability) -> Resolved:
+        """The capability with its environment segment canonical; see the module doc."""
+        hit = self._cache.get(cap)
+        if hit is not None:
+            return hit
+        out = self._resolve(cap)
+        with self._lock:
+            if len(self._cache) >= _CACHE_MAX:
+                self._cache.clear()
+            self._cache[cap] = out
+        return out
+
+    def _resolve(self, cap: caps.Capability) -> Resolved:
+        segs = cap.segments
+        if segs[0] not in self.namespaces:
+            name = self._canonical.get(segs[0])
+            if name is None:
+                # A wildcard names no environment (a grant such as `read:*/app` was
+                # refused as unrestricted before it got here).
+                undeclared = None if segs[0] in ("*", "**") else segs[0]
+                return Resolved(cap, None, undeclared)
+            return Resolved(caps.Capability(cap.action, (name, *segs[1:])), name)
+        for i, seg in enumerate(segs[1:], start=1):
+            name = self._canonical.get(seg)
+            if name is not None:
+                canon = caps.Capability(cap.action, (*segs[:i], name, *segs[i + 1 :]))
+                return Resolved(canon, name)
+        return Resolved(cap, None)
+
+    def environment_of(self, cap: caps.Capability) -> str | None:
+        """The canonical environment of a capability, or None (none, or undeclared)."""
+        return self.resolve(cap).environment
+
+
+#: The defaults' environments (production protected), for callers without a gate.
+DEFAULT = Environments.from_config(Config())
+
+__all__ = ["DEFAULT", "DEFAULT_ENVIRONMENTS", "Environments", "Resolved"]
