@@ -3,6 +3,7 @@
 from opsgate.approvals import ApprovalRequest, PendingApproval
 from opsgate.audit.log import AuditRecord, Checkpoint, VerifyReport
 from opsgate.credentials.manager import Claims, Credential
+from opsgate.credentials.proof import ProofRequest
 from opsgate.decision import ApprovalRequirement, Decision, MatchedRule
 from opsgate.errors import (
     AgentError,
@@ -51,6 +52,7 @@ __all__ = [
     "PendingApproval",
     "Plan",
     "PolicyError",
+    "ProofRequest",
     "SecretError",
     "StoreError",
     "VerifyReport",

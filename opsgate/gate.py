@@ -32,6 +32,7 @@ from opsgate.authz import AuthzRequest, authorize, scope_refusal
 from opsgate.config import Config, load_config
 from opsgate.credentials.keyring import KeyRing
 from opsgate.credentials.manager import Claims, CredentialManager, to_epoch
+from opsgate.credentials.proof import ProofRequest
 from opsgate.decision import Decision
 from opsgate.environments import Environments, Resolved
 from opsgate.errors import (
@@ -337,7 +338,9 @@ class Gate:
 
     # -- the one path --------------------------------------------------------------------
 
-    def _authenticate(self, token: object, t: float, proof: str | None, context: str) -> Claims:
+    def _authenticate(
+        self, token: object, t: float, proof: str | None, context: ProofRequest
+    ) -> Claims:
         """Step 1. Misuse of a genuine credential is charged to its (proven) agent, once."""
         try:
             return self.credential_manager.verify(token, now=t, proof=proof, proof_context=context)
@@ -453,7 +456,7 @@ class Gate:
         CapabilityError for a malformed capability; otherwise returns a Decision.
         """
         t = to_epoch(now)
-        claims = self._authenticate(token, t, proof, capability)
+        claims = self._authenticate(token, t, proof, ProofRequest.authorize(capability, params))
         try:
             # Canonical before anything sees it: one case, aliases resolved, declared.
             resolved = self.environments.resolve(caps.parse_request(capability)).check()
@@ -602,7 +605,7 @@ class Gate:
         t = to_epoch(now)
         if not isinstance(operation, Operation):
             raise OperationError("operation must be an opsgate.Operation", code="operation_invalid")
-        claims = self._authenticate(token, t, proof, operation.capability)
+        claims = self._authenticate(token, t, proof, ProofRequest.execute(operation, approval_id))
         return self._execute(claims, operation, t, approval_id)
 
     def _execute(
@@ -718,7 +721,7 @@ class Gate:
         an unauthenticated caller learns nothing about which approvals exist.
         """
         t = to_epoch(now)
-        claims = self._authenticate(token, t, proof, f"resume:{approval_id}")
+        claims = self._authenticate(token, t, proof, ProofRequest.resume(approval_id))
         request = self._approval_for(approval_id, claims.sub, t)
         op = request.operation
         operation = Operation(op["action"], op["resource"], dict(op.get("params") or {}))

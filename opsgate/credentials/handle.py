@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import threading
 from datetime import datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from opsgate.credentials.manager import Credential, to_epoch
-from opsgate.credentials.proof import make_proof
+from opsgate.credentials.proof import ProofRequest, make_proof
+from opsgate.errors import CredentialError
+from opsgate.operations.base import Operation
 
 if TYPE_CHECKING:
     from opsgate.gate import Gate
@@ -64,11 +66,42 @@ class CredentialHandle:
     def token(self) -> str:
         return self.current().token
 
-    def proof(self, context: str, now: datetime | float | None = None) -> str:
-        """Proof of possession of the agent's key for one request (`context`)."""
+    def proof(
+        self,
+        request: Operation | ProofRequest,
+        now: datetime | float | None = None,
+        *,
+        approval_id: str | None = None,
+    ) -> str:
+        """Proof of possession of the agent's key for one request, used once.
+
+        Pass the `Operation` you are about to `execute` (and the `approval_id` you
+        pass with it), or a `ProofRequest` (see `authorize_proof`, `resume_proof`).
+        The proof covers the whole request: changing any param invalidates it.
+        """
+        if isinstance(request, Operation):
+            request = ProofRequest.execute(request, approval_id)
+        elif not isinstance(request, ProofRequest) or approval_id is not None:
+            raise CredentialError(
+                "a proof is for an Operation (with its approval_id) or a ProofRequest",
+                code="proof_request_invalid",
+            )
         t = to_epoch(now)
         key = self._gate.agents.private_key(self._agent.did)
-        return make_proof(key, self.current(t).token, context, t)
+        return make_proof(key, self.current(t).token, request, t)
+
+    def authorize_proof(
+        self,
+        capability: str,
+        params: dict[str, Any] | None = None,
+        now: datetime | float | None = None,
+    ) -> str:
+        """Proof for `gate.authorize(token, capability, params=params)`."""
+        return self.proof(ProofRequest.authorize(capability, params), now)
+
+    def resume_proof(self, approval_id: str, now: datetime | float | None = None) -> str:
+        """Proof for `gate.resume(approval_id, token)`."""
+        return self.proof(ProofRequest.resume(approval_id), now)
 
     def __repr__(self) -> str:
         c = self._current

@@ -26,7 +26,7 @@ from opsgate import capabilities as caps
 from opsgate.config import HARD_TTL_CEILING_MINUTES, Config
 from opsgate.credentials import jws
 from opsgate.credentials.keyring import KeyRing
-from opsgate.credentials.proof import ProofChecker
+from opsgate.credentials.proof import ProofChecker, ProofRequest
 from opsgate.environments import Environments
 from opsgate.errors import (
     CapabilityError,
@@ -376,10 +376,14 @@ class CredentialManager:
         *,
         now: datetime | float | None = None,
         proof: str | None = None,
-        proof_context: str = "",
+        proof_context: ProofRequest | None = None,
         audit: bool = True,
     ) -> Claims:
-        """Check signature, algorithm, issuer, audience, time, revocation, agent and binding."""
+        """Check signature, algorithm, issuer, audience, time, revocation, agent and binding.
+
+        With a proof (always, under `require_proof`), the proof must be signed by the
+        credential's key for exactly `proof_context`, the request being made.
+        """
         t = to_epoch(now)
         self._state.maybe_refresh()
         try:
@@ -403,9 +407,10 @@ class CredentialManager:
                         proof,
                         token=token,
                         sub=claims.sub,
-                        ctx=proof_context,
+                        request=proof_context,
                         now=t,
                         leeway=self._limits.leeway_seconds,
+                        skew=self._limits.proof_clock_skew_seconds,
                     )
                 except InvalidCredential as exc:
                     # A genuine credential without proof of its key: misuse, charged.

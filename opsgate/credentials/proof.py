@@ -1,17 +1,26 @@
 """Proof of possession: a short JWS the agent signs with its own key for one request.
 
 A credential names its holder's key (`cnf.jkt`). Where the gate demands proof,
-the presenter signs {ath: SHA-256 of the token, ctx: what is being asked,
-iat, jti} with the key behind the credential's `sub`; a stolen token without
-the agent's private key is useless. Each proof is accepted once.
+the presenter signs {ath: SHA-256 of the token, req: digest of the request, iat,
+jti} with the key behind the credential's `sub`. The request digest covers the
+whole request (action, resource, params, ...), so a stolen token without the
+agent's private key is useless, and a proof seen in transit cannot be reused for
+another request or replayed: each proof is accepted once, on any replica.
+
+Replay entries live until the proof's own `iat` plus the acceptance window plus
+the tolerated clock skew, and are accepted and pruned by the database's clock
+(never a caller's `now`): no replica, whatever its clock, can accept a proof
+whose entry may already be gone.
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 import secrets
-import threading
-from typing import Any
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -22,19 +31,81 @@ from opsgate.errors import InvalidCredential
 from opsgate.identity.keys import b64url, b64url_decode, public_key_from_did
 from opsgate.store import Store, schema
 
+if TYPE_CHECKING:
+    from opsgate.operations.base import Operation
+
 PROOF_TYP = "opsgate-pop+jwt"
 MAX_PROOF_AGE_SECONDS = 60
+# A prune never removes an entry until this long after the database says it expired,
+# so a transaction that checked the clock just before cannot slip a replay past it.
+PRUNE_GRACE_SECONDS = 60
 
 
 def token_hash(token: str) -> str:
     return b64url(hashlib.sha256(token.encode("ascii")).digest())
 
 
-def make_proof(key: Ed25519PrivateKey, token: str, ctx: str, now: float) -> str:
+def request_digest(kind: str, fields: Mapping[str, Any]) -> str:
+    """SHA-256 (base64url) of the canonical JSON of a request, as the gate hashes plans.
+
+    Total: a request that is not plain JSON (a huge integer, a lone surrogate, a
+    non-string key) still gets a digest of its own, never one a JSON request has;
+    the gate refuses such a request after authenticating it anyway.
+    """
+    body = {"kind": kind, **fields}
+    try:
+        raw = orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
+    except TypeError:
+        try:
+            raw = b"\x00" + repr(body).encode("utf-8", "backslashreplace")
+        except RecursionError:
+            raw = b"\x00unrepresentable"
+    return b64url(hashlib.sha256(raw).digest())
+
+
+@dataclass(frozen=True, slots=True)
+class ProofRequest:
+    """What a proof is for. Build it with `execute`, `authorize` or `resume`; the
+    proof signs `digest`, so changing anything in the request invalidates it."""
+
+    kind: str
+    fields: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def execute(cls, operation: Operation, approval_id: str | None = None) -> ProofRequest:
+        """For `gate.execute(token, operation, approval_id=...)`."""
+        return cls(
+            "execute",
+            {
+                "action": operation.action,
+                "resource": operation.resource,
+                "params": operation.params,
+                "dry_run": operation.dry_run,
+                "approval": approval_id,
+            },
+        )
+
+    @classmethod
+    def authorize(cls, capability: str, params: Mapping[str, Any] | None = None) -> ProofRequest:
+        """For `gate.authorize(token, capability, params=...)`."""
+        return cls("authorize", {"capability": capability, "params": params})
+
+    @classmethod
+    def resume(cls, approval_id: str) -> ProofRequest:
+        """For `gate.resume(approval_id, token)`: the approval fixes the operation."""
+        return cls("resume", {"approval": approval_id})
+
+    @property
+    def digest(self) -> str:
+        return request_digest(self.kind, self.fields)
+
+
+def make_proof(key: Ed25519PrivateKey, token: str, request: ProofRequest, now: float) -> str:
+    """Sign a proof of possession of `key` for one use of `token` on `request`."""
     header = b64url(orjson.dumps({"alg": "EdDSA", "typ": PROOF_TYP}))
     claims = {
         "ath": token_hash(token),
-        "ctx": ctx,
+        "req": request.digest,
         "iat": now,
         "jti": b64url(secrets.token_bytes(16)),
     }
@@ -48,11 +119,17 @@ class ProofChecker:
 
     def __init__(self, store: Store) -> None:
         self._store = store
-        self._seen: dict[str, float] = {}
-        self._lock = threading.Lock()
 
     def check(
-        self, proof: object, *, token: str, sub: str, ctx: str, now: float, leeway: int
+        self,
+        proof: object,
+        *,
+        token: str,
+        sub: str,
+        request: ProofRequest | None,
+        now: float,
+        leeway: int,
+        skew: int,
     ) -> None:
         def bad(why: str, code: str = "bad_proof") -> InvalidCredential:
             return InvalidCredential(f"proof of possession refused: {why}", code=code)
@@ -76,28 +153,34 @@ class ProofChecker:
             raise bad("malformed proof")
         if claims.get("ath") != token_hash(token):
             raise bad("proof is for another token")
-        if claims.get("ctx") != ctx:
+        if request is None or claims.get("req") != request.digest:
             raise bad("proof is for another request")
         iat, jti = claims.get("iat"), claims.get("jti")
         if isinstance(iat, bool) or not isinstance(iat, (int, float)) or not isinstance(jti, str):
             raise bad("malformed proof")
-        if abs(now - iat) > MAX_PROOF_AGE_SECONDS + leeway:
-            raise bad("proof is stale")
         if not 16 <= len(jti) <= 64:
             raise bad("malformed proof")
-        with self._lock:
-            if jti in self._seen:
-                raise bad("proof was already used", code="proof_replayed")
-            self._seen[jti] = now
-            if len(self._seen) > 100_000:
-                horizon = now - 2 * (MAX_PROOF_AGE_SECONDS + leeway)
-                self._seen = {k: v for k, v in self._seen.items() if v > horizon}
-        expires = now + 2 * (MAX_PROOF_AGE_SECONDS + leeway)
+        window = MAX_PROOF_AGE_SECONDS + leeway
+        if not math.isfinite(iat) or abs(now - iat) > window:
+            raise bad("proof is stale")
+        self._use_once(jti, float(iat), window + skew, bad)
+
+    def _use_once(self, jti: str, iat: float, window: float, bad: Any) -> None:
+        """Record the proof id, accepted only while the database's clock is within
+        `window` of its iat; entries stay until iat + window (+ grace) by that clock."""
         t = schema.used_proofs
+        keep_until = iat + window
         with self._store.write() as conn:
+            # Read once per transaction: compared with bound values, the prune below
+            # stays an index range scan, whatever the number of live entries.
+            db_now = self._store.db_time(conn)
+            if not iat - window <= db_now <= keep_until:
+                raise bad("proof is stale by the database's clock")
             inserted = conn.execute(
-                self._store.insert_ignore(t, {"jti": jti, "expires_at": expires}).returning(t.c.jti)
+                self._store.insert_ignore(t, {"jti": jti, "expires_at": keep_until}).returning(
+                    t.c.jti
+                )
             ).first()
             if inserted is None:
                 raise bad("proof was already used", code="proof_replayed")
-            conn.execute(delete(t).where(t.c.expires_at < now - MAX_PROOF_AGE_SECONDS))
+            conn.execute(delete(t).where(t.c.expires_at < db_now - PRUNE_GRACE_SECONDS))

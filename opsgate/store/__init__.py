@@ -15,7 +15,19 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Engine, create_engine, event, select, text, update
+from sqlalchemy import (
+    Connection,
+    Engine,
+    Float,
+    cast,
+    create_engine,
+    event,
+    extract,
+    func,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, OperationalError, SQLAlchemyError
 from sqlalchemy.pool import NullPool
@@ -157,6 +169,19 @@ class Store:
         else:
             from sqlalchemy.dialects.postgresql import insert as dialect_insert
         return dialect_insert(table).values(**values).on_conflict_do_nothing()
+
+    def db_time(self, conn: Connection) -> float:
+        """The database's own clock, in epoch seconds, read inside `conn`'s transaction.
+
+        For decisions every replica must agree on whatever its own clock (or a
+        caller's `now`) says. SQLite serves one host's processes: its clock is that
+        host's, read under the write lock.
+        """
+        if self.is_sqlite:
+            expr: Any = (func.julianday("now") - 2440587.5) * 86400.0
+        else:
+            expr = cast(extract("epoch", func.clock_timestamp()), Float)
+        return float(conn.execute(select(expr)).scalar_one())
 
     def upsert(self, table: Any, values: dict[str, Any], keys: list[str]) -> Any:
         """INSERT ... ON CONFLICT (keys) DO UPDATE with the other values."""

@@ -176,7 +176,7 @@ def test_a_proof_of_possession_is_accepted_once_across_replicas(
         agent = a.register_agent("deployer", ["deploy:staging"], sponsor="ops@company.com")
         handle = agent.credential(scope=["deploy:staging"])
         ctx = "deploy:staging/app-web"
-        proof = handle.proof(ctx)
+        proof = handle.authorize_proof(ctx)
         assert a.authorize(handle.token, ctx, proof=proof).effect == "allow"
         with pytest.raises(opsgate.InvalidCredential) as info:
             b.authorize(handle.token, ctx, proof=proof)

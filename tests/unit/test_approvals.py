@@ -1015,7 +1015,9 @@ def test_an_approver_token_expires_after_its_lifetime(tmp_path: Path) -> None:
     try:
         issued = time.time() - DAY + 60  # a one-day token with a minute left
         token = w.gate.approvals.add_approver(SAM, ttl_days=1, now=issued)
-        assert w.gate.approvals.get_approver(SAM).token_expires_at == pytest.approx(issued + DAY)
+        assert w.gate.approvals.get_approver(SAM).token_expires_at == pytest.approx(
+            issued + DAY, abs=1e-3
+        )
         pending = request_approval(w, deploy("production/payments"))
         w.approve(pending.approval_id, JOHN)
         expired_at = issued + DAY
@@ -1060,7 +1062,7 @@ def test_an_expired_token_cannot_approve_or_deny_and_rotation_restores_it(world:
     # A rotation gives a fresh lifetime from now and kills the old token at once.
     new = w.gate.approvals.rotate_approver_token(JOHN, ttl_days=30)
     rotated = w.gate.approvals.get_approver(JOHN)
-    assert rotated.token_expires_at == pytest.approx(rotated.token_issued_at + 30 * DAY)
+    assert rotated.token_expires_at == pytest.approx(rotated.token_issued_at + 30 * DAY, abs=1e-3)
     assert rotated.token_issued_at == pytest.approx(time.time(), abs=5)
     with pytest.raises(opsgate.ApprovalError) as stale:
         w.gate.approvals.approve(pending.approval_id, approver=JOHN, token=old)
@@ -1070,7 +1072,7 @@ def test_an_expired_token_cannot_approve_or_deny_and_rotation_restores_it(world:
     )
     rotations = audit_events(w.gate, "approver.token_rotated")
     assert rotations[-1]["approver"] == JOHN
-    assert rotations[-1]["token_expires_at"] == pytest.approx(rotated.token_expires_at)
+    assert rotations[-1]["token_expires_at"] == pytest.approx(rotated.token_expires_at, abs=1e-3)
     for record in w.gate.audit.tail(10_000):
         assert new not in str(record.event) and old not in str(record.event)
 
@@ -1081,9 +1083,9 @@ def test_the_default_token_lifetime_comes_from_the_configuration(tmp_path: Path)
     try:
         for world_, days in ((w, 90), (short, 7)):
             a = world_.gate.approvals.get_approver(JOHN)
-            assert a.token_expires_at - a.token_issued_at == pytest.approx(days * DAY)
+            assert a.token_expires_at - a.token_issued_at == pytest.approx(days * DAY, abs=1e-3)
             added = audit_events(world_.gate, "approver.added")[-1]
-            assert added["token_expires_at"] == pytest.approx(a.token_expires_at)
+            assert added["token_expires_at"] == pytest.approx(a.token_expires_at, abs=1e-3)
         with pytest.raises(opsgate.ConfigError):
             opsgate.Gate.open(tmp_path / "c", approvals={"token_ttl_days": 0})
     finally:
@@ -1156,8 +1158,8 @@ def test_existing_approvers_get_the_default_expiry_when_the_schema_is_upgraded(
     store.dispose()
     with opsgate.Gate.open(state, database_url=database_url) as gate:
         old = gate.approvals.get_approver("old@company.com")
-        assert old.token_issued_at == pytest.approx(created)
-        assert old.token_expires_at == pytest.approx(created + 90 * DAY)
+        assert old.token_issued_at == pytest.approx(created, abs=1e-3)
+        assert old.token_expires_at == pytest.approx(created + 90 * DAY, abs=1e-3)
         assert old.status(time.time()) == "expired"
         assert gate.approvals.get_approver("new@company.com").status(time.time()) == "active"
 
@@ -1241,7 +1243,7 @@ def test_with_several_matched_rules_the_approval_expires_at_the_earliest(
         pending = request_approval(w, deploy("production/payments"))
         req = w.gate.approvals.get(pending.approval_id)
         assert len(req.requirements) == 2
-        assert req.expires_at - req.created_at == pytest.approx(expected)
+        assert req.expires_at - req.created_at == pytest.approx(expected, abs=1e-3)
         w.approve(pending.approval_id, JOHN)
         with pytest.raises(opsgate.ApprovalError) as exc:
             w.gate.approvals.approve(

@@ -536,10 +536,17 @@ def pop(template: Path, tmp_path: Path) -> Iterator[tuple[opsgate.Gate, Any, Any
 
 
 def _proof(key: Ed25519PrivateKey, token: str, ctx: str, iat: float, **extra: Any) -> str:
+    """A proof for `gate.authorize(token, ctx)`, built by hand (not with the SDK)."""
     header = b64(compact_json({"alg": "EdDSA", "typ": "opsgate-pop+jwt", **extra.pop("h", {})}))
+    # The canonical request: JSON, keys sorted, no spaces; its SHA-256 is signed.
+    request = json.dumps(
+        {"kind": "authorize", "capability": ctx, "params": None},
+        separators=(",", ":"),
+        sort_keys=True,
+    ).encode("utf-8")
     claims = {
         "ath": b64(hashlib.sha256(token.encode("ascii")).digest()),
-        "ctx": ctx,
+        "req": b64(hashlib.sha256(request).digest()),
         "iat": iat,
         "jti": b64(os.urandom(16)),
         **extra,
@@ -582,7 +589,7 @@ def test_proof_of_possession_attack_is_refused(
         "wrong_typ": lambda: _proof(key, token, ctx, now, h={"typ": "JWT"}),
         "alg_none": lambda: _proof(key, token, ctx, now, h={"alg": "none"}),
         "garbage": lambda: "a.b.c",
-        "replay": lambda: handle.proof(ctx, now),
+        "replay": lambda: handle.authorize_proof(ctx, now=now),
     }
     proof = proofs[how]()
     if how == "replay":
@@ -596,8 +603,9 @@ def test_proof_of_possession_accepted_when_genuine(pop: tuple[opsgate.Gate, Any,
     gate, agent, handle = pop
     ctx = "deploy:production/app-web"
     for _ in range(3):  # a fresh proof per request
-        decision = gate.authorize(handle.token, ctx, proof=handle.proof(ctx))
+        decision = gate.authorize(handle.token, ctx, proof=handle.authorize_proof(ctx))
         assert "violation" not in decision.extra
     key = gate.agents.private_key(agent.did)
     proof = _proof(key, handle.token, ctx, time.time())
-    assert gate.credential_manager.verify(handle.token, proof=proof, proof_context=ctx)
+    request = opsgate.ProofRequest.authorize(ctx)
+    assert gate.credential_manager.verify(handle.token, proof=proof, proof_context=request)
