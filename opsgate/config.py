@@ -173,6 +173,17 @@ class DatabaseTarget(_Strict):
     lock_timeout_seconds: float = Field(5.0, gt=0, le=600)
     statement_timeout_seconds: float = Field(600.0, gt=0, le=86_400)
     lock_wait_seconds: float = Field(10.0, ge=0, le=3600)
+    # A database secrets engine role: each run gets its own short-lived user (vault).
+    vault_role: str | None = None
+    # The longest a leased user lives; never longer than the asking credential has left.
+    lease_ttl_seconds: int = Field(900, ge=10, le=86_400)
+
+    @field_validator("vault_role")
+    @classmethod
+    def _vault_role(cls, value: str | None) -> str | None:
+        if value is not None and not _SEGMENT.match(value):
+            raise ValueError("vault_role must be one path segment ([A-Za-z0-9._-]+)")
+        return value
 
     @field_validator("environment")
     @classmethod
@@ -233,6 +244,114 @@ DEFAULT_ENVIRONMENTS: dict[str, EnvironmentConfig] = {
 }
 
 
+_ENV_VAR = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}\Z", re.ASCII)
+
+
+def _vault_path(value: str, what: str) -> str:
+    """A Vault mount, prefix or namespace: segments of [A-Za-z0-9._-], never `.`/`..`."""
+    parts = value.strip("/").split("/")
+    if not value.strip("/") or any(not _SEGMENT.match(p) or p in (".", "..") for p in parts):
+        raise ValueError(f"{what} must be '/'-separated segments of [A-Za-z0-9._-]")
+    return "/".join(parts)
+
+
+class VaultAuth(_Strict):
+    """How the gate logs in to Vault. Secrets are named by reference (an environment
+    variable or a file), never written in the config, so config dumps never hold one."""
+
+    method: Literal["token", "approle"] = "token"
+    token_env: str | None = None
+    token_file: str | None = None
+    role_id: str | None = None  # an AppRole's role_id is an identifier, not a secret
+    role_id_env: str | None = None
+    role_id_file: str | None = None
+    secret_id_env: str | None = None
+    secret_id_file: str | None = None
+    mount: str = "approle"
+
+    @field_validator("token_env", "role_id_env", "secret_id_env")
+    @classmethod
+    def _env_name(cls, value: str | None) -> str | None:
+        if value is not None and not _ENV_VAR.match(value):
+            raise ValueError("must name an environment variable")
+        return value
+
+    @field_validator("mount")
+    @classmethod
+    def _mount(cls, value: str) -> str:
+        return _vault_path(value, "mount")
+
+    @model_validator(mode="after")
+    def _sources(self) -> VaultAuth:
+        def count(*names: str | None) -> int:
+            return sum(n is not None for n in names)
+
+        if self.method == "token":
+            if count(self.token_env, self.token_file) > 1:
+                raise ValueError("token: name token_env or token_file, not both")
+            if count(
+                self.role_id,
+                self.role_id_env,
+                self.role_id_file,
+                self.secret_id_env,
+                self.secret_id_file,
+            ):
+                raise ValueError("token auth takes no role_id or secret_id")
+        else:
+            if count(self.role_id, self.role_id_env, self.role_id_file) != 1:
+                raise ValueError("approle: exactly one of role_id, role_id_env, role_id_file")
+            if count(self.secret_id_env, self.secret_id_file) != 1:
+                raise ValueError("approle: exactly one of secret_id_env, secret_id_file")
+            if count(self.token_env, self.token_file):
+                raise ValueError("approle auth takes no token")
+        return self
+
+
+class VaultConfig(_Strict):
+    """An OpenBao or HashiCorp Vault server: KV v2 at `mount`, the gate's secrets under
+    `prefix` (`secrets/<env>/<path>` is `<prefix>/<env>/<path>` there, never outside)."""
+
+    address: str
+    mount: str = "secret"
+    prefix: str = "opsgate"
+    namespace: str | None = None
+    timeout_seconds: float = Field(5.0, gt=0, le=60)
+    ca_cert: str | None = None  # PEM bundle that verifies the server (default: system CAs)
+    auth: VaultAuth = VaultAuth(token_env="VAULT_TOKEN")  # noqa: S106 - a variable name
+    database_mount: str = "database"  # the database secrets engine (dynamic credentials)
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, value: str) -> str:
+        if not re.match(r"https?://[A-Za-z0-9.\[\]:-]+(:[0-9]{1,5})?/?\Z", value, re.ASCII):
+            raise ValueError("address must be http(s)://host[:port]")
+        return value.rstrip("/")
+
+    @field_validator("mount", "prefix", "database_mount")
+    @classmethod
+    def _paths(cls, value: str) -> str:
+        return _vault_path(value, "mount and prefix")
+
+    @field_validator("namespace")
+    @classmethod
+    def _namespace(cls, value: str | None) -> str | None:
+        return None if value is None else _vault_path(value, "namespace")
+
+
+class SecretsConfig(_Strict):
+    """Where `read|write|list|delete|rotate:secrets/<env>/<path>` keep their values."""
+
+    backend: Literal["embedded", "vault"] = "embedded"
+    vault: VaultConfig | None = None
+    max_value_bytes: int = Field(65_536, ge=1, le=1_048_576)
+
+    @model_validator(mode="after")
+    def _backend(self) -> SecretsConfig:
+        if self.backend == "vault" and self.vault is None:
+            raise ValueError("backend 'vault' needs a 'vault' section")
+        return self
+
+
 class Config(_Strict):
     """Everything a Gate needs to know that is not data in its store."""
 
@@ -253,6 +372,14 @@ class Config(_Strict):
     )
     # First resource segments that are a kind of resource, not an environment.
     resource_namespaces: tuple[str, ...] = ("secrets", "database", "monitoring")
+    secrets: SecretsConfig = SecretsConfig()
+
+    @model_validator(mode="after")
+    def _dynamic_credentials(self) -> Config:
+        for name, target in self.databases.items():
+            if target.vault_role is not None and self.secrets.vault is None:
+                raise ValueError(f"database {name!r} names a vault_role: configure secrets.vault")
+        return self
 
     @field_validator("databases")
     @classmethod
@@ -333,6 +460,18 @@ def load_config(state_dir: Path, overrides: dict[str, Any] | None = None) -> Con
         deploy = data.get("deploy")
         if isinstance(deploy, dict):
             data["deploy"] = _paths_from(state_dir, deploy)
+        vault = (
+            data.get("secrets", {}).get("vault") if isinstance(data.get("secrets"), dict) else None
+        )
+        auth = vault.get("auth") if isinstance(vault, dict) else None
+        refs = [(vault, "ca_cert")] + [
+            (auth, k) for k in ("token_file", "role_id_file", "secret_id_file")
+        ]
+        for holder, key in refs:
+            # Files named in the config file are relative to it, like policies.
+            where = holder.get(key) if isinstance(holder, dict) else None
+            if isinstance(where, str) and where and not os.path.isabs(where):
+                holder[key] = str((state_dir / where).resolve())  # type: ignore[index]
     env_url = os.environ.get("OPSGATE_DATABASE_URL")
     if env_url:
         data["database_url"] = env_url

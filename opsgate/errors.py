@@ -13,7 +13,9 @@
     │                                 artifact_refused, artifact_invalid, operation_failed, ...
     │   └── MigrationError            migration_locked, migration_edited, migration_refused, ...
     ├── AuditError                    audit_write_failed, audit_corrupt, anchor_invalid
-    ├── SecretError                   secret_not_found, ...
+    ├── SecretError                   secret_not_found, secret_conflict, secret_key_mismatch, ...
+    │   └── SecretBackendError        secret_backend_unreachable, secret_backend_sealed,
+    │                                 secret_backend_forbidden, ... (the store said no or is away)
     └── StoreError                    store_unavailable, ...
 
 Surfaces (CLI, HTTP, MCP) map `.code`, never message text. Messages are one
@@ -100,7 +102,15 @@ class AuditError(OpsgateError):
 
 
 class SecretError(OpsgateError):
+    """A secret operation refused or failed. Never carries the value."""
+
     default_code = "secret_error"
+
+
+class SecretBackendError(SecretError):
+    """The secret backend is unreachable, sealed, refusing (401/403) or failing."""
+
+    default_code = "secret_backend_error"
 
 
 class StoreError(OpsgateError):
@@ -163,6 +173,7 @@ __all__ = [
     "OperationError",
     "OpsgateError",
     "PolicyError",
+    "SecretBackendError",
     "SecretError",
     "StoreError",
     "safe_text",

@@ -57,6 +57,8 @@ from opsgate.operations.base import (
     validate_params,
 )
 from opsgate.policy.request import check_params
+from opsgate.secrets import SecretsService
+from opsgate.secrets.value import SecretValue
 from opsgate.state import AgentState, LiveState
 from opsgate.store import Store, schema
 from opsgate.trust.engine import MISUSE_CHARGE_WINDOW, TrustChange, TrustEngine
@@ -76,6 +78,12 @@ def plan_findings(plan: Plan) -> tuple[str, ...]:
             "the executor's plan findings are not a list of codes", code="plan_failed"
         )
     return tuple(found)
+
+
+def _failure_code(outcome: Outcome) -> str | None:
+    """The error code of a failed outcome (e.g. `secret_backend_sealed`), for the audit."""
+    code = outcome.detail.get("code") if isinstance(outcome.detail, dict) else None
+    return safe_text(code) if outcome.status == "failed" and isinstance(code, str) else None
 
 
 def resolve_state_dir(state_dir: str | os.PathLike[str] | None) -> Path:
@@ -152,7 +160,14 @@ class Gate:
         self.policies: Any = None
         self.trust_approvers: tuple[str, ...] = ()
         self._resolve_trust_approvers()
-        self._executors: dict[str, Executor] = {}
+        # (action, namespace) -> executor; namespace None routes every other resource.
+        self._executors: dict[tuple[str, str | None], Executor] = {}
+        # The configured secret backend; its five executors are routed like any other.
+        self.secrets = SecretsService(
+            config.secrets, store=store, state_dir=state_dir, gate_id=gate_id
+        )
+        for executor in self.secrets.executors():
+            self.register_executor(executor.action, executor, namespace=self.secrets.namespace)
         # jtis known to be charged as misuse (insertion order): spares the store a write.
         self._misused: dict[str, None] = {}
         self._misuse_lock = threading.Lock()
@@ -210,6 +225,7 @@ class Gate:
         self._charge(did, TrustEvent.POLICY_VIOLATION, f"escalation attempt: {reason}", t)
 
     def close(self) -> None:
+        self.secrets.close()
         self.approvals.dispatcher.close()
         self.audit.close()
         self.store.dispose()
@@ -463,7 +479,10 @@ class Gate:
             cap = resolved.capability
             if params is not None:
                 check_params(params)
-            executor = self._executors.get(cap.action)
+            namespace = cap.segments[0]
+            executor = self._executors.get((cap.action, namespace)) or self._executors.get(
+                (cap.action, None)
+            )
             if (
                 params is not None
                 and executor is not None
@@ -490,19 +509,28 @@ class Gate:
         self._score_decision(agent, decision, capability, t)
         return decision
 
-    def register_executor(self, action: str, executor: Executor) -> None:
+    def register_executor(
+        self, action: str, executor: Executor, *, namespace: str | None = None
+    ) -> None:
         """Route operations with this action to `executor` (plan pure, run does the I/O).
 
-        The executor must declare its params schema (`params_model`), and one that
-        touches files (`forbid_paths`) is told to keep away from the state dir:
-        either is a ConfigError here, before any operation reaches it.
+        With `namespace`, only resources whose first segment it is (`read:secrets/...`
+        and `read:monitoring/...` are different executors); such a route wins over
+        the action's catch-all one. The executor must declare its params schema
+        (`params_model`), and one that touches files (`forbid_paths`) is told to keep
+        away from the state dir: either is a ConfigError here, before any operation
+        reaches it.
         """
         caps.parse_request(f"{action}:x")  # the action must be a valid capability action
+        if namespace is not None:
+            cap = caps.parse_request(f"{action}:{namespace}")
+            if len(cap.segments) != 1:
+                raise ConfigError("an executor namespace is one resource segment")
         params_model_of(executor)
         forbid = getattr(executor, "forbid_paths", None)
         if callable(forbid):
             forbid((self.state_dir,))
-        self._executors[action] = executor
+        self._executors[(action, namespace)] = executor
 
     def _operation_capability(self, operation: Operation) -> Resolved:
         """The capability an operation needs, from its shape alone (no executor code):
@@ -521,8 +549,10 @@ class Gate:
         check_params(operation.params)
         return resolved
 
-    def _executor_for(self, action: str) -> Executor:
-        executor = self._executors.get(action)
+    def _executor_for(self, action: str, resource: str) -> Executor:
+        """The executor of the resource's namespace for this action, else the action's."""
+        namespace = resource.split("/", 1)[0]
+        executor = self._executors.get((action, namespace)) or self._executors.get((action, None))
         if executor is None:
             raise OperationError(
                 f"no executor is registered for action {action!r}",
@@ -541,7 +571,15 @@ class Gate:
     def _plan(self, operation: Operation) -> tuple[Plan, dict[str, Any]]:
         """The plan, and the typed params (defaults filled in) policy is to see."""
         resolved = self._operation_capability(operation)
-        executor = self._executor_for(operation.action)
+        executor = self._executor_for(operation.action, operation.resource)
+        if operation.secret is not None and (
+            not isinstance(operation.secret, SecretValue)
+            or not getattr(executor, "accepts_secret", False)
+        ):
+            raise OperationError(
+                f"{operation.action!r} takes no secret value (Operation.secret)",
+                code="operation_invalid",
+            )
         given, typed = validate_params(
             params_model_of(executor), operation.params, operation.action
         )
@@ -619,7 +657,7 @@ class Gate:
         """
         try:
             cap = self._operation_capability(operation).capability
-            self._executor_for(operation.action)  # a lookup, no executor code
+            self._executor_for(operation.action, operation.resource)  # a lookup, no executor code
         except OpsgateError as exc:  # a malformed request is still an audited refusal
             self._audit_refusal("operation.refused", claims, operation.capability, exc, t)
             raise
@@ -714,17 +752,22 @@ class Gate:
         *,
         now: datetime | float | None = None,
         proof: str | None = None,
+        secret: SecretValue | None = None,
     ) -> Outcome | PendingApproval:
         """Execute an approved request: steps 1-4 again with fresh state, same digest, once.
 
         The caller is authenticated before anything about the approval is read, so
-        an unauthenticated caller learns nothing about which approvals exist.
+        an unauthenticated caller learns nothing about which approvals exist. A secret
+        write's value is never stored with its request: the caller supplies it again
+        as `secret`, and only the value the approval's digest binds is written.
         """
         t = to_epoch(now)
         claims = self._authenticate(token, t, proof, ProofRequest.resume(approval_id))
         request = self._approval_for(approval_id, claims.sub, t)
         op = request.operation
-        operation = Operation(op["action"], op["resource"], dict(op.get("params") or {}))
+        operation = Operation(
+            op["action"], op["resource"], dict(op.get("params") or {}), secret=secret
+        )
         return self._execute(claims, operation, t, approval_id)
 
     def _approval_for(self, approval_id: str, requester: str, t: float) -> ApprovalRequest:
@@ -811,13 +854,13 @@ class Gate:
             approval=approval_id,
             reasons=list(decision.reasons),
         )
-        executor = self._executors[plan.operation.action]
+        executor = self._executor_for(plan.operation.action, plan.operation.resource)
         started = time.monotonic()
         interrupted: BaseException | None = None
         try:
             with_context = getattr(executor, "run_with_context", None)
             if callable(with_context):
-                context = RunContext(agent.did, agent.name, approval_id)
+                context = RunContext(agent.did, agent.name, approval_id, claims.exp - t)
                 outcome = with_context(plan, context)
             else:
                 outcome = executor.run(plan)
@@ -852,6 +895,7 @@ class Gate:
             digest=plan.digest,
             outcome=outcome.status,
             summary=outcome.summary,
+            code=_failure_code(outcome),
             apply=None
             if cause is None
             else self.trust.apply_change(

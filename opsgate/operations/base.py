@@ -10,22 +10,31 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol
 
 import orjson
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from opsgate.errors import ConfigError, OperationError, safe_text
 
+if TYPE_CHECKING:
+    from opsgate.secrets.value import SecretValue
+
 
 @dataclass(frozen=True, slots=True)
 class Operation:
-    """A request to do something: `action` on `resource` with `params`."""
+    """A request to do something: `action` on `resource` with `params`.
+
+    `secret` carries a value to store (a secret write) beside the params, never in
+    them: it is not in `to_dict()`, so no approval request, audit event or plan
+    shows it; the executor's plan binds it with a keyed digest instead.
+    """
 
     action: str
     resource: str
     params: dict[str, Any] = field(default_factory=dict)
     dry_run: bool = False
+    secret: SecretValue | None = field(default=None, repr=False)
 
     @property
     def capability(self) -> str:
@@ -138,6 +147,9 @@ class RunContext:
     agent_did: str
     agent_name: str
     approval_id: str | None = None
+    #: Seconds the credential that asked had left when the run started (by the gate's
+    #: clock): nothing the run obtains for it (a leased database user) may outlive it.
+    credential_ttl: float | None = None
 
 
 class ContextualExecutor(Executor, Protocol):
@@ -178,6 +190,10 @@ _PARAM_PROBLEMS = {
     "string_pattern_mismatch": "does not have the required form",
     "string_too_short": "is too short",
     "string_too_long": "is too long",
+    "greater_than_equal": "is too small",
+    "greater_than": "is too small",
+    "less_than_equal": "is too large",
+    "less_than": "is too large",
     "literal_error": "is not one of the allowed values",
     "enum": "is not one of the allowed values",
 }

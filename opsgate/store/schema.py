@@ -13,6 +13,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Table,
@@ -219,3 +220,20 @@ misuse_charges = Table(
     Column("forget_after", Float, nullable=False),
 )
 Index("ix_misuse_forget", misuse_charges.c.forget_after)
+
+# The embedded secret backend: one row per version, AES-256-GCM sealed. The associated
+# data binds gate id, path and version, so a ciphertext copied to another row (or
+# another gate's database) does not decrypt. `key_id` names the master key that
+# sealed it (derived one-way from the key); a soft-deleted version keeps its row.
+secret_versions = Table(
+    "secret_versions",
+    metadata,
+    Column("path", String(256), primary_key=True),
+    Column("version", Integer, primary_key=True, autoincrement=False),
+    Column("key_id", String(32), nullable=False),
+    Column("nonce", LargeBinary(12), nullable=False),
+    Column("ciphertext", LargeBinary, nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("created_by", String(128), nullable=False),
+    Column("deleted_at", Float, nullable=True),
+)

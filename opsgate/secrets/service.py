@@ -1,0 +1,84 @@
+"""`gate.secrets`: the configured backend, the master key, and the five executors.
+
+Built when the gate opens; nothing touches the key file or Vault until the first
+secret operation (a gate that never stores a secret never creates a key).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+from opsgate.config import SecretsConfig
+from opsgate.secrets.base import NAMESPACE, SecretStore
+from opsgate.secrets.embedded import EmbeddedSecretStore
+from opsgate.secrets.executor import EXECUTORS, SecretExecutor
+from opsgate.secrets.keys import MasterKey, ValueBinder, load_master_key
+from opsgate.secrets.vault import VaultSecretStore, VaultSession
+from opsgate.store import Store
+
+
+class _Lazy:
+    """A value built on first use, once, thread-safely (a failure is retried next use)."""
+
+    def __init__(self, build: Callable[[], object]) -> None:
+        self._build = build
+        self._value: object = None
+        self._lock = threading.Lock()
+
+    def get(self) -> object:
+        with self._lock:
+            if self._value is None:
+                self._value = self._build()
+            return self._value
+
+
+class SecretsService:
+    """The secret backend of one gate and what its executors need."""
+
+    namespace = NAMESPACE
+
+    def __init__(
+        self, config: SecretsConfig, *, store: Store, state_dir: Path, gate_id: str
+    ) -> None:
+        self.config = config
+        self._key = _Lazy(lambda: load_master_key(state_dir))
+        self._binder = _Lazy(lambda: ValueBinder(self.master_key(), gate_id))
+        #: The authenticated Vault client (KV backend, dynamic database credentials).
+        self.vault: VaultSession | None = (
+            VaultSession(config.vault) if config.vault is not None else None
+        )
+        self.backend: SecretStore
+        if config.backend == "vault":
+            assert self.vault is not None  # the config requires it
+            self.backend = VaultSecretStore(self.vault)
+        else:
+            self.backend = EmbeddedSecretStore(store, gate_id=gate_id, master_key=self.master_key)
+
+    def __repr__(self) -> str:
+        return f"SecretsService(backend={self.backend!r})"
+
+    def master_key(self) -> MasterKey:
+        key = self._key.get()
+        assert isinstance(key, MasterKey)
+        return key
+
+    def binder(self) -> ValueBinder:
+        binder = self._binder.get()
+        assert isinstance(binder, ValueBinder)
+        return binder
+
+    def executors(self) -> list[SecretExecutor]:
+        return [
+            cls(self.backend, self.binder, max_value_bytes=self.config.max_value_bytes)
+            for cls in EXECUTORS
+        ]
+
+    def close(self) -> None:
+        self.backend.close()
+        if self.vault is not None:
+            self.vault.close()
+
+
+__all__ = ["SecretsService"]
