@@ -108,8 +108,12 @@ def _err(message: str) -> None:
     )
 
 
+_opened: list[Any] = []  # gates opened by the running command, closed when it ends
+
+
 def handle_errors(fn: F) -> F:
-    """Turn opsgate's typed errors into one line on stderr and exit code 1."""
+    """Turn opsgate's typed errors into one line on stderr and exit code 1; close the
+    gate the command opened (which signs the events it left unsigned)."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -118,23 +122,23 @@ def handle_errors(fn: F) -> F:
         except OpsgateError as exc:
             _err(f"error [{exc.code}]: {exc.message}")
             raise typer.Exit(1) from None
+        finally:
+            while _opened:
+                _opened.pop().close()
 
     return wrapper  # type: ignore[return-value]
 
 
 def _gate(state_dir: str | None, *, create: bool = False) -> Any:
     """Open the gate; only `init` may create one, so a mistyped --state-dir is an
-    error rather than a fresh, empty gate that verifies as intact."""
-    from opsgate.credentials.keyring import KEY_DIR
+    error rather than a fresh, empty gate that verifies as intact, and a state dir
+    opens only on the database bound to it."""
     from opsgate.gate import Gate, resolve_state_dir
 
     path = resolve_state_dir(state_dir if state_dir is not None else _ctx_state_dir["value"])
-    if not create and not (path / KEY_DIR).is_dir():
-        raise ConfigError(
-            f"no opsgate state in '{path}': run 'opsgate init' first (or pass --state-dir)",
-            code="not_initialized",
-        )
-    return Gate.open(path)
+    gate = Gate.open(path, create=create)
+    _opened.append(gate)
+    return gate
 
 
 def _writable(path: Path) -> Any:
@@ -167,19 +171,27 @@ def _root(state_dir: StateDir = None) -> None:
 @app.command()
 @handle_errors
 def init(state_dir: StateDir = None, json_out: JsonOut = False) -> None:
-    """Create the state directory, database and gate signing key."""
+    """Create the state directory, database and gate signing key (and pin it)."""
     gate = _gate(state_dir, create=True)
     info = {
         "state_dir": str(gate.state_dir),
         "gate_id": gate.gate_id,
+        "issuer": gate.gate_id,
+        "audience": gate.config.audience,
         "database": gate.store.dialect,
+        "pinned_kid": gate.pin.root_kid,
         "kid": gate.keyring.signer()[0],
     }
     if json_out:
         _print_json(info)
     else:
         _out().print(f"opsgate ready in {info['state_dir']} ({info['database']})")
-        _out().print(f"gate id {info['gate_id']}, signing key {info['kid']}")
+        _out().print(f"gate id {info['gate_id']} (the issuer of its credentials)")
+        _out().print(f"signing key {info['kid']}")
+        _out().print(
+            f"pinned key {info['pinned_kid']}: keep this line somewhere else; every gate "
+            "key must chain back to it"
+        )
 
 
 # -- agents ---------------------------------------------------------------------------
@@ -405,8 +417,25 @@ def creds_revoke(
 @keys_app.command("jwks")
 @handle_errors
 def keys_jwks(state_dir: StateDir = None) -> None:
-    """Print the JWK Set that verifies this gate's credentials."""
+    """Print the JWK Set that verifies this gate's credentials (with their issuer)."""
     _print_json(_gate(state_dir).jwks())
+
+
+@keys_app.command("show")
+@handle_errors
+def keys_show(state_dir: StateDir = None, json_out: JsonOut = False) -> None:
+    """Issuer, audience, the pinned key and the chain of keys endorsed from it."""
+    doc = _gate(state_dir).discovery()
+    if json_out:
+        _print_json(doc)
+        return
+    _out().print(f"issuer      {doc['issuer']}", markup=False)
+    _out().print(f"audience    {doc['audience']}", markup=False)
+    _out().print(f"algorithms  {', '.join(doc['algorithms'])}", markup=False)
+    _out().print(f"pinned key  {doc['pinned_kid']}", markup=False)
+    for k in doc["key_chain"]:
+        state = "signing" if k["retired_at"] is None else f"retired {_when(k['retired_at'])}"
+        _out().print(f"  {k['kid']}  created {_when(k['created_at'])}, {state}", markup=False)
 
 
 @keys_app.command("rotate")
@@ -442,8 +471,17 @@ def audit_verify(
             f"audit log intact: {report.events} events, head seq {report.head_seq}, "
             f"{report.checkpoints_checked} checkpoint(s){extra} verified"
         )
-    else:
+    elif report.first_bad_seq is not None:
         _err(f"audit log TAMPERED: {report.problem} at seq {report.first_bad_seq}: {report.reason}")
+    else:
+        _err(f"gate state TAMPERED: {report.problem}: {report.reason}")
+    if not json_out and report.ok and report.unsigned_events:
+        # Said on stderr: stdout keeps one line, and the exit code stays 0.
+        _err(
+            f"note: {report.unsigned_events} event(s) after seq {report.signed_seq} are not "
+            f"signed by a checkpoint yet (the oldest is {report.unsigned_age_seconds:.0f} s "
+            "old); a database writer could still replace them"
+        )
     if not report.ok:
         raise typer.Exit(1)
 

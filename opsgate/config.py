@@ -352,6 +352,19 @@ class SecretsConfig(_Strict):
         return self
 
 
+class AuditConfig(_Strict):
+    """When the gate signs a checkpoint of its audit log without being asked.
+
+    A checkpoint is signed after every `checkpoint_every_events` events, and once
+    `checkpoint_every_seconds` have passed since the last one while events are
+    waiting (and when the gate closes). Events after the last checkpoint are the
+    unsigned tail that `audit verify` reports.
+    """
+
+    checkpoint_every_events: int = Field(1000, ge=1, le=1_000_000)
+    checkpoint_every_seconds: float = Field(60.0, ge=0.05, le=86_400)
+
+
 class Config(_Strict):
     """Everything a Gate needs to know that is not data in its store."""
 
@@ -373,6 +386,7 @@ class Config(_Strict):
     # First resource segments that are a kind of resource, not an environment.
     resource_namespaces: tuple[str, ...] = ("secrets", "database", "monitoring")
     secrets: SecretsConfig = SecretsConfig()
+    audit: AuditConfig = AuditConfig()
 
     @model_validator(mode="after")
     def _dynamic_credentials(self) -> Config:

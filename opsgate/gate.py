@@ -13,24 +13,27 @@ execute(credential, operation)
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, NoReturn
 
 import structlog
-from sqlalchemy import insert
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from sqlalchemy import insert, select
 
 from opsgate import capabilities as caps
 from opsgate.approvals import ApprovalRequest, ApprovalService, PendingApproval, satisfied
-from opsgate.audit.log import AuditLog
+from opsgate.audit.log import CHECKPOINT_FILE, AuditLog, Finding
 from opsgate.authz import AuthzRequest, authorize, scope_refusal
 from opsgate.config import Config, load_config
-from opsgate.credentials.keyring import KeyRing
+from opsgate.credentials.keyring import KEY_DIR, PIN_FILE, KeyRing, Pin, read_pin, write_pin
 from opsgate.credentials.manager import Claims, CredentialManager, to_epoch
 from opsgate.credentials.proof import ProofRequest
 from opsgate.decision import Decision
@@ -46,7 +49,8 @@ from opsgate.errors import (
     safe_text,
 )
 from opsgate.identity import keys
-from opsgate.identity.registry import Agent, AgentRegistry, check_email
+from opsgate.identity.records import untrusted_records
+from opsgate.identity.registry import AGENT_KEY_DIR, Agent, AgentRegistry, check_email
 from opsgate.operations.base import (
     Executor,
     Operation,
@@ -60,7 +64,7 @@ from opsgate.policy.request import check_params
 from opsgate.secrets import SecretsService
 from opsgate.secrets.value import SecretValue
 from opsgate.state import AgentState, LiveState
-from opsgate.store import Store, schema
+from opsgate.store import DB_FILE, Store, schema
 from opsgate.trust.engine import MISUSE_CHARGE_WINDOW, TrustChange, TrustEngine
 from opsgate.trust.scoring import TrustEvent, failure_event
 
@@ -97,40 +101,92 @@ def resolve_state_dir(state_dir: str | os.PathLike[str] | None) -> Path:
         raise ConfigError("state dir is not a usable path", code="state_dir_invalid") from exc
 
 
+@contextlib.contextmanager
+def _creation_lock(path: Path) -> Iterator[None]:
+    """Serialise gate creation in one state dir across processes (flock on the dir)."""
+    import fcntl
+
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+# What a gate keeps in its state dir besides the pin (configuration and policies are not).
+_GATE_FILES = (KEY_DIR, AGENT_KEY_DIR, DB_FILE, CHECKPOINT_FILE)
+
+
+def _not_initialized(path: Path, why: str = "") -> ConfigError:
+    return ConfigError(
+        f"no opsgate state in '{path}'{why}: run 'opsgate init' first (or pass --state-dir)",
+        code="not_initialized",
+    )
+
+
+def _check_binding(store: Store, pin: Pin, path: Path) -> None:
+    """The state dir and its database must hold the same gate id; checked before
+    anything is migrated or written, so a wrong database url changes nothing."""
+    stored = store.stored_gate_id()
+    if stored == pin.gate_id:
+        return
+    holds = "no gate" if stored is None else f"gate {safe_text(stored)}"
+    raise ConfigError(
+        f"state dir '{path}' belongs to gate {pin.gate_id}, but the database "
+        f"{store.describe()} holds {holds}: check database_url (and OPSGATE_DATABASE_URL); "
+        "nothing was changed",
+        code="gate_mismatch",
+    )
+
+
 class Gate:
     """One gate per state directory (or per replica on a shared PostgreSQL)."""
 
-    def __init__(self, state_dir: Path, config: Config, store: Store) -> None:
+    def __init__(
+        self,
+        state_dir: Path,
+        config: Config,
+        store: Store,
+        pin: Pin,
+        *,
+        genesis: Ed25519PrivateKey | None = None,
+    ) -> None:
+        """Use `Gate.open`. With `genesis`, this creates the gate: its id, its first
+        key, the key_created event and the pin commit together or not at all."""
         self.state_dir = state_dir
         self.config = config
         self.store = store
+        self.pin = pin
+        self.gate_id = pin.gate_id
         now = time.time()
+        if genesis is None:
+            _check_binding(store, pin, state_dir)
         store.migrate()
         store.restrict_files()
-        self.keyring = KeyRing(store, state_dir)
+        self.keyring = KeyRing(store, state_dir, pin)
         self.keyring.reload()
-        with store.write() as conn:
-            gate_id = store.meta_get(conn, "gate_id")
-            if gate_id is None:
-                gate_id = f"opsgate:{uuid.uuid4()}"
-                conn.execute(insert(schema.gate_meta).values(key="gate_id", value=gate_id))
-            new_kid = self.keyring.ensure_current(conn, now)
-        self.gate_id = gate_id
-        if new_kid is not None:
-            self.keyring.reload()
         self.state = LiveState(store, self.keyring, config)
         self.environments = Environments.from_config(config)
         self.audit = AuditLog(
             store,
-            gate_id=gate_id,
+            gate_id=self.gate_id,
             signer=self._audit_signer,
-            check_signature=self._check_gate_signature,
+            key_chain=self.keyring.load_chain,
+            root_kid=pin.root_kid,
             public_jwk=lambda kid: keys.public_jwk(self.keyring.public(kid), kid),  # type: ignore[arg-type]
+            check_state=self._check_state,
+            checkpoint_every=config.audit.checkpoint_every_events,
+            checkpoint_interval=config.audit.checkpoint_every_seconds,
+            checkpoint_file=state_dir / CHECKPOINT_FILE,
         )
-        if new_kid is not None:
-            with store.write() as conn:
-                self.state.record_change(conn, "key", new_kid, now)
-                self.audit.append_in(conn, "gate.key_created", actor="gate", at=now, kid=new_kid)
+        if genesis is not None:
+            self._create(genesis, now)
+        try:
+            self.keyring.signer()
+        except ConfigError:
+            self.keyring.reload()  # a replica may have rotated between our reads
+            self.keyring.signer()
         self.state.load(now)
         self.agents = AgentRegistry(
             self,
@@ -149,7 +205,7 @@ class Gate:
             state=self.state,
             audit=self.audit,
             agents=self.agents,
-            issuer=gate_id,
+            issuer=self.gate_id,
         )
         self.trust = TrustEngine(
             store=store, state=self.state, config=config, audit=self.audit, agents=self.agents
@@ -164,7 +220,7 @@ class Gate:
         self._executors: dict[tuple[str, str | None], Executor] = {}
         # The configured secret backend; its five executors are routed like any other.
         self.secrets = SecretsService(
-            config.secrets, store=store, state_dir=state_dir, gate_id=gate_id
+            config.secrets, store=store, state_dir=state_dir, gate_id=self.gate_id
         )
         for executor in self.secrets.executors():
             self.register_executor(executor.action, executor, namespace=self.secrets.namespace)
@@ -172,26 +228,69 @@ class Gate:
         self._misused: dict[str, None] = {}
         self._misuse_lock = threading.Lock()
 
+    def _create(self, genesis: Ed25519PrivateKey, now: float) -> None:
+        """The gate's birth: one transaction, with the pin written last before commit."""
+        pin_written = False
+        try:
+            with self.store.write() as conn:
+                stored = self.store.meta_get(conn, "gate_id")
+                if stored is not None:  # another creator won the race on this database
+                    raise ConfigError(
+                        f"the database {self.store.describe()} already holds gate "
+                        f"{safe_text(stored)}",
+                        code="gate_mismatch",
+                    )
+                conn.execute(insert(schema.gate_meta).values(key="gate_id", value=self.gate_id))
+                root = self.keyring.create_root(conn, now, genesis)
+                self.state.record_change(conn, "key", root.kid, now)
+                self.audit.append_in(
+                    conn, "gate.key_created", actor="gate", at=now, kid=root.kid, public_key=root.x
+                )
+                write_pin(self.state_dir, self.pin)
+                pin_written = True
+        except BaseException:
+            self.keyring.discard_private(keys.jwk_thumbprint(genesis.public_key()))
+            if pin_written:
+                (self.state_dir / PIN_FILE).unlink(missing_ok=True)
+            self.audit.close(sign=False)  # nothing was created: nothing to sign
+            raise
+        self.keyring.reload()
+
     @classmethod
     def open(
         cls,
         state_dir: str | os.PathLike[str] | None = None,
         *,
+        create: bool | None = None,
         policies: str | os.PathLike[str] | list[str] | None = None,
         database_url: str | None = None,
         **config_overrides: Any,
     ) -> Gate:
-        """Open (creating on first use) the gate whose state lives in `state_dir`."""
+        """Open the gate whose state lives in `state_dir`.
+
+        An initialised state dir (it holds the gate pin) opens only on the database
+        that holds the same gate: anything else is `gate_mismatch` and changes
+        nothing. `create`: None (default) creates a gate on first use of a state
+        dir that holds no gate files yet (it may hold opsgate.yaml and policies);
+        True (`Gate.init`) also creates one beside the leftovers of a gate that has
+        no pin (a failed creation); False never creates (every CLI command but init).
+        """
         path = resolve_state_dir(state_dir)
-        try:
-            path.mkdir(parents=True, exist_ok=True, mode=0o700)
-        except OSError as exc:
-            raise ConfigError(f"cannot create state dir '{path}': {exc.strerror}") from exc
+        if path.exists() and not path.is_dir():
+            raise ConfigError(
+                f"state dir '{path}' exists but is not a directory", code="state_dir_invalid"
+            )
         overrides = dict(config_overrides)
         if database_url is not None:
             overrides["database_url"] = database_url
         config = load_config(path, overrides)
-        gate = cls(path, config, Store.for_state_dir(path, config.database_url))
+        pin = read_pin(path) if path.is_dir() else None
+        if pin is None:
+            if create is False:
+                raise _not_initialized(path)
+            gate = cls._open_new(path, config, create)
+        else:
+            gate = cls._open_pinned(path, config, pin)
         try:
             policy_source = policies if policies is not None else config.policies
             if policy_source is not None:
@@ -209,6 +308,54 @@ class Gate:
             gate.close()
             raise
         return gate
+
+    @classmethod
+    def init(cls, state_dir: str | os.PathLike[str] | None = None, **kwargs: Any) -> Gate:
+        """Create the gate in `state_dir` (or open it, when it already exists there)."""
+        return cls.open(state_dir, create=True, **kwargs)
+
+    @classmethod
+    def _open_pinned(cls, path: Path, config: Config, pin: Pin) -> Gate:
+        store = Store.for_state_dir(path, config.database_url, create=False)
+        try:
+            return cls(path, config, store, pin)
+        except BaseException:
+            store.dispose()
+            raise
+
+    @classmethod
+    def _open_new(cls, path: Path, config: Config, create: bool | None) -> Gate:
+        try:
+            path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot create state dir '{path}': {exc.strerror}", code="state_dir_invalid"
+            ) from exc
+        with _creation_lock(path):
+            pin = read_pin(path)  # another process may have created it meanwhile
+            if pin is not None:
+                return cls._open_pinned(path, config, pin)
+            left = sorted(n for n in _GATE_FILES if (path / n).exists())
+            if create is None and left:
+                # Files of a gate without its pin: a damaged or pre-pin state dir is
+                # never silently replaced by a new gate.
+                raise _not_initialized(path, f" (it holds {', '.join(left)} but no gate pin)")
+            store = Store.for_state_dir(path, config.database_url)
+            try:
+                stored = store.stored_gate_id()
+                if stored is not None:
+                    raise ConfigError(
+                        f"the database {store.describe()} already holds gate "
+                        f"{safe_text(stored)}; a new state dir cannot take it over "
+                        "(a replica needs a copy of that gate's state dir: its pin and keys)",
+                        code="gate_mismatch",
+                    )
+                genesis = keys.generate()
+                pin = Pin(f"opsgate:{uuid.uuid4()}", keys.jwk_thumbprint(genesis.public_key()))
+                return cls(path, config, store, pin, genesis=genesis)
+            except BaseException:
+                store.dispose()
+                raise
 
     def load_policies(self, source: str | os.PathLike[str] | list[str]) -> None:
         from opsgate.policy import load_policies
@@ -242,28 +389,97 @@ class Gate:
         kid, key = self.keyring.signer()
         return kid, lambda payload: keys.b64url(key.sign(payload))
 
-    def _check_gate_signature(self, kid: str, payload: bytes, signature: str) -> bool:
-        public = self.keyring.public(kid)
-        if public is None:
-            return False
-        try:
-            return keys.verify_signature(public, keys.b64url_decode(signature), payload)
-        except ValueError:
-            return False
+    def _check_state(self) -> list[Finding]:
+        """For audit verify: what in the database does not chain back to the pin."""
+        findings: list[Finding] = []
+        stored = self.store.stored_gate_id()
+        if stored != self.gate_id:
+            findings.append(
+                Finding(
+                    "gate_mismatch",
+                    "gate",
+                    safe_text(stored) if stored is not None else "-",
+                    f"the database names gate {safe_text(stored)}, the state dir's pin "
+                    f"{self.gate_id}",
+                )
+            )
+        chain = self.keyring.load_chain()
+        gate_keys = {k.kid: k.raw for k in chain.keys}
+        a = schema.agents
+        with self.store.read() as conn:
+            rows = conn.execute(
+                select(a.c.did, a.c.name, a.c.parent_did, a.c.record, a.c.signature, a.c.signer)
+            ).all()
+        for did, reason in untrusted_records(rows, gate_keys).items():
+            shown_did = safe_text(did)  # written by whoever wrote the row
+            findings.append(
+                Finding("untrusted_agent", "agent", shown_did, f"agent {shown_did}: {reason}")
+            )
+        return findings
 
-    def jwks(self, now: datetime | float | None = None) -> dict[str, list[dict[str, str]]]:
-        """The public keys that verify this gate's credentials (RFC 7517 JWK Set)."""
-        return self.keyring.jwks(to_epoch(now), self.config.limits.signing_algorithm)
+    def jwks(self, now: datetime | float | None = None) -> dict[str, Any]:
+        """The public keys that verify this gate's credentials (RFC 7517 JWK Set).
+
+        Besides `keys`, the set names the `issuer` and `audience` every credential
+        carries (additional members, which RFC 7517 lets any JOSE library ignore),
+        so whoever holds this document alone can verify a credential.
+        """
+        return {
+            **self.keyring.jwks(to_epoch(now), self.config.limits.signing_algorithm),
+            "issuer": self.gate_id,
+            "audience": self.config.audience,
+        }
+
+    def discovery(self, now: datetime | float | None = None) -> dict[str, Any]:
+        """What a verifier needs: issuer, audience, algorithms, the pinned key, the JWKS."""
+        t = to_epoch(now)
+        tip = self.keyring.chain.tip
+        return {
+            "issuer": self.gate_id,
+            "audience": self.config.audience,
+            "algorithms": list(self.config.limits.allowed_algorithms),
+            "pinned_kid": self.pin.root_kid,
+            "signing_kid": None if tip is None else tip.kid,
+            "key_chain": [
+                {
+                    "kid": k.kid,
+                    "x": k.x,
+                    "created_at": k.created_at,
+                    "retired_at": k.retired_at,
+                    "prev_kid": k.prev_kid,
+                    "endorsement": k.endorsement,
+                }
+                for k in self.keyring.chain.keys
+            ],
+            "jwks": self.keyring.jwks(t, self.config.limits.signing_algorithm),
+        }
 
     def rotate_keys(self, now: datetime | float | None = None) -> str:
-        """Sign with a fresh key; the old one stays published until its tokens have expired."""
+        """Sign with a fresh key endorsed by the current one; the old one stays
+        published until its tokens have expired, and its private file is deleted."""
         t = to_epoch(now)
-        with self.store.write() as conn:
-            new, old = self.keyring.rotate(conn, t)
-            self.state.record_change(conn, "key", new, t)
-            self.audit.append_in(conn, "gate.key_rotated", actor="gate", at=t, kid=new, retired=old)
+        rotation = None
+        try:
+            with self.store.write() as conn:
+                rotation = self.keyring.rotate(conn, t)
+                self.state.record_change(conn, "key", rotation.kid, t)
+                self.audit.append_in(
+                    conn,
+                    "gate.key_rotated",
+                    actor="gate",
+                    at=t,
+                    kid=rotation.kid,
+                    retired=rotation.prev_kid,
+                    public_key=rotation.public_key,
+                    endorsement=rotation.endorsement,
+                )
+        except BaseException:
+            if rotation is not None:
+                self.keyring.discard_private(rotation.kid)
+            raise
         self.keyring.reload()
-        return new
+        self.keyring.discard_private(rotation.prev_kid)
+        return rotation.kid
 
     # -- identity ----------------------------------------------------------------------
 

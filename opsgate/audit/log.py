@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -19,16 +21,23 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import structlog
 from sqlalchemy import Connection, func, select
 
-from opsgate.errors import AuditError
+from opsgate.credentials.keyring import KeyChain, rotation_payload
+from opsgate.errors import AuditError, safe_text
+from opsgate.identity.keys import b64url_decode, jwk_thumbprint, verify_signature
 from opsgate.store import Store, schema
 
 GENESIS_HASH = "0" * 64
 # Events that introduce a gate signing key (their `kid`); checkpoints and anchors
-# must be signed by one of these.
+# must be signed by one of these, and each must chain back to the pinned key.
 _KEY_EVENTS = frozenset({"gate.key_created", "gate.key_rotated"})
 CHECKPOINT_TYPE = "opsgate-audit-checkpoint"
+# The newest checkpoint, kept in the state dir: outside the database, so someone
+# who can only write the database cannot cut the log back below it unnoticed.
+CHECKPOINT_FILE = "audit-checkpoint.json"
+log = structlog.get_logger("opsgate.audit")
 
 # Keys whose values are never written, whatever a caller passes in.
 _REDACT_KEYS = frozenset(
@@ -97,19 +106,51 @@ class AuditRecord:
     hash: str
 
 
+@dataclass(frozen=True, slots=True)
+class Finding:
+    """Something stored that does not chain back to the pinned gate key."""
+
+    problem: str  # untrusted_key | untrusted_agent | gate_mismatch
+    kind: str  # key | agent | gate
+    subject: str
+    reason: str
+
+    def to_dict(self) -> dict[str, str]:
+        return {
+            "problem": self.problem,
+            "kind": self.kind,
+            "subject": self.subject,
+            "reason": self.reason,
+        }
+
+
 @dataclass(slots=True)
 class VerifyReport:
-    """Outcome of `AuditLog.verify`: ok, or the first bad seq and why."""
+    """Outcome of `AuditLog.verify`: ok, or the first bad seq and why.
+
+    `problem` is one of edit, deletion, insertion, reorder, truncation,
+    replacement (the log), untrusted_key, untrusted_agent, gate_mismatch (what
+    does not chain back to the key pinned in the state dir). Events after the
+    last signed checkpoint are reported as unsigned: they verify, but someone
+    who can write the database could have replaced them; that alone leaves
+    `ok` true.
+    """
 
     ok: bool
     events: int = 0
     head_seq: int = 0
     head_hash: str = GENESIS_HASH
     first_bad_seq: int | None = None
-    problem: str | None = None  # edit | deletion | insertion | reorder | truncation | replacement
+    problem: str | None = None
     reason: str = ""
     checkpoints_checked: int = 0
     anchor_checked: bool = False
+    state_checkpoint_seq: int | None = None  # the checkpoint kept in the state dir
+    signed_seq: int = 0  # the log is signed up to here (checkpoints, state dir, anchor)
+    unsigned_events: int = 0
+    unsigned_since: float | None = None  # time of the oldest unsigned event
+    unsigned_age_seconds: float | None = None
+    findings: list[Finding] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -122,6 +163,12 @@ class VerifyReport:
             "reason": self.reason,
             "checkpoints_checked": self.checkpoints_checked,
             "anchor_checked": self.anchor_checked,
+            "state_checkpoint_seq": self.state_checkpoint_seq,
+            "signed_seq": self.signed_seq,
+            "unsigned_events": self.unsigned_events,
+            "unsigned_since": self.unsigned_since,
+            "unsigned_age_seconds": self.unsigned_age_seconds,
+            "findings": [f.to_dict() for f in self.findings],
         }
 
 
@@ -195,16 +242,24 @@ class AuditLog:
         *,
         gate_id: str,
         signer: Signer,
-        check_signature: SignatureCheck,
+        key_chain: Callable[[], KeyChain],
+        root_kid: str,
         public_jwk: Callable[[str], dict[str, str]],
-        checkpoint_every: int = 10_000,
+        check_state: Callable[[], list[Finding]] | None = None,
+        checkpoint_every: int = 1000,
+        checkpoint_interval: float = 60.0,
+        checkpoint_file: Path | None = None,
     ) -> None:
         self._store = store
         self._gate_id = gate_id
         self._signer = signer
-        self._check_signature = check_signature
+        self._key_chain = key_chain
+        self._root_kid = root_kid
         self._public_jwk = public_jwk
+        self._check_state = check_state
         self._checkpoint_every = checkpoint_every
+        self._checkpoint_interval = checkpoint_interval
+        self._checkpoint_file = checkpoint_file
         self._queue: list[_Pending] = []
         self._queue_lock = threading.Lock()
         self._writing = False  # a leader is writing a batch (guarded by _queue_lock)
@@ -214,6 +269,15 @@ class AuditLog:
         # Group-commit counters, for diagnostics: transactions and events in them.
         self.batches = 0
         self.batched_events = 0
+        # The newest checkpoint this process knows of (seq), when it was taken
+        # (monotonic), and the newest seq this process wrote: what decides the next
+        # automatic checkpoint. Changed under _writer_lock.
+        self._signed_seq = _published_seq(checkpoint_file)
+        self._signed_at = time.monotonic()
+        self._written_seq = 0
+        self._timer: threading.Timer | None = None
+        self._timer_lock = threading.Lock()
+        self._closed = False
 
     # -- processors -------------------------------------------------------------
 
@@ -263,10 +327,16 @@ class AuditLog:
             rows,
         )
         cur.execute(q("UPDATE audit_head SET seq = ?, hash = ? WHERE id = 1"), (seq, prev))
-        every = self._checkpoint_every
-        if every and (records[0].seq - 1) // every != seq // every:
-            self._write_checkpoint(cur, seq, prev, records[-1].at)
         return records
+
+    def _checkpoint_due(self, seq: int) -> bool:
+        """Every N events, or T seconds after the last checkpoint when events wait."""
+        if seq <= self._signed_seq:
+            return False
+        return (
+            seq - self._signed_seq >= self._checkpoint_every
+            or time.monotonic() - self._signed_at >= self._checkpoint_interval
+        )
 
     # -- appending --------------------------------------------------------------
 
@@ -352,12 +422,23 @@ class AuditLog:
                         if extra:
                             p.event.update(redact(extra))
                 records = self._chain_and_store(cur, batch)
+                last = records[-1]
+                cp = (
+                    self._write_checkpoint(cur, last.seq, last.hash, last.at)
+                    if self._checkpoint_due(last.seq)
+                    else None
+                )
         except Exception as exc:  # noqa: BLE001 - every failure fails every caller, closed
             for p in batch:
                 p.error = exc
             return
         for p, r in zip(batch, records, strict=True):
             p.record = r
+        self._written_seq = max(self._written_seq, records[-1].seq)
+        if cp is not None:
+            self._signed(cp)
+        else:
+            self._schedule()
 
     def append_in(
         self,
@@ -379,13 +460,52 @@ class AuditLog:
             raise AuditError(
                 f"audit write failed: {exc.__class__.__name__}", code="audit_write_failed"
             ) from exc
+        # Not signed here: the caller's transaction may still roll back.
+        self._written_seq = max(self._written_seq, records[0].seq)
+        self._schedule()
         return records[0]
 
-    def close(self) -> None:
+    def close(self, *, sign: bool = True) -> None:
+        """Sign what this process left unsigned (best effort), then let go of the writer."""
+        with self._timer_lock:
+            self._closed = True
+            timer, self._timer = self._timer, None
+        if timer is not None:
+            timer.cancel()
+        if sign and self._written_seq > self._signed_seq:
+            try:
+                self.checkpoint()
+            except Exception as exc:  # noqa: BLE001 - closing must not fail on it
+                log.warning("closing checkpoint not written", error=exc.__class__.__name__)
         with self._writer_lock:
             self._writer.close()
 
     # -- checkpoints ------------------------------------------------------------
+
+    def _schedule(self) -> None:
+        """Make sure events left unsigned get a checkpoint within the interval, even
+        when no further event arrives (one timer at most, only while events wait)."""
+        if self._timer is not None or self._closed:
+            return
+        with self._timer_lock:
+            if self._timer is not None or self._closed:
+                return
+            delay = self._checkpoint_interval - (time.monotonic() - self._signed_at)
+            timer = threading.Timer(max(0.05, delay), self._on_timer)
+            timer.daemon = True
+            self._timer = timer
+        timer.start()
+
+    def _on_timer(self) -> None:
+        with self._timer_lock:
+            self._timer = None
+            if self._closed:
+                return
+        try:
+            if self.head()[0] > self._signed_seq:
+                self.checkpoint()
+        except Exception as exc:  # noqa: BLE001 - the next append or timer tries again
+            log.warning("automatic checkpoint not written", error=exc.__class__.__name__)
 
     def _write_checkpoint(self, cur: Any, seq: int, digest: str, at: float) -> Checkpoint:
         kid, sign = self._signer()
@@ -403,6 +523,17 @@ class AuditLog:
             self._gate_id, seq, digest, at, kid, signature, public_key=self._public_jwk(kid)
         )
 
+    def _signed(self, cp: Checkpoint) -> None:
+        """After a checkpoint committed: remember it and keep it in the state dir."""
+        if cp.seq > self._signed_seq:
+            self._signed_seq = cp.seq
+        self._signed_at = time.monotonic()
+        if self._checkpoint_file is not None:
+            try:
+                _publish(self._checkpoint_file, cp)
+            except OSError as exc:
+                log.warning("state dir checkpoint not written", error=exc.strerror)
+
     def checkpoint(self, *, at: float | None = None) -> Checkpoint:
         """Sign the current head and store the checkpoint; returns it for export."""
         with self._writer_lock:
@@ -411,13 +542,15 @@ class AuditLog:
                     lock = "" if self._store.is_sqlite else " FOR UPDATE"
                     cur.execute(f"SELECT seq, hash FROM audit_head WHERE id = 1{lock}")  # noqa: S608
                     head = cur.fetchone()
-                    return self._write_checkpoint(
+                    cp = self._write_checkpoint(
                         cur, int(head[0]), str(head[1]), time.time() if at is None else at
                     )
             except Exception as exc:
                 raise AuditError(
                     f"checkpoint failed: {exc.__class__.__name__}", code="audit_write_failed"
                 ) from exc
+            self._signed(cp)
+            return cp
 
     def export_checkpoint(self, path: Path) -> Checkpoint:
         """Sign the head and write it to `path`; the file is opened first, so nothing is
@@ -526,15 +659,23 @@ class AuditLog:
             ).first()
         return None if row is None else int(row[0])
 
-    def verify(self, anchor: Checkpoint | None = None) -> VerifyReport:
-        """Walk the whole chain; report the first bad seq and why (never raises on tampering)."""
+    def verify(self, anchor: Checkpoint | None = None, *, now: float | None = None) -> VerifyReport:
+        """Walk the whole chain; report the first bad seq and why (never raises on tampering).
+
+        Then: every gate key the log introduces must chain to the pinned key, the
+        anchor (if given), the checkpoint kept in the state dir and every stored
+        checkpoint must be signed by such a key and match the chain, the key table
+        must hold exactly the keys the log introduced, and (through `check_state`)
+        every stored agent must chain back to them. Events after the last signed
+        point are reported as the unsigned tail (how many, since when).
+        """
         with self._store.read() as conn:
             cps = {int(r.seq): r for r in conn.execute(select(schema.audit_checkpoints)).all()}
         report = VerifyReport(ok=True)
         prev_hash, expected = GENESIS_HASH, 1
         seen: dict[str, int] = {}
         cp_hashes: dict[int, str] = {}
-        key_kids: set[str] = set()  # gate keys the log itself says were created
+        key_events: list[tuple[int, dict[str, Any]]] = []
         loads = orjson.loads
         sha = hashlib.sha256
         try:
@@ -572,8 +713,8 @@ class AuditLog:
                     return self._fail(
                         report, seq, "edit", "indexed columns differ from the hashed event"
                     )
-                if etype in _KEY_EVENTS and isinstance(ev.get("kid"), str):
-                    key_kids.add(ev["kid"])
+                if etype in _KEY_EVENTS:
+                    key_events.append((seq, ev))
                 if seq in cps:
                     cp_hashes[seq] = row_hash
                 if len(seen) < 4096:
@@ -615,19 +756,33 @@ class AuditLog:
             return self._fail(
                 report, int(head[0]), "edit", "the stored head does not match the chain"
             )
+        chain = self._key_chain()
+        logged, key_problem = self._logged_keys(key_events)
+        # A key counts only when both the log and the key table chain it to the pin.
+        trusted = {k.kid: k.raw for k in chain.keys if logged.get(k.kid) == k.raw}
+        if anchor is not None:
+            report.anchor_checked = True
+            self._check_anchor(report, anchor, trusted, "the anchor")
+            if not report.ok:
+                return report
+        if self._checkpoint_file is not None:
+            self._check_state_checkpoint(report, trusted)
+            if not report.ok:
+                return report
         for cp_seq, cp in sorted(cps.items()):
             try:
                 stored = Checkpoint(
                     self._gate_id, cp_seq, str(cp.hash), float(cp.at), str(cp.kid), cp.signature
                 )
-                signed = cp.kid in key_kids and self._check_signature(
-                    cp.kid, stored.payload(), str(cp.signature)
-                )
+                signed = _signed_by(trusted, stored.kid, stored.payload(), str(cp.signature))
             except (TypeError, ValueError, AuditError):
                 signed = False
             if not signed:
                 return self._fail(
-                    report, cp_seq, "replacement", "a stored checkpoint has a bad signature"
+                    report,
+                    cp_seq,
+                    "replacement",
+                    "a stored checkpoint is not signed by a gate key that chains to the pinned key",
                 )
             if cp_seq > report.head_seq:
                 return self._fail(
@@ -641,45 +796,179 @@ class AuditLog:
                     report, cp_seq, "replacement", "the chain does not match a signed checkpoint"
                 )
             report.checkpoints_checked += 1
-        if anchor is not None:
-            report.anchor_checked = True
-            return self._check_anchor(report, anchor, key_kids)
+            report.signed_seq = max(report.signed_seq, cp_seq)
+        if key_problem is not None:
+            return self._fail(report, *key_problem)
+        table_problem = self._compare_key_table(report, chain, logged, key_events)
+        if table_problem is not None:
+            return self._fail(report, *table_problem)
+        self._unsigned_tail(report, time.time() if now is None else now)
+        findings = [
+            Finding(
+                "untrusted_key", "key", safe_text(u.kid), f"gate key {safe_text(u.kid)}: {u.reason}"
+            )
+            for u in chain.untrusted
+        ]
+        if self._check_state is not None:
+            findings += self._check_state()
+        if findings:
+            report.findings = findings
+            report.ok = False
+            report.problem = findings[0].problem
+            report.reason = findings[0].reason
+            if len(findings) > 1:
+                report.reason += f" (and {len(findings) - 1} more)"
         return report
 
-    def _check_anchor(
-        self, report: VerifyReport, anchor: Checkpoint, key_kids: set[str]
-    ) -> VerifyReport:
-        """The anchor must be intact and signed by a key of this gate that the log
-        itself recorded: a key carried only by the anchor file proves nothing."""
-        from opsgate.identity.keys import b64url_decode, jwk_thumbprint, verify_signature
+    def _logged_keys(
+        self, key_events: list[tuple[int, dict[str, Any]]]
+    ) -> tuple[dict[str, bytes], tuple[int, str, str] | None]:
+        """The gate keys the log introduces, each checked against its predecessor.
 
+        The first must be the pinned key; every rotation must carry the endorsement
+        the key it replaces signed. Returns them (kid -> public key) and the first
+        event that fails (seq, problem, reason), if any.
+        """
+        logged: dict[str, bytes] = {}
+        for seq, ev in key_events:
+            kid, x = ev.get("kid"), ev.get("public_key")
+            try:
+                raw = b64url_decode(x) if isinstance(x, str) else b""
+            except ValueError:
+                raw = b""
+            if len(raw) != 32 or not isinstance(kid, str) or jwk_thumbprint(raw) != kid:
+                return logged, (
+                    seq,
+                    "untrusted_key",
+                    f"the {ev.get('type')} event does not carry the key its kid names",
+                )
+            if ev.get("type") == "gate.key_created":
+                if logged or kid != self._root_kid:
+                    return logged, (
+                        seq,
+                        "untrusted_key",
+                        f"gate key {kid} is not the key pinned in the state dir",
+                    )
+            else:
+                prev = ev.get("retired")
+                endorsement = ev.get("endorsement")
+                at = ev.get("at")
+                try:
+                    ok = (
+                        isinstance(prev, str)
+                        and prev in logged
+                        and isinstance(endorsement, str)
+                        and isinstance(at, (int, float))
+                        and verify_signature(
+                            logged[prev],
+                            b64url_decode(endorsement),
+                            rotation_payload(self._gate_id, kid, x, prev, at),  # type: ignore[arg-type]
+                        )
+                    )
+                except ValueError:
+                    ok = False
+                if not ok or kid in logged:
+                    return logged, (
+                        seq,
+                        "untrusted_key",
+                        f"gate key {kid} is not endorsed by the key it claims to replace",
+                    )
+            logged[kid] = raw
+        if self._root_kid not in logged:
+            return logged, (
+                1,
+                "replacement",
+                "the log does not record the creation of the gate key pinned in the state dir",
+            )
+        return logged, None
+
+    @staticmethod
+    def _compare_key_table(
+        report: VerifyReport,
+        chain: KeyChain,
+        logged: dict[str, bytes],
+        key_events: list[tuple[int, dict[str, Any]]],
+    ) -> tuple[int, str, str] | None:
+        """The key table must chain exactly the keys the log introduced."""
+        at_seq = {ev.get("kid"): seq for seq, ev in key_events}
+        in_table = {k.kid: k.raw for k in chain.keys}
+        for kid, raw in logged.items():
+            if in_table.get(kid) != raw:
+                return (
+                    at_seq.get(kid, 1),
+                    "deletion",
+                    f"gate key {kid} (introduced at seq {at_seq.get(kid)}) is missing from "
+                    "the key table or no longer chains to the pinned key",
+                )
+        for kid in in_table:
+            if kid not in logged:
+                return (
+                    report.head_seq + 1,
+                    "truncation",
+                    f"gate key {kid} chains to the pinned key but the log lacks the event "
+                    "that introduced it: events were removed",
+                )
+        return None
+
+    def _check_state_checkpoint(self, report: VerifyReport, trusted: dict[str, bytes]) -> None:
+        assert self._checkpoint_file is not None
+        try:
+            cp = load_anchor(self._checkpoint_file)
+            report.state_checkpoint_seq = cp.seq
+            self._check_anchor(report, cp, trusted, "the state dir's checkpoint")
+        except AuditError as exc:
+            if exc.code != "anchor_missing":
+                self._fail(
+                    report, 1, "replacement", f"the state dir's checkpoint is invalid: {exc}"
+                )
+
+    def _unsigned_tail(self, report: VerifyReport, now: float) -> None:
+        report.unsigned_events = max(0, report.head_seq - report.signed_seq)
+        if not report.unsigned_events:
+            return
+        with self._store.read() as conn:
+            at = conn.execute(
+                select(schema.audit_events.c.at).where(
+                    schema.audit_events.c.seq == report.signed_seq + 1
+                )
+            ).scalar()
+        if isinstance(at, (int, float)) and math.isfinite(at):
+            report.unsigned_since = float(at)
+            report.unsigned_age_seconds = max(0.0, round(now - float(at), 3))
+
+    def _check_anchor(
+        self, report: VerifyReport, anchor: Checkpoint, trusted: dict[str, bytes], what: str
+    ) -> None:
+        """The anchor must be intact and signed by a key of this gate that both the log
+        and the key table chain to the pin: a key carried only by the file proves nothing."""
         try:
             embedded = b64url_decode(str(anchor.public_key["x"]))
             sig = b64url_decode(anchor.signature)
         except (KeyError, ValueError, TypeError) as exc:
-            raise AuditError("anchor file is malformed", code="anchor_invalid") from exc
+            raise AuditError(f"{what} is malformed", code="anchor_invalid") from exc
         if len(embedded) != 32 or not verify_signature(embedded, sig, anchor.payload()):
-            raise AuditError("anchor signature does not verify", code="anchor_invalid")
+            raise AuditError(f"{what}'s signature does not verify", code="anchor_invalid")
         if jwk_thumbprint(embedded) != anchor.kid:
-            raise AuditError("anchor key does not match its kid", code="anchor_invalid")
+            raise AuditError(f"{what}'s key does not match its kid", code="anchor_invalid")
         if anchor.gate != self._gate_id:
-            return self._fail(report, 1, "replacement", "the anchor belongs to another gate's log")
-        if anchor.kid not in key_kids or not self._check_signature(
-            anchor.kid, anchor.payload(), anchor.signature
-        ):
-            return self._fail(
+            self._fail(report, 1, "replacement", f"{what} belongs to another gate's log")
+            return
+        if not _signed_by(trusted, anchor.kid, anchor.payload(), anchor.signature):
+            self._fail(
                 report,
                 1,
                 "replacement",
-                "the anchor is not signed by a key this gate's log records",
+                f"{what} is not signed by a gate key that chains to the pinned key",
             )
+            return
         if anchor.seq > report.head_seq:
-            return self._fail(
+            self._fail(
                 report,
                 report.head_seq + 1,
                 "truncation",
-                f"the anchor covers seq {anchor.seq} but the log ends at {report.head_seq}",
+                f"{what} covers seq {anchor.seq} but the log ends at {report.head_seq}",
             )
+            return
         if anchor.seq > 0:
             with self._store.read() as conn:
                 row = conn.execute(
@@ -688,13 +977,14 @@ class AuditLog:
                     )
                 ).first()
             if row is None or row[0] != anchor.hash:
-                return self._fail(
+                self._fail(
                     report,
                     anchor.seq,
                     "replacement",
-                    "the log up to the anchor differs from what the anchor signed",
+                    f"the log up to {what} differs from what it signed",
                 )
-        return report
+                return
+        report.signed_seq = max(report.signed_seq, anchor.seq)
 
     def _classify_link(
         self,
@@ -731,6 +1021,53 @@ class AuditLog:
         report.problem = problem
         report.reason = reason
         return report
+
+
+def _signed_by(trusted: dict[str, bytes], kid: str, payload: bytes, signature: str) -> bool:
+    key = trusted.get(kid)
+    if key is None:
+        return False
+    try:
+        return verify_signature(key, b64url_decode(signature), payload)
+    except (ValueError, TypeError):
+        return False
+
+
+def _published_seq(path: Path | None) -> int:
+    """The seq of the checkpoint kept in the state dir (0 when there is none)."""
+    if path is None:
+        return 0
+    try:
+        return load_anchor(path).seq
+    except AuditError:
+        return 0
+
+
+def _publish(path: Path, cp: Checkpoint) -> None:
+    """Replace the state dir's checkpoint with `cp` when it is newer (atomic, fsynced).
+
+    Replicas share the state dir: a lock on the directory orders their writes,
+    so the file never goes back to an older checkpoint.
+    """
+    import fcntl
+
+    fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        if _published_seq(path) >= cp.seq:
+            return
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        data = (json.dumps(cp.to_dict(), indent=2, sort_keys=True) + "\n").encode("utf-8")
+        out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(out, data)
+            os.fsync(out)
+        finally:
+            os.close(out)
+        os.replace(tmp, path)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def load_anchor(path: Path) -> Checkpoint:

@@ -1,27 +1,124 @@
-"""The gate's signing keys: one current key, older public keys kept while needed.
+"""The gate's signing keys, anchored outside the database.
 
 Private keys live in `<state_dir>/gate-keys/<kid>.pem` (0600); public keys live
 in the state database, so every replica publishes and checks the same JWKS.
-A retired key stays published until every credential it could have signed has
-expired (retirement + the hard TTL ceiling + leeway); its public half is kept
-for good, because root registrations and audit checkpoints were signed with it.
+
+The database alone never makes a key a gate key. `init` pins the first key's
+RFC 7638 thumbprint (and the gate id) in `<state_dir>/gate-pin.json`; every
+later key carries an endorsement signed by the key it replaces. The gate's keys
+are exactly the chain that starts at the pinned key and follows endorsements:
+a row someone wrote into the database without the current private key chains
+to nothing and is trusted for nothing. Retirement is the successor's signed
+time, never a column an attacker could edit. A retired key's private half is
+deleted once its successor is committed, so it can neither sign again nor be
+stolen later; its public half stays for good (root registrations and audit
+checkpoints were signed with it) and is published until every credential it
+could have signed has expired.
 """
 
 from __future__ import annotations
 
+import json
+import math
+import os
 import threading
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import orjson
+import structlog
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from sqlalchemy import Connection, insert, select, update
 
 from opsgate.config import HARD_TTL_CEILING_MINUTES, MAX_LEEWAY_SECONDS
+from opsgate.errors import ConfigError
 from opsgate.identity import keys
 from opsgate.store import Store, schema
 
 KEY_DIR = "gate-keys"
+PIN_FILE = "gate-pin.json"
+PIN_TYPE = "opsgate-gate-pin"
+ROTATION_TYPE = "opsgate-gate-key-rotation"
 PUBLISHED_AFTER_RETIREMENT = HARD_TTL_CEILING_MINUTES * 60 + MAX_LEEWAY_SECONDS
+log = structlog.get_logger("opsgate.keys")
+
+
+# -- the pin ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Pin:
+    """What the state dir holds about its gate: its id and its first key's thumbprint."""
+
+    gate_id: str
+    root_kid: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"type": PIN_TYPE, "v": 1, "gate_id": self.gate_id, "kid": self.root_kid}
+
+
+def read_pin(state_dir: Path) -> Pin | None:
+    """The state dir's pin, None when it has none; a damaged pin is an error, never None."""
+    path = state_dir / PIN_FILE
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise ConfigError(
+            f"the gate pin '{PIN_FILE}' in '{state_dir}' is unreadable or malformed",
+            code="pin_invalid",
+        ) from exc
+    gate_id = data.get("gate_id") if isinstance(data, dict) else None
+    kid = data.get("kid") if isinstance(data, dict) else None
+    if (
+        not isinstance(data, dict)
+        or data.get("type") != PIN_TYPE
+        or not isinstance(gate_id, str)
+        or not gate_id.startswith("opsgate:")
+        or not isinstance(kid, str)
+        or len(kid) != 43
+    ):
+        raise ConfigError(
+            f"the gate pin '{PIN_FILE}' in '{state_dir}' is malformed", code="pin_invalid"
+        )
+    return Pin(gate_id, kid)
+
+
+def write_pin(state_dir: Path, pin: Pin) -> None:
+    """Write the pin once (never overwritten): owner read/write, other processes read it."""
+    path = state_dir / PIN_FILE
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot write the gate pin '{PIN_FILE}': {exc.strerror}", code="state_dir_invalid"
+        ) from exc
+    try:
+        os.write(fd, (json.dumps(pin.to_dict(), indent=2, sort_keys=True) + "\n").encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+# -- the chain --------------------------------------------------------------------------------
+
+
+def rotation_payload(gate_id: str, kid: str, public_key: str, prev_kid: str, at: float) -> bytes:
+    """What the replaced key signs: the new key, for this gate, at this time."""
+    return orjson.dumps(
+        {
+            "type": ROTATION_TYPE,
+            "gate": gate_id,
+            "kid": kid,
+            "x": public_key,
+            "prev": prev_kid,
+            "at": float(at),
+        },
+        option=orjson.OPT_SORT_KEYS,
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,87 +127,284 @@ class GateKey:
     public: Ed25519PublicKey
     raw: bytes  # the 32 public key bytes, what the verify hot path needs
     created_at: float
-    retired_at: float | None
+    retired_at: float | None  # the successor's signed creation time
+    prev_kid: str | None = None
+    endorsement: str | None = None
+
+    @property
+    def x(self) -> str:
+        return keys.b64url(self.raw)
+
+
+@dataclass(frozen=True, slots=True)
+class UntrustedKey:
+    """A gate_keys row that is not in the chain from the pin, and why."""
+
+    kid: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class KeyChain:
+    """The gate's keys (root first) and every stored key that is not one of them."""
+
+    keys: tuple[GateKey, ...]
+    untrusted: tuple[UntrustedKey, ...]
+
+    @property
+    def tip(self) -> GateKey | None:
+        return self.keys[-1] if self.keys else None
+
+
+@dataclass(frozen=True, slots=True)
+class _Row:
+    kid: str
+    raw: bytes
+    at: float
+    prev: str | None
+    endorsement: str | None
+
+
+def _decode(row: Any) -> _Row | None:
+    """A stored key row, or None when it is malformed or its kid is not its thumbprint."""
+    try:
+        kid, prev, endorsement = row.kid, row.prev_kid, row.endorsement
+        raw = keys.b64url_decode(row.public_key)
+        at = float(row.created_at)
+        Ed25519PublicKey.from_public_bytes(raw)
+    except (ValueError, TypeError, AttributeError):
+        return None
+    if (
+        not isinstance(kid, str)
+        or not math.isfinite(at)
+        or (prev is not None and not isinstance(prev, str))
+        or (endorsement is not None and not isinstance(endorsement, str))
+        or keys.jwk_thumbprint(raw) != kid
+    ):
+        return None
+    return _Row(kid, raw, at, prev, endorsement)
+
+
+def _endorsed(row: _Row, by: _Row, gate_id: str) -> bool:
+    if row.endorsement is None:
+        return False
+    try:
+        signature = keys.b64url_decode(row.endorsement)
+    except ValueError:
+        return False
+    payload = rotation_payload(gate_id, row.kid, keys.b64url(row.raw), by.kid, row.at)
+    return keys.verify_signature(by.raw, signature, payload)
+
+
+def verify_key_chain(rows: Iterable[Any], pin: Pin) -> KeyChain:
+    """Pure: the chain of keys from the pinned one, each endorsed by its predecessor.
+
+    Two endorsed successors of one key (a fork) end the chain there: the gate
+    never signs two (rotation checks the tip under a row lock), so a fork means
+    its keys were misused, and neither branch is trusted.
+    """
+    decoded: dict[str, _Row] = {}
+    untrusted: list[UntrustedKey] = []
+    for row in rows:
+        d = _decode(row)
+        if d is None:
+            kid = getattr(row, "kid", None)
+            untrusted.append(
+                UntrustedKey(
+                    kid[:64] if isinstance(kid, str) else "<malformed>",
+                    "its public key is malformed or is not the key its kid names",
+                )
+            )
+        else:
+            decoded[d.kid] = d
+    successors: dict[str, list[_Row]] = {}
+    for d in decoded.values():
+        if d.prev is not None:
+            successors.setdefault(d.prev, []).append(d)
+    chain: list[_Row] = []
+    root = decoded.get(pin.root_kid)
+    if root is not None and root.prev is None:
+        chain.append(root)
+        seen = {root.kid}
+        while True:
+            tip = chain[-1]
+            endorsed = [
+                s
+                for s in successors.get(tip.kid, ())
+                if s.kid not in seen and _endorsed(s, tip, pin.gate_id)
+            ]
+            if len(endorsed) != 1:
+                for s in endorsed:
+                    untrusted.append(UntrustedKey(s.kid, f"a second successor of key {tip.kid}"))
+                    seen.add(s.kid)
+                break
+            chain.append(endorsed[0])
+            seen.add(endorsed[0].kid)
+    in_chain = {c.kid for c in chain}
+    flagged = {u.kid for u in untrusted}
+    for d in decoded.values():
+        if d.kid not in in_chain and d.kid not in flagged:
+            reason = (
+                "the pinned key's row has been altered"
+                if d.kid == pin.root_kid
+                else "it is not endorsed by a key that chains to the pinned key"
+            )
+            untrusted.append(UntrustedKey(d.kid, reason))
+    out = [
+        GateKey(
+            r.kid,
+            Ed25519PublicKey.from_public_bytes(r.raw),
+            r.raw,
+            r.at,
+            chain[i + 1].at if i + 1 < len(chain) else None,
+            r.prev,
+            r.endorsement,
+        )
+        for i, r in enumerate(chain)
+    ]
+    return KeyChain(tuple(out), tuple(untrusted))
+
+
+@dataclass(frozen=True, slots=True)
+class Rotation:
+    kid: str
+    prev_kid: str
+    public_key: str  # base64url
+    endorsement: str  # base64url signature of rotation_payload by prev_kid's key
+    at: float
 
 
 class KeyRing:
     """Thread-safe view of the gate's keys; `reload()` picks up other replicas' rotations."""
 
-    def __init__(self, store: Store, state_dir: Path) -> None:
+    def __init__(self, store: Store, state_dir: Path, pin: Pin) -> None:
         self._store = store
         self._dir = state_dir / KEY_DIR
+        self.pin = pin
         self._lock = threading.Lock()
+        self._chain = KeyChain((), ())
         self._keys: dict[str, GateKey] = {}
         self._current: tuple[str, Ed25519PrivateKey] | None = None
 
-    def reload(self) -> None:
+    def load_chain(self) -> KeyChain:
+        """The chain as the database holds it now (verified against the pin)."""
+        t = schema.gate_keys
         with self._store.read() as conn:
-            rows = conn.execute(select(schema.gate_keys)).all()
-        loaded: dict[str, GateKey] = {}
-        for r in rows:
-            try:
-                raw = keys.b64url_decode(r.public_key)
-                public = Ed25519PublicKey.from_public_bytes(raw)
-            except (ValueError, TypeError):
-                continue
-            # A kid is the RFC 7638 thumbprint of its key: a row whose key was swapped
-            # (by someone with write access to the database) is no key of this gate.
-            if keys.jwk_thumbprint(raw) != r.kid:
-                continue
-            loaded[r.kid] = GateKey(
-                r.kid,
-                public,
-                raw,
-                float(r.created_at),
-                None if r.retired_at is None else float(r.retired_at),
-            )
-        current: tuple[str, Ed25519PrivateKey] | None = None
-        for k in sorted(loaded.values(), key=lambda k: k.created_at, reverse=True):
-            path = self._dir / f"{k.kid}.pem"
-            if k.retired_at is None and path.exists():
-                private = keys.read_private_key(path)
-                if keys.public_bytes(private.public_key()) == keys.public_bytes(k.public):
-                    current = (k.kid, private)
-                    break
+            rows = conn.execute(
+                select(t.c.kid, t.c.public_key, t.c.created_at, t.c.prev_kid, t.c.endorsement)
+            ).all()
+        return verify_key_chain(rows, self.pin)
+
+    def reload(self) -> None:
+        chain = self.load_chain()
         with self._lock:
-            self._keys = loaded
+            before = self._chain.tip
+            current = self._current
+        now_kids = {k.kid for k in chain.keys}
+        if before is not None and before.kid not in now_kids:
+            # A key this process already trusted has gone from the chain: a rotation
+            # was removed from the database. Keep the view we had (never roll back).
+            log.error("gate key chain rolled back in the database; ignored", kid=before.kid)
+            return
+        tip = chain.tip
+        if tip is None:
+            current = None
+        elif current is None or current[0] != tip.kid:
+            current = self._private(tip)
+        with self._lock:
+            self._chain = chain
+            self._keys = {k.kid: k for k in chain.keys}
             self._current = current
 
-    def ensure_current(self, conn: Connection, now: float) -> str | None:
-        """Create a signing key when this state dir has none; returns the new kid."""
-        if self._current is not None:
+    def _private(self, key: GateKey) -> tuple[str, Ed25519PrivateKey] | None:
+        path = self._dir / f"{key.kid}.pem"
+        if not path.exists():
             return None
-        return self._create(conn, now)
+        private = keys.read_private_key(path)
+        if keys.public_bytes(private.public_key()) != key.raw:
+            return None
+        return key.kid, private
 
-    def _create(self, conn: Connection, now: float) -> str:
-        private = keys.generate()
-        kid = keys.jwk_thumbprint(private.public_key())
+    def create_root(self, conn: Connection, now: float, private: Ed25519PrivateKey) -> GateKey:
+        """Store the gate's first key (creation only); the caller pins its thumbprint."""
+        raw = keys.public_bytes(private.public_key())
+        kid = keys.jwk_thumbprint(raw)
         keys.write_private_key(self._dir / f"{kid}.pem", private)
-        conn.execute(
-            insert(schema.gate_keys).values(
-                kid=kid,
-                public_key=keys.b64url(keys.public_bytes(private.public_key())),
-                created_at=now,
-                retired_at=None,
-            )
-        )
-        return kid
-
-    def rotate(self, conn: Connection, now: float) -> tuple[str, str | None]:
-        """Start signing with a fresh key; retire the current one. Returns (new, old)."""
-        old = self._current[0] if self._current else None
-        new = self._create(conn, now)
-        if old is not None:
+        try:
             conn.execute(
-                update(schema.gate_keys).where(schema.gate_keys.c.kid == old).values(retired_at=now)
+                insert(schema.gate_keys).values(
+                    kid=kid, public_key=keys.b64url(raw), created_at=now, retired_at=None
+                )
             )
-        return new, old
+        except BaseException:
+            self.discard_private(kid)
+            raise
+        return GateKey(kid, private.public_key(), raw, now, None)
+
+    def rotate(self, conn: Connection, now: float) -> Rotation:
+        """Start signing with a fresh key endorsed by the current one.
+
+        Runs in the caller's write transaction: the current key's row is locked and
+        must still be the chain's tip, so two replicas rotating at once never fork
+        the chain (the second is refused). On failure no key file is left behind.
+        """
+        kid_now, private_now = self.signer()
+        t = schema.gate_keys
+        conn.execute(select(t.c.kid).where(t.c.kid == kid_now).with_for_update())
+        if conn.execute(select(t.c.kid).where(t.c.prev_kid == kid_now)).first() is not None:
+            raise ConfigError(
+                "the gate key was rotated meanwhile (by another replica); try again",
+                code="key_rotated_concurrently",
+            )
+        private = keys.generate()
+        raw = keys.public_bytes(private.public_key())
+        kid = keys.jwk_thumbprint(raw)
+        x = keys.b64url(raw)
+        endorsement = keys.b64url(
+            private_now.sign(rotation_payload(self.pin.gate_id, kid, x, kid_now, now))
+        )
+        keys.write_private_key(self._dir / f"{kid}.pem", private)
+        try:
+            conn.execute(
+                insert(t).values(
+                    kid=kid,
+                    public_key=x,
+                    created_at=now,
+                    retired_at=None,
+                    prev_kid=kid_now,
+                    endorsement=endorsement,
+                )
+            )
+            # Informational only: retirement is read from the successor's endorsement.
+            conn.execute(update(t).where(t.c.kid == kid_now).values(retired_at=now))
+        except BaseException:
+            self.discard_private(kid)
+            raise
+        return Rotation(kid, kid_now, x, endorsement, now)
+
+    def discard_private(self, kid: str) -> None:
+        """Delete a key file this gate no longer signs with (or never committed)."""
+        try:
+            (self._dir / f"{kid}.pem").unlink(missing_ok=True)
+        except OSError as exc:
+            log.warning("could not delete a retired gate key file", kid=kid, error=exc.strerror)
 
     def signer(self) -> tuple[str, Ed25519PrivateKey]:
         current = self._current
         if current is None:
-            raise RuntimeError("gate has no signing key")  # Gate.open always creates one
+            tip = self._chain.tip
+            what = "no key chains to the pinned key" if tip is None else f"key {tip.kid}"
+            raise ConfigError(
+                f"this state dir holds no private key for the gate's current signing key "
+                f"({what}): was a key rotation removed from the database, or is this "
+                "state dir not the one the gate's replicas share?",
+                code="gate_key_missing",
+            )
         return current
+
+    @property
+    def chain(self) -> KeyChain:
+        return self._chain
 
     def get(self, kid: str) -> GateKey | None:
         return self._keys.get(kid)
@@ -120,14 +414,11 @@ class KeyRing:
         return None if k is None else k.public
 
     def published(self, now: float) -> list[GateKey]:
-        return sorted(
-            (
-                k
-                for k in self._keys.values()
-                if k.retired_at is None or k.retired_at + PUBLISHED_AFTER_RETIREMENT > now
-            ),
-            key=lambda k: k.created_at,
-        )
+        return [
+            k
+            for k in self._chain.keys
+            if k.retired_at is None or k.retired_at + PUBLISHED_AFTER_RETIREMENT > now
+        ]
 
     def jwks(self, now: float, alg: str = "EdDSA") -> dict[str, list[dict[str, str]]]:
         """The JWK Set; each key says `alg`, the algorithm new credentials are signed with."""

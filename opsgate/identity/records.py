@@ -8,7 +8,7 @@ grants covered by the parent's, expiry not after the parent's, depth in bounds.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,7 +17,12 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from opsgate import capabilities as caps
 from opsgate.errors import CapabilityError, DelegationError, InvalidCredential
-from opsgate.identity.keys import b64url_decode, public_key_from_did, verify_signature
+from opsgate.identity.keys import (
+    b64url_decode,
+    public_bytes,
+    public_key_from_did,
+    verify_signature,
+)
 
 RECORD_VERSION = 1
 
@@ -157,3 +162,72 @@ def _verify_link(
         issued_at=float(issued_at),
         expires_at=None if expires_at is None else float(expires_at),
     )
+
+
+def _link_problem(row: Any, gate_keys: Mapping[str, bytes]) -> str | None:
+    """Why one stored agent row is not signed by what it claims (None when it is)."""
+    try:
+        record = row.record.encode("utf-8")
+        rec = orjson.loads(record)
+        signature = b64url_decode(row.signature)
+    except (AttributeError, TypeError, ValueError, orjson.JSONDecodeError):
+        return "its record or signature is malformed"
+    if not isinstance(rec, dict) or record_bytes(rec) != record:
+        return "its record is not canonical json"
+    if rec.get("did") != row.did or rec.get("name") != row.name:
+        return "its record names another agent"
+    if row.parent_did is None:
+        signer = row.signer if isinstance(row.signer, str) else ""
+        key = gate_keys.get(signer[5:]) if signer.startswith("gate:") else None
+        if rec.get("kind") != "registration" or key is None:
+            return "it is a root agent not signed by a gate key that chains to the pinned key"
+    else:
+        if (
+            rec.get("kind") != "delegation"
+            or rec.get("parent") != row.parent_did
+            or row.signer != row.parent_did
+        ):
+            return "its record is not a delegation signed by its parent"
+        try:
+            key = public_bytes(public_key_from_did(row.parent_did))
+        except InvalidCredential:
+            return "its parent id is not a did:key"
+    if not verify_signature(key, signature, record):
+        return "its signature does not verify"
+    return None
+
+
+def untrusted_records(rows: Iterable[Any], gate_keys: Mapping[str, bytes]) -> dict[str, str]:
+    """Pure: every stored agent whose record does not chain back to a gate key, and why.
+
+    Only signatures and the links between records are checked (what someone who
+    can write the database but holds no key cannot forge), not limits that a
+    configuration change may have moved since (depth, capability grammar).
+    """
+    by_did = {r.did: r for r in rows if isinstance(r.did, str)}
+    verdict: dict[str, str | None] = {}
+
+    def check(did: str) -> str | None:
+        path: list[str] = []
+        cursor: str | None = did
+        while cursor is not None and cursor not in verdict:
+            if cursor in path or len(path) > 64:
+                for d in path:
+                    verdict[d] = "its delegation chain loops"
+                return verdict[did]
+            path.append(cursor)
+            row = by_did.get(cursor)
+            cursor = None if row is None else row.parent_did
+        inherited = verdict.get(cursor) if cursor is not None else None
+        for d in reversed(path):
+            row = by_did.get(d)
+            if row is None:
+                verdict[d] = "its parent is missing"
+            elif inherited is not None:
+                verdict[d] = "an ancestor does not chain back to the gate"
+            else:
+                verdict[d] = _link_problem(row, gate_keys)
+            inherited = verdict[d]
+        return verdict[did]
+
+    return {did: why for did in by_did if (why := check(did)) is not None}

@@ -24,6 +24,7 @@ from sqlalchemy import (
     event,
     extract,
     func,
+    inspect,
     select,
     text,
     update,
@@ -122,10 +123,19 @@ class Store:
         self._migrate_lock = threading.Lock()
 
     @classmethod
-    def for_state_dir(cls, state_dir: Path, database_url: str | None) -> Store:
+    def for_state_dir(
+        cls, state_dir: Path, database_url: str | None, *, create: bool = True
+    ) -> Store:
+        """The state dir's database; with `create=False` a missing embedded database
+        is an error, so opening never leaves an empty one behind."""
         if database_url:
             return cls(database_url)
         path = (state_dir / DB_FILE).resolve()
+        if not create and not path.is_file():
+            raise ConfigError(
+                f"the state database '{DB_FILE}' is missing from '{state_dir}'",
+                code="gate_mismatch",
+            )
         try:
             # Created owner-only before SQLite opens it: SQLite gives its -wal and
             # -shm files the database file's mode, so none is ever world-readable.
@@ -240,6 +250,23 @@ class Store:
                 ) from exc
             except SQLAlchemyError as exc:
                 raise StoreError(f"migration failed: {exc.__class__.__name__}") from exc
+
+    def stored_gate_id(self) -> str | None:
+        """The gate id this database holds, read without creating or migrating anything
+        (None for an empty database)."""
+        try:
+            with self.read() as conn:
+                if not inspect(conn).has_table("gate_meta"):
+                    return None
+                return self.meta_get(conn, "gate_id")
+        except SQLAlchemyError as exc:
+            raise StoreError(
+                f"cannot read the state database: {getattr(exc, 'orig', exc).__class__.__name__}"
+            ) from exc
+
+    def describe(self) -> str:
+        """The database for messages: its url without the password."""
+        return make_url(self.url).render_as_string(hide_password=True)
 
     def meta_get(self, conn: Connection, key: str) -> str | None:
         row = conn.execute(

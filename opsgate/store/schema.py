@@ -44,8 +44,13 @@ gate_keys = Table(
     Column("kid", String(64), primary_key=True),
     Column("public_key", String(64), nullable=False),  # base64url raw Ed25519
     Column("created_at", Float, nullable=False),
-    Column("retired_at", Float, nullable=True),
+    Column("retired_at", Float, nullable=True),  # informational: the chain decides
+    # The key this one replaced, and that key's signature over this one (keyring.py);
+    # both NULL only for the key pinned in the state dir.
+    Column("prev_kid", String(64), nullable=True),
+    Column("endorsement", String(128), nullable=True),
 )
+Index("ux_gate_keys_prev", gate_keys.c.prev_kid, unique=True)
 
 agents = Table(
     "agents",

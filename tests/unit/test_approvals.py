@@ -1156,7 +1156,8 @@ def test_existing_approvers_get_the_default_expiry_when_the_schema_is_upgraded(
         conn.commit()
     engine.dispose()
     store.dispose()
-    with opsgate.Gate.open(state, database_url=database_url) as gate:
+    # The database holds no gate yet: creating one in it is init's explicit act.
+    with opsgate.Gate.init(state, database_url=database_url) as gate:
         old = gate.approvals.get_approver("old@company.com")
         assert old.token_issued_at == pytest.approx(created, abs=1e-3)
         assert old.token_expires_at == pytest.approx(created + 90 * DAY, abs=1e-3)

@@ -19,7 +19,7 @@ import pytest
 from sqlalchemy import delete, func, insert, select, update
 
 import opsgate
-from opsgate.audit.log import GENESIS_HASH, REDACTED, load_anchor, redact
+from opsgate.audit.log import CHECKPOINT_FILE, GENESIS_HASH, REDACTED, load_anchor, redact
 from opsgate.store import schema
 
 events = schema.audit_events
@@ -71,6 +71,12 @@ def set_head(gate: opsgate.Gate, seq: int, digest: str) -> None:
 def wipe_checkpoints(gate: opsgate.Gate) -> None:
     with gate.store.write() as conn:
         conn.execute(delete(schema.audit_checkpoints))
+
+
+def forget_state_checkpoint(gate: opsgate.Gate) -> None:
+    """Remove the checkpoint the gate keeps in its state dir (outside the database):
+    what is left is what the database alone can tell."""
+    (gate.state_dir / CHECKPOINT_FILE).unlink()
 
 
 def forged_event(seq: int, at: float, event_type: str = "credential.issued") -> dict[str, Any]:
@@ -242,10 +248,15 @@ def test_recomputed_hashes(audited: opsgate.Gate, tmp_path: Path) -> None:
     assert_bad(audited.audit.verify(), 5, "edit", "one row rehashed")
     restore(audited, snap)
 
-    # the whole chain recomputed from that row on (and the head): only the anchor can tell
+    # the whole chain recomputed from that row on (and the head): the checkpoint the gate
+    # keeps in its state dir tells; without it, only the anchor can tell
     wipe_checkpoints(audited)
     _rewrite_row(audited, 5, recompute=False)
     rechain_from(audited, 5)
+    report = audited.audit.verify()
+    assert report.ok is False and report.problem == "replacement", report
+    assert 5 <= report.first_bad_seq <= anchor.seq
+    forget_state_checkpoint(audited)
     assert audited.audit.verify().ok
     report = audited.audit.verify(anchor)
     assert report.ok is False and report.problem == "replacement", report
@@ -348,6 +359,8 @@ def test_truncations(audited: opsgate.Gate, tmp_path: Path) -> None:
     report = audited.audit.verify()
     assert_bad(report, n - 2, "truncation", "below a stored checkpoint")
     wipe_checkpoints(audited)
+    assert_bad(audited.audit.verify(), n - 2, "truncation", "below the state dir's checkpoint")
+    forget_state_checkpoint(audited)
     assert audited.audit.verify().ok  # nothing inside the database can tell any more
     report = audited.audit.verify(anchor)
     assert_bad(report, n - 2, "truncation", "head rewritten, checkpoints wiped, anchor")
@@ -371,9 +384,13 @@ def test_replacements(audited: opsgate.Gate, tmp_path: Path) -> None:
     snap = snapshot(audited)
     n = audited.audit.head()[0]
 
-    # a fresh valid chain, longer than the old one, checkpoints wiped
+    # a fresh valid chain, longer than the old one, checkpoints wiped: the state dir's
+    # checkpoint tells, and without it the log's key events, which do not chain to the pin
     _replace_log(audited, n + 5)
-    assert audited.audit.verify().ok  # internally valid: only an outside anchor can tell
+    report = audited.audit.verify()
+    assert report.ok is False and report.problem == "replacement", report
+    forget_state_checkpoint(audited)
+    assert_bad(audited.audit.verify(), 1, "untrusted_key", "forged key events")
     report = audited.audit.verify(anchor)
     assert report.ok is False and report.problem == "replacement", report
     assert 1 <= report.first_bad_seq <= anchor.seq

@@ -126,6 +126,10 @@ def test_audit_verify_detects_an_edited_row_and_truncation(state: Path, tmp_path
     db.execute("DELETE FROM audit_checkpoints")
     db.commit()
     db.close()
+    # the checkpoint the gate keeps in its state dir is out of the database's reach
+    code, out, _ = run(state, "audit", "verify", "--json")
+    assert code == 1 and json.loads(out)["problem"] == "truncation"
+    (state / "audit-checkpoint.json").unlink()
     assert run(state, "audit", "verify")[0] == 0  # a clean-looking prefix...
     code, out, _ = run(state, "audit", "verify", "--anchor", str(anchor), "--json")
     assert code == 1 and json.loads(out)["problem"] == "truncation"  # ...but not to the anchor
@@ -565,3 +569,94 @@ def test_a_credential_id_starting_with_a_dash_can_be_revoked(tmp_path: Path) -> 
     # a mistyped option is still no credential id
     code, _, _ = run(tmp_path / "state", "creds", "revoke", "--agnet", "a")
     assert code == 2
+
+
+# -- the issuer, the pin and what verify says about them --------------------------------------
+
+
+def test_init_prints_the_issuer_and_the_pinned_key_and_keys_show_repeats_them(
+    tmp_path: Path,
+) -> None:
+    s = tmp_path / "state"
+    code, out, _ = run(s, "init")
+    assert code == 0
+    pin = json.loads((s / "gate-pin.json").read_text())
+    assert f"gate id {pin['gate_id']} (the issuer" in out
+    assert f"pinned key {pin['kid']}" in out
+    code, out, _ = run(s, "init", "--json")  # again: the same gate, nothing new
+    info = json.loads(out)
+    assert (info["issuer"], info["pinned_kid"], info["audience"]) == (
+        pin["gate_id"],
+        pin["kid"],
+        "opsgate",
+    )
+    assert run(s, "keys", "rotate")[0] == 0
+    code, out, _ = run(s, "keys", "show", "--json")
+    doc = json.loads(out)
+    assert doc["issuer"] == pin["gate_id"] and doc["pinned_kid"] == pin["kid"]
+    chain = doc["key_chain"]
+    assert chain[0]["kid"] == pin["kid"] and chain[1]["prev_kid"] == pin["kid"]
+    assert doc["signing_kid"] == chain[1]["kid"] and chain[0]["retired_at"] is not None
+    code, out, _ = run(s, "keys", "show")
+    assert code == 0 and pin["gate_id"] in out and pin["kid"] in out
+
+
+def test_the_jwks_names_the_issuer_its_tokens_carry(state: Path) -> None:
+    import jwt
+
+    _, token, _ = run(state, "creds", "issue", "dep", "-s", "deploy:staging")
+    code, out, _ = run(state, "keys", "jwks")
+    assert code == 0
+    jwks = json.loads(out)
+    key = jwt.PyJWKSet.from_dict(jwks)[jwt.get_unverified_header(token.strip())["kid"]]
+    claims = jwt.decode(
+        token.strip(),
+        key.key,
+        algorithms=["EdDSA"],
+        issuer=jwks["issuer"],
+        audience=jwks["audience"],
+    )
+    assert claims["iss"] == json.loads((state / "gate-pin.json").read_text())["gate_id"]
+
+
+def test_each_command_signs_the_events_it_wrote(state: Path) -> None:
+    code, out, err = run(state, "audit", "verify", "--json")
+    report = json.loads(out)
+    assert code == 0 and report["unsigned_events"] == 0, report
+    assert report["state_checkpoint_seq"] == report["head_seq"] == report["signed_seq"]
+    assert "not signed" not in err
+
+
+def test_audit_verify_reports_an_unsigned_tail_on_stderr_and_exits_0(state: Path) -> None:
+    db = sqlite3.connect(state / "opsgate.db")
+    db.execute("DELETE FROM audit_checkpoints")
+    db.commit()
+    db.close()
+    (state / "audit-checkpoint.json").unlink()
+    code, out, err = run(state, "audit", "verify")
+    assert code == 0 and out.startswith("audit log intact"), err
+    assert "event(s) after seq 0 are not signed by a checkpoint yet" in err
+    code, out, _ = run(state, "audit", "verify", "--json")
+    report = json.loads(out)
+    assert code == 0 and report["unsigned_events"] == report["head_seq"] > 0
+    assert report["unsigned_age_seconds"] >= 0
+
+
+def test_audit_verify_names_an_agent_written_into_the_database(state: Path) -> None:
+    db = sqlite3.connect(state / "opsgate.db")
+    db.execute(
+        "INSERT INTO agents (did, name, sponsor, depth, created_at, status, trust_score, "
+        "initial_trust, record, signature, signer, updated_at) "
+        "SELECT 'did:key:z6MkhaXgBZDvotDkL5257faiztiGiC2QtKLGpbnnEGta2doK', 'forged', sponsor, "
+        "0, created_at, status, 1000, 1000, record, signature, signer, updated_at "
+        "FROM agents WHERE name = 'sup'"
+    )
+    db.commit()
+    db.close()
+    code, out, err = run(state, "audit", "verify")
+    assert code == 1 and out == ""
+    assert err.startswith("gate state TAMPERED: untrusted_agent:"), err
+    code, out, _ = run(state, "audit", "verify", "--json")
+    findings = json.loads(out)["findings"]
+    assert [f["kind"] for f in findings] == ["agent"]
+    assert findings[0]["subject"].endswith("2doK")

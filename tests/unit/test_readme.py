@@ -220,3 +220,13 @@ def test_the_cli_walkthrough_runs_as_written(
     ran = set(shell.ran)
     missing = [name for name in _commands() if " ".join(name.split()[:3]) not in ran]
     assert not missing, f"the README CLI walkthrough never runs {missing}"
+
+
+def test_the_jose_example_verifies_with_the_jwks_alone() -> None:
+    markdown = (ROOT / "README.md").read_text(encoding="utf-8")
+    code = _block(markdown, "## Verifying credentials with any JOSE library")
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == ["['deploy:staging']"]

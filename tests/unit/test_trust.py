@@ -622,11 +622,8 @@ def test_concurrent_trust_events_lose_no_update(tmp_path: Path, database_url: st
         history = changes(w.gate, w.agent.did)
         assert len(history) == 160
         assert sorted(c.score for c in history) == list(range(602, 921, 2))
-        # Another gate on the same store sees the same truth.
-        if database_url is None:
-            again = opsgate.Gate.open(tmp_path / "state")
-        else:
-            again = opsgate.Gate.open(tmp_path / "replica", database_url=database_url)
+        # Another gate on the same store (a replica: it shares the state dir) sees the same truth.
+        again = opsgate.Gate.open(w.gate.state_dir, database_url=database_url)
         try:
             assert again.trust_score(w.agent.did) == 920
         finally:

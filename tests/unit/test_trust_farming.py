@@ -212,9 +212,8 @@ def test_the_daily_cap_holds_under_concurrent_successes(
     """Sixteen callers at once on two gates sharing one store: the cap is read and
     charged under the agent's row lock, so it holds exactly."""
     one = opsgate.Gate.open(tmp_path / "state", database_url=database_url)
-    two = opsgate.Gate.open(
-        tmp_path / ("state" if database_url is None else "replica"), database_url=database_url
-    )
+    # A replica shares the state dir (its pin and keys) as well as the database.
+    two = opsgate.Gate.open(tmp_path / "state", database_url=database_url)
     try:
         sup = one.register_agent(
             "supervisor", DEPLOY_SCOPE, sponsor="lead@company.com", trust_score=920, now=T0

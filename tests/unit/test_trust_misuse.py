@@ -82,8 +82,9 @@ def test_a_leaked_expired_token_is_charged_once_across_restarts(tmp_path: Path) 
 
 def test_misuse_is_charged_once_across_two_replicas(tmp_path: Path, pg_url: str) -> None:
     t = time.time()
-    one = opsgate.Gate.open(tmp_path / "one", database_url=pg_url)
-    two = opsgate.Gate.open(tmp_path / "two", database_url=pg_url)
+    # Two replicas: one database, one state dir (its pin and keys).
+    one = opsgate.Gate.open(tmp_path / "state", database_url=pg_url)
+    two = opsgate.Gate.open(tmp_path / "state", database_url=pg_url)
     try:
         agent = _cast(one, t - 60)
         creds = [

@@ -1,0 +1,220 @@
+"""Automatic checkpoints and the unsigned tail, on SQLite and on the real PostgreSQL.
+
+The gate signs a checkpoint every N events or T seconds (configurable), and keeps
+the newest one in its state dir, out of a database writer's reach. Someone who
+can write only the database can still replace the events after the last
+checkpoint: `verify` says how many those are and how old the oldest is.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import itertools
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from sqlalchemy import delete, insert, select, update
+
+import opsgate
+from opsgate.audit.log import CHECKPOINT_FILE, _publish, load_anchor
+from opsgate.store import schema
+
+events = schema.audit_events
+
+
+def _open(tmp_path: Path, database_url: str | None, **audit: Any) -> opsgate.Gate:
+    return opsgate.Gate.open(tmp_path / "state", database_url=database_url, audit=audit)
+
+
+def _checkpoint_seqs(gate: opsgate.Gate) -> list[int]:
+    with gate.store.read() as conn:
+        return [
+            int(r[0])
+            for r in conn.execute(
+                select(schema.audit_checkpoints.c.seq).order_by(schema.audit_checkpoints.c.seq)
+            )
+        ]
+
+
+def _append(gate: opsgate.Gate, n: int) -> None:
+    for i in range(n):
+        gate.audit.append("test.event", actor="operator", i=i)
+
+
+def _kept_seq(gate: opsgate.Gate) -> int | None:
+    path = gate.state_dir / CHECKPOINT_FILE
+    return load_anchor(path).seq if path.exists() else None
+
+
+def _wait_for_checkpoint(gate: opsgate.Gate, seq: int) -> None:
+    """Until the timer has stored the checkpoint and then kept it in the state dir."""
+    deadline = time.monotonic() + 5
+    while _kept_seq(gate) != seq and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _checkpoint_seqs(gate)[-1] == seq
+    assert _kept_seq(gate) == seq
+
+
+def test_a_checkpoint_is_signed_every_n_events(tmp_path: Path, database_url: str | None) -> None:
+    gate = _open(tmp_path, database_url, checkpoint_every_events=5, checkpoint_every_seconds=3600)
+    try:
+        _append(gate, 12)
+        seqs = _checkpoint_seqs(gate)
+        head = gate.audit.head()[0]
+        assert seqs and all(b - a == 5 for a, b in itertools.pairwise(seqs)), seqs
+        assert head - seqs[-1] < 5
+        kept = load_anchor(gate.state_dir / CHECKPOINT_FILE)
+        assert kept.seq == seqs[-1] and kept.gate == gate.gate_id
+        report = gate.audit.verify()
+        assert report.ok and report.checkpoints_checked == len(seqs)
+        assert report.state_checkpoint_seq == seqs[-1]
+        assert report.unsigned_events == head - seqs[-1]
+    finally:
+        gate.close()
+
+
+def test_a_checkpoint_is_signed_t_seconds_later_without_another_event(
+    tmp_path: Path, database_url: str | None
+) -> None:
+    gate = _open(tmp_path, database_url, checkpoint_every_events=1000, checkpoint_every_seconds=1.0)
+    try:
+        _wait_for_checkpoint(gate, 1)  # the creation event: signed by the timer alone
+        time.sleep(1.05)  # nothing waits to be signed meanwhile: no timer runs
+        _append(gate, 1)  # the interval has passed: signed in the same transaction
+        head = gate.audit.head()[0]
+        assert _checkpoint_seqs(gate)[-1] == head
+        _append(gate, 2)  # within the interval: waits for the timer, no further event comes
+        assert _checkpoint_seqs(gate)[-1] == head
+        _wait_for_checkpoint(gate, head + 2)
+        assert gate.audit.verify().unsigned_events == 0
+    finally:
+        gate.close()
+
+
+def test_verify_reports_the_unsigned_tail_and_close_signs_it(
+    tmp_path: Path, database_url: str | None
+) -> None:
+    gate = _open(
+        tmp_path, database_url, checkpoint_every_events=1000, checkpoint_every_seconds=3600
+    )
+    try:
+        signed = gate.audit.checkpoint().seq
+        first = gate.audit.append("test.event", actor="operator", at=1_000.0)
+        _append(gate, 2)
+        report = gate.audit.verify(now=1_090.0)
+        assert report.ok  # reported, not a failure: nothing proves these were replaced
+        assert (report.signed_seq, report.unsigned_events) == (signed, 3)
+        assert report.unsigned_since == 1_000.0 and report.unsigned_age_seconds == 90.0
+        data = report.to_dict()
+        assert data["unsigned_events"] == 3 and data["unsigned_since"] == 1_000.0
+        assert first.seq == signed + 1
+    finally:
+        gate.close()  # signs what this process left unsigned
+    with opsgate.Gate.open(tmp_path / "state", database_url=database_url) as again:
+        report = again.audit.verify()
+        assert report.ok and report.unsigned_events == 0 and report.unsigned_since is None
+
+
+def _forge_after(gate: opsgate.Gate, seq: int) -> int:
+    """Delete every event after `seq` (and the stored checkpoints), then append one
+    forged row with a valid hash: what a database-only attacker can do."""
+    with gate.store.write() as conn:
+        prev = conn.execute(select(events.c.hash).where(events.c.seq == seq)).scalar_one()
+        conn.execute(delete(events).where(events.c.seq > seq))
+        conn.execute(delete(schema.audit_checkpoints))
+        at = time.time()
+        body = orjson.dumps(
+            {"type": "credential.revoked", "actor": "operator", "seq": seq + 1, "at": at},
+            option=orjson.OPT_SORT_KEYS,
+        )
+        digest = hashlib.sha256(prev.encode("ascii") + body).hexdigest()
+        conn.execute(
+            insert(events).values(
+                seq=seq + 1,
+                at=at,
+                type="credential.revoked",
+                actor="operator",
+                body=body.decode(),
+                prev_hash=prev,
+                hash=digest,
+            )
+        )
+        conn.execute(update(schema.audit_head).values(seq=seq + 1, hash=digest))
+    return seq + 1
+
+
+def test_the_tail_cannot_be_cut_below_the_last_checkpoint(
+    tmp_path: Path, database_url: str | None
+) -> None:
+    gate = _open(tmp_path, database_url, checkpoint_every_events=4, checkpoint_every_seconds=3600)
+    try:
+        _append(gate, 10)
+        signed = _checkpoint_seqs(gate)[-1]
+        assert signed < gate.audit.head()[0]
+
+        # below the last checkpoint: the state dir's copy of it tells, checkpoints wiped or not
+        _forge_after(gate, signed - 2)
+        report = gate.audit.verify()
+        assert not report.ok and report.problem in ("truncation", "replacement"), report
+        assert report.first_bad_seq is not None and report.first_bad_seq <= signed
+    finally:
+        gate.close()
+
+
+def test_a_forged_tail_after_the_last_checkpoint_is_reported_as_unsigned(
+    tmp_path: Path, database_url: str | None
+) -> None:
+    gate = _open(tmp_path, database_url, checkpoint_every_events=4, checkpoint_every_seconds=3600)
+    try:
+        _append(gate, 10)
+        signed = _checkpoint_seqs(gate)[-1]
+        forged = _forge_after(gate, signed)
+        report = gate.audit.verify()
+        assert report.ok, report  # nothing can prove it; the report says how much is at risk
+        assert (report.signed_seq, report.unsigned_events) == (signed, forged - signed)
+        assert report.unsigned_age_seconds is not None and report.unsigned_age_seconds < 60
+    finally:
+        gate.close()
+
+
+def test_a_stored_checkpoint_with_a_huge_seq_does_not_stop_automatic_checkpoints(
+    tmp_path: Path, database_url: str | None
+) -> None:
+    gate = _open(tmp_path, database_url, checkpoint_every_events=3, checkpoint_every_seconds=3600)
+    gate.close()
+    with gate.store.write() as conn:
+        conn.execute(
+            insert(schema.audit_checkpoints).values(
+                seq=10**12, hash="0" * 64, at=1.0, kid="x", signature="x"
+            )
+        )
+    gate = _open(tmp_path, database_url, checkpoint_every_events=3, checkpoint_every_seconds=3600)
+    try:
+        _append(gate, 4)
+        assert load_anchor(gate.state_dir / CHECKPOINT_FILE).seq >= 3
+    finally:
+        gate.close()
+
+
+@pytest.mark.parametrize(
+    "audit", [{"checkpoint_every_events": 0}, {"checkpoint_every_seconds": 0}, {"every": 5}]
+)
+def test_checkpoint_settings_are_validated(tmp_path: Path, audit: dict[str, Any]) -> None:
+    with pytest.raises(opsgate.ConfigError):
+        opsgate.Gate.open(tmp_path / "state", audit=audit)
+    assert not (tmp_path / "state").exists()
+
+
+def test_the_state_dir_checkpoint_never_goes_back(tmp_path: Path) -> None:
+    """Replicas share the state dir: an older checkpoint does not replace a newer one."""
+    with opsgate.Gate.open(tmp_path / "state") as gate:
+        _append(gate, 3)
+        newer = gate.audit.checkpoint()
+        path = gate.state_dir / CHECKPOINT_FILE
+        _publish(path, dataclasses.replace(newer, seq=newer.seq - 1))
+        assert load_anchor(path).seq == newer.seq
+        assert path.stat().st_mode & 0o077 == 0
