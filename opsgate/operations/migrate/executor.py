@@ -49,10 +49,20 @@ class MigrateParams(BaseModel):
 
 
 class TargetCredentials(Protocol):
-    """Gives the connection URL for a target for the duration of a `with` block."""
+    """Gives the connection URL for a target for the duration of a `with` block.
+
+    `max_ttl` is how many seconds the credential that asked has left (None when no
+    credential asked, e.g. a plan): nothing obtained for it may live longer.
+    """
 
     def url(
-        self, database: str, target: DatabaseTarget, *, purpose: Purpose, agent: str | None
+        self,
+        database: str,
+        target: DatabaseTarget,
+        *,
+        purpose: Purpose,
+        agent: str | None,
+        max_ttl: float | None = None,
     ) -> AbstractContextManager[str]: ...
 
 
@@ -61,7 +71,13 @@ class ConfigCredentials:
 
     @contextmanager
     def url(
-        self, database: str, target: DatabaseTarget, *, purpose: Purpose, agent: str | None
+        self,
+        database: str,
+        target: DatabaseTarget,
+        *,
+        purpose: Purpose,
+        agent: str | None,
+        max_ttl: float | None = None,
     ) -> Iterator[str]:
         yield target.url.get_secret_value()
 
@@ -163,6 +179,14 @@ class MigrationExecutor:
                         f"database {name!r} lies inside the gate's state directory",
                         code="database_target_invalid",
                     )
+        leased = [n for n, t in self._targets.items() if t.vault_role is not None]
+        if leased and credentials is None:
+            # Without a provider that leases users, the URL (no password) would be tried.
+            raise ConfigError(
+                f"database {leased[0]!r} names a vault_role: pass credentials="
+                "opsgate.secrets.dynamic.database_credentials(gate)",
+                code="database_credentials_missing",
+            )
         self._credentials: TargetCredentials = credentials or ConfigCredentials()
         self._clock = clock
         self._sleep = sleep
@@ -194,9 +218,17 @@ class MigrationExecutor:
 
     @contextmanager
     def _open(
-        self, name: str, target: DatabaseTarget, *, purpose: Purpose, agent: str
+        self,
+        name: str,
+        target: DatabaseTarget,
+        *,
+        purpose: Purpose,
+        agent: str,
+        max_ttl: float | None = None,
     ) -> Iterator[MigrationTarget]:
-        with self._credentials.url(name, target, purpose=purpose, agent=agent) as url:
+        with self._credentials.url(
+            name, target, purpose=purpose, agent=agent, max_ttl=max_ttl
+        ) as url:
             conn = MigrationTarget.connect(
                 url,
                 label=name,
@@ -310,7 +342,13 @@ class MigrationExecutor:
             else (context.agent_name)
         )
         try:
-            with self._open(name, config, purpose="migrate", agent=context.agent_name) as conn:
+            with self._open(
+                name,
+                config,
+                purpose="migrate",
+                agent=context.agent_name,
+                max_ttl=context.credential_ttl,
+            ) as conn:
                 if content["mode"] == "repair":
                     return self._repair(name, config, conn, content, agent)
                 return self._apply(name, config, conn, content, agent)
