@@ -42,6 +42,10 @@ app.add_typer(audit_app, name="audit")
 approvers_app = typer.Typer(help="People who may approve operations.", no_args_is_help=True)
 approvals_app = typer.Typer(help="Pending and decided approval requests.", no_args_is_help=True)
 trust_app = typer.Typer(help="Behavioural trust scores.", no_args_is_help=True)
+operators_app = typer.Typer(
+    help="Operators of the HTTP API (tokens stored hashed).", no_args_is_help=True
+)
+app.add_typer(operators_app, name="operators")
 app.add_typer(approvers_app, name="approvers")
 app.add_typer(approvals_app, name="approvals")
 app.add_typer(trust_app, name="trust")
@@ -323,6 +327,31 @@ def agents_revoke(agent: str, reason: ReasonOpt = None, state_dir: StateDir = No
     """Revoke an agent and its descendants for good."""
     affected = _gate(state_dir).agents.revoke(agent, reason=reason)
     _out().print(f"revoked {len(affected)} agent(s)")
+
+
+@agents_app.command("export-key")
+@handle_errors
+def agents_export_key(
+    agent: str,
+    output: Annotated[Path, typer.Option("--output", "-o", help="Key file to create (0600).")],
+    force: Annotated[
+        bool, typer.Option("--force", help="Export again (needs --reason; audited).")
+    ] = False,
+    reason: ReasonOpt = None,
+    by: Annotated[
+        str | None, typer.Option(help="Who exports it (audited; default: your login name).")
+    ] = None,
+    state_dir: StateDir = None,
+) -> None:
+    """Write AGENT's private key to a new file once, for moving it to the agent's machine."""
+    did = _gate(state_dir).agents.export_key(
+        agent, output, by=by or _login_name() or "operator", force=force, reason=reason
+    )
+    _out().print(
+        f"wrote the private key of {did} to {output} (mode 0600); move it to the agent's "
+        "machine and delete this copy",
+        markup=False,
+    )
 
 
 # -- credentials ------------------------------------------------------------------------
@@ -705,6 +734,131 @@ def approvals_deny(
     )
     note = " (its approval is cancelled: it will not run)" if cancelled_after_quorum(req) else ""
     _out().print(f"{req.id} is now {req.status}{note}", markup=False)
+
+
+# -- operators -----------------------------------------------------------------------------
+
+
+@operators_app.command("add")
+@handle_errors
+def operators_add(
+    name: str, ttl_days: TokenTtl = None, state_dir: StateDir = None, json_out: JsonOut = False
+) -> None:
+    """Register an operator of the HTTP API; prints their token once."""
+    gate = _gate(state_dir)
+    token = gate.operators.add(name, ttl_days=ttl_days)
+    _print_operator_token(gate.operators.get(name), token, json_out, "added")
+
+
+@operators_app.command("rotate")
+@handle_errors
+def operators_rotate(
+    name: str, ttl_days: TokenTtl = None, state_dir: StateDir = None, json_out: JsonOut = False
+) -> None:
+    """Replace an operator's token; prints the new one once. The old one stops working now."""
+    gate = _gate(state_dir)
+    token = gate.operators.rotate(name, ttl_days=ttl_days)
+    _print_operator_token(gate.operators.get(name), token, json_out, "rotated")
+
+
+@operators_app.command("list")
+@handle_errors
+def operators_list(state_dir: StateDir = None, json_out: JsonOut = False) -> None:
+    """List operators with their token's status and expiry (never the token)."""
+    now = datetime.now(UTC).timestamp()
+    operators = _gate(state_dir).operators.list_operators()
+    if json_out:
+        _print_json([o.to_dict(now) for o in operators])
+        return
+    table = _table("operator", "status", "token issued", "token expires")
+    for o in operators:
+        table.add_row(
+            escape(o.name), o.status(now), _when(o.token_issued_at), _when(o.token_expires_at)
+        )
+    _out().print(table)
+
+
+def _print_operator_token(operator: Any, token: str, json_out: bool, what: str) -> None:
+    if json_out:
+        _print_json(
+            {
+                "operator": operator.name,
+                "token": token,
+                "token_expires_at": _iso(operator.token_expires_at),
+            }
+        )
+        return
+    typer.echo(token)  # alone on stdout, so it can be captured
+    _err(
+        f"operator {operator.name} {what}; the token above is shown only this once "
+        f"and expires {_when(operator.token_expires_at)}"
+    )
+
+
+# -- serve -------------------------------------------------------------------------------------
+
+
+def _loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@app.command()
+@handle_errors
+def serve(
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.", min=1, max=65535)] = 8080,
+    external_url: Annotated[
+        str | None,
+        typer.Option(
+            help="The URL agents reach this gate at (default: server.external_url; on a "
+            "loopback host, http://HOST:PORT)."
+        ),
+    ] = None,
+    state_dir: StateDir = None,
+) -> None:
+    """Run the HTTP API (agents: client assertion + DPoP; approvers and operators: tokens)."""
+    import uvicorn
+
+    from opsgate.server import create_app
+
+    gate = _gate(state_dir)
+    settings = gate.config.server
+    url = external_url or settings.external_url
+    if url is None:
+        if not _loopback(host):
+            raise ConfigError(
+                "serving on a non-loopback address needs --external-url (or "
+                "server.external_url): proofs of possession name it",
+                code="external_url_missing",
+            )
+        url = f"http://{'127.0.0.1' if host == 'localhost' else host}:{port}"
+    try:
+        settings = settings.model_validate({**settings.model_dump(), "external_url": url})
+    except ValueError as exc:
+        raise ConfigError(f"invalid --external-url: {exc}", code="config_invalid") from exc
+    application = create_app(gate, settings)
+    _err(f"opsgate serving {gate.state_dir} on {host}:{port} as {url}")
+    uvicorn.run(
+        application,
+        host=host,
+        port=port,
+        log_level="warning",
+        access_log=False,
+        server_header=False,
+        # Bounded request heads and a bounded number of connections per process.
+        h11_max_incomplete_event_size=16 * 1024,
+        limit_concurrency=1024,
+        timeout_keep_alive=5,
+        timeout_graceful_shutdown=10,
+    )
+    gate.close()
 
 
 # -- trust -------------------------------------------------------------------------------------

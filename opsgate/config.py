@@ -364,6 +364,44 @@ class AuditConfig(_Strict):
     checkpoint_every_events: int = Field(1000, ge=1, le=1_000_000)
     checkpoint_every_seconds: float = Field(60.0, ge=0.05, le=86_400)
 
+class OperatorsConfig(_Strict):
+    """Operator tokens (the HTTP API's operator role): how long one lives."""
+
+    token_ttl_days: int = Field(90, ge=1, le=3650)
+
+
+class ServerConfig(_Strict):
+    """`opsgate serve`: the HTTP API's address, proof checks and request limits."""
+
+    # The base URL agents reach this gate at (scheme, host, port, optional path):
+    # the audience of client assertions and the prefix of every DPoP proof's htu.
+    # Never derived from a request's Host header.
+    external_url: str | None = None
+    # How far a DPoP proof's or an assertion's iat may be from now (plus leeway).
+    proof_window_seconds: int = Field(60, ge=5, le=300)
+    max_body_bytes: int = Field(65_536, ge=1024, le=16_777_216)
+    max_json_depth: int = Field(32, ge=2, le=256)
+    # Refused requests per client address and per agent: a bucket of `refusal_burst`
+    # refilled at `refusal_rate` per second; past it, 429 without touching the database.
+    refusal_burst: int = Field(20, ge=1, le=100_000)
+    refusal_rate: float = Field(1.0, gt=0, le=10_000)
+    # /metrics names agents and their scores: operators only unless opened here.
+    metrics_public: bool = False
+
+    @field_validator("external_url")
+    @classmethod
+    def _external_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("external_url must be an http(s) URL with a host")
+        if parts.query or parts.fragment or "@" in parts.netloc:
+            raise ValueError("external_url must have no query, fragment or user info")
+        return value
+
 
 class Config(_Strict):
     """Everything a Gate needs to know that is not data in its store."""
@@ -376,6 +414,8 @@ class Config(_Strict):
     limits: Limits = Limits()
     trust: TrustConfig = TrustConfig()
     approvals: ApprovalsConfig = ApprovalsConfig()
+    operators: OperatorsConfig = OperatorsConfig()
+    server: ServerConfig = ServerConfig()
     notifications: NotificationsConfig = NotificationsConfig()
     databases: dict[str, DatabaseTarget] = Field(default_factory=dict)
     deploy: DeployConfig = DeployConfig()

@@ -9,6 +9,7 @@
     ├── InvalidCredential             bad_signature, alg_not_allowed, expired, revoked, ...
     ├── PolicyError                   policy_syntax, policy_unknown_name, ... (loading)
     ├── ApprovalError                 approval_not_found, not_an_approver, self_approval, ...
+    ├── OperatorError                 operator_unauthenticated, operator_token_expired, ...
     ├── OperationError                operation_denied, executor_missing, params_invalid,
     │                                 artifact_refused, artifact_invalid, operation_failed, ...
     │   └── MigrationError            migration_locked, migration_edited, migration_refused, ...
@@ -85,6 +86,12 @@ class PolicyError(OpsgateError):
 
 class ApprovalError(OpsgateError):
     default_code = "approval_refused"
+
+
+class OperatorError(OpsgateError):
+    """An operator token refused, or an operator that cannot be added or rotated."""
+
+    default_code = "operator_unauthenticated"
 
 
 class OperationError(OpsgateError):
@@ -171,6 +178,7 @@ __all__ = [
     "InvalidCredential",
     "MigrationError",
     "OperationError",
+    "OperatorError",
     "OpsgateError",
     "PolicyError",
     "SecretBackendError",

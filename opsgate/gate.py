@@ -34,7 +34,7 @@ from opsgate.audit.log import CHECKPOINT_FILE, AuditLog, Finding
 from opsgate.authz import AuthzRequest, authorize, scope_refusal
 from opsgate.config import Config, load_config
 from opsgate.credentials.keyring import KEY_DIR, PIN_FILE, KeyRing, Pin, read_pin, write_pin
-from opsgate.credentials.manager import Claims, CredentialManager, to_epoch
+from opsgate.credentials.manager import Claims, CredentialManager, PossessionCheck, to_epoch
 from opsgate.credentials.proof import ProofRequest
 from opsgate.decision import Decision
 from opsgate.environments import Environments, Resolved
@@ -60,6 +60,7 @@ from opsgate.operations.base import (
     params_model_of,
     validate_params,
 )
+from opsgate.operators import OperatorService
 from opsgate.policy.request import check_params
 from opsgate.secrets import SecretsService
 from opsgate.secrets.value import SecretValue
@@ -211,6 +212,9 @@ class Gate:
             store=store, state=self.state, config=config, audit=self.audit, agents=self.agents
         )
         self.approvals = ApprovalService(store=store, audit=self.audit, config=config)
+        self.operators = OperatorService(
+            store=store, audit=self.audit, token_ttl_days=config.operators.token_ttl_days
+        )
         self.credential_manager.on_escalation = self._on_escalation
         self.agents.on_refusal = self._on_delegation_refused
         self.policies: Any = None
@@ -570,8 +574,21 @@ class Gate:
 
     # -- the one path --------------------------------------------------------------------
 
+    def authenticate(
+        self,
+        token: str,
+        request: ProofRequest,
+        *,
+        now: datetime | float | None = None,
+        proof: str | PossessionCheck | None = None,
+    ) -> Claims:
+        """Step 1 alone, for a surface's requests that run no operation (renewing or
+        revoking its own credential, reading an approval's status): verified with
+        the proof for `request`, refused and charged exactly as in `execute`."""
+        return self._authenticate(token, to_epoch(now), proof, request)
+
     def _authenticate(
-        self, token: object, t: float, proof: str | None, context: ProofRequest
+        self, token: object, t: float, proof: str | PossessionCheck | None, context: ProofRequest
     ) -> Claims:
         """Step 1. Misuse of a genuine credential is charged to its (proven) agent, once."""
         try:
@@ -679,7 +696,7 @@ class Gate:
         capability: str,
         *,
         now: datetime | float | None = None,
-        proof: str | None = None,
+        proof: str | PossessionCheck | None = None,
         params: dict[str, Any] | None = None,
     ) -> Decision:
         """Decide whether the credential may exercise `capability` now. Audited and scored.
@@ -848,7 +865,7 @@ class Gate:
         operation: Operation,
         *,
         now: datetime | float | None = None,
-        proof: str | None = None,
+        proof: str | PossessionCheck | None = None,
         approval_id: str | None = None,
     ) -> Outcome | PendingApproval:
         """Run `operation` through the one path. Returns its Outcome, or PendingApproval.
@@ -967,7 +984,7 @@ class Gate:
         token: str,
         *,
         now: datetime | float | None = None,
-        proof: str | None = None,
+        proof: str | PossessionCheck | None = None,
         secret: SecretValue | None = None,
     ) -> Outcome | PendingApproval:
         """Execute an approved request: steps 1-4 again with fresh state, same digest, once.

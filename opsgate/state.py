@@ -213,6 +213,11 @@ class LiveState:
         finally:
             self._refresh_lock.release()
 
+    def is_fresh(self) -> bool:
+        """Whether this replica's view of other replicas' changes is younger than
+        `max_age` (what a readiness probe reports)."""
+        return time.monotonic() < self._fresh_until
+
     def refresh(self, *, force: bool = False) -> None:
         if not self._refresh_lock.acquire(blocking=force):
             return  # another thread is refreshing; use the current view

@@ -192,6 +192,17 @@ class ApprovalService:
         except AgentError as exc:
             raise ApprovalError(exc.message, code="invalid_email") from exc
 
+    def authenticate_approver(
+        self, email: str, token: object, *, now: datetime | float | None = None
+    ) -> str:
+        """Check an approver's token (constant time; expired tokens refused) and
+        return the approver's address: the HTTP API's approver role."""
+        t = to_epoch(now)
+        who = self._email(email)
+        with self._store.read() as conn:
+            self._authenticate(conn, who, token, t)
+        return who
+
     def _authenticate(self, conn: Connection, approver: str, token: object, t: float) -> None:
         a = schema.approvers
         row = conn.execute(

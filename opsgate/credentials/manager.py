@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import structlog
 from sqlalchemy import Connection, select, update
@@ -113,6 +113,20 @@ def revocation_cutoff(conn: Connection, dids: list[str], t: float) -> float:
         if r[0] is not None
     ]
     return _ms_floor(max([t, *issued]))
+
+
+@runtime_checkable
+class PossessionCheck(Protocol):
+    """A surface's own proof of possession (the HTTP API's DPoP proof), checked by
+    `verify` against the credential's verified claims, like the SDK's proof string.
+
+    `check` raises InvalidCredential; the refusal of a genuine credential is then
+    misuse of its agent, charged once, exactly as a bad SDK proof is.
+    """
+
+    def check(
+        self, claims: Claims, *, token: str, request: ProofRequest | None, now: float
+    ) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -375,7 +389,7 @@ class CredentialManager:
         token: object,
         *,
         now: datetime | float | None = None,
-        proof: str | None = None,
+        proof: str | PossessionCheck | None = None,
         proof_context: ProofRequest | None = None,
         audit: bool = True,
     ) -> Claims:
@@ -391,7 +405,14 @@ class CredentialManager:
             if claims is None:
                 claims = self._verify_fresh(token)
             self._check_live(claims, t)
-            if proof is not None or self._config.require_proof:
+            if isinstance(proof, PossessionCheck):
+                assert isinstance(token, str)
+                try:
+                    proof.check(claims, token=token, request=proof_context, now=t)
+                except InvalidCredential as exc:
+                    exc.detail.update(agent=claims.sub, misuse=True, jti=claims.jti, exp=claims.exp)
+                    raise
+            elif proof is not None or self._config.require_proof:
                 if proof is None:
                     raise InvalidCredential(
                         "credential presented without proof of its key",
@@ -601,6 +622,7 @@ __all__ = [
     "Claims",
     "Credential",
     "CredentialManager",
+    "PossessionCheck",
     "issue_second",
     "revocation_cutoff",
     "to_epoch",

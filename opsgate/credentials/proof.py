@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import math
 import secrets
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -164,6 +164,14 @@ class ProofChecker:
         if not math.isfinite(iat) or abs(now - iat) > window:
             raise bad("proof is stale")
         self._use_once(jti, float(iat), window + skew, bad)
+
+    def use_once(
+        self, jti: str, iat: float, window: float, bad: Callable[..., InvalidCredential]
+    ) -> None:
+        """Accept the single-use id `jti` of a proof in another format (the HTTP API's
+        DPoP proofs and client assertions, namespaced by the caller) once, on any
+        replica, by the same database clock and expiry as the SDK's proofs."""
+        self._use_once(jti, iat, window, bad)
 
     def _use_once(self, jti: str, iat: float, window: float, bad: Any) -> None:
         """Record the proof id, accepted only while the database's clock is within

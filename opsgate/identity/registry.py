@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import re
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -268,6 +269,74 @@ class AgentRegistry:
                 f"the private key of {shown(did)} is not held here", code="key_not_held"
             )
         return keys.read_private_key(path)
+
+    def export_key(
+        self,
+        ref: str,
+        path: Path,
+        *,
+        by: str,
+        force: bool = False,
+        reason: str | None = None,
+        now: datetime | float | None = None,
+    ) -> str:
+        """Write the agent's private key to `path` (0600, never over an existing file)
+        for moving it to the agent's own machine; returns the agent's did.
+
+        Once: a second export is refused unless `force` with a `reason`, both
+        audited (who, why, how many times), never the key. The gate keeps its copy:
+        it signs the agent's delegations. A stolen export is the agent's identity,
+        so export only to where the agent runs, and rotate (re-register) if in doubt.
+        """
+        t = to_epoch(now)
+        did = self.resolve(ref)
+        state = self.state(did)
+        if force and (not isinstance(reason, str) or not reason.strip()):
+            raise AgentError("a forced export needs a reason (audited)", code="reason_required")
+        key = self.private_key(did)  # key_not_held before anything is written
+        if os.path.lexists(path):
+            raise AgentError(
+                f"'{path.name}' already exists; the key is never written over a file",
+                code="output_exists",
+            )
+        x = schema.agent_key_exports
+        written = False
+        try:
+            with self._store.write() as conn:
+                row = conn.execute(select(x.c.exports).where(x.c.did == did)).first()
+                if row is not None and not force:
+                    raise AgentError(
+                        f"the key of agent {state.name!r} was already exported; pass --force "
+                        "with a --reason to export it again",
+                        code="key_already_exported",
+                    )
+                exports = 1 if row is None else int(row[0]) + 1
+                if row is None:
+                    conn.execute(x.insert().values(did=did, exported_at=t, exports=exports))
+                else:
+                    conn.execute(
+                        update(x).where(x.c.did == did).values(exported_at=t, exports=exports)
+                    )
+                self._audit.append_in(
+                    conn,
+                    "agent.key_exported",
+                    actor=safe_text(by),
+                    at=t,
+                    agent=did,
+                    name=state.name,
+                    exports=exports,
+                    forced=force or None,
+                    reason=safe_text(reason) if reason is not None else None,
+                )
+                # Last inside the transaction: a file that cannot be written records
+                # nothing, and a record that cannot commit takes the file back.
+                keys.write_private_key(path, key)
+                written = True
+        except BaseException:
+            if written:
+                path.unlink(missing_ok=True)
+            raise
+        return did
 
     def _key_path(self, did: str) -> Path:
         return self._key_dir / f"{did.rsplit(':', 1)[-1]}.pem"

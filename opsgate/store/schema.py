@@ -242,3 +242,26 @@ secret_versions = Table(
     Column("created_by", String(128), nullable=False),
     Column("deleted_at", Float, nullable=True),
 )
+
+# Operators of the HTTP API (register, suspend, audit): token stored only hashed,
+# expiring, rotated at once like an approver's.
+operators = Table(
+    "operators",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("token_hash", String(64), nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("token_issued_at", Float, nullable=False),
+    Column("token_expires_at", Float, nullable=False),
+    Column("disabled_at", Float, nullable=True),
+)
+
+# Agent private keys handed out of the state dir (`agents export-key`): once each,
+# unless an operator forces another export with a reason (audited).
+agent_key_exports = Table(
+    "agent_key_exports",
+    metadata,
+    Column("did", String(64), primary_key=True),
+    Column("exported_at", Float, nullable=False),
+    Column("exports", Integer, nullable=False),
+)

@@ -1,0 +1,105 @@
+"""The HTTP API: `create_app(gate, settings)` builds it; `opsgate serve` runs it.
+
+A thin layer: every privileged call is the Gate's public API (execute, resume,
+authorize, authenticate, credential_manager, approvals, agents, audit, trust).
+The layer adds only what HTTP needs: who is calling (context.py), proofs of
+possession (dpop.py), limits (limits.py), errors as JSON with the right status
+(errors.py) and metrics (metrics.py).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from opsgate.config import ServerConfig
+from opsgate.errors import ConfigError, OpsgateError
+from opsgate.gate import Gate
+from opsgate.server.context import ServerContext
+from opsgate.server.dpop import ProofRules, normalise_url
+from opsgate.server.errors import status_of
+from opsgate.server.limits import BodyLimit, RefusalLimiter
+from opsgate.server.metrics import ServerMetrics
+from opsgate.server.routes import (
+    agents,
+    approvals,
+    audit,
+    credentials,
+    health,
+    operations,
+    policy,
+    trust,
+)
+
+
+def _error_body(exc: OpsgateError) -> dict[str, Any]:
+    return exc.to_dict()
+
+
+def create_app(gate: Gate, settings: ServerConfig | None = None) -> FastAPI:
+    """The API of `gate`. `settings.external_url` is required: proofs name it."""
+    settings = settings or gate.config.server
+    if settings.external_url is None:
+        raise ConfigError(
+            "the server needs its external URL (server.external_url): proofs of "
+            "possession and client assertions name it",
+            code="external_url_missing",
+        )
+    external = normalise_url(settings.external_url).rstrip("/")
+    limits = gate.config.limits
+    ctx = ServerContext(
+        gate=gate,
+        settings=settings,
+        external_url=external,
+        rules=ProofRules(
+            external_url=external,
+            allowed_algorithms=limits.allowed_algorithms,
+            window_seconds=settings.proof_window_seconds,
+            leeway_seconds=limits.leeway_seconds,
+            replay_skew_seconds=limits.proof_clock_skew_seconds,
+        ),
+        metrics=ServerMetrics(gate),
+        limiter=RefusalLimiter(burst=settings.refusal_burst, rate=settings.refusal_rate),
+    )
+    app = FastAPI(
+        title="opsgate",
+        summary="The gate every privileged operation of an AI agent passes through.",
+        version="0.1.0",
+    )
+    app.state.ctx = ctx
+
+    @app.exception_handler(OpsgateError)
+    async def opsgate_error(request: Request, exc: OpsgateError) -> JSONResponse:
+        status = status_of(exc)
+        ctx.refused(request, exc, status)
+        headers: dict[str, str] = {}
+        if status == 401 and isinstance(exc.detail.get("agent", ""), str | None):
+            headers["WWW-Authenticate"] = 'DPoP algs="EdDSA Ed25519"'
+        retry = exc.detail.get("retry_after")
+        if status == 429 and isinstance(retry, float):
+            headers["Retry-After"] = str(max(1, math.ceil(retry)))
+        return JSONResponse(_error_body(exc), status_code=status, headers=headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid"}
+        where = ".".join(str(p) for p in first.get("loc", ()))
+        err = OpsgateError(f"{where}: {str(first.get('msg', '')).lower()}", code="request_invalid")
+        ctx.refused(request, err, 422)
+        return JSONResponse(_error_body(err), status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        err = OpsgateError(str(exc.detail).lower(), code=code)
+        return JSONResponse(_error_body(err), status_code=exc.status_code)
+
+    for module in (health, credentials, operations, approvals, agents, audit, trust, policy):
+        app.include_router(module.router)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    return app

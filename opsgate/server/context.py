@@ -1,0 +1,215 @@
+"""What every route needs: the gate, the settings, and the three ways in.
+
+Roles and how each authenticates:
+- agent:    `Authorization: DPoP <credential>` plus exactly one `DPoP: <proof>`
+            header; the proof is checked by the kernel's verify (a PossessionCheck),
+            so refusals are audited and charged like any other credential misuse.
+- approver: `Authorization: Basic base64(email:approver-token)`.
+- operator: `Authorization: Basic base64(name:operator-token)`.
+A credential of one role on another role's endpoint is `wrong_role` (403).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import time
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import orjson
+from fastapi import Request
+from pydantic import BaseModel, ValidationError
+from starlette.concurrency import run_in_threadpool
+
+from opsgate.approvals.service import TOKEN_PREFIX as APPROVER_PREFIX
+from opsgate.config import ServerConfig
+from opsgate.credentials.manager import Claims
+from opsgate.credentials.proof import ProofRequest
+from opsgate.errors import OpsgateError, safe_text
+from opsgate.gate import Gate
+from opsgate.operators import TOKEN_PREFIX as OPERATOR_PREFIX
+from opsgate.server.dpop import DPoPCheck, ProofRules, body_request
+from opsgate.server.errors import HttpRefusal
+from opsgate.server.limits import RefusalLimiter, json_depth_ok
+from opsgate.server.metrics import ServerMetrics
+
+M = TypeVar("M", bound=BaseModel)
+_MAX_AUTH_HEADER = 8192
+
+
+@dataclass
+class ServerContext:
+    gate: Gate
+    settings: ServerConfig
+    external_url: str
+    rules: ProofRules
+    metrics: ServerMetrics
+    limiter: RefusalLimiter
+
+    # -- bodies ---------------------------------------------------------------------
+
+    async def body(self, request: Request) -> bytes:
+        return await request.body()
+
+    def parse(self, raw: bytes, model: type[M]) -> M:
+        """A JSON object body checked for depth, then by `model` (unknown keys refused)."""
+        if not raw.strip():
+            raw = b"{}"
+        if not json_depth_ok(raw, self.settings.max_json_depth):
+            raise HttpRefusal(
+                f"request body nests deeper than {self.settings.max_json_depth} levels",
+                code="json_too_deep",
+            )
+        try:
+            data = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            raise HttpRefusal("request body is not json", code="json_invalid") from exc
+        if not isinstance(data, dict):
+            raise HttpRefusal("request body must be a json object", code="json_invalid")
+        try:
+            return model.model_validate(data)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first["loc"]) or "body"
+            raise HttpRefusal(
+                f"request body field {safe_text(where)!r}: {first['msg'].lower()}",
+                code="request_invalid",
+            ) from exc
+
+    # -- agents -----------------------------------------------------------------------
+
+    def agent_auth(self, request: Request) -> tuple[str, DPoPCheck]:
+        """The presented credential and the DPoP check for this request.
+
+        A Bearer credential is accepted as presented and then refused by the kernel
+        for want of a proof (charged to its agent when genuine): over HTTP no
+        credential is a bearer token, whatever `require_proof` says.
+        """
+        self.check_blocked(request)
+        scheme, value = _authorization(request)
+        if scheme == "basic":
+            raise HttpRefusal("this endpoint is for agents (DPoP credentials)", code="wrong_role")
+        if scheme not in ("dpop", "bearer") or not value:
+            raise HttpRefusal(
+                "authorization must be 'DPoP <credential>'", code="authorization_malformed"
+            )
+        request.state.claimed_sub = unverified_sub(value)
+        self.check_blocked(request)
+        proofs = tuple(request.headers.getlist("dpop")) if scheme == "dpop" else ()
+        check = DPoPCheck(
+            proofs=proofs,
+            method=request.method,
+            path=request.url.path,
+            rules=self.rules,
+            use_once=self.gate.credential_manager.proofs.use_once,
+        )
+        return value, check
+
+    async def agent_claims(self, request: Request, raw: bytes) -> Claims:
+        """Authenticate an agent for a request that runs no operation: the proof binds
+        the method, path and the exact body bytes."""
+        token, check = self.agent_auth(request)
+        proof_request: ProofRequest = body_request(request.method, request.url.path, raw)
+        claims = await run_in_threadpool(self.gate.authenticate, token, proof_request, proof=check)
+        request.state.agent = claims.sub
+        return claims
+
+    # -- humans -------------------------------------------------------------------------
+
+    def _basic(self, request: Request, role: str, foreign_prefix: str) -> tuple[str, str]:
+        self.check_blocked(request)
+        scheme, value = _authorization(request)
+        if scheme in ("dpop", "bearer"):
+            raise HttpRefusal(f"this endpoint is for {role}s", code="wrong_role")
+        if scheme != "basic":
+            raise HttpRefusal(
+                f"authorization must be Basic with your {role} name and token",
+                code="authorization_malformed",
+            )
+        try:
+            user, _, secret = base64.b64decode(value, validate=True).decode("utf-8").partition(":")
+        except (binascii.Error, UnicodeDecodeError) as exc:
+            raise HttpRefusal(
+                "authorization is not valid Basic credentials", code="authorization_malformed"
+            ) from exc
+        if secret.startswith(foreign_prefix):
+            raise HttpRefusal(f"this endpoint is for {role}s", code="wrong_role")
+        return user, secret
+
+    async def approver(self, request: Request) -> tuple[str, str]:
+        """(email, token) of an authenticated approver."""
+        email, token = self._basic(request, "approver", OPERATOR_PREFIX)
+        who = await run_in_threadpool(self.gate.approvals.authenticate_approver, email, token)
+        return who, token
+
+    async def operator(self, request: Request) -> str:
+        name, token = self._basic(request, "operator", APPROVER_PREFIX)
+        who: str = await run_in_threadpool(self.gate.operators.authenticate, name, token)
+        request.state.operator = who
+        return who
+
+    async def operator_or_approver(self, request: Request) -> str:
+        """Trust scores are for operators and approvers alike (a decision needs them)."""
+        _, secret = self._basic(request, "operator or approver", "\x00")
+        if secret.startswith(APPROVER_PREFIX):
+            return (await self.approver(request))[0]
+        return await self.operator(request)
+
+    # -- refusals -------------------------------------------------------------------------
+
+    def blocked(self, request: Request) -> float | None:
+        """Seconds to wait when this client address, or the agent its credential
+        names, has used up its refusals; checked before anything else is done."""
+        now = time.monotonic()
+        keys = [_address_key(request)]
+        sub = getattr(request.state, "claimed_sub", None)
+        if sub:
+            keys.append(f"agent:{sub}")
+        waits = [w for w in (self.limiter.retry_after(k, now) for k in keys) if w is not None]
+        return max(waits) if waits else None
+
+    def check_blocked(self, request: Request) -> None:
+        wait = self.blocked(request)
+        if wait is not None:
+            raise HttpRefusal(
+                "too many refused requests; slow down", code="rate_limited", retry_after=wait
+            )
+
+    def refused(self, request: Request, exc: OpsgateError, status: int) -> None:
+        """Count a refusal; take a token from the address and, when the credential was
+        genuine (its agent proven), from that agent: a forged `sub` charges no agent."""
+        self.metrics.refusals.labels(exc.code).inc()
+        if status not in (401, 403, 413, 422, 431):
+            return
+        now = time.monotonic()
+        self.limiter.charge(_address_key(request), now)
+        agent = exc.detail.get("agent") or getattr(request.state, "agent", None)
+        if isinstance(agent, str):
+            self.limiter.charge(f"agent:{agent}", now)
+
+
+def _address_key(request: Request) -> str:
+    return f"ip:{request.client.host if request.client else '-'}"
+
+
+def _authorization(request: Request) -> tuple[str, str]:
+    values = request.headers.getlist("authorization")
+    if not values:
+        raise HttpRefusal("no credentials were presented", code="credential_missing")
+    if len(values) != 1 or len(values[0]) > _MAX_AUTH_HEADER:
+        raise HttpRefusal("exactly one authorization header", code="authorization_malformed")
+    scheme, _, value = values[0].partition(" ")
+    return scheme.lower(), value.strip()
+
+
+def unverified_sub(token: str) -> str | None:
+    """The `sub` a token claims, unverified: only a rate-limit key (a forged sub can
+    only slow down requests presenting that sub, never authenticate anything)."""
+    try:
+        payload = token.split(".")[1]
+        data: Any = orjson.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    except (IndexError, ValueError, binascii.Error, orjson.JSONDecodeError):
+        return None
+    sub = data.get("sub") if isinstance(data, dict) else None
+    return sub if isinstance(sub, str) and len(sub) <= 64 else None

@@ -1,0 +1,1 @@
+"""One router per area; each reads the ServerContext from `request.app.state.ctx`."""

@@ -1,0 +1,147 @@
+"""Operations: execute (or dry run), resume an approved one, authorize, and read status.
+
+Each goes through the gate's one path with the request's DPoP proof as its proof
+of possession: the proof's `req` must be the gate's own digest of the operation
+(or the capability and params, or the approval), so a proof moves to no other body.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+from pydantic import Field
+from starlette.concurrency import run_in_threadpool
+
+from opsgate.approvals import PendingApproval
+from opsgate.errors import ApprovalError, OpsgateError
+from opsgate.operations.base import Operation, Outcome
+from opsgate.server.routes.common import Body, body_doc, ctx_of, iso, json, result_response
+
+router = APIRouter(prefix="/v1", tags=["operations"])
+
+
+class ExecuteBody(Body):
+    action: str
+    resource: str
+    params: dict[str, Any] = Field(default_factory=dict)
+    dry_run: bool = False
+    approval_id: str | None = None
+
+
+class AuthorizeBody(Body):
+    capability: str
+    params: dict[str, Any] | None = None
+
+
+def _count(ctx: Any, result: Outcome | PendingApproval) -> None:
+    effect = "require_approval" if isinstance(result, PendingApproval) else "allow"
+    ctx.metrics.decisions.labels(effect).inc()
+
+
+@router.post("/operations", openapi_extra=body_doc(ExecuteBody))
+async def execute(request: Request) -> Response:
+    """Run an operation: 200 with its outcome, or 202 when it waits for approval."""
+    ctx = ctx_of(request)
+    body = ctx.parse(await ctx.body(request), ExecuteBody)
+    token, check = ctx.agent_auth(request)
+    operation = Operation(body.action, body.resource, body.params, body.dry_run)
+    started = time.perf_counter()
+    try:
+        result = await run_in_threadpool(
+            lambda: ctx.gate.execute(token, operation, proof=check, approval_id=body.approval_id)
+        )
+    except OpsgateError as exc:
+        if exc.code == "operation_denied":
+            ctx.metrics.decisions.labels("deny").inc()
+        raise
+    finally:
+        ctx.metrics.operation_seconds.observe(time.perf_counter() - started)
+    _count(ctx, result)
+    return result_response(result)
+
+
+@router.post("/approvals/{approval_id}/resume", openapi_extra=body_doc(Body))
+async def resume(approval_id: str, request: Request) -> Response:
+    """Run an approved request (the approval fixes the operation), once."""
+    ctx = ctx_of(request)
+    ctx.parse(await ctx.body(request), Body)
+    token, check = ctx.agent_auth(request)
+    started = time.perf_counter()
+    try:
+        result = await run_in_threadpool(lambda: ctx.gate.resume(approval_id, token, proof=check))
+    finally:
+        ctx.metrics.operation_seconds.observe(time.perf_counter() - started)
+    _count(ctx, result)
+    return result_response(result)
+
+
+@router.post("/authorize", openapi_extra=body_doc(AuthorizeBody))
+async def authorize(request: Request) -> Response:
+    """Decide whether the credential may exercise a capability now (audited, scored)."""
+    ctx = ctx_of(request)
+    body = ctx.parse(await ctx.body(request), AuthorizeBody)
+    token, check = ctx.agent_auth(request)
+    decision = await run_in_threadpool(
+        lambda: ctx.gate.authorize(token, body.capability, proof=check, params=body.params)
+    )
+    ctx.metrics.decisions.labels(decision.effect).inc()
+    return json(decision.to_dict())
+
+
+@router.get("/operations/approvals/{approval_id}")
+async def approval_status(approval_id: str, request: Request) -> Response:
+    """The status of one of the agent's own approval requests (others' are not found)."""
+    ctx = ctx_of(request)
+    claims = await ctx.agent_claims(request, b"")
+    req = await run_in_threadpool(ctx.gate.approvals.get, approval_id)
+    if req.requester_did != claims.sub:
+        raise ApprovalError(f"no approval request {approval_id!r}", code="approval_not_found")
+    return json(
+        {
+            "approval_id": req.id,
+            "status": req.status,
+            "capability": req.capability,
+            "approvers": list(req.approvers),
+            "min_approvals": req.min_approvals,
+            "expires_at": iso(req.expires_at),
+            "decisions": [
+                {"approver": d.approver, "decision": d.decision, "at": iso(d.at)}
+                for d in req.decisions
+            ],
+        }
+    )
+
+
+@router.get("/operations/{seq}")
+async def operation_status(seq: int, request: Request) -> Response:
+    """An operation's outcome by its audit seq (the agent's own operations only)."""
+    ctx = ctx_of(request)
+    claims = await ctx.agent_claims(request, b"")
+
+    def find() -> Any:
+        for record in ctx.gate.audit.events(after_seq=max(0, seq - 1), batch=1):
+            return record if record.seq == seq else None
+        return None
+
+    record = await run_in_threadpool(find)
+    if (
+        record is None
+        or record.actor != claims.sub
+        or record.type not in ("operation.outcome", "operation.attempt", "operation.dry_run")
+    ):
+        raise ApprovalError(f"no operation {seq} of this agent", code="not_found")
+    event = record.event
+    return json(
+        {
+            "seq": record.seq,
+            "type": record.type,
+            "at": iso(record.at),
+            "capability": event.get("capability"),
+            "digest": event.get("digest"),
+            "outcome": event.get("outcome"),
+            "summary": event.get("summary"),
+        }
+    )

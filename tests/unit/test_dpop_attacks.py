@@ -1,0 +1,136 @@
+"""DPoP attacks as data (tests/data/dpop_attacks.yaml): each breaks one part of a
+valid request to the HTTP API and must get its exact code and status; nothing runs,
+and a genuine credential's refusal is charged to its agent as misuse, once."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from helpers import DATA, audit_events, deploy, stored_trust
+from server_helpers import Api, open_api, proof_parts, sign
+
+from opsgate.credentials.proof import ProofRequest
+
+CASES = yaml.safe_load((DATA / "dpop_attacks.yaml").read_text())["cases"]
+OPERATION = deploy("staging/app-web")
+
+
+def _apply(target: dict[str, Any], changes: dict[str, Any] | None) -> None:
+    for key, value in (changes or {}).items():
+        if value is None:
+            target.pop(key, None)
+        else:
+            target[key] = value
+
+
+def attack(api: Api, case: dict[str, Any], token: str) -> Any:
+    """Send the case's request; returns the (last) response."""
+    agent_key = api.agent_key()
+    attacker = Ed25519PrivateKey.generate()
+    key = attacker if case.get("key") == "attacker" else agent_key
+    op = deploy("staging/app-web", noise="other") if case.get("body") == "other" else OPERATION
+    header, claims = proof_parts(key, "POST", "/v1/operations", token, ProofRequest.execute(op))
+    _apply(header, case.get("header"))
+    _apply(header["jwk"], case.get("jwk"))
+    _apply(claims, case.get("claims"))
+    if "iat_offset" in case:
+        claims["iat"] += case["iat_offset"]
+    signer = attacker if case.get("signer") == "attacker" else key
+    proof = sign(signer, header, claims, signature=case.get("signature", True))
+    headers: list[tuple[str, str]] = [
+        ("Authorization", f"{case.get('scheme', 'DPoP')} {token}"),
+        ("Content-Type", "application/json"),
+    ]
+    headers += [("DPoP", proof)] * case.get("proofs", 1)
+    if "host" in case:
+        headers.append(("Host", case["host"]))
+    body = {
+        "action": OPERATION.action,
+        "resource": OPERATION.resource,
+        "params": OPERATION.params,
+        "dry_run": False,
+        "approval_id": None,
+    }
+    import orjson
+
+    raw = orjson.dumps(body)
+    times = 2 if case.get("replay") else 1
+    response = None
+    for _ in range(times):
+        response = api.client.post("/v1/operations", content=raw, headers=headers)
+    return response
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c["name"] for c in CASES])
+def test_dpop_attack(tmp_path: Path, case: dict[str, Any]) -> None:
+    api = open_api(tmp_path / "state")
+    did = api.world.agent.did
+    token = api.credential()
+    if case.get("token") == "forged":
+        head, body, _ = token.split(".")
+        token = f"{head}.{body}.{'A' * 86}"
+    before = stored_trust(api.gate, did)
+    response = attack(api, case, token)
+    expect = case["expect"]
+    assert response.status_code == expect["status"], response.text
+    data = response.json()
+    assert data["code"] == expect["code"], data
+    assert set(data) == {"error", "code", "message"}
+    ran = 1 if case.get("replay") else 0  # the first of a replayed pair is genuine
+    assert api.world.executor.count == ran
+    misuse = api.gate.config.trust.deltas.credential_misuse
+    charged = stored_trust(api.gate, did) - before
+    if expect["charged"]:
+        success = api.gate.config.trust.deltas.success if ran else 0
+        assert charged == misuse + success
+    else:
+        assert charged == 0
+    rejected = audit_events(api.gate, "credential.rejected")
+    assert rejected and rejected[-1]["code"] == expect["code"]
+
+
+def test_misuse_is_charged_once_per_credential(tmp_path: Path) -> None:
+    """Three bad proofs with one stolen credential cost its agent one charge."""
+    api = open_api(tmp_path / "state")
+    did = api.world.agent.did
+    token = api.credential()
+    before = stored_trust(api.gate, did)
+    for _ in range(3):
+        r = attack(api, {"key": "attacker"}, token)
+        assert r.json()["code"] == "dpop_key_mismatch"
+    assert stored_trust(api.gate, did) - before == api.gate.config.trust.deltas.credential_misuse
+
+
+def test_a_valid_request_runs(tmp_path: Path) -> None:
+    """The control: the same request unbroken runs once."""
+    api = open_api(tmp_path / "state")
+    r = attack(api, {}, api.credential())
+    assert r.status_code == 200, r.text
+    assert r.json()["status"] == "succeeded"
+    assert api.world.executor.count == 1
+
+
+def test_cases_are_checked(tmp_path: Path) -> None:
+    """A wrong expectation fails the runner: the table cannot pass vacuously."""
+    api = open_api(tmp_path / "state")
+    r = attack(api, {"claims": {"htm": "GET"}}, api.credential())
+    assert r.json()["code"] != "dpop_stale"
+    assert {c["expect"]["code"] for c in CASES} >= {
+        "missing_proof",
+        "dpop_multiple",
+        "dpop_bad_type",
+        "dpop_alg_not_allowed",
+        "dpop_private_key",
+        "dpop_htm_mismatch",
+        "dpop_htu_mismatch",
+        "dpop_stale",
+        "proof_replayed",
+        "dpop_ath_missing",
+        "dpop_ath_mismatch",
+        "dpop_key_mismatch",
+        "dpop_request_mismatch",
+    }
