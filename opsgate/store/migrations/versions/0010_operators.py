@@ -1,7 +1,7 @@
 """Operator tokens for the HTTP API, and the record of agent keys exported once.
 
-Revision ID: 0008
-Revises: 0007
+Revision ID: 0010
+Revises: 0009
 """
 
 import sqlalchemy as sa
