@@ -200,23 +200,249 @@ class DatabaseTarget(_Strict):
         return value
 
 
-class DeployConfig(_Strict):
-    """The local deploy executor, registered for action `deploy` when `root` is set.
+#: An environment, app or version as it reaches a path or a command line: one plain
+#: word, never an option (`-x`), a path step (`.`, `..`) or two arguments.
+DEPLOY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z", re.ASCII)
+#: Names of variables the operator may give a child (static env, secrets).
+ENV_NAME = re.compile(r"[A-Z_][A-Z0-9_]{0,127}\Z", re.ASCII)
+#: A secret path as it is read (`read:secrets/<env>/<name>...`): lower-case capability
+#: segments, so the path read is exactly the one the capability check covered.
+SECRET_PATH = re.compile(r"[a-z0-9][a-z0-9._-]*(/[a-z0-9][a-z0-9._-]*)+\Z", re.ASCII)
+#: An app or environment named in the deploy config: lower case, as capabilities are.
+_DEPLOY_KEY = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}\Z", re.ASCII)
+#: Placeholders every command template may use; `vars` adds the operator's own.
+COMMAND_PLACEHOLDERS = ("app", "env", "version", "artifact")
+_VAR_NAME = re.compile(r"[a-z][a-z0-9_]{0,31}\Z", re.ASCII)
 
-    `artifact_roots` are the only directories artifacts are read from; with none,
-    no deploy runs. Relative paths are taken from the state dir.
+
+def _deploy_name(value: str, what: str) -> str:
+    if not _DEPLOY_KEY.match(value):
+        raise ValueError(f"{what} {value[:64]!r} must match [a-z0-9][a-z0-9._-]* (lower case)")
+    return value
+
+
+def _argv(value: object, what: str) -> tuple[str, ...]:
+    """A command as a list of arguments; a string is split like a shell would (no shell runs)."""
+    import shlex
+
+    if isinstance(value, str):
+        try:
+            value = shlex.split(value)
+        except ValueError as exc:
+            raise ValueError(f"{what}: {exc}") from None
+    if not isinstance(value, (list, tuple)) or not value:
+        raise ValueError(f"{what} must be a non-empty list of arguments")
+    if any(not isinstance(a, str) or "\x00" in a for a in value):
+        raise ValueError(f"{what}: every argument must be text without NUL")
+    program = value[0]
+    if not program or ("/" in program and not program.startswith("/")):
+        # A relative path would resolve against the working directory (a release's files).
+        raise ValueError(f"{what}: the program must be a name found on PATH or an absolute path")
+    return tuple(value)
+
+
+def template_fields(argv: tuple[str, ...], what: str) -> set[str]:
+    """The placeholders of a command template; anything but `{name}` is refused.
+
+    Only plain names: no attribute or index access (`{app.x}`, `{app[0]}`), conversions
+    or format specs, so rendering can never reach past the validated value.
+    """
+    import string
+
+    names: set[str] = set()
+    for arg in argv:
+        try:
+            parsed = list(string.Formatter().parse(arg))
+        except ValueError as exc:
+            raise ValueError(f"{what}: {exc} in {arg[:64]!r}") from None
+        for _literal, field, spec, conversion in parsed:
+            if field is None:
+                continue
+            if not _VAR_NAME.match(field) or spec or conversion:
+                raise ValueError(f"{what}: placeholder {{{field[:32]}}} must be a plain name")
+            names.add(field)
+    return names
+
+
+class HealthCheck(_Strict):
+    """The health gate run after a switch: an HTTP URL or a command, never both.
+
+    Passed after `successes` consecutive good probes; failed after `failure_threshold`
+    consecutive bad answers (wrong status, non-zero exit); a probe that times out or
+    cannot connect is inconclusive: it never counts as a success, and when
+    `deadline_seconds` passes without a pass the gate has failed.
+    """
+
+    url: str | None = None
+    command: tuple[str, ...] | None = None
+    expect_status: tuple[int, ...] = (200,)
+    interval_seconds: float = Field(2.0, ge=0, le=3600)
+    timeout_seconds: float = Field(5.0, gt=0, le=600)
+    failure_threshold: int = Field(3, ge=1, le=1000)
+    successes: int = Field(1, ge=1, le=1000)
+    deadline_seconds: float = Field(60.0, gt=0, le=86_400)
+
+    @field_validator("command", mode="before")
+    @classmethod
+    def _command(cls, value: object) -> object:
+        return None if value is None else _argv(value, "health command")
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        import httpx
+
+        try:
+            url = httpx.URL(value)
+        except (httpx.InvalidURL, TypeError) as exc:
+            raise ValueError("health url is not a valid url") from exc
+        if url.scheme not in ("http", "https") or not url.host:
+            raise ValueError("health url must be http:// or https:// with a host")
+        if url.userinfo:
+            raise ValueError("health url must not hold credentials (it is shown in plans)")
+        return value
+
+    @field_validator("expect_status")
+    @classmethod
+    def _status(cls, value: tuple[int, ...]) -> tuple[int, ...]:
+        if not value or any(not 100 <= s <= 599 for s in value):
+            raise ValueError("expect_status must list HTTP status codes (100-599)")
+        return value
+
+    @model_validator(mode="after")
+    def _check(self) -> HealthCheck:
+        if (self.url is None) == (self.command is None):
+            raise ValueError("a health check has exactly one of url and command")
+        if self.command is not None and template_fields(self.command, "health command"):
+            raise ValueError(
+                "health command takes no placeholders: it gets OPSGATE_DEPLOY_* variables"
+            )
+        if self.timeout_seconds > self.deadline_seconds:
+            raise ValueError("health timeout_seconds must not exceed deadline_seconds")
+        return self
+
+
+class CommandBackend(_Strict):
+    """An environment deployed by running a configured command (helm, kubectl, ...).
+
+    `command` is a list of arguments (a string is split shell-style; no shell ever
+    runs). Placeholders: `{app}`, `{env}`, `{version}`, `{artifact}` and the names in
+    `vars`. The child gets a minimal environment: `PATH` (`path`), `env`, the
+    agent's short-lived credential as `OPSGATE_TOKEN`, and the secrets named in
+    `secrets` (variable -> secret path) or asked for in the request.
+    """
+
+    command: tuple[str, ...]
+    rollback: tuple[str, ...] | None = None
+    vars: dict[str, str] = Field(default_factory=dict)
+    env: dict[str, str] = Field(default_factory=dict)
+    secrets: dict[str, str] = Field(default_factory=dict)
+    path: str = "/usr/local/bin:/usr/bin:/bin"
+    cwd: str | None = None
+    timeout_seconds: float = Field(600.0, gt=0, le=86_400)
+    output_tail_bytes: int = Field(4000, ge=0, le=65_536)
+
+    @field_validator("command", "rollback", mode="before")
+    @classmethod
+    def _commands(cls, value: object) -> object:
+        return None if value is None else _argv(value, "deploy command")
+
+    @model_validator(mode="after")
+    def _check(self) -> CommandBackend:
+        for name, value in self.vars.items():
+            if not _VAR_NAME.match(name) or name in COMMAND_PLACEHOLDERS:
+                raise ValueError(
+                    f"var {name[:32]!r} must match [a-z][a-z0-9_]* and not be built in"
+                )
+            if "\x00" in value:
+                raise ValueError(f"var {name!r} must not hold NUL")
+        known = set(COMMAND_PLACEHOLDERS) | set(self.vars)
+        for what, argv in (("command", self.command), ("rollback", self.rollback)):
+            if argv is None:
+                continue
+            unknown = template_fields(argv, what) - known
+            if unknown:
+                raise ValueError(f"{what}: unknown placeholder {{{sorted(unknown)[0]}}}")
+        if self.rollback is not None and "artifact" in template_fields(self.rollback, "rollback"):
+            raise ValueError("rollback: {artifact} is not known when rolling back")
+        taken: set[str] = set()
+        for name, value in [*self.env.items(), *self.secrets.items()]:
+            if not ENV_NAME.match(name) or name.startswith("OPSGATE_") or name == "PATH":
+                raise ValueError(
+                    f"variable {name[:32]!r} must match [A-Z_][A-Z0-9_]* and not be PATH "
+                    "or OPSGATE_*"
+                )
+            if name in taken:
+                raise ValueError(f"variable {name!r} is given twice")
+            taken.add(name)
+            if "\x00" in value:
+                raise ValueError(f"variable {name!r} must not hold NUL")
+        for path in self.secrets.values():
+            if not SECRET_PATH.match(path):
+                raise ValueError(
+                    f"secret path {path[:64]!r} must be '<env>/<name>', lower-case names"
+                )
+        if not self.path or "\x00" in self.path:
+            raise ValueError("path must be a PATH value")
+        return self
+
+
+class AppDeploy(_Strict):
+    """Per-app deploy settings: the staging rule and the health probe of each environment."""
+
+    require_staging: bool = True
+    health: dict[str, HealthCheck] = Field(default_factory=dict)
+    keep_releases: int | None = Field(None, ge=1, le=1000)
+
+    @field_validator("health")
+    @classmethod
+    def _envs(cls, value: dict[str, HealthCheck]) -> dict[str, HealthCheck]:
+        for env in value:
+            _deploy_name(env, "environment")
+        return value
+
+
+class DeployConfig(_Strict):
+    """The deploy executor, registered for `deploy` and `rollback` when `root` is set
+    or an environment has a command backend.
+
+    Environments in `commands` run their configured command; every other one is
+    the local backend under `root`. `artifact_roots` are the only directories
+    artifacts are read from; the local backend needs them. `promotions` maps an
+    environment to the one whose successful deploy of the same version and artifact
+    must come first (`production: staging`). Relative paths are taken from the state dir.
     """
 
     root: str | None = None
     artifact_roots: tuple[str, ...] = ()
+    keep_releases: int = Field(5, ge=1, le=1000)
+    promotions: dict[str, str] = Field(default_factory=lambda: {"production": "staging"})
+    commands: dict[str, CommandBackend] = Field(default_factory=dict)
+    apps: dict[str, AppDeploy] = Field(default_factory=dict)
+    lock_expiry_seconds: float = Field(3600.0, gt=0, le=7 * 86_400)
 
     @model_validator(mode="after")
     def _check(self) -> DeployConfig:
         if self.root is not None and not self.artifact_roots:
             raise ValueError("deploy.root needs deploy.artifact_roots (where artifacts come from)")
-        if self.root is None and self.artifact_roots:
+        if self.root is None and self.artifact_roots and not self.commands:
             raise ValueError("deploy.artifact_roots needs deploy.root (where releases go)")
+        for env in self.commands:
+            _deploy_name(env, "environment")
+        for app in self.apps:
+            _deploy_name(app, "app")
+        for env, before in self.promotions.items():
+            _deploy_name(env, "environment")
+            _deploy_name(before, "environment")
+            if env == before:
+                raise ValueError(f"promotion {env!r} cannot require itself")
         return self
+
+    @property
+    def enabled(self) -> bool:
+        return self.root is not None or bool(self.commands)
 
 
 class ApprovalsConfig(_Strict):
@@ -472,6 +698,26 @@ class Config(_Strict):
                 )
         return self
 
+    @model_validator(mode="after")
+    def _check_deploy_environments(self) -> Config:
+        """Deploy settings are keyed by canonical environment names: a request reaches
+        the executor canonical, so a setting under an alias or an undeclared name would
+        silently never apply (no health check, no staging rule)."""
+        d = self.deploy
+        if not d.enabled:
+            return self
+        named = [("deploy.commands", e) for e in d.commands]
+        named += [("deploy.promotions", e) for pair in d.promotions.items() for e in pair]
+        named += [
+            (f"deploy.apps.{app}.health", e) for app, cfg in d.apps.items() for e in cfg.health
+        ]
+        for where, env in named:
+            if env not in self.environments:
+                raise ValueError(
+                    f"{where}: {env[:64]!r} is not a declared environment (by its canonical name)"
+                )
+        return self
+
 
 CONFIG_FILE = "opsgate.yaml"
 
@@ -484,6 +730,14 @@ def _paths_from(base: Path, deploy: dict[str, Any]) -> dict[str, Any]:
     roots = out.get("artifact_roots")
     if isinstance(roots, list):
         out["artifact_roots"] = [os.path.join(base, r) if isinstance(r, str) else r for r in roots]
+    envs = out.get("commands")
+    if isinstance(envs, dict):
+        out["commands"] = {
+            name: {**backend, "cwd": os.path.join(base, backend["cwd"])}
+            if isinstance(backend, dict) and isinstance(backend.get("cwd"), str)
+            else backend
+            for name, backend in envs.items()
+        }
     return out
 
 

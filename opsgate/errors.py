@@ -11,8 +11,11 @@
     ├── ApprovalError                 approval_not_found, not_an_approver, self_approval, ...
     ├── OperatorError                 operator_unauthenticated, operator_token_expired, ...
     ├── OperationError                operation_denied, executor_missing, params_invalid,
-    │                                 artifact_refused, artifact_invalid, operation_failed, ...
-    │   └── MigrationError            migration_locked, migration_edited, migration_refused, ...
+    │   │                             artifact_refused, artifact_invalid, operation_failed, ...
+    │   ├── MigrationError            migration_locked, migration_edited, migration_refused, ...
+    │   ├── DeployError               staging_required, release_conflict, release_missing,
+    │   │                             release_corrupted, deploy_state_invalid, ...
+    │   └── RunRefused                deploy_locked, ... (a run refused before it changed anything)
     ├── AuditError                    audit_write_failed, audit_corrupt, anchor_invalid
     ├── SecretError                   secret_not_found, secret_conflict, secret_key_mismatch, ...
     │   └── SecretBackendError        secret_backend_unreachable, secret_backend_sealed,
@@ -104,6 +107,21 @@ class MigrationError(OperationError):
     default_code = "migration_failed"
 
 
+class DeployError(OperationError):
+    """A deploy or rollback refused: no staging evidence, a version that would change
+    content, a release missing or altered on disk, a `current` the gate did not set."""
+
+    default_code = "deploy_failed"
+
+
+class RunRefused(OperationError):
+    """An executor's run refused before it changed anything (a lock held by another
+    run, a conflict found under the lock). The gate audits the outcome as refused,
+    charges nothing, and raises it to the caller."""
+
+    default_code = "run_refused"
+
+
 class AuditError(OpsgateError):
     default_code = "audit_write_failed"
 
@@ -175,12 +193,14 @@ __all__ = [
     "ConfigError",
     "CredentialError",
     "DelegationError",
+    "DeployError",
     "InvalidCredential",
     "MigrationError",
     "OperationError",
     "OperatorError",
     "OpsgateError",
     "PolicyError",
+    "RunRefused",
     "SecretBackendError",
     "SecretError",
     "StoreError",

@@ -46,6 +46,7 @@ from opsgate.errors import (
     InvalidCredential,
     OperationError,
     OpsgateError,
+    RunRefused,
     safe_text,
 )
 from opsgate.identity import keys
@@ -72,7 +73,7 @@ from opsgate.trust.scoring import TrustEvent, failure_event
 DEFAULT_STATE_DIR = ".opsgate"
 log = structlog.get_logger("opsgate.gate")
 # The trust event of a failure an executor did not classify, by action.
-_FAILURE_KINDS = {"deploy": "deployment", "migrate": "migration"}
+_FAILURE_KINDS = {"deploy": "deployment", "rollback": "deployment", "migrate": "migration"}
 
 
 def plan_findings(plan: Plan) -> tuple[str, ...]:
@@ -299,15 +300,15 @@ class Gate:
             policy_source = policies if policies is not None else config.policies
             if policy_source is not None:
                 gate.load_policies(policy_source)
-            if config.deploy.root is not None:
-                from opsgate.operations.deploy import LocalDeployExecutor
+            if config.deploy.enabled:
+                from opsgate.operations.deploy import DeployExecutor
+                from opsgate.operations.deploy.command import StoreSecrets
 
-                gate.register_executor(
-                    "deploy",
-                    LocalDeployExecutor(
-                        config.deploy.root, artifact_roots=config.deploy.artifact_roots
-                    ),
+                deployer = DeployExecutor.from_config(
+                    config.deploy, secrets=StoreSecrets(gate.secrets.backend)
                 )
+                gate.register_executor("deploy", deployer)
+                gate.register_executor("rollback", deployer.rollback)
         except BaseException:
             gate.close()
             raise
@@ -763,7 +764,27 @@ class Gate:
         forbid = getattr(executor, "forbid_paths", None)
         if callable(forbid):
             forbid((self.state_dir,))
+        attach = getattr(executor, "attach_store", None)
+        if callable(attach):
+            attach(self.store)
         self._executors[(action, namespace)] = executor
+        self._recover(action, executor)
+
+    def _recover(self, action: str, executor: Executor) -> None:
+        """Repair what a killed process left half done (an executor's `recover`), and
+        audit each repair: a run that never wrote its outcome gets one here."""
+        recover = getattr(executor, "recover", None)
+        if not callable(recover):
+            return
+        t = time.time()
+        for repaired in recover(now=t):
+            self.audit.append(
+                "operation.recovered",
+                actor="gate",
+                at=t,
+                action=action,
+                **{k: v for k, v in repaired.items() if k not in ("action", "actor", "at")},
+            )
 
     def _operation_capability(self, operation: Operation) -> Resolved:
         """The capability an operation needs, from its shape alone (no executor code):
@@ -781,6 +802,17 @@ class Gate:
             )
         check_params(operation.params)
         return resolved
+
+    def _required(self, capability: str) -> caps.Capability:
+        """A capability an executor's plan also needs, exactly as it will be used: an
+        alias or another spelling would check one name and use another."""
+        cap = self.environments.resolve(caps.parse_request(capability)).check().capability
+        if str(cap) != capability:
+            raise OperationError(
+                f"{safe_text(capability)!r} must be written as {safe_text(str(cap))!r}",
+                code="params_invalid",
+            )
+        return cap
 
     def _executor_for(self, action: str, resource: str) -> Executor:
         """The executor of the resource's namespace for this action, else the action's."""
@@ -877,10 +909,15 @@ class Gate:
         if not isinstance(operation, Operation):
             raise OperationError("operation must be an opsgate.Operation", code="operation_invalid")
         claims = self._authenticate(token, t, proof, ProofRequest.execute(operation, approval_id))
-        return self._execute(claims, operation, t, approval_id)
+        return self._execute(claims, operation, t, approval_id, token)
 
     def _execute(
-        self, claims: Claims, operation: Operation, t: float, approval_id: str | None
+        self,
+        claims: Claims,
+        operation: Operation,
+        t: float,
+        approval_id: str | None,
+        token: str | None = None,
     ) -> Outcome | PendingApproval:
         """Steps 2-8 for an authenticated caller.
 
@@ -900,9 +937,16 @@ class Gate:
             self._deny_operation(claims, agent, refusal, operation.capability, None, t)
         try:
             plan, typed_params = self._plan(operation)
+            required = [self._required(c) for c in plan.requires]
         except OpsgateError as exc:
             self._audit_refusal("operation.refused", claims, operation.capability, exc, t)
             raise
+        for needed in required:
+            # What the executor would use on the agent's behalf (a secret handed to a
+            # command) must be covered like the operation itself.
+            refusal = scope_refusal(agent, claims.parsed_scope, needed)
+            if refusal is not None:
+                self._deny_operation(claims, agent, refusal, plan.capability, plan.digest, t)
         agent, decision = self._decide(
             claims,
             cap,
@@ -949,7 +993,7 @@ class Gate:
             self.approvals.consume(approval_id, digest=plan.digest, requester=agent.did, now=t)
         elif approval_id is not None:
             self.approvals.consume(approval_id, digest=plan.digest, requester=agent.did, now=t)
-        return self._run(claims, agent, plan, decision, t, approval_id)
+        return self._run(claims, agent, plan, decision, t, approval_id, token)
 
     def _deny_operation(
         self,
@@ -1001,7 +1045,7 @@ class Gate:
         operation = Operation(
             op["action"], op["resource"], dict(op.get("params") or {}), secret=secret
         )
-        return self._execute(claims, operation, t, approval_id)
+        return self._execute(claims, operation, t, approval_id, token)
 
     def _approval_for(self, approval_id: str, requester: str, t: float) -> ApprovalRequest:
         """The approval request, if it exists and belongs to `requester`; refusals audited."""
@@ -1074,8 +1118,14 @@ class Gate:
         decision: Decision,
         t: float,
         approval_id: str | None,
+        token: str | None = None,
     ) -> Outcome:
-        """Steps 6-8: durable attempt record (or nothing runs), run, outcome + trust."""
+        """Steps 6-8: durable attempt record (or nothing runs), run, outcome + trust.
+
+        An executor that refuses before changing anything (`RunRefused`: a lock held
+        by another run) gets a `refused` outcome record, no trust change, and its
+        error raised to the caller.
+        """
         attempt = self.audit.append(
             "operation.attempt",
             actor=claims.sub,
@@ -1093,7 +1143,7 @@ class Gate:
         try:
             with_context = getattr(executor, "run_with_context", None)
             if callable(with_context):
-                context = RunContext(agent.did, agent.name, approval_id, claims.exp - t)
+                context = RunContext(agent.did, agent.name, approval_id, claims.exp - t, token)
                 outcome = with_context(plan, context)
             else:
                 outcome = executor.run(plan)
@@ -1103,6 +1153,19 @@ class Gate:
                 )
             elif outcome.status != "succeeded" and outcome.status != "failed":
                 outcome = Outcome("failed", f"executor returned status {outcome.status!r}")
+        except RunRefused as exc:
+            self.audit.append(
+                "operation.outcome",
+                actor=claims.sub,
+                at=t + (time.monotonic() - started),
+                attempt_seq=attempt.seq,
+                capability=plan.capability,
+                digest=plan.digest,
+                outcome="refused",
+                code=exc.code,
+                summary=exc.message,
+            )
+            raise
         except OpsgateError as exc:
             outcome = Outcome("failed", exc.message, {"code": exc.code})
         except Exception as exc:  # noqa: BLE001 - an executor bug is a failed operation, audited
@@ -1129,6 +1192,7 @@ class Gate:
             outcome=outcome.status,
             summary=outcome.summary,
             code=_failure_code(outcome),
+            detail=outcome.audit_fields or None,
             apply=None
             if cause is None
             else self.trust.apply_change(

@@ -20,7 +20,7 @@ import hashlib
 import os
 import shutil
 import stat
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -268,7 +268,11 @@ def _open_file(parent: int, name: bytes, st: os.stat_result) -> int:
     return fd
 
 
-def _pump(src: int, dest: int | None) -> tuple[int, bytes]:
+#: Told the number of bytes each copied chunk held (progress display).
+OnBytes = Callable[[int], None]
+
+
+def _pump(src: int, dest: int | None, on_bytes: OnBytes | None = None) -> tuple[int, bytes]:
     """Read `src` to its end (copying into `dest`): the size and SHA-256 of what was read."""
     h = hashlib.sha256()
     size = 0
@@ -279,10 +283,19 @@ def _pump(src: int, dest: int | None) -> tuple[int, bytes]:
             view = memoryview(chunk)
             while view:
                 view = view[os.write(dest, view) :]
+        if on_bytes is not None:
+            on_bytes(len(chunk))
     return size, h.digest()
 
 
-def _walk(src: int, rel: bytes, depth: int, digest: _Digest, dest: int | None) -> None:
+def _walk(
+    src: int,
+    rel: bytes,
+    depth: int,
+    digest: _Digest,
+    dest: int | None,
+    on_bytes: OnBytes | None = None,
+) -> None:
     """Record (and copy into `dest`) every entry below the directory `src`, sorted by name."""
     if depth > MAX_DEPTH:
         raise _invalid(rel, f"is nested deeper than {MAX_DEPTH} levels")
@@ -298,7 +311,7 @@ def _walk(src: int, rel: bytes, depth: int, digest: _Digest, dest: int | None) -
                 if dest is not None:
                     os.mkdir(name, 0o700, dir_fd=dest)
                     sub = os.open(name, _DIR_FLAGS, dir_fd=dest)
-                _walk(fd, path, depth + 1, digest, sub)
+                _walk(fd, path, depth + 1, digest, sub, on_bytes)
                 if sub is not None:
                     os.fchmod(sub, _mode(st))
             finally:
@@ -307,14 +320,18 @@ def _walk(src: int, rel: bytes, depth: int, digest: _Digest, dest: int | None) -
                     os.close(sub)
         elif stat.S_ISREG(st.st_mode):
             _check_file(st, path)
-            size, sha = _copy_file(src, name, st, dest)
+            size, sha = _copy_file(src, name, st, dest, on_bytes)
             digest.record("file", path, _mode(st), size, sha)
         else:
             raise _invalid(path, "is neither a regular file nor a directory (symlink, fifo, ...)")
 
 
 def _copy_file(
-    src_dir: int, name: bytes, st: os.stat_result, dest: int | None
+    src_dir: int,
+    name: bytes,
+    st: os.stat_result,
+    dest: int | None,
+    on_bytes: OnBytes | None = None,
 ) -> tuple[int, bytes]:
     fd = _open_file(src_dir, name, st)
     out: int | None = None
@@ -326,7 +343,7 @@ def _copy_file(
                 0o600,
                 dir_fd=dest,
             )
-        result = _pump(fd, out)
+        result = _pump(fd, out, on_bytes)
         if out is not None:
             os.fchmod(out, _mode(st))
         return result
@@ -336,18 +353,24 @@ def _copy_file(
             os.close(out)
 
 
-def _digest_opened(opened: Opened, dest: int | None) -> str:
+def _digest_opened(opened: Opened, dest: int | None, on_bytes: OnBytes | None = None) -> str:
     digest = _Digest()
     if opened.kind == "file":
-        size, sha = _pump(opened.fd, None) if dest is None else _copy_opened_file(opened, dest)
+        size, sha = (
+            _pump(opened.fd, None, on_bytes)
+            if dest is None
+            else _copy_opened_file(opened, dest, on_bytes)
+        )
         digest.record("file", opened.name, opened.mode, size, sha)
     else:
         digest.record("dir", b"", opened.mode, 0, b"")
-        _walk(opened.fd, b"", 1, digest, dest)
+        _walk(opened.fd, b"", 1, digest, dest, on_bytes)
     return digest.hexdigest()
 
 
-def _copy_opened_file(opened: Opened, dest: int) -> tuple[int, bytes]:
+def _copy_opened_file(
+    opened: Opened, dest: int, on_bytes: OnBytes | None = None
+) -> tuple[int, bytes]:
     out = os.open(
         opened.name,
         os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
@@ -355,17 +378,17 @@ def _copy_opened_file(opened: Opened, dest: int) -> tuple[int, bytes]:
         dir_fd=dest,
     )
     try:
-        result = _pump(opened.fd, out)
+        result = _pump(opened.fd, out, on_bytes)
         os.fchmod(out, opened.mode)
         return result
     finally:
         os.close(out)
 
 
-def artifact_digest(opened: Opened) -> str:
+def artifact_digest(opened: Opened, *, on_bytes: OnBytes | None = None) -> str:
     """The canonical digest of an opened artifact (what an approval binds)."""
     try:
-        return _digest_opened(opened, None)
+        return _digest_opened(opened, None, on_bytes)
     except OperationError as exc:
         if exc.code == "artifact_invalid":
             raise
@@ -374,7 +397,7 @@ def artifact_digest(opened: Opened) -> str:
         raise _refused() from exc
 
 
-def copy_tree(opened: Opened, dest: Path) -> str:
+def copy_tree(opened: Opened, dest: Path, *, on_bytes: OnBytes | None = None) -> str:
     """Copy the artifact into the new directory `dest`; the digest of the bytes copied.
 
     A file artifact becomes `dest/<its name>`; a directory artifact's entries become
@@ -385,7 +408,7 @@ def copy_tree(opened: Opened, dest: Path) -> str:
     fd = os.open(dest, _DIR_FLAGS)
     try:
         try:
-            result = _digest_opened(opened, fd)
+            result = _digest_opened(opened, fd, on_bytes)
         except OperationError as exc:
             if exc.code == "artifact_invalid":
                 raise

@@ -56,6 +56,9 @@ class Plan:
     steps: tuple[str, ...] = ()
     content: dict[str, Any] = field(default_factory=dict)  # artifact digests, checksums, ...
     attributes: dict[str, Any] = field(default_factory=dict)  # extra names for policy
+    # Capabilities the credential must cover besides `capability` (e.g. the secrets a
+    # deploy command is handed): the gate refuses the operation unless it covers each.
+    requires: tuple[str, ...] = ()
 
     @property
     def digest(self) -> str:
@@ -70,6 +73,7 @@ class Plan:
             "summary": self.summary,
             "steps": list(self.steps),
             "content": self.content,
+            "requires": list(self.requires),
             "digest": self.digest,
         }
 
@@ -104,6 +108,9 @@ class Outcome:
     detail: dict[str, Any] = field(default_factory=dict)
     failure_kind: str | None = None
     audit_seq: int | None = None
+    # Fields for the outcome's audit event (the executor answers for their content:
+    # scrubbed, bounded); `detail` goes to the caller only.
+    audit_fields: dict[str, Any] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -150,6 +157,9 @@ class RunContext:
     #: Seconds the credential that asked had left when the run started (by the gate's
     #: clock): nothing the run obtains for it (a leased database user) may outlive it.
     credential_ttl: float | None = None
+    # The credential the operation was asked with: for an executor that hands it to a
+    # child process it runs (never shown in a repr).
+    credential: str | None = field(default=None, repr=False)
 
 
 class ContextualExecutor(Executor, Protocol):

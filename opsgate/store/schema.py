@@ -265,3 +265,68 @@ agent_key_exports = Table(
     Column("exported_at", Float, nullable=False),
     Column("exports", Integer, nullable=False),
 )
+
+# Releases the deploy executor wrote (or a command backend deployed), per
+# (environment, app, version): a version names one artifact digest forever.
+deploy_releases = Table(
+    "deploy_releases",
+    metadata,
+    Column("env", String(64), primary_key=True),
+    Column("app", String(64), primary_key=True),
+    Column("version", String(64), primary_key=True),
+    Column("digest", String(80), nullable=True),  # null: a command deploy without an artifact
+    Column("kind", String(8), nullable=True),  # file | dir (how the local release is laid out)
+    Column("created_at", Float, nullable=False),
+    Column("last_deployed_at", Float, nullable=False),
+    Column("pruned_at", Float, nullable=True),
+)
+
+# Every deploy and rollback: its journal while it runs (phase, the release to go back
+# to, written before the switch) and its history once finished. The evidence for
+# "staging before production" is a succeeded row here, which only the gate writes.
+deployments = Table(
+    "deployments",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True),
+    Column("env", String(64), nullable=False),
+    Column("app", String(64), nullable=False),
+    Column("version", String(64), nullable=False),
+    Column("kind", String(16), nullable=False),  # deploy | rollback
+    Column("backend", String(16), nullable=False),  # local | command
+    Column("digest", String(80), nullable=True),
+    Column("previous_version", String(64), nullable=True),
+    Column("status", String(16), nullable=False),  # running | succeeded | failed | interrupted
+    Column("phase", String(16), nullable=False),
+    Column("health", String(16), nullable=True),
+    Column("agent_did", String(64), nullable=False),
+    Column("agent_name", String(128), nullable=False),
+    Column("capability", String(256), nullable=False),
+    Column("approval_id", String(40), nullable=True),
+    Column("message", Text, nullable=True),
+    Column("summary", Text, nullable=True),
+    Column("host", String(255), nullable=False),
+    Column("pid", Integer, nullable=False),
+    Column("started_at", Float, nullable=False),
+    Column("finished_at", Float, nullable=True),
+)
+Index("ix_deployments_app", deployments.c.env, deployments.c.app, deployments.c.id)
+Index("ix_deployments_status", deployments.c.status)
+
+# One deploy or rollback at a time per (environment, app): who holds it and why.
+deploy_locks = Table(
+    "deploy_locks",
+    metadata,
+    Column("env", String(64), primary_key=True),
+    Column("app", String(64), primary_key=True),
+    Column("token", String(64), nullable=False),
+    Column("holder_did", String(64), nullable=False),
+    Column("holder_name", String(128), nullable=False),
+    Column("capability", String(256), nullable=False),
+    Column("message", Text, nullable=True),
+    Column("deployment_id", BigInteger, nullable=True),
+    Column("host", String(255), nullable=False),
+    Column("pid", Integer, nullable=False),
+    Column("process_start", String(32), nullable=False),
+    Column("started_at", Float, nullable=False),
+    Column("expires_at", Float, nullable=False),
+)

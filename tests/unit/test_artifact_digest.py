@@ -57,9 +57,12 @@ def prod(tmp_path: Path) -> Iterator[Prod]:
     root = tmp_path / "artifacts"
     root.mkdir()
     gate = opsgate.Gate.open(tmp_path / "state", policies=policy("policies.yaml"))
-    gate.register_executor(
-        "deploy", LocalDeployExecutor(tmp_path / "deployments", artifact_roots=[root])
+    # Straight to production: these tests are about what an approval binds, not the
+    # staging-before-production rule (tested in test_deploy.py), so it is off for `web`.
+    executor = LocalDeployExecutor(
+        tmp_path / "deployments", artifact_roots=[root], apps={"web": {"require_staging": False}}
     )
+    gate.register_executor("deploy", executor)
     sup = gate.register_agent(
         "sup", ["deploy:production"], sponsor="lead@company.com", trust_score=920
     )

@@ -341,18 +341,26 @@ def test_a_deploy_config_that_is_not_confined_does_not_open(tmp_path: Path, depl
 # -- run re-hashes what it copies --------------------------------------------------------------
 
 
-def _executor(tmp_path: Path) -> tuple[LocalDeployExecutor, Path]:
+@pytest.fixture
+def standalone(tmp_path: Path) -> Iterator[tuple[LocalDeployExecutor, Path]]:
+    """An executor driven directly (plan, then run), registered with a gate for its
+    records (lock, journal, releases)."""
     root = tmp_path / "artifacts"
     root.mkdir(exist_ok=True)
-    return LocalDeployExecutor(tmp_path / "deployments", artifact_roots=[root]), root
+    executor = LocalDeployExecutor(tmp_path / "deployments", artifact_roots=[root])
+    with opsgate.Gate.open(tmp_path / "state") as gate:
+        gate.register_executor("deploy", executor)
+        yield executor, root
 
 
 def _op(artifact: Path, version: str = "1.0") -> Operation:
     return Operation("deploy", "staging/web", {"version": version, "artifact": str(artifact)})
 
 
-def test_an_artifact_changed_after_planning_is_not_deployed(tmp_path: Path) -> None:
-    executor, root = _executor(tmp_path)
+def test_an_artifact_changed_after_planning_is_not_deployed(
+    tmp_path: Path, standalone: tuple[LocalDeployExecutor, Path]
+) -> None:
+    executor, root = standalone
     (root / "app.tar").write_bytes(b"approved")
     plan = executor.plan(_op(root / "app.tar"))
     (root / "app.tar").write_bytes(b"swapped!")
@@ -362,8 +370,10 @@ def test_an_artifact_changed_after_planning_is_not_deployed(tmp_path: Path) -> N
     assert list((tmp_path / "deployments/staging/web/releases").iterdir()) == []
 
 
-def test_an_artifact_swapped_for_a_link_after_planning_is_not_followed(tmp_path: Path) -> None:
-    executor, root = _executor(tmp_path)
+def test_an_artifact_swapped_for_a_link_after_planning_is_not_followed(
+    tmp_path: Path, standalone: tuple[LocalDeployExecutor, Path]
+) -> None:
+    executor, root = standalone
     secret = tmp_path / "secret"
     secret.write_bytes(b"approved")  # same bytes: only the link differs
     (root / "app.tar").write_bytes(b"approved")
@@ -376,8 +386,10 @@ def test_an_artifact_swapped_for_a_link_after_planning_is_not_followed(tmp_path:
     assert not (tmp_path / "deployments/staging/web/releases/1.0").exists()
 
 
-def test_the_release_reproduces_the_modes_that_were_hashed(tmp_path: Path) -> None:
-    executor, root = _executor(tmp_path)
+def test_the_release_reproduces_the_modes_that_were_hashed(
+    tmp_path: Path, standalone: tuple[LocalDeployExecutor, Path]
+) -> None:
+    executor, root = standalone
     art = root / "web"
     (art / "bin").mkdir(parents=True)
     (art / "empty").mkdir()
@@ -402,23 +414,32 @@ def test_the_release_reproduces_the_modes_that_were_hashed(tmp_path: Path) -> No
     assert tree_digest(release, "dir") == plan.content["artifact_digest"]
 
 
-def test_an_existing_release_with_other_content_is_not_switched_to(tmp_path: Path) -> None:
-    executor, root = _executor(tmp_path)
+def test_an_existing_release_with_other_content_is_not_switched_to(
+    tmp_path: Path, standalone: tuple[LocalDeployExecutor, Path]
+) -> None:
+    executor, root = standalone
     (root / "a").mkdir()
     (root / "a" / "app").write_text("one")
     (root / "b").mkdir()
     (root / "b" / "app").write_text("two")
-    assert executor.run(executor.plan(_op(root / "a"))).status == "succeeded"
+    first, racing = executor.plan(_op(root / "a")), executor.plan(_op(root / "b"))
+    assert executor.run(first).status == "succeeded"
     assert executor.run(executor.plan(_op(root / "a"))).status == "succeeded"  # same tree
-    outcome = executor.run(executor.plan(_op(root / "b")))  # same version, other tree
-    assert outcome.status == "failed" and "other content" in outcome.summary
+    with pytest.raises(opsgate.DeployError) as planned:  # same version, other tree: refused
+        executor.plan(_op(root / "b"))
+    assert planned.value.code == "release_conflict"
+    with pytest.raises(opsgate.RunRefused) as ran:  # planned before 1.0 existed: refused at run
+        executor.run(racing)
+    assert ran.value.code == "release_conflict"
     current = tmp_path / "deployments/staging/web/current"
     assert (current / "app").read_text() == "one"
 
 
-def test_every_unusable_path_is_the_same_refusal(tmp_path: Path) -> None:
+def test_every_unusable_path_is_the_same_refusal(
+    tmp_path: Path, standalone: tuple[LocalDeployExecutor, Path]
+) -> None:
     """Whatever the reason a path cannot be used, the agent sees one answer."""
-    executor, root = _executor(tmp_path)
+    executor, root = standalone
     messages = set()
     for artifact in (root / "missing", Path("/etc/hostname"), root / ".." / "x", root / "a" / "b"):
         with pytest.raises(opsgate.OperationError) as info:
@@ -427,9 +448,11 @@ def test_every_unusable_path_is_the_same_refusal(tmp_path: Path) -> None:
     assert messages == {("artifact_refused", REFUSED)}
 
 
-def test_a_hard_link_count_is_checked_at_open_time(tmp_path: Path) -> None:
+def test_a_hard_link_count_is_checked_at_open_time(
+    tmp_path: Path, standalone: tuple[LocalDeployExecutor, Path]
+) -> None:
     """The gate key hard-linked inside an artifact dir is refused, in plan and in run."""
-    executor, root = _executor(tmp_path)
+    executor, root = standalone
     (root / "rel").mkdir()
     (root / "rel" / "app").write_text("app")
     plan = executor.plan(_op(root / "rel"))
