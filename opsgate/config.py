@@ -590,6 +590,7 @@ class AuditConfig(_Strict):
     checkpoint_every_events: int = Field(1000, ge=1, le=1_000_000)
     checkpoint_every_seconds: float = Field(60.0, ge=0.05, le=86_400)
 
+
 class OperatorsConfig(_Strict):
     """Operator tokens (the HTTP API's operator role): how long one lives."""
 
