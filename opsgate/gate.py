@@ -740,7 +740,7 @@ class Gate:
             reasons=list(decision.reasons),
             errors=list(decision.errors) or None,
         )
-        self._score_decision(agent, decision, capability, t)
+        self._score_decision(agent, decision, str(cap), t)  # detectors see one spelling
         return decision
 
     def register_executor(
@@ -934,7 +934,7 @@ class Gate:
         agent = self._agent(claims)
         refusal = scope_refusal(agent, claims.parsed_scope, cap)
         if refusal is not None:
-            self._deny_operation(claims, agent, refusal, operation.capability, None, t)
+            self._deny_operation(claims, agent, refusal, str(cap), None, t)
         try:
             plan, typed_params = self._plan(operation)
             required = [self._required(c) for c in plan.requires]

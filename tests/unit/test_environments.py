@@ -20,6 +20,7 @@ import yaml
 from helpers import DATA, RELEASE, RecordingExecutor, audit_events, stored_trust
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from sqlalchemy import select
 from typer.testing import CliRunner
 
 import opsgate
@@ -30,6 +31,7 @@ from opsgate.config import Config
 from opsgate.environments import DEFAULT, Environments
 from opsgate.operations.base import Operation, OperationParams, Outcome, Plan
 from opsgate.policy.request import PolicyRequest
+from opsgate.store import schema
 
 ENV_DATA = DATA / "environments"
 SPEC = yaml.safe_load((ENV_DATA / "cases.yaml").read_text())
@@ -412,3 +414,24 @@ def test_decision_tables_and_explain_derive_like_the_gate(tmp_path: Path) -> Non
     # The SDK's request builder is the same function.
     req = PolicyRequest.from_dict({"action": "read", "resource": "secrets/PRODUCTION/db"})
     assert (req.resource, req.environment) == ("secrets/production/db", "production")
+
+
+def test_the_detectors_see_one_spelling_of_a_resource(tmp_path: Path) -> None:
+    w = EnvWorld(tmp_path / "state", SPEC["worlds"][0])
+    try:
+        for spelling in ("deploy:Staging/Web", "deploy:STAGING/web", "deploy:staging/web"):
+            assert w.decide(spelling, 920).effect == "allow"
+        did = w.gate.agents.resolve("agent-920")
+        with w.gate.store.read() as conn:
+            seen = (
+                conn.execute(
+                    select(schema.trust_resources.c.resource).where(
+                        schema.trust_resources.c.agent_did == did
+                    )
+                )
+                .scalars()
+                .all()
+            )
+        assert seen == ["deploy:staging/web"]
+    finally:
+        w.gate.close()
