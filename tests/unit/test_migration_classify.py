@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 import yaml
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from opsgate.operations.migrate import CODES, classify
@@ -71,6 +71,8 @@ def test_every_destructive_code_marks_the_statement_destructive() -> None:
 
 @settings(max_examples=300, deadline=None)
 @given(st.text(max_size=200), st.sampled_from(["postgresql", "sqlite"]))
+@example("\x00;", "sqlite")  # SQLite's statement splitter refuses NUL
+@example("SELECT 1;\x00", "sqlite")
 def test_any_text_classifies_without_raising_and_unparsed_is_destructive(
     text: str, dialect: str
 ) -> None:

@@ -673,6 +673,9 @@ def _sqlite_empty(chunk: str) -> bool:
 
 
 def _sqlite_statements(text: str) -> Iterator[_Raw]:
+    if "\x00" in text:  # SQLite cannot split it (complete_statement refuses NUL): review it
+        yield text.strip() or text, "unparsed", [finding("OG201", "NUL character")], True
+        return
     walker = _Sqlite()
     for chunk in _sqlite_chunks(text):
         if _sqlite_empty(chunk):
