@@ -652,6 +652,8 @@ class Config(_Strict):
     )
     # First resource segments that are a kind of resource, not an environment.
     resource_namespaces: tuple[str, ...] = ("secrets", "database", "monitoring")
+    # Namespaces whose next segment is the environment (`secrets/<env>/<name>`).
+    environment_after: tuple[str, ...] = ("secrets",)
     secrets: SecretsConfig = SecretsConfig()
     audit: AuditConfig = AuditConfig()
 
@@ -679,6 +681,9 @@ class Config(_Strict):
         for ns in self.resource_namespaces:
             if not _ENV_NAME.match(ns):
                 raise ValueError(f"resource_namespaces: {ns!r} must be a lower-case segment")
+        for ns in self.environment_after:
+            if ns not in namespaces:
+                raise ValueError(f"environment_after: {ns!r} is not a resource namespace")
         for name, env in self.environments.items():
             for spelling in (name, *env.aliases):
                 if not _ENV_NAME.match(spelling):

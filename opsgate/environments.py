@@ -1,10 +1,11 @@
 """Environments: declared names, their aliases, which are protected (pure).
 
 A resource names its environment in one place. Its first segment is the
-environment, unless that segment is a resource namespace (`secrets`, `database`,
-`monitoring`: `read:secrets/production/db`), in which case the first later segment
-naming a declared environment is, and a resource with none names no environment
-(`migrate:database/orders`). Aliases (and, like every resource segment, any case)
+environment, unless that segment is a resource namespace. After a namespace listed in
+`environment_after` (`secrets`) the next segment is the environment
+(`read:secrets/production/db`); after another (`database`, `monitoring`) the first
+later segment naming a declared environment is, and a resource with none names no
+environment (`migrate:database/orders`). Aliases (and, like every resource segment, any case)
 become the canonical name before coverage, policy and trust see the capability, so
 `deploy:PROD/web` with alias `prod` is `deploy:production/web` everywhere. An
 environment that is not declared is refused (`environment_undeclared`): a name the
@@ -50,8 +51,10 @@ class Environments:
         self,
         names: Mapping[str, tuple[tuple[str, ...], bool]],
         namespaces: tuple[str, ...],
+        environment_after: tuple[str, ...] = (),
     ) -> None:
-        """`names`: canonical name -> (aliases, protected)."""
+        """`names`: canonical name -> (aliases, protected); `environment_after`: the
+        namespaces whose next segment is the environment (`secrets/<env>/...`)."""
         self._canonical: dict[str, str] = {}
         for name, (aliases, _) in names.items():
             for spelling in (name, *aliases):
@@ -61,6 +64,7 @@ class Environments:
         self.aliases = {a: n for a, n in self._canonical.items() if a != n}
         self.protected = frozenset(n for n, (_, p) in names.items() if p)
         self.namespaces = frozenset(n.lower() for n in namespaces)
+        self.environment_after = frozenset(n.lower() for n in environment_after)
         self._cache: dict[caps.Capability, Resolved] = {}
         self._lock = threading.Lock()
 
@@ -69,6 +73,7 @@ class Environments:
         return cls(
             {n: (e.aliases, e.protected) for n, e in config.environments.items()},
             config.resource_namespaces,
+            config.environment_after,
         )
 
     def canonical_name(self, name: str) -> str | None:
@@ -93,19 +98,26 @@ class Environments:
     def _resolve(self, cap: caps.Capability) -> Resolved:
         segs = cap.segments
         if segs[0] not in self.namespaces:
-            name = self._canonical.get(segs[0])
-            if name is None:
-                # A wildcard names no environment (a grant such as `read:*/app` was
-                # refused as unrestricted before it got here).
-                undeclared = None if segs[0] in ("*", "**") else segs[0]
-                return Resolved(cap, None, undeclared)
-            return Resolved(caps.Capability(cap.action, (name, *segs[1:])), name)
+            return self._at(cap, 0)
+        if segs[0] in self.environment_after:
+            return self._at(cap, 1) if len(segs) > 1 else Resolved(cap, None)
         for i, seg in enumerate(segs[1:], start=1):
             name = self._canonical.get(seg)
             if name is not None:
                 canon = caps.Capability(cap.action, (*segs[:i], name, *segs[i + 1 :]))
                 return Resolved(canon, name)
         return Resolved(cap, None)
+
+    def _at(self, cap: caps.Capability, i: int) -> Resolved:
+        """Segment `i` is the environment: declared (made canonical) or undeclared."""
+        seg = cap.segments[i]
+        name = self._canonical.get(seg)
+        if name is None:
+            # A wildcard names no environment (`read:secrets/*/db`; a first-segment
+            # wildcard was refused as unrestricted before it got here).
+            return Resolved(cap, None, None if seg in ("*", "**") else seg)
+        segs = (*cap.segments[:i], name, *cap.segments[i + 1 :])
+        return Resolved(caps.Capability(cap.action, segs), name)
 
     def environment_of(self, cap: caps.Capability) -> str | None:
         """The canonical environment of a capability, or None (none, or undeclared)."""

@@ -708,9 +708,11 @@ class Gate:
         t = to_epoch(now)
         claims = self._authenticate(token, t, proof, ProofRequest.authorize(capability, params))
         try:
-            # Canonical before anything sees it: one case, aliases resolved, declared.
-            resolved = self.environments.resolve(caps.parse_request(capability)).check()
+            # Canonical before anything sees it: one case, aliases resolved.
+            resolved = self.environments.resolve(caps.parse_request(capability))
             cap = resolved.capability
+            if resolved.undeclared is not None and self._in_scope(claims, cap):
+                resolved.check()  # out of scope, it is denied (and charged) as any other
             if params is not None:
                 check_params(params)
             namespace = cap.segments[0]
@@ -786,16 +788,19 @@ class Gate:
                 **{k: v for k, v in repaired.items() if k not in ("action", "actor", "at")},
             )
 
+    def _in_scope(self, claims: Claims, cap: caps.Capability) -> bool:
+        return scope_refusal(self._agent(claims), claims.parsed_scope, cap) is None
+
     def _operation_capability(self, operation: Operation) -> Resolved:
         """The capability an operation needs, from its shape alone (no executor code):
-        canonical (one case, aliases resolved) and in a declared environment."""
+        canonical (one case, aliases resolved); `_plan` refuses an undeclared environment."""
         if not isinstance(operation, Operation):
             raise OperationError("operation must be an opsgate.Operation", code="operation_invalid")
         if not isinstance(operation.action, str) or not isinstance(operation.resource, str):
             raise OperationError(
                 "operation action and resource must be text", code="operation_invalid"
             )
-        resolved = self.environments.resolve(caps.parse_request(operation.capability)).check()
+        resolved = self.environments.resolve(caps.parse_request(operation.capability))
         if not isinstance(operation.params, dict) or not isinstance(operation.dry_run, bool):
             raise OperationError(
                 "operation params must be a mapping and dry_run a bool", code="operation_invalid"
@@ -835,7 +840,7 @@ class Gate:
 
     def _plan(self, operation: Operation) -> tuple[Plan, dict[str, Any]]:
         """The plan, and the typed params (defaults filled in) policy is to see."""
-        resolved = self._operation_capability(operation)
+        resolved = self._operation_capability(operation).check()
         executor = self._executor_for(operation.action, operation.resource)
         if operation.secret is not None and (
             not isinstance(operation.secret, SecretValue)

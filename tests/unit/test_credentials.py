@@ -73,7 +73,8 @@ def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
         )
         supervisor.delegate(name="deploy-agent", capabilities=["deploy:staging", *SCOPE])
         supervisor.delegate(
-            name="app-agent", capabilities=["deploy:production/app-web", "read:secrets/app"]
+            name="app-agent",
+            capabilities=["deploy:production/app-web", "read:secrets/production/app"],
         )
     return path
 
@@ -181,7 +182,7 @@ SCOPE_REFUSALS = [
     ("app", ["deploy:production"], CredentialError, "scope_not_covered"),
     ("app", ["deploy:production/*"], CredentialError, "scope_not_covered"),
     ("app", ["read:secrets"], CredentialError, "scope_not_covered"),
-    ("app", ["write:secrets/app"], CredentialError, "scope_not_covered"),
+    ("app", ["write:secrets/production/app"], CredentialError, "scope_not_covered"),
     ("deploy", ["deploy:*"], CapabilityError, "capability_unrestricted"),
     ("deploy", ["deploy:**"], CapabilityError, "capability_unrestricted"),
     ("deploy", ["Deploy:production"], CapabilityError, "capability_malformed"),

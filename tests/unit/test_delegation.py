@@ -39,10 +39,10 @@ def build_tree(gate: opsgate.Gate) -> dict[str, opsgate.Agent]:
     )
     app = root.delegate(
         "app-deployer",
-        ["deploy:production/app-web", "read:secrets/app", "read:monitoring"],
+        ["deploy:production/app-web", "read:secrets/production/app", "read:monitoring"],
         trust_score=700,
     )
-    level2 = app.delegate("level2", ["deploy:production/app-web", "read:secrets/app"])
+    level2 = app.delegate("level2", ["deploy:production/app-web", "read:secrets/production/app"])
     level3 = level2.delegate("level3", ["deploy:production/app-web"])
     short = root.delegate("short-lived", ["deploy:staging"], ttl=600)
     paused = root.delegate("paused", ["deploy:staging"])
@@ -83,8 +83,9 @@ def key_files(gate: opsgate.Gate) -> set[str]:
 
 
 def concrete(capability: str) -> str:
-    """A concrete capability inside a (possibly wildcard) grant."""
-    return capability.replace("/**", "/x/y").replace("/*", "/x")
+    """A concrete capability inside a (possibly wildcard) grant (a wildcard may stand
+    where an environment goes, `secrets/<env>/...`: fill in a declared one)."""
+    return capability.replace("/**", "/staging/y").replace("/*", "/staging")
 
 
 def test_case_file_is_well_formed() -> None:

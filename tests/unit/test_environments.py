@@ -94,6 +94,8 @@ def test_environment_case(world: dict[str, Any], case: dict[str, Any], tmp_path:
             )
         if "effect" in case:
             assert got.effect == case["effect"], got.reasons
+        if "violation" in case:
+            assert got.extra.get("violation") == case["violation"]
     finally:
         w.gate.close()
 
@@ -148,9 +150,12 @@ def test_grants_and_scopes_are_stored_canonical(tmp_path: Path) -> None:
     )
     try:
         agent = gate.register_agent(
-            "a", ["deploy:PROD", "read:secrets/App"], sponsor="lead@company.com", now=T0
+            "a", ["deploy:PROD", "read:secrets/Prod/App"], sponsor="lead@company.com", now=T0
         )
-        assert agent.to_dict()["capabilities"] == ["deploy:production", "read:secrets/app"]
+        assert agent.to_dict()["capabilities"] == [
+            "deploy:production",
+            "read:secrets/production/app",
+        ]
         cred = gate.credential_manager.issue_credential(
             agent_id=agent.did, scope=["deploy:Prod/web", "deploy:production/web"], now=T0
         )
@@ -159,7 +164,7 @@ def test_grants_and_scopes_are_stored_canonical(tmp_path: Path) -> None:
         )
         child = agent.delegate(name="c", capabilities=["deploy:prod/Web"], now=T0)
         assert child.to_dict()["capabilities"] == ["deploy:production/web"]
-        for bad in (["deploy:qa"], ["deploy:development"]):
+        for bad in (["deploy:qa"], ["deploy:development"], ["read:secrets/app"]):
             with pytest.raises(opsgate.CapabilityError) as exc:
                 gate.register_agent("b", bad, sponsor="lead@company.com", now=T0)
             assert exc.value.code == "environment_undeclared"
