@@ -73,6 +73,7 @@ def test_every_destructive_code_marks_the_statement_destructive() -> None:
 @given(st.text(max_size=200), st.sampled_from(["postgresql", "sqlite"]))
 @example("\x00;", "sqlite")  # SQLite's statement splitter refuses NUL
 @example("SELECT 1;\x00", "sqlite")
+@example("{:", "sqlite")  # sqlglot raised AttributeError on it
 def test_any_text_classifies_without_raising_and_unparsed_is_destructive(
     text: str, dialect: str
 ) -> None:
