@@ -305,8 +305,8 @@ ReasonOpt = Annotated[str | None, typer.Option(help="Why (recorded in the audit 
 @handle_errors
 def agents_suspend(agent: str, reason: ReasonOpt = None, state_dir: StateDir = None) -> None:
     """Suspend an agent and its descendants; their credentials stop working."""
-    affected = _gate(state_dir).agents.suspend(agent, reason=reason)
-    _out().print(f"suspended {len(affected)} agent(s)")
+    affected = _gate(state_dir).agents.suspend(agent, reason=reason, actor=_operator())
+    _out().print(f"suspended {len(affected)} agent(s)")  # counts only what changed
 
 
 @agents_app.command("reinstate")
@@ -317,7 +317,7 @@ def agents_reinstate(
     state_dir: StateDir = None,
 ) -> None:
     """Reinstate a suspended agent (and sub-agents suspended because of it)."""
-    affected = _gate(state_dir).agents.reinstate(agent, reason=reason)
+    affected = _gate(state_dir).agents.reinstate(agent, reason=reason, actor=_operator())
     _out().print(f"reinstated {len(affected)} agent(s)")
 
 
@@ -325,7 +325,7 @@ def agents_reinstate(
 @handle_errors
 def agents_revoke(agent: str, reason: ReasonOpt = None, state_dir: StateDir = None) -> None:
     """Revoke an agent and its descendants for good."""
-    affected = _gate(state_dir).agents.revoke(agent, reason=reason)
+    affected = _gate(state_dir).agents.revoke(agent, reason=reason, actor=_operator())
     _out().print(f"revoked {len(affected)} agent(s)")
 
 
@@ -369,10 +369,13 @@ def creds_issue(
     state_dir: StateDir = None,
     json_out: JsonOut = False,
 ) -> None:
-    """Issue a credential; prints the token (and nothing else) on stdout."""
+    """Issue a credential; prints the token (and nothing else) on stdout.
+
+    The request is the operator's (audited as such): a scope the agent was never
+    granted is refused and charged to no agent."""
     gate = _gate(state_dir)
     cred = gate.credential_manager.issue_credential(
-        gate.agents.resolve(agent), scope=scope, ttl_minutes=ttl_minutes
+        gate.agents.resolve(agent), scope=scope, ttl_minutes=ttl_minutes, requested_by=_operator()
     )
     if json_out:
         _print_json(
@@ -421,19 +424,29 @@ def creds_verify(
 def creds_revoke(
     jti: Annotated[str | None, typer.Argument(help="Credential id to revoke.")] = None,
     agent: Annotated[
-        str | None, typer.Option(help="Revoke every credential of this agent and its sub-agents.")
+        str | None,
+        typer.Option(
+            help="Revoke every credential issued so far to this agent and its sub-agents. "
+            "The agent stays active and can get new ones at once: to stop it, use "
+            "'opsgate agents suspend'."
+        ),
     ] = None,
     reason: ReasonOpt = None,
     state_dir: StateDir = None,
 ) -> None:
-    """Revoke one credential by id, or all of an agent's with --agent."""
+    """Revoke one credential by id, or every credential issued so far to an agent with
+    --agent (the agent stays active and may be issued new ones; 'opsgate agents
+    suspend' stops an agent). An id this gate never issued is not_found (exit 1)."""
     if (jti is None) == (agent is None):
         _err("error [usage]: give either a credential id or --agent")
         raise typer.Exit(2)
     gate = _gate(state_dir)
     if agent is not None:
         affected = gate.credential_manager.revoke_agent(agent, reason=reason)
-        _out().print(f"revoked the credentials of {len(affected)} agent(s)")
+        _out().print(
+            f"revoked the credentials of {len(affected)} agent(s); they remain active and "
+            "can be issued new ones (to stop an agent: opsgate agents suspend)"
+        )
     else:
         assert jti is not None
         gate.credential_manager.revoke(jti, reason=reason)
@@ -931,6 +944,11 @@ def trust_history(agent: str, state_dir: StateDir = None, json_out: JsonOut = Fa
         )
     _out().print(table)
     _out().print(f"{a.name}: score {a.trust_score}, effective {a.effective_trust}")
+
+
+def _operator() -> str:
+    """The audit actor of an operator's act on the CLI: `operator:<login>`."""
+    return f"operator:{_login_name() or 'unknown'}"
 
 
 def _login_name() -> str:

@@ -15,7 +15,8 @@
     │   ├── MigrationError            migration_locked, migration_edited, migration_refused, ...
     │   ├── DeployError               staging_required, release_conflict, release_missing,
     │   │                             release_corrupted, deploy_state_invalid, ...
-    │   └── RunRefused                deploy_locked, ... (a run refused before it changed anything)
+    │   ├── RunRefused                deploy_locked, ... (a run refused before it changed anything)
+    │   └── MigrationContended        migration_locked, migration_plan_stale (both of the above)
     ├── AuditError                    audit_write_failed, audit_corrupt, anchor_invalid
     ├── SecretError                   secret_not_found, secret_conflict, secret_key_mismatch, ...
     │   └── SecretBackendError        secret_backend_unreachable, secret_backend_sealed,
@@ -122,6 +123,13 @@ class RunRefused(OperationError):
     default_code = "run_refused"
 
 
+class MigrationContended(MigrationError, RunRefused):
+    """Another run holds the migration lock, or changed the history under it, so this
+    run refused before applying anything: not the agent's doing, charged nothing."""
+
+    default_code = "migration_locked"
+
+
 class AuditError(OpsgateError):
     default_code = "audit_write_failed"
 
@@ -195,6 +203,7 @@ __all__ = [
     "DelegationError",
     "DeployError",
     "InvalidCredential",
+    "MigrationContended",
     "MigrationError",
     "OperationError",
     "OperatorError",

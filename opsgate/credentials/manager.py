@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
+import orjson
 import structlog
 from sqlalchemy import Connection, select, update
 
@@ -269,8 +270,19 @@ class CredentialManager:
         ttl_minutes: float | None = None,
         *,
         now: datetime | float | None = None,
+        requested_by: str | None = None,
     ) -> Credential:
-        """Issue a credential for `scope` (each entry covered by the agent's grants)."""
+        """Issue a credential for `scope` (each entry covered by the agent's grants).
+
+        `requested_by` names an operator issuing it (the CLI): the request is the
+        operator's, audited with the operator as actor, and a refused scope is the
+        operator's mistake, charged to no agent. Without it the agent is asking for
+        itself, and a scope beyond its grants is an escalation attempt.
+        """
+        if requested_by is not None and (
+            not isinstance(requested_by, str) or not requested_by.strip()
+        ):
+            raise CredentialError("requested_by must name the operator", code="operator_invalid")
         t = _ms_floor(to_epoch(now))
         ttl = self._ttl_seconds(ttl_minutes)
         self._state.maybe_refresh()  # another replica may have rotated keys or suspended the agent
@@ -286,22 +298,27 @@ class CredentialManager:
             granted = self._check_scope(scope, state.grant.parsed)
         except (CredentialError, CapabilityError) as exc:
             self._audit.append(
-                "credential.refused", actor=state.did, at=t, code=exc.code, reason=exc.message
+                "credential.refused",
+                actor=state.did if requested_by is None else requested_by,
+                at=t,
+                agent=None if requested_by is None else state.did,
+                code=exc.code,
+                reason=exc.message,
             )
-            if self.on_escalation is not None and exc.code in (
+            if requested_by is None and self.on_escalation is not None and exc.code in (
                 "scope_not_covered",
                 "capability_unrestricted",
             ):
                 self.on_escalation(state.did, exc.message, t)
             raise
         iat = issue_second(t, state.credentials_not_before)
-        credential, not_before = self._issue(state, granted, iat, t, ttl)
+        credential, not_before = self._issue(state, granted, iat, t, ttl, requested_by)
         if credential is None:
             # A per-agent revocation committed first in this very second: stamp the
             # next second once, so the credential is neither covered nor dead on arrival.
             again = issue_second(t, not_before)
             if again > iat:
-                credential, _ = self._issue(state, granted, again, t, ttl)
+                credential, _ = self._issue(state, granted, again, t, ttl, requested_by)
         if credential is None:
             # A per-agent revocation committed first and covers this iat: the token
             # is dead; say so rather than hand it out.
@@ -312,7 +329,13 @@ class CredentialManager:
         return credential
 
     def _issue(
-        self, state: AgentState, scope: list[str], iat: int, t: float, ttl: float
+        self,
+        state: AgentState,
+        scope: list[str],
+        iat: int,
+        t: float,
+        ttl: float,
+        requested_by: str | None = None,
     ) -> tuple[Credential | None, float | None]:
         """Sign and audit one credential stamped `iat`; (None, the agent's not-before)
         when a per-agent revocation that committed first covers it."""
@@ -348,7 +371,8 @@ class CredentialManager:
         seen: list[float | None] = [None]
         record = self._audit.append(
             "credential.issued",
-            actor=state.did,
+            actor=state.did if requested_by is None else requested_by,  # who asked
+            agent=None if requested_by is None else state.did,
             at=t,
             jti=jti,
             scope=scope,
@@ -564,7 +588,12 @@ class CredentialManager:
     def revoke(
         self, jti: str, *, reason: str | None = None, now: datetime | float | None = None
     ) -> None:
-        """Revoke one credential by id; idempotent, checked on every later use."""
+        """Revoke one credential by id; idempotent, checked on every later use.
+
+        Only a credential this gate issued can be revoked: an id it never issued
+        (a typo, another gate's) is `not_found` and changes nothing, rather than a
+        reassuring "revoked" for a token that is still out there under another id.
+        """
         if not isinstance(jti, str) or not _JTI.match(jti):
             raise CredentialError(f"{shown(jti)} is not a credential id", code="jti_invalid")
         t = to_epoch(now)
@@ -575,6 +604,10 @@ class CredentialManager:
         r = schema.revoked_credentials
         with self._store.write() as conn:
             if conn.execute(select(r.c.jti).where(r.c.jti == jti)).first() is None:
+                if not _was_issued(conn, jti):
+                    raise CredentialError(
+                        f"no credential {jti!r} was issued by this gate", code="not_found"
+                    )
                 conn.execute(
                     r.insert().values(jti=jti, expires_at=expires, revoked_at=t, reason=reason)
                 )
@@ -616,6 +649,23 @@ class CredentialManager:
         for did in affected:
             self._state.invalidate_agent(did)
         return affected
+
+
+def _was_issued(conn: Connection, jti: str) -> bool:
+    """Whether this gate issued a credential `jti`: its `credential.issued` record.
+
+    Issuance keeps no per-token row (verification never needs one), so the audit
+    log is the record; the type index bounds the search to issuances, and only
+    an operator's revocation by id asks.
+    """
+    e = schema.audit_events
+    needle = orjson.dumps({"jti": jti}).decode()[1:-1]  # "jti":"<jti>", as stored
+    row = conn.execute(
+        select(e.c.seq)
+        .where(e.c.type == "credential.issued", e.c.body.contains(needle, autoescape=True))
+        .limit(1)
+    ).first()
+    return row is not None
 
 
 __all__ = [

@@ -661,12 +661,14 @@ class AgentRegistry:
                             code="parent_inactive",
                         )
                 # Reinstate the agent and the descendants that were suspended because of it.
+                was = conn.execute(select(a.c.status).where(a.c.did == root.did)).scalar_one()
                 conn.execute(
                     update(a)
                     .where(a.c.did == root.did)
                     .values(status=ACTIVE, status_reason=reason, updated_at=t)
                 )
                 affected = [root.did]
+                changed = [root.did] if was != ACTIVE else []
                 if below:
                     res = conn.execute(
                         select(a.c.did, a.c.trust_score).where(
@@ -693,8 +695,12 @@ class AgentRegistry:
                             .values(status=ACTIVE, status_reason=reason, updated_at=t)
                         )
                     affected += cascaded
+                    changed += cascaded
             else:
                 affected = [root.did, *below]
+                # The root row is locked (descendants, above): its status as read is current.
+                was = conn.execute(select(a.c.status).where(a.c.did == root.did)).scalar_one()
+                changed = [root.did] if was != status else []
                 conn.execute(
                     update(a)
                     .where(a.c.did == root.did)
@@ -709,6 +715,12 @@ class AgentRegistry:
                     # Only agents that were active are suspended "by cascade", so reinstating
                     # this one never lifts a suspension that had its own reason.
                     cascade_from = [ACTIVE, SUSPENDED] if status == REVOKED else [ACTIVE]
+                    changed += [
+                        r[0]
+                        for r in conn.execute(
+                            select(a.c.did).where(a.c.did.in_(below), a.c.status.in_(cascade_from))
+                        )
+                    ]
                     conn.execute(
                         update(a)
                         .where(a.c.did.in_(below), a.c.status.in_(cascade_from))
@@ -728,12 +740,15 @@ class AgentRegistry:
                 at=t,
                 agent=root.did,
                 name=root.name,
-                affected=affected,
+                affected=changed,
+                # Suspension and revocation cut the credentials of the whole subtree,
+                # also of descendants whose status was already what it is now.
+                credentials_revoked=None if status == ACTIVE else affected,
                 reason=reason,
             )
         for did in affected:
             self._state.invalidate_agent(did)
-        return affected
+        return changed
 
     def suspend(
         self,
@@ -743,7 +758,10 @@ class AgentRegistry:
         actor: str = "operator",
         now: datetime | float | None = None,
     ) -> list[str]:
-        """Suspend an agent and its descendants; their live credentials stop working."""
+        """Suspend an agent and its descendants; their live credentials stop working.
+
+        Returns the agents whose status changed (one already suspended or revoked is
+        not counted, though its credentials are cut again)."""
         return self._set_status(
             ref, SUSPENDED, reason=reason, event="agent.suspended", actor=actor, now=now
         )
@@ -751,7 +769,9 @@ class AgentRegistry:
     def reinstate(
         self, ref: str, *, reason: str, actor: str = "operator", now: datetime | float | None = None
     ) -> list[str]:
-        """Reinstate a suspended agent (and descendants suspended by cascade from it)."""
+        """Reinstate a suspended agent (and descendants suspended by cascade from it).
+
+        Returns the agents whose status changed."""
         if not isinstance(reason, str) or not reason.strip():
             raise AgentError("reinstating an agent needs a reason", code="reason_required")
         return self._set_status(
@@ -766,7 +786,8 @@ class AgentRegistry:
         actor: str = "operator",
         now: datetime | float | None = None,
     ) -> list[str]:
-        """Revoke an agent and its descendants for good."""
+        """Revoke an agent and its descendants for good. Returns the agents whose
+        status changed (one revoked before is not counted)."""
         return self._set_status(
             ref, REVOKED, reason=reason, event="agent.revoked", actor=actor, now=now
         )

@@ -30,8 +30,9 @@ def test_expired_revocations_are_pruned_live_ones_kept(
         )
     gate.state.add_revoked(stale, time.time() - 3 * 3600)
     gate.state._next_prune = 0.0  # a clean-up is due
-    gate.credential_manager.revoke("T" * 22)
-    assert _revoked_jtis(gate) == {cred.jti, "T" * 22}
+    other = gate.credential_manager.issue_credential(deploy_agent.did, ["deploy:staging"])
+    gate.credential_manager.revoke(other.jti)
+    assert _revoked_jtis(gate) == {cred.jti, other.jti}
     assert not gate.state.is_revoked(stale)
     with pytest.raises(opsgate.InvalidCredential) as exc:
         gate.credential_manager.verify(cred.token)
@@ -44,7 +45,8 @@ def test_an_injected_future_clock_never_prunes_a_revocation_in_force(
     cred = gate.credential_manager.issue_credential(deploy_agent.did, ["deploy:staging"])
     gate.credential_manager.revoke(cred.jti)
     gate.state._next_prune = 0.0
-    gate.credential_manager.revoke("U" * 22, now=time.time() + 10 * 86400)
+    other = gate.credential_manager.issue_credential(deploy_agent.did, ["deploy:staging"])
+    gate.credential_manager.revoke(other.jti, now=time.time() + 10 * 86400)
     gate.state._next_refresh = 0.0
     gate.state.maybe_refresh()
     assert cred.jti in _revoked_jtis(gate)

@@ -25,7 +25,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy.engine import make_url
 
 from opsgate.config import Config, DatabaseTarget
-from opsgate.errors import ConfigError, MigrationError, OperationError, StoreError, safe_text
+from opsgate.errors import (
+    ConfigError,
+    MigrationContended,
+    MigrationError,
+    OperationError,
+    StoreError,
+    safe_text,
+)
 from opsgate.operations.base import Operation, Outcome, Plan, RunContext
 from opsgate.operations.migrate import runner
 from opsgate.operations.migrate.classify import Dialect
@@ -353,6 +360,8 @@ class MigrationExecutor:
                     return self._repair(name, config, conn, content, agent)
                 return self._apply(name, config, conn, content, agent)
         except StoreError as exc:  # connection or bookkeeping trouble: a failed migration
+            if exc.code == "migration_plan_stale":  # another run changed it: nothing done
+                raise MigrationContended(exc.message, code=exc.code) from exc
             raise MigrationError(exc.message, code=exc.code) from exc
 
     def _apply(

@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from opsgate.errors import MigrationError, StoreError
+from opsgate.errors import MigrationContended, MigrationError, StoreError
 from opsgate.operations.migrate.files import CHAIN_START
 from opsgate.store.migration_target import (
     HistoryRow,
@@ -60,9 +60,9 @@ class RunResult:
     detail: dict[str, Any] = field(default_factory=dict)
 
 
-def locked_error(database: str, holder: str | None, waited: float) -> MigrationError:
+def locked_error(database: str, holder: str | None, waited: float) -> MigrationContended:
     who = holder or "another run that has just finished or is starting"
-    return MigrationError(
+    return MigrationContended(
         f"database {database!r} is being migrated by {who}; waited {waited:.1f}s",
         code="migration_locked",
         holder=holder,
@@ -118,7 +118,8 @@ def _check_unchanged(
     if unresolved:
         raise needs_repair(database, unresolved)
     if (now_head, now_chain) != (head, head_chain):
-        raise MigrationError(
+        # Another run moved it between plan and lock: contention, nothing applied.
+        raise MigrationContended(
             f"database {database!r} moved to V{now_head} since the plan was made at V{head}; "
             "plan again",
             code="migration_plan_stale",

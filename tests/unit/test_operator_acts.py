@@ -1,0 +1,194 @@
+"""What an operator does on the CLI is the operator's: audited with the operator as the
+actor and charged to no agent; `creds revoke` of an id this gate never issued is
+`not_found`; `creds revoke --agent` says it leaves the agent active; and `agents
+suspend|reinstate|revoke` count only the agents whose status changed."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from helpers import audit_events
+from typer.testing import CliRunner
+
+import opsgate
+from opsgate.cli import app
+from opsgate.errors import CredentialError
+
+ROOT = Path(__file__).resolve().parents[2]
+runner = CliRunner()
+
+
+def run(state: Path, *args: str) -> tuple[int, str, str]:
+    result = runner.invoke(app, ["--state-dir", str(state), *args])
+    return result.exit_code, result.stdout, result.stderr
+
+
+@pytest.fixture
+def state(tmp_path: Path) -> Path:
+    s = tmp_path / "state"
+    with opsgate.Gate.init(s) as gate:
+        sup = gate.register_agent(
+            "sup", ["deploy:staging", "deploy:production"], sponsor="ops@company.com", trust_score=920
+        )
+        a = sup.delegate("a", ["deploy:staging", "deploy:production"])
+        b = a.delegate("b", ["deploy:staging"])
+        b.delegate("c", ["deploy:staging"])
+        a.delegate("d", ["deploy:staging"])
+    return s
+
+
+def _scores(state: Path) -> dict[str, int]:
+    with opsgate.Gate.open(state, create=False) as gate:
+        return {a.name: a.trust_score for a in gate.agents.list()}
+
+
+# -- N7: an operator's typo is the operator's ---------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "scope", ["deploy:productoin", "read:secrets/db", "deploy:*", "deploy:staging/../x"]
+)
+def test_an_operators_refused_issue_is_audited_as_the_operators_and_charges_nothing(
+    state: Path, scope: str
+) -> None:
+    before = _scores(state)
+    code, out, err = run(state, "creds", "issue", "a", "-s", scope)
+    assert code == 1 and out == ""
+    assert err.startswith("error [")
+    assert _scores(state) == before
+    with opsgate.Gate.open(state, create=False) as gate:
+        refused = audit_events(gate, "credential.refused")
+        assert len(refused) == 1
+        assert refused[0]["actor"].startswith("operator:")
+        assert refused[0]["agent"] == gate.agents.get("a").did
+        assert audit_events(gate, "trust.changed") == []
+
+
+def test_an_agent_asking_for_more_than_its_grants_is_still_charged(state: Path) -> None:
+    with opsgate.Gate.open(state, create=False) as gate:
+        a = gate.agents.get("a")
+        before = a.trust_score
+        with pytest.raises(CredentialError) as info:
+            gate.credential_manager.issue_credential(a.did, ["read:secrets/db"])
+        assert info.value.code == "scope_not_covered"
+        assert a.trust_score < before
+        assert audit_events(gate, "credential.refused")[-1]["actor"] == a.did
+
+
+def test_a_credential_the_operator_issues_names_the_operator_and_the_agent(state: Path) -> None:
+    code, out, err = run(state, "creds", "issue", "a", "-s", "deploy:staging", "--json")
+    assert code == 0, err
+    issued = json.loads(out)
+    with opsgate.Gate.open(state, create=False) as gate:
+        event = audit_events(gate, "credential.issued")[-1]
+        assert event["jti"] == issued["jti"]
+        assert event["actor"].startswith("operator:")
+        assert event["agent"] == gate.agents.get("a").did
+        assert gate.credential_manager.verify(issued["token"]).sub == event["agent"]
+
+
+@pytest.mark.parametrize("who", ["", "   ", 5])
+def test_requested_by_must_name_someone(state: Path, who: object) -> None:
+    with opsgate.Gate.open(state, create=False) as gate:
+        head = gate.audit.head()
+        with pytest.raises(CredentialError) as info:
+            gate.credential_manager.issue_credential(
+                gate.agents.get("a").did,
+                ["deploy:staging"],
+                requested_by=who,  # type: ignore[arg-type]
+            )
+        assert info.value.code == "operator_invalid"
+        assert gate.audit.head() == head
+
+
+# -- N8: revoking an id never issued ------------------------------------------------------------
+
+
+def test_revoking_a_jti_never_issued_is_not_found_and_changes_nothing(state: Path) -> None:
+    with opsgate.Gate.open(state, create=False) as gate:
+        cred = gate.credential_manager.issue_credential(gate.agents.get("a").did, ["deploy:staging"])
+        head = gate.audit.head()
+    # Never issued; a LIKE wildcard in a jti ("_") must not match another credential.
+    for jti in ["A" * 22, cred.jti[:-1] + ("B" if cred.jti[-1] != "B" else "C"), "_" * 22]:
+        code, out, err = run(state, "creds", "revoke", jti)
+        assert code == 1 and out == "", (jti, out)
+        assert err.startswith("error [not_found]"), err
+    with opsgate.Gate.open(state, create=False) as gate:
+        assert gate.audit.head()[0] == head[0]
+        assert gate.credential_manager.verify(cred.token).jti == cred.jti
+        with pytest.raises(CredentialError) as info:
+            gate.credential_manager.revoke("Z" * 22)
+        assert info.value.code == "not_found"
+    code, out, err = run(state, "creds", "revoke", cred.jti)
+    assert code == 0 and cred.jti in out, err
+    code, out, err = run(state, "creds", "revoke", cred.jti)  # idempotent
+    assert code == 0, err
+
+
+def test_a_credential_issued_by_another_gate_is_not_found_here(state: Path, tmp_path: Path) -> None:
+    with opsgate.Gate.init(tmp_path / "other") as other:
+        agent = other.register_agent("x", ["deploy:staging"], sponsor="ops@company.com")
+        foreign = other.credential_manager.issue_credential(agent.did, ["deploy:staging"])
+    code, _, err = run(state, "creds", "revoke", foreign.jti)
+    assert code == 1 and err.startswith("error [not_found]")
+
+
+# -- N9: what revoke --agent does, said where it is used ----------------------------------------
+
+
+def test_creds_revoke_agent_says_the_agent_stays_active_and_points_at_suspend(state: Path) -> None:
+    code, out, _ = run(state, "creds", "revoke", "--help")
+    assert code == 0
+    text = " ".join(out.split())
+    assert "can get new ones" in text and "agents suspend" in text
+    code, out, err = run(state, "creds", "revoke", "--agent", "a", "--reason", "rotate")
+    assert code == 0, err
+    said = " ".join(out.split())
+    assert "remain active" in said and "opsgate agents suspend" in said
+    # ... which is true: the agent gets a new credential right away.
+    code, _, err = run(state, "creds", "issue", "a", "-s", "deploy:staging")
+    assert code == 0, err
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    assert "`creds revoke --agent` cuts off the credentials" in readme
+    assert "To stop an agent, `opsgate agents suspend` it" in readme
+
+
+# -- N10: counts of what changed ------------------------------------------------------------------
+
+
+def test_suspend_reinstate_and_revoke_count_what_changed(state: Path) -> None:
+    def did(name: str) -> str:
+        with opsgate.Gate.open(state, create=False) as gate:
+            return gate.agents.get(name).did
+
+    assert run(state, "agents", "revoke", "c", "--reason", "gone")[1].strip() == (
+        "revoked 1 agent(s)"
+    )
+    assert run(state, "agents", "suspend", "b", "--reason", "look")[1].strip() == (
+        "suspended 1 agent(s)"  # b; c was revoked before
+    )
+    code, out, err = run(state, "agents", "suspend", "a", "--reason", "look")
+    assert code == 0, err
+    assert out.strip() == "suspended 2 agent(s)"  # a and d; b, c unchanged
+    code, out, err = run(state, "agents", "suspend", "a", "--reason", "again")
+    assert out.strip() == "suspended 0 agent(s)"
+    code, out, err = run(state, "agents", "reinstate", "a", "--reason", "fine")
+    assert out.strip() == "reinstated 2 agent(s)", err  # a and d; b has its own suspension
+    code, out, err = run(state, "agents", "reinstate", "a", "--reason", "fine again")
+    assert out.strip() == "reinstated 0 agent(s)", err
+    code, out, err = run(state, "agents", "revoke", "a", "--reason", "done")
+    assert out.strip() == "revoked 3 agent(s)", err  # a, b (suspended), d; c already
+    with opsgate.Gate.open(state, create=False) as gate:
+        events = audit_events(gate, "agent.revoked")
+        assert set(events[-1]["affected"]) == {did("a"), did("b"), did("d")}
+        assert set(events[-1]["credentials_revoked"]) == {did(n) for n in "abcd"}
+        assert all(e["actor"].startswith("operator:") for e in events)
+        assert {a.name: a.status for a in gate.agents.list()} == {
+            "sup": "active",
+            "a": "revoked",
+            "b": "revoked",
+            "c": "revoked",
+            "d": "revoked",
+        }
