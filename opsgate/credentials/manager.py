@@ -305,9 +305,14 @@ class CredentialManager:
                 code=exc.code,
                 reason=exc.message,
             )
-            if requested_by is None and self.on_escalation is not None and exc.code in (
-                "scope_not_covered",
-                "capability_unrestricted",
+            if (
+                requested_by is None
+                and self.on_escalation is not None
+                and exc.code
+                in (
+                    "scope_not_covered",
+                    "capability_unrestricted",
+                )
             ):
                 self.on_escalation(state.did, exc.message, t)
             raise

@@ -15,8 +15,7 @@ from helpers import audit_events
 import opsgate
 from opsgate.errors import MigrationContended, MigrationError, RunRefused
 from opsgate.operations.base import Operation
-from opsgate.operations.migrate import MigrationExecutor
-from opsgate.operations.migrate import runner
+from opsgate.operations.migrate import MigrationExecutor, runner
 from opsgate.operations.migrate.files import CHAIN_START
 from opsgate.store.migration_target import MigrationTarget, TargetSettings
 

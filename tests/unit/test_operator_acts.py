@@ -30,7 +30,10 @@ def state(tmp_path: Path) -> Path:
     s = tmp_path / "state"
     with opsgate.Gate.init(s) as gate:
         sup = gate.register_agent(
-            "sup", ["deploy:staging", "deploy:production"], sponsor="ops@company.com", trust_score=920
+            "sup",
+            ["deploy:staging", "deploy:production"],
+            sponsor="ops@company.com",
+            trust_score=920,
         )
         a = sup.delegate("a", ["deploy:staging", "deploy:production"])
         b = a.delegate("b", ["deploy:staging"])
@@ -108,7 +111,9 @@ def test_requested_by_must_name_someone(state: Path, who: object) -> None:
 
 def test_revoking_a_jti_never_issued_is_not_found_and_changes_nothing(state: Path) -> None:
     with opsgate.Gate.open(state, create=False) as gate:
-        cred = gate.credential_manager.issue_credential(gate.agents.get("a").did, ["deploy:staging"])
+        cred = gate.credential_manager.issue_credential(
+            gate.agents.get("a").did, ["deploy:staging"]
+        )
         head = gate.audit.head()
     # Never issued; a LIKE wildcard in a jti ("_") must not match another credential.
     for jti in ["A" * 22, cred.jti[:-1] + ("B" if cred.jti[-1] != "B" else "C"), "_" * 22]:
