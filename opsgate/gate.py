@@ -61,6 +61,8 @@ from opsgate.operations.base import (
     params_model_of,
     validate_params,
 )
+from opsgate.operations.monitor.executor import NAMESPACE as MONITORING
+from opsgate.operations.monitor.executor import MonitorExecutor, registered_deployer
 from opsgate.operators import OperatorService
 from opsgate.policy.request import check_params
 from opsgate.secrets import SecretsService
@@ -229,6 +231,13 @@ class Gate:
         )
         for executor in self.secrets.executors():
             self.register_executor(executor.action, executor, namespace=self.secrets.namespace)
+        # Monitoring is always there: read-only views of the apps the deploy executor
+        # runs (whichever is registered when a read comes) and of the gate itself.
+        self.register_executor(
+            "read",
+            MonitorExecutor(self, lambda: registered_deployer(self)),
+            namespace=MONITORING,
+        )
         # jtis known to be charged as misuse (insertion order): spares the store a write.
         self._misused: dict[str, None] = {}
         self._misuse_lock = threading.Lock()
@@ -787,6 +796,10 @@ class Gate:
                 action=action,
                 **{k: v for k, v in repaired.items() if k not in ("action", "actor", "at")},
             )
+
+    def registered_executor(self, action: str, namespace: str | None = None) -> Executor | None:
+        """The executor routed for `action` (in `namespace`, else the catch-all), if any."""
+        return self._executors.get((action, namespace)) or self._executors.get((action, None))
 
     def _in_scope(self, claims: Claims, cap: caps.Capability) -> bool:
         return scope_refusal(self._agent(claims), claims.parsed_scope, cap) is None
