@@ -66,6 +66,23 @@ class CredentialHandle:
     def token(self) -> str:
         return self.current().token
 
+    # The attributes a RemoteCredential has too, so an agent reads either alike.
+    @property
+    def scope(self) -> list[str]:
+        return list(self._scope)
+
+    @property
+    def jti(self) -> str:
+        return self.current().jti
+
+    @property
+    def issued_at(self) -> datetime:
+        return self.current().issued_at
+
+    @property
+    def expires_at(self) -> datetime:
+        return self.current().expires_at
+
     def proof(
         self,
         request: Operation | ProofRequest,

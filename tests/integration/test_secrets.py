@@ -300,10 +300,15 @@ def test_out_of_scope_and_ungranted_paths_are_denied(world: SecretWorld) -> None
     with pytest.raises(OperationError) as err:  # read scope does not write
         write_secret(w.gate, staging_only, "staging/db", "v2")
     assert err.value.code == "operation_denied"
-    # Other namespaces are not routed to the secret executors at all.
+    # Other namespaces are not routed to the secret executors at all: one with no
+    # executor is executor_missing, and monitoring has its own (and needs its grant).
+    with pytest.raises(OperationError) as err:
+        w.gate.execute(w.token, Operation("read", "database/orders"))
+    assert err.value.code == "executor_missing"
     with pytest.raises(OperationError) as err:
         w.gate.execute(w.token, Operation("read", "monitoring/staging/app"))
-    assert err.value.code == "executor_missing"
+    assert err.value.code == "operation_denied"
+    assert type(w.gate.registered_executor("read", "monitoring")).__name__ == "MonitorExecutor"
 
 
 def test_production_write_waits_for_approval_bound_to_the_exact_value(world: SecretWorld) -> None:

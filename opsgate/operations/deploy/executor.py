@@ -739,7 +739,12 @@ class DeployExecutor:
             return Outcome(
                 "failed",
                 f"{app} {version} in {env}: {summary}",
-                {"health": report.to_dict(), "release": str(release)},
+                {
+                    "health": report.to_dict(),
+                    "release": str(release),
+                    "previous": run.previous,
+                    "restored": restored,
+                },
                 failure_kind="deployment",
                 audit_fields={"health": report.to_dict(), "restored": run.previous},
             )
