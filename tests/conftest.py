@@ -8,6 +8,7 @@ loudly: it is never silently skipped.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 from collections.abc import Iterator
@@ -36,9 +37,9 @@ def _admin_url() -> str:
     return url
 
 
-@pytest.fixture
-def pg_url() -> Iterator[str]:
-    """A fresh, empty PostgreSQL database on the test server."""
+@contextlib.contextmanager
+def fresh_database() -> Iterator[str]:
+    """A fresh, empty PostgreSQL database on the test server, dropped afterwards."""
     admin = _admin_url()
     name = f"opsgate_t_{uuid.uuid4().hex[:12]}"
     engine = create_engine(admin, isolation_level="AUTOCOMMIT")
@@ -58,6 +59,20 @@ def pg_url() -> Iterator[str]:
             )
             conn.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
         engine.dispose()
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """A fresh, empty PostgreSQL database on the test server."""
+    with fresh_database() as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def pg_url_module() -> Iterator[str]:
+    """One fresh database shared by the tests of a module (for costly setups)."""
+    with fresh_database() as url:
+        yield url
 
 
 @pytest.fixture
