@@ -614,6 +614,8 @@ class ServerConfig(_Strict):
     refusal_rate: float = Field(1.0, gt=0, le=10_000)
     # /metrics names agents and their scores: operators only unless opened here.
     metrics_public: bool = False
+    # How long an approver stays signed in to the web UI (/ui) before signing in again.
+    ui_session_minutes: int = Field(30, ge=1, le=720)
 
     @field_validator("external_url")
     @classmethod

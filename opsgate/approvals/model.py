@@ -46,6 +46,16 @@ class Approver:
 
 
 @dataclass(frozen=True, slots=True)
+class ApproverSession:
+    """An approver signed in to the web UI (the cookie's secret is not kept here)."""
+
+    approver: str
+    created_at: float
+    expires_at: float
+    token_issued_at: float
+
+
+@dataclass(frozen=True, slots=True)
 class ApprovalDecision:
     approver: str
     decision: Literal["approve", "deny"]

@@ -17,8 +17,9 @@ import hashlib
 import hmac
 import secrets
 import time
+from collections.abc import Callable
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import orjson
 import structlog
@@ -29,6 +30,7 @@ from opsgate.approvals.model import (
     ApprovalDecision,
     ApprovalRequest,
     Approver,
+    ApproverSession,
     PendingApproval,
     cancelled_after_quorum,
     quorum_status,
@@ -223,6 +225,120 @@ class ApprovalService:
                 "(opsgate approvers rotate)",
                 code="approver_token_expired",
             )
+
+    # -- web UI sessions ------------------------------------------------------------------
+
+    def open_session(
+        self,
+        email: str,
+        token: object,
+        *,
+        ttl_seconds: float,
+        now: datetime | float | None = None,
+    ) -> tuple[str, ApproverSession]:
+        """Sign an approver in to the web UI with their token: returns the session's
+        secret (for the cookie, stored only hashed) and the session. Audited, also
+        when refused."""
+        t = to_epoch(now)
+        who = safe_text(email) if isinstance(email, str) else "?"
+        try:
+            who = self._email(email)
+            if not 60 <= ttl_seconds <= 12 * 3600:
+                raise ApprovalError("session lifetime out of range", code="session_ttl_invalid")
+            secret = secrets.token_urlsafe(32)
+            s = schema.approver_sessions
+            with self._store.write() as conn:
+                self._authenticate(conn, who, token, t)
+                issued = conn.execute(
+                    select(schema.approvers.c.token_issued_at).where(
+                        schema.approvers.c.email == who
+                    )
+                ).scalar_one()
+                conn.execute(s.delete().where(s.c.expires_at <= t))
+                session = ApproverSession(who, t, t + ttl_seconds, float(issued))
+                conn.execute(
+                    s.insert().values(
+                        id=_hash_token(secret),
+                        approver=who,
+                        token_issued_at=session.token_issued_at,
+                        created_at=t,
+                        expires_at=session.expires_at,
+                    )
+                )
+                self._audit.append_in(
+                    conn, "approver.signed_in", actor=who, at=t, expires_at=session.expires_at
+                )
+        except ApprovalError as exc:
+            self._audit.append(
+                "approver.sign_in_refused", actor=who, at=t, code=exc.code, reason=exc.message
+            )
+            raise
+        return secret, session
+
+    def session(self, secret: object, *, now: datetime | float | None = None) -> ApproverSession:
+        """The live session of this secret; session_invalid / session_expired /
+        approver_token_expired otherwise (a rotated or disabled token ends it)."""
+        t = to_epoch(now)
+        with self._store.read() as conn:
+            who = self._session_approver(conn, secret, t)
+            row = conn.execute(
+                select(schema.approver_sessions).where(
+                    schema.approver_sessions.c.id == _hash_token(str(secret))
+                )
+            ).one()
+        return ApproverSession(
+            who, float(row.created_at), float(row.expires_at), float(row.token_issued_at)
+        )
+
+    def close_session(self, secret: object, *, now: datetime | float | None = None) -> bool:
+        """Sign out: the session's row is deleted, so its cookie is worthless at once,
+        on every replica. False when there was no such session."""
+        t = to_epoch(now)
+        if not isinstance(secret, str) or not secret or len(secret) > 128:
+            return False
+        s = schema.approver_sessions
+        with self._store.write() as conn:
+            row = conn.execute(select(s.c.approver).where(s.c.id == _hash_token(secret))).first()
+            if row is None:
+                return False
+            conn.execute(s.delete().where(s.c.id == _hash_token(secret)))
+            self._audit.append_in(conn, "approver.signed_out", actor=row[0], at=t)
+        return True
+
+    def _session_approver(self, conn: Connection, secret: object, t: float) -> str:
+        if not isinstance(secret, str) or not secret or len(secret) > 128:
+            raise ApprovalError("not signed in", code="session_invalid")
+        s, a = schema.approver_sessions, schema.approvers
+        row = conn.execute(
+            select(s.c.approver, s.c.expires_at, s.c.token_issued_at).where(
+                s.c.id == _hash_token(secret)
+            )
+        ).first()
+        if row is None:
+            raise ApprovalError("not signed in", code="session_invalid")
+        if t >= row.expires_at:
+            raise ApprovalError("the session has expired; sign in again", code="session_expired")
+        approver = conn.execute(
+            select(a.c.token_issued_at, a.c.token_expires_at, a.c.disabled_at).where(
+                a.c.email == row.approver
+            )
+        ).first()
+        if (
+            approver is None
+            or approver.disabled_at is not None
+            or float(approver.token_issued_at) != float(row.token_issued_at)
+        ):
+            raise ApprovalError(
+                "the approver's token changed since sign-in; sign in again",
+                code="session_invalid",
+            )
+        if t >= approver.token_expires_at:
+            raise ApprovalError(
+                f"the token of approver {row.approver!r} has expired; the operator must "
+                "rotate it (opsgate approvers rotate)",
+                code="approver_token_expired",
+            )
+        return str(row.approver)
 
     # -- requests ----------------------------------------------------------------------
 
@@ -427,15 +543,37 @@ class ApprovalService:
     ) -> ApprovalRequest:
         return self._decide(approval_id, approver, token, "deny", comment, to_epoch(now))
 
+    def decide_in_session(
+        self,
+        approval_id: str,
+        *,
+        session: str,
+        verdict: Literal["approve", "deny"],
+        comment: str | None = None,
+        now: datetime | float | None = None,
+    ) -> ApprovalRequest:
+        """Approve or deny as the approver signed in to the web UI with `session`
+        (the cookie's secret): checked in the same transaction as the decision."""
+        if verdict not in ("approve", "deny"):
+            raise ApprovalError("verdict must be approve or deny", code="verdict_invalid")
+        t = to_epoch(now)
+
+        def authenticate(conn: Connection) -> str:
+            return self._session_approver(conn, session, t)
+
+        return self._decide(approval_id, "session", authenticate, verdict, comment, t)
+
     def _decide(
         self,
         approval_id: str,
         approver: str,
-        token: str,
+        token: str | Callable[[Connection], str],
         verdict: str,
         comment: str | None,
         t: float,
     ) -> ApprovalRequest:
+        """`token` is the approver's token, or a check of another credential (a UI
+        session) run inside the decision's transaction that returns the approver."""
         try:
             if comment is not None and (not isinstance(comment, str) or len(comment) > 2000):
                 raise ApprovalError(
@@ -443,10 +581,13 @@ class ApprovalService:
                 )
             if comment is not None:
                 comment = scrub(comment)  # a token pasted into a comment is not kept
-            who = self._email(approver)
+            who = "" if callable(token) else self._email(approver)
             self.expire_due(now=t)
             with self._store.write() as conn:
-                self._authenticate(conn, who, token, t)
+                if callable(token):
+                    who = approver = token(conn)
+                else:
+                    self._authenticate(conn, who, token, t)
                 req = self._load(conn, approval_id, lock=True)
                 if req.status in ("pending", "approved") and t >= req.expires_at:
                     raise ApprovalError(f"approval {req.id!r} has expired", code="approval_expired")

@@ -35,6 +35,8 @@ from opsgate.server.routes import (
     policy,
     trust,
 )
+from opsgate.server.ui import SecurityHeaders, UiSettings
+from opsgate.server.ui import router as ui_router
 
 
 def _error_body(exc: OpsgateError) -> dict[str, Any]:
@@ -72,6 +74,7 @@ def create_app(gate: Gate, settings: ServerConfig | None = None) -> FastAPI:
         version="0.1.0",
     )
     app.state.ctx = ctx
+    app.state.ui = UiSettings.of(external, settings.ui_session_minutes)
 
     @app.exception_handler(OpsgateError)
     async def opsgate_error(request: Request, exc: OpsgateError) -> JSONResponse:
@@ -101,5 +104,7 @@ def create_app(gate: Gate, settings: ServerConfig | None = None) -> FastAPI:
 
     for module in (health, credentials, operations, approvals, agents, audit, trust, policy):
         app.include_router(module.router)
+    app.include_router(ui_router)
+    app.add_middleware(SecurityHeaders, https=app.state.ui.https)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     return app

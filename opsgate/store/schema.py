@@ -149,6 +149,20 @@ approvers = Table(
     Column("token_expires_at", Float, nullable=False),
 )
 
+# Signed-in approvers of the web UI: the row is keyed by a hash of the cookie's
+# secret (never the secret) and bound to the approver's current token, so a
+# rotation or a disabled approver ends every session at once.
+approver_sessions = Table(
+    "approver_sessions",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("approver", String(254), nullable=False),
+    Column("token_issued_at", Float, nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("expires_at", Float, nullable=False),
+)
+Index("ix_approver_sessions_expires", approver_sessions.c.expires_at)
+
 approval_requests = Table(
     "approval_requests",
     metadata,
