@@ -55,6 +55,13 @@ CODE_STATUS: dict[str, int] = {
     "approval_expired": 409,
     "approval_consumed": 409,
     "digest_mismatch": 409,
+    # The web UI's sessions and forms.
+    "session_invalid": 401,
+    "session_expired": 401,
+    "session_ttl_invalid": 422,
+    "csrf_invalid": 403,
+    "form_invalid": 422,
+    "verdict_invalid": 422,
     # Operators.
     "operator_not_found": 404,
     "operator_exists": 409,

@@ -151,6 +151,7 @@ class Signed:
 
 
 async def _signed(request: Request) -> Signed:
+    _ctx(request).check_blocked(request)
     secret = request.cookies.get(_ui(request).cookie)
     if not secret:
         raise ApprovalError("not signed in", code="session_invalid", quiet=True)
@@ -237,7 +238,7 @@ async def signin(request: Request) -> Response:
             )
         )
     except ApprovalError as exc:
-        status = status_of(exc)
+        status = 401  # a malformed email is refused like a wrong token: nothing to learn
         ctx.refused(request, exc, status)
         message = (
             exc.message
@@ -310,7 +311,6 @@ async def approval(approval_id: str, request: Request) -> Response:
 async def decide(approval_id: str, request: Request) -> Response:
     ctx = _ctx(request)
     try:
-        ctx.check_blocked(request)
         signed = await _signed(request)
         form = await _form(request, signed, frozenset({"csrf", "verdict", "comment"}))
         verdict = form.get("verdict")

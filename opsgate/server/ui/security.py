@@ -89,13 +89,15 @@ def csrf_ok(secret: str | None, purpose: str, presented: str | None) -> bool:
 
 def parse_form(raw: bytes, content_type: str | None, allowed: frozenset[str]) -> dict[str, str]:
     """An urlencoded form: only `allowed` fields, each at most once, UTF-8."""
+    if not raw:
+        return {}  # nothing posted: the form's checks (its CSRF token first) refuse it
     if (content_type or "").split(";")[0].strip().lower() != "application/x-www-form-urlencoded":
         raise UiRefusal("forms are posted urlencoded", code="form_invalid")
     try:
         pairs = parse_qsl(
             raw.decode("utf-8"),
             keep_blank_values=True,
-            strict_parsing=bool(raw),
+            strict_parsing=True,
             max_num_fields=_MAX_FIELDS,
         )
     except (UnicodeDecodeError, ValueError) as exc:
