@@ -13,11 +13,16 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 from helpers import AGENT_SPONSOR, audit_events, deploy, open_world
+from secret_helpers import open_world as secret_world
 from server_helpers import Api, open_api
 from sqlalchemy import update
 from ui_helpers import csrf_of, sign_in
 
+import opsgate
 from opsgate.config import ServerConfig
+from opsgate.operations.base import Operation
+from opsgate.operations.migrate import MigrationExecutor
+from opsgate.secrets.sdk import write_secret
 from opsgate.server import create_app
 from opsgate.server.ui import CSP
 from opsgate.store import schema
@@ -288,11 +293,6 @@ def test_an_agents_params_are_rendered_inert(api: Api) -> None:
 
 
 def test_a_migration_page_marks_destructive_statements_with_their_codes(tmp_path: Path) -> None:
-    from opsgate.operations.base import Operation
-    from opsgate.operations.migrate import MigrationExecutor
-
-    import opsgate
-
     migrations = tmp_path / "migrations"
     migrations.mkdir()
     gate = opsgate.Gate.open(
@@ -332,10 +332,6 @@ def test_a_migration_page_marks_destructive_statements_with_their_codes(tmp_path
 
 
 def test_a_secret_page_shows_the_path_never_the_value(tmp_path: Path, monkeypatch: Any) -> None:
-    from secret_helpers import open_world as secret_world
-
-    from opsgate.secrets.sdk import write_secret
-
     w = secret_world(tmp_path / "state", "embedded", monkeypatch=monkeypatch)
     try:
         value = "tOp-s3cret-Value-7731"
