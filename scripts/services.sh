@@ -26,6 +26,21 @@ ensure_postgres_binaries() {
   pg_bin >/dev/null
 }
 
+# Debian's chromium for the web UI's browser tests (Playwright drives it through
+# executable_path; no browser is downloaded). Exports OPSGATE_TEST_CHROMIUM.
+ensure_chromium() {
+  local bin
+  bin=$(command -v chromium || true)
+  if [ -z "$bin" ]; then
+    echo "installing chromium for the browser tests" >&2
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null 2>&1 \
+      || { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null; } \
+      || { echo "chromium unavailable" >&2; return 1; }
+    bin=$(command -v chromium)
+  fi
+  export OPSGATE_TEST_CHROMIUM="$bin"
+}
+
 start_postgres() {
   ensure_postgres_binaries || { echo "PostgreSQL binaries unavailable" >&2; return 1; }
   local bin port data runas=()

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Run the whole test suite: install what it needs, start the real services it
-# uses (PostgreSQL, OpenBao), run pytest, stop the services. Extra args go to pytest.
+# uses (PostgreSQL, OpenBao; Chromium for the UI tests), run pytest, stop the
+# services. Extra args go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -15,5 +16,6 @@ source scripts/services.sh
 trap stop_services EXIT
 start_postgres
 start_openbao
+ensure_chromium
 
 .venv/bin/python -m pytest -q "$@"

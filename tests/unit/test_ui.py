@@ -253,6 +253,8 @@ def test_a_link_to_one_approval_leads_there_after_sign_in(api: Api) -> None:
     assert r.headers["location"] == f"/ui/signin?next=/ui/approvals/{approval_id}"
     page = api.client.get(r.headers["location"])
     assert f'value="/ui/approvals/{approval_id}"' in page.text
+    r = sign_in(api.client, JOHN, "opsg_apr_wrong", f"/ui/approvals/{approval_id}")
+    assert r.status_code == 401 and f'value="/ui/approvals/{approval_id}"' in r.text
     r = sign_in(api.client, JOHN, api.world.approver_tokens[JOHN], f"/ui/approvals/{approval_id}")
     assert r.headers["location"] == f"/ui/approvals/{approval_id}"
 

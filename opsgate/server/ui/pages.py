@@ -192,7 +192,11 @@ def _failed(request: Request, exc: OpsgateError, *, page: bool) -> Response:
 
 
 def _signin_page(
-    request: Request, status: int = 200, error: str | None = None, email: str = ""
+    request: Request,
+    status: int = 200,
+    error: str | None = None,
+    email: str = "",
+    next_page: str | None = None,
 ) -> Response:
     pre = secrets.token_urlsafe(32)
     response = _render(
@@ -200,7 +204,7 @@ def _signin_page(
         "signin.html",
         status,
         csrf=derive(pre, "opsgate-ui-signin"),
-        next=safe_next(request.query_params.get("next")),
+        next=safe_next(next_page or request.query_params.get("next")),
         error=error,
         email=email,
         signed=None,
@@ -223,6 +227,7 @@ async def signin_form(request: Request) -> Response:
 async def signin(request: Request) -> Response:
     ctx = _ctx(request)
     ui = _ui(request)
+    form: dict[str, str] = {}
     try:
         ctx.check_blocked(request)
         form = parse_form(
@@ -245,7 +250,7 @@ async def signin(request: Request) -> Response:
             if exc.code == "approver_token_expired"
             else "sign-in refused: that email and approver token do not match"
         )
-        return _signin_page(request, status, f"{message} [{exc.code}]")
+        return _signin_page(request, status, f"{message} [{exc.code}]", next_page=form.get("next"))
     except OpsgateError as exc:
         return _failed(request, exc, page=False)
     response = _redirect(request, safe_next(form.get("next")))
