@@ -857,7 +857,10 @@ def serve(
     except ValueError as exc:
         raise ConfigError(f"invalid --external-url: {exc}", code="config_invalid") from exc
     application = create_app(gate, settings)
-    _err(f"opsgate serving {gate.state_dir} on {host}:{port} as {url}")
+    _err(
+        f"opsgate serving {gate.state_dir} on {host}:{port} as {url} "
+        f"(approvers sign in at {url.rstrip('/')}/ui)"
+    )
     uvicorn.run(
         application,
         host=host,
