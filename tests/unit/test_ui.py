@@ -290,6 +290,10 @@ def test_an_agents_params_are_rendered_inert(api: Api) -> None:
     html = client.get(f"/ui/approvals/{approval_id}").text
     assert XSS not in html and "<img src=x" not in html
     assert "&lt;script&gt;window.__xss=1&lt;/script&gt;" in html
+    # An approver's comment is text too.
+    api.world.approve(approval_id, JANE, comment=XSS)
+    html = client.get(f"/ui/approvals/{approval_id}").text
+    assert XSS not in html and html.count("&lt;script&gt;window.__xss=1&lt;/script&gt;") == 2
     audit = client.get("/ui/audit").text
     assert "<script>window" not in audit and "<img src=x" not in audit
 
