@@ -26,7 +26,7 @@ def main() -> None:
         say(step="staging", status=staging.status)
         pending = gate.execute(cred, Operation("deploy", "production/app-web", RELEASE))
         say(step="production", status="approval_pending", approval_id=pending.approval_id)
-        decided = gate.wait_for_approval(pending.approval_id, timeout=60)
+        decided = gate.wait_for_approval(pending.approval_id, timeout=120)
         say(step="decided", status=decided.status)
         done = gate.resume(pending.approval_id, cred)
         say(step="resumed", status=done.status, seq=done.audit_seq)

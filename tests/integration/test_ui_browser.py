@@ -141,6 +141,7 @@ def test_approve_a_production_deploy_in_a_real_browser(
         browser = p.chromium.launch(executable_path=chromium(), args=["--no-sandbox"])
         try:
             context = browser.new_context()
+            context.set_default_timeout(60_000)  # a loaded 2-core machine is slow, not broken
             page = context.new_page()
             console: list[str] = []
             page.on("console", lambda m: console.append(m.text))
