@@ -268,6 +268,12 @@ class DatabaseAgent(GateAgent):
                 text, "plan", Operation("migrate", resource, dry_run=True), wait=wait
             )
             pending = _pending(preview)
+            for m in pending:
+                codes = ", ".join(m["findings"]) or "no findings"
+                kind = "DESTRUCTIVE" if m["destructive"] else "safe"
+                self.step(
+                    text, "plan", "done", f"V{m['version']} {m['name']}: {kind} ({codes})", **m
+                )
             if not pending:
                 return self._result(text, "succeeded", start, result={"applied": []})
             safe: list[int] = []
