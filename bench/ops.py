@@ -112,6 +112,11 @@ def _p50(samples: list[int]) -> float:
     return stats(samples).p50
 
 
+def _signed(us: float) -> str:
+    """A difference: may be negative when the gate's part is within the noise."""
+    return ("-" if us < 0 else "") + fmt_us(abs(us))
+
+
 # -- secrets ---------------------------------------------------------------------------
 
 
@@ -455,7 +460,7 @@ def main(argv: list[str] | None = None) -> int:
             row.operation,
             fmt_us(row.own_us),
             fmt_us(row.gate_us),
-            fmt_us(row.added_us),
+            _signed(row.added_us),
             ratio,
             row.reference,
             target,
@@ -467,9 +472,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     for note in notes:
         table.note(note)
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     print(
-        f"bench.ops on Python {sys.version.split()[0]}, {os.cpu_count()} CPUs "
-        f"({'quick' if args.quick else 'full'} sizes)"
+        f"bench.ops on Python {sys.version.split()[0]}, {os.cpu_count()} CPUs, load average "
+        f"{load} ({'quick' if args.quick else 'full'} sizes; durable commits dominate the "
+        "gate's part, so compare within a run)"
     )
     table.print()
     return 0
