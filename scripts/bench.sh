@@ -8,6 +8,6 @@ cd "$(dirname "$0")/.."
 .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps \
   agentmesh-platform==3.7.0 click==8.5.1 python-dateutil==2.9.0.post0 email-validator==2.4.0 \
   dnspython==2.9.2 six==1.17.0
-for bench in core policy trust; do
+for bench in core policy trust ops; do
   .venv/bin/python -m "bench.$bench" "$@"
 done
