@@ -96,6 +96,30 @@ class RenewingCredential(Protocol):
     def renewals(self) -> int: ...
 
 
+class ProvingGate:
+    """An in-process gate seen through one agent's credential handle: every request
+    carries a proof of possession signed with the agent's own key (for a gate with
+    `require_proof`). Satisfies GatePort."""
+
+    def __init__(self, gate: Any, handle: Any) -> None:
+        self._gate = gate
+        self._handle = handle
+
+    def execute(self, token: str, operation: Operation, *, approval_id: str | None = None) -> Any:
+        proof = self._handle.proof(operation, approval_id=approval_id)
+        return self._gate.execute(token, operation, approval_id=approval_id, proof=proof)
+
+    def resume(self, approval_id: str, token: str, **extra: Any) -> Any:
+        proof = self._handle.resume_proof(approval_id)
+        return self._gate.resume(approval_id, token, proof=proof, **extra)
+
+    def wait_for_approval(self, approval_id: str, timeout: float = 60.0) -> Any:
+        return self._gate.wait_for_approval(approval_id, timeout)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._gate, name)
+
+
 # -- steps -------------------------------------------------------------------------------
 
 
@@ -223,15 +247,12 @@ class GateAgent:
         *,
         log: StepLog | None = None,
         approval_timeout: float = 60.0,
-        proof: Callable[[Operation, str | None], str] | None = None,
     ) -> None:
         self.name = name
         self.gate = gate
         self.credential = credential
         self.log = log or StepLog()
         self.approval_timeout = approval_timeout
-        # In-process gates that require proofs: the agent's own signature per request.
-        self._proof = proof
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r})"
@@ -259,17 +280,11 @@ class GateAgent:
     # -- calling the gate ---------------------------------------------------------------------
 
     def _execute(self, operation: Operation, approval_id: str | None = None) -> Any:
-        token = self.credential.token
-        if self._proof is not None:
-            return self.gate.execute(  # type: ignore[call-arg]
-                token,
-                operation,
-                approval_id=approval_id,
-                proof=self._proof(operation, approval_id),
-            )
-        return self.gate.execute(token, operation, approval_id=approval_id)
+        return self.gate.execute(self.credential.token, operation, approval_id=approval_id)
 
-    def _resume(self, approval_id: str) -> Any:
+    def _resume(self, approval_id: str, secret: Any = None) -> Any:
+        if secret is not None:  # a secret write's value is given again, never stored
+            return self.gate.resume(approval_id, self.credential.token, secret=secret)  # type: ignore[call-arg]
         return self.gate.resume(approval_id, self.credential.token)
 
     def run_operation(
@@ -295,7 +310,9 @@ class GateAgent:
             )
             raise StepRefused("refused") from None
         if isinstance(result, PendingLike) and not isinstance(result, Outcome):
-            result = self._await_approval(task, step, result, on_waiting=on_waiting, wait=wait)
+            result = self._await_approval(
+                task, step, result, on_waiting=on_waiting, wait=wait, secret=operation.secret
+            )
         outcome: Outcome = result
         if outcome.status == "failed":
             self.step(
@@ -320,6 +337,7 @@ class GateAgent:
         *,
         on_waiting: Callable[[str], None] | None,
         wait: float | None,
+        secret: Any = None,
     ) -> Outcome:
         approval_id = pending.approval_id
         approvers = list(pending.approvers)
@@ -367,7 +385,7 @@ class GateAgent:
             approved_by=by,
         )
         try:
-            result = self._resume(approval_id)
+            result = self._resume(approval_id, secret)
         except OpsgateError as exc:
             self.step(
                 task, step, "refused", f"refused: {exc.code}", code=exc.code, reason=exc.message
@@ -411,6 +429,7 @@ __all__ = [
     "GateAgent",
     "GatePort",
     "PendingLike",
+    "ProvingGate",
     "RenewingCredential",
     "StepEvent",
     "StepListener",

@@ -23,7 +23,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from opsgate.agents.core import GateAgent, StepLog, TaskResult
+from opsgate.agents.core import GateAgent, ProvingGate, StepLog, TaskResult
 from opsgate.agents.workers import (
     DatabaseAgent,
     DeployAgent,
@@ -125,19 +125,14 @@ class Supervisor:
         def wire(name: str) -> dict[str, Any]:
             agent = agents[name]
             handle = agent.credential(scope=SEED_SCOPES[name], ttl_minutes=ttl_minutes)
-            proof = None
-            if gate.config.require_proof:
-
-                def proof(op: Any, approval_id: str | None, _h: Any = handle) -> str:
-                    return str(_h.proof(op, approval_id=approval_id))
-
+            # A gate that requires proofs gets one per request, signed with this agent's key.
+            port: Any = ProvingGate(gate, handle) if gate.config.require_proof else gate
             return {
                 "name": name,
-                "gate": gate,
+                "gate": port,
                 "credential": handle,
                 "log": log,
                 "approval_timeout": approval_timeout,
-                "proof": proof,
             }
 
         deploy_agent = agents["deploy-agent"]

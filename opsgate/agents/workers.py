@@ -200,6 +200,7 @@ class SecretManager(GateAgent):
         initial: SecretValue,
         *,
         length: int = 32,
+        on_waiting: Callable[[str], None] | None = None,
         wait: float | None = None,
     ) -> TaskResult:
         """credential -> write `initial` -> rotate to a fresh random value."""
@@ -209,10 +210,18 @@ class SecretManager(GateAgent):
         self.credential_step(text)
         try:
             wrote = self.run_operation(
-                text, "write", Operation("write", resource, secret=initial), wait=wait
+                text,
+                "write",
+                Operation("write", resource, secret=initial),
+                on_waiting=on_waiting,
+                wait=wait,
             )
             rotated = self.run_operation(
-                text, "rotate", self._rotation(resource, length), wait=wait
+                text,
+                "rotate",
+                self._rotation(resource, length),
+                on_waiting=on_waiting,
+                wait=wait,
             )
         except StepRefused as stop:
             return self._result(text, stop.status, start, approval_id=stop.approval_id)

@@ -241,12 +241,19 @@ def test_the_database_agent_applies_the_safe_and_leaves_the_destructive_waiting(
     assert _steps(result) == [
         ("credential", "done"),
         ("plan", "done"),
+        ("plan", "done"),
+        ("plan", "done"),
         ("apply-safe", "done"),
         ("approval", "requested"),
         ("approval", "waiting"),
         ("approval", "timeout"),
     ]
-    requested = result.steps[3]
+    planned = [s.data for s in result.steps[2:4]]
+    assert [(p["version"], p["destructive"], p["findings"]) for p in planned] == [
+        (1, False, []),
+        (2, True, ["DS102"]),
+    ]
+    requested = result.steps[5]
     assert requested.data["approvers"] == ["dana@company.com"]
     import sqlite3
 
@@ -316,3 +323,48 @@ def test_a_task_outside_the_agents_grants_is_refused_and_charged(team: Team) -> 
     )
     assert result.status == "refused"
     assert team.agents["deploy-agent"].trust_score == before - 75
+
+
+def test_a_production_secret_write_waits_and_resumes_with_its_value(team: Team) -> None:
+    value = "prod-pw-5530-distinctive"
+    result = team.supervisor.secrets.rotate_password(
+        "production/app/database-password",
+        SecretValue(value),
+        on_waiting=team.approve_as("john@company.com"),
+    )
+    assert result.ok, result.to_dict()
+    # Two approvals (the write, then the rotation's write), each bound to its own value.
+    assert [s.status for s in result.steps if s.step == "approval"].count("approved") == 2
+    backend = team.gate.secrets.backend
+    assert backend.get("secrets/production/app/database-password", 1).value.reveal() == value
+    assert backend.get("secrets/production/app/database-password").version == 2
+    assert value not in json.dumps(result.to_dict())
+
+
+def test_agents_sign_a_proof_per_request_where_the_gate_requires_one(tmp_path: Path) -> None:
+    (tmp_path / "artifacts").mkdir()
+    gate = opsgate.Gate.open(tmp_path / "state", require_proof=True)
+    try:
+        deployer = LocalDeployExecutor(
+            tmp_path / "deployments", artifact_roots=[tmp_path / "artifacts"]
+        )
+        gate.register_executor("deploy", deployer)
+        sup = gate.register_agent(
+            "devops-supervisor",
+            [c for scope in SEED_SCOPES.values() for c in scope],
+            "platform-team@company.com",
+            920,
+        )
+        agents = {n: sup.delegate(name=n, capabilities=s) for n, s in SEED_SCOPES.items()}
+        artifact = tmp_path / "artifacts" / "app-1.0.tar"
+        artifact.write_bytes(b"app 1.0")
+        team = Supervisor.in_process(gate, agents, artifact_for=lambda a, v: str(artifact))
+        result = team.run("Deploy app-v1.0 to staging")
+        assert result.ok, result.to_dict()
+        # The same request without a proof is refused: the agent's proofs did the work.
+        op = Operation("deploy", "staging/app", {"version": "1.0", "artifact": str(artifact)})
+        with pytest.raises(opsgate.InvalidCredential) as info:
+            gate.execute(team.deploy.credential.token, op)
+        assert info.value.code == "missing_proof"
+    finally:
+        gate.close()
