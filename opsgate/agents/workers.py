@@ -22,6 +22,7 @@ from opsgate.agents.core import GateAgent, StepRefused, TaskResult, _public
 from opsgate.errors import OperationError, OpsgateError, safe_text
 from opsgate.operations.base import Operation, Outcome
 from opsgate.operations.monitor import monitor_operation
+from opsgate.operations.monitor.executor import View
 from opsgate.secrets.value import SecretValue
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
@@ -341,7 +342,7 @@ def _pending(preview: Outcome) -> list[dict[str, Any]]:
 class MonitoringAgent(GateAgent):
     """Reads health, deploy status and history, and the gate's status; nothing else."""
 
-    def read(self, target: str, view: str = "status", **params: Any) -> TaskResult:
+    def read(self, target: str, view: View = "status", **params: Any) -> TaskResult:
         text = f"Check {view} of {target}" if target != "gate" else "Show the gate's status"
         start = len(self.log.events)
         try:
@@ -349,7 +350,7 @@ class MonitoringAgent(GateAgent):
                 text,
                 view,
                 monitor_operation(target, view, **params),
-                wait=0.0,  # type: ignore[arg-type]
+                wait=0.0,
             )
         except StepRefused as stop:
             return self._result(text, stop.status, start, approval_id=stop.approval_id)

@@ -179,13 +179,13 @@ class MonitorExecutor:
                 {"env": env, "app": app, "history": [r.to_dict() for r in records]},
                 audit_fields={"view": view, "rows": len(records)},
             )
-        status = deployer.status(env, app, now=self._clock())
-        live = status.current or "nothing"
+        found = deployer.status(env, app, now=self._clock())
+        live = found.current or "nothing"
         return Outcome(
             "succeeded",
-            f"{app} in {env}: {live} live" + (", locked" if status.lock is not None else ""),
-            status.to_dict(),
-            audit_fields={"view": view, "current": status.current},
+            f"{app} in {env}: {live} live" + (", locked" if found.lock is not None else ""),
+            found.to_dict(),
+            audit_fields={"view": view, "current": found.current},
         )
 
 
