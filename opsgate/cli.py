@@ -1,7 +1,8 @@
 """`opsgate` command line: the same Gate as the SDK, one command per operator action.
 
-Exit codes: 0 ok, 1 refused or failed check, 2 usage. Errors are one line on
-stderr (`error [code]: message`), never a traceback. `--json` on listings.
+Exit codes: 0 ok, 1 refused or failed check, 2 usage, 3 approval pending (the
+commands that act as an agent, opsgate.cli_ops). Errors are one line on stderr
+(`error [code]: message`), never a traceback. `--json` on listings.
 """
 
 from __future__ import annotations
@@ -986,6 +987,8 @@ def _mount_optional() -> None:
     from opsgate.policy.cli import app as policy_app
 
     app.add_typer(policy_app, name="policy")
+    # deploy, rollback, migrate, secrets, status: operations done as an agent.
+    import opsgate.cli_ops  # noqa: F401
 
 
 _mount_optional()

@@ -597,6 +597,17 @@ class OperatorsConfig(_Strict):
     token_ttl_days: int = Field(90, ge=1, le=3650)
 
 
+class CliConfig(_Strict):
+    """The `opsgate` commands that act as an agent (deploy, rollback, migrate, secrets)."""
+
+    # The agent they act as when no `--as` is given (a name or did).
+    agent: str | None = Field(None, min_length=1, max_length=200)
+    # How long `--wait` blocks for an approval by default.
+    wait_timeout_seconds: float = Field(900.0, gt=0, le=86_400)
+    # Lifetime of the credential each command issues to its agent (at most limits.max_ttl_minutes).
+    credential_ttl_minutes: float | None = Field(None, gt=0, le=HARD_TTL_CEILING_MINUTES)
+
+
 class ServerConfig(_Strict):
     """`opsgate serve`: the HTTP API's address, proof checks and request limits."""
 
@@ -645,6 +656,7 @@ class Config(_Strict):
     approvals: ApprovalsConfig = ApprovalsConfig()
     operators: OperatorsConfig = OperatorsConfig()
     server: ServerConfig = ServerConfig()
+    cli: CliConfig = CliConfig()
     notifications: NotificationsConfig = NotificationsConfig()
     databases: dict[str, DatabaseTarget] = Field(default_factory=dict)
     deploy: DeployConfig = DeployConfig()

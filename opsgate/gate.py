@@ -144,6 +144,17 @@ def _check_binding(store: Store, pin: Pin, path: Path) -> None:
     )
 
 
+def _migration_executor(gate: Gate) -> Executor:
+    """The executor of the configured database targets: leased users where a target
+    names a `vault_role`, the configured URL elsewhere."""
+    from opsgate.operations.migrate import MigrationExecutor
+    from opsgate.secrets.dynamic import database_credentials
+
+    return MigrationExecutor(
+        gate.config, state_dir=gate.state_dir, credentials=database_credentials(gate)
+    )
+
+
 class Gate:
     """One gate per state directory (or per replica on a shared PostgreSQL)."""
 
@@ -318,6 +329,8 @@ class Gate:
                 )
                 gate.register_executor("deploy", deployer)
                 gate.register_executor("rollback", deployer.rollback)
+            if config.databases:
+                gate.register_executor("migrate", _migration_executor(gate))
         except BaseException:
             gate.close()
             raise
@@ -831,6 +844,12 @@ class Gate:
                 code="params_invalid",
             )
         return cap
+
+    def executor(self, action: str, resource: str = "") -> Executor:
+        """The executor registered for `action` on `resource` (its namespace), for the
+        read-only views a surface shows (a deploy's status, a migration's history) and
+        for attaching a progress display; operations still go through `execute`."""
+        return self._executor_for(action, resource)
 
     def _executor_for(self, action: str, resource: str) -> Executor:
         """The executor of the resource's namespace for this action, else the action's."""

@@ -234,15 +234,16 @@ def test_the_database_url_never_appears_in_plans_audit_errors_or_reprs(tmp_path:
 
 def test_the_gates_own_database_cannot_be_a_target(tmp_path: Path) -> None:
     state = tmp_path / "state"
-    gate = opsgate.Gate.open(
-        state,
-        databases={
-            "self": {"url": f"sqlite:///{state / 'opsgate.db'}", "migrations": str(tmp_path)}
-        },
-    )
+    own = {"self": {"url": f"sqlite:///{state / 'opsgate.db'}", "migrations": str(tmp_path)}}
+    # Gate.open registers the executor of the configured targets: it refuses to open.
+    with pytest.raises(opsgate.ConfigError) as exc:
+        opsgate.Gate.open(state, databases=own)
+    assert exc.value.code == "database_target_invalid"
+    gate = opsgate.Gate.open(state)
     try:
+        config = gate.config.model_validate({**gate.config.model_dump(), "databases": own})
         with pytest.raises(opsgate.ConfigError) as exc:
-            MigrationExecutor(gate.config, state_dir=gate.state_dir)
+            MigrationExecutor(config, state_dir=gate.state_dir)
         assert exc.value.code == "database_target_invalid"
     finally:
         gate.close()
