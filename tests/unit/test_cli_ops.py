@@ -131,7 +131,8 @@ def world(tmp_path: Path) -> Iterator[World]:
             ],
         )
         tokens = {
-            who: gate.approvals.add_approver(who) for who in ("john@company.com", "dana@company.com")
+            who: gate.approvals.add_approver(who)
+            for who in ("john@company.com", "dana@company.com")
         }
     yield World(state, tmp_path, tokens)
 
@@ -176,7 +177,9 @@ def test_deploy_json_shape(world: World) -> None:
 def test_production_deploy_is_pending_with_the_id_alone_on_stdout(world: World) -> None:
     artifact = world.artifact("2.0")
     assert world.cli("deploy", "web", "2.0", "--env", "staging", "--artifact", artifact)[0] == 0
-    code, out, err = world.cli("deploy", "web", "2.0", "--env", "production", "--artifact", artifact)
+    code, out, err = world.cli(
+        "deploy", "web", "2.0", "--env", "production", "--artifact", artifact
+    )
     assert code == 3, err
     approval_id = out.strip()
     assert pending_ids(world) == [approval_id]
