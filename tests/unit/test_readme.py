@@ -7,6 +7,7 @@ import base64
 import json
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -100,14 +101,16 @@ class _Walkthrough:
     """Runs the README's bash lines through the real CLI app, in process.
 
     Understood: `opsgate ARGS`, `NAME=$(opsgate ARGS)` (stdout, stripped),
-    `NAME=value opsgate ARGS` (environment for that command), "$NAME" expansion,
-    backslash continuations and `# comments`; a comment saying `exit N` is the exit
-    code that line must end with (0 otherwise). Anything else fails the test, so the
-    README stays within what a shell runs as written. Values a reader copies from an
-    earlier listing are filled in by `placeholders` when first used.
+    `NAME=value opsgate ARGS` (environment for that command), `printf '%s' "$NAME" |
+    opsgate ARGS` (the value on stdin), `cp FILE FILE`, "$NAME" expansion, backslash
+    continuations and `# comments`; a comment saying `exit N` is the exit code that
+    line must end with (0 otherwise). Anything else fails the test, so the README
+    stays within what a shell runs as written. Values a reader copies from an earlier
+    listing (or types) are filled in by `placeholders` when first used.
     """
 
     CAPTURE = re.compile(r"([A-Z_][A-Z0-9_]*)=\$\((opsgate .*)\)\Z")
+    PIPE = re.compile(r"printf '%s' (\"\$[A-Z_][A-Z0-9_]*\") \| (opsgate .*)\Z")
 
     def __init__(self, placeholders: dict[str, Any]) -> None:
         from typer.testing import CliRunner
@@ -127,12 +130,12 @@ class _Walkthrough:
 
         return re.sub(r"\$\{([A-Z_][A-Z0-9_]*)\}|\$([A-Z_][A-Z0-9_]*)", value, word)
 
-    def invoke(self, words: list[str], env: dict[str, str]) -> Any:
+    def invoke(self, words: list[str], env: dict[str, str], stdin: str | None = None) -> Any:
         from opsgate.cli import app
 
         assert words[0] == "opsgate", f"not an opsgate command: {words}"
         self.ran.append(" ".join(words[:3]))
-        return self.runner.invoke(app, words[1:], env=env)
+        return self.runner.invoke(app, words[1:], env=env, input=stdin)
 
     def run_line(self, line: str) -> None:
         code, comment = 0, ""
@@ -146,10 +149,22 @@ class _Walkthrough:
         if capture:
             name, command = capture.groups()
             result = self.invoke([self.expand(w) for w in shlex.split(command)], {})
-            assert result.exit_code == 0, (line, result.stderr)
+            assert result.exit_code == code, (line, result.exit_code, result.stderr)
             self.vars[name] = result.stdout.strip()
             return
+        piped = self.PIPE.match(body)
+        if piped:
+            value, command = piped.groups()
+            result = self.invoke(
+                [self.expand(w) for w in shlex.split(command)], {}, self.expand(value[1:-1])
+            )
+            assert result.exit_code == code, (line, result.exit_code, result.stderr)
+            return
         words = shlex.split(body)
+        if words[0] == "cp":
+            assert len(words) == 3, f"cp copies one file: {line!r}"
+            shutil.copyfile(words[1], words[2])
+            return
         env: dict[str, str] = {}
         while words and re.match(r"[A-Z_][A-Z0-9_]*=", words[0]):
             name, _, raw = words.pop(0).partition("=")
@@ -212,13 +227,22 @@ def test_the_cli_walkthrough_runs_as_written(
     (tmp_path / "examples").symlink_to(ROOT / "examples")
     blocks = _fenced(_cli_section(), "bash")
     assert blocks, "the README CLI section has no runnable example"
-    shell = _Walkthrough({"JTI": _jti_of("TOKEN"), **_pending_requests(tmp_path / ".opsgate")})
+    shell = _Walkthrough(
+        {
+            "JTI": _jti_of("TOKEN"),
+            "DB_PASSWORD": lambda _: "walkthrough-db-password",
+            **_pending_requests(tmp_path / ".opsgate"),
+        }
+    )
     for block in blocks:
         shell.run_block(block)
     assert (tmp_path / ".opsgate" / "opsgate.db").is_file()
-    # Every command the app has is shown working, not only listed.
+    # Every command the app has is shown working, not only listed (a top-level
+    # command's first three words include its first argument).
     ran = set(shell.ran)
-    missing = [name for name in _commands() if " ".join(name.split()[:3]) not in ran]
+    missing = [
+        name for name in _commands() if not any(r == name or r.startswith(f"{name} ") for r in ran)
+    ]
     assert not missing, f"the README CLI walkthrough never runs {missing}"
 
 
