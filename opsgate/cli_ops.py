@@ -90,29 +90,45 @@ def _usage(message: str) -> typer.Exit:
 
 @dataclass
 class _Act:
-    """One operation run as one agent: what the command prints depends on `show`."""
+    """One agent, its credential for one operation, and the gate it is used with."""
 
     gate: Any
     agent: Any
-    handle: Any
+    credential: Any
 
     def call(self, op: Any, approval_id: str | None) -> Any:
+        """`Gate.execute` with the agent's credential (and, where the gate requires
+        one, a proof of possession signed with the agent's own key for this request)."""
         proof = None
         if self.gate.config.require_proof:
-            proof = self.handle.proof(op, approval_id=approval_id)
-        return self.gate.execute(self.handle.token, op, proof=proof, approval_id=approval_id)
+            from opsgate.credentials.proof import ProofRequest, make_proof
+
+            key = self.gate.agents.private_key(self.agent.did)
+            request = ProofRequest.execute(op, approval_id)
+            proof = make_proof(key, self.credential.token, request, time.time())
+        return self.gate.execute(self.credential.token, op, proof=proof, approval_id=approval_id)
 
 
 def _actor(state_dir: str | None, as_: str | None, scope: list[str]) -> _Act:
-    """The gate, the agent, and its credential for exactly `scope` (issuing is audited;
-    a scope beyond the agent's grants is refused and charged like any escalation)."""
+    """The gate, the agent, and a credential of the agent's own for exactly `scope`.
+
+    Issuing it is the operator's act (audited as `operator:<login>`): a scope beyond the
+    agent's grants is refused and charges no agent. The operation itself is the agent's.
+    """
+    from opsgate.cli import _operator
+
     gate = _gate(state_dir)
     ref = as_ or gate.config.cli.agent
     if not ref:
         raise _usage("name the agent to act as: --as AGENT (or cli.agent in opsgate.yaml)")
     agent = gate.agents.get(ref)
-    handle = agent.credential(scope=scope, ttl_minutes=gate.config.cli.credential_ttl_minutes)
-    return _Act(gate, agent, handle)
+    credential = gate.credential_manager.issue_credential(
+        agent.did,
+        scope=scope,
+        ttl_minutes=gate.config.cli.credential_ttl_minutes,
+        requested_by=_operator(),
+    )
+    return _Act(gate, agent, credential)
 
 
 def _pending_data(act: _Act, pending: Any, capability: str) -> dict[str, Any]:
@@ -143,6 +159,19 @@ def _pending_exit(act: _Act, pending: Any, capability: str, json_out: bool, note
     raise typer.Exit(EXIT_PENDING)
 
 
+def _first_call(act: _Act, op: Any, approval: str | None) -> Any:
+    """The first execute; `--approval` of a request nobody decided yet is pending (exit 3,
+    or `--wait` for it), not a failure."""
+    from opsgate.approvals import PendingApproval
+
+    try:
+        return act.call(op, approval)
+    except OpsgateError as exc:
+        if approval is None or exc.code != "approval_pending":
+            raise
+        return PendingApproval(approval, act.gate.approvals.get(approval))
+
+
 def _failure_code(outcome: Any) -> str:
     code = outcome.detail.get("code") if isinstance(outcome.detail, dict) else None
     if isinstance(code, str) and code:
@@ -162,9 +191,11 @@ def _perform(
     """Execute `op`; pending -> exit 3 (or wait and run the approved request);
     refused -> exit 1 with its code; returns the Outcome of a run that did not fail
     (a failed one is exit 1 with its summary)."""
+    from opsgate.approvals import PendingApproval
+
     try:
-        result = act.call(op, approval)
-        if result.__class__.__name__ == "PendingApproval":
+        result = _first_call(act, op, approval)
+        if isinstance(result, PendingApproval):
             if not wait:
                 _pending_exit(act, result, op.capability, json_out, "")
             limit = act.gate.config.cli.wait_timeout_seconds if timeout is None else timeout
@@ -173,7 +204,7 @@ def _perform(
                 _pending_exit(act, result, op.capability, json_out, f" after {limit:g} s")
             # The gate judges the decision: approved runs, anything else is its refusal.
             result = act.call(op, result.approval_id)
-            if result.__class__.__name__ == "PendingApproval":
+            if isinstance(result, PendingApproval):
                 _pending_exit(act, result, op.capability, json_out, "")
     except OpsgateError as exc:
         if json_out:

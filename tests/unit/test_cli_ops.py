@@ -151,12 +151,14 @@ def test_deploy_to_staging_succeeds_as_the_configured_agent(world: World) -> Non
     assert code == 0, err
     assert "web 2.0 is live in staging" in out
     assert (world.tmp / "releases" / "staging" / "web" / "current").resolve().name == "2.0"
-    # It ran as deploy-agent (cli.agent), with a credential of its own, through the gate.
+    # It ran as deploy-agent (cli.agent), with a credential of its own scoped to exactly
+    # this operation (issued at the operator's request), through the gate.
     with world.gate() as gate:
         did = gate.agents.get("deploy-agent").did
-        issued = gate.audit.tail(50, event_type="credential.issued")
+        [issued] = gate.audit.tail(1, event_type="credential.issued")
         outcome = gate.audit.tail(1, event_type="operation.outcome")[0].event
-    assert any(r.actor == did and r.event.get("scope") == ["deploy:staging/web"] for r in issued)
+    assert issued.event["agent"] == did and issued.actor.startswith("operator:")
+    assert issued.event["scope"] == ["deploy:staging/web"]
     assert outcome["actor"] == did and outcome["outcome"] == "succeeded"
 
 
@@ -194,6 +196,13 @@ def test_production_deploy_is_pending_with_the_id_alone_on_stdout(world: World) 
     assert data["status"] == "pending" and data["approval_id"] in pending_ids(world)
     assert data["approvers"] == ["jane@company.com", "john@company.com"]
     assert data["capability"] == "deploy:production/web" and data["min_approvals"] == 1
+    # --approval of a request nobody decided yet: still pending (exit 3, the id).
+    code, out, err = world.cli(
+        "deploy", "web", "2.0", "--env", "production", "--artifact", artifact,
+        "--approval", approval_id,
+    )  # fmt: skip
+    assert code == 3, err
+    assert out.strip() == approval_id
     # After approval, the same command with --approval runs exactly that request.
     world.approve(approval_id)
     code, out, err = world.cli(
@@ -225,10 +234,12 @@ def test_refusals_exit_1_with_their_code(world: World) -> None:
         "code": "staging_required",
         "message": json.loads(out)["message"],
     }
-    # Beyond the agent's grants: its credential for it is refused (and charged).
+    # Beyond the agent's grants: no credential for it (the operator asked: no charge).
     code, _, err = world.cli("rollback", "web", "--env", "production")
     assert code == 1
     one_error(err, "scope_not_covered")
+    with world.gate() as gate:
+        assert gate.agents.get("deploy-agent").trust_score == 920
     # Denied by policy.
     code, _, err = world.cli("secrets", "delete", "production/db", "--as", "platform-bot")
     assert code == 1
@@ -623,3 +634,28 @@ def test_status_shows_agents_pending_approvals_audit_head_and_locks(world: World
     code, out, err = world.cli("status")
     assert code == 0, err
     assert approval_id in out and "deploy-agent" in out and f"audit head seq {seq}" in out
+
+
+def test_with_require_proof_every_call_carries_the_agents_proof(world: World) -> None:
+    write_config(world.state, world.tmp, require_proof=True)
+    artifact = world.artifact("2.0")
+    code, _, err = world.cli("deploy", "web", "2.0", "--env", "staging", "--artifact", artifact)
+    assert code == 0, err
+    code, out, err = world.cli(
+        "deploy", "web", "2.0", "--env", "production", "--artifact", artifact
+    )
+    assert code == 3, err
+    world.approve(out.strip())
+    code, _, err = world.cli(
+        "deploy", "web", "2.0", "--env", "production", "--artifact", artifact,
+        "--approval", out.strip(),
+    )  # fmt: skip
+    assert code == 0, err
+    # A bare token is refused on such a gate: the proofs above were checked.
+    with world.gate() as gate:
+        token = gate.credential_manager.issue_credential(
+            gate.agents.resolve("deploy-agent"), ["deploy:staging/web"]
+        ).token
+        with pytest.raises(opsgate.OpsgateError) as exc:
+            gate.execute(token, opsgate.Operation("deploy", "staging/web", {"version": "2.0"}))
+    assert "proof" in exc.value.code
