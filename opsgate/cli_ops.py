@@ -39,7 +39,7 @@ from opsgate.cli import (
     app,
     handle_errors,
 )
-from opsgate.errors import OpsgateError, safe_text
+from opsgate.errors import MigrationError, OpsgateError, safe_text
 
 #: Exit code of a command whose operation waits for a human approval.
 EXIT_PENDING = 3
@@ -261,7 +261,7 @@ def _done(act: _Act, op: Any, outcome: Any, json_out: bool, extra: dict[str, Any
 
 
 @contextlib.contextmanager
-def _progress(act: _Act, resource: str, json_out: bool) -> Iterator[None]:
+def _progress(act: _Act, json_out: bool) -> Iterator[None]:
     """A Rich display of the deploy's copy and health checks, on a terminal only."""
     console = Console(stderr=True, highlight=False, emoji=False)
     if json_out or not console.is_terminal:
@@ -269,13 +269,8 @@ def _progress(act: _Act, resource: str, json_out: bool) -> Iterator[None]:
         return
     from opsgate.operations.deploy import RichProgress
 
-    try:
-        executor = act.gate.executor("deploy", resource)
-    except OpsgateError:
-        yield  # nothing registered: execute says so
-        return
-    deployer = getattr(executor, "deploy", executor)  # the rollback executor's deployer
-    if not hasattr(deployer, "progress"):
+    deployer = act.gate.registered_executor("deploy")
+    if deployer is None or not hasattr(deployer, "progress"):  # execute says what is wrong
         yield
         return
     with RichProgress(console) as show:
@@ -331,7 +326,7 @@ def deploy(
         params["message"] = message
     op = Operation("deploy", resource, params, dry_run=dry_run)
     act = _actor(state_dir, as_, [op.capability, *(f"read:secrets/{s}" for s in secrets)])
-    with _progress(act, resource, json_out or dry_run):
+    with _progress(act, json_out or dry_run):
         outcome = _perform(
             act, op, approval=approval, wait=wait, timeout=timeout, json_out=json_out
         )
@@ -374,7 +369,7 @@ def rollback(
         params["message"] = message
     op = Operation("rollback", resource, params, dry_run=dry_run)
     act = _actor(state_dir, as_, [op.capability])
-    with _progress(act, resource, json_out or dry_run):
+    with _progress(act, json_out or dry_run):
         outcome = _perform(
             act, op, approval=approval, wait=wait, timeout=timeout, json_out=json_out
         )
@@ -530,7 +525,11 @@ def migrate_status(
 ) -> None:
     """Head, pending files, failed or interrupted runs and the lock holder (reads only)."""
     gate = _gate(state_dir)
-    executor = gate.executor("migrate", f"database/{database}")
+    executor = gate.registered_executor("migrate", "database")
+    if executor is None:
+        raise MigrationError(
+            f"database {safe_text(database)!r} is not configured", code="database_unknown"
+        )
     status = executor.status(database)
     data = status.to_dict()
     if json_out:
@@ -791,132 +790,71 @@ def secrets_rotate(
 # -- status --------------------------------------------------------------------------------------
 
 
-def _open_leases(gate: Any, now: float) -> list[dict[str, Any]]:
-    """Database leases the audit log shows issued and not revoked, and not yet past
-    their TTL (a lease whose revocation failed still ends at its TTL)."""
-    issued = gate.audit.tail(1000, event_type="secrets.lease_issued")
-    closed = {
-        r.event.get("lease_id")
-        for kind in ("secrets.lease_revoked",)
-        for r in gate.audit.tail(10_000, event_type=kind)
-    }
-    leases = []
-    for r in issued:
-        e = r.event
-        ends = r.at + float(e.get("ttl") or 0)
-        if e.get("lease_id") in closed or ends <= now:
-            continue
-        leases.append(
-            {
-                "database": e.get("database"),
-                "lease_id": e.get("lease_id"),
-                "username": e.get("username"),
-                "agent": e.get("agent"),
-                "issued_at": r.at,
-                "expires_at": ends,
-            }
-        )
-    return leases
-
-
-def _locks(gate: Any, now: float) -> list[dict[str, Any]]:
-    locks: list[dict[str, Any]] = []
-    if gate.config.deploy.enabled:
-        deployer = gate.executor("deploy", "")
-        for lock in deployer.locks():
-            locks.append({"kind": "deploy", **lock.to_dict(now)})
-    for name in gate.config.databases:
-        try:
-            holder = gate.executor("migrate", f"database/{name}").status(name).lock_holder
-        except OpsgateError as exc:  # an unreachable target is shown, not fatal
-            locks.append({"kind": "migrate", "database": name, "error": exc.code})
-            continue
-        if holder:
-            locks.append({"kind": "migrate", "database": name, "holder": holder})
-    return locks
-
-
-def gate_status(gate: Any, now: float | None = None) -> dict[str, Any]:
-    """The gate's own state: agents and trust, pending approvals, the audit head,
-    open database leases and the locks held (deploy, migration)."""
-    t = time.time() if now is None else now
-    thresholds = gate.config.trust
-    agents = []
-    for a in gate.agents.list():
-        d = a.to_dict()
-        eff = d["effective_trust"]
-        band = (
-            "suspend"
-            if eff < thresholds.suspend_below
-            else "approval for production"
-            if eff < thresholds.approval_below
-            else "normal"
-        )
-        agents.append(
-            {
-                "name": d["name"],
-                "did": d["did"],
-                "status": d["effective_status"],
-                "trust": d["trust_score"],
-                "effective_trust": eff,
-                "band": band,
-            }
-        )
-    pending = [
-        {
-            "id": r.id,
-            "capability": r.capability,
-            "requester": r.requester_name,
-            "approvers": list(r.approvers),
-            "min_approvals": r.min_approvals,
-            "expires_at": r.expires_at,
-        }
-        for r in gate.approvals.list(status="pending")
-    ]
-    seq, head = gate.audit.head()
-    return {
-        "gate_id": gate.gate_id,
-        "state_dir": str(gate.state_dir),
-        "agents": agents,
-        "pending_approvals": pending,
-        "audit": {"head_seq": seq, "head_hash": head},
-        "open_leases": _open_leases(gate, t),
-        "locks": _locks(gate, t),
-    }
-
-
-@app.command("status")
-@handle_errors
-def status(state_dir: StateDir = None, json_out: JsonOut = False) -> None:
-    """The gate's own status: agents and trust, pending approvals, audit head, leases, locks."""
-    data = gate_status(_gate(state_dir))
-    if json_out:
-        _print_json(data)
-        return
+def _show_status(data: dict[str, Any]) -> None:
     out = _out()
-    out.print(f"gate {data['gate_id']} in {data['state_dir']}", markup=False)
-    out.print(f"audit head seq {data['audit']['head_seq']} {data['audit']['head_hash']}")
-    table = _table("agent", "status", "trust", "effective", "band")
+    audit = data["audit"]
+    out.print(
+        f"gate {data['gate']}: {data['agent_count']} agent(s), "
+        f"{data['approvals']['pending_count']} pending approval(s), "
+        f"audit head seq {audit['head_seq']} {audit['head_hash']}",
+        markup=False,
+    )
+    table = _table("agent", "status", "trust", "effective")
     for a in data["agents"]:
         table.add_row(
-            escape(a["name"]), a["status"], str(a["trust"]), str(a["effective_trust"]), a["band"]
+            escape(a["name"]), a["status"], str(a["trust_score"]), str(a["effective_trust"])
         )
     out.print(table)
-    out.print(f"pending approvals: {len(data['pending_approvals'])}")
-    if data["pending_approvals"]:
-        table = _table("id", "capability", "requester", "expires")
-        table.columns[0].min_width = 28
-        for r in data["pending_approvals"]:
+    if data["approvals"]["pending"]:
+        table = _table("approval", "capability", "requester", "expires")
+        table.columns[0].min_width = 28  # copied into `approvals approve`: one line
+        for r in data["approvals"]["pending"]:
             table.add_row(
                 r["id"], escape(r["capability"]), escape(r["requester"]), _when(r["expires_at"])
             )
         out.print(table)
-    out.print(f"open database leases: {len(data['open_leases'])}")
-    for lease in data["open_leases"]:
+    out.print(f"open database leases: {data['lease_count']}")
+    for lease in data["leases"]:
         out.print(
-            f"  {lease['database']} {lease['username']} until {_when(lease['expires_at'])}",
+            f"  {lease['database']}: {lease['username']} until {_when(lease['expires_at'])}",
             markup=False,
         )
-    out.print(f"locks: {len(data['locks'])}")
+    out.print(f"deploy locks: {data['lock_count']}")
     for lock in data["locks"]:
-        out.print("  " + json.dumps(lock, default=str), markup=False)
+        stale = " (stale)" if lock.get("stale") else ""
+        out.print(
+            f"  {lock['env']}/{lock['app']}: {lock['holder_name']} for {lock['capability']}, "
+            f"pid {lock['pid']} on {lock['host']} since {_when(lock['started_at'])}{stale}",
+            markup=False,
+        )
+
+
+@app.command("status")
+@handle_errors
+def status(
+    as_: Annotated[
+        str | None,
+        typer.Option(
+            "--as",
+            envvar="OPSGATE_AGENT",
+            help="The agent to read it as; it needs read:monitoring/gate (default: "
+            "cli.monitor_agent, else cli.agent).",
+            show_default=False,
+        ),
+    ] = None,
+    state_dir: StateDir = None,
+    json_out: JsonOut = False,
+) -> None:
+    """The gate's own status, read through the gate as a monitoring agent: agents and
+    trust, pending approvals, the audit head, open database leases, deploy locks."""
+    from opsgate.operations.monitor import GATE_TARGET, monitor_operation
+
+    op = monitor_operation(GATE_TARGET)
+    gate = _gate(state_dir)
+    act = _actor(state_dir, as_ or gate.config.cli.monitor_agent, [op.capability])
+    outcome = _perform(act, op, approval=None, wait=False, timeout=None, json_out=json_out)
+    data = _plain(outcome.detail)
+    if json_out:
+        _done(act, op, outcome, True, {"gate_status": data})
+        return
+    _show_status(data)

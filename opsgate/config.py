@@ -602,6 +602,9 @@ class CliConfig(_Strict):
 
     # The agent they act as when no `--as` is given (a name or did).
     agent: str | None = Field(None, min_length=1, max_length=200)
+    # The agent `opsgate status` reads the gate's status as (read:monitoring/gate);
+    # default: `agent`.
+    monitor_agent: str | None = Field(None, min_length=1, max_length=200)
     # How long `--wait` blocks for an approval by default.
     wait_timeout_seconds: float = Field(900.0, gt=0, le=86_400)
     # Lifetime of the credential each command issues to its agent (at most limits.max_ttl_minutes).

@@ -845,12 +845,6 @@ class Gate:
             )
         return cap
 
-    def executor(self, action: str, resource: str = "") -> Executor:
-        """The executor registered for `action` on `resource` (its namespace), for the
-        read-only views a surface shows (a deploy's status, a migration's history) and
-        for attaching a progress display; operations still go through `execute`."""
-        return self._executor_for(action, resource)
-
     def _executor_for(self, action: str, resource: str) -> Executor:
         """The executor of the resource's namespace for this action, else the action's."""
         namespace = resource.split("/", 1)[0]
