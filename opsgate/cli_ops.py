@@ -95,6 +95,11 @@ class _Act:
     gate: Any
     agent: Any
     credential: Any
+    scope: list[str]
+
+    def renew(self) -> None:
+        """A fresh credential after a wait (the first may have expired meanwhile)."""
+        self.credential = _issue(self.gate, self.agent, self.scope)
 
     def call(self, op: Any, approval_id: str | None) -> Any:
         """`Gate.execute` with the agent's credential (and, where the gate requires
@@ -115,20 +120,23 @@ def _actor(state_dir: str | None, as_: str | None, scope: list[str]) -> _Act:
     Issuing it is the operator's act (audited as `operator:<login>`): a scope beyond the
     agent's grants is refused and charges no agent. The operation itself is the agent's.
     """
-    from opsgate.cli import _operator
-
     gate = _gate(state_dir)
     ref = as_ or gate.config.cli.agent
     if not ref:
         raise _usage("name the agent to act as: --as AGENT (or cli.agent in opsgate.yaml)")
     agent = gate.agents.get(ref)
-    credential = gate.credential_manager.issue_credential(
+    return _Act(gate, agent, _issue(gate, agent, scope), scope)
+
+
+def _issue(gate: Any, agent: Any, scope: list[str]) -> Any:
+    from opsgate.cli import _operator
+
+    return gate.credential_manager.issue_credential(
         agent.did,
         scope=scope,
         ttl_minutes=gate.config.cli.credential_ttl_minutes,
         requested_by=_operator(),
     )
-    return _Act(gate, agent, credential)
 
 
 def _pending_data(act: _Act, pending: Any, capability: str) -> dict[str, Any]:
@@ -203,6 +211,7 @@ def _perform(
             if decided.status == "pending":
                 _pending_exit(act, result, op.capability, json_out, f" after {limit:g} s")
             # The gate judges the decision: approved runs, anything else is its refusal.
+            act.renew()
             result = act.call(op, result.approval_id)
             if isinstance(result, PendingApproval):
                 _pending_exit(act, result, op.capability, json_out, "")

@@ -317,6 +317,12 @@ def test_wait_resumes_when_another_thread_approves(world: World) -> None:
     assert code == 0, err
     assert done and json.loads(out)["status"] == "succeeded"
     assert (world.tmp / "releases" / "production" / "web" / "current").resolve().name == "2.0"
+    # It resumed with a fresh credential (the first may expire during a long wait).
+    with world.gate() as gate:
+        issued = gate.audit.tail(2, event_type="credential.issued")
+        attempt = gate.audit.tail(1, event_type="operation.attempt")[0].event
+    assert [r.event["scope"] for r in issued] == [["deploy:production/web"]] * 2
+    assert attempt["jti"] == issued[-1].event["jti"] != issued[0].event["jti"]  # oldest first
 
 
 def test_wait_ends_with_the_gates_refusal_when_denied_and_3_on_timeout(world: World) -> None:
