@@ -236,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.procs} replica processes x {args.threads} threads, {seconds:g} s per cell, "
         "each call on a random agent of the set; audit verified after each cell."
     )
-    t.note(f"ok: every count of agents within 2x of one agent (ratio >= {TARGET_RATIO}), no errors.")
+    t.note(f"ok: every count of agents within 2x of one agent (ratio >= {TARGET_RATIO}), no errors")
     t.print()
     return 0
 

@@ -69,6 +69,7 @@ from opsgate.secrets import SecretsService
 from opsgate.secrets.value import SecretValue
 from opsgate.state import AgentState, LiveState
 from opsgate.store import DB_FILE, Store, schema
+from opsgate.store.runs import RunsSQL
 from opsgate.trust.engine import MISUSE_CHARGE_WINDOW, TrustChange, TrustEngine
 from opsgate.trust.scoring import TrustEvent, failure_event
 
@@ -191,6 +192,7 @@ class Gate:
             root_kid=pin.root_kid,
             public_jwk=lambda kid: keys.public_jwk(self.keyring.public(kid), kid),  # type: ignore[arg-type]
             check_state=self._check_state,
+            feed=self.state.record_changes_raw,
             checkpoint_every=config.audit.checkpoint_every_events,
             checkpoint_interval=config.audit.checkpoint_every_seconds,
             checkpoint_file=state_dir / CHECKPOINT_FILE,
@@ -252,12 +254,45 @@ class Gate:
         # jtis known to be charged as misuse (insertion order): spares the store a write.
         self._misused: dict[str, None] = {}
         self._misuse_lock = threading.Lock()
+        self._runs = RunsSQL(store)
+        self._repair_runs()
+
+    def _repair_runs(self) -> None:
+        """Give every run whose process died before its outcome was recorded an
+        outcome now (`unknown`: whether it changed anything is not known; no trust
+        change), so no attempt is left without one. Only runs of this host can be
+        seen to be dead; each is repaired once, whichever replica gets to it."""
+        try:
+            orphans = self._runs.orphans()
+        except OpsgateError as exc:
+            log.warning("unfinished runs not checked", code=exc.code)
+            return
+        for run in orphans:
+            t = time.time()
+            with self.store.write() as conn:
+                self.audit.hold_head(conn)
+                if not RunsSQL.claim(conn, run.attempt_seq):
+                    continue
+                self.audit.append_in(
+                    conn,
+                    "operation.outcome",
+                    actor=run.agent_did,
+                    at=t,
+                    attempt_seq=run.attempt_seq,
+                    capability=run.capability,
+                    digest=run.digest,
+                    outcome="unknown",
+                    recovered=True,
+                    summary=f"the outcome was never recorded: process {run.pid} on "
+                    f"{safe_text(run.host)} ended first",
+                )
 
     def _create(self, genesis: Ed25519PrivateKey, now: float) -> None:
         """The gate's birth: one transaction, with the pin written last before commit."""
         pin_written = False
         try:
             with self.store.write() as conn:
+                self.audit.hold_head(conn)
                 stored = self.store.meta_get(conn, "gate_id")
                 if stored is not None:  # another creator won the race on this database
                     raise ConfigError(
@@ -488,6 +523,7 @@ class Gate:
         rotation = None
         try:
             with self.store.write() as conn:
+                self.audit.hold_head(conn)
                 rotation = self.keyring.rotate(conn, t)
                 self.state.record_change(conn, "key", rotation.kid, t)
                 self.audit.append_in(
@@ -1167,6 +1203,7 @@ class Gate:
             decision=decision.effect,
             approval=approval_id,
             reasons=list(decision.reasons),
+            then=self._runs.started(agent.did, plan.capability, plan.digest),
         )
         executor = self._executor_for(plan.operation.action, plan.operation.resource)
         started = time.monotonic()
@@ -1195,6 +1232,7 @@ class Gate:
                 outcome="refused",
                 code=exc.code,
                 summary=exc.message,
+                then=self._runs.finished(attempt.seq),
             )
             raise
         except OpsgateError as exc:
@@ -1234,6 +1272,8 @@ class Gate:
                 operation=plan.capability,
                 digest=plan.digest,
             ),
+            lock_order=self.trust.lock_order(agent.did),
+            then=self._runs.finished(attempt.seq),
         )
         self.trust.after_change({**record.event, "seq": record.seq}, done_at)
         self.trust.observe(agent, plan.capability, refused=False, now=t)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import Connection, delete, insert, select
 
@@ -190,6 +191,21 @@ class LiveState:
         conn.execute(
             insert(schema.state_changes).values(id=change_id, kind=kind, subject=subject, at=now)
         )
+
+    def record_changes_raw(self, cur: Any, changes: list[tuple[str, str, float]]) -> None:
+        """record_change for (kind, subject, at) entries, on a DBAPI cursor (an audit
+        batch's transaction: its callbacks change rows other replicas must hear of)."""
+        q = self._store.q
+        for kind, subject, at in changes:
+            cur.execute(
+                q("UPDATE counters SET value = value + 1 WHERE name = ? RETURNING value"),
+                ("state_changes",),
+            )
+            change_id = int(cur.fetchone()[0])
+            cur.execute(
+                q("INSERT INTO state_changes (id, kind, subject, at) VALUES (?, ?, ?, ?)"),
+                (change_id, kind, subject, at),
+            )
 
     def maybe_refresh(self) -> None:
         """Cheap on the hot path: one clock read unless a refresh is due.

@@ -174,8 +174,38 @@ class VerifyReport:
 
 # A state change that must commit together with its audit event; what it returns
 # is merged into the event (e.g. the trust score an UPDATE ... RETURNING produced).
-# It runs on the transaction's DBAPI cursor (placeholders through Store.q).
+# It runs on the transaction's DBAPI cursor (placeholders through Store.q), after
+# the audit head is locked. It may run more than once (a batch written again after
+# a deadlock or a lost connection): each run starts from a rolled-back transaction.
 Apply = Callable[[Any], "dict[str, Any] | None"]
+# Where an Apply's row locks sit in the one global order, (depth, did) for an
+# agent's row: a batch runs its callbacks sorted by it, as every transaction that
+# locks several agents' rows does (see AgentRegistry.descendants).
+LockOrder = tuple[Any, ...]
+# Runs in the event's transaction once it is numbered (its record known), after
+# every Apply of the batch: bookkeeping keyed by the event's seq.
+Then = Callable[[Any, "AuditRecord"], None]
+# A key an Apply may return: feed entries (kind, subject) for other replicas to see
+# its change, written after every callback of the batch has taken its row locks.
+FEED = "_feed"
+# Failures after which a batch is written again from the start: a deadlock the
+# server broke, a serialization failure, a backend terminated under us. A lock or
+# statement timeout is not among them: those fail the batch at once (fail fast).
+_RETRY_SQLSTATES = frozenset({"40P01", "40001", "57P01", "57P02", "57P03"})
+_BATCH_ATTEMPTS = 3
+
+
+def _transient(exc: BaseException) -> bool:
+    """A failure that writing the batch again can cure (PostgreSQL only)."""
+    sqlstate = getattr(exc, "sqlstate", None)
+    if sqlstate in _RETRY_SQLSTATES:
+        return True
+    # psycopg's OperationalError without a state: the connection is gone.
+    return (
+        sqlstate is None
+        and type(exc).__module__.startswith("psycopg")
+        and type(exc).__name__ == "OperationalError"
+    )
 
 
 @dataclass(slots=True)
@@ -183,6 +213,8 @@ class _Pending:
     event: dict[str, Any]
     at: float
     apply: Apply | None = None
+    order: LockOrder = ()
+    then: Then | None = None
     record: AuditRecord | None = None
     error: BaseException | None = None
     lead: bool = False  # woken to write the next batch rather than with a result
@@ -246,6 +278,7 @@ class AuditLog:
         root_kid: str,
         public_jwk: Callable[[str], dict[str, str]],
         check_state: Callable[[], list[Finding]] | None = None,
+        feed: Callable[[Any, list[tuple[str, str, float]]], None] | None = None,
         checkpoint_every: int = 1000,
         checkpoint_interval: float = 60.0,
         checkpoint_file: Path | None = None,
@@ -257,6 +290,7 @@ class AuditLog:
         self._root_kid = root_kid
         self._public_jwk = public_jwk
         self._check_state = check_state
+        self._feed = feed  # writes change-feed entries on a batch's cursor
         self._checkpoint_every = checkpoint_every
         self._checkpoint_interval = checkpoint_interval
         self._checkpoint_file = checkpoint_file
@@ -304,8 +338,13 @@ class AuditLog:
         the head row lock (FOR UPDATE on PostgreSQL, the write lock on SQLite)
         keeps seq gap-free across threads, processes and replicas.
         """
+        return self._store_chain(cur, pending, *self._lock_head(cur))
+
+    def _store_chain(
+        self, cur: Any, pending: list[_Pending], seq: int, prev: str
+    ) -> list[AuditRecord]:
+        """Number, hash and insert events after the head (seq, prev) the caller locked."""
         q = self._store.q
-        seq, prev = self._lock_head(cur)
         records: list[AuditRecord] = []
         rows: list[tuple[Any, ...]] = []
         for p in pending:
@@ -347,15 +386,23 @@ class AuditLog:
         actor: str | None = None,
         at: float | None = None,
         apply: Apply | None = None,
+        lock_order: LockOrder = (),
+        then: Then | None = None,
         **fields: Any,
     ) -> AuditRecord:
         """Durably append one event; raises AuditError (fail closed) if it cannot.
 
         `apply` runs inside the same transaction, so the state change it makes
-        and this event commit together or not at all.
+        and this event commit together or not at all; `lock_order` places the row
+        locks it takes in the global order (see `_try_batch`); `then` runs in the
+        transaction too, once the event has its seq.
         """
         slot = _Pending(
-            self._prepare(event_type, actor, fields), time.time() if at is None else at, apply
+            self._prepare(event_type, actor, fields),
+            time.time() if at is None else at,
+            apply,
+            lock_order,
+            then,
         )
         with self._queue_lock:
             lead = not self._writing
@@ -408,30 +455,27 @@ class AuditLog:
     def _write_batch(self, batch: list[_Pending]) -> None:
         self.batches += 1
         self.batched_events += len(batch)
-        try:
-            if self.fail_next > 0:
-                self.fail_next -= 1
-                raise OSError("simulated audit storage failure")
-            with self._writer.transaction() as cur:
-                # `apply` callbacks lock the rows they change before the head is
-                # locked, the same order as every transaction that changes state
-                # and then calls append_in: no lock-order deadlock on PostgreSQL.
+        originals = [dict(p.event) for p in batch]
+        # The records of an attempt whose commit failed: it may have landed anyway
+        # (a connection lost during COMMIT), which the head's hash then tells.
+        written: list[AuditRecord] = []
+        for attempt in range(_BATCH_ATTEMPTS):
+            try:
+                if self.fail_next > 0:
+                    self.fail_next -= 1
+                    raise OSError("simulated audit storage failure")
+                if attempt:
+                    for p, event in zip(batch, originals, strict=True):
+                        p.event = dict(event)
+                records, cp = self._try_batch(batch, written)
+                break
+            except Exception as exc:  # noqa: BLE001 - every failure fails every caller, closed
+                if attempt + 1 < _BATCH_ATTEMPTS and _transient(exc):
+                    log.warning("audit batch written again", error=exc.__class__.__name__)
+                    continue
                 for p in batch:
-                    if p.apply is not None:
-                        extra = p.apply(cur)
-                        if extra:
-                            p.event.update(redact(extra))
-                records = self._chain_and_store(cur, batch)
-                last = records[-1]
-                cp = (
-                    self._write_checkpoint(cur, last.seq, last.hash, last.at)
-                    if self._checkpoint_due(last.seq)
-                    else None
-                )
-        except Exception as exc:  # noqa: BLE001 - every failure fails every caller, closed
-            for p in batch:
-                p.error = exc
-            return
+                    p.error = exc
+                return
         for p, r in zip(batch, records, strict=True):
             p.record = r
         self._written_seq = max(self._written_seq, records[-1].seq)
@@ -439,6 +483,56 @@ class AuditLog:
             self._signed(cp)
         else:
             self._schedule()
+
+    def _try_batch(
+        self, batch: list[_Pending], written: list[AuditRecord]
+    ) -> tuple[list[AuditRecord], Checkpoint | None]:
+        """One attempt at writing a batch in one transaction.
+
+        Lock order, the same in every transaction that locks more than one of these:
+        the audit head, then agents' rows in (depth, did) order, then the change
+        feed's counter. The head comes first, so batches from different replicas
+        queue on it and never hold one agent's row while waiting for another's.
+        """
+        with self._writer.transaction() as cur:
+            seq, prev = self._lock_head(cur)
+            if written and prev == written[-1].hash:
+                return list(written), None  # the last attempt did commit
+            changes: list[tuple[str, str, float]] = []
+            applies = [p for p in batch if p.apply is not None]
+            applies.sort(key=lambda p: p.order)
+            for p in applies:
+                assert p.apply is not None
+                extra = p.apply(cur)
+                if extra:
+                    feed = extra.pop(FEED, None)
+                    if feed:
+                        changes.extend((kind, subject, p.at) for kind, subject in feed)
+                    p.event.update(redact(extra))
+            if changes:
+                if self._feed is None:
+                    raise AuditError("no change feed to record state changes in")
+                self._feed(cur, changes)
+            records = self._store_chain(cur, batch, seq, prev)
+            for p, r in zip(batch, records, strict=True):
+                if p.then is not None:
+                    p.then(cur, r)
+            written[:] = records
+            last = records[-1]
+            cp = (
+                self._write_checkpoint(cur, last.seq, last.hash, last.at)
+                if self._checkpoint_due(last.seq)
+                else None
+            )
+        return records, cp
+
+    def hold_head(self, conn: Connection) -> None:
+        """Lock the audit head first in a write transaction that will lock agents'
+        rows or the change feed's counter and then `append_in`: the global lock
+        order (head, agents by (depth, did), counter) that group-commit batches
+        follow too. SQLite's write transaction already holds everything."""
+        if not self._store.is_sqlite:
+            self._lock_head(conn.connection.cursor())
 
     def append_in(
         self,

@@ -384,7 +384,16 @@ class CredentialManager:
             expires_at=exp,
             kid=kid,
             apply=self._note_issue(state.did, iat, seen),
+            lock_order=(state.depth, state.did),
         )
+        inactive = record.event.get("inactive_on_issue")
+        if inactive:
+            # Suspended or revoked on another replica before this view caught up.
+            self._state.invalidate_agent(state.did)
+            raise CredentialError(
+                f"agent {state.name!r} cannot receive credentials (agent {inactive})",
+                code=f"agent_{inactive}" if inactive in ("suspended", "revoked") else "revoked",
+            )
         if record.event.get("revoked_on_issue"):
             self._state.invalidate_agent(state.did)
             return None, seen[0]
@@ -395,11 +404,12 @@ class CredentialManager:
     ) -> Callable[[Any], dict[str, Any] | None]:
         """In the issuance's audit transaction: record the agent's latest iat, so a
         later per-agent revocation's cut-off covers it, and notice a revocation
-        that committed first (its not-before lands in `seen`)."""
+        that committed first (its not-before lands in `seen`), or a suspension or
+        revocation that did (the credential is then recorded as dead on issue)."""
         sql = self._store.q(
             "UPDATE agents SET last_issued_at = CASE WHEN last_issued_at IS NULL "
             "OR last_issued_at < ? THEN ? ELSE last_issued_at END "
-            "WHERE did = ? RETURNING credentials_not_before"
+            "WHERE did = ? RETURNING credentials_not_before, status"
         )
 
         def apply(cur: Any) -> dict[str, Any] | None:
@@ -407,6 +417,8 @@ class CredentialManager:
             row = cur.fetchone()
             nb = None if row is None or row[0] is None else float(row[0])
             seen[0] = nb
+            if row is not None and row[1] != "active":
+                return {"revoked_on_issue": True, "inactive_on_issue": str(row[1])}
             return {"revoked_on_issue": True} if nb is not None and iat <= nb else None
 
         return apply
@@ -608,6 +620,7 @@ class CredentialManager:
         expires = max(t, time.time()) + HARD_TTL_CEILING_MINUTES * 60 + self._limits.leeway_seconds
         r = schema.revoked_credentials
         with self._store.write() as conn:
+            self._audit.hold_head(conn)
             if conn.execute(select(r.c.jti).where(r.c.jti == jti)).first() is None:
                 if not _was_issued(conn, jti):
                     raise CredentialError(
@@ -634,6 +647,7 @@ class CredentialManager:
         t = to_epoch(now)
         root = self._agents.state(agent_id)
         with self._store.write() as conn:
+            self._audit.hold_head(conn)
             affected = [root.did, *self._agents.descendants(conn, root.did, lock=True)]
             nb = revocation_cutoff(conn, affected, t)
             conn.execute(

@@ -248,7 +248,9 @@ class AgentRegistry:
 
     def descendants(self, conn: Connection, did: str, *, lock: bool = False) -> list[str]:
         """Every agent below `did`. With `lock`, each level's rows are locked as they
-        are found (PostgreSQL), so no child can be added under them meanwhile."""
+        are found (PostgreSQL), so no child can be added under them meanwhile: level
+        by level and by did within a level, the (depth, did) order every transaction
+        that locks several agents' rows follows (audit batches included)."""
         out: list[str] = []
         frontier = [did]
         if lock:
@@ -256,7 +258,11 @@ class AgentRegistry:
                 select(schema.agents.c.did).where(schema.agents.c.did == did).with_for_update()
             )
         while frontier:
-            q = select(schema.agents.c.did).where(schema.agents.c.parent_did.in_(frontier))
+            q = (
+                select(schema.agents.c.did)
+                .where(schema.agents.c.parent_did.in_(frontier))
+                .order_by(schema.agents.c.did)
+            )
             rows = conn.execute(q.with_for_update() if lock else q).all()
             frontier = [r[0] for r in rows if r[0] not in out]
             out.extend(frontier)
@@ -561,6 +567,7 @@ class AgentRegistry:
             keys.write_private_key(self._key_path(did), private)
         try:
             with self._store.write() as conn:
+                self._audit.hold_head(conn)
                 taken = conn.execute(
                     select(schema.agents.c.did).where(
                         (schema.agents.c.name == record["name"]) | (schema.agents.c.did == did)
@@ -646,7 +653,8 @@ class AgentRegistry:
             raise AgentError(f"agent {root.name!r} is revoked for good", code="agent_revoked")
         a = schema.agents
         with self._store.write() as conn:
-            below = self.descendants(conn, root.did, lock=status != ACTIVE)
+            self._audit.hold_head(conn)
+            below = self.descendants(conn, root.did, lock=True)
             # Suspension and revocation also revoke every credential issued so far.
             nb = revocation_cutoff(conn, [root.did, *below], t) if status != ACTIVE else t
             if status == ACTIVE:

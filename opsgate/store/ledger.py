@@ -2,13 +2,15 @@
 audit event's transaction, so a score change, the rows that justify it and the
 event that explains it commit together or not at all.
 
-Lock order: the agent's row first (FOR UPDATE; SQLite's write lock), then the rows
-keyed by that agent (plan digests, charged credentials). Every conflict on those
-rows therefore happens under the agent's lock and cannot deadlock.
+Lock order: the audit head (the batch holds it), the agent's row (FOR UPDATE;
+SQLite's write lock), then the rows keyed by that agent (plan digests, charged
+credentials). Every conflict on those rows therefore happens under the agent's
+lock and cannot deadlock.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from opsgate.store import Store
@@ -48,6 +50,13 @@ class LedgerSQL:
             if store.is_sqlite
             else "EXTRACT(EPOCH FROM clock_timestamp())"
         )
+        self._status = q(
+            f"SELECT status, last_issued_at, credentials_not_before FROM agents WHERE did = ?{lock}"  # noqa: S608
+        )
+        self._suspend = q(
+            "UPDATE agents SET status = 'suspended', status_reason = ?, updated_at = ?, "
+            "credentials_not_before = ? WHERE did = ? AND status = 'active'"
+        )
         self._prune = q(f"DELETE FROM misuse_charges WHERE forget_after < {db_now} - ?")  # noqa: S608
 
     def lock(self, cur: Any, did: str) -> Ledger | None:
@@ -69,6 +78,19 @@ class LedgerSQL:
             self._write,
             (ledger.score, ledger.clean_since, ledger.window_start, ledger.credited, did),
         )
+
+    def suspend(self, cur: Any, did: str, reason: str, at: float) -> bool:
+        """Suspend an active agent in the score change's transaction (its row is locked):
+        its status, and a cut-off revoking every credential issued to it so far.
+        False when it was not active (already suspended or revoked)."""
+        cur.execute(self._status, (did,))
+        row = cur.fetchone()
+        if row is None or row[0] != "active":
+            return False
+        _, last_issued, not_before = row
+        cutoff = max([at, *(float(v) for v in (last_issued, not_before) if v is not None)])
+        cur.execute(self._suspend, (reason, at, math.floor(cutoff * 1000) / 1000, did))
+        return bool(cur.rowcount == 1)
 
     def first_credit(self, cur: Any, did: str, digest: str, at: float) -> bool:
         """Record that `digest` earned `did` credit; False if it had before."""

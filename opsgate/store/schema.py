@@ -344,3 +344,19 @@ deploy_locks = Table(
     Column("started_at", Float, nullable=False),
     Column("expires_at", Float, nullable=False),
 )
+
+# Operations between their attempt and outcome records: written in the attempt's
+# audit transaction, deleted in the outcome's. A row whose process is gone is a run
+# that never got its outcome; the next start records one (outcome "unknown").
+operation_runs = Table(
+    "operation_runs",
+    metadata,
+    Column("attempt_seq", BigInteger, primary_key=True),
+    Column("agent_did", String(64), nullable=False),
+    Column("capability", String(256), nullable=False),
+    Column("digest", String(80), nullable=True),
+    Column("host", String(255), nullable=False),
+    Column("pid", Integer, nullable=False),
+    Column("process_start", String(32), nullable=False),
+    Column("started_at", Float, nullable=False),
+)

@@ -9,7 +9,6 @@ are cached for at most `cache_refresh_seconds`, so other replicas' changes show.
 
 from __future__ import annotations
 
-import contextlib
 import heapq
 import threading
 import time
@@ -17,8 +16,10 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import orjson
+import structlog
 from sqlalchemy import select
 
+from opsgate.audit.log import FEED
 from opsgate.config import HARD_TTL_CEILING_MINUTES, Config
 from opsgate.errors import AgentError, OpsgateError, shown
 from opsgate.store import Store, schema
@@ -26,6 +27,7 @@ from opsgate.store.ledger import LedgerSQL
 from opsgate.trust.anomalies import Activity, Anomaly, Observation, observe
 from opsgate.trust.scoring import MAX_SCORE, MIN_SCORE, Credit, TrustEvent, credit, delta_for
 
+log = structlog.get_logger("opsgate.trust")
 _ALREADY_CHARGED = "this credential has been charged as misuse before"
 OPERATOR_EVENT = "trust.set"  # an operator's change; actor "operator", `by` names who
 MISUSE_PRUNE_EVERY = 60.0
@@ -222,9 +224,33 @@ class TrustEngine:
                 ledger_sql.prune_misuse(cur)
             if result.ledger != before:
                 ledger_sql.save(cur, did, result.ledger)
-            return {"trust": _trust_record(did, cause, delta, result, reason, evidence, operation)}
+            asked = 0 if any(r == "already_charged" for r, _ in result.withheld) else delta
+            return {
+                "trust": _trust_record(did, cause, delta, result, reason, evidence, operation),
+                **self._suspend_in(cur, did, result.ledger.score, asked, now),
+            }
 
         return run
+
+    def lock_order(self, did: str) -> tuple[int, str]:
+        """Where `did`'s row lock sits in the global lock order: (depth, did)."""
+        st = self._state.agent(did)
+        return (0 if st is None else st.depth, did)
+
+    def _suspend_in(self, cur: Any, did: str, score: int, asked: int, at: float) -> dict[str, Any]:
+        """In the score change's transaction: a loss that leaves the agent below
+        `suspend_below` suspends it there and then, so no replica can see the score
+        without the suspension. Only a loss suspends: after an operator reinstates a
+        low-scoring agent its successes must not suspend it again; its next failure
+        or violation will (the loss asked for decides: at 0 nothing more is taken).
+        """
+        floor = self._cfg.suspend_below
+        if score >= floor or asked >= 0:
+            return {}
+        reason = f"trust score {score} fell below {floor}"
+        if not self._ledger_sql.suspend(cur, did, reason, at):
+            return {}
+        return {"suspended": reason, FEED: [("agent", did)]}
 
     def set_score(
         self, did: str, score: object, *, reason: str, actor: str, now: float
@@ -255,16 +281,24 @@ class TrustEngine:
                 "trust": _trust_record(
                     did, TrustEvent.OPERATOR, score - before.score, result, reason, None, None
                 )
-                | {"by": actor.strip()}
+                | {"by": actor.strip()},
+                **self._suspend_in(cur, did, score, score - before.score, now),
             }
 
-        rec = self._audit.append(OPERATOR_EVENT, actor="operator", at=now, agent=did, apply=run)
+        rec = self._audit.append(
+            OPERATOR_EVENT,
+            actor="operator",
+            at=now,
+            agent=did,
+            apply=run,
+            lock_order=self.lock_order(did),
+        )
         change = self.after_change({**rec.event, "seq": rec.seq}, now)
         assert change is not None
         return change
 
     def after_change(self, record_event: dict[str, Any], at: float) -> TrustChange | None:
-        """Cache the new score and apply the suspension threshold."""
+        """Cache the new score; a suspension that committed with it cascades."""
         t = record_event.get("trust")
         if not t:
             return None
@@ -275,29 +309,21 @@ class TrustEngine:
             if current is None or seq > current[2]:
                 self._scores[did] = (score, time.monotonic(), seq)
         change = TrustChange.from_event(t, at, record_event.get("seq"))
-        # Only a loss suspends: after an operator reinstates a low-scoring agent, its
-        # successes must not suspend it again; its next failure or violation will.
-        # The loss asked for decides (at 0 nothing more can be taken); a misuse
-        # already charged is no new loss.
-        asked = change.delta if change.requested_delta is None else change.requested_delta
-        if any(w.get("rule") == "already_charged" for w in change.withheld):
-            asked = 0
-        if score < self._cfg.suspend_below and asked < 0:
-            self._suspend(did, score, at)
+        suspended = record_event.get("suspended")
+        if suspended:
+            self._cascade(did, str(suspended), at)
         return change
 
-    def _suspend(self, did: str, score: int, at: float) -> None:
-        st = self._state.agent(did)
-        if st is None or st.status != "active":
-            return
-        # A concurrent change may have suspended or revoked it already: that is fine.
-        with contextlib.suppress(OpsgateError):
-            self._agents.suspend(
-                did,
-                reason=f"trust score {score} fell below {self._cfg.suspend_below}",
-                actor="trust-engine",
-                now=at,
-            )
+    def _cascade(self, did: str, reason: str, at: float) -> None:
+        """After a suspension committed with its score change: drop this process's
+        view of the agent and suspend its descendants by cascade (audited as
+        `agent.suspended`). The agent itself is suspended whatever happens here, and
+        its descendants are refused through it; a failure is logged, never hidden."""
+        self._state.invalidate_agent(did)
+        try:
+            self._agents.suspend(did, reason=reason, actor="trust-engine", now=at)
+        except OpsgateError as exc:
+            log.error("suspension cascade not written", agent=did, code=exc.code)
 
     def record(
         self,
@@ -328,6 +354,7 @@ class TrustEngine:
                 operation=operation,
                 misuse=misuse,
             ),
+            lock_order=self.lock_order(did),
         )
         change = self.after_change({**rec.event, "seq": rec.seq}, now)
         assert change is not None
