@@ -591,6 +591,30 @@ class AuditConfig(_Strict):
     checkpoint_every_seconds: float = Field(60.0, ge=0.05, le=86_400)
 
 
+class DatabaseTimeouts(_Strict):
+    """Bounds on every PostgreSQL session of the state database (SET at connect).
+
+    A replica that stalls while holding a lock (stopped, partitioned, stuck in a
+    long call) must not stall the others: a wait for a lock fails after
+    `lock_seconds`, a statement after `statement_seconds`, and a session left idle
+    inside a transaction is ended by the server after `idle_in_transaction_seconds`
+    (which frees whatever it held). 0 turns one off. SQLite ignores these.
+    """
+
+    lock_seconds: float = Field(2.0, ge=0, le=3600)
+    statement_seconds: float = Field(30.0, ge=0, le=86_400)
+    idle_in_transaction_seconds: float = Field(10.0, ge=0, le=86_400)
+
+    def session_options(self) -> str:
+        """libpq `options` setting these for a session."""
+        ms = {
+            "lock_timeout": self.lock_seconds,
+            "statement_timeout": self.statement_seconds,
+            "idle_in_transaction_session_timeout": self.idle_in_transaction_seconds,
+        }
+        return " ".join(f"-c {k}={round(v * 1000)}" for k, v in ms.items())
+
+
 class OperatorsConfig(_Strict):
     """Operator tokens (the HTTP API's operator role): how long one lives."""
 
@@ -650,6 +674,7 @@ class Config(_Strict):
     """Everything a Gate needs to know that is not data in its store."""
 
     database_url: str | None = None
+    database_timeouts: DatabaseTimeouts = DatabaseTimeouts()
     audience: str = "opsgate"
     policies: str | None = None
     require_proof: bool = False

@@ -256,6 +256,7 @@ class Gate:
         self._misuse_lock = threading.Lock()
         self._runs = RunsSQL(store)
         self._repair_runs()
+        self.audit.flush_deferred()  # what a replica that stopped left unchained
 
     def _repair_runs(self) -> None:
         """Give every run whose process died before its outcome was recorded an
@@ -378,7 +379,12 @@ class Gate:
 
     @classmethod
     def _open_pinned(cls, path: Path, config: Config, pin: Pin) -> Gate:
-        store = Store.for_state_dir(path, config.database_url, create=False)
+        store = Store.for_state_dir(
+            path,
+            config.database_url,
+            create=False,
+            session_options=config.database_timeouts.session_options(),
+        )
         try:
             return cls(path, config, store, pin)
         except BaseException:
@@ -402,7 +408,11 @@ class Gate:
                 # Files of a gate without its pin: a damaged or pre-pin state dir is
                 # never silently replaced by a new gate.
                 raise _not_initialized(path, f" (it holds {', '.join(left)} but no gate pin)")
-            store = Store.for_state_dir(path, config.database_url)
+            store = Store.for_state_dir(
+                path,
+                config.database_url,
+                session_options=config.database_timeouts.session_options(),
+            )
             try:
                 stored = store.stored_gate_id()
                 if stored is not None:

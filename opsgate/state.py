@@ -245,7 +245,9 @@ class LiveState:
     def _refresh_locked(self) -> None:
         started = time.monotonic()
         c = schema.state_changes
-        with self._store.read() as conn:
+        # Bounded: a view that cannot be brought up to date within its bound must
+        # fail (and refuse), not wait behind a lock and then allow.
+        with self._store.read(within=self.max_age) as conn:
             rows = conn.execute(
                 select(c.c.id, c.c.kind, c.c.subject)
                 .where(c.c.id > self._last_change)

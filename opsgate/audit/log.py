@@ -188,6 +188,11 @@ Then = Callable[[Any, "AuditRecord"], None]
 # A key an Apply may return: feed entries (kind, subject) for other replicas to see
 # its change, written after every callback of the batch has taken its row locks.
 FEED = "_feed"
+# A key an Apply may return (true): its event is not written after all (a deferred
+# event another replica chained first).
+DROP = "_drop"
+# How long a flush of deferred events waits before retrying after a failure (doubling).
+_FLUSH_RETRY = (1.0, 10.0)
 # Failures after which a batch is written again from the start: a deadlock the
 # server broke, a serialization failure, a backend terminated under us. A lock or
 # statement timeout is not among them: those fail the batch at once (fail fast).
@@ -215,6 +220,7 @@ class _Pending:
     apply: Apply | None = None
     order: LockOrder = ()
     then: Then | None = None
+    dropped: bool = False
     record: AuditRecord | None = None
     error: BaseException | None = None
     lead: bool = False  # woken to write the next batch rather than with a result
@@ -312,6 +318,11 @@ class AuditLog:
         self._timer: threading.Timer | None = None
         self._timer_lock = threading.Lock()
         self._closed = False
+        # The background flusher of deferred events: rounds asked for and done.
+        self._flush_cond = threading.Condition()
+        self._flush_requested = 0
+        self._flush_done = 0
+        self._flusher: threading.Thread | None = None
 
     # -- processors -------------------------------------------------------------
 
@@ -458,7 +469,7 @@ class AuditLog:
         originals = [dict(p.event) for p in batch]
         # The records of an attempt whose commit failed: it may have landed anyway
         # (a connection lost during COMMIT), which the head's hash then tells.
-        written: list[AuditRecord] = []
+        written: list[AuditRecord | None] = []
         for attempt in range(_BATCH_ATTEMPTS):
             try:
                 if self.fail_next > 0:
@@ -467,6 +478,7 @@ class AuditLog:
                 if attempt:
                     for p, event in zip(batch, originals, strict=True):
                         p.event = dict(event)
+                        p.dropped = False
                 records, cp = self._try_batch(batch, written)
                 break
             except Exception as exc:  # noqa: BLE001 - every failure fails every caller, closed
@@ -476,18 +488,23 @@ class AuditLog:
                 for p in batch:
                     p.error = exc
                 return
+        last = None
         for p, r in zip(batch, records, strict=True):
             p.record = r
-        self._written_seq = max(self._written_seq, records[-1].seq)
+            p.dropped = r is None
+            last = r or last
+        if last is not None:
+            self._written_seq = max(self._written_seq, last.seq)
         if cp is not None:
             self._signed(cp)
-        else:
+        elif last is not None:
             self._schedule()
 
     def _try_batch(
-        self, batch: list[_Pending], written: list[AuditRecord]
-    ) -> tuple[list[AuditRecord], Checkpoint | None]:
-        """One attempt at writing a batch in one transaction.
+        self, batch: list[_Pending], written: list[AuditRecord | None]
+    ) -> tuple[list[AuditRecord | None], Checkpoint | None]:
+        """One attempt at writing a batch in one transaction; its records in batch
+        order (None for an event an Apply dropped).
 
         Lock order, the same in every transaction that locks more than one of these:
         the audit head, then agents' rows in (depth, did) order, then the change
@@ -496,7 +513,8 @@ class AuditLog:
         """
         with self._writer.transaction() as cur:
             seq, prev = self._lock_head(cur)
-            if written and prev == written[-1].hash:
+            landed = [r for r in written if r is not None]
+            if landed and prev == landed[-1].hash:
                 return list(written), None  # the last attempt did commit
             changes: list[tuple[str, str, float]] = []
             applies = [p for p in batch if p.apply is not None]
@@ -505,6 +523,9 @@ class AuditLog:
                 assert p.apply is not None
                 extra = p.apply(cur)
                 if extra:
+                    if extra.pop(DROP, False):
+                        p.dropped = True
+                        continue
                     feed = extra.pop(FEED, None)
                     if feed:
                         changes.extend((kind, subject, p.at) for kind, subject in feed)
@@ -513,18 +534,110 @@ class AuditLog:
                 if self._feed is None:
                     raise AuditError("no change feed to record state changes in")
                 self._feed(cur, changes)
-            records = self._store_chain(cur, batch, seq, prev)
-            for p, r in zip(batch, records, strict=True):
+            live = [p for p in batch if not p.dropped]
+            records = self._store_chain(cur, live, seq, prev) if live else []
+            for p, r in zip(live, records, strict=True):
                 if p.then is not None:
                     p.then(cur, r)
-            written[:] = records
-            last = records[-1]
-            cp = (
-                self._write_checkpoint(cur, last.seq, last.hash, last.at)
-                if self._checkpoint_due(last.seq)
-                else None
-            )
-        return records, cp
+            by_slot = iter(records)
+            aligned = [None if p.dropped else next(by_slot) for p in batch]
+            written[:] = aligned
+            cp = None
+            if records and self._checkpoint_due(records[-1].seq):
+                last = records[-1]
+                cp = self._write_checkpoint(cur, last.seq, last.hash, last.at)
+        return aligned, cp
+
+    # -- deferred events ----------------------------------------------------------
+
+    def defer_in(
+        self,
+        conn: Connection,
+        event_type: str,
+        *,
+        actor: str | None = None,
+        at: float | None = None,
+        **fields: Any,
+    ) -> None:
+        """Record an event in the caller's transaction without waiting for the audit
+        head: it commits with the change it explains, and `flush_deferred` (this
+        replica's, or any other's, or the next start's) chains it into the log
+        exactly once. For changes that must hold even while a stalled replica holds
+        the head: revocations and status changes."""
+        event = self._prepare(event_type, actor, fields)
+        t = time.time() if at is None else at
+        conn.execute(
+            schema.audit_outbox.insert().values(at=t, event=canonical(event).decode("utf-8"))
+        )
+
+    def flush_deferred(self, *, wait: float = 0.0) -> bool:
+        """Chain every deferred event into the log, in the background; wait up to
+        `wait` seconds for that. True when it is done (nothing deferred is left)."""
+        with self._flush_cond:
+            if self._closed:
+                return False
+            self._flush_requested += 1
+            target = self._flush_requested
+            if self._flusher is None:
+                self._flusher = threading.Thread(
+                    target=self._flush_loop, name="opsgate-audit-flush", daemon=True
+                )
+                self._flusher.start()
+            self._flush_cond.notify_all()
+            if wait > 0:
+                self._flush_cond.wait_for(lambda: self._flush_done >= target, timeout=wait)
+            return self._flush_done >= target
+
+    def _flush_loop(self) -> None:
+        delay = _FLUSH_RETRY[0]
+        while True:
+            with self._flush_cond:
+                self._flush_cond.wait_for(
+                    lambda: self._closed or self._flush_requested > self._flush_done
+                )
+                if self._closed:
+                    return
+                target = self._flush_requested
+            try:
+                self._flush_once()
+            except Exception as exc:  # noqa: BLE001 - retried; the events are durable meanwhile
+                log.warning("deferred audit events not chained yet", error=exc.__class__.__name__)
+                with self._flush_cond:
+                    self._flush_cond.wait(timeout=delay)
+                delay = min(delay * 2, _FLUSH_RETRY[1])
+                continue
+            delay = _FLUSH_RETRY[0]
+            with self._flush_cond:
+                self._flush_done = max(self._flush_done, target)
+                self._flush_cond.notify_all()
+
+    def _flush_once(self) -> None:
+        """Chain the deferred events there are now, oldest first, in batches."""
+        q = self._store.q
+        t = schema.audit_outbox
+        while True:
+            with self._store.read() as conn:
+                rows = conn.execute(
+                    select(t.c.id, t.c.at, t.c.event).order_by(t.c.id).limit(500)
+                ).all()
+            if not rows:
+                return
+            slots = []
+            for row_id, at, body in rows:
+                delete = q("DELETE FROM audit_outbox WHERE id = ?")
+
+                def claim(
+                    cur: Any, row_id: int = int(row_id), sql: str = delete
+                ) -> dict[str, Any] | None:
+                    cur.execute(sql, (row_id,))
+                    return None if cur.rowcount == 1 else {DROP: True}
+
+                slots.append(_Pending(orjson.loads(body), float(at), claim))
+            with self._writer_lock:
+                self._write_batch(slots)
+            for p in slots:
+                if p.error is not None:
+                    raise p.error
 
     def hold_head(self, conn: Connection) -> None:
         """Lock the audit head first in a write transaction that will lock agents'
@@ -560,7 +673,13 @@ class AuditLog:
         return records[0]
 
     def close(self, *, sign: bool = True) -> None:
-        """Sign what this process left unsigned (best effort), then let go of the writer."""
+        """Chain what this process deferred and sign what it left unsigned (best
+        effort), then let go of the writer."""
+        with self._flush_cond:
+            pending = self._flush_requested > self._flush_done
+        if pending:
+            self.flush_deferred(wait=2.0)
+        flusher = self._flusher
         with self._timer_lock:
             self._closed = True
             timer, self._timer = self._timer, None
@@ -571,6 +690,11 @@ class AuditLog:
                 self.checkpoint()
             except Exception as exc:  # noqa: BLE001 - closing must not fail on it
                 log.warning("closing checkpoint not written", error=exc.__class__.__name__)
+        with self._flush_cond:
+            self._closed = True
+            self._flush_cond.notify_all()
+        if flusher is not None:
+            flusher.join(timeout=2.0)
         with self._writer_lock:
             self._writer.close()
 

@@ -50,6 +50,9 @@ _JTI = re.compile(r"[A-Za-z0-9_-]{22}\Z")
 _CACHE_MAX = 100_000
 _CLAIMS = frozenset({"iss", "sub", "aud", "iat", "nbf", "exp", "jti", "scope", "cnf"})
 _NUM = (int, float)
+# How long a revocation waits for its deferred audit event to be chained before it
+# returns anyway (the event is durable; the flusher keeps at it).
+AUDIT_WAIT_SECONDS = 1.0
 _MAX_LIFETIME = HARD_TTL_CEILING_MINUTES * 60 + 0.001  # credentials once carried ms times
 
 
@@ -619,8 +622,9 @@ class CredentialManager:
         # past `now` is not forgotten while the token still lives.
         expires = max(t, time.time()) + HARD_TTL_CEILING_MINUTES * 60 + self._limits.leeway_seconds
         r = schema.revoked_credentials
+        # Commits without waiting for the audit head (a stalled replica may hold it):
+        # its audit event is deferred in the same transaction and chained right after.
         with self._store.write() as conn:
-            self._audit.hold_head(conn)
             if conn.execute(select(r.c.jti).where(r.c.jti == jti)).first() is None:
                 if not _was_issued(conn, jti):
                     raise CredentialError(
@@ -632,8 +636,9 @@ class CredentialManager:
                 self._state.record_change(conn, "jti", jti, t)
             if self._state.prune_due():
                 self._state.prune(conn)
-            self._audit.append_in(conn, "credential.revoked", at=t, jti=jti, reason=reason)
+            self._audit.defer_in(conn, "credential.revoked", at=t, jti=jti, reason=reason)
         self._state.add_revoked(jti, expires)
+        self._audit.flush_deferred(wait=AUDIT_WAIT_SECONDS)
 
     def revoke_agent(
         self, agent_id: str, *, reason: str | None = None, now: datetime | float | None = None
@@ -646,8 +651,7 @@ class CredentialManager:
         """
         t = to_epoch(now)
         root = self._agents.state(agent_id)
-        with self._store.write() as conn:
-            self._audit.hold_head(conn)
+        with self._store.write() as conn:  # no audit head: see revoke()
             affected = [root.did, *self._agents.descendants(conn, root.did, lock=True)]
             nb = revocation_cutoff(conn, affected, t)
             conn.execute(
@@ -657,7 +661,7 @@ class CredentialManager:
             )
             for did in affected:
                 self._state.record_change(conn, "agent", did, t)
-            self._audit.append_in(
+            self._audit.defer_in(
                 conn,
                 "credentials.revoked_for_agent",
                 actor=root.did,
@@ -667,6 +671,7 @@ class CredentialManager:
             )
         for did in affected:
             self._state.invalidate_agent(did)
+        self._audit.flush_deferred(wait=AUDIT_WAIT_SECONDS)
         return affected
 
 

@@ -17,7 +17,7 @@ from sqlalchemy.exc import IntegrityError
 from opsgate import capabilities as caps
 from opsgate.config import Config
 from opsgate.credentials.keyring import KeyRing
-from opsgate.credentials.manager import revocation_cutoff, to_epoch
+from opsgate.credentials.manager import AUDIT_WAIT_SECONDS, revocation_cutoff, to_epoch
 from opsgate.environments import Environments
 from opsgate.errors import (
     AgentError,
@@ -652,8 +652,9 @@ class AgentRegistry:
         if root.status == REVOKED:
             raise AgentError(f"agent {root.name!r} is revoked for good", code="agent_revoked")
         a = schema.agents
+        # Commits without waiting for the audit head (a stalled replica may hold it):
+        # the event is deferred in this transaction and chained right after.
         with self._store.write() as conn:
-            self._audit.hold_head(conn)
             below = self.descendants(conn, root.did, lock=True)
             # Suspension and revocation also revoke every credential issued so far.
             nb = revocation_cutoff(conn, [root.did, *below], t) if status != ACTIVE else t
@@ -741,7 +742,7 @@ class AgentRegistry:
                     )
             for did in affected:
                 self._state.record_change(conn, "agent", did, t)
-            self._audit.append_in(
+            self._audit.defer_in(
                 conn,
                 event,
                 actor=actor,
@@ -756,6 +757,7 @@ class AgentRegistry:
             )
         for did in affected:
             self._state.invalidate_agent(did)
+        self._audit.flush_deferred(wait=AUDIT_WAIT_SECONDS)
         return changed
 
     def suspend(

@@ -59,6 +59,22 @@ _DRIVERS = {
 }
 
 
+# Lock wait and statement timeouts (lock_timeout, statement_timeout, or a bound
+# set for one transaction): the database answered, but not in time.
+_TIMEOUT_STATES = frozenset({"55P03", "57014"})
+
+
+def unavailable(exc: OperationalError) -> StoreError:
+    """The StoreError for a database that failed or did not answer in time."""
+    orig = exc.orig
+    if getattr(orig, "sqlstate", None) in _TIMEOUT_STATES:
+        return StoreError(
+            "the state database did not answer in time (a lock held elsewhere, or overload)",
+            code="store_timeout",
+        )
+    return StoreError(f"state database unavailable: {orig.__class__.__name__}")
+
+
 def _normalise_url(url: str) -> str:
     try:
         parsed = make_url(url)
@@ -100,7 +116,9 @@ def _sqlite_engine(url: str, *, immediate: bool) -> Engine:
 class Store:
     """The state database. Thread-safe; share one per process."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, session_options: str | None = None) -> None:
+        """`session_options`: libpq options for every PostgreSQL session (the lock,
+        statement and idle-in-transaction timeouts, see DatabaseTimeouts)."""
         self.url = _normalise_url(url)
         self.dialect = make_url(self.url).get_backend_name()
         if self.dialect == "sqlite":
@@ -111,7 +129,9 @@ class Store:
             # A database that stops answering must turn into an error, not a hang:
             # bounded connects, and the kernel drops a connection whose data goes
             # unacknowledged (a partition). URL parameters win over these.
-            timeouts = {k: v for k, v in _PG_TIMEOUTS.items() if k not in given}
+            timeouts: dict[str, Any] = {k: v for k, v in _PG_TIMEOUTS.items() if k not in given}
+            if session_options and "options" not in given:
+                timeouts["options"] = session_options
             self._write_engine = create_engine(
                 self.url,
                 pool_size=20,
@@ -124,12 +144,17 @@ class Store:
 
     @classmethod
     def for_state_dir(
-        cls, state_dir: Path, database_url: str | None, *, create: bool = True
+        cls,
+        state_dir: Path,
+        database_url: str | None,
+        *,
+        create: bool = True,
+        session_options: str | None = None,
     ) -> Store:
         """The state dir's database; with `create=False` a missing embedded database
         is an error, so opening never leaves an empty one behind."""
         if database_url:
-            return cls(database_url)
+            return cls(database_url, session_options=session_options)
         path = (state_dir / DB_FILE).resolve()
         if not create and not path.is_file():
             raise ConfigError(
@@ -149,13 +174,19 @@ class Store:
         return self.dialect == "sqlite"
 
     @contextmanager
-    def read(self) -> Iterator[Connection]:
+    def read(self, *, within: float | None = None) -> Iterator[Connection]:
+        """A snapshot transaction; with `within` (seconds, PostgreSQL), each of its
+        statements, lock waits included, fails after that long."""
         try:
             with self._read_engine.connect() as conn:
+                if within is not None and not self.is_sqlite:
+                    ms = max(1, round(within * 1000))
+                    conn.exec_driver_sql(f"SET LOCAL statement_timeout = {ms}")
+                    conn.exec_driver_sql(f"SET LOCAL lock_timeout = {ms}")
                 yield conn
                 conn.rollback()
         except OperationalError as exc:
-            raise StoreError(f"state database unavailable: {exc.orig.__class__.__name__}") from exc
+            raise unavailable(exc) from exc
 
     @contextmanager
     def write(self) -> Iterator[Connection]:
@@ -163,7 +194,7 @@ class Store:
             with self._write_engine.begin() as conn:
                 yield conn
         except OperationalError as exc:
-            raise StoreError(f"state database unavailable: {exc.orig.__class__.__name__}") from exc
+            raise unavailable(exc) from exc
 
     def dedicated_writer(self) -> DedicatedWriter:
         return DedicatedWriter(self)

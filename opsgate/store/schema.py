@@ -360,3 +360,14 @@ operation_runs = Table(
     Column("process_start", String(32), nullable=False),
     Column("started_at", Float, nullable=False),
 )
+
+# Audit events of changes that commit without waiting for the audit head (a
+# revocation must hold even while a stalled replica holds the head): the prepared
+# event as JSON, chained into audit_events by the next flush, and deleted there.
+audit_outbox = Table(
+    "audit_outbox",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True),
+    Column("at", Float, nullable=False),
+    Column("event", Text, nullable=False),
+)

@@ -8,7 +8,10 @@ database, prints {"ready": true}, waits for a line on stdin, then works:
 - issue: issues credentials for the `dids` round robin for `seconds`, keeping every
   token issued;
 - charge: `threads` threads charge each of `dids` one policy violation;
-- hang: runs one deploy whose executor never returns (the parent kills us).
+- hang: runs one deploy whose executor never returns (the parent kills us);
+- stall: writes an audit batch that stops while it holds the audit head (prints
+  {"holding": true}; the parent stops us with SIGSTOP);
+- verify: verifies `token` in a loop for `seconds`, timing each call.
 
 Prints one JSON line: runs of the executor, successes, error codes (and tokens).
 """
@@ -106,6 +109,28 @@ def main() -> None:
             except opsgate.OpsgateError as exc:
                 failed(exc)
 
+    if mode == "stall":
+
+        def hold(_cur: Any) -> None:
+            print(json.dumps({"holding": True}), flush=True)
+            time.sleep(3600)
+
+        gate.audit.append("test.stall", apply=hold)
+        return
+    if mode == "verify":
+        calls = []
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            start = time.time()
+            try:
+                gate.credential_manager.verify(args["token"])
+                result = "ok"
+            except opsgate.OpsgateError as exc:
+                result = exc.code
+            calls.append([start, time.time(), result])
+            time.sleep(0.02)
+        print(json.dumps({"calls": calls}), flush=True)
+        return
     if mode == "hang":
         token = gate.credential_manager.issue_credential(dids[0], SCOPE).token
         gate.execute(token, Operation("deploy", "staging/app", dict(RELEASE)))
