@@ -321,7 +321,8 @@ class AuditLog:
         # The background flusher of deferred events: rounds asked for and done.
         self._flush_cond = threading.Condition()
         self._flush_requested = 0
-        self._flush_done = 0
+        self._flush_tried = 0  # rounds that ended, successfully or not
+        self._flush_done = 0  # rounds that succeeded
         self._flusher: threading.Thread | None = None
 
     # -- processors -------------------------------------------------------------
@@ -571,8 +572,11 @@ class AuditLog:
         )
 
     def flush_deferred(self, *, wait: float = 0.0) -> bool:
-        """Chain every deferred event into the log, in the background; wait up to
-        `wait` seconds for that. True when it is done (nothing deferred is left)."""
+        """Chain every deferred event into the log, in the background; wait until
+        that attempt has succeeded or failed, at most `wait` seconds. True when it
+        succeeded (nothing deferred is left). An attempt fails in about the
+        database's lock timeout when a stalled replica holds the audit head; the
+        flusher then keeps trying without the caller."""
         with self._flush_cond:
             if self._closed:
                 return False
@@ -585,7 +589,7 @@ class AuditLog:
                 self._flusher.start()
             self._flush_cond.notify_all()
             if wait > 0:
-                self._flush_cond.wait_for(lambda: self._flush_done >= target, timeout=wait)
+                self._flush_cond.wait_for(lambda: self._flush_tried >= target, timeout=wait)
             return self._flush_done >= target
 
     def _flush_loop(self) -> None:
@@ -603,12 +607,15 @@ class AuditLog:
             except Exception as exc:  # noqa: BLE001 - retried; the events are durable meanwhile
                 log.warning("deferred audit events not chained yet", error=exc.__class__.__name__)
                 with self._flush_cond:
+                    self._flush_tried = max(self._flush_tried, target)
+                    self._flush_cond.notify_all()
                     self._flush_cond.wait(timeout=delay)
                 delay = min(delay * 2, _FLUSH_RETRY[1])
                 continue
             delay = _FLUSH_RETRY[0]
             with self._flush_cond:
                 self._flush_done = max(self._flush_done, target)
+                self._flush_tried = max(self._flush_tried, target)
                 self._flush_cond.notify_all()
 
     def _flush_once(self) -> None:

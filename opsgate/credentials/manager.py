@@ -50,9 +50,10 @@ _JTI = re.compile(r"[A-Za-z0-9_-]{22}\Z")
 _CACHE_MAX = 100_000
 _CLAIMS = frozenset({"iss", "sub", "aud", "iat", "nbf", "exp", "jti", "scope", "cnf"})
 _NUM = (int, float)
-# How long a revocation waits for its deferred audit event to be chained before it
-# returns anyway (the event is durable; the flusher keeps at it).
-AUDIT_WAIT_SECONDS = 1.0
+# At most how long a revocation waits for the attempt to chain its deferred audit
+# event (one that meets a stalled replica fails within the lock timeout); it then
+# returns anyway: the event is durable, and the flusher keeps at it.
+AUDIT_WAIT_SECONDS = 5.0
 _MAX_LIFETIME = HARD_TTL_CEILING_MINUTES * 60 + 0.001  # credentials once carried ms times
 
 
