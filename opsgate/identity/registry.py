@@ -646,7 +646,10 @@ class AgentRegistry:
         event: str,
         actor: str,
         now: datetime | float | None,
+        changed_before: bool = False,
     ) -> list[str]:
+        """`changed_before`: the root's status was changed already, in the transaction
+        of the score change that caused it (see TrustEngine): it counts as changed."""
         t = to_epoch(now)
         root = self.state(ref)
         if root.status == REVOKED:
@@ -709,7 +712,7 @@ class AgentRegistry:
                 affected = [root.did, *below]
                 # The root row is locked (descendants, above): its status as read is current.
                 was = conn.execute(select(a.c.status).where(a.c.did == root.did)).scalar_one()
-                changed = [root.did] if was != status else []
+                changed = [root.did] if was != status or changed_before else []
                 conn.execute(
                     update(a)
                     .where(a.c.did == root.did)
@@ -767,13 +770,22 @@ class AgentRegistry:
         reason: str | None = None,
         actor: str = "operator",
         now: datetime | float | None = None,
+        changed_before: bool = False,
     ) -> list[str]:
         """Suspend an agent and its descendants; their live credentials stop working.
 
         Returns the agents whose status changed (one already suspended or revoked is
-        not counted, though its credentials are cut again)."""
+        not counted, though its credentials are cut again). `changed_before`: the
+        agent was suspended already, in its score change's transaction; this cascades
+        that suspension and records it, the agent counted as changed."""
         return self._set_status(
-            ref, SUSPENDED, reason=reason, event="agent.suspended", actor=actor, now=now
+            ref,
+            SUSPENDED,
+            reason=reason,
+            event="agent.suspended",
+            actor=actor,
+            now=now,
+            changed_before=changed_before,
         )
 
     def reinstate(

@@ -321,7 +321,9 @@ class TrustEngine:
         its descendants are refused through it; a failure is logged, never hidden."""
         self._state.invalidate_agent(did)
         try:
-            self._agents.suspend(did, reason=reason, actor="trust-engine", now=at)
+            self._agents.suspend(
+                did, reason=reason, actor="trust-engine", now=at, changed_before=True
+            )
         except OpsgateError as exc:
             log.error("suspension cascade not written", agent=did, code=exc.code)
 
