@@ -25,7 +25,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 from sqlalchemy import create_engine, text
@@ -173,10 +173,11 @@ def scenario(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=float, default=10.0, help="per scenario")
+    parser.add_argument("--seconds", type=float, default=5.0, help="per cell and round")
+    parser.add_argument("--rounds", type=int, default=3, help="best of, cells interleaved")
     parser.add_argument("--procs", type=int, default=2)
     parser.add_argument("--threads", type=int, default=4)
-    parser.add_argument("--quick", action="store_true", help="3 s per scenario")
+    parser.add_argument("--quick", action="store_true", help="one round of 3 s per cell")
     parser.add_argument("--replica", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.replica:
@@ -184,57 +185,64 @@ def main(argv: list[str] | None = None) -> int:
         replica(state_dir, url, workload, dids, threads)
         return 0
     seconds = 3.0 if args.quick else args.seconds
+    rounds = 1 if args.quick else max(1, args.rounds)
 
     import opsgate
 
-    results: dict[tuple[str, int], tuple[int, dict[str, int]]] = {}
-    with postgres_server() as admin, temp_dir("replicas") as tmp:
-        for workload in WORKLOADS:
-            for n in AGENT_COUNTS:
-                with fresh_database(admin) as url:
-                    state = tmp / f"{workload}-{n}"
-                    with opsgate.Gate.open(state, database_url=url) as gate:
-                        dids = [
-                            gate.register_agent(
-                                f"agent-{i}",
-                                ["deploy:staging"],
-                                sponsor="ops@company.com",
-                                trust_score=900,
-                            ).did
-                            for i in range(n)
-                        ]
-                    progress(f"{workload}: {n} agent(s), {args.procs}x{args.threads}, {seconds}s")
-                    results[(workload, n)] = scenario(
-                        state, url, workload, dids, args.procs, args.threads, seconds
-                    )
-                    with opsgate.Gate.open(state, database_url=url) as gate:
-                        report = gate.audit.verify()
-                    if not report.ok:
-                        raise SystemExit(f"audit verify failed: {report.reason}")
+    best: dict[tuple[str, int], int] = {}
+    errors: dict[str, Counter[str]] = {w: Counter() for w in WORKLOADS}
+    cells = [(w, n) for w in WORKLOADS for n in AGENT_COUNTS]
+    with postgres_server() as admin, temp_dir("replicas") as tmp, ExitStack() as dbs:
+        setup: dict[tuple[str, int], tuple[Path, str, list[str]]] = {}
+        for workload, n in cells:
+            url = dbs.enter_context(fresh_database(admin))
+            state = tmp / f"{workload}-{n}"
+            with opsgate.Gate.open(state, database_url=url) as gate:
+                dids = [
+                    gate.register_agent(
+                        f"agent-{i}", ["deploy:staging"], sponsor="ops@company.com", trust_score=900
+                    ).did
+                    for i in range(n)
+                ]
+            setup[(workload, n)] = (state, url, dids)
+        # Rounds interleave the cells, so a noisy neighbour hits every cell alike.
+        for r in range(rounds):
+            for workload, n in cells:
+                state, url, dids = setup[(workload, n)]
+                progress(f"round {r + 1}/{rounds}: {workload}, {n} agent(s), {seconds:g} s")
+                ops, errs = scenario(state, url, workload, dids, args.procs, args.threads, seconds)
+                best[(workload, n)] = max(best.get((workload, n), 0), ops)
+                errors[workload].update(errs)
+        for workload, n in cells:
+            state, url, _ = setup[(workload, n)]
+            with opsgate.Gate.open(state, database_url=url) as gate:
+                report = gate.audit.verify()
+            if not report.ok:
+                raise SystemExit(f"audit verify failed ({workload}, {n}): {report.reason}")
 
     t = Table(
         "workload",
         *(f"{n} agent{'s' if n > 1 else ''}" for n in AGENT_COUNTS),
+        "ratio 4:1",
         "ratio 8:1",
         "errors",
         "ok?",
     )
     for workload in WORKLOADS:
-        rates = [results[(workload, n)][0] / seconds for n in AGENT_COUNTS]
-        errs: Counter[str] = Counter()
-        for n in AGENT_COUNTS:
-            errs.update(results[(workload, n)][1])
-        ratio = min(rates[1:]) / rates[0] if rates[0] else 0.0
+        rates = [best[(workload, n)] / seconds for n in AGENT_COUNTS]
+        ratios = [r / rates[0] if rates[0] else 0.0 for r in rates[1:]]
+        errs = errors[workload]
         t.row(
             "credential issuance" if workload == "issue" else "trust change",
             *(fmt_rate(r) for r in rates),
-            f"{rates[-1] / rates[0]:.2f}" if rates[0] else "n/a",
+            *(f"{x:.2f}" for x in ratios),
             ", ".join(f"{k} {v}" for k, v in sorted(errs.items())) or "none",
-            "yes" if ratio >= TARGET_RATIO and not errs else "NO",
+            "yes" if min(ratios) >= TARGET_RATIO and not errs else "NO",
         )
     t.note(
-        f"{args.procs} replica processes x {args.threads} threads, {seconds:g} s per cell, "
-        "each call on a random agent of the set; audit verified after each cell."
+        f"{args.procs} replica processes x {args.threads} threads; best of {rounds} round(s) "
+        f"of {seconds:g} s per cell (cells interleaved), each call on a random agent of the "
+        "set; errors summed over every round; audit verified at the end."
     )
     t.note(f"ok: every count of agents within 2x of one agent (ratio >= {TARGET_RATIO}), no errors")
     t.print()
