@@ -151,7 +151,11 @@ def test_a_locked_change_feed_makes_checks_refuse_quickly(
         return gate.authorize(cred.token, CAP).effect
 
     assert check() == "allow"
-    locked_at, released_at, calls = _calls_while_locked(gate, pg_url, "state_changes", check)
+    # Held 4 s: each refused check takes about the bound (1 s), so several are made
+    # after the view went stale and before the lock goes.
+    locked_at, released_at, calls = _calls_while_locked(
+        gate, pg_url, "state_changes", check, seconds=4.0
+    )
     bound = gate.state.max_age
     # Once the view is older than its bound, nothing is allowed until the lock goes.
     stale = [c for c in calls if locked_at + bound + 0.1 < c[0] and c[1] < released_at]
