@@ -2,15 +2,15 @@
 deleted with its outcome's, so a run whose outcome was never recorded (its process
 died, or its database connection did) is found and given one on the next start.
 
-Revision ID: 0012
-Revises: 0011
+Revision ID: 0013
+Revises: 0012
 """
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0012"
-down_revision = "0011"
+revision = "0013"
+down_revision = "0012"
 branch_labels = None
 depends_on = None
 
