@@ -1,12 +1,13 @@
 """The approval web UI in a real headless Chromium against a real `opsgate serve`
-process (uvicorn on 127.0.0.1), with a remote agent process waiting on the
-approval: a wrong token is refused, a post without or with a wrong CSRF token is
-refused, an approver signs in, sees the pending production deploy exactly, approves
-it, and the agent's deploy completes. An agent's params holding markup render as
-text (no script runs, no element appears). The browser is Debian's chromium driven
-by Playwright through `executable_path` (no browser download); scripts/test.sh
-installs it when missing. A screenshot is saved under OPSGATE_TEST_ARTIFACTS
-(default tmp/artifacts, not committed)."""
+process (the CLI on 127.0.0.1, the real deploy executor's local backend turned on by
+opsgate.yaml), with a remote agent process waiting on the approval: a wrong token is
+refused, a post without or with a wrong CSRF token is refused, an approver signs in,
+sees the pending production deploy exactly, approves it, and the agent's deploy
+completes (the release goes live). Markup in an agent's params renders as text (no
+script runs, no element appears). The browser is Debian's chromium driven by
+Playwright through `executable_path` (no browser download); scripts/test.sh installs
+it when missing. Screenshots are saved under OPSGATE_TEST_ARTIFACTS (default
+tmp/artifacts, not committed)."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from typing import Any
 
 import httpx
 import pytest
-from helpers import DEPLOY_SCOPE, RELEASE, RecordingExecutor, free_port, policy
+from helpers import DEPLOY_SCOPE, free_port, policy
 from playwright.sync_api import Page, sync_playwright
 from server_helpers import basic
 from test_remote_agent import _wait_ready
@@ -49,10 +50,16 @@ def artifacts() -> Path:
 
 
 class Served:
-    def __init__(self, url: str, approver_token: str, xss_id: str) -> None:
+    def __init__(self, url: str, approver_token: str, xss_id: str, releases: Path) -> None:
         self.url = url
         self.approver_token = approver_token
         self.xss_id = xss_id
+        self.releases = releases
+
+    def current(self, env: str) -> str | None:
+        """The release `current` points at in the local backend's tree."""
+        link = self.releases / env / "app-web" / "current"
+        return Path(os.readlink(link)).name if link.is_symlink() else None
 
     def status(self, approval_id: str) -> str:
         auth = {"Authorization": basic(JOHN, self.approver_token)}
@@ -61,48 +68,69 @@ class Served:
         return str(r.json()["status"])
 
 
+VERSION = "2.5.0"
+
+
 @pytest.fixture
 def served(tmp_path: Path) -> Iterator[tuple[Served, subprocess.Popen[str]]]:
+    """`opsgate serve` (the CLI, its own process) on a state dir whose opsgate.yaml
+    turns on the real deploy executor (local backend), and the agent's process."""
     state = tmp_path / "state"
-    gate = opsgate.Gate.open(state, policies=policy("policies.yaml"))
-    gate.register_executor("deploy", RecordingExecutor())
+    releases, artifacts_dir = tmp_path / "releases", tmp_path / "artifacts"
+    artifacts_dir.mkdir()
+    state.mkdir()
+    (state / "opsgate.yaml").write_text(
+        json.dumps(
+            {
+                "policies": str(policy("policies.yaml")),
+                "deploy": {"root": str(releases), "artifact_roots": [str(artifacts_dir)]},
+            }
+        )
+    )
+    gate = opsgate.Gate.open(state)
     sup = gate.register_agent("devops-supervisor", DEPLOY_SCOPE, "lead@company.com", 920)
     agent = sup.delegate(name="deploy-agent", capabilities=DEPLOY_SCOPE)
     approver_token = gate.approvals.add_approver(JOHN)
-    # A request whose params carry markup, waiting before the browser arrives.
+    # A request whose note carries markup, waiting before the browser arrives.
+    old = artifacts_dir / "app-web-2.4.1.tar"
+    old.write_bytes(b"release 2.4.1")
     token = gate.credential_manager.issue_credential(
         agent_id=agent.did, scope=DEPLOY_SCOPE, ttl_minutes=15
     ).token
-    xss = gate.execute(token, Operation("deploy", "production/app-web", {**RELEASE, "noise": XSS}))
+    release = {"version": "2.4.1", "artifact": str(old)}
+    assert gate.execute(token, Operation("deploy", "staging/app-web", release)).status == (
+        "succeeded"
+    )
+    xss = gate.execute(
+        token, Operation("deploy", "production/app-web", {**release, "message": XSS})
+    )
     xss_id = xss.approval_id  # type: ignore[union-attr]
     key_file = tmp_path / "agent" / "deploy-agent.pem"
     key_file.parent.mkdir()
     gate.agents.export_key("deploy-agent", key_file, by="test")
     gate.close()
+    artifact = artifacts_dir / f"app-web-{VERSION}.tar"
+    artifact.write_bytes(b"release " + VERSION.encode())
 
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     server = subprocess.Popen(
-        [
-            sys.executable,
-            str(HERE / "remote_server.py"),
-            str(state),
-            str(policy("policies.yaml")),
-            str(port),
-        ]
+        [sys.executable, "-m", "opsgate.cli", "serve", "--host", "127.0.0.1", "--port", str(port)],
+        env={**os.environ, "OPSGATE_STATE_DIR": str(state)},
     )
     agent_proc: subprocess.Popen[str] | None = None
     try:
         _wait_ready(url, server)
+        # The agent's process gets no state dir: only the URL and its key file.
         agent_env = {k: v for k, v in os.environ.items() if not k.startswith("OPSGATE_")}
         agent_proc = subprocess.Popen(
-            [sys.executable, str(HERE / "remote_agent.py"), url, str(key_file)],
+            [sys.executable, str(HERE / "ui_agent.py"), url, str(key_file), str(artifact), VERSION],
             stdout=subprocess.PIPE,
             text=True,
             env=agent_env,
             cwd=tmp_path / "agent",
         )
-        yield Served(url, approver_token, xss_id), agent_proc
+        yield Served(url, approver_token, xss_id, releases), agent_proc
     finally:
         for proc in (agent_proc, server):
             if proc is not None and proc.poll() is None:
@@ -165,13 +193,15 @@ def test_approve_a_production_deploy_in_a_real_browser(
 
             # Exactly what would run.
             assert page.inner_text("#app") == "app-web"
-            assert page.inner_text("#version") == RELEASE["version"]
-            assert page.inner_text("#artifact-digest") == RELEASE["artifact_digest"]
+            assert page.inner_text("#version") == VERSION
+            digest = page.inner_text("#artifact-digest")
+            assert digest.startswith("sha256:") and len(digest) == 7 + 64
             assert page.inner_text("#environment") == "production"
             assert page.inner_text("#requester") == "deploy-agent"
             assert "devops-supervisor" in page.inner_text("#chain")
             assert "approve-production-deployments" in page.inner_text("#rules")
             assert page.inner_text("#status") == "pending"
+            assert srv.current("production") is None  # nothing ran before the approval
             # The static script ran under the CSP (it appends the time left) and the
             # stylesheet applied.
             page.wait_for_function(
@@ -208,10 +238,11 @@ def test_approve_a_production_deploy_in_a_real_browser(
             assert resumed["step"] == "resumed" and resumed["status"] == "succeeded"
             assert agent.wait(timeout=60) == 0
             assert srv.status(approval_id) == "consumed"
+            assert srv.current("production") == VERSION  # the release is live
 
             # Markup in an agent's params is text: no script ran, no element appeared.
             page.goto(f"{srv.url}/ui/approvals/{srv.xss_id}")
-            assert XSS in page.inner_text("#params")
+            assert XSS in page.inner_text("#params") and XSS in page.inner_text("#what")
             assert page.evaluate("window.__xss") is None
             assert page.locator("main img").count() == 0
             assert page.locator("script").count() == 1  # ui.js only
