@@ -1013,8 +1013,16 @@ def main() -> None:
     from typer import Abort
     from typer._click.exceptions import ClickException
 
+    from opsgate.audit.sanitize import scrub_log_event
+
     # Log lines go to stderr: stdout carries only results (tables, JSON, tokens).
-    structlog.configure(logger_factory=structlog.PrintLoggerFactory(file=sys.stderr))
+    # Every line is scrubbed of secret-shaped text first, as audit events are.
+    processors = list(structlog.get_config()["processors"])
+    if scrub_log_event not in processors:
+        processors.insert(0, scrub_log_event)
+    structlog.configure(
+        processors=processors, logger_factory=structlog.PrintLoggerFactory(file=sys.stderr)
+    )
     try:
         code = app(standalone_mode=False)
     except ClickException as exc:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from opsgate.errors import scrub
+
 Effect = Literal["allow", "deny", "require_approval"]
 EFFECTS: tuple[Effect, ...] = ("allow", "deny", "require_approval")
 # Combining order: a higher rank wins.
@@ -48,6 +50,15 @@ class Decision:
     # and `min_approvals` above are their union and maximum, for display.
     requirements: tuple[ApprovalRequirement, ...] = ()
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    def __post_init__(self) -> None:
+        # Reasons quote the request (its capability): a token pasted into it is
+        # scrubbed here, before the decision is returned, printed, logged or audited.
+        for name in ("reasons", "errors"):
+            texts = getattr(self, name)
+            if any(type(t) is str and scrub(t, long_words=False) != t for t in texts):
+                cleaned = tuple(scrub(t, long_words=False) if type(t) is str else t for t in texts)
+                object.__setattr__(self, name, cleaned)
 
     @property
     def allowed(self) -> bool:

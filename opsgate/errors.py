@@ -17,11 +17,13 @@
     │   │                             release_corrupted, deploy_state_invalid, ...
     │   ├── RunRefused                deploy_locked, ... (a run refused before it changed anything)
     │   └── MigrationContended        migration_locked, migration_plan_stale (both of the above)
-    ├── AuditError                    audit_write_failed, audit_corrupt, anchor_invalid
+    ├── AuditError                    audit_write_failed, audit_corrupt, anchor_invalid,
+    │                                 audit_query_invalid
     ├── SecretError                   secret_not_found, secret_conflict, secret_key_mismatch, ...
     │   └── SecretBackendError        secret_backend_unreachable, secret_backend_sealed,
     │                                 secret_backend_forbidden, ... (the store said no or is away)
-    └── StoreError                    store_unavailable, ...
+    ├── StoreError                    store_unavailable, ...
+    └── InternalError                 internal_error (anything else raised inside a call)
 
 Surfaces (CLI, HTTP, MCP) map `.code`, never message text. Messages are one
 lowercase line with user input quoted; they never contain secret values.
@@ -37,8 +39,13 @@ class OpsgateError(Exception):
     """Base of every error opsgate raises on purpose."""
 
     default_code = "error"
+    #: Set once the refusal is in the audit log, so the one path records it once.
+    audited = False
 
     def __init__(self, message: str, *, code: str | None = None, **detail: Any) -> None:
+        # Whatever a raise site interpolated, a message carries no secret-shaped
+        # substring and always encodes (it is printed, logged and audited).
+        message = scrub(message if isinstance(message, str) else str(message), long_words=False)
         super().__init__(message)
         self.code: str = code or self.default_code
         self.message = message
@@ -150,30 +157,102 @@ class StoreError(OpsgateError):
     default_code = "store_unavailable"
 
 
+class InternalError(OpsgateError):
+    """Something other than an opsgate error was raised while handling a call (a bug,
+    or a library failing on input nobody checked): the call is refused, fail closed,
+    and only the class of the cause is named (its text may carry secrets)."""
+
+    default_code = "internal_error"
+
+
 _SHOWN_MAX = 64
-# Shapes of opsgate's own secrets and of keys: approver tokens, JWS/JWTs, PEM.
-_SECRET_PREFIXES = ("opsg_", "eyj", "-----begin")
+_B64 = "A-Za-z0-9_-"
+_B64_ANY = "A-Za-z0-9_+/-"  # base64url and base64
+# Shapes of secrets, wherever they sit in a string: opsgate's tokens (`opsg_apr_...`,
+# `opsg_op_...`, any `opsg_` prefix), JWS/JWTs (base64url JSON starts `eyJ`; a
+# lower-cased one too), PEM blocks, and long base64url runs that mix upper case,
+# lower case and digits (keys, raw tokens). A did:key is public and exempt; so is a
+# hex digest (one case only).
+_PEM = re.compile(r"-----BEGIN[^-]*-----.*?(?:-----END[^-]*-----|$)", re.DOTALL | re.IGNORECASE)
+_TOKEN = re.compile(rf"opsg_[{_B64}]*", re.IGNORECASE)
+_JWS = re.compile(rf"(?<![{_B64}])eyj[{_B64}]{{8,}}(?:\.[{_B64}]*){{0,4}}", re.IGNORECASE)
+# Runs of the base64 and base64url alphabets (a PEM body line has "+" and "/").
+_RUN = re.compile(rf"(?<![{_B64_ANY}])[{_B64_ANY}]{{40,}}")
+_MIXED = (re.compile("[A-Z]"), re.compile("[a-z]"), re.compile("[0-9]"))
+_HEX = re.compile(r"[0-9a-fA-F/_-]+")
+_PIECES = re.compile(r"[+/]")
+_FLIPS = re.compile(r"[A-Za-z][0-9]|[0-9][A-Za-z]")
+# One cheap test before any replacing: most text holds no secret shape at all.
+_ANY_SHAPE = re.compile(rf"(?i:opsg_|eyj[{_B64}]{{8}}|-----begin)|[{_B64_ANY}]{{40}}")
 _LONG_WORD = re.compile(r"[A-Za-z0-9+/=_.-]{60,}")
-_PEM = re.compile(r"-----BEGIN[^-]*-----.*?(-----END[^-]*-----|$)", re.DOTALL)
-_TOKEN = re.compile(r"opsg_[A-Za-z0-9_-]+")
+
+
+def _opaque(run: str) -> bool:
+    """Random-looking: upper and lower case and digits in one word, or letters and
+    digits alternating as they do in random text (a run that was lower-cased) —
+    never a hex digest, and not a name or path (digits there come in groups)."""
+    if _HEX.fullmatch(run):
+        return False
+    for piece in _PIECES.split(run):  # a path's segments are judged one by one
+        if len(piece) >= 20 and all(c.search(piece) for c in _MIXED):
+            return True
+    return len(_FLIPS.findall(run)) >= 8
+
+
+def _run(m: re.Match[str]) -> str:
+    run, start = m.group(), m.start()
+    if m.string[max(0, start - 8) : start] == "did:key:" or not _opaque(run):
+        return run
+    return f"<{len(run)} characters, not shown>"
+
+
+def secret_shaped(text: str) -> bool:
+    """Whether `text` holds a secret-shaped substring anywhere (see `scrub`)."""
+    return _ANY_SHAPE.search(text) is not None and scrub(text, long_words=False) != text
+
+
+def scrub(message: str, *, long_words: bool = True) -> str:
+    """Remove secret-shaped substrings from free text, wherever they occur: PEM
+    blocks, opsgate tokens, JWS/JWTs, long mixed base64url runs; with `long_words`
+    (text we did not write, such as usage errors that echo an argument) also any
+    very long opaque word. Lone surrogates become escapes, so the text encodes."""
+    if _ANY_SHAPE.search(message) is not None:
+        message = _PEM.sub("<key, not shown>", message)
+        message = _TOKEN.sub("<token, not shown>", message)
+        message = _JWS.sub("<credential, not shown>", message)
+        message = _RUN.sub(_run, message)
+    if long_words:
+        message = _LONG_WORD.sub(lambda m: f"<{len(m.group())} characters, not shown>", message)
+    return encodable(message)
+
+
+def encodable(text: str) -> str:
+    """`text` as valid UTF-8 can carry it: a lone surrogate becomes its escape."""
+    if text.isascii():
+        return text
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
 
 
 def safe_text(value: object) -> str:
     """User input as text for a message or an audit record, unless it could be a secret.
 
     Names, dids, ids and capabilities are short single-line text; anything
-    longer, multi-line or secret-shaped (an approver token, a JWT, a PEM pasted
-    into the wrong argument) is described by its length only, so a mistake
-    never copies a secret into an error, a log line or the append-only audit log.
+    longer, multi-line or holding a secret-shaped substring anywhere (an approver
+    token, a JWT, a PEM pasted into the wrong argument, or inside a capability)
+    is described by its length only, so a mistake never copies a secret into an
+    error, a log line or the append-only audit log.
     """
     if not isinstance(value, str):
         return f"<{type(value).__name__}>"
-    lowered = value.lower()
     if (
         len(value) > _SHOWN_MAX
         or not value.isprintable()
-        or "private" in lowered
-        or lowered.startswith(_SECRET_PREFIXES)
+        or "private" in value.lower()
+        or secret_shaped(value)
     ):
         return f"<{len(value)} characters, not shown>"
     return value
@@ -185,14 +264,6 @@ def shown(value: object) -> str:
     return repr(text) if text is value else text
 
 
-def scrub(message: str) -> str:
-    """Remove secret-shaped words from free text we did not write (usage errors that
-    echo an argument): PEM blocks, approver tokens, and very long opaque words."""
-    message = _PEM.sub("<key, not shown>", message)
-    message = _TOKEN.sub("<token, not shown>", message)
-    return _LONG_WORD.sub(lambda m: f"<{len(m.group())} characters, not shown>", message)
-
-
 __all__ = [
     "AgentError",
     "ApprovalError",
@@ -202,6 +273,7 @@ __all__ = [
     "CredentialError",
     "DelegationError",
     "DeployError",
+    "InternalError",
     "InvalidCredential",
     "MigrationContended",
     "MigrationError",
@@ -213,7 +285,9 @@ __all__ = [
     "SecretBackendError",
     "SecretError",
     "StoreError",
+    "encodable",
     "safe_text",
     "scrub",
+    "secret_shaped",
     "shown",
 ]

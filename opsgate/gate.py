@@ -32,6 +32,7 @@ from opsgate import capabilities as caps
 from opsgate.approvals import ApprovalRequest, ApprovalService, PendingApproval, satisfied
 from opsgate.audit.log import CHECKPOINT_FILE, AuditLog, Finding
 from opsgate.authz import AuthzRequest, authorize, scope_refusal
+from opsgate.boundary import internal, typed_errors
 from opsgate.config import Config, load_config
 from opsgate.credentials.keyring import KEY_DIR, PIN_FILE, KeyRing, Pin, read_pin, write_pin
 from opsgate.credentials.manager import Claims, CredentialManager, PossessionCheck, to_epoch
@@ -41,6 +42,7 @@ from opsgate.environments import Environments, Resolved
 from opsgate.errors import (
     AgentError,
     ApprovalError,
+    AuditError,
     CapabilityError,
     ConfigError,
     InvalidCredential,
@@ -156,6 +158,7 @@ def _migration_executor(gate: Gate) -> Executor:
     )
 
 
+@typed_errors
 class Gate:
     """One gate per state directory (or per replica on a shared PostgreSQL)."""
 
@@ -775,6 +778,13 @@ class Gate:
         """
         t = to_epoch(now)
         claims = self._authenticate(token, t, proof, ProofRequest.authorize(capability, params))
+        with self._refusals_audited("authorize.refused", claims, capability, t):
+            return self._authorize(claims, capability, params, t)
+
+    def _authorize(
+        self, claims: Claims, capability: str, params: dict[str, Any] | None, t: float
+    ) -> Decision:
+        """`authorize` after authentication."""
         try:
             # Canonical before anything sees it: one case, aliases resolved.
             resolved = self.environments.resolve(caps.parse_request(capability))
@@ -986,7 +996,26 @@ class Gate:
         if not isinstance(operation, Operation):
             raise OperationError("operation must be an opsgate.Operation", code="operation_invalid")
         claims = self._authenticate(token, t, proof, ProofRequest.execute(operation, approval_id))
-        return self._execute(claims, operation, t, approval_id, token)
+        with self._refusals_audited("operation.refused", claims, operation.capability, t):
+            return self._execute(claims, operation, t, approval_id, token)
+
+    @contextlib.contextmanager
+    def _refusals_audited(
+        self, event: str, claims: Claims, capability: object, t: float, **extra: Any
+    ) -> Iterator[None]:
+        """Around everything after authentication: a refusal that no step recorded is
+        recorded here (once), and anything but an OpsgateError becomes an audited
+        InternalError. Only a failing audit write itself goes unrecorded."""
+        try:
+            yield
+        except OpsgateError as exc:
+            if not exc.audited and not isinstance(exc, AuditError):
+                self._audit_refusal(event, claims, capability, exc, t, **extra)
+            raise
+        except Exception as exc:
+            err = internal(event.split(".")[0], exc)
+            self._audit_refusal(event, claims, capability, err, t, **extra)
+            raise err from exc
 
     def _execute(
         self,
@@ -1082,6 +1111,11 @@ class Gate:
         t: float,
     ) -> NoReturn:
         """A refused operation: audited, charged when it is a violation, raised."""
+        refused = OperationError(
+            f"operation {capability!r} denied: {'; '.join(decision.reasons)}",
+            code="operation_denied",
+            decision=decision,
+        )
         self.audit.append(
             "operation.denied",
             actor=claims.sub,
@@ -1092,12 +1126,9 @@ class Gate:
             reasons=list(decision.reasons),
             errors=list(decision.errors) or None,
         )
+        refused.audited = True  # a failed charge below must not record it twice
         self._score_decision(agent, decision, capability, t)
-        raise OperationError(
-            f"operation {capability!r} denied: {'; '.join(decision.reasons)}",
-            code="operation_denied",
-            decision=decision,
-        )
+        raise refused
 
     def resume(
         self,
@@ -1117,12 +1148,15 @@ class Gate:
         """
         t = to_epoch(now)
         claims = self._authenticate(token, t, proof, ProofRequest.resume(approval_id))
-        request = self._approval_for(approval_id, claims.sub, t)
-        op = request.operation
-        operation = Operation(
-            op["action"], op["resource"], dict(op.get("params") or {}), secret=secret
-        )
-        return self._execute(claims, operation, t, approval_id, token)
+        with self._refusals_audited(
+            "operation.refused", claims, None, t, approval=safe_text(approval_id)
+        ):
+            request = self._approval_for(approval_id, claims.sub, t)
+            op = request.operation
+            operation = Operation(
+                op["action"], op["resource"], dict(op.get("params") or {}), secret=secret
+            )
+            return self._execute(claims, operation, t, approval_id, token)
 
     def _approval_for(self, approval_id: str, requester: str, t: float) -> ApprovalRequest:
         """The approval request, if it exists and belongs to `requester`; refusals audited."""
@@ -1145,6 +1179,9 @@ class Gate:
     def _refuse_approval(
         self, exc: ApprovalError, requester: str, approval_id: object, t: float
     ) -> NoReturn:
+        if exc.audited:  # the approval service recorded it
+            raise exc
+        exc.audited = True
         self.audit.append(
             "approval.refused",
             actor=requester,
@@ -1159,18 +1196,26 @@ class Gate:
         return self.approvals.wait(approval_id, timeout=timeout)
 
     def _audit_refusal(
-        self, event: str, claims: Claims, capability: object, exc: OpsgateError, t: float
+        self,
+        event: str,
+        claims: Claims,
+        capability: object,
+        exc: OpsgateError,
+        t: float,
+        **extra: Any,
     ) -> None:
         """An authenticated request refused before any decision (malformed): audited,
         not charged (a mistake is not an escalation)."""
+        exc.audited = True
         self.audit.append(
             event,
             actor=claims.sub,
             at=t,
             jti=claims.jti,
-            capability=safe_text(capability),
+            capability=None if capability is None else safe_text(capability),
             code=exc.code,
             reason=exc.message,
+            **extra,
         )
 
     def _sponsors(self, agent: AgentState) -> tuple[str, ...]:
@@ -1244,6 +1289,7 @@ class Gate:
                 summary=exc.message,
                 then=self._runs.finished(attempt.seq),
             )
+            exc.audited = True
             raise
         except OpsgateError as exc:
             outcome = Outcome("failed", exc.message, {"code": exc.code})

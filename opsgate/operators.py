@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select, update
 
+from opsgate.boundary import typed_errors
 from opsgate.credentials.manager import to_epoch
 from opsgate.errors import OperatorError, shown
 from opsgate.store import Store, schema
@@ -32,7 +33,8 @@ _NAME = re.compile(r"[a-z0-9][a-z0-9._@-]{0,63}\Z")
 
 
 def _hash_token(token: str) -> str:
-    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+    # surrogatepass: a presented token with a lone surrogate hashes (and never matches).
+    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +73,7 @@ def _operator(row: Any) -> Operator:
     )
 
 
+@typed_errors
 class OperatorService:
     """`gate.operators`: add, list, rotate and authenticate operator tokens."""
 

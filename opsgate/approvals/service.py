@@ -36,6 +36,7 @@ from opsgate.approvals.model import (
     quorum_status,
 )
 from opsgate.approvals.notify import Dispatcher, build_notifiers
+from opsgate.boundary import typed_errors
 from opsgate.credentials.manager import to_epoch
 from opsgate.decision import ApprovalRequirement, Decision
 from opsgate.errors import AgentError, ApprovalError, OpsgateError, safe_text, scrub, shown
@@ -55,7 +56,8 @@ DEFAULT_EXPIRY_SECONDS = 3600
 
 
 def _hash_token(token: str) -> str:
-    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+    # surrogatepass: a presented token with a lone surrogate hashes (and never matches).
+    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def _approver(row: Any) -> Approver:
@@ -72,6 +74,7 @@ def _dumps(value: Any) -> str:
     return orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode("utf-8")
 
 
+@typed_errors
 class ApprovalService:
     """`gate.approvals`: approvers, requests and decisions."""
 
@@ -420,7 +423,11 @@ class ApprovalService:
         self, conn: Connection, approval_id: object, *, lock: bool = False
     ) -> ApprovalRequest:
         """Read a request; `lock` holds its row until the transaction ends (PostgreSQL)."""
-        if not isinstance(approval_id, str) or len(approval_id) > 64:
+        if (
+            not isinstance(approval_id, str)
+            or len(approval_id) > 64
+            or not (approval_id.isascii() and approval_id.isprintable())
+        ):
             raise ApprovalError("approval id is malformed", code="approval_not_found")
         q = select(schema.approval_requests).where(schema.approval_requests.c.id == approval_id)
         if lock and not self._store.is_sqlite:
@@ -699,6 +706,7 @@ class ApprovalService:
                 )
                 return self._load(conn, req.id)
         except ApprovalError as exc:
+            exc.audited = True
             self._audit.append(
                 "approval.refused",
                 actor=requester,

@@ -2,7 +2,7 @@
 
 Each event is stored as the exact canonical JSON that was hashed:
 hash = SHA-256(prev_hash ‖ body). An event passes through small processors
-(redact → chain → store) before it lands. Concurrent appenders are batched into
+(redact → sanitize → chain → store) before it lands. Concurrent appenders are batched into
 one transaction by whichever caller holds the writer lock (group commit), so
 many threads share one fsync while a lone caller pays no thread hop.
 """
@@ -24,8 +24,10 @@ import orjson
 import structlog
 from sqlalchemy import Connection, func, select
 
+from opsgate.audit.sanitize import clean, clean_event
+from opsgate.boundary import typed_errors
 from opsgate.credentials.keyring import KeyChain, rotation_payload
-from opsgate.errors import AuditError, safe_text
+from opsgate.errors import AuditError, encodable, safe_text
 from opsgate.identity.keys import b64url_decode, jwk_thumbprint, verify_signature
 from opsgate.store import Store, schema
 
@@ -271,6 +273,7 @@ Signer = Callable[[], tuple[str, Callable[[bytes], str]]]
 SignatureCheck = Callable[[str, bytes, str], bool]  # kid, payload, signature -> valid
 
 
+@typed_errors
 class AuditLog:
     """The gate's audit log. Thread-safe; every write is durable before it returns."""
 
@@ -329,10 +332,10 @@ class AuditLog:
 
     @staticmethod
     def _prepare(event_type: str, actor: str | None, fields: Mapping[str, Any]) -> dict[str, Any]:
-        event = {k: v for k, v in redact(fields).items() if v is not None}
+        event = {k: v for k, v in clean_event(redact(fields)).items() if v is not None}
         event["type"] = event_type
         if actor is not None:
-            event["actor"] = actor
+            event["actor"] = clean(actor)
         return event
 
     def _lock_head(self, cur: Any) -> tuple[int, str]:
@@ -530,7 +533,7 @@ class AuditLog:
                     feed = extra.pop(FEED, None)
                     if feed:
                         changes.extend((kind, subject, p.at) for kind, subject in feed)
-                    p.event.update(redact(extra))
+                    p.event.update(clean_event(redact(extra)))
             if changes:
                 if self._feed is None:
                     raise AuditError("no change feed to record state changes in")
@@ -807,6 +810,12 @@ class AuditLog:
     def tail(
         self, limit: int = 20, *, event_type: str | None = None, actor: str | None = None
     ) -> list[AuditRecord]:
+        if type(limit) is not int or not all(
+            v is None or (type(v) is str and encodable(v) is v) for v in (event_type, actor)
+        ):
+            raise AuditError(
+                "tail takes a number of events and text filters", code="audit_query_invalid"
+            )
         t = schema.audit_events
         q = select(t).order_by(t.c.seq.desc()).limit(max(1, min(limit, 10_000)))
         if event_type:

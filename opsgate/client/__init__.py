@@ -27,6 +27,7 @@ import orjson
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from opsgate import errors
+from opsgate.boundary import typed_errors
 from opsgate.credentials.proof import ProofRequest
 from opsgate.decision import Decision, MatchedRule
 from opsgate.identity.keys import did_from_public_key, read_private_key
@@ -169,6 +170,7 @@ def _decision(data: dict[str, Any]) -> Decision:
 Token = str | RemoteCredential
 
 
+@typed_errors
 class RemoteGate:
     """The gate at `url`, for the agent whose private key is `agent_key` (a 0600 PEM
     file from `opsgate agents export-key`, or a key object)."""

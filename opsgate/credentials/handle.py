@@ -6,6 +6,7 @@ import threading
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from opsgate.boundary import typed_errors
 from opsgate.credentials.manager import Credential, to_epoch
 from opsgate.credentials.proof import ProofRequest, make_proof
 from opsgate.errors import CredentialError
@@ -16,6 +17,7 @@ if TYPE_CHECKING:
     from opsgate.identity.registry import Agent
 
 
+@typed_errors
 class CredentialHandle:
     """Holds the current credential; replaces it once less than a third of its life is left.
 

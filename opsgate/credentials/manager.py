@@ -24,6 +24,7 @@ import structlog
 from sqlalchemy import Connection, select, update
 
 from opsgate import capabilities as caps
+from opsgate.boundary import typed_errors
 from opsgate.config import HARD_TTL_CEILING_MINUTES, Config
 from opsgate.credentials import jws
 from opsgate.credentials.keyring import KeyRing
@@ -185,6 +186,7 @@ class Claims:
         raise KeyError(key)
 
 
+@typed_errors
 class CredentialManager:
     """The gate's credential authority."""
 

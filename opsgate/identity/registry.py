@@ -15,6 +15,7 @@ from sqlalchemy import Connection, select, update
 from sqlalchemy.exc import IntegrityError
 
 from opsgate import capabilities as caps
+from opsgate.boundary import typed_errors
 from opsgate.config import Config
 from opsgate.credentials.keyring import KeyRing
 from opsgate.credentials.manager import AUDIT_WAIT_SECONDS, revocation_cutoff, to_epoch
@@ -24,6 +25,7 @@ from opsgate.errors import (
     CapabilityError,
     DelegationError,
     InvalidCredential,
+    encodable,
     safe_text,
     shown,
 )
@@ -91,6 +93,7 @@ def _check_trust(value: object) -> int:
     return value
 
 
+@typed_errors
 class Agent:
     """A handle on a registered agent. Identity fields are fixed; status and trust are live."""
 
@@ -180,6 +183,7 @@ class Agent:
         return hash(self.did)
 
 
+@typed_errors
 class AgentRegistry:
     """Creates agents, verifies and caches their chains, and changes their status."""
 
@@ -213,6 +217,9 @@ class AgentRegistry:
         """A did, or the did of the agent with this name."""
         if not isinstance(ref, str) or not ref:
             raise AgentError("agent must be named by its name or did", code="agent_not_found")
+        if len(ref) > 256 or "\x00" in ref or encodable(ref) is not ref:
+            # No agent has such a name or did, and the database could not even be asked.
+            raise AgentError(f"no agent {shown(ref)}", code="agent_not_found")
         if ref.startswith("did:"):
             return ref
         with self._store.read() as conn:

@@ -15,7 +15,7 @@ from types import MappingProxyType
 from typing import Any
 
 from opsgate.environments import DEFAULT, Environments
-from opsgate.errors import PolicyError
+from opsgate.errors import PolicyError, encodable
 
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
 MAX_PARAM_DEPTH = 16
@@ -34,7 +34,16 @@ def _check_json(value: object, path: str, depth: int = 0) -> None:
     """Params must be JSON values: conditions compare them with JSON semantics."""
     if depth > MAX_PARAM_DEPTH:
         raise _bad(f"param {path!r} is nested deeper than {MAX_PARAM_DEPTH} levels")
-    if value is None or type(value) in (str, bool, int):
+    if value is None or type(value) is bool:
+        return
+    if type(value) is str:
+        if encodable(value) is not value:
+            raise _bad(f"param {path!r} is not valid unicode (a lone surrogate)")
+        return
+    if type(value) is int:
+        # What canonical JSON (the plan digest, the audit record) can carry.
+        if not -(2**63) <= value < 2**64:
+            raise _bad(f"param {path!r} is an integer out of the 64-bit range")
         return
     if type(value) is float:
         if not math.isfinite(value):
@@ -48,6 +57,8 @@ def _check_json(value: object, path: str, depth: int = 0) -> None:
         for key, item in value.items():
             if type(key) is not str:
                 raise _bad(f"param {path!r} has a non-string key {_shown(key)}")
+            if encodable(key) is not key:
+                raise _bad(f"param {path!r} has a key that is not valid unicode")
             _check_json(item, f"{path}.{key}", depth + 1)
         return
     raise _bad(f"param {path!r} has unsupported type {type(value).__name__!r}")

@@ -20,8 +20,9 @@ import structlog
 from sqlalchemy import select
 
 from opsgate.audit.log import FEED
+from opsgate.boundary import typed_errors
 from opsgate.config import HARD_TTL_CEILING_MINUTES, Config
-from opsgate.errors import AgentError, OpsgateError, shown
+from opsgate.errors import AgentError, OpsgateError, scrub, shown
 from opsgate.store import Store, schema
 from opsgate.store.ledger import LedgerSQL
 from opsgate.trust.anomalies import Activity, Anomaly, Observation, observe
@@ -116,6 +117,7 @@ class TrustChange:
         )
 
 
+@typed_errors
 class TrustEngine:
     """`gate.trust`: scores, changes with causes, detectors, thresholds."""
 
@@ -368,6 +370,7 @@ class TrustEngine:
         self, agent: AgentState, resource: str, *, refused: bool, now: float
     ) -> list[Anomaly]:
         """Run the detectors on one event; each anomaly becomes an unusual-access change."""
+        resource = scrub(resource, long_words=False)  # a token pasted into it is not kept
         seen = self._seen_set(agent.did)
         seen_before = resource in seen
         with self._lock:
