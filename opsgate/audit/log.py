@@ -13,6 +13,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -91,6 +92,15 @@ def redact(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [redact(v) for v in value]
     return value
+
+
+_KID = re.compile(r"[A-Za-z0-9_-]{43}\Z")
+
+
+def _kid_text(kid: object) -> str:
+    """A key id as found in the database: a thumbprint is shown (it is public; the
+    shape alone would make `safe_text` hide it), anything else as `safe_text` says."""
+    return kid if isinstance(kid, str) and _KID.match(kid) else safe_text(kid)
 
 
 def chain_hash(prev_hash: str, body: bytes) -> str:
@@ -1039,7 +1049,7 @@ class AuditLog:
         self._unsigned_tail(report, time.time() if now is None else now)
         findings = [
             Finding(
-                "untrusted_key", "key", safe_text(u.kid), f"gate key {safe_text(u.kid)}: {u.reason}"
+                "untrusted_key", "key", _kid_text(u.kid), f"gate key {_kid_text(u.kid)}: {u.reason}"
             )
             for u in chain.untrusted
         ]
