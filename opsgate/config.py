@@ -589,6 +589,9 @@ class AuditConfig(_Strict):
 
     checkpoint_every_events: int = Field(1000, ge=1, le=1_000_000)
     checkpoint_every_seconds: float = Field(60.0, ge=0.05, le=86_400)
+    # Refusals of credentials that prove no agent are counted and written as one
+    # summary event per this many seconds (and when the gate closes).
+    refusal_summary_seconds: float = Field(60.0, ge=0.05, le=86_400)
 
 
 class DatabaseTimeouts(_Strict):

@@ -449,6 +449,7 @@ class Gate:
     def close(self) -> None:
         self.secrets.close()
         self.approvals.dispatcher.close()
+        self.credential_manager.unproven_refusals.close()  # before the closing checkpoint
         self.audit.close()
         self.store.dispose()
 

@@ -24,6 +24,7 @@ import structlog
 from sqlalchemy import Connection, select, update
 
 from opsgate import capabilities as caps
+from opsgate.audit.summary import RefusalSummary
 from opsgate.boundary import typed_errors
 from opsgate.config import HARD_TTL_CEILING_MINUTES, Config
 from opsgate.credentials import jws
@@ -216,6 +217,10 @@ class CredentialManager:
         self.proofs = ProofChecker(store)
         # Called with (did, reason, now) when an issuance asks for more than the grants.
         self.on_escalation: Callable[[str, str, float], None] | None = None
+        # Refusals no agent can be charged for: counted, written as periodic summaries.
+        self.unproven_refusals = RefusalSummary(
+            audit, interval=config.audit.refusal_summary_seconds
+        )
 
     # -- issuing ------------------------------------------------------------------
 
@@ -594,6 +599,12 @@ class CredentialManager:
             raise misuse(f"credential's agent cannot act ({refusal.replace('_', ' ')})", refusal)
 
     def _audit_rejection(self, exc: InvalidCredential, t: float) -> None:
+        """A refusal that names a proven agent is recorded on its own; one whose subject
+        is unproven (forged, garbage, foreign, unknown agent) is only counted: a flood
+        of junk must not cost a durable row and an fsync each."""
+        if exc.detail.get("agent") is None:
+            self.unproven_refusals.add(exc.code, exc.message, t)
+            return
         try:
             self._audit.append(
                 "credential.rejected",

@@ -28,6 +28,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import select, update
 
 import opsgate
+from opsgate.audit.summary import SUMMARY_EVENT
 from opsgate.identity import keys
 from opsgate.identity.records import record_bytes
 from opsgate.store import schema
@@ -473,17 +474,22 @@ def test_token_attack_is_refused(attack: Attack, case: dict[str, Any]) -> None:
         gate.credential_manager.verify(token, now=now)
     assert info.value.code == case["code"], info.value.message
 
-    # The refusal is audited with the same code ...
-    rejected = gate.audit.tail(1, event_type="credential.rejected")
-    assert rejected and rejected[-1].seq > before
-    assert rejected[-1].event["code"] == case["code"]
-    # ... and charged to an agent only when the gate's own signature proves the subject.
+    # Charged to an agent, and audited on its own with the same code, only when the
+    # gate's own signature proves the subject ...
     if case.get("proven"):
+        rejected = gate.audit.tail(1, event_type="credential.rejected")
+        assert rejected and rejected[-1].seq > before
+        assert rejected[-1].event["code"] == case["code"]
         assert info.value.detail.get("agent") == attack.agent.did
         assert rejected[-1].actor == attack.agent.did
     else:
+        # ... otherwise counted by code and written in the next summary (no row each).
         assert info.value.detail.get("agent") is None
-        assert rejected[-1].actor is None
+        assert gate.audit.head()[0] == before
+        assert gate.credential_manager.unproven_refusals.flush()
+        summaries = [r for r in gate.audit.events(after_seq=before, event_type=SUMMARY_EVENT)]
+        assert len(summaries) == 1 and summaries[0].actor is None
+        assert summaries[0].event["codes"] == {case["code"]: 1}
     # The same refusal through the gate's public entry point.
     with pytest.raises(opsgate.InvalidCredential) as again:
         gate.authorize(token, "deploy:production", now=now)  # type: ignore[arg-type]
