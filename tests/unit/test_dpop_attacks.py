@@ -90,7 +90,12 @@ def test_dpop_attack(tmp_path: Path, case: dict[str, Any]) -> None:
     else:
         assert charged == 0
     rejected = audit_events(api.gate, "credential.rejected")
-    assert rejected and rejected[-1]["code"] == expect["code"]
+    if case.get("token") == "forged":  # proves no agent: counted in the refusal summary
+        assert api.gate.credential_manager.unproven_refusals.flush()
+        (summary,) = audit_events(api.gate, "credential.rejected_summary")
+        assert summary["codes"] == {expect["code"]: 1}
+    else:
+        assert rejected and rejected[-1]["code"] == expect["code"]
 
 
 def test_misuse_is_charged_once_per_credential(tmp_path: Path) -> None:
