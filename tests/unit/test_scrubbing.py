@@ -151,3 +151,21 @@ def test_the_cli_prints_no_token_placed_in_a_capability_or_reason(tmp_path: Path
         result = runner.invoke(app, ["--state-dir", str(state), *args])
         shown = result.stdout + result.stderr
         assert approver[-24:].lower() not in shown.lower(), (args, shown)
+
+
+def test_the_readme_says_what_each_mechanism_protects_against_and_what_not() -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## Security: refusals, redaction and who is charged", 1)[1]
+    section = section.split("\n## ", 1)[0]
+    assert section.count("*Protects against*") == 4 and section.count("*Does not*") == 4
+    for name in (
+        "scrub_log_event",
+        "refusal_summary_seconds",
+        "credential.rejected_summary",
+        "internal_error",
+        "migration_locked",
+        "operator:<login>",
+        "<token, not shown>",
+    ):
+        assert name in section, name
+    assert callable(scrub_log_event)
