@@ -97,6 +97,14 @@ def _failure_code(outcome: Outcome) -> str | None:
     return safe_text(code) if outcome.status == "failed" and isinstance(code, str) else None
 
 
+def _asked(operation: Operation) -> str | None:
+    """The capability an operation asks for, for the record; None when its action or
+    resource is not text (refused as operation_invalid, never formatted)."""
+    if type(operation.action) is str and type(operation.resource) is str:
+        return operation.capability
+    return None
+
+
 def resolve_state_dir(state_dir: str | os.PathLike[str] | None) -> Path:
     if state_dir is None:
         state_dir = os.environ.get("OPSGATE_STATE_DIR") or DEFAULT_STATE_DIR
@@ -997,7 +1005,7 @@ class Gate:
         if not isinstance(operation, Operation):
             raise OperationError("operation must be an opsgate.Operation", code="operation_invalid")
         claims = self._authenticate(token, t, proof, ProofRequest.execute(operation, approval_id))
-        with self._refusals_audited("operation.refused", claims, operation.capability, t):
+        with self._refusals_audited("operation.refused", claims, _asked(operation), t):
             return self._execute(claims, operation, t, approval_id, token)
 
     @contextlib.contextmanager
@@ -1036,7 +1044,7 @@ class Gate:
             cap = self._operation_capability(operation).capability
             self._executor_for(operation.action, operation.resource)  # a lookup, no executor code
         except OpsgateError as exc:  # a malformed request is still an audited refusal
-            self._audit_refusal("operation.refused", claims, operation.capability, exc, t)
+            self._audit_refusal("operation.refused", claims, _asked(operation), exc, t)
             raise
         agent = self._agent(claims)
         refusal = scope_refusal(agent, claims.parsed_scope, cap)
@@ -1046,7 +1054,7 @@ class Gate:
             plan, typed_params = self._plan(operation)
             required = [self._required(c) for c in plan.requires]
         except OpsgateError as exc:
-            self._audit_refusal("operation.refused", claims, operation.capability, exc, t)
+            self._audit_refusal("operation.refused", claims, _asked(operation), exc, t)
             raise
         for needed in required:
             # What the executor would use on the agent's behalf (a secret handed to a

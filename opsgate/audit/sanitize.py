@@ -19,6 +19,9 @@ from typing import Any
 
 import orjson
 
+# The shape test and the set of texts known clean, shared with errors.scrub.
+from opsgate.errors import _ANY_SHAPE as _SHAPE_HINT
+from opsgate.errors import _CLEAN as _KNOWN_CLEAN
 from opsgate.errors import encodable, scrub
 
 MAX_DEPTH = 32
@@ -33,11 +36,18 @@ def marker(what: str) -> str:
     return f"[not encodable: {what}]"
 
 
+def _text(value: str) -> str:
+    """A string as an event may carry it: scrubbed (the common case is a cheap test)."""
+    if value.isascii() and (value in _KNOWN_CLEAN or _SHAPE_HINT.search(value) is None):
+        return value
+    return scrub(value, long_words=False)
+
+
 def clean(value: Any, depth: int = 0, structural: bool = False) -> Any:
     """`value` as canonical JSON can carry it, with secret-shaped text scrubbed."""
     t = type(value)
     if t is str:
-        return encodable(value) if structural else scrub(value, long_words=False)
+        return encodable(value) if structural else _text(value)
     if t is int:
         return value if _INT_MIN <= value <= _INT_MAX else marker("integer out of range")
     if t is float:
@@ -48,11 +58,19 @@ def clean(value: Any, depth: int = 0, structural: bool = False) -> Any:
         return clean(value.value, depth, structural)
     if depth >= MAX_DEPTH:
         return marker("nested too deep")
-    if isinstance(value, Mapping):
+    if t is dict or isinstance(value, Mapping):
         out: dict[str, Any] = {}
         for k, v in value.items():
-            key = scrub(k, long_words=False) if type(k) is str else _key(k)
-            out[key] = clean(v, depth + 1, structural or key in STRUCTURAL)
+            key = k if type(k) is str and k in _KEYS_SEEN else _key(k)
+            sub = structural or key in STRUCTURAL
+            # Scalars inline: this runs on every audit event.
+            tv = type(v)
+            if tv is str and not sub:
+                out[key] = _text(v)
+            elif v is None or tv is bool:
+                out[key] = v
+            else:
+                out[key] = clean(v, depth + 1, sub)
         return out
     if isinstance(value, (list, tuple)):
         return [clean(v, depth + 1, structural) for v in value]
@@ -67,9 +85,16 @@ def clean(value: Any, depth: int = 0, structural: bool = False) -> Any:
     return value
 
 
+# Field names seen to need no change (the gate's own few dozen): a bounded set.
+_KEYS_SEEN: dict[str, None] = {}
+
+
 def _key(key: object) -> str:
     if isinstance(key, str):
-        return scrub(str.__str__(key), long_words=False)
+        text = scrub(str.__str__(key), long_words=False)
+        if text == key and type(key) is str and len(_KEYS_SEEN) < 1024:
+            _KEYS_SEEN[key] = None
+        return text
     if type(key) in (int, float, bool) or key is None:
         return repr(key)
     return marker(f"{type(key).__name__} key")
