@@ -8,14 +8,14 @@ from __future__ import annotations
 import base64
 import time
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
 
 import opsgate
-from opsgate.audit.summary import SUMMARY_EVENT
-from opsgate.credentials import jws
-from opsgate.identity import keys
+from opsgate.audit.summary import SUMMARY_EVENT, RefusalSummary
+from opsgate.errors import AuditError
 
 SCOPE = ["deploy:staging"]
 
@@ -122,22 +122,31 @@ def test_a_proven_agents_refusal_is_still_recorded_alone(tmp_path: Path) -> None
         assert _summaries(gate) == []
 
 
-def test_a_failed_summary_write_loses_no_count(tmp_path: Path) -> None:
-    gate = opsgate.Gate.open(tmp_path / "state", audit={"refusal_summary_seconds": 3600})
-    summary = gate.credential_manager.unproven_refusals
+class _FlakyLog:
+    """An audit log whose first write fails (storage trouble), then records."""
+
+    def __init__(self) -> None:
+        self.events: list[dict[str, Any]] = []
+        self.failures = 1
+
+    def append(self, event_type: str, *, actor: str | None = None, **fields: Any) -> None:
+        if self.failures:
+            self.failures -= 1
+            raise AuditError("audit write failed: OSError", code="audit_write_failed")
+        self.events.append({"type": event_type, **fields})
+
+
+def test_a_failed_summary_write_loses_no_count() -> None:
+    log = _FlakyLog()
+    summary = RefusalSummary(log, interval=3600)
     for i in range(5):
-        _refused(gate, f"junk-{i}")
-    gate.audit.fail_next = 1
-    assert summary.flush() is False
-    assert summary.pending == 5
-    for i in range(2):
-        _refused(gate, jws_like(i))
-    gate.close()
-    with opsgate.Gate.open(tmp_path / "state") as again:
-        (event,) = _summaries(again)
-        assert event["count"] == 7
-
-
-def jws_like(i: int) -> str:
-    key = keys.generate()
-    return jws.encode({"sub": f"did:key:z{i}"}, key, f"kid{i}", "EdDSA")
+        summary.add("malformed", "token is not a compact jws", 100.0 + i)
+    assert summary.flush() is False and summary.pending == 5
+    summary.add("bad_signature", "token signature is invalid", 99.0)
+    summary.add("malformed", "token is not a compact jws", 200.0)
+    summary.close()
+    (event,) = log.events
+    assert event["count"] == 7
+    assert event["codes"] == {"bad_signature": 1, "malformed": 6}
+    assert (event["since"], event["until"]) == (99.0, 200.0)
+    assert [s["code"] for s in event["samples"]] == ["malformed", "bad_signature"]
