@@ -26,9 +26,22 @@ from opsgate.errors import encodable, scrub
 
 MAX_DEPTH = 32
 _INT_MIN, _INT_MAX = -(2**63), 2**64 - 1  # what canonical JSON (orjson) encodes
-# Public key material the gate writes and `audit verify` reads back: never altered.
+# Values the gate itself writes that look random by design and are not secrets: key
+# material `audit verify` reads back, and a dynamic database user's name and lease id
+# (the password is never recorded). Never altered.
 STRUCTURAL = frozenset(
-    {"kid", "retired", "public_key", "endorsement", "signature", "jkt", "hash", "prev_hash"}
+    {
+        "kid",
+        "retired",
+        "public_key",
+        "endorsement",
+        "signature",
+        "jkt",
+        "hash",
+        "prev_hash",
+        "username",
+        "lease_id",
+    }
 )
 
 
