@@ -197,3 +197,20 @@ def test_suspend_reinstate_and_revoke_count_what_changed(state: Path) -> None:
             "c": "revoked",
             "d": "revoked",
         }
+
+
+def test_revoke_finds_issued_credentials_on_both_stores(
+    tmp_path: Path, database_url: str | None
+) -> None:
+    with opsgate.Gate.open(tmp_path / "s", database_url=database_url) as gate:
+        agent = gate.register_agent("a", ["deploy:staging"], sponsor="ops@company.com")
+        cred = gate.credential_manager.issue_credential(agent.did, ["deploy:staging"])
+        twin = cred.jti[:5] + "_" + cred.jti[6:]  # "_" is a LIKE wildcard
+        for jti in ("A" * 22, twin if twin != cred.jti else "B" * 22):
+            with pytest.raises(CredentialError) as info:
+                gate.credential_manager.revoke(jti)
+            assert info.value.code == "not_found"
+        gate.credential_manager.revoke(cred.jti)
+        with pytest.raises(opsgate.InvalidCredential) as refused:
+            gate.credential_manager.verify(cred.token)
+        assert refused.value.code == "revoked"
