@@ -95,7 +95,7 @@ class RefusalSummary:
                 assert since is not None and until is not None
                 self._since = since if self._since is None else min(since, self._since)
                 self._until = until if self._until is None else max(until, self._until)
-            log.warning("refusal summary not written yet", code=exc.code)
+            log.warning("refusal summary not audited yet", code=exc.code)
             self._schedule()
             return False
         return True
@@ -122,7 +122,7 @@ class RefusalSummary:
         try:
             self.flush()
         except Exception as exc:  # noqa: BLE001 - a timer thread must not die loudly
-            log.warning("refusal summary not written", error=type(exc).__name__)
+            log.warning("refusal summary not audited", error=type(exc).__name__)
 
     def close(self) -> None:
         """Stop the timer and write what is left (best effort: the gate is closing)."""
@@ -134,7 +134,7 @@ class RefusalSummary:
         try:
             self.flush()
         except Exception as exc:  # noqa: BLE001 - closing must not fail on it
-            log.warning("refusal summary not written at close", error=type(exc).__name__)
+            log.warning("refusal summary not audited at close", error=type(exc).__name__)
 
 
 __all__ = ["MAX_SAMPLES", "SUMMARY_EVENT", "RefusalSummary"]
