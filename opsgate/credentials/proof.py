@@ -30,6 +30,7 @@ from opsgate.credentials import jws
 from opsgate.errors import InvalidCredential
 from opsgate.identity.keys import b64url, b64url_decode, public_key_from_did
 from opsgate.store import Store, schema
+from opsgate.store.group import GroupCommit
 
 if TYPE_CHECKING:
     from opsgate.operations.base import Operation
@@ -39,6 +40,8 @@ MAX_PROOF_AGE_SECONDS = 60
 # A prune never removes an entry until this long after the database says it expired,
 # so a transaction that checked the clock just before cannot slip a replay past it.
 PRUNE_GRACE_SECONDS = 60
+# What the replay store says of one proof id.
+_ACCEPTED, _STALE, _REPLAYED = "accepted", "stale", "replayed"
 
 
 def token_hash(token: str) -> str:
@@ -119,6 +122,7 @@ class ProofChecker:
 
     def __init__(self, store: Store) -> None:
         self._store = store
+        self._uses: GroupCommit[tuple[str, float, float], str] = GroupCommit(self._record_uses)
 
     def check(
         self,
@@ -175,20 +179,41 @@ class ProofChecker:
 
     def _use_once(self, jti: str, iat: float, window: float, bad: Any) -> None:
         """Record the proof id, accepted only while the database's clock is within
-        `window` of its iat; entries stay until iat + window (+ grace) by that clock."""
+        `window` of its iat; entries stay until iat + window (+ grace) by that clock.
+        Concurrent callers share one transaction (group commit)."""
+        verdict = self._uses.submit((jti, iat, window))
+        if verdict == _STALE:
+            raise bad("proof is stale by the database's clock")
+        if verdict == _REPLAYED:
+            raise bad("proof was already used", code="proof_replayed")
+
+    def _record_uses(self, uses: list[tuple[str, float, float]]) -> list[str]:
+        """One transaction for a batch of proof ids: each is stale, replayed (already
+        in the table, or earlier in this batch) or accepted."""
         t = schema.used_proofs
-        keep_until = iat + window
         with self._store.write() as conn:
             # Read once per transaction: compared with bound values, the prune below
             # stays an index range scan, whatever the number of live entries.
             db_now = self._store.db_time(conn)
-            if not iat - window <= db_now <= keep_until:
-                raise bad("proof is stale by the database's clock")
-            inserted = conn.execute(
-                self._store.insert_ignore(t, {"jti": jti, "expires_at": keep_until}).returning(
-                    t.c.jti
-                )
-            ).first()
-            if inserted is None:
-                raise bad("proof was already used", code="proof_replayed")
+            verdicts = [
+                _ACCEPTED if iat - window <= db_now <= iat + window else _STALE
+                for _, iat, window in uses
+            ]
+            rows: dict[str, float] = {}
+            for (jti, iat, window), verdict in zip(uses, verdicts, strict=True):
+                if verdict == _ACCEPTED:
+                    rows.setdefault(jti, iat + window)
+            inserted: set[str] = set()
+            if rows:
+                values = [{"jti": j, "expires_at": e} for j, e in rows.items()]
+                statement = self._store.insert_ignore(t, values).returning(t.c.jti)
+                inserted = set(conn.execute(statement).scalars())
+            for i, (jti, _, _) in enumerate(uses):
+                if verdicts[i] != _ACCEPTED:
+                    continue
+                if jti in inserted:
+                    inserted.discard(jti)  # a second use in the same batch is a replay
+                else:
+                    verdicts[i] = _REPLAYED
             conn.execute(delete(t).where(t.c.expires_at < db_now - PRUNE_GRACE_SECONDS))
+        return verdicts

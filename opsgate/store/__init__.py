@@ -141,6 +141,9 @@ class Store:
             )
             self._read_engine = self._write_engine
         self._migrate_lock = threading.Lock()
+        # SQLite has one writer at a time. Writers of this process queue here rather
+        # than in SQLite's busy handler, which sleeps 1 to 100 ms per retry.
+        self._sqlite_writer = threading.Lock() if self.dialect == "sqlite" else None
 
     @classmethod
     def for_state_dir(
@@ -190,11 +193,21 @@ class Store:
 
     @contextmanager
     def write(self) -> Iterator[Connection]:
-        try:
-            with self._write_engine.begin() as conn:
-                yield conn
-        except OperationalError as exc:
-            raise unavailable(exc) from exc
+        with self.writer_turn():
+            try:
+                with self._write_engine.begin() as conn:
+                    yield conn
+            except OperationalError as exc:
+                raise unavailable(exc) from exc
+
+    @contextmanager
+    def writer_turn(self) -> Iterator[None]:
+        """This process's turn to write (SQLite; nothing to wait for on PostgreSQL)."""
+        if self._sqlite_writer is None:
+            yield
+            return
+        with self._sqlite_writer:
+            yield
 
     def dedicated_writer(self) -> DedicatedWriter:
         return DedicatedWriter(self)
@@ -203,13 +216,14 @@ class Store:
         """Rewrite '?' placeholders for the driver (psycopg wants %s)."""
         return sql if self.is_sqlite else sql.replace("?", "%s")
 
-    def insert_ignore(self, table: Any, values: dict[str, Any]) -> Any:
-        """INSERT that does nothing when the primary key exists (safe under races)."""
+    def insert_ignore(self, table: Any, values: dict[str, Any] | list[dict[str, Any]]) -> Any:
+        """INSERT (of one row, or several) that skips a row whose primary key exists
+        (safe under races)."""
         if self.is_sqlite:
             from sqlalchemy.dialects.sqlite import insert as dialect_insert
         else:
             from sqlalchemy.dialects.postgresql import insert as dialect_insert
-        return dialect_insert(table).values(**values).on_conflict_do_nothing()
+        return dialect_insert(table).values(values).on_conflict_do_nothing()
 
     def db_time(self, conn: Connection) -> float:
         """The database's own clock, in epoch seconds, read inside `conn`'s transaction.
@@ -349,17 +363,18 @@ class DedicatedWriter:
             conn.detach()  # ours until close(); never handed to another caller
             self._conn, self._cur = conn, conn.cursor()
         conn, cur = self._conn, self._cur
-        try:
-            if self._store.is_sqlite:
-                cur.execute("BEGIN IMMEDIATE")
-            yield cur
-            conn.commit()
-        except BaseException:
+        with self._store.writer_turn():
             try:
-                conn.rollback()
-            except Exception:  # noqa: BLE001 - the connection is gone; open a new one next time
-                self.close()
-            raise
+                if self._store.is_sqlite:
+                    cur.execute("BEGIN IMMEDIATE")
+                yield cur
+                conn.commit()
+            except BaseException:
+                try:
+                    conn.rollback()
+                except Exception:  # noqa: BLE001 - the connection is gone; open a new one next time
+                    self.close()
+                raise
 
     def close(self) -> None:
         conn, self._conn, self._cur = self._conn, None, None
