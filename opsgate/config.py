@@ -657,6 +657,11 @@ class ServerConfig(_Strict):
     metrics_public: bool = False
     # How long an approver stays signed in to the web UI (/ui) before signing in again.
     ui_session_minutes: int = Field(30, ge=1, le=720)
+    # Server-provided DPoP nonces (RFC 9449 §8): every proof must carry a nonce the
+    # gate handed out (DPoP-Nonce header) in the current or the previous window of
+    # this many seconds. Any replica validates any replica's nonces (no shared state).
+    dpop_nonce: bool = False
+    dpop_nonce_seconds: int = Field(60, ge=5, le=3600)
 
     @field_validator("external_url")
     @classmethod

@@ -132,6 +132,16 @@ def _error(response: httpx.Response) -> errors.OpsgateError:
     return exc
 
 
+def _code(response: httpx.Response) -> str | None:
+    if response.status_code != 401:
+        return None
+    try:
+        data = response.json()
+    except ValueError:
+        return None
+    return data.get("code") if isinstance(data, dict) else None
+
+
 def _result(response: httpx.Response) -> Outcome | RemotePendingApproval:
     data = response.json()
     if response.status_code == 202:
@@ -192,6 +202,8 @@ class RemoteGate:
         self.did = did_from_public_key(self._key.public_key())
         self._http = httpx.Client(base_url=self.url, timeout=timeout, transport=transport)
         self._last: RemoteCredential | None = None
+        # The gate's latest DPoP-Nonce (when it asks for nonces), put in every proof.
+        self._nonce: str | None = None
 
     def close(self) -> None:
         self._http.close()
@@ -233,18 +245,28 @@ class RemoteGate:
     ) -> httpx.Response:
         raw = b"" if body is None else orjson.dumps(body)
         text = token.token if isinstance(token, RemoteCredential) else token
-        proof = make_dpop(
-            self._key,
-            method=method,
-            url=self.url + path,
-            token=text,
-            request=request or body_request(method, path, raw),
-            now=time.time(),
-        )
-        headers = {"Authorization": f"DPoP {text}", "DPoP": proof}
-        if body is not None:
-            headers.update(_JSON)
-        response = self._http.request(method, path, content=raw or None, headers=headers)
+        for attempt in (1, 2):
+            proof = make_dpop(
+                self._key,
+                method=method,
+                url=self.url + path,
+                token=text,
+                request=request or body_request(method, path, raw),
+                now=time.time(),
+                nonce=self._nonce,
+            )
+            headers = {"Authorization": f"DPoP {text}", "DPoP": proof}
+            if body is not None:
+                headers.update(_JSON)
+            response = self._http.request(method, path, content=raw or None, headers=headers)
+            # A gate with nonces on names its latest on every answer; without the
+            # header it has none, and a proof must then carry no nonce claim.
+            nonce = response.headers.get("dpop-nonce")
+            self._nonce = nonce or None
+            # RFC 9449 §8: the gate asks for its nonce; one retry with it, never more.
+            if attempt == 1 and nonce and _code(response) == "use_dpop_nonce":
+                continue
+            break
         if response.status_code >= 400:
             raise _error(response)
         return response

@@ -81,7 +81,13 @@ def create_app(gate: Gate, settings: ServerConfig | None = None) -> FastAPI:
         status = status_of(exc)
         ctx.refused(request, exc, status)
         headers: dict[str, str] = {}
-        if status == 401 and isinstance(exc.detail.get("agent", ""), str | None):
+        if exc.code == "use_dpop_nonce":
+            headers["WWW-Authenticate"] = (
+                'DPoP error="use_dpop_nonce", error_description="resource server requires '
+                'nonce in DPoP proof", algs="EdDSA Ed25519"'
+            )
+            headers["DPoP-Nonce"] = str(exc.detail["nonce"])
+        elif status == 401 and isinstance(exc.detail.get("agent", ""), str | None):
             headers["WWW-Authenticate"] = 'DPoP algs="EdDSA Ed25519"'
         retry = exc.detail.get("retry_after")
         if status == 429 and isinstance(retry, float):
@@ -107,4 +113,30 @@ def create_app(gate: Gate, settings: ServerConfig | None = None) -> FastAPI:
     app.include_router(ui_router)
     app.add_middleware(SecurityHeaders, https=app.state.ui.https)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    if settings.dpop_nonce:
+        app.add_middleware(NonceHeader, ctx=ctx)
     return app
+
+
+class NonceHeader:
+    """ASGI middleware: every response carries the current DPoP-Nonce, so a client
+    keeps a fresh one without an extra round trip (RFC 9449 §8.2)."""
+
+    def __init__(self, app: Any, ctx: ServerContext) -> None:
+        self.app = app
+        self.ctx = ctx
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def with_nonce(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", ()))
+                if not any(name.lower() == b"dpop-nonce" for name, _ in headers):
+                    headers.append((b"dpop-nonce", self.ctx.current_nonce().encode("ascii")))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, with_nonce)

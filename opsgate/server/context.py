@@ -14,7 +14,7 @@ from __future__ import annotations
 import base64
 import binascii
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import orjson
@@ -29,10 +29,11 @@ from opsgate.credentials.proof import ProofRequest
 from opsgate.errors import OpsgateError, safe_text
 from opsgate.gate import Gate
 from opsgate.operators import TOKEN_PREFIX as OPERATOR_PREFIX
-from opsgate.server.dpop import DPoPCheck, ProofRules, body_request
+from opsgate.server.dpop import DPoPCheck, ProofRules, body_request, proof_nonce
 from opsgate.server.errors import HttpRefusal
 from opsgate.server.limits import RefusalLimiter, json_depth_ok
 from opsgate.server.metrics import ServerMetrics
+from opsgate.server.nonce import issue_nonce, nonce_key, nonce_valid
 
 M = TypeVar("M", bound=BaseModel)
 _MAX_AUTH_HEADER = 8192
@@ -46,6 +47,7 @@ class ServerContext:
     rules: ProofRules
     metrics: ServerMetrics
     limiter: RefusalLimiter
+    _nonce_keys: dict[str, bytes] = field(default_factory=dict)
 
     # -- bodies ---------------------------------------------------------------------
 
@@ -97,14 +99,50 @@ class ServerContext:
         request.state.claimed_sub = unverified_sub(value)
         self.check_blocked(request)
         proofs = tuple(request.headers.getlist("dpop")) if scheme == "dpop" else ()
+        nonce = self.required_nonce(proofs) if self.settings.dpop_nonce else None
         check = DPoPCheck(
             proofs=proofs,
             method=request.method,
             path=request.url.path,
             rules=self.rules,
             use_once=self.gate.credential_manager.proofs.use_once,
+            nonce=nonce,
         )
         return value, check
+
+    # -- server nonces (RFC 9449 §8) ----------------------------------------------------
+
+    def _nonce_key(self) -> bytes:
+        kid, key = self.gate.keyring.signer()
+        derived = self._nonce_keys.get(kid)
+        if derived is None:
+            derived = nonce_key(self.gate.gate_id, key.private_bytes_raw())
+            self._nonce_keys = {kid: derived}  # the current key's only
+        return derived
+
+    def current_nonce(self, now: float | None = None) -> str:
+        """The nonce to hand out now (the same on every replica within a window)."""
+        at = time.time() if now is None else now
+        return issue_nonce(self._nonce_key(), self.settings.dpop_nonce_seconds, at)
+
+    def required_nonce(self, proofs: tuple[str, ...], now: float | None = None) -> str | None:
+        """The proof's nonce when it is one this gate issued lately; otherwise the
+        request is answered `use_dpop_nonce` with a fresh one (no database work, no
+        charge: getting a nonce is a step of the protocol, not a refusal). A request
+        whose proof is malformed goes on to be refused by the full check."""
+        nonce = proof_nonce(proofs)
+        at = time.time() if now is None else now
+        if nonce is not None and nonce_valid(
+            self._nonce_key(), self.settings.dpop_nonce_seconds, at, nonce
+        ):
+            return nonce
+        if len(proofs) != 1:
+            return None  # missing or several proofs: the kernel refuses (and charges)
+        raise HttpRefusal(
+            "the DPoP proof must carry the server's nonce (see the DPoP-Nonce header)",
+            code="use_dpop_nonce",
+            nonce=self.current_nonce(at),
+        )
 
     async def agent_claims(self, request: Request, raw: bytes) -> Claims:
         """Authenticate an agent for a request that runs no operation: the proof binds
@@ -180,7 +218,7 @@ class ServerContext:
         """Count a refusal; take a token from the address and, when the credential was
         genuine (its agent proven), from that agent: a forged `sub` charges no agent."""
         self.metrics.refusals.labels(exc.code).inc()
-        if status not in (401, 403, 413, 422, 431):
+        if status not in (401, 403, 413, 422, 431) or exc.code == "use_dpop_nonce":
             return
         now = time.monotonic()
         self.limiter.charge(_address_key(request), now)

@@ -56,6 +56,7 @@ _JTI = re.compile(r"[A-Za-z0-9_-]{16,56}\Z")  # fits the replay table with its p
 _PRIVATE_JWK = frozenset({"d", "p", "q", "dp", "dq", "qi", "oth", "k"})
 _PROOF_HEADER = frozenset({"typ", "alg", "jwk"})
 _PROOF_CLAIMS = frozenset({"jti", "htm", "htu", "iat", "ath", "req"})
+_PROOF_CLAIMS_NONCE = _PROOF_CLAIMS | {"nonce"}
 _ASSERTION_HEADER = frozenset({"typ", "alg"})
 _ASSERTION_CLAIMS = frozenset({"iss", "sub", "aud", "iat", "exp", "jti"})
 _DEFAULT_PORTS = {"http": 80, "https": 443}
@@ -180,8 +181,13 @@ def check_dpop(
     rules: ProofRules,
     now: float,
     use_once: UseOnce,
+    nonce: str | None = None,
 ) -> None:
-    """Check the DPoP header values of one request completely; raises on any fault."""
+    """Check the DPoP header values of one request completely; raises on any fault.
+
+    `nonce`: the server nonce the proof must carry (validated before, by the HTTP
+    layer, from these same bytes); None when nonces are off, and then a proof with
+    a `nonce` claim is malformed like any other extra claim."""
     if not proofs:
         raise _refuse("credential presented without a DPoP proof", "missing_proof")
     if len(proofs) != 1:
@@ -200,10 +206,14 @@ def check_dpop(
     claims = _json_object(p, "DPoP proof payload", "dpop_malformed")
     if "ath" not in claims:
         raise _refuse("DPoP proof has no ath (hash of the credential)", "dpop_ath_missing")
-    if set(claims) != _PROOF_CLAIMS:
+    if set(claims) != (_PROOF_CLAIMS if nonce is None else _PROOF_CLAIMS_NONCE):
         raise _refuse(
-            "DPoP proof claims must be exactly jti, htm, htu, iat, ath and req", "dpop_malformed"
+            "DPoP proof claims must be exactly jti, htm, htu, iat, ath and req"
+            + ("" if nonce is None else " and the server's nonce"),
+            "dpop_malformed",
         )
+    if nonce is not None and claims["nonce"] != nonce:
+        raise _refuse("DPoP proof does not carry the server's nonce", "dpop_nonce_mismatch")
     jti, iat = claims["jti"], _number(claims["iat"])
     if not isinstance(jti, str) or not _JTI.match(jti) or iat is None:
         raise _refuse("DPoP proof has a malformed jti or iat", "dpop_malformed")
@@ -321,20 +331,38 @@ def make_dpop(
     token: str,
     request: ProofRequest,
     now: float,
+    nonce: str | None = None,
 ) -> str:
-    """A DPoP proof for one request: `url` without query or fragment."""
-    return _sign(
-        key,
-        {"typ": DPOP_TYP, "alg": "EdDSA", "jwk": public_jwk_of(key)},
-        {
-            "jti": b64url(secrets.token_bytes(16)),
-            "htm": method,
-            "htu": url,
-            "iat": int(now),
-            "ath": token_hash(token),
-            "req": request.digest,
-        },
-    )
+    """A DPoP proof for one request: `url` without query or fragment; `nonce`, the
+    server's latest DPoP-Nonce, when it asks for one."""
+    claims: dict[str, Any] = {
+        "jti": b64url(secrets.token_bytes(16)),
+        "htm": method,
+        "htu": url,
+        "iat": int(now),
+        "ath": token_hash(token),
+        "req": request.digest,
+    }
+    if nonce is not None:
+        claims["nonce"] = nonce
+    return _sign(key, {"typ": DPOP_TYP, "alg": "EdDSA", "jwk": public_jwk_of(key)}, claims)
+
+
+def proof_nonce(proofs: Sequence[str]) -> str | None:
+    """The `nonce` claim of a request's one DPoP proof, unverified (None for anything
+    else): the HTTP layer asks for a nonce before the kernel checks the proof, which
+    then requires exactly this claim, signed."""
+    if len(proofs) != 1:
+        return None
+    m = _COMPACT.match(proofs[0]) if len(proofs[0]) <= MAX_JWS_BYTES else None
+    if m is None:
+        return None
+    try:
+        claims = _json_object(m.group(2), "DPoP proof payload", "dpop_malformed")
+    except InvalidCredential:
+        return None
+    nonce = claims.get("nonce")
+    return nonce if isinstance(nonce, str) else None
 
 
 def body_request(method: str, path: str, body: bytes) -> ProofRequest:
@@ -357,6 +385,7 @@ class DPoPCheck:
     path: str
     rules: ProofRules
     use_once: UseOnce
+    nonce: str | None = None
 
     def check(
         self, claims: Claims, *, token: str, request: ProofRequest | None, now: float
@@ -371,4 +400,5 @@ class DPoPCheck:
             rules=self.rules,
             now=now,
             use_once=self.use_once,
+            nonce=self.nonce,
         )

@@ -12,6 +12,7 @@ from opsgate import errors as e
 CODE_STATUS: dict[str, int] = {
     # The server's own refusals (before the kernel is asked).
     "credential_missing": 401,
+    "use_dpop_nonce": 401,  # not a refusal: the proof must carry the given nonce
     "authorization_malformed": 401,
     "wrong_role": 403,
     "rate_limited": 429,
