@@ -11,3 +11,10 @@ cd "$(dirname "$0")/.."
 for bench in core policy trust ops; do
   .venv/bin/python -m "bench.$bench" "$@"
 done
+# bench.http drives every target with wrk (a Debian package) and starts OpenBao and a
+# PostgreSQL cluster of its own on 127.0.0.1.
+command -v wrk >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -q wrk >/dev/null \
+  || echo "wrk is not installable here: bench.http skipped" >&2
+if command -v wrk >/dev/null; then
+  .venv/bin/python -m bench.http "$@"
+fi

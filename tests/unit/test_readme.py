@@ -134,7 +134,9 @@ class _Walkthrough:
         from opsgate.cli import app
 
         assert words[0] == "opsgate", f"not an opsgate command: {words}"
-        self.ran.append(" ".join(words[:3]))
+        # A command is `opsgate X` or `opsgate GROUP X`: record both spellings, so
+        # `opsgate serve --host ...` counts as running `opsgate serve`.
+        self.ran.extend([" ".join(words[:2]), " ".join(words[:3])])
         return self.runner.invoke(app, words[1:], env=env, input=stdin)
 
     def run_line(self, line: str) -> None:
