@@ -32,10 +32,10 @@ pytestmark = pytest.mark.postgres
 LOAD = Path(__file__).with_name("replica_load.py")
 CAP = "deploy:staging/app-web"
 RELEASE = {"version": "3.0.0", "artifact_digest": "sha256:" + "cd" * 32}
-# 2 replicas x 8 agents x 50 operations in the suite (about 10 s); the full
-# run of 200 operations each: OPSGATE_REPLICA_OPS=200 bash scripts/test.sh <this file>
+# 2 replicas x 8 agents x 200 operations (about 15 s on 2 cores); OPSGATE_REPLICA_OPS
+# makes the run shorter or longer (a multiple of 10).
 LOAD_AGENTS = 8
-LOAD_OPS = int(os.environ.get("OPSGATE_REPLICA_OPS", "50"))
+LOAD_OPS = int(os.environ.get("OPSGATE_REPLICA_OPS", "200"))
 SINGLE = ["suspended-agent", "revoked-agent", "approval-agent"]
 
 
