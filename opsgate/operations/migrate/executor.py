@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, ClassVar, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy.engine import make_url
@@ -158,7 +158,7 @@ def _app_name(agent: str) -> str:
 class MigrationExecutor:
     """Plans and applies `migrate:database/<db>` operations on configured targets."""
 
-    params_model = MigrateParams
+    params_model: ClassVar[type[BaseModel]] = MigrateParams
 
     def __init__(
         self,
