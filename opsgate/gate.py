@@ -26,7 +26,6 @@ from typing import Any, NoReturn
 
 import structlog
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from sqlalchemy import insert, select
 
 from opsgate import capabilities as caps
 from opsgate.approvals import ApprovalRequest, ApprovalService, PendingApproval, satisfied
@@ -70,7 +69,8 @@ from opsgate.policy.request import check_params
 from opsgate.secrets import SecretsService
 from opsgate.secrets.value import SecretValue
 from opsgate.state import AgentState, LiveState
-from opsgate.store import DB_FILE, Store, schema
+from opsgate.store import DB_FILE, Store
+from opsgate.store import agents as agent_rows
 from opsgate.store.runs import RunsSQL
 from opsgate.trust.engine import MISUSE_CHARGE_WINDOW, TrustChange, TrustEngine
 from opsgate.trust.scoring import TrustEvent, failure_event
@@ -312,7 +312,7 @@ class Gate:
                         f"{safe_text(stored)}",
                         code="gate_mismatch",
                     )
-                conn.execute(insert(schema.gate_meta).values(key="gate_id", value=self.gate_id))
+                self.store.meta_insert(conn, "gate_id", self.gate_id)
                 root = self.keyring.create_root(conn, now, genesis)
                 self.state.record_change(conn, "key", root.kid, now)
                 self.audit.append_in(
@@ -489,11 +489,8 @@ class Gate:
             )
         chain = self.keyring.load_chain()
         gate_keys = {k.kid: k.raw for k in chain.keys}
-        a = schema.agents
         with self.store.read() as conn:
-            rows = conn.execute(
-                select(a.c.did, a.c.name, a.c.parent_did, a.c.record, a.c.signature, a.c.signer)
-            ).all()
+            rows = agent_rows.delegation_records(conn)
         for did, reason in untrusted_records(rows, gate_keys).items():
             shown_did = safe_text(did)  # written by whoever wrote the row
             findings.append(

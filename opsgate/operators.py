@@ -17,12 +17,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import select, update
-
 from opsgate.boundary import typed_errors
 from opsgate.credentials.manager import to_epoch
 from opsgate.errors import OperatorError, shown
-from opsgate.store import Store, schema
+from opsgate.store import Store
+from opsgate.store import operators as operator_rows
 
 if TYPE_CHECKING:
     from opsgate.audit.log import AuditLog
@@ -110,22 +109,13 @@ class OperatorService:
         who = self._name(name)
         expires = t + self._ttl_seconds(ttl_days)
         token = TOKEN_PREFIX + secrets.token_urlsafe(32)
-        o = schema.operators
         with self._store.write() as conn:
-            if conn.execute(select(o.c.name).where(o.c.name == who)).first() is not None:
+            if operator_rows.exists(conn, who):
                 raise OperatorError(
                     f"operator {who!r} already exists; rotate their token instead",
                     code="operator_exists",
                 )
-            conn.execute(
-                o.insert().values(
-                    name=who,
-                    token_hash=_hash_token(token),
-                    created_at=t,
-                    token_issued_at=t,
-                    token_expires_at=expires,
-                )
-            )
+            operator_rows.insert(conn, who, _hash_token(token), t, expires)
             self._audit.append_in(
                 conn,
                 "operator.added",
@@ -144,19 +134,8 @@ class OperatorService:
         who = self._name(name)
         expires = t + self._ttl_seconds(ttl_days)
         token = TOKEN_PREFIX + secrets.token_urlsafe(32)
-        o = schema.operators
         with self._store.write() as conn:
-            res = conn.execute(
-                update(o)
-                .where(o.c.name == who)
-                .values(
-                    token_hash=_hash_token(token),
-                    token_issued_at=t,
-                    token_expires_at=expires,
-                    disabled_at=None,
-                )
-            )
-            if not res.rowcount:
+            if not operator_rows.replace_token(conn, who, _hash_token(token), t, expires):
                 raise OperatorError(f"no operator {who!r}", code="operator_not_found")
             self._audit.append_in(
                 conn,
@@ -172,26 +151,22 @@ class OperatorService:
         """Disable an operator's token at once (a rotation re-enables the operator)."""
         t = to_epoch(now)
         who = self._name(name)
-        o = schema.operators
         with self._store.write() as conn:
-            res = conn.execute(update(o).where(o.c.name == who).values(disabled_at=t))
-            if not res.rowcount:
+            if not operator_rows.disable(conn, who, t):
                 raise OperatorError(f"no operator {who!r}", code="operator_not_found")
             self._audit.append_in(conn, "operator.revoked", actor="operator", at=t, operator=who)
 
     def get(self, name: str) -> Operator:
         who = self._name(name)
-        o = schema.operators
         with self._store.read() as conn:
-            row = conn.execute(select(o).where(o.c.name == who)).first()
+            row = operator_rows.operator(conn, who)
         if row is None:
             raise OperatorError(f"no operator {who!r}", code="operator_not_found")
         return _operator(row)
 
     def list_operators(self) -> list[Operator]:
-        o = schema.operators
         with self._store.read() as conn:
-            return [_operator(r) for r in conn.execute(select(o).order_by(o.c.name)).all()]
+            return [_operator(r) for r in operator_rows.operators(conn)]
 
     def authenticate(
         self, name: object, token: object, *, now: datetime | float | None = None
@@ -199,15 +174,10 @@ class OperatorService:
         """The operator's name when `token` is theirs, active and unexpired; else
         OperatorError. Unknown names cost the same comparison as known ones."""
         t = to_epoch(now)
-        o = schema.operators
         row = None
         if isinstance(name, str) and _NAME.match(name):
             with self._store.read() as conn:
-                row = conn.execute(
-                    select(o.c.token_hash, o.c.disabled_at, o.c.token_expires_at).where(
-                        o.c.name == name
-                    )
-                ).first()
+                row = operator_rows.credentials(conn, name)
         presented = _hash_token(token) if isinstance(token, str) else ""
         expected = row[0] if row is not None and row[1] is None else "x" * 64
         if not hmac.compare_digest(presented, expected) or row is None:

@@ -14,14 +14,16 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, delete, insert, select
+from sqlalchemy import Connection, Row
 
 from opsgate.config import HARD_TTL_CEILING_MINUTES, Config
 from opsgate.credentials.keyring import KeyRing
 from opsgate.errors import DelegationError, InvalidCredential, StoreError
 from opsgate.identity.keys import jwk_thumbprint, public_key_from_did
 from opsgate.identity.records import Grant, Link, verify_chain
-from opsgate.store import Store, schema
+from opsgate.store import Store
+from opsgate.store import agents as agent_rows
+from opsgate.store import state_changes as feed
 
 ACTIVE, SUSPENDED, REVOKED = "active", "suspended", "revoked"
 PRUNE_EVERY = 60.0  # seconds between clean-ups of expired revocations
@@ -81,17 +83,8 @@ class LiveState:
         """Initial load: revocations still in force and the change-feed position."""
         horizon = now - self._config.limits.leeway_seconds
         with self._store.read() as conn:
-            self._last_change = int(
-                conn.execute(
-                    select(schema.counters.c.value).where(schema.counters.c.name == "state_changes")
-                ).scalar_one()
-            )
-            rows = conn.execute(
-                select(
-                    schema.revoked_credentials.c.jti, schema.revoked_credentials.c.expires_at
-                ).where(schema.revoked_credentials.c.expires_at > horizon)
-            ).all()
-        self._revoked = {r[0]: float(r[1]) for r in rows}
+            self._last_change = feed.position(conn)
+            self._revoked = feed.revoked_since(conn, horizon)
         self._next_refresh = time.monotonic() + self._config.cache_refresh_seconds
         self._fresh_until = time.monotonic() + self.max_age
 
@@ -110,13 +103,12 @@ class LiveState:
         return st
 
     def _load_agent(self, conn: Connection, did: str) -> AgentState | None:
-        a = schema.agents
-        chain_rows = []
+        chain_rows: list[Row[Any]] = []
         cursor: str | None = did
         while (
             cursor is not None and len(chain_rows) <= self._config.limits.max_delegation_depth + 1
         ):
-            row = conn.execute(select(a).where(a.c.did == cursor)).first()
+            row = agent_rows.agent(conn, cursor)
             if row is None:
                 break
             chain_rows.append(row)
@@ -187,25 +179,14 @@ class LiveState:
 
     def record_change(self, conn: Connection, kind: str, subject: str, now: float) -> None:
         """Append to the change feed inside the writer's transaction."""
-        change_id = self._store.next_counter(conn, "state_changes")
-        conn.execute(
-            insert(schema.state_changes).values(id=change_id, kind=kind, subject=subject, at=now)
-        )
+        feed.record(conn, kind, subject, now)
 
     def record_changes_raw(self, cur: Any, changes: list[tuple[str, str, float]]) -> None:
         """record_change for (kind, subject, at) entries, on a DBAPI cursor (an audit
         batch's transaction: its callbacks change rows other replicas must hear of)."""
-        q = self._store.q
-        for kind, subject, at in changes:
-            cur.execute(
-                q("UPDATE counters SET value = value + 1 WHERE name = ? RETURNING value"),
-                ("state_changes",),
-            )
-            change_id = int(cur.fetchone()[0])
-            cur.execute(
-                q("INSERT INTO state_changes (id, kind, subject, at) VALUES (?, ?, ?, ?)"),
-                (change_id, kind, subject, at),
-            )
+        feed.record_on_cursor(
+            cur, changes, paramstyle="qmark" if self._store.is_sqlite else "format"
+        )
 
     def maybe_refresh(self) -> None:
         """Cheap on the hot path: one clock read unless a refresh is due.
@@ -244,26 +225,11 @@ class LiveState:
 
     def _refresh_locked(self) -> None:
         started = time.monotonic()
-        c = schema.state_changes
         # Bounded: a view that cannot be brought up to date within its bound must
         # fail (and refuse), not wait behind a lock and then allow.
         with self._store.read(within=self.max_age) as conn:
-            rows = conn.execute(
-                select(c.c.id, c.c.kind, c.c.subject)
-                .where(c.c.id > self._last_change)
-                .order_by(c.c.id)
-            ).all()
-            jtis = [r.subject for r in rows if r.kind == "jti"]
-            fetched: dict[str, float] = {}
-            for i in range(0, len(jtis), 500):
-                part = jtis[i : i + 500]
-                for jti, exp in conn.execute(
-                    select(
-                        schema.revoked_credentials.c.jti,
-                        schema.revoked_credentials.c.expires_at,
-                    ).where(schema.revoked_credentials.c.jti.in_(part))
-                ).all():
-                    fetched[jti] = float(exp)
+            rows = feed.changes_after(conn, self._last_change)
+            fetched = feed.revoked_expiry(conn, [r.subject for r in rows if r.kind == "jti"])
         self._revoked.update(fetched)
         keys_changed = False
         for r in rows:
@@ -301,10 +267,5 @@ class LiveState:
 
     def prune(self, conn: Connection) -> None:
         """forget_expired(), in the state database too (inside a writer's transaction)."""
-        horizon = time.time() - HARD_TTL_CEILING_MINUTES * 60
-        conn.execute(
-            delete(schema.revoked_credentials).where(
-                schema.revoked_credentials.c.expires_at < horizon
-            )
-        )
+        feed.forget_revoked_before(conn, time.time() - HARD_TTL_CEILING_MINUTES * 60)
         self.forget_expired()

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import orjson
 import structlog
-from sqlalchemy import Connection, select, update
+from sqlalchemy import Connection
 
 from opsgate.approvals.model import (
     DAY,
@@ -41,7 +41,8 @@ from opsgate.credentials.manager import to_epoch
 from opsgate.decision import ApprovalRequirement, Decision
 from opsgate.errors import AgentError, ApprovalError, OpsgateError, safe_text, scrub, shown
 from opsgate.identity.registry import check_email
-from opsgate.store import Store, schema
+from opsgate.store import Store
+from opsgate.store import approvals as approval_rows
 
 if TYPE_CHECKING:
     from opsgate.audit.log import AuditLog
@@ -102,22 +103,13 @@ class ApprovalService:
         address = self._email(email)
         expires = t + self._ttl_seconds(ttl_days)
         token = TOKEN_PREFIX + secrets.token_urlsafe(32)
-        a = schema.approvers
         with self._store.write() as conn:
-            if conn.execute(select(a.c.email).where(a.c.email == address)).first() is not None:
+            if approval_rows.approver_exists(conn, address):
                 raise ApprovalError(
                     f"approver {address!r} already exists; rotate their token instead",
                     code="approver_exists",
                 )
-            conn.execute(
-                a.insert().values(
-                    email=address,
-                    token_hash=_hash_token(token),
-                    created_at=t,
-                    token_issued_at=t,
-                    token_expires_at=expires,
-                )
-            )
+            approval_rows.insert_approver(conn, address, _hash_token(token), t, expires)
             self._audit.append_in(
                 conn,
                 "approver.added",
@@ -142,17 +134,9 @@ class ApprovalService:
         expires = t + self._ttl_seconds(ttl_days)
         token = TOKEN_PREFIX + secrets.token_urlsafe(32)
         with self._store.write() as conn:
-            res = conn.execute(
-                update(schema.approvers)
-                .where(schema.approvers.c.email == address)
-                .values(
-                    token_hash=_hash_token(token),
-                    disabled_at=None,
-                    token_issued_at=t,
-                    token_expires_at=expires,
-                )
-            )
-            if not res.rowcount:
+            if not approval_rows.replace_approver_token(
+                conn, address, _hash_token(token), t, expires
+            ):
                 raise ApprovalError(f"no approver {address!r}", code="approver_not_found")
             self._audit.append_in(
                 conn,
@@ -166,16 +150,14 @@ class ApprovalService:
 
     def list_approvers(self) -> list[Approver]:
         """Every registered approver with their token's age and expiry (never the token)."""
-        a = schema.approvers
         with self._store.read() as conn:
-            rows = conn.execute(select(a).order_by(a.c.email)).all()
-        return [_approver(r) for r in rows]
+            found = approval_rows.approvers(conn)
+        return [_approver(r) for r in found]
 
     def get_approver(self, email: str) -> Approver:
         address = self._email(email)
-        a = schema.approvers
         with self._store.read() as conn:
-            row = conn.execute(select(a).where(a.c.email == address)).first()
+            row = approval_rows.approver(conn, address)
         if row is None:
             raise ApprovalError(f"no approver {address!r}", code="approver_not_found")
         return _approver(row)
@@ -209,12 +191,7 @@ class ApprovalService:
         return who
 
     def _authenticate(self, conn: Connection, approver: str, token: object, t: float) -> None:
-        a = schema.approvers
-        row = conn.execute(
-            select(a.c.token_hash, a.c.disabled_at, a.c.token_expires_at).where(
-                a.c.email == approver
-            )
-        ).first()
+        row = approval_rows.approver_credentials(conn, approver)
         presented = _hash_token(token) if isinstance(token, str) else ""
         expected = row[0] if row is not None and row[1] is None else "x" * 64
         if not hmac.compare_digest(presented, expected) or row is None:
@@ -249,24 +226,13 @@ class ApprovalService:
             if not 60 <= ttl_seconds <= 12 * 3600:
                 raise ApprovalError("session lifetime out of range", code="session_ttl_invalid")
             secret = secrets.token_urlsafe(32)
-            s = schema.approver_sessions
             with self._store.write() as conn:
                 self._authenticate(conn, who, token, t)
-                issued = conn.execute(
-                    select(schema.approvers.c.token_issued_at).where(
-                        schema.approvers.c.email == who
-                    )
-                ).scalar_one()
-                conn.execute(s.delete().where(s.c.expires_at <= t))
-                session = ApproverSession(who, t, t + ttl_seconds, float(issued))
-                conn.execute(
-                    s.insert().values(
-                        id=_hash_token(secret),
-                        approver=who,
-                        token_issued_at=session.token_issued_at,
-                        created_at=t,
-                        expires_at=session.expires_at,
-                    )
+                issued = approval_rows.token_issued_at(conn, who)
+                approval_rows.drop_expired_sessions(conn, t)
+                session = ApproverSession(who, t, t + ttl_seconds, issued)
+                approval_rows.insert_session(
+                    conn, _hash_token(secret), who, session.token_issued_at, t, session.expires_at
                 )
                 self._audit.append_in(
                     conn, "approver.signed_in", actor=who, at=t, expires_at=session.expires_at
@@ -284,11 +250,8 @@ class ApprovalService:
         t = to_epoch(now)
         with self._store.read() as conn:
             who = self._session_approver(conn, secret, t)
-            row = conn.execute(
-                select(schema.approver_sessions).where(
-                    schema.approver_sessions.c.id == _hash_token(str(secret))
-                )
-            ).one()
+            row = approval_rows.session(conn, _hash_token(str(secret)))
+        assert row is not None  # _session_approver found it in this snapshot
         return ApproverSession(
             who, float(row.created_at), float(row.expires_at), float(row.token_issued_at)
         )
@@ -299,33 +262,23 @@ class ApprovalService:
         t = to_epoch(now)
         if not isinstance(secret, str) or not secret or len(secret) > 128:
             return False
-        s = schema.approver_sessions
         with self._store.write() as conn:
-            row = conn.execute(select(s.c.approver).where(s.c.id == _hash_token(secret))).first()
+            row = approval_rows.session(conn, _hash_token(secret))
             if row is None:
                 return False
-            conn.execute(s.delete().where(s.c.id == _hash_token(secret)))
-            self._audit.append_in(conn, "approver.signed_out", actor=row[0], at=t)
+            approval_rows.delete_session(conn, _hash_token(secret))
+            self._audit.append_in(conn, "approver.signed_out", actor=row.approver, at=t)
         return True
 
     def _session_approver(self, conn: Connection, secret: object, t: float) -> str:
         if not isinstance(secret, str) or not secret or len(secret) > 128:
             raise ApprovalError("not signed in", code="session_invalid")
-        s, a = schema.approver_sessions, schema.approvers
-        row = conn.execute(
-            select(s.c.approver, s.c.expires_at, s.c.token_issued_at).where(
-                s.c.id == _hash_token(secret)
-            )
-        ).first()
+        row = approval_rows.session(conn, _hash_token(secret))
         if row is None:
             raise ApprovalError("not signed in", code="session_invalid")
         if t >= row.expires_at:
             raise ApprovalError("the session has expired; sign in again", code="session_expired")
-        approver = conn.execute(
-            select(a.c.token_issued_at, a.c.token_expires_at, a.c.disabled_at).where(
-                a.c.email == row.approver
-            )
-        ).first()
+        approver = approval_rows.approver_token_state(conn, row.approver)
         if (
             approver is None
             or approver.disabled_at is not None
@@ -376,33 +329,32 @@ class ApprovalService:
             expires_at=now + expiry,
         )
         with self._store.write() as conn:
-            conn.execute(
-                schema.approval_requests.insert().values(
-                    id=req.id,
-                    digest=req.digest,
-                    requester_did=req.requester_did,
-                    requester_name=req.requester_name,
-                    sponsors=_dumps(list(sponsors)),
-                    capability=req.capability,
-                    operation=_dumps(req.operation),
-                    plan=_dumps(req.plan),
-                    requirements=_dumps(
-                        [
-                            {
-                                "policy": r.policy,
-                                "rule": r.rule,
-                                "approvers": list(r.approvers),
-                                "min_approvals": r.min_approvals,
-                                "expires_in_seconds": r.expires_in_seconds,
-                            }
-                            for r in req.requirements
-                        ]
-                    ),
-                    reasons=_dumps(list(req.reasons)),
-                    status="pending",
-                    created_at=now,
-                    expires_at=req.expires_at,
-                )
+            approval_rows.insert_request(
+                conn,
+                id=req.id,
+                digest=req.digest,
+                requester_did=req.requester_did,
+                requester_name=req.requester_name,
+                sponsors=_dumps(list(sponsors)),
+                capability=req.capability,
+                operation=_dumps(req.operation),
+                plan=_dumps(req.plan),
+                requirements=_dumps(
+                    [
+                        {
+                            "policy": r.policy,
+                            "rule": r.rule,
+                            "approvers": list(r.approvers),
+                            "min_approvals": r.min_approvals,
+                            "expires_in_seconds": r.expires_in_seconds,
+                        }
+                        for r in req.requirements
+                    ]
+                ),
+                reasons=_dumps(list(req.reasons)),
+                status="pending",
+                created_at=now,
+                expires_at=req.expires_at,
             )
             self._audit.append_in(
                 conn,
@@ -429,19 +381,12 @@ class ApprovalService:
             or not (approval_id.isascii() and approval_id.isprintable())
         ):
             raise ApprovalError("approval id is malformed", code="approval_not_found")
-        q = select(schema.approval_requests).where(schema.approval_requests.c.id == approval_id)
-        if lock and not self._store.is_sqlite:
-            q = q.with_for_update()
-        row = conn.execute(q).first()
+        row = approval_rows.request(conn, approval_id, lock=lock and not self._store.is_sqlite)
         if row is None:
             raise ApprovalError(
                 f"no approval request {shown(approval_id)}", code="approval_not_found"
             )
-        drows = conn.execute(
-            select(schema.approval_decisions)
-            .where(schema.approval_decisions.c.request_id == approval_id)
-            .order_by(schema.approval_decisions.c.at)
-        ).all()
+        drows = approval_rows.decisions(conn, approval_id)
         return ApprovalRequest(
             id=row.id,
             digest=row.digest,
@@ -491,11 +436,8 @@ class ApprovalService:
                 code="status_invalid",
             )
         self.expire_due(now=now)
-        q = select(schema.approval_requests.c.id).order_by(schema.approval_requests.c.created_at)
-        if status is not None:
-            q = q.where(schema.approval_requests.c.status == status)
         with self._store.read() as conn:
-            ids = [r[0] for r in conn.execute(q).all()]
+            ids = approval_rows.request_ids(conn, status)
             return [self._load(conn, i) for i in ids]
 
     def expire_due(self, *, now: datetime | float | None = None) -> list[str]:
@@ -505,21 +447,10 @@ class ApprovalService:
         replica consumed or denied meanwhile keeps that status.
         """
         t = to_epoch(now)
-        ar = schema.approval_requests
         expired: list[str] = []
         with self._store.write() as conn:
-            due = conn.execute(
-                select(ar.c.id, ar.c.status).where(
-                    ar.c.status.in_(["pending", "approved"]), ar.c.expires_at <= t
-                )
-            ).all()
-            for approval_id, status in due:
-                res = conn.execute(
-                    update(ar)
-                    .where(ar.c.id == approval_id, ar.c.status == status, ar.c.expires_at <= t)
-                    .values(status="expired", decided_at=t)
-                )
-                if res.rowcount == 1:
+            for approval_id, status in approval_rows.due_requests(conn, t):
+                if approval_rows.expire_request(conn, approval_id, status, t):
                     expired.append(approval_id)
                     self._audit.append_in(
                         conn, "approval.expired", actor="gate", at=t, approval=approval_id
@@ -619,25 +550,16 @@ class ApprovalService:
                 mine = {d.decision for d in req.decisions if d.approver == who}
                 if verdict in mine or "deny" in mine:
                     raise ApprovalError(f"{who!r} has already decided", code="already_decided")
-                conn.execute(
-                    schema.approval_decisions.insert().values(
-                        request_id=req.id, approver=who, decision=verdict, comment=comment, at=t
-                    )
-                )
+                approval_rows.insert_decision(conn, req.id, who, verdict, comment, t)
                 decisions = (*req.decisions, ApprovalDecision(who, verdict, t, comment))  # type: ignore[arg-type]
                 status = quorum_status(req.requirements, decisions)
-                if status != req.status:
-                    ar = schema.approval_requests
-                    res = conn.execute(
-                        update(ar)
-                        .where(ar.c.id == req.id, ar.c.status == req.status)
-                        .values(status=status, decided_at=t)
+                changed = status != req.status
+                if changed and not approval_rows.change_status(conn, req.id, req.status, status, t):
+                    # Changed since it was read: decide again.
+                    raise ApprovalError(
+                        f"approval {req.id!r} changed while it was being decided; try again",
+                        code="approval_conflict",
                     )
-                    if res.rowcount != 1:  # changed since it was read: decide again
-                        raise ApprovalError(
-                            f"approval {req.id!r} changed while it was being decided; try again",
-                            code="approval_conflict",
-                        )
                 self._audit.append_in(
                     conn,
                     f"approval.{'approved' if verdict == 'approve' else 'denied'}_by",
@@ -669,7 +591,6 @@ class ApprovalService:
         self, approval_id: str, *, digest: str, requester: str, now: float
     ) -> ApprovalRequest:
         """Atomically mark an approved, unexpired request for this digest as used."""
-        ar = schema.approval_requests
         try:
             with self._store.write() as conn:
                 req = self._load(conn, approval_id, lock=True)
@@ -686,12 +607,7 @@ class ApprovalService:
                     )
                 if req.status == "approved" and now >= req.expires_at:
                     raise ApprovalError(f"approval {req.id!r} has expired", code="approval_expired")
-                res = conn.execute(
-                    update(ar)
-                    .where(ar.c.id == req.id, ar.c.status == "approved", ar.c.expires_at > now)
-                    .values(status="consumed", consumed_at=now)
-                )
-                if res.rowcount != 1:
+                if not approval_rows.consume_request(conn, req.id, now):
                     raise ApprovalError(
                         f"approval {req.id!r} is {req.status}, not approved",
                         code=f"approval_{req.status}",

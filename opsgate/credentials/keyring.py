@@ -30,12 +30,12 @@ from typing import Any
 import orjson
 import structlog
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from sqlalchemy import Connection, insert, select, update
+from sqlalchemy import Connection
 
 from opsgate.config import HARD_TTL_CEILING_MINUTES, MAX_LEEWAY_SECONDS
 from opsgate.errors import ConfigError
 from opsgate.identity import keys
-from opsgate.store import Store, schema
+from opsgate.store import Store, gate_keys
 
 KEY_DIR = "gate-keys"
 PIN_FILE = "gate-pin.json"
@@ -288,11 +288,8 @@ class KeyRing:
 
     def load_chain(self) -> KeyChain:
         """The chain as the database holds it now (verified against the pin)."""
-        t = schema.gate_keys
         with self._store.read() as conn:
-            rows = conn.execute(
-                select(t.c.kid, t.c.public_key, t.c.created_at, t.c.prev_kid, t.c.endorsement)
-            ).all()
+            rows = gate_keys.chain_rows(conn)
         return verify_key_chain(rows, self.pin)
 
     def reload(self) -> None:
@@ -331,11 +328,7 @@ class KeyRing:
         kid = keys.jwk_thumbprint(raw)
         keys.write_private_key(self._dir / f"{kid}.pem", private)
         try:
-            conn.execute(
-                insert(schema.gate_keys).values(
-                    kid=kid, public_key=keys.b64url(raw), created_at=now, retired_at=None
-                )
-            )
+            gate_keys.insert_key(conn, kid, keys.b64url(raw), now)
         except BaseException:
             self.discard_private(kid)
             raise
@@ -349,9 +342,7 @@ class KeyRing:
         the chain (the second is refused). On failure no key file is left behind.
         """
         kid_now, private_now = self.signer()
-        t = schema.gate_keys
-        conn.execute(select(t.c.kid).where(t.c.kid == kid_now).with_for_update())
-        if conn.execute(select(t.c.kid).where(t.c.prev_kid == kid_now)).first() is not None:
+        if not gate_keys.lock_tip(conn, kid_now):
             raise ConfigError(
                 "the gate key was rotated meanwhile (by another replica); try again",
                 code="key_rotated_concurrently",
@@ -365,18 +356,9 @@ class KeyRing:
         )
         keys.write_private_key(self._dir / f"{kid}.pem", private)
         try:
-            conn.execute(
-                insert(t).values(
-                    kid=kid,
-                    public_key=x,
-                    created_at=now,
-                    retired_at=None,
-                    prev_kid=kid_now,
-                    endorsement=endorsement,
-                )
-            )
+            gate_keys.insert_key(conn, kid, x, now, prev_kid=kid_now, endorsement=endorsement)
             # Informational only: retirement is read from the successor's endorsement.
-            conn.execute(update(t).where(t.c.kid == kid_now).values(retired_at=now))
+            gate_keys.mark_retired(conn, kid_now, now)
         except BaseException:
             self.discard_private(kid)
             raise

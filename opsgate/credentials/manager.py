@@ -19,9 +19,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-import orjson
 import structlog
-from sqlalchemy import Connection, select, update
+from sqlalchemy import Connection
 
 from opsgate import capabilities as caps
 from opsgate.audit.summary import RefusalSummary
@@ -40,7 +39,9 @@ from opsgate.errors import (
 )
 from opsgate.identity.keys import b64url
 from opsgate.state import AgentState, LiveState
-from opsgate.store import Store, schema
+from opsgate.store import Store, audit_rows
+from opsgate.store import agents as agent_rows
+from opsgate.store import state_changes as feed
 
 if TYPE_CHECKING:
     from opsgate.audit.log import AuditLog
@@ -111,15 +112,7 @@ def revocation_cutoff(conn: Connection, dids: list[str], t: float) -> float:
     (rows locked, in the revoking transaction): a credential stamped by a replica
     whose clock runs ahead, or given a future `now`, is covered too.
     """
-    a = schema.agents
-    issued = [
-        r[0]
-        for r in conn.execute(
-            select(a.c.last_issued_at).where(a.c.did.in_(dids)).with_for_update()
-        ).all()
-        if r[0] is not None
-    ]
-    return _ms_floor(max([t, *issued]))
+    return _ms_floor(max([t, *agent_rows.latest_issued(conn, dids)]))
 
 
 @runtime_checkable
@@ -417,19 +410,14 @@ class CredentialManager:
         later per-agent revocation's cut-off covers it, and notice a revocation
         that committed first (its not-before lands in `seen`), or a suspension or
         revocation that did (the credential is then recorded as dead on issue)."""
-        sql = self._store.q(
-            "UPDATE agents SET last_issued_at = CASE WHEN last_issued_at IS NULL "
-            "OR last_issued_at < ? THEN ? ELSE last_issued_at END "
-            "WHERE did = ? RETURNING credentials_not_before, status"
-        )
+        paramstyle = "qmark" if self._store.is_sqlite else "format"
 
         def apply(cur: Any) -> dict[str, Any] | None:
-            cur.execute(sql, (iat, iat, did))
-            row = cur.fetchone()
-            nb = None if row is None or row[0] is None else float(row[0])
+            row = agent_rows.note_issued_on_cursor(cur, did, iat, paramstyle=paramstyle)
+            nb = None if row is None else row[0]
             seen[0] = nb
             if row is not None and row[1] != "active":
-                return {"revoked_on_issue": True, "inactive_on_issue": str(row[1])}
+                return {"revoked_on_issue": True, "inactive_on_issue": row[1]}
             return {"revoked_on_issue": True} if nb is not None and iat <= nb else None
 
         return apply
@@ -635,18 +623,15 @@ class CredentialManager:
         # later of the caller's time and the wall clock, so a revocation given a
         # past `now` is not forgotten while the token still lives.
         expires = max(t, time.time()) + HARD_TTL_CEILING_MINUTES * 60 + self._limits.leeway_seconds
-        r = schema.revoked_credentials
         # Commits without waiting for the audit head (a stalled replica may hold it):
         # its audit event is deferred in the same transaction and chained right after.
         with self._store.write() as conn:
-            if conn.execute(select(r.c.jti).where(r.c.jti == jti)).first() is None:
-                if not _was_issued(conn, jti):
+            if not feed.is_revoked(conn, jti):
+                if not audit_rows.credential_issued(conn, jti):
                     raise CredentialError(
                         f"no credential {jti!r} was issued by this gate", code="not_found"
                     )
-                conn.execute(
-                    r.insert().values(jti=jti, expires_at=expires, revoked_at=t, reason=reason)
-                )
+                feed.insert_revoked(conn, jti, expires, t, reason)
                 self._state.record_change(conn, "jti", jti, t)
             if self._state.prune_due():
                 self._state.prune(conn)
@@ -668,11 +653,7 @@ class CredentialManager:
         with self._store.write() as conn:  # no audit head: see revoke()
             affected = [root.did, *self._agents.descendants(conn, root.did, lock=True)]
             nb = revocation_cutoff(conn, affected, t)
-            conn.execute(
-                update(schema.agents)
-                .where(schema.agents.c.did.in_(affected))
-                .values(credentials_not_before=nb, updated_at=t)
-            )
+            agent_rows.cut_credentials(conn, affected, nb, t)
             for did in affected:
                 self._state.record_change(conn, "agent", did, t)
             self._audit.defer_in(
@@ -687,23 +668,6 @@ class CredentialManager:
             self._state.invalidate_agent(did)
         self._audit.flush_deferred(wait=AUDIT_WAIT_SECONDS)
         return affected
-
-
-def _was_issued(conn: Connection, jti: str) -> bool:
-    """Whether this gate issued a credential `jti`: its `credential.issued` record.
-
-    Issuance keeps no per-token row (verification never needs one), so the audit
-    log is the record; the type index bounds the search to issuances, and only
-    an operator's revocation by id asks.
-    """
-    e = schema.audit_events
-    needle = orjson.dumps({"jti": jti}).decode()[1:-1]  # "jti":"<jti>", as stored
-    row = conn.execute(
-        select(e.c.seq)
-        .where(e.c.type == "credential.issued", e.c.body.contains(needle, autoescape=True))
-        .limit(1)
-    ).first()
-    return row is not None
 
 
 __all__ = [

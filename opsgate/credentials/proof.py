@@ -24,12 +24,11 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from sqlalchemy import delete
 
 from opsgate.credentials import jws
 from opsgate.errors import InvalidCredential
 from opsgate.identity.keys import b64url, b64url_decode, public_key_from_did
-from opsgate.store import Store, schema
+from opsgate.store import Store, proofs
 from opsgate.store.group import GroupCommit
 
 if TYPE_CHECKING:
@@ -190,7 +189,6 @@ class ProofChecker:
     def _record_uses(self, uses: list[tuple[str, float, float]]) -> list[str]:
         """One transaction for a batch of proof ids: each is stale, replayed (already
         in the table, or earlier in this batch) or accepted."""
-        t = schema.used_proofs
         with self._store.write() as conn:
             # Read once per transaction: compared with bound values, the prune below
             # stays an index range scan, whatever the number of live entries.
@@ -203,11 +201,7 @@ class ProofChecker:
             for (jti, iat, window), verdict in zip(uses, verdicts, strict=True):
                 if verdict == _ACCEPTED:
                     rows.setdefault(jti, iat + window)
-            inserted: set[str] = set()
-            if rows:
-                values = [{"jti": j, "expires_at": e} for j, e in rows.items()]
-                statement = self._store.insert_ignore(t, values).returning(t.c.jti)
-                inserted = set(conn.execute(statement).scalars())
+            inserted = proofs.insert_new(self._store, conn, rows)
             for i, (jti, _, _) in enumerate(uses):
                 if verdicts[i] != _ACCEPTED:
                     continue
@@ -215,5 +209,5 @@ class ProofChecker:
                     inserted.discard(jti)  # a second use in the same batch is a replay
                 else:
                     verdicts[i] = _REPLAYED
-            conn.execute(delete(t).where(t.c.expires_at < db_now - PRUNE_GRACE_SECONDS))
+            proofs.forget_before(conn, db_now - PRUNE_GRACE_SECONDS)
         return verdicts

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from sqlalchemy import Connection, select, update
+from sqlalchemy import Connection
 from sqlalchemy.exc import IntegrityError
 
 from opsgate import capabilities as caps
@@ -32,7 +32,8 @@ from opsgate.errors import (
 from opsgate.identity import keys
 from opsgate.identity.records import RECORD_VERSION, record_bytes
 from opsgate.state import ACTIVE, REVOKED, SUSPENDED, AgentState, LiveState
-from opsgate.store import Store, schema
+from opsgate.store import Store
+from opsgate.store import agents as agent_rows
 
 if TYPE_CHECKING:
     from opsgate.audit.log import AuditLog
@@ -223,12 +224,10 @@ class AgentRegistry:
         if ref.startswith("did:"):
             return ref
         with self._store.read() as conn:
-            row = conn.execute(
-                select(schema.agents.c.did).where(schema.agents.c.name == ref)
-            ).first()
-        if row is None:
+            did = agent_rows.did_by_name(conn, ref)
+        if did is None:
             raise AgentError(f"no agent named {shown(ref)}", code="agent_not_found")
-        return str(row[0])
+        return did
 
     def state(self, ref: str) -> AgentState:
         st = self._state.agent(self.resolve(ref))
@@ -240,17 +239,13 @@ class AgentRegistry:
         return Agent(self._gate, self.state(ref))
 
     def list(self, *, status: str | None = None) -> list[Agent]:
-        a = schema.agents
-        q = select(a.c.did).order_by(a.c.depth, a.c.created_at, a.c.name)
         if status is not None and status not in (ACTIVE, SUSPENDED, REVOKED):
             raise AgentError(
                 f"status must be {ACTIVE}, {SUSPENDED} or {REVOKED}, got {shown(status)}",
                 code="status_invalid",
             )
-        if status is not None:
-            q = q.where(a.c.status == status)
         with self._store.read() as conn:
-            dids = [r[0] for r in conn.execute(q).all()]
+            dids = agent_rows.dids(conn, status)
         return [self.get(d) for d in dids]
 
     def descendants(self, conn: Connection, did: str, *, lock: bool = False) -> list[str]:
@@ -261,17 +256,9 @@ class AgentRegistry:
         out: list[str] = []
         frontier = [did]
         if lock:
-            conn.execute(
-                select(schema.agents.c.did).where(schema.agents.c.did == did).with_for_update()
-            )
+            agent_rows.lock(conn, did)
         while frontier:
-            q = (
-                select(schema.agents.c.did)
-                .where(schema.agents.c.parent_did.in_(frontier))
-                .order_by(schema.agents.c.did)
-            )
-            rows = conn.execute(q.with_for_update() if lock else q).all()
-            frontier = [r[0] for r in rows if r[0] not in out]
+            frontier = [d for d in agent_rows.children(conn, frontier, lock=lock) if d not in out]
             out.extend(frontier)
         return out
 
@@ -312,24 +299,18 @@ class AgentRegistry:
                 f"'{path.name}' already exists; the key is never written over a file",
                 code="output_exists",
             )
-        x = schema.agent_key_exports
         written = False
         try:
             with self._store.write() as conn:
-                row = conn.execute(select(x.c.exports).where(x.c.did == did)).first()
-                if row is not None and not force:
+                before = agent_rows.key_exports(conn, did)
+                if before is not None and not force:
                     raise AgentError(
                         f"the key of agent {state.name!r} was already exported; pass --force "
                         "with a --reason to export it again",
                         code="key_already_exported",
                     )
-                exports = 1 if row is None else int(row[0]) + 1
-                if row is None:
-                    conn.execute(x.insert().values(did=did, exported_at=t, exports=exports))
-                else:
-                    conn.execute(
-                        update(x).where(x.c.did == did).values(exported_at=t, exports=exports)
-                    )
+                exports = 1 if before is None else before + 1
+                agent_rows.record_key_export(conn, did, exports, t, first=before is None)
                 self._audit.append_in(
                     conn,
                     "agent.key_exported",
@@ -575,32 +556,26 @@ class AgentRegistry:
         try:
             with self._store.write() as conn:
                 self._audit.hold_head(conn)
-                taken = conn.execute(
-                    select(schema.agents.c.did).where(
-                        (schema.agents.c.name == record["name"]) | (schema.agents.c.did == did)
-                    )
-                ).first()
-                if taken is not None:
+                if agent_rows.name_or_did_taken(conn, record["name"], did):
                     raise AgentError(
                         f"an agent named {record['name']!r} already exists", code="agent_exists"
                     )
-                conn.execute(
-                    schema.agents.insert().values(
-                        did=did,
-                        name=record["name"],
-                        sponsor=record["sponsor"],
-                        parent_did=parent_did,
-                        depth=record["depth"],
-                        created_at=t,
-                        expires_at=record["expires_at"],
-                        status=ACTIVE,
-                        trust_score=score,
-                        initial_trust=score,
-                        record=body.decode("utf-8"),
-                        signature=signature,
-                        signer=signer,
-                        updated_at=t,
-                    )
+                agent_rows.insert(
+                    conn,
+                    did=did,
+                    name=record["name"],
+                    sponsor=record["sponsor"],
+                    parent_did=parent_did,
+                    depth=record["depth"],
+                    created_at=t,
+                    expires_at=record["expires_at"],
+                    status=ACTIVE,
+                    trust_score=score,
+                    initial_trust=score,
+                    record=body.decode("utf-8"),
+                    signature=signature,
+                    signer=signer,
+                    updated_at=t,
                 )
                 self._state.record_change(conn, "agent", did, t)
                 self._audit.append_in(
@@ -661,7 +636,6 @@ class AgentRegistry:
         root = self.state(ref)
         if root.status == REVOKED:
             raise AgentError(f"agent {root.name!r} is revoked for good", code="agent_revoked")
-        a = schema.agents
         # Commits without waiting for the audit head (a stalled replica may hold it):
         # the event is deferred in this transaction and chained right after.
         with self._store.write() as conn:
@@ -669,87 +643,47 @@ class AgentRegistry:
             # Suspension and revocation also revoke every credential issued so far.
             nb = revocation_cutoff(conn, [root.did, *below], t) if status != ACTIVE else t
             if status == ACTIVE:
-                if root.parent_did is not None:
-                    prow = conn.execute(
-                        select(a.c.status).where(a.c.did == root.parent_did)
-                    ).first()
-                    if prow is None or prow[0] != ACTIVE:
-                        raise AgentError(
-                            f"agent {root.name!r} cannot be reinstated while its parent "
-                            "is not active",
-                            code="parent_inactive",
-                        )
+                parent = root.parent_did
+                if parent is not None and agent_rows.status(conn, parent) != ACTIVE:
+                    raise AgentError(
+                        f"agent {root.name!r} cannot be reinstated while its parent is not active",
+                        code="parent_inactive",
+                    )
                 # Reinstate the agent and the descendants that were suspended because of it.
-                was = conn.execute(select(a.c.status).where(a.c.did == root.did)).scalar_one()
-                conn.execute(
-                    update(a)
-                    .where(a.c.did == root.did)
-                    .values(status=ACTIVE, status_reason=reason, updated_at=t)
-                )
+                was = agent_rows.status(conn, root.did)
+                agent_rows.set_status(conn, [root.did], ACTIVE, reason, t)
                 affected = [root.did]
                 changed = [root.did] if was != ACTIVE else []
                 if below:
-                    res = conn.execute(
-                        select(a.c.did, a.c.trust_score).where(
-                            a.c.did.in_(below),
-                            a.c.status == SUSPENDED,
-                            a.c.status_reason == CASCADE_PREFIX + root.did,
-                        )
-                    ).all()
+                    res = agent_rows.suspended_by(conn, below, CASCADE_PREFIX + root.did)
                     # A descendant whose own score fell below the threshold meanwhile
                     # stays suspended, now on its own account, until it is reinstated.
                     floor = self._config.trust.suspend_below
                     cascaded = [r[0] for r in res if r[1] >= floor]
                     own = [r[0] for r in res if r[1] < floor]
                     if own:
-                        conn.execute(
-                            update(a)
-                            .where(a.c.did.in_(own))
-                            .values(status_reason=f"trust below {floor}", updated_at=t)
-                        )
+                        agent_rows.set_status_reason(conn, own, f"trust below {floor}", t)
                     if cascaded:
-                        conn.execute(
-                            update(a)
-                            .where(a.c.did.in_(cascaded))
-                            .values(status=ACTIVE, status_reason=reason, updated_at=t)
-                        )
+                        agent_rows.set_status(conn, cascaded, ACTIVE, reason, t)
                     affected += cascaded
                     changed += cascaded
             else:
                 affected = [root.did, *below]
                 # The root row is locked (descendants, above): its status as read is current.
-                was = conn.execute(select(a.c.status).where(a.c.did == root.did)).scalar_one()
+                was = agent_rows.status(conn, root.did)
                 changed = [root.did] if was != status or changed_before else []
-                conn.execute(
-                    update(a)
-                    .where(a.c.did == root.did)
-                    .values(
-                        status=status,
-                        status_reason=reason,
-                        updated_at=t,
-                        credentials_not_before=nb,
-                    )
+                agent_rows.set_status(
+                    conn, [root.did], status, reason, t, credentials_not_before=nb
                 )
                 if below:
                     # Only agents that were active are suspended "by cascade", so reinstating
                     # this one never lifts a suspension that had its own reason.
                     cascade_from = [ACTIVE, SUSPENDED] if status == REVOKED else [ACTIVE]
-                    changed += [
-                        r[0]
-                        for r in conn.execute(
-                            select(a.c.did).where(a.c.did.in_(below), a.c.status.in_(cascade_from))
-                        )
-                    ]
-                    conn.execute(
-                        update(a)
-                        .where(a.c.did.in_(below), a.c.status.in_(cascade_from))
-                        .values(status=status, status_reason=CASCADE_PREFIX + root.did)
+                    changed += agent_rows.with_status(conn, below, cascade_from)
+                    agent_rows.cascade_status(
+                        conn, below, cascade_from, status, CASCADE_PREFIX + root.did
                     )
-                    conn.execute(
-                        update(a)
-                        .where(a.c.did.in_(below))
-                        .values(updated_at=t, credentials_not_before=nb)
-                    )
+                    agent_rows.cut_credentials(conn, below, nb, t)
             for did in affected:
                 self._state.record_change(conn, "agent", did, t)
             self._audit.defer_in(
@@ -823,20 +757,14 @@ class AgentRegistry:
 
     def initial_trust(self, did: str) -> tuple[int, float]:
         with self._store.read() as conn:
-            row = conn.execute(
-                select(schema.agents.c.initial_trust, schema.agents.c.created_at).where(
-                    schema.agents.c.did == did
-                )
-            ).first()
-        if row is None:
+            found = agent_rows.initial_trust(conn, did)
+        if found is None:
             raise AgentError(f"no agent {shown(did)}", code="agent_not_found")
-        return int(row[0]), float(row[1])
+        return found
 
     def stored_trust(self, did: str) -> int:
         with self._store.read() as conn:
-            row = conn.execute(
-                select(schema.agents.c.trust_score).where(schema.agents.c.did == did)
-            ).first()
-        if row is None:
+            score = agent_rows.trust_score(conn, did)
+        if score is None:
             raise AgentError(f"no agent {shown(did)}", code="agent_not_found")
-        return int(row[0])
+        return score

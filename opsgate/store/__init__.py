@@ -319,6 +319,14 @@ class Store:
         ).first()
         return None if row is None else str(row[0])
 
+    def meta_insert(self, conn: Connection, key: str, value: str) -> None:
+        conn.execute(schema.gate_meta.insert().values(key=key, value=value))
+
+    def ping(self) -> None:
+        """A round trip to the database (StoreError when it does not answer)."""
+        with self.read() as conn:
+            conn.execute(text("SELECT 1"))
+
     def restrict_files(self) -> None:
         """The embedded database holds the audit log and approver token hashes: owner only."""
         if not self.is_sqlite:

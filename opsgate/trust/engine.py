@@ -17,13 +17,13 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 import structlog
-from sqlalchemy import select
 
 from opsgate.audit.log import FEED
 from opsgate.boundary import typed_errors
 from opsgate.config import HARD_TTL_CEILING_MINUTES, Config
 from opsgate.errors import AgentError, OpsgateError, scrub, shown
-from opsgate.store import Store, schema
+from opsgate.store import Store
+from opsgate.store import trust as trust_rows
 from opsgate.store.ledger import LedgerSQL
 from opsgate.trust.anomalies import Activity, Anomaly, Observation, observe
 from opsgate.trust.scoring import MAX_SCORE, MIN_SCORE, Credit, TrustEvent, credit, delta_for
@@ -401,43 +401,23 @@ class TrustEngine:
         seen = self._seen.get(did)
         if seen is None:
             with self._store.read() as conn:
-                rows = conn.execute(
-                    select(schema.trust_resources.c.resource).where(
-                        schema.trust_resources.c.agent_did == did
-                    )
-                ).all()
-            seen = {r[0] for r in rows}
+                seen = trust_rows.seen_resources(conn, did)
             self._seen[did] = seen
         return seen
 
     def _remember_resource(self, did: str, resource: str, now: float) -> None:
         with self._store.write() as conn:
-            conn.execute(
-                self._store.insert_ignore(
-                    schema.trust_resources,
-                    {"agent_did": did, "resource": resource[:256], "first_seen": now},
-                )
-            )
+            trust_rows.remember_resource(self._store, conn, did, resource, now)
 
     def _load_activity(self, did: str) -> Activity:
         with self._store.read() as conn:
-            row = conn.execute(
-                select(schema.trust_activity.c.state).where(
-                    schema.trust_activity.c.agent_did == did
-                )
-            ).first()
-        return Activity() if row is None else Activity.from_dict(orjson.loads(row[0]))
+            stored = trust_rows.activity(conn, did)
+        return Activity() if stored is None else Activity.from_dict(orjson.loads(stored))
 
     def _save_activity(self, did: str, activity: Activity, now: float) -> None:
         body = orjson.dumps(activity.to_dict()).decode("utf-8")
         with self._store.write() as conn:
-            conn.execute(
-                self._store.upsert(
-                    schema.trust_activity,
-                    {"agent_did": did, "state": body, "updated_at": now},
-                    ["agent_did"],
-                )
-            )
+            trust_rows.save_activity(self._store, conn, did, body, now)
 
     # -- explaining ---------------------------------------------------------------------
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
-from sqlalchemy import text
 from starlette.concurrency import run_in_threadpool
 
 from opsgate.errors import OpsgateError
@@ -27,8 +26,7 @@ async def readyz(request: Request) -> Response:
     def probe() -> str | None:
         gate = ctx.gate
         try:
-            with gate.store.read() as conn:
-                conn.execute(text("SELECT 1"))
+            gate.store.ping()
             gate.state.maybe_refresh()
         except OpsgateError as exc:
             return exc.code
