@@ -23,14 +23,15 @@ from typing import Any
 
 import orjson
 import structlog
-from sqlalchemy import Connection, func, select
+from sqlalchemy import Connection
 
 from opsgate.audit.sanitize import clean, clean_event
 from opsgate.boundary import typed_errors
 from opsgate.credentials.keyring import KeyChain, rotation_payload
 from opsgate.errors import AuditError, encodable, safe_text
 from opsgate.identity.keys import b64url_decode, jwk_thumbprint, verify_signature
-from opsgate.store import Store, schema
+from opsgate.store import Store
+from opsgate.store.audit_rows import AuditSQL
 
 GENESIS_HASH = "0" * 64
 # Events that introduce a gate signing key (their `kid`); checkpoints and anchors
@@ -303,6 +304,7 @@ class AuditLog:
         checkpoint_file: Path | None = None,
     ) -> None:
         self._store = store
+        self._sql = AuditSQL(store)
         self._gate_id = gate_id
         self._signer = signer
         self._key_chain = key_chain
@@ -348,14 +350,6 @@ class AuditLog:
             event["actor"] = clean(actor)
         return event
 
-    def _lock_head(self, cur: Any) -> tuple[int, str]:
-        """Read the head under its row lock (FOR UPDATE on PostgreSQL; on SQLite the
-        transaction already holds the database write lock)."""
-        lock = "" if self._store.is_sqlite else " FOR UPDATE"
-        cur.execute(f"SELECT seq, hash FROM audit_head WHERE id = 1{lock}")  # noqa: S608
-        head = cur.fetchone()
-        return int(head[0]), str(head[1])
-
     def _chain_and_store(self, cur: Any, pending: list[_Pending]) -> list[AuditRecord]:
         """Number, hash and insert events after the current head, in the caller's transaction.
 
@@ -363,13 +357,12 @@ class AuditLog:
         the head row lock (FOR UPDATE on PostgreSQL, the write lock on SQLite)
         keeps seq gap-free across threads, processes and replicas.
         """
-        return self._store_chain(cur, pending, *self._lock_head(cur))
+        return self._store_chain(cur, pending, *self._sql.lock_head(cur))
 
     def _store_chain(
         self, cur: Any, pending: list[_Pending], seq: int, prev: str
     ) -> list[AuditRecord]:
         """Number, hash and insert events after the head (seq, prev) the caller locked."""
-        q = self._store.q
         records: list[AuditRecord] = []
         rows: list[tuple[Any, ...]] = []
         for p in pending:
@@ -383,14 +376,7 @@ class AuditLog:
             records.append(AuditRecord(seq, p.at, event["type"], actor, event, prev, digest))
             rows.append((seq, p.at, event["type"], actor, body.decode("utf-8"), prev, digest))
             prev = digest
-        cur.executemany(
-            q(
-                "INSERT INTO audit_events (seq, at, type, actor, body, prev_hash, hash) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?)"
-            ),
-            rows,
-        )
-        cur.execute(q("UPDATE audit_head SET seq = ?, hash = ? WHERE id = 1"), (seq, prev))
+        self._sql.append(cur, rows, seq, prev)
         return records
 
     def _checkpoint_due(self, seq: int) -> bool:
@@ -526,7 +512,7 @@ class AuditLog:
         queue on it and never hold one agent's row while waiting for another's.
         """
         with self._writer.transaction() as cur:
-            seq, prev = self._lock_head(cur)
+            seq, prev = self._sql.lock_head(cur)
             landed = [r for r in written if r is not None]
             if landed and prev == landed[-1].hash:
                 return list(written), None  # the last attempt did commit
@@ -580,9 +566,7 @@ class AuditLog:
         the head: revocations and status changes."""
         event = self._prepare(event_type, actor, fields)
         t = time.time() if at is None else at
-        conn.execute(
-            schema.audit_outbox.insert().values(at=t, event=canonical(event).decode("utf-8"))
-        )
+        self._sql.defer(conn, t, canonical(event).decode("utf-8"))
 
     def flush_deferred(self, *, wait: float = 0.0) -> bool:
         """Chain every deferred event into the log, in the background; wait until
@@ -633,26 +617,19 @@ class AuditLog:
 
     def _flush_once(self) -> None:
         """Chain the deferred events there are now, oldest first, in batches."""
-        q = self._store.q
-        t = schema.audit_outbox
+        sql = self._sql
         while True:
             with self._store.read() as conn:
-                rows = conn.execute(
-                    select(t.c.id, t.c.at, t.c.event).order_by(t.c.id).limit(500)
-                ).all()
+                rows = sql.deferred(conn, 500)
             if not rows:
                 return
             slots = []
             for row_id, at, body in rows:
-                delete = q("DELETE FROM audit_outbox WHERE id = ?")
 
-                def claim(
-                    cur: Any, row_id: int = int(row_id), sql: str = delete
-                ) -> dict[str, Any] | None:
-                    cur.execute(sql, (row_id,))
-                    return None if cur.rowcount == 1 else {DROP: True}
+                def claim(cur: Any, row_id: int = row_id) -> dict[str, Any] | None:
+                    return None if sql.claim_deferred(cur, row_id) else {DROP: True}
 
-                slots.append(_Pending(orjson.loads(body), float(at), claim))
+                slots.append(_Pending(orjson.loads(body), at, claim))
             with self._writer_lock:
                 self._write_batch(slots)
             for p in slots:
@@ -665,7 +642,7 @@ class AuditLog:
         order (head, agents by (depth, did), counter) that group-commit batches
         follow too. SQLite's write transaction already holds everything."""
         if not self._store.is_sqlite:
-            self._lock_head(conn.connection.cursor())
+            self._sql.lock_head(conn.connection.cursor())
 
     def append_in(
         self,
@@ -748,15 +725,7 @@ class AuditLog:
     def _write_checkpoint(self, cur: Any, seq: int, digest: str, at: float) -> Checkpoint:
         kid, sign = self._signer()
         signature = sign(Checkpoint(self._gate_id, seq, digest, at, kid, "").payload())
-        q = self._store.q
-        cur.execute(q("DELETE FROM audit_checkpoints WHERE seq = ?"), (seq,))
-        cur.execute(
-            q(
-                "INSERT INTO audit_checkpoints (seq, hash, at, kid, signature) "
-                "VALUES (?, ?, ?, ?, ?)"
-            ),
-            (seq, digest, at, kid, signature),
-        )
+        self._sql.store_checkpoint(cur, seq, digest, at, kid, signature)
         return Checkpoint(
             self._gate_id, seq, digest, at, kid, signature, public_key=self._public_jwk(kid)
         )
@@ -777,12 +746,8 @@ class AuditLog:
         with self._writer_lock:
             try:
                 with self._writer.transaction() as cur:
-                    lock = "" if self._store.is_sqlite else " FOR UPDATE"
-                    cur.execute(f"SELECT seq, hash FROM audit_head WHERE id = 1{lock}")  # noqa: S608
-                    head = cur.fetchone()
-                    cp = self._write_checkpoint(
-                        cur, int(head[0]), str(head[1]), time.time() if at is None else at
-                    )
+                    seq, digest = self._sql.lock_head(cur)
+                    cp = self._write_checkpoint(cur, seq, digest, time.time() if at is None else at)
             except Exception as exc:
                 raise AuditError(
                     f"checkpoint failed: {exc.__class__.__name__}", code="audit_write_failed"
@@ -808,14 +773,11 @@ class AuditLog:
 
     def head(self) -> tuple[int, str]:
         with self._store.read() as conn:
-            row = conn.execute(select(schema.audit_head.c.seq, schema.audit_head.c.hash)).one()
-        return int(row[0]), str(row[1])
+            return self._sql.head(conn)
 
     def count(self) -> int:
         with self._store.read() as conn:
-            return int(
-                conn.execute(select(func.count()).select_from(schema.audit_events)).scalar_one()
-            )
+            return self._sql.count(conn)
 
     def tail(
         self, limit: int = 20, *, event_type: str | None = None, actor: str | None = None
@@ -826,14 +788,10 @@ class AuditLog:
             raise AuditError(
                 "tail takes a number of events and text filters", code="audit_query_invalid"
             )
-        t = schema.audit_events
-        q = select(t).order_by(t.c.seq.desc()).limit(max(1, min(limit, 10_000)))
-        if event_type:
-            q = q.where(t.c.type == event_type)
-        if actor:
-            q = q.where(t.c.actor == actor)
         with self._store.read() as conn:
-            rows = conn.execute(q).all()
+            rows = self._sql.newest(
+                conn, max(1, min(limit, 10_000)), event_type=event_type, actor=actor
+            )
         return [self._record(r) for r in reversed(rows)]
 
     def events(
@@ -845,16 +803,10 @@ class AuditLog:
         batch: int = 5000,
     ) -> Iterator[AuditRecord]:
         """Every event in seq order (for export), or every event of one actor and/or type."""
-        t = schema.audit_events
         last = after_seq
         while True:
-            q = select(t).where(t.c.seq > last)
-            if actor is not None:
-                q = q.where(t.c.actor == actor)
-            if event_type is not None:
-                q = q.where(t.c.type == event_type)
             with self._store.read() as conn:
-                rows = conn.execute(q.order_by(t.c.seq).limit(batch)).all()
+                rows = self._sql.after(conn, last, batch, event_type=event_type, actor=actor)
             if not rows:
                 return
             for r in rows:
@@ -869,39 +821,9 @@ class AuditLog:
 
     # -- verification -----------------------------------------------------------
 
-    def _iter_rows(self) -> Iterator[tuple[Any, ...]]:
-        """Stream (seq, at, type, actor, body, prev_hash, hash) in seq order, cheaply."""
-        sql = (
-            "SELECT seq, at, type, actor, body, prev_hash, hash FROM audit_events "
-            "ORDER BY seq NULLS FIRST"
-        )
-        raw = self._store._read_engine.raw_connection()
-        try:
-            if self._store.is_sqlite:
-                cur = raw.cursor()
-                cur.execute("BEGIN")
-            else:
-                cur = raw.driver_connection.cursor(name="opsgate_audit_verify")  # server-side
-                cur.itersize = 20_000
-            cur.execute(sql)
-            while True:
-                rows = cur.fetchmany(20_000)
-                if not rows:
-                    break
-                yield from rows
-            cur.close()
-        finally:
-            try:
-                raw.rollback()
-            finally:
-                raw.close()
-
     def _seq_with_hash(self, digest: str) -> int | None:
         with self._store.read() as conn:
-            row = conn.execute(
-                select(schema.audit_events.c.seq).where(schema.audit_events.c.hash == digest)
-            ).first()
-        return None if row is None else int(row[0])
+            return self._sql.seq_with_hash(conn, digest)
 
     def verify(self, anchor: Checkpoint | None = None, *, now: float | None = None) -> VerifyReport:
         """Walk the whole chain; report the first bad seq and why (never raises on tampering).
@@ -914,7 +836,7 @@ class AuditLog:
         point are reported as the unsigned tail (how many, since when).
         """
         with self._store.read() as conn:
-            cps = {int(r.seq): r for r in conn.execute(select(schema.audit_checkpoints)).all()}
+            cps = {int(r.seq): r for r in self._sql.checkpoints(conn)}
         report = VerifyReport(ok=True)
         prev_hash, expected = GENESIS_HASH, 1
         seen: dict[str, int] = {}
@@ -923,7 +845,7 @@ class AuditLog:
         loads = orjson.loads
         sha = hashlib.sha256
         try:
-            for seq, at, etype, actor, body, row_prev, row_hash in self._iter_rows():
+            for seq, at, etype, actor, body, row_prev, row_hash in self._sql.stream():
                 if type(seq) is not int or seq < expected:
                     # NULL, non-integer, duplicate or pre-genesis seq: a row that is not ours.
                     where = seq if type(seq) is int and seq > 0 else expected
@@ -974,7 +896,7 @@ class AuditLog:
         report.head_seq = expected - 1
         report.head_hash = prev_hash
         with self._store.read() as conn:
-            heads = conn.execute(select(schema.audit_head.c.seq, schema.audit_head.c.hash)).all()
+            heads = self._sql.head_rows(conn)
         if len(heads) != 1 or type(heads[0][0]) is not int or not isinstance(heads[0][1], str):
             return self._fail(
                 report, report.head_seq, "edit", "the stored head is missing or malformed"
@@ -1171,11 +1093,7 @@ class AuditLog:
         if not report.unsigned_events:
             return
         with self._store.read() as conn:
-            at = conn.execute(
-                select(schema.audit_events.c.at).where(
-                    schema.audit_events.c.seq == report.signed_seq + 1
-                )
-            ).scalar()
+            at = self._sql.at_of(conn, report.signed_seq + 1)
         if isinstance(at, (int, float)) and math.isfinite(at):
             report.unsigned_since = float(at)
             report.unsigned_age_seconds = max(0.0, round(now - float(at), 3))
@@ -1215,12 +1133,8 @@ class AuditLog:
             return
         if anchor.seq > 0:
             with self._store.read() as conn:
-                row = conn.execute(
-                    select(schema.audit_events.c.hash).where(
-                        schema.audit_events.c.seq == anchor.seq
-                    )
-                ).first()
-            if row is None or row[0] != anchor.hash:
+                stored = self._sql.hash_at(conn, anchor.seq)
+            if stored != anchor.hash:
                 self._fail(
                     report,
                     anchor.seq,

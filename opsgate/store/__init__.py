@@ -209,6 +209,19 @@ class Store:
         with self._sqlite_writer:
             yield
 
+    @contextmanager
+    def raw_reader(self) -> Iterator[Any]:
+        """A DBAPI connection of the read engine, rolled back and returned afterwards:
+        for streaming a large snapshot without SQLAlchemy's per-row cost."""
+        raw = self._read_engine.raw_connection()
+        try:
+            yield raw
+        finally:
+            try:
+                raw.rollback()
+            finally:
+                raw.close()
+
     def dedicated_writer(self) -> DedicatedWriter:
         return DedicatedWriter(self)
 
