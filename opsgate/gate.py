@@ -33,9 +33,10 @@ from opsgate.approvals import ApprovalRequest, ApprovalService, PendingApproval,
 from opsgate.audit.log import CHECKPOINT_FILE, AuditLog, Finding
 from opsgate.authz import AuthzRequest, authorize, scope_refusal
 from opsgate.boundary import internal, typed_errors
+from opsgate.clock import to_epoch
 from opsgate.config import Config, load_config
 from opsgate.credentials.keyring import KEY_DIR, PIN_FILE, KeyRing, Pin, read_pin, write_pin
-from opsgate.credentials.manager import Claims, CredentialManager, PossessionCheck, to_epoch
+from opsgate.credentials.manager import Claims, CredentialManager, PossessionCheck
 from opsgate.credentials.proof import ProofRequest
 from opsgate.decision import Decision
 from opsgate.environments import Environments, Resolved

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import select, update
 
 from opsgate.boundary import typed_errors
-from opsgate.credentials.manager import to_epoch
+from opsgate.clock import to_epoch
 from opsgate.errors import OperatorError, shown
 from opsgate.store import Store, schema
 

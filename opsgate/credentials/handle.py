@@ -7,7 +7,8 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from opsgate.boundary import typed_errors
-from opsgate.credentials.manager import Credential, to_epoch
+from opsgate.clock import to_epoch
+from opsgate.credentials.manager import Credential
 from opsgate.credentials.proof import ProofRequest, make_proof
 from opsgate.errors import CredentialError
 from opsgate.operations.base import Operation

@@ -26,6 +26,7 @@ from sqlalchemy import Connection, select, update
 from opsgate import capabilities as caps
 from opsgate.audit.summary import RefusalSummary
 from opsgate.boundary import typed_errors
+from opsgate.clock import to_epoch
 from opsgate.config import HARD_TTL_CEILING_MINUTES, Config
 from opsgate.credentials import jws
 from opsgate.credentials.keyring import KeyRing
@@ -61,31 +62,6 @@ _MAX_LIFETIME = HARD_TTL_CEILING_MINUTES * 60 + 0.001  # credentials once carrie
 
 def _ms_floor(t: float) -> float:
     return math.floor(t * 1000) / 1000
-
-
-# Times from 1970 to the year 9000: every expiry derived from them (agent
-# lifetimes are capped at a century) still fits a datetime.
-MAX_EPOCH = 221_845_392_000.0
-
-
-def to_epoch(now: datetime | float | None) -> float:
-    """Accept an aware datetime (or epoch seconds); naive datetimes are ambiguous, so refused."""
-    if now is None:
-        return time.time()
-    if isinstance(now, datetime):
-        if now.tzinfo is None:
-            raise CredentialError("'now' must be a timezone-aware datetime", code="naive_datetime")
-        t = now.timestamp()
-    elif isinstance(now, bool) or not isinstance(now, (int, float)):
-        raise CredentialError("'now' must be a datetime", code="invalid_time")
-    else:
-        try:
-            t = float(now)
-        except OverflowError:
-            t = math.inf
-    if not 0.0 <= t <= MAX_EPOCH:  # also refuses NaN
-        raise CredentialError("'now' is outside 1970 to 9000", code="invalid_time")
-    return t
 
 
 def issue_second(t: float, not_before: float | None) -> int:

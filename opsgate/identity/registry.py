@@ -16,9 +16,10 @@ from sqlalchemy.exc import IntegrityError
 
 from opsgate import capabilities as caps
 from opsgate.boundary import typed_errors
+from opsgate.clock import to_epoch
 from opsgate.config import Config
 from opsgate.credentials.keyring import KeyRing
-from opsgate.credentials.manager import AUDIT_WAIT_SECONDS, revocation_cutoff, to_epoch
+from opsgate.credentials.manager import AUDIT_WAIT_SECONDS, revocation_cutoff
 from opsgate.environments import Environments
 from opsgate.errors import (
     AgentError,
