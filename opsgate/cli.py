@@ -25,8 +25,10 @@ from opsgate.cli_common import (
     console,
     format_time,
     handle_errors,
+    login_name,
     new_table,
     open_gate,
+    operator_actor,
     print_error,
     print_json,
 )
@@ -206,7 +208,7 @@ ReasonOpt = Annotated[str | None, typer.Option(help="Why (recorded in the audit 
 @handle_errors
 def agents_suspend(agent: str, reason: ReasonOpt = None, state_dir: StateDir = None) -> None:
     """Suspend an agent and its descendants; their credentials stop working."""
-    affected = open_gate(state_dir).agents.suspend(agent, reason=reason, actor=_operator())
+    affected = open_gate(state_dir).agents.suspend(agent, reason=reason, actor=operator_actor())
     console().print(f"suspended {len(affected)} agent(s)")  # counts only what changed
 
 
@@ -218,7 +220,7 @@ def agents_reinstate(
     state_dir: StateDir = None,
 ) -> None:
     """Reinstate a suspended agent (and sub-agents suspended because of it)."""
-    affected = open_gate(state_dir).agents.reinstate(agent, reason=reason, actor=_operator())
+    affected = open_gate(state_dir).agents.reinstate(agent, reason=reason, actor=operator_actor())
     console().print(f"reinstated {len(affected)} agent(s)")
 
 
@@ -226,7 +228,7 @@ def agents_reinstate(
 @handle_errors
 def agents_revoke(agent: str, reason: ReasonOpt = None, state_dir: StateDir = None) -> None:
     """Revoke an agent and its descendants for good."""
-    affected = open_gate(state_dir).agents.revoke(agent, reason=reason, actor=_operator())
+    affected = open_gate(state_dir).agents.revoke(agent, reason=reason, actor=operator_actor())
     console().print(f"revoked {len(affected)} agent(s)")
 
 
@@ -246,7 +248,7 @@ def agents_export_key(
 ) -> None:
     """Write AGENT's private key to a new file once, for moving it to the agent's machine."""
     did = open_gate(state_dir).agents.export_key(
-        agent, output, by=by or _login_name() or "operator", force=force, reason=reason
+        agent, output, by=by or login_name() or "operator", force=force, reason=reason
     )
     console().print(
         f"wrote the private key of {did} to {output} (mode 0600); move it to the agent's "
@@ -276,7 +278,10 @@ def creds_issue(
     granted is refused and charged to no agent."""
     gate = open_gate(state_dir)
     cred = gate.credential_manager.issue_credential(
-        gate.agents.resolve(agent), scope=scope, ttl_minutes=ttl_minutes, requested_by=_operator()
+        gate.agents.resolve(agent),
+        scope=scope,
+        ttl_minutes=ttl_minutes,
+        requested_by=operator_actor(),
     )
     if json_out:
         print_json(
@@ -859,20 +864,6 @@ def trust_history(agent: str, state_dir: StateDir = None, json_out: JsonOut = Fa
     console().print(f"{a.name}: score {a.trust_score}, effective {a.effective_trust}")
 
 
-def _operator() -> str:
-    """The audit actor of an operator's act on the CLI: `operator:<login>`."""
-    return f"operator:{_login_name() or 'unknown'}"
-
-
-def _login_name() -> str:
-    import getpass
-
-    try:
-        return getpass.getuser()
-    except (OSError, KeyError):  # no login name in this environment
-        return ""
-
-
 @trust_app.command("set")
 @handle_errors
 def trust_set(
@@ -888,7 +879,7 @@ def trust_set(
     """Set an agent's own score: the operator's audited way over the approval threshold
     (credit alone needs days of clean history). A lower score counts as a loss."""
     gate = open_gate(state_dir)
-    change = gate.set_trust_score(agent, score, reason=reason, by=by or _login_name())
+    change = gate.set_trust_score(agent, score, reason=reason, by=by or login_name())
     console().print(f"{gate.agents.get(agent).name}: score {change.score} ({change.delta:+d})")
 
 

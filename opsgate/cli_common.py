@@ -130,9 +130,24 @@ def open_gate(state_dir: str | None, *, create: bool = False) -> Gate:
     """Open the gate; only `init` may create one, so a mistyped --state-dir is an
     error rather than a fresh, empty gate that verifies as intact, and a state dir
     opens only on the database bound to it."""
-    from opsgate.gate import Gate, resolve_state_dir
+    from opsgate.config import resolve_state_dir
+    from opsgate.gate import Gate
 
     path = resolve_state_dir(state_dir if state_dir is not None else _ctx_state_dir["value"])
     gate = Gate.open(path, create=create)
     _opened.append(gate)
     return gate
+
+
+def operator_actor() -> str:
+    """The audit actor of an operator's act on the CLI: `operator:<login>`."""
+    return f"operator:{login_name() or 'unknown'}"
+
+
+def login_name() -> str:
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except (OSError, KeyError):  # no login name in this environment
+        return ""

@@ -36,6 +36,7 @@ from opsgate.cli_common import (
     handle_errors,
     new_table,
     open_gate,
+    operator_actor,
     print_error,
     print_json,
 )
@@ -129,13 +130,11 @@ def _actor(state_dir: str | None, as_: str | None, scope: list[str]) -> _Act:
 
 
 def _issue(gate: Any, agent: Any, scope: list[str]) -> Any:
-    from opsgate.cli import _operator
-
     return gate.credential_manager.issue_credential(
         agent.did,
         scope=scope,
         ttl_minutes=gate.config.cli.credential_ttl_minutes,
-        requested_by=_operator(),
+        requested_by=operator_actor(),
     )
 
 

@@ -45,7 +45,6 @@ from opsgate.store import Store, schema
 
 if TYPE_CHECKING:
     from opsgate.audit.log import AuditLog
-    from opsgate.identity.registry import AgentRegistry
 
 log = structlog.get_logger("opsgate.credentials")
 # 16 random bytes, base64url: the only credential ids this gate issues.
@@ -175,9 +174,13 @@ class CredentialManager:
         keyring: KeyRing,
         state: LiveState,
         audit: AuditLog,
-        agents: AgentRegistry,
+        agent_state: Callable[[str], AgentState],
+        descendants: Callable[[Connection, str], list[str]],
+        on_escalation: Callable[[str, str, float], None],
         issuer: str,
     ) -> None:
+        """`agent_state` reads an agent (by name or did); `descendants` lists the dids
+        below one, locking their rows, inside the revoking transaction."""
         self._config = config
         self._environments = Environments.from_config(config)
         self._limits = config.limits
@@ -185,14 +188,15 @@ class CredentialManager:
         self._keyring = keyring
         self._state = state
         self._audit = audit
-        self._agents = agents
+        self._agent_state = agent_state
+        self._descendants = descendants
         self.issuer = issuer
         self.audience = config.audience
         self._seen: dict[str, Claims] = {}
         self._seen_lock = threading.Lock()
         self.proofs = ProofChecker(store)
         # Called with (did, reason, now) when an issuance asks for more than the grants.
-        self.on_escalation: Callable[[str, str, float], None] | None = None
+        self._on_escalation = on_escalation
         # Refusals no agent can be charged for: counted, written as periodic summaries.
         self.unproven_refusals = RefusalSummary(
             audit, interval=config.audit.refusal_summary_seconds
@@ -273,7 +277,7 @@ class CredentialManager:
         t = _ms_floor(to_epoch(now))
         ttl = self._ttl_seconds(ttl_minutes)
         self._state.maybe_refresh()  # another replica may have rotated keys or suspended the agent
-        state = self._agents.state(agent_id)
+        state = self._agent_state(agent_id)
         refusal = state.usable_at(t)
         if refusal is not None:
             raise CredentialError(
@@ -292,16 +296,11 @@ class CredentialManager:
                 code=exc.code,
                 reason=exc.message,
             )
-            if (
-                requested_by is None
-                and self.on_escalation is not None
-                and exc.code
-                in (
-                    "scope_not_covered",
-                    "capability_unrestricted",
-                )
+            if requested_by is None and exc.code in (
+                "scope_not_covered",
+                "capability_unrestricted",
             ):
-                self.on_escalation(state.did, exc.message, t)
+                self._on_escalation(state.did, exc.message, t)
             raise
         iat = issue_second(t, state.credentials_not_before)
         credential, not_before = self._issue(state, granted, iat, t, ttl, requested_by)
@@ -640,9 +639,9 @@ class CredentialManager:
         commits after it and is still covered is refused when issued.
         """
         t = to_epoch(now)
-        root = self._agents.state(agent_id)
+        root = self._agent_state(agent_id)
         with self._store.write() as conn:  # no audit head: see revoke()
-            affected = [root.did, *self._agents.descendants(conn, root.did, lock=True)]
+            affected = [root.did, *self._descendants(conn, root.did)]
             nb = revocation_cutoff(conn, affected, t)
             conn.execute(
                 update(schema.agents)
