@@ -27,17 +27,18 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from opsgate.cli import (
+from opsgate.cli_common import (
     JsonOut,
     StateDir,
-    _err,
-    _gate,
-    _out,
-    _print_json,
-    _table,
-    _when,
     app,
+    console,
+    format_time,
     handle_errors,
+    new_table,
+    open_gate,
+    operator_actor,
+    print_error,
+    print_json,
 )
 from opsgate.errors import MigrationError, OpsgateError, safe_text
 
@@ -84,7 +85,7 @@ MessageOpt = Annotated[
 
 
 def _usage(message: str) -> typer.Exit:
-    _err(f"error [usage]: {message}")
+    print_error(f"error [usage]: {message}")
     return typer.Exit(2)
 
 
@@ -120,7 +121,7 @@ def _actor(state_dir: str | None, as_: str | None, scope: list[str]) -> _Act:
     Issuing it is the operator's act (audited as `operator:<login>`): a scope beyond the
     agent's grants is refused and charges no agent. The operation itself is the agent's.
     """
-    gate = _gate(state_dir)
+    gate = open_gate(state_dir)
     ref = as_ or gate.config.cli.agent
     if not ref:
         raise _usage("name the agent to act as: --as AGENT (or cli.agent in opsgate.yaml)")
@@ -129,13 +130,11 @@ def _actor(state_dir: str | None, as_: str | None, scope: list[str]) -> _Act:
 
 
 def _issue(gate: Any, agent: Any, scope: list[str]) -> Any:
-    from opsgate.cli import _operator
-
     return gate.credential_manager.issue_credential(
         agent.did,
         scope=scope,
         ttl_minutes=gate.config.cli.credential_ttl_minutes,
-        requested_by=_operator(),
+        requested_by=operator_actor(),
     )
 
 
@@ -155,10 +154,10 @@ def _pending_data(act: _Act, pending: Any, capability: str) -> dict[str, Any]:
 def _pending_exit(act: _Act, pending: Any, capability: str, json_out: bool, note: str) -> None:
     data = _pending_data(act, pending, capability)
     if json_out:
-        _print_json(data)
+        print_json(data)
     else:
         typer.echo(pending.approval_id)  # alone on stdout, so it can be captured
-        _err(
+        print_error(
             f"approval pending{note}: {capability} as {act.agent.name} needs "
             f"{pending.min_approvals} of {', '.join(pending.approvers)} (expires "
             f"{data['expires_at']}); run it after approval with --approval "
@@ -217,7 +216,7 @@ def _perform(
                 _pending_exit(act, result, op.capability, json_out, "")
     except OpsgateError as exc:
         if json_out:
-            _print_json(
+            print_json(
                 {
                     "status": "refused",
                     "capability": safe_text(op.capability),
@@ -229,7 +228,7 @@ def _perform(
     if result.status == "failed":
         code = _failure_code(result)
         if json_out:
-            _print_json(
+            print_json(
                 {
                     "status": "failed",
                     "capability": op.capability,
@@ -240,7 +239,7 @@ def _perform(
                     "detail": _plain(result.detail),
                 }
             )
-        _err(f"error [{code}]: {result.summary}")
+        print_error(f"error [{code}]: {result.summary}")
         raise typer.Exit(1)
     return result
 
@@ -252,7 +251,7 @@ def _plain(detail: Any) -> Any:
 
 def _done(act: _Act, op: Any, outcome: Any, json_out: bool, extra: dict[str, Any]) -> None:
     if json_out:
-        _print_json(
+        print_json(
             {
                 "status": outcome.status,
                 "capability": op.capability,
@@ -263,7 +262,7 @@ def _done(act: _Act, op: Any, outcome: Any, json_out: bool, extra: dict[str, Any
             }
         )
     else:
-        _out().print(outcome.summary, markup=False)
+        console().print(outcome.summary, markup=False)
 
 
 # -- deploy and rollback ---------------------------------------------------------------------
@@ -391,7 +390,7 @@ def rollback(
 def _show_plan(act: _Act, op: Any, outcome: Any, json_out: bool) -> None:
     plan, decision = outcome.detail["plan"], outcome.detail["decision"]
     if json_out:
-        _print_json(
+        print_json(
             {
                 "status": "dry_run",
                 "capability": op.capability,
@@ -401,7 +400,7 @@ def _show_plan(act: _Act, op: Any, outcome: Any, json_out: bool) -> None:
             }
         )
         return
-    out = _out()
+    out = console()
     out.print(plan["summary"], markup=False)
     for step in plan["steps"]:
         out.print(f"  {step}", markup=False)
@@ -533,7 +532,7 @@ def migrate_status(
     database: DatabaseArg, state_dir: StateDir = None, json_out: JsonOut = False
 ) -> None:
     """Head, pending files, failed or interrupted runs and the lock holder (reads only)."""
-    gate = _gate(state_dir)
+    gate = open_gate(state_dir)
     executor = gate.registered_executor("migrate", "database")
     if executor is None:
         raise MigrationError(
@@ -542,9 +541,9 @@ def migrate_status(
     status = executor.status(database)
     data = status.to_dict()
     if json_out:
-        _print_json(data)
+        print_json(data)
         return
-    out = _out()
+    out = console()
     out.print(
         f"{data['database']} ({data['dialect']}): {data['state']}, at V{data['head']}",
         markup=False,
@@ -635,7 +634,7 @@ def secrets_get(
     if json_out:
         _done(act, op, outcome, True, data)
     else:
-        _out().print(
+        console().print(
             f"{d['path']} version {d['version']} (the value is not shown: --reveal prints it)",
             markup=False,
         )
@@ -800,7 +799,7 @@ def secrets_rotate(
 
 
 def _show_status(data: dict[str, Any]) -> None:
-    out = _out()
+    out = console()
     audit = data["audit"]
     out.print(
         f"gate {data['gate']}: {data['agent_count']} agent(s), "
@@ -808,24 +807,27 @@ def _show_status(data: dict[str, Any]) -> None:
         f"audit head seq {audit['head_seq']} {audit['head_hash']}",
         markup=False,
     )
-    table = _table("agent", "status", "trust", "effective")
+    table = new_table("agent", "status", "trust", "effective")
     for a in data["agents"]:
         table.add_row(
             escape(a["name"]), a["status"], str(a["trust_score"]), str(a["effective_trust"])
         )
     out.print(table)
     if data["approvals"]["pending"]:
-        table = _table("approval", "capability", "requester", "expires")
+        table = new_table("approval", "capability", "requester", "expires")
         table.columns[0].min_width = 28  # copied into `approvals approve`: one line
         for r in data["approvals"]["pending"]:
             table.add_row(
-                r["id"], escape(r["capability"]), escape(r["requester"]), _when(r["expires_at"])
+                r["id"],
+                escape(r["capability"]),
+                escape(r["requester"]),
+                format_time(r["expires_at"]),
             )
         out.print(table)
     out.print(f"open database leases: {data['lease_count']}")
     for lease in data["leases"]:
         out.print(
-            f"  {lease['database']}: {lease['username']} until {_when(lease['expires_at'])}",
+            f"  {lease['database']}: {lease['username']} until {format_time(lease['expires_at'])}",
             markup=False,
         )
     out.print(f"deploy locks: {data['lock_count']}")
@@ -833,7 +835,7 @@ def _show_status(data: dict[str, Any]) -> None:
         stale = " (stale)" if lock.get("stale") else ""
         out.print(
             f"  {lock['env']}/{lock['app']}: {lock['holder_name']} for {lock['capability']}, "
-            f"pid {lock['pid']} on {lock['host']} since {_when(lock['started_at'])}{stale}",
+            f"pid {lock['pid']} on {lock['host']} since {format_time(lock['started_at'])}{stale}",
             markup=False,
         )
 
@@ -859,7 +861,7 @@ def status(
     from opsgate.operations.monitor import GATE_TARGET, monitor_operation
 
     op = monitor_operation(GATE_TARGET)
-    gate = _gate(state_dir)
+    gate = open_gate(state_dir)
     act = _actor(state_dir, as_ or gate.config.cli.monitor_agent, [op.capability])
     outcome = _perform(act, op, approval=None, wait=False, timeout=None, json_out=json_out)
     data = _plain(outcome.detail)

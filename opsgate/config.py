@@ -797,6 +797,21 @@ def _paths_from(base: Path, deploy: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+DEFAULT_STATE_DIR = ".opsgate"
+
+
+def resolve_state_dir(state_dir: str | os.PathLike[str] | None) -> Path:
+    """The state dir named (else $OPSGATE_STATE_DIR, else .opsgate), absolute."""
+    if state_dir is None:
+        state_dir = os.environ.get("OPSGATE_STATE_DIR") or DEFAULT_STATE_DIR
+    if not isinstance(state_dir, (str, os.PathLike)) or not os.fspath(state_dir):
+        raise ConfigError("state dir must be a non-empty path", code="state_dir_invalid")
+    try:
+        return Path(state_dir).expanduser().resolve()
+    except (TypeError, ValueError, OSError, RuntimeError) as exc:  # NUL bytes, loops, ...
+        raise ConfigError("state dir is not a usable path", code="state_dir_invalid") from exc
+
+
 def load_config(state_dir: Path, overrides: dict[str, Any] | None = None) -> Config:
     """Read `<state_dir>/opsgate.yaml`, then environment, then explicit overrides."""
     data: dict[str, Any] = {}

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import os
 import threading
 import time
@@ -32,9 +33,10 @@ from opsgate.approvals import ApprovalRequest, ApprovalService, PendingApproval,
 from opsgate.audit.log import CHECKPOINT_FILE, AuditLog, Finding
 from opsgate.authz import AuthzRequest, authorize, scope_refusal
 from opsgate.boundary import internal, typed_errors
-from opsgate.config import Config, load_config
+from opsgate.clock import to_epoch
+from opsgate.config import Config, load_config, resolve_state_dir
 from opsgate.credentials.keyring import KEY_DIR, PIN_FILE, KeyRing, Pin, read_pin, write_pin
-from opsgate.credentials.manager import Claims, CredentialManager, PossessionCheck, to_epoch
+from opsgate.credentials.manager import Claims, CredentialManager, PossessionCheck
 from opsgate.credentials.proof import ProofRequest
 from opsgate.decision import Decision
 from opsgate.environments import Environments, Resolved
@@ -65,6 +67,7 @@ from opsgate.operations.base import (
 from opsgate.operations.monitor.executor import NAMESPACE as MONITORING
 from opsgate.operations.monitor.executor import MonitorExecutor, registered_deployer
 from opsgate.operators import OperatorService
+from opsgate.policy.engine import PolicySet
 from opsgate.policy.request import check_params
 from opsgate.secrets import SecretsService
 from opsgate.secrets.value import SecretValue
@@ -75,7 +78,6 @@ from opsgate.store.runs import RunsSQL
 from opsgate.trust.engine import MISUSE_CHARGE_WINDOW, TrustChange, TrustEngine
 from opsgate.trust.scoring import TrustEvent, failure_event
 
-DEFAULT_STATE_DIR = ".opsgate"
 log = structlog.get_logger("opsgate.gate")
 # The trust event of a failure an executor did not classify, by action.
 _FAILURE_KINDS = {"deploy": "deployment", "rollback": "deployment", "migrate": "migration"}
@@ -103,17 +105,6 @@ def _asked(operation: Operation) -> str | None:
     if type(operation.action) is str and type(operation.resource) is str:
         return operation.capability
     return None
-
-
-def resolve_state_dir(state_dir: str | os.PathLike[str] | None) -> Path:
-    if state_dir is None:
-        state_dir = os.environ.get("OPSGATE_STATE_DIR") or DEFAULT_STATE_DIR
-    if not isinstance(state_dir, (str, os.PathLike)) or not os.fspath(state_dir):
-        raise ConfigError("state dir must be a non-empty path", code="state_dir_invalid")
-    try:
-        return Path(state_dir).expanduser().resolve()
-    except (TypeError, ValueError, OSError, RuntimeError) as exc:  # NUL bytes, loops, ...
-        raise ConfigError("state dir is not a usable path", code="state_dir_invalid") from exc
 
 
 @contextlib.contextmanager
@@ -217,7 +208,10 @@ class Gate:
             self.keyring.signer()
         self.state.load(now)
         self.agents = AgentRegistry(
-            self,
+            gate_id=self.gate_id,
+            handle=lambda agent: Agent(self, agent),
+            effective_trust=self.effective_trust,
+            on_refusal=self._on_delegation_refused,
             config=config,
             store=store,
             keyring=self.keyring,
@@ -232,7 +226,9 @@ class Gate:
             keyring=self.keyring,
             state=self.state,
             audit=self.audit,
-            agents=self.agents,
+            agent_state=self.agents.state,
+            descendants=functools.partial(self.agents.descendants, lock=True),
+            on_escalation=self._on_escalation,
             issuer=self.gate_id,
         )
         self.trust = TrustEngine(
@@ -242,9 +238,7 @@ class Gate:
         self.operators = OperatorService(
             store=store, audit=self.audit, token_ttl_days=config.operators.token_ttl_days
         )
-        self.credential_manager.on_escalation = self._on_escalation
-        self.agents.on_refusal = self._on_delegation_refused
-        self.policies: Any = None
+        self.policies: PolicySet | None = None
         self.trust_approvers: tuple[str, ...] = ()
         self._resolve_trust_approvers()
         # (action, namespace) -> executor; namespace None routes every other resource.
@@ -609,7 +603,7 @@ class Gate:
         An entry is a policy group name (exact, lower-cased) or a plain email; anything
         else is a configuration error, so a near-miss never silently becomes a person.
         """
-        groups = getattr(self.policies, "groups", {}) or {}
+        groups = {} if self.policies is None else self.policies.groups
         out: set[str] = set()
         for name in self.config.trust.approvers:
             key = name.lower()
@@ -1232,7 +1226,7 @@ class Gate:
             st = self.state.agent(did)
             if st is not None:
                 direct.add(st.sponsor)
-        groups = getattr(self.policies, "groups", {}) or {}
+        groups = {} if self.policies is None else self.policies.groups
         sponsors = set(direct)
         for sponsor in direct:
             sponsors.update(m.lower() for m in groups.get(sponsor.lower(), ()))

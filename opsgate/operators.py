@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from opsgate.boundary import typed_errors
-from opsgate.credentials.manager import to_epoch
+from opsgate.clock import to_epoch
 from opsgate.errors import OperatorError, shown
 from opsgate.store import Store
 from opsgate.store import operators as operator_rows

@@ -37,7 +37,7 @@ from opsgate.approvals.model import (
 )
 from opsgate.approvals.notify import Dispatcher, build_notifiers
 from opsgate.boundary import typed_errors
-from opsgate.credentials.manager import to_epoch
+from opsgate.clock import to_epoch
 from opsgate.decision import ApprovalRequirement, Decision
 from opsgate.errors import AgentError, ApprovalError, OpsgateError, safe_text, scrub, shown
 from opsgate.identity.registry import check_email

@@ -3,18 +3,32 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from opsgate.boundary import typed_errors
-from opsgate.credentials.manager import Credential, to_epoch
+from opsgate.clock import to_epoch
+from opsgate.credentials.manager import Credential
 from opsgate.credentials.proof import ProofRequest, make_proof
 from opsgate.errors import CredentialError
 from opsgate.operations.base import Operation
+from opsgate.state import LiveState
 
-if TYPE_CHECKING:
-    from opsgate.gate import Gate
-    from opsgate.identity.registry import Agent
+
+class Issue(Protocol):
+    """Issues a credential (the gate's `CredentialManager.issue_credential`)."""
+
+    def __call__(
+        self,
+        agent_id: str,
+        scope: list[str],
+        ttl_minutes: float | None = None,
+        *,
+        now: datetime | float | None = None,
+    ) -> Credential: ...
 
 
 @typed_errors
@@ -26,10 +40,23 @@ class CredentialHandle:
     """
 
     def __init__(
-        self, gate: Gate, agent: Agent, scope: list[str], ttl_minutes: float | None
+        self,
+        agent_did: str,
+        agent_name: str,
+        scope: list[str],
+        ttl_minutes: float | None,
+        *,
+        issue: Issue,
+        state: LiveState,
+        private_key: Callable[[str], Ed25519PrivateKey],
     ) -> None:
-        self._gate = gate
-        self._agent = agent
+        """`issue` is the gate's `issue_credential`, `state` its live state (revocations),
+        `private_key` reads an agent's key (for proofs of possession)."""
+        self._did = agent_did
+        self._name = agent_name
+        self._issue = issue
+        self._state = state
+        self._private_key = private_key
         self._scope = list(scope)
         self._ttl = ttl_minutes
         self._lock = threading.Lock()
@@ -44,15 +71,13 @@ class CredentialHandle:
             if c is None or t >= self._renew_at(c) or self._revoked(c):
                 if c is not None:
                     self.renewals += 1
-                c = self._gate.credential_manager.issue_credential(
-                    self._agent.did, self._scope, self._ttl, now=t
-                )
+                c = self._issue(self._did, self._scope, self._ttl, now=t)
                 self._current = c
             return c
 
     def _revoked(self, c: Credential) -> bool:
         """A revoked credential is replaced at once (two dictionary lookups)."""
-        state = self._gate.state
+        state = self._state
         if state.is_revoked(c.jti):
             return True
         agent = state.agent(c.agent_id)
@@ -106,7 +131,7 @@ class CredentialHandle:
                 code="proof_request_invalid",
             )
         t = to_epoch(now)
-        key = self._gate.agents.private_key(self._agent.did)
+        key = self._private_key(self._did)
         return make_proof(key, self.current(t).token, request, t)
 
     def authorize_proof(
@@ -125,4 +150,4 @@ class CredentialHandle:
     def __repr__(self) -> str:
         c = self._current
         jti = c.jti if c else None
-        return f"CredentialHandle(agent={self._agent.name!r}, scope={self._scope!r}, jti={jti!r})"
+        return f"CredentialHandle(agent={self._name!r}, scope={self._scope!r}, jti={jti!r})"

@@ -25,6 +25,7 @@ from sqlalchemy import Connection
 from opsgate import capabilities as caps
 from opsgate.audit.summary import RefusalSummary
 from opsgate.boundary import typed_errors
+from opsgate.clock import to_epoch
 from opsgate.config import HARD_TTL_CEILING_MINUTES, Config
 from opsgate.credentials import jws
 from opsgate.credentials.keyring import KeyRing
@@ -45,7 +46,6 @@ from opsgate.store import state_changes as feed
 
 if TYPE_CHECKING:
     from opsgate.audit.log import AuditLog
-    from opsgate.identity.registry import AgentRegistry
 
 log = structlog.get_logger("opsgate.credentials")
 # 16 random bytes, base64url: the only credential ids this gate issues.
@@ -62,31 +62,6 @@ _MAX_LIFETIME = HARD_TTL_CEILING_MINUTES * 60 + 0.001  # credentials once carrie
 
 def _ms_floor(t: float) -> float:
     return math.floor(t * 1000) / 1000
-
-
-# Times from 1970 to the year 9000: every expiry derived from them (agent
-# lifetimes are capped at a century) still fits a datetime.
-MAX_EPOCH = 221_845_392_000.0
-
-
-def to_epoch(now: datetime | float | None) -> float:
-    """Accept an aware datetime (or epoch seconds); naive datetimes are ambiguous, so refused."""
-    if now is None:
-        return time.time()
-    if isinstance(now, datetime):
-        if now.tzinfo is None:
-            raise CredentialError("'now' must be a timezone-aware datetime", code="naive_datetime")
-        t = now.timestamp()
-    elif isinstance(now, bool) or not isinstance(now, (int, float)):
-        raise CredentialError("'now' must be a datetime", code="invalid_time")
-    else:
-        try:
-            t = float(now)
-        except OverflowError:
-            t = math.inf
-    if not 0.0 <= t <= MAX_EPOCH:  # also refuses NaN
-        raise CredentialError("'now' is outside 1970 to 9000", code="invalid_time")
-    return t
 
 
 def issue_second(t: float, not_before: float | None) -> int:
@@ -192,9 +167,13 @@ class CredentialManager:
         keyring: KeyRing,
         state: LiveState,
         audit: AuditLog,
-        agents: AgentRegistry,
+        agent_state: Callable[[str], AgentState],
+        descendants: Callable[[Connection, str], list[str]],
+        on_escalation: Callable[[str, str, float], None],
         issuer: str,
     ) -> None:
+        """`agent_state` reads an agent (by name or did); `descendants` lists the dids
+        below one, locking their rows, inside the revoking transaction."""
         self._config = config
         self._environments = Environments.from_config(config)
         self._limits = config.limits
@@ -202,14 +181,15 @@ class CredentialManager:
         self._keyring = keyring
         self._state = state
         self._audit = audit
-        self._agents = agents
+        self._agent_state = agent_state
+        self._descendants = descendants
         self.issuer = issuer
         self.audience = config.audience
         self._seen: dict[str, Claims] = {}
         self._seen_lock = threading.Lock()
         self.proofs = ProofChecker(store)
         # Called with (did, reason, now) when an issuance asks for more than the grants.
-        self.on_escalation: Callable[[str, str, float], None] | None = None
+        self._on_escalation = on_escalation
         # Refusals no agent can be charged for: counted, written as periodic summaries.
         self.unproven_refusals = RefusalSummary(
             audit, interval=config.audit.refusal_summary_seconds
@@ -290,7 +270,7 @@ class CredentialManager:
         t = _ms_floor(to_epoch(now))
         ttl = self._ttl_seconds(ttl_minutes)
         self._state.maybe_refresh()  # another replica may have rotated keys or suspended the agent
-        state = self._agents.state(agent_id)
+        state = self._agent_state(agent_id)
         refusal = state.usable_at(t)
         if refusal is not None:
             raise CredentialError(
@@ -309,16 +289,11 @@ class CredentialManager:
                 code=exc.code,
                 reason=exc.message,
             )
-            if (
-                requested_by is None
-                and self.on_escalation is not None
-                and exc.code
-                in (
-                    "scope_not_covered",
-                    "capability_unrestricted",
-                )
+            if requested_by is None and exc.code in (
+                "scope_not_covered",
+                "capability_unrestricted",
             ):
-                self.on_escalation(state.did, exc.message, t)
+                self._on_escalation(state.did, exc.message, t)
             raise
         iat = issue_second(t, state.credentials_not_before)
         credential, not_before = self._issue(state, granted, iat, t, ttl, requested_by)
@@ -649,9 +624,9 @@ class CredentialManager:
         commits after it and is still covered is refused when issued.
         """
         t = to_epoch(now)
-        root = self._agents.state(agent_id)
+        root = self._agent_state(agent_id)
         with self._store.write() as conn:  # no audit head: see revoke()
-            affected = [root.did, *self._agents.descendants(conn, root.did, lock=True)]
+            affected = [root.did, *self._descendants(conn, root.did)]
             nb = revocation_cutoff(conn, affected, t)
             agent_rows.cut_credentials(conn, affected, nb, t)
             for did in affected:

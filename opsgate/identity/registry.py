@@ -8,7 +8,7 @@ import re
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import Connection
@@ -16,9 +16,10 @@ from sqlalchemy.exc import IntegrityError
 
 from opsgate import capabilities as caps
 from opsgate.boundary import typed_errors
+from opsgate.clock import to_epoch
 from opsgate.config import Config
 from opsgate.credentials.keyring import KeyRing
-from opsgate.credentials.manager import AUDIT_WAIT_SECONDS, revocation_cutoff, to_epoch
+from opsgate.credentials.manager import AUDIT_WAIT_SECONDS, revocation_cutoff
 from opsgate.environments import Environments
 from opsgate.errors import (
     AgentError,
@@ -38,7 +39,7 @@ from opsgate.store import agents as agent_rows
 if TYPE_CHECKING:
     from opsgate.audit.log import AuditLog
     from opsgate.credentials.handle import CredentialHandle
-    from opsgate.gate import Gate
+    from opsgate.credentials.manager import CredentialManager
 
 AGENT_KEY_DIR = "agent-keys"
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
@@ -94,11 +95,28 @@ def _check_trust(value: object) -> int:
     return value
 
 
+class AgentHost(Protocol):
+    """What an Agent handle asks of the gate it came from (a Gate is one)."""
+
+    @property
+    def agents(self) -> AgentRegistry: ...
+
+    @property
+    def credential_manager(self) -> CredentialManager: ...
+
+    @property
+    def state(self) -> LiveState: ...
+
+    def trust_score(self, did: str) -> int: ...
+
+    def effective_trust(self, did: str) -> int: ...
+
+
 @typed_errors
 class Agent:
     """A handle on a registered agent. Identity fields are fixed; status and trust are live."""
 
-    def __init__(self, gate: Gate, state: AgentState) -> None:
+    def __init__(self, gate: AgentHost, state: AgentState) -> None:
         self._gate = gate
         self.did = state.did
         self.name = state.name
@@ -153,7 +171,16 @@ class Agent:
         """A self-renewing credential for `scope` (renewed before 1/3 of its life is left)."""
         from opsgate.credentials.handle import CredentialHandle
 
-        return CredentialHandle(self._gate, self, scope, ttl_minutes)
+        gate = self._gate
+        return CredentialHandle(
+            self.did,
+            self.name,
+            scope,
+            ttl_minutes,
+            issue=gate.credential_manager.issue_credential,
+            state=gate.state,
+            private_key=gate.agents.private_key,
+        )
 
     def to_dict(self) -> dict[str, Any]:
         st = self._gate.agents.state(self.did)
@@ -190,8 +217,11 @@ class AgentRegistry:
 
     def __init__(
         self,
-        gate: Gate,
         *,
+        gate_id: str,
+        handle: Callable[[AgentState], Agent],
+        effective_trust: Callable[[str], int],
+        on_refusal: Callable[[str, str, float], None],
         config: Config,
         store: Store,
         keyring: KeyRing,
@@ -200,7 +230,11 @@ class AgentRegistry:
         state_dir: Path,
         default_trust: int,
     ) -> None:
-        self._gate = gate
+        self._gate_id = gate_id
+        self._handle = handle
+        self._effective_trust = effective_trust
+        # Called with (did, reason, now) when a delegation tries to widen access.
+        self._on_refusal = on_refusal
         self._config = config
         self._environments = Environments.from_config(config)
         self._store = store
@@ -209,8 +243,6 @@ class AgentRegistry:
         self._audit = audit
         self._key_dir = state_dir / AGENT_KEY_DIR
         self._default_trust = default_trust
-        # Called with (did, reason, now) when a delegation tries to widen access.
-        self.on_refusal: Callable[[str, str, float], None] | None = None
 
     # -- lookup -------------------------------------------------------------------
 
@@ -236,7 +268,7 @@ class AgentRegistry:
         return st
 
     def get(self, ref: str) -> Agent:
-        return Agent(self._gate, self.state(ref))
+        return self._handle(self.state(ref))
 
     def list(self, *, status: str | None = None) -> list[Agent]:
         if status is not None and status not in (ACTIVE, SUSPENDED, REVOKED):
@@ -377,7 +409,7 @@ class AgentRegistry:
         record = {
             "v": RECORD_VERSION,
             "kind": "registration",
-            "gate": self._gate.gate_id,
+            "gate": self._gate_id,
             "did": did,
             "name": name,
             "sponsor": sponsor,
@@ -450,8 +482,8 @@ class AgentRegistry:
                 code=exc.code,
                 reason=exc.message,
             )
-            if self.on_refusal is not None and exc.code in ESCALATION_CODES:
-                self.on_refusal(parent.did, exc.message, t)
+            if exc.code in ESCALATION_CODES:
+                self._on_refusal(parent.did, exc.message, t)
             raise
 
     def _delegate(
@@ -497,7 +529,7 @@ class AgentRegistry:
             raise DelegationError(
                 f"a child of {parent.name!r} cannot outlive it", code="outlives_parent"
             )
-        parent_trust = self._gate.effective_trust(parent.did)
+        parent_trust = self._effective_trust(parent.did)
         if trust_score is None:
             score = parent_trust
         else:

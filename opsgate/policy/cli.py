@@ -147,9 +147,8 @@ StateDirOpt = Annotated[
 
 def _environments(state_dir: Path | None) -> Environments:
     """The environments the gate of `state_dir` uses (built-in ones without a config)."""
-    from opsgate.config import load_config
+    from opsgate.config import load_config, resolve_state_dir
     from opsgate.errors import ConfigError
-    from opsgate.gate import resolve_state_dir
 
     try:
         return Environments.from_config(load_config(resolve_state_dir(state_dir)))
@@ -282,9 +281,8 @@ def explain(
 
 def _configured_policies(state_dir: Path | None) -> str:
     """The policy path from the state dir's opsgate.yaml, as Gate.open would use it."""
-    from opsgate.config import load_config
+    from opsgate.config import load_config, resolve_state_dir
     from opsgate.errors import ConfigError
-    from opsgate.gate import resolve_state_dir
 
     try:
         configured = load_config(resolve_state_dir(state_dir)).policies

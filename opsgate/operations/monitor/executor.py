@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol
 
 from pydantic import BaseModel, Field
 
@@ -27,7 +27,10 @@ from opsgate.errors import OperationError, safe_text
 from opsgate.operations.base import Operation, OperationParams, Outcome, Plan
 
 if TYPE_CHECKING:
-    from opsgate.gate import Gate
+    from opsgate.approvals.service import ApprovalService
+    from opsgate.audit.log import AuditLog
+    from opsgate.identity.registry import AgentRegistry
+    from opsgate.operations.base import Executor
     from opsgate.operations.deploy.executor import DeployExecutor
 
 NAMESPACE = "monitoring"
@@ -38,6 +41,24 @@ View = Literal["status", "history", "health"]
 STATUS_ROWS = 200
 #: How many recent lease events the open-lease view reads.
 LEASE_WINDOW = 1000
+
+
+class GateView(Protocol):
+    """What the gate's status reads (a Gate is one)."""
+
+    @property
+    def gate_id(self) -> str: ...
+
+    @property
+    def agents(self) -> AgentRegistry: ...
+
+    @property
+    def approvals(self) -> ApprovalService: ...
+
+    @property
+    def audit(self) -> AuditLog: ...
+
+    def registered_executor(self, action: str, namespace: str | None = None) -> Executor | None: ...
 
 
 class MonitorParams(OperationParams):
@@ -63,7 +84,7 @@ class MonitorExecutor:
 
     def __init__(
         self,
-        gate: Gate,
+        gate: GateView,
         deployer: Callable[[], DeployExecutor | None],
         *,
         clock: Callable[[], float] = time.time,
@@ -189,7 +210,7 @@ class MonitorExecutor:
         )
 
 
-def gate_status(gate: Gate, now: float) -> dict[str, Any]:
+def gate_status(gate: GateView, now: float) -> dict[str, Any]:
     """The gate's own status: what a monitoring agent (and `opsgate status`) shows."""
     agents = gate.agents.list()
     pending = gate.approvals.list(status="pending", now=now)
@@ -234,14 +255,14 @@ def gate_status(gate: Gate, now: float) -> dict[str, Any]:
     }
 
 
-def registered_deployer(gate: Gate) -> DeployExecutor | None:
+def registered_deployer(gate: GateView) -> DeployExecutor | None:
     from opsgate.operations.deploy.executor import DeployExecutor
 
     found = gate.registered_executor("deploy")
     return found if isinstance(found, DeployExecutor) else None
 
 
-def open_leases(gate: Gate, now: float) -> list[dict[str, Any]]:
+def open_leases(gate: GateView, now: float) -> list[dict[str, Any]]:
     """Database leases the gate issued that are neither revoked nor past their TTL,
     from the audit's recent lease events (a lease is never stored anywhere else)."""
     issued = gate.audit.tail(LEASE_WINDOW, event_type="secrets.lease_issued")
