@@ -8,8 +8,11 @@ audit event with the argument digest; a secret value is in no error and no audit
 from __future__ import annotations
 
 import json
+import sqlite3
 from collections.abc import Awaitable, Callable
+from contextlib import closing
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import anyio
@@ -19,9 +22,12 @@ from helpers import World, audit_events, database_text, open_world, policy, stor
 from mcp import ClientSession
 from mcp.shared.memory import create_connected_server_and_client_session
 
+import opsgate
 from opsgate.mcp_server import LocalBackend, ToolServer, build_server
 from opsgate.mcp_server.tools import TOOLS, args_digest, offered_tools
+from opsgate.operations.migrate import MigrationExecutor
 
+EXAMPLE_POLICY = Path(__file__).parent.parent.parent / "examples" / "policies.yaml"
 VALUE = "Sw0rdf1sh-mcp-unit-7Q"
 SECRET_SCOPE = ["read:secrets/staging", "write:secrets/staging", "list:secrets/staging"]
 
@@ -260,3 +266,59 @@ def test_a_secret_is_read_where_granted_and_never_in_an_error_or_the_audit(
     assert VALUE not in database_text(world.gate)
     listed = data(call(world, agent, "secret_list", {"prefix": "staging"}))
     assert listed["detail"]["names"] == ["db-password"]
+
+
+def tables(db: Path) -> set[str]:
+    if not db.exists():
+        return set()
+    with closing(sqlite3.connect(db)) as conn:
+        return {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+
+
+def test_migrations_plan_apply_and_wait_through_the_tools(tmp_path: Path) -> None:
+    migrations, target_db = tmp_path / "migrations", tmp_path / "orders.db"
+    migrations.mkdir()
+    gate = opsgate.Gate.open(
+        tmp_path / "state",
+        policies=EXAMPLE_POLICY,
+        databases={
+            "orders": {"url": f"sqlite:///{target_db}", "migrations": str(migrations)},
+            "billing": {"url": f"sqlite:///{tmp_path / 'b.db'}", "migrations": str(migrations)},
+        },
+    )
+    try:
+        gate.register_executor("migrate", MigrationExecutor(gate.config, state_dir=gate.state_dir))
+        agent = gate.register_agent(
+            "database-agent", ["migrate:database/orders"], "platform-team@company.com", 920
+        )
+        gate.approvals.add_approver("dana@company.com")
+        w = SimpleNamespace(gate=gate)
+        assert names(w, agent) == {
+            "migration_plan",
+            "migration_apply",
+            "migration_status",
+            "approval_status",
+        }
+        (migrations / "V1__init.sql").write_text("CREATE TABLE legacy (id integer);")
+        status = data(call(w, agent, "migration_status", {"database": "orders"}))
+        assert status["status"] == "dry_run"
+        assert [p["name"] for p in status["plan"]["content"]["pending"]] == ["V1__init.sql"]
+        assert status["decision"]["effect"] == "allow"
+        assert "legacy" not in tables(target_db)  # a status reads only
+        applied = data(call(w, agent, "migration_apply", {"database": "orders"}))
+        assert applied["status"] == "succeeded"
+        assert "legacy" in tables(target_db)
+
+        (migrations / "V2__drop.sql").write_text("DROP TABLE legacy;")
+        plan = data(call(w, agent, "migration_plan", {"database": "orders", "target": 2}))
+        statement = plan["plan"]["content"]["pending"][0]["statements"][0]
+        assert statement["destructive"] is True
+        assert plan["decision"]["effect"] == "require_approval"
+        waiting = data(call(w, agent, "migration_apply", {"database": "orders"}))
+        assert waiting["status"] == "approval_pending"
+        assert waiting["approvers"] == ["dana@company.com"]
+        assert "legacy" in tables(target_db)  # nothing dropped before the approval
+        other = call(w, agent, "migration_apply", {"database": "billing"})
+        assert other.isError and data(other)["code"] == "operation_denied"
+    finally:
+        gate.close()
