@@ -887,7 +887,9 @@ def _mount_optional() -> None:
     from opsgate.policy.cli import app as policy_app
 
     app.add_typer(policy_app, name="policy")
-    # deploy, rollback, migrate, secrets, status: operations done as an agent.
+    # deploy, rollback, migrate, secrets, status: operations done as an agent; mcp:
+    # the same operations as MCP tools for an LLM agent.
+    import opsgate.cli_mcp
     import opsgate.cli_ops  # noqa: F401
 
 

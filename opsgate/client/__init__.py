@@ -32,6 +32,7 @@ from opsgate.credentials.proof import ProofRequest
 from opsgate.decision import Decision, MatchedRule
 from opsgate.identity.keys import did_from_public_key, read_private_key
 from opsgate.operations.base import Operation, Outcome
+from opsgate.secrets.value import SecretValue
 from opsgate.server.dpop import body_request, make_assertion, make_dpop, normalise_url
 
 __all__ = ["RemoteApproval", "RemoteCredential", "RemoteGate", "RemotePendingApproval", "connect"]
@@ -153,10 +154,16 @@ def _result(response: httpx.Response) -> Outcome | RemotePendingApproval:
             digest=data["digest"],
             reasons=tuple(data.get("reasons") or ()),
         )
+    detail = data.get("detail") or {}
+    if isinstance(detail, dict):
+        # A secret the gate let this agent read comes back as it does in-process.
+        for key in data.get("secret_keys") or ():
+            if isinstance(detail.get(key), str):
+                detail[key] = SecretValue(detail[key])
     return Outcome(
         data["status"],
         data.get("summary") or "",
-        data.get("detail") or {},
+        detail,
         data.get("failure_kind"),
         data.get("audit_seq"),
     )
@@ -282,6 +289,8 @@ class RemoteGate:
             "dry_run": operation.dry_run,
             "approval_id": approval_id,
         }
+        if operation.secret is not None:
+            body["secret"] = operation.secret.reveal()  # a secret write's value
         proof_for = ProofRequest.execute(operation, approval_id)
         return _result(self._send("POST", "/v1/operations", token, proof_for, body))
 
@@ -310,6 +319,22 @@ class RemoteGate:
             expires_at=datetime.fromisoformat(data["expires_at"]),
             decisions=tuple(data.get("decisions") or ()),
         )
+
+    def grants(self) -> dict[str, Any]:
+        """This agent's own did, name, status and grants (for a fresh client assertion)."""
+        body = {"assertion": make_assertion(self._key, self.url, time.time())}
+        response = self._http.post(
+            "/v1/credentials/grants", content=orjson.dumps(body), headers=_JSON
+        )
+        if response.status_code != 200:
+            raise _error(response)
+        data: dict[str, Any] = response.json()
+        return data
+
+    def record_tool_call(self, record: dict[str, Any], token: Token | None = None) -> int:
+        """Audit one tool call of this agent (see `opsgate mcp`); the event's seq."""
+        response = self._send("POST", "/v1/tool-calls", self._token(token), None, record)
+        return int(response.json()["seq"])
 
     def wait_for_approval(
         self, approval_id: str, timeout: float = 60.0, *, token: Token | None = None

@@ -26,6 +26,7 @@ from opsgate.server.errors import status_of
 from opsgate.server.limits import BodyLimit, RefusalLimiter
 from opsgate.server.metrics import ServerMetrics
 from opsgate.server.routes import (
+    agent_tools,
     agents,
     approvals,
     audit,
@@ -108,7 +109,17 @@ def create_app(gate: Gate, settings: ServerConfig | None = None) -> FastAPI:
         err = OpsgateError(str(exc.detail).lower(), code=code)
         return JSONResponse(_error_body(err), status_code=exc.status_code)
 
-    for module in (health, credentials, operations, approvals, agents, audit, trust, policy):
+    for module in (
+        health,
+        credentials,
+        operations,
+        approvals,
+        agents,
+        audit,
+        trust,
+        policy,
+        agent_tools,
+    ):
         app.include_router(module.router)
     app.include_router(ui_router)
     app.add_middleware(SecurityHeaders, https=app.state.ui.https)

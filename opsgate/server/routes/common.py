@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict
 
 from opsgate.approvals import PendingApproval
 from opsgate.operations.base import Outcome
+from opsgate.secrets.value import SecretValue
 from opsgate.server.context import ServerContext
 
 
@@ -58,12 +59,26 @@ def result_response(result: Outcome | PendingApproval) -> Response:
             },
             202,
         )
+    detail, secret_keys = _revealed(result.detail)
     return json(
         {
             "status": result.status,
             "summary": result.summary,
-            "detail": result.detail,
+            "detail": detail,
+            "secret_keys": secret_keys,
             "failure_kind": result.failure_kind,
             "audit_seq": result.audit_seq,
         }
     )
+
+
+def _revealed(detail: Any) -> tuple[Any, list[str]]:
+    """An outcome's detail as JSON: a secret the gate let this agent read (a
+    `read:secrets/...` outcome) goes to that agent as text, its key named in
+    `secret_keys`, so the remote SDK hands it back as a SecretValue."""
+    if not isinstance(detail, dict):
+        return detail, []
+    keys = [k for k, v in detail.items() if isinstance(v, SecretValue)]
+    if not keys:
+        return detail, []
+    return {k: v.reveal() if k in keys else v for k, v in detail.items()}, keys

@@ -18,6 +18,7 @@ from starlette.concurrency import run_in_threadpool
 from opsgate.approvals import PendingApproval
 from opsgate.errors import ApprovalError, OpsgateError
 from opsgate.operations.base import Operation, Outcome
+from opsgate.secrets.value import SecretValue
 from opsgate.server.routes.common import Body, body_doc, ctx_of, iso, json, result_response
 
 router = APIRouter(prefix="/v1", tags=["operations"])
@@ -29,6 +30,9 @@ class ExecuteBody(Body):
     params: dict[str, Any] = Field(default_factory=dict)
     dry_run: bool = False
     approval_id: str | None = None
+    # A secret write's value (Operation.secret): never a param, so never in the
+    # audit or an approval's stored request; the approval digest binds it.
+    secret: str | None = Field(default=None, min_length=1, max_length=1_048_576)
 
 
 class AuthorizeBody(Body):
@@ -47,7 +51,8 @@ async def execute(request: Request) -> Response:
     ctx = ctx_of(request)
     body = ctx.parse(await ctx.body(request), ExecuteBody)
     token, check = ctx.agent_auth(request)
-    operation = Operation(body.action, body.resource, body.params, body.dry_run)
+    secret = None if body.secret is None else SecretValue(body.secret)
+    operation = Operation(body.action, body.resource, body.params, body.dry_run, secret=secret)
     started = time.perf_counter()
     try:
         result = await run_in_threadpool(

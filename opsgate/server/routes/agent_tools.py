@@ -1,0 +1,110 @@
+"""What an agent's tool surface (`opsgate mcp`) needs besides operations.
+
+- `POST /v1/credentials/grants`: the agent's own grants, for a client assertion signed
+  by its key (the same check as obtaining a credential). A tool surface offers only
+  the tools those grants can cover and asks for a credential of exactly them.
+- `POST /v1/tool-calls`: one audit event per tool call (agent, tool, argument
+  digest, outcome), written as the authenticated agent (DPoP, body bound). The
+  operation a call ran is audited by the gate itself; this record says which tool
+  asked for it, with what arguments (by digest, never a secret value).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Literal
+
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+from pydantic import Field
+from starlette.concurrency import run_in_threadpool
+
+from opsgate.errors import InvalidCredential, safe_text
+from opsgate.server.dpop import check_assertion
+from opsgate.server.routes.common import Body, body_doc, ctx_of, json
+from opsgate.server.routes.credentials import _SIGNED_REFUSALS, _audit_refusal
+
+router = APIRouter(prefix="/v1", tags=["agent tools"])
+
+#: What a tool call came to, as a tool surface reports it.
+ToolOutcome = Literal["succeeded", "failed", "dry_run", "approval_pending", "refused", "invalid"]
+
+
+class GrantsBody(Body):
+    assertion: str
+
+
+class ToolCallBody(Body):
+    surface: Literal["mcp"] = "mcp"
+    tool: str = Field(pattern=r"^[a-z][a-z0-9_]{0,47}$")
+    args_digest: str = Field(pattern=r"^sha256:[0-9a-f]{64}$")
+    outcome: ToolOutcome
+    code: str | None = Field(default=None, pattern=r"^[a-z0-9_]{1,64}$")
+    capability: str | None = Field(default=None, max_length=256)
+    approval_id: str | None = Field(default=None, max_length=128)
+    audit_seq: int | None = Field(default=None, ge=1)
+
+
+def grants_of(gate: Any, did: str) -> dict[str, Any]:
+    """An agent's own view of itself: name, status and the grants its chain proves."""
+    state = gate.agents.state(did)
+    return {
+        "did": state.did,
+        "name": state.name,
+        "status": state.effective_status,
+        "capabilities": [] if state.grant is None else list(state.grant.capabilities),
+    }
+
+
+@router.post("/credentials/grants", openapi_extra=body_doc(GrantsBody))
+async def own_grants(request: Request) -> Response:
+    """The presenting agent's name, status and grants (client assertion, single use)."""
+    ctx = ctx_of(request)
+    ctx.check_blocked(request)
+    body = ctx.parse(await ctx.body(request), GrantsBody)
+    gate = ctx.gate
+
+    def read() -> dict[str, Any]:
+        now = time.time()
+        try:
+            did = check_assertion(
+                body.assertion,
+                rules=ctx.rules,
+                now=now,
+                use_once=gate.credential_manager.proofs.use_once,
+            )
+        except InvalidCredential as exc:
+            if exc.code in _SIGNED_REFUSALS:
+                exc.detail["agent"] = None  # not a credential: nothing to charge
+                _audit_refusal(ctx, exc, body.assertion, now)
+            raise
+        request.state.agent = did
+        return grants_of(gate, did)
+
+    return json(await run_in_threadpool(read))
+
+
+@router.post("/tool-calls", openapi_extra=body_doc(ToolCallBody), status_code=201)
+async def record_tool_call(request: Request) -> Response:
+    """Audit one tool call of the presenting agent (`tool.call`)."""
+    ctx = ctx_of(request)
+    raw = await ctx.body(request)
+    body = ctx.parse(raw, ToolCallBody)
+    claims = await ctx.agent_claims(request, raw)
+    record = await run_in_threadpool(
+        lambda: ctx.gate.audit.append(
+            "tool.call",
+            actor=claims.sub,
+            at=time.time(),
+            jti=claims.jti,
+            surface=body.surface,
+            tool=body.tool,
+            args_digest=body.args_digest,
+            outcome=body.outcome,
+            code=body.code,
+            capability=None if body.capability is None else safe_text(body.capability),
+            approval=None if body.approval_id is None else safe_text(body.approval_id),
+            operation_seq=body.audit_seq,
+        )
+    )
+    return json({"seq": record.seq}, 201)

@@ -1,0 +1,137 @@
+"""The HTTP endpoints `opsgate mcp` uses besides operations: an agent's own grants for
+a client assertion (single use, signed by its key), the `tool.call` record (DPoP,
+body bound, strict body), and secret values over the remote SDK (a read's value to
+the agent that may read it, a write's value never in a param or the audit)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+from helpers import DEPLOY_SCOPE, audit_events, database_text
+from server_helpers import BASE, Api, open_api
+
+from opsgate.client import RemoteGate
+from opsgate.credentials.proof import ProofRequest
+from opsgate.errors import OpsgateError
+from opsgate.operations.base import Operation
+from opsgate.secrets.value import SecretValue
+from opsgate.server.dpop import make_assertion
+
+DIGEST = "sha256:" + "ab" * 32
+RECORD = {"tool": "deploy", "args_digest": DIGEST, "outcome": "succeeded"}
+VALUE = "Sw0rdf1sh-over-http-Q9"
+
+
+@pytest.fixture
+def api(tmp_path: Path) -> Api:
+    return open_api(tmp_path / "state")
+
+
+def test_an_agent_reads_its_own_grants_with_a_single_use_assertion(api: Api) -> None:
+    assertion = make_assertion(api.agent_key(), BASE, time.time())
+    r = api.client.post("/v1/credentials/grants", json={"assertion": assertion})
+    assert r.status_code == 200, r.text
+    assert r.json() == {
+        "did": api.world.agent.did,
+        "name": "deploy-agent",
+        "status": "active",
+        "capabilities": DEPLOY_SCOPE,
+    }
+    again = api.client.post("/v1/credentials/grants", json={"assertion": assertion})
+    assert again.status_code == 401 and again.json()["code"] == "assertion_replayed"
+    assert audit_events(api.gate, "credential.assertion_refused")[-1]["code"] == (
+        "assertion_replayed"
+    )
+
+
+@pytest.mark.parametrize(
+    "body",
+    [{}, {"assertion": "garbage"}, {"assertion": "a.b.c"}, {"assertion": 3}, {"x": 1}],
+)
+def test_grants_need_a_valid_assertion(api: Api, body: dict[str, object]) -> None:
+    r = api.client.post("/v1/credentials/grants", json=body)
+    assert r.status_code in (401, 422), r.text
+    assert "capabilities" not in r.text
+
+
+def test_another_gates_audience_is_refused(api: Api) -> None:
+    assertion = make_assertion(api.agent_key(), "http://elsewhere", time.time())
+    r = api.client.post("/v1/credentials/grants", json={"assertion": assertion})
+    assert r.status_code == 401 and r.json()["code"] == "bad_audience"
+
+
+def test_a_tool_call_is_recorded_as_the_proven_agent(api: Api) -> None:
+    token = api.credential()
+    body = {**RECORD, "capability": "deploy:staging/app-web", "audit_seq": 3}
+    r = api.agent_call("POST", "/v1/tool-calls", token, body)
+    assert r.status_code == 201, r.text
+    event = audit_events(api.gate, "tool.call")[-1]
+    assert event["tool"] == "deploy" and event["surface"] == "mcp"
+    assert event["args_digest"] == DIGEST and event["outcome"] == "succeeded"
+    assert event["operation_seq"] == 3
+    record = api.gate.audit.tail(1, event_type="tool.call")[0]
+    assert record.actor == api.world.agent.did and record.seq == r.json()["seq"]
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"tool": "Deploy; drop"},
+        {"args_digest": "md5:00"},
+        {"outcome": "allowed"},
+        {"code": "Not A Code"},
+        {"surface": "cli"},
+        {"extra": 1},
+        {"audit_seq": "3"},
+    ],
+)
+def test_a_malformed_record_is_refused_and_nothing_is_written(
+    api: Api, bad: dict[str, object]
+) -> None:
+    token = api.credential()
+    before = len(audit_events(api.gate, "tool.call"))
+    r = api.agent_call("POST", "/v1/tool-calls", token, {**RECORD, **bad})
+    assert r.status_code == 422 and r.json()["code"] == "request_invalid"
+    assert len(audit_events(api.gate, "tool.call")) == before
+
+
+def test_a_record_needs_the_agents_credential_and_proof(api: Api) -> None:
+    r = api.client.post("/v1/tool-calls", json=RECORD)
+    assert r.status_code == 401 and r.json()["code"] == "credential_missing"
+    r = api.client.post("/v1/tool-calls", json=RECORD, headers=api.operator())
+    assert r.status_code == 403 and r.json()["code"] == "wrong_role"
+    token = api.credential()
+    # A proof made for another body does not carry this one.
+    other = ProofRequest.authorize("deploy:staging/app-web", None)
+    r = api.agent_call("POST", "/v1/tool-calls", token, RECORD, request=other)
+    assert r.status_code == 401
+    assert audit_events(api.gate, "tool.call") == []
+
+
+def test_secret_values_travel_to_the_agent_and_nowhere_else(api: Api) -> None:
+    agent = api.gate.register_agent(
+        "secrets-agent",
+        ["read:secrets/staging", "write:secrets/staging"],
+        "lead@company.com",
+        800,
+    )
+    key = api.gate.agents.private_key(agent.did)
+    with RemoteGate(BASE, key, transport=api.client._transport) as gate:
+        cred = gate.credential(["read:secrets/staging", "write:secrets/staging"])
+        write = Operation("write", "secrets/staging/db", {}, secret=SecretValue(VALUE))
+        wrote = gate.execute(cred, write)
+        assert wrote.status == "succeeded"
+        read = gate.execute(cred, Operation("read", "secrets/staging/db", {}))
+        assert read.status == "succeeded"
+        value = read.detail["value"]  # type: ignore[union-attr]
+        assert isinstance(value, SecretValue) and value.reveal() == VALUE
+        assert VALUE not in repr(read)
+        # Out of scope: refused, and the value is in no part of the refusal.
+        with pytest.raises(OpsgateError) as refused:
+            gate.execute(
+                cred, Operation("write", "secrets/production/db", {}, secret=SecretValue(VALUE))
+            )
+        assert refused.value.code == "operation_denied" and VALUE not in str(refused.value)
+    assert VALUE not in database_text(api.gate)
