@@ -8,6 +8,7 @@ so read-modify-write sequences never deadlock or interleave across processes.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import threading
 from collections.abc import Iterator
@@ -111,6 +112,18 @@ def _sqlite_engine(url: str, *, immediate: bool) -> Engine:
         conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
     return engine
+
+
+@functools.cache
+def _schema_heads() -> frozenset[str]:
+    """The newest revisions this code knows: read once per process, since parsing the
+    migration scripts is most of the cost of opening an up-to-date database."""
+    from alembic.config import Config as AlembicConfig
+    from alembic.script import ScriptDirectory
+
+    cfg = AlembicConfig()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    return frozenset(ScriptDirectory.from_config(cfg).get_heads())
 
 
 def _sqlite_undurable(conn: Connection) -> Iterator[Connection]:
@@ -311,11 +324,10 @@ class Store:
         from alembic import command
         from alembic.config import Config as AlembicConfig
         from alembic.runtime.migration import MigrationContext
-        from alembic.script import ScriptDirectory
 
         cfg = AlembicConfig()
         cfg.set_main_option("script_location", str(MIGRATIONS))
-        heads = set(ScriptDirectory.from_config(cfg).get_heads())
+        heads = _schema_heads()
         with self._migrate_lock:
             try:
                 engine = create_engine(self.url, poolclass=NullPool)
