@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sqlite3
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +20,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
 import opsgate
+from opsgate.store import Store
 
 SEED_CAPABILITIES = [
     "deploy:staging",
@@ -28,6 +30,48 @@ SEED_CAPABILITIES = [
     "migrate:database",
     "read:monitoring",
 ]
+
+
+def _tables(path: Path) -> list[str]:
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        return [r[0] for r in conn.execute("SELECT name FROM sqlite_master ORDER BY name")]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def migrated_template(tmp_path_factory: pytest.TempPathFactory) -> Iterator[bytes]:
+    """Most tests open a gate on a fresh SQLite state dir, and migrating it is most
+    of the cost of that. The schema is migrated once per session by the real
+    `Store.migrate`, and a fresh, empty SQLite database gets a copy of that file
+    before `Store.migrate` looks at it (finding it current). A database with any
+    table, PostgreSQL, and every subprocess run the real migrations as before;
+    test_template_is_what_migrations_make checks the copy is what they make."""
+    path = tmp_path_factory.mktemp("template") / "opsgate.db"
+    store = Store(f"sqlite:///{path}")
+    store.migrate()
+    store.dispose()
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    template = path.read_bytes()
+    real = Store.migrate
+
+    def migrate(self: Store) -> None:
+        file = Path(make_url(self.url).database or "") if self.is_sqlite else None
+        if file is not None and file.is_file() and not _tables(file):
+            # No connection may hold the empty file while it is replaced.
+            self._write_engine.dispose()
+            self._read_engine.dispose()
+            for extra in ("-wal", "-shm"):
+                Path(f"{file}{extra}").unlink(missing_ok=True)
+            with open(file, "r+b") as f:  # keeps the file's 0600 mode
+                f.truncate(0)
+                f.write(template)
+        real(self)
+
+    migrate.__wrapped__ = real  # type: ignore[attr-defined]
+    patch = pytest.MonkeyPatch()
+    patch.setattr(Store, "migrate", migrate)
+    yield template
+    patch.undo()
 
 
 def _admin_url() -> str:

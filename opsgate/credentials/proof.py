@@ -122,6 +122,9 @@ class ProofChecker:
     def __init__(self, store: Store) -> None:
         self._store = store
         self._uses: GroupCommit[tuple[str, float, float], str] = GroupCommit(self._record_uses)
+        self._uses_before_audit: GroupCommit[tuple[str, float, float], str] = GroupCommit(
+            lambda uses: self._record_uses(uses, durable=False)
+        )
 
     def check(
         self,
@@ -176,20 +179,38 @@ class ProofChecker:
         replica, by the same database clock and expiry as the SDK's proofs."""
         self._use_once(jti, iat, window, bad)
 
-    def _use_once(self, jti: str, iat: float, window: float, bad: Any) -> None:
+    def use_once_before_audit(
+        self, jti: str, iat: float, window: float, bad: Callable[..., InvalidCredential]
+    ) -> None:
+        """`use_once` for a request the gate always audits durably before it answers
+        (authorize, execute, resume): the id is committed without a disk sync of its
+        own, and the audit record's commit, which the answer waits for, makes it
+        durable (see `Store.write`). Half the syncs of a request with a proof."""
+        self._use_once(jti, iat, window, bad, self._uses_before_audit)
+
+    def _use_once(
+        self,
+        jti: str,
+        iat: float,
+        window: float,
+        bad: Any,
+        uses: GroupCommit[tuple[str, float, float], str] | None = None,
+    ) -> None:
         """Record the proof id, accepted only while the database's clock is within
         `window` of its iat; entries stay until iat + window (+ grace) by that clock.
         Concurrent callers share one transaction (group commit)."""
-        verdict = self._uses.submit((jti, iat, window))
+        verdict = (uses or self._uses).submit((jti, iat, window))
         if verdict == _STALE:
             raise bad("proof is stale by the database's clock")
         if verdict == _REPLAYED:
             raise bad("proof was already used", code="proof_replayed")
 
-    def _record_uses(self, uses: list[tuple[str, float, float]]) -> list[str]:
+    def _record_uses(
+        self, uses: list[tuple[str, float, float]], *, durable: bool = True
+    ) -> list[str]:
         """One transaction for a batch of proof ids: each is stale, replayed (already
         in the table, or earlier in this batch) or accepted."""
-        with self._store.write() as conn:
+        with self._store.write(durable=durable) as conn:
             # Read once per transaction: compared with bound values, the prune below
             # stays an index range scan, whatever the number of live entries.
             db_now = self._store.db_time(conn)

@@ -105,7 +105,9 @@ class ServerContext:
             method=request.method,
             path=request.url.path,
             rules=self.rules,
-            use_once=self.gate.credential_manager.proofs.use_once,
+            # Every caller of agent_auth runs authorize/execute/resume, which audit
+            # durably before answering: the proof id needs no sync of its own.
+            use_once=self.gate.credential_manager.proofs.use_once_before_audit,
             nonce=nonce,
         )
         return value, check

@@ -8,6 +8,7 @@ so read-modify-write sequences never deadlock or interleave across processes.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import threading
 from collections.abc import Iterator
@@ -113,6 +114,36 @@ def _sqlite_engine(url: str, *, immediate: bool) -> Engine:
     return engine
 
 
+@functools.cache
+def _schema_heads() -> frozenset[str]:
+    """The newest revisions this code knows: read once per process, since parsing the
+    migration scripts is most of the cost of opening an up-to-date database."""
+    from alembic.config import Config as AlembicConfig
+    from alembic.script import ScriptDirectory
+
+    cfg = AlembicConfig()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    return frozenset(ScriptDirectory.from_config(cfg).get_heads())
+
+
+def _sqlite_undurable(conn: Connection) -> Iterator[Connection]:
+    """One transaction on `conn` at synchronous=NORMAL (SQLite refuses to change it
+    inside a transaction), the connection back at FULL before anyone else uses it:
+    a pooled connection that cannot be put back is thrown away."""
+    raw = conn.connection.driver_connection
+    assert raw is not None
+    raw.execute("PRAGMA synchronous=NORMAL")
+    try:
+        with conn.begin():
+            yield conn
+    finally:
+        try:
+            raw.execute("PRAGMA synchronous=FULL")
+        except Exception:  # never hand a non-durable connection on
+            conn.invalidate()
+            raise
+
+
 class Store:
     """The state database. Thread-safe; share one per process."""
 
@@ -192,11 +223,25 @@ class Store:
             raise unavailable(exc) from exc
 
     @contextmanager
-    def write(self) -> Iterator[Connection]:
+    def write(self, *, durable: bool = True) -> Iterator[Connection]:
+        """A write transaction. `durable=False` commits without waiting for the disk
+        (SQLite synchronous=NORMAL, PostgreSQL synchronous_commit off): only for a
+        caller that makes a durable write of its own before it answers anyone. Both
+        databases log in order, so that later durable commit (its fsync of the WAL,
+        its flush up to its own record) makes this one durable too; what a crash can
+        lose is only the record of a request that was never answered."""
         with self.writer_turn():
             try:
-                with self._write_engine.begin() as conn:
-                    yield conn
+                if durable:
+                    with self._write_engine.begin() as conn:
+                        yield conn
+                elif self.is_sqlite:
+                    with self._write_engine.connect() as conn:
+                        yield from _sqlite_undurable(conn)
+                else:
+                    with self._write_engine.begin() as conn:
+                        conn.exec_driver_sql("SET LOCAL synchronous_commit = off")
+                        yield conn
             except OperationalError as exc:
                 raise unavailable(exc) from exc
 
@@ -279,11 +324,10 @@ class Store:
         from alembic import command
         from alembic.config import Config as AlembicConfig
         from alembic.runtime.migration import MigrationContext
-        from alembic.script import ScriptDirectory
 
         cfg = AlembicConfig()
         cfg.set_main_option("script_location", str(MIGRATIONS))
-        heads = set(ScriptDirectory.from_config(cfg).get_heads())
+        heads = _schema_heads()
         with self._migrate_lock:
             try:
                 engine = create_engine(self.url, poolclass=NullPool)

@@ -120,6 +120,16 @@ def test_a_destructive_migration_waits_for_the_dba_group_then_resume_applies_it(
     assert "legacy" not in world.tables()
 
 
+def test_the_summary_counts_only_the_destructive_migrations(world: MigrateWorld) -> None:
+    world.write("V1__init.sql", "CREATE TABLE legacy (id integer);")
+    world.write("V2__drop.sql", "DROP TABLE legacy;")
+    world.write("V3__more.sql", "CREATE TABLE keep (id integer);")
+    pending = world.execute()
+    assert isinstance(pending, PendingApproval)
+    summary = pending.request.plan["summary"]
+    assert "apply 3 migration(s) (1 destructive), V0 -> V3" in summary, summary
+
+
 def test_a_file_edited_after_approval_is_a_digest_mismatch(world: MigrateWorld) -> None:
     world.write("V1__drop.sql", "DROP TABLE IF EXISTS legacy;")
     pending = world.execute()

@@ -135,9 +135,10 @@ class MigrationPlan:
         if not self.pending:
             return f"migrate {self.database}: nothing to apply (at V{self.head})"
         last = self.pending[-1].file.version
-        kind = "destructive " if self.destructive else ""
+        harmful = sum(1 for p in self.pending if p.destructive)
+        kind = f" ({harmful} destructive)" if harmful else ""
         return (
-            f"migrate {self.database}: apply {len(self.pending)} {kind}migration(s), "
+            f"migrate {self.database}: apply {len(self.pending)} migration(s){kind}, "
             f"V{self.head} -> V{last}"
         )
 
