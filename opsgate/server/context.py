@@ -81,12 +81,14 @@ class ServerContext:
 
     # -- agents -----------------------------------------------------------------------
 
-    def agent_auth(self, request: Request) -> tuple[str, DPoPCheck]:
+    def agent_auth(self, request: Request, *, audited: bool = False) -> tuple[str, DPoPCheck]:
         """The presented credential and the DPoP check for this request.
 
         A Bearer credential is accepted as presented and then refused by the kernel
         for want of a proof (charged to its agent when genuine): over HTTP no
-        credential is a bearer token, whatever `require_proof` says.
+        credential is a bearer token, whatever `require_proof` says. `audited`: the
+        request is one the gate always audits durably before it answers (authorize,
+        execute, resume), so its proof id needs no disk sync of its own.
         """
         self.check_blocked(request)
         scheme, value = _authorization(request)
@@ -98,16 +100,15 @@ class ServerContext:
             )
         request.state.claimed_sub = unverified_sub(value)
         self.check_blocked(request)
-        proofs = tuple(request.headers.getlist("dpop")) if scheme == "dpop" else ()
-        nonce = self.required_nonce(proofs) if self.settings.dpop_nonce else None
+        presented = tuple(request.headers.getlist("dpop")) if scheme == "dpop" else ()
+        nonce = self.required_nonce(presented) if self.settings.dpop_nonce else None
+        proofs = self.gate.credential_manager.proofs
         check = DPoPCheck(
-            proofs=proofs,
+            proofs=presented,
             method=request.method,
             path=request.url.path,
             rules=self.rules,
-            # Every caller of agent_auth runs authorize/execute/resume, which audit
-            # durably before answering: the proof id needs no sync of its own.
-            use_once=self.gate.credential_manager.proofs.use_once_before_audit,
+            use_once=proofs.use_once_before_audit if audited else proofs.use_once,
             nonce=nonce,
         )
         return value, check
