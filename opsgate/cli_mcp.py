@@ -14,7 +14,7 @@ from typing import Annotated
 
 import typer
 
-from opsgate.cli import StateDir, _ctx_state_dir, _operator, app, handle_errors
+from opsgate.cli_common import StateDir, _ctx_state_dir, app, handle_errors, operator_actor
 from opsgate.errors import ConfigError
 
 
@@ -61,7 +61,7 @@ def mcp(
                 code="config_invalid",
             )
         where = state_dir if state_dir is not None else _ctx_state_dir["value"]
-        backend = LocalBackend.open(where, agent, operator=_operator())
+        backend = LocalBackend.open(where, agent, operator=operator_actor())
     try:
         tools = ToolServer(backend)
         typer.echo(
