@@ -806,7 +806,7 @@ def trust_show(
     gate = open_gate(state_dir)
     agents = [gate.agents.get(agent)] if agent else gate.agents.list()
     thresholds = gate.config.trust
-    rows = []
+    rows: list[dict[str, Any]] = []
     for a in agents:
         own, eff = a.trust_score, a.effective_trust
         band = (

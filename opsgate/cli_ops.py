@@ -532,9 +532,11 @@ def migrate_status(
     database: DatabaseArg, state_dir: StateDir = None, json_out: JsonOut = False
 ) -> None:
     """Head, pending files, failed or interrupted runs and the lock holder (reads only)."""
+    from opsgate.operations.migrate import MigrationExecutor
+
     gate = open_gate(state_dir)
     executor = gate.registered_executor("migrate", "database")
-    if executor is None:
+    if not isinstance(executor, MigrationExecutor):  # the gate registers one per configuration
         raise MigrationError(
             f"database {safe_text(database)!r} is not configured", code="database_unknown"
         )

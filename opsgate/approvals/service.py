@@ -13,6 +13,7 @@ Rules enforced here, each with a stable error code:
 
 from __future__ import annotations
 
+import builtins
 import hashlib
 import hmac
 import secrets
@@ -440,7 +441,7 @@ class ApprovalService:
             ids = approval_rows.request_ids(conn, status)
             return [self._load(conn, i) for i in ids]
 
-    def expire_due(self, *, now: datetime | float | None = None) -> list[str]:
+    def expire_due(self, *, now: datetime | float | None = None) -> builtins.list[str]:
         """Mark every pending/approved request past its expiry as expired (audited).
 
         Each row changes only from the status it was read in: a request another

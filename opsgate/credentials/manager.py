@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, TypeGuard, runtime_checkable
 
 import structlog
 from sqlalchemy import Connection
@@ -58,6 +58,12 @@ _NUM = (int, float)
 # returns anyway: the event is durable, and the flusher keeps at it.
 AUDIT_WAIT_SECONDS = 5.0
 _MAX_LIFETIME = HARD_TTL_CEILING_MINUTES * 60 + 0.001  # credentials once carried ms times
+
+
+def _is_number(value: object) -> TypeGuard[int | float]:
+    """An int or a float: type() is exact, so bools (an int subclass) and anything
+    else are refused."""
+    return type(value) in _NUM
 
 
 def _ms_floor(t: float) -> float:
@@ -416,7 +422,7 @@ class CredentialManager:
         t = to_epoch(now)
         self._state.maybe_refresh()
         try:
-            claims = self._seen.get(token) if isinstance(token, str) else None  # type: ignore[call-overload]
+            claims = self._seen.get(token) if isinstance(token, str) else None
             if claims is None:
                 claims = self._verify_fresh(token)
             self._check_live(claims, t)
@@ -501,8 +507,7 @@ class CredentialManager:
         if not isinstance(jti, str) or not _JTI.match(jti):
             raise bad("has no valid id")
         iat, nbf, exp = c.get("iat"), c.get("nbf"), c.get("exp")
-        # type() is exact: bools (an int subclass) and anything else are refused.
-        if not (type(iat) in _NUM and type(nbf) in _NUM and type(exp) in _NUM):
+        if not (_is_number(iat) and _is_number(nbf) and _is_number(exp)):
             raise bad("has malformed time claims")
         if not (math.isfinite(iat) and math.isfinite(nbf) and math.isfinite(exp)):
             raise bad("has malformed time claims")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import math
 import os
 import re
@@ -280,7 +281,7 @@ class AgentRegistry:
             dids = agent_rows.dids(conn, status)
         return [self.get(d) for d in dids]
 
-    def descendants(self, conn: Connection, did: str, *, lock: bool = False) -> list[str]:
+    def descendants(self, conn: Connection, did: str, *, lock: bool = False) -> builtins.list[str]:
         """Every agent below `did`. With `lock`, each level's rows are locked as they
         are found (PostgreSQL), so no child can be added under them meanwhile: level
         by level and by did within a level, the (depth, did) order every transaction
@@ -384,7 +385,7 @@ class AgentRegistry:
     def register(
         self,
         name: str,
-        capabilities: list[str],
+        capabilities: builtins.list[str],
         sponsor: str,
         trust_score: int | None = None,
         *,
@@ -457,7 +458,7 @@ class AgentRegistry:
         self,
         parent_ref: str,
         name: str,
-        capabilities: list[str],
+        capabilities: builtins.list[str],
         *,
         ttl: timedelta | float | None = None,
         trust_score: int | None = None,
@@ -490,7 +491,7 @@ class AgentRegistry:
         self,
         parent: AgentState,
         name: str,
-        capabilities: list[str],
+        capabilities: builtins.list[str],
         ttl: timedelta | float | None,
         trust_score: int | None,
         sponsor: str | None,
@@ -661,7 +662,7 @@ class AgentRegistry:
         actor: str,
         now: datetime | float | None,
         changed_before: bool = False,
-    ) -> list[str]:
+    ) -> builtins.list[str]:
         """`changed_before`: the root's status was changed already, in the transaction
         of the score change that caused it (see TrustEngine): it counts as changed."""
         t = to_epoch(now)
@@ -744,7 +745,7 @@ class AgentRegistry:
         actor: str = "operator",
         now: datetime | float | None = None,
         changed_before: bool = False,
-    ) -> list[str]:
+    ) -> builtins.list[str]:
         """Suspend an agent and its descendants; their live credentials stop working.
 
         Returns the agents whose status changed (one already suspended or revoked is
@@ -763,7 +764,7 @@ class AgentRegistry:
 
     def reinstate(
         self, ref: str, *, reason: str, actor: str = "operator", now: datetime | float | None = None
-    ) -> list[str]:
+    ) -> builtins.list[str]:
         """Reinstate a suspended agent (and descendants suspended by cascade from it).
 
         Returns the agents whose status changed."""
@@ -780,7 +781,7 @@ class AgentRegistry:
         reason: str | None = None,
         actor: str = "operator",
         now: datetime | float | None = None,
-    ) -> list[str]:
+    ) -> builtins.list[str]:
         """Revoke an agent and its descendants for good. Returns the agents whose
         status changed (one revoked before is not counted)."""
         return self._set_status(

@@ -109,15 +109,15 @@ def load_yaml(text: str, source: str) -> tuple[Any, Problem | None]:
     try:
         for event in yaml.parse(text, Loader=_StrictLoader):
             if isinstance(event, yaml.AliasEvent):  # refused before anything expands
-                mark = event.start_mark
+                mark = event.start_mark  # set by the parser; the event type allows None
                 return None, Problem(
                     source,
                     None,
                     None,
-                    mark.column + 1,
+                    None if mark is None else mark.column + 1,
                     "invalid yaml: aliases (*name) are not allowed in policy files",
                     "policy_syntax",
-                    line=mark.line + 1,
+                    line=None if mark is None else mark.line + 1,
                 )
         return yaml.load(text, Loader=_StrictLoader), None  # noqa: S506 - SafeLoader subclass
     except yaml.YAMLError as exc:

@@ -278,10 +278,12 @@ class Store:
         """INSERT (of one row, or several) that skips a row whose primary key exists
         (safe under races)."""
         if self.is_sqlite:
-            from sqlalchemy.dialects.sqlite import insert as dialect_insert
-        else:
-            from sqlalchemy.dialects.postgresql import insert as dialect_insert
-        return dialect_insert(table).values(values).on_conflict_do_nothing()
+            from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+            return sqlite_insert(table).values(values).on_conflict_do_nothing()
+        from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+
+        return postgresql_insert(table).values(values).on_conflict_do_nothing()
 
     def db_time(self, conn: Connection) -> float:
         """The database's own clock, in epoch seconds, read inside `conn`'s transaction.
@@ -298,14 +300,16 @@ class Store:
 
     def upsert(self, table: Any, values: dict[str, Any], keys: list[str]) -> Any:
         """INSERT ... ON CONFLICT (keys) DO UPDATE with the other values."""
+        changed = {k: v for k, v in values.items() if k not in keys}
         if self.is_sqlite:
-            from sqlalchemy.dialects.sqlite import insert as dialect_insert
-        else:
-            from sqlalchemy.dialects.postgresql import insert as dialect_insert
-        stmt = dialect_insert(table).values(**values)
-        return stmt.on_conflict_do_update(
-            index_elements=keys, set_={k: v for k, v in values.items() if k not in keys}
-        )
+            from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+            lite = sqlite_insert(table).values(**values)
+            return lite.on_conflict_do_update(index_elements=keys, set_=changed)
+        from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+
+        pg = postgresql_insert(table).values(**values)
+        return pg.on_conflict_do_update(index_elements=keys, set_=changed)
 
     def next_counter(self, conn: Connection, name: str) -> int:
         """Take the next value of a counter inside `conn`'s write transaction."""
