@@ -156,7 +156,8 @@ class LocalBackend:
     @classmethod
     def open(cls, state_dir: str | None, agent: str, *, operator: str) -> LocalBackend:
         """The gate of `state_dir` (never created here), closed with the backend."""
-        from opsgate.gate import Gate, resolve_state_dir
+        from opsgate.config import resolve_state_dir
+        from opsgate.gate import Gate
 
         gate = Gate.open(resolve_state_dir(state_dir), create=False)
         try:
