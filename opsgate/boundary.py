@@ -13,7 +13,7 @@ from __future__ import annotations
 import functools
 import inspect
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import ParamSpec, TypeVar
 
 import structlog
 
@@ -21,7 +21,8 @@ from opsgate.errors import InternalError, OpsgateError
 
 log = structlog.get_logger("opsgate")
 C = TypeVar("C", bound=type)
-F = TypeVar("F", bound=Callable[..., Any])
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 def internal(where: str, exc: BaseException) -> InternalError:
@@ -32,14 +33,14 @@ def internal(where: str, exc: BaseException) -> InternalError:
     )
 
 
-def typed(fn: F) -> F:
+def typed(fn: Callable[P, R]) -> Callable[P, R]:
     """Wrap one callable so that only OpsgateError escapes it."""
     if getattr(fn, "__opsgate_typed__", False):
         return fn
     where = fn.__qualname__
 
     @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
             return fn(*args, **kwargs)
         except OpsgateError:
@@ -47,8 +48,8 @@ def typed(fn: F) -> F:
         except Exception as exc:
             raise internal(where, exc) from exc
 
-    wrapper.__opsgate_typed__ = True  # type: ignore[attr-defined]
-    return wrapper  # type: ignore[return-value]
+    vars(wrapper)["__opsgate_typed__"] = True  # wrapped once, however often decorated
+    return wrapper
 
 
 def typed_errors(cls: C) -> C:

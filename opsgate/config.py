@@ -847,10 +847,12 @@ def load_config(state_dir: Path, overrides: dict[str, Any] | None = None) -> Con
             (auth, k) for k in ("token_file", "role_id_file", "secret_id_file")
         ]
         for holder, key in refs:
+            if not isinstance(holder, dict):
+                continue
             # Files named in the config file are relative to it, like policies.
-            where = holder.get(key) if isinstance(holder, dict) else None
+            where = holder.get(key)
             if isinstance(where, str) and where and not os.path.isabs(where):
-                holder[key] = str((state_dir / where).resolve())  # type: ignore[index]
+                holder[key] = str((state_dir / where).resolve())
     env_url = os.environ.get("OPSGATE_DATABASE_URL")
     if env_url:
         data["database_url"] = env_url

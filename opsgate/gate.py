@@ -192,7 +192,7 @@ class Gate:
             signer=self._audit_signer,
             key_chain=self.keyring.load_chain,
             root_kid=pin.root_kid,
-            public_jwk=lambda kid: keys.public_jwk(self.keyring.public(kid), kid),  # type: ignore[arg-type]
+            public_jwk=self._public_jwk,
             check_state=self._check_state,
             feed=self.state.record_changes_raw,
             checkpoint_every=config.audit.checkpoint_every_events,
@@ -466,6 +466,12 @@ class Gate:
     def _audit_signer(self) -> tuple[str, Any]:
         kid, key = self.keyring.signer()
         return kid, lambda payload: keys.b64url(key.sign(payload))
+
+    def _public_jwk(self, kid: str) -> dict[str, str]:
+        """The JWK of a key the audit log just signed with (the ring holds it)."""
+        key = self.keyring.public(kid)
+        assert key is not None, kid
+        return keys.public_jwk(key, kid)
 
     def _check_state(self) -> list[Finding]:
         """For audit verify: what in the database does not chain back to the pin."""

@@ -72,19 +72,7 @@ def clean(value: Any, depth: int = 0, structural: bool = False) -> Any:
     if depth >= MAX_DEPTH:
         return marker("nested too deep")
     if t is dict or isinstance(value, Mapping):
-        out: dict[str, Any] = {}
-        for k, v in value.items():
-            key = k if type(k) is str and k in _KEYS_SEEN else _key(k)
-            sub = structural or key in STRUCTURAL
-            # Scalars inline: this runs on every audit event.
-            tv = type(v)
-            if tv is str and not sub:
-                out[key] = _text(v)
-            elif v is None or tv is bool:
-                out[key] = v
-            else:
-                out[key] = clean(v, depth + 1, sub)
-        return out
+        return _clean_mapping(value, depth, structural)
     if isinstance(value, (list, tuple)):
         return [clean(v, depth + 1, structural) for v in value]
     if isinstance(value, str):  # a str subclass: its text
@@ -96,6 +84,22 @@ def clean(value: Any, depth: int = 0, structural: bool = False) -> Any:
     except (TypeError, ValueError, RecursionError):
         return marker(type(value).__name__)
     return value
+
+
+def _clean_mapping(value: Mapping[Any, Any], depth: int, structural: bool) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in value.items():
+        key = k if type(k) is str and k in _KEYS_SEEN else _key(k)
+        sub = structural or key in STRUCTURAL
+        # Scalars inline: this runs on every audit event.
+        tv = type(v)
+        if tv is str and not sub:
+            out[key] = _text(v)
+        elif v is None or tv is bool:
+            out[key] = v
+        else:
+            out[key] = clean(v, depth + 1, sub)
+    return out
 
 
 # Field names seen to need no change (the gate's own few dozen): a bounded set.
@@ -115,7 +119,7 @@ def _key(key: object) -> str:
 
 def clean_event(fields: Mapping[str, Any]) -> dict[str, Any]:
     """An event's fields, cleaned (see the module docstring)."""
-    return clean(fields)  # type: ignore[no-any-return]
+    return _clean_mapping(fields, 0, False)
 
 
 def scrub_log_event(_logger: Any, _method: str, event_dict: dict[str, Any]) -> dict[str, Any]:

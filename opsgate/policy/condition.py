@@ -98,14 +98,11 @@ def _eq(a: object, b: object) -> bool:
     ka = _kind(a)
     if ka != _kind(b):
         return False
-    if ka == LIST:
-        sa: Sequence[Any] = a  # type: ignore[assignment]
-        sb: Sequence[Any] = b  # type: ignore[assignment]
-        return len(sa) == len(sb) and all(_eq(x, y) for x, y in zip(sa, sb, strict=True))
-    if ka == MAP:
-        ma: Mapping[str, Any] = a  # type: ignore[assignment]
-        mb: Mapping[str, Any] = b  # type: ignore[assignment]
-        return ma.keys() == mb.keys() and all(_eq(ma[k], mb[k]) for k in ma)
+    # The kind is checked first: only lists and maps pay for the isinstance checks.
+    if ka == LIST and isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_eq(x, y) for x, y in zip(a, b, strict=True))
+    if ka == MAP and isinstance(a, Mapping) and isinstance(b, Mapping):
+        return a.keys() == b.keys() and all(_eq(a[k], b[k]) for k in a)
     return a == b
 
 
@@ -128,13 +125,12 @@ def _ordered(a: object, b: object, where: str) -> None:
 
 def _contains(item: object, container: object, where: str) -> bool:
     kind = _kind(container)
-    if kind == LIST:
-        seq: Sequence[Any] = container  # type: ignore[assignment]
-        return any(_eq(item, x) for x in seq)
-    if kind == STR:
+    if kind == LIST and isinstance(container, (list, tuple)):
+        return any(_eq(item, x) for x in container)
+    if kind == STR and isinstance(container, str):
         if type(item) is not str:
             raise EvalError(f"{where}: substring test needs a string, got {type_name(_kind(item))}")
-        return item in container  # type: ignore[operator]
+        return item in container
     raise EvalError(f"{where}: 'in' needs a list or a string, got {type_name(kind)}")
 
 
@@ -459,26 +455,25 @@ class _Compiler:
     # -- nodes
 
     def expr(self, node: ast.AST) -> _Expr:
-        kind = type(node)
-        if kind is ast.Constant:
-            return self.constant(node)  # type: ignore[arg-type]
-        if kind is ast.Name:
-            return self.name(node)  # type: ignore[arg-type]
-        if kind is ast.Attribute:
-            return self.attribute(node)  # type: ignore[arg-type]
-        if kind is ast.Compare:
-            return self.compare(node)  # type: ignore[arg-type]
-        if kind is ast.BoolOp:
-            return self.boolop(node)  # type: ignore[arg-type]
-        if kind is ast.UnaryOp:
-            return self.unary(node)  # type: ignore[arg-type]
-        if kind is ast.List:
-            return self.list_literal(node)  # type: ignore[arg-type]
-        if kind is ast.Call:
-            return self.call(node)  # type: ignore[arg-type]
+        if type(node) is ast.Constant:
+            return self.constant(node)
+        if type(node) is ast.Name:
+            return self.name(node)
+        if type(node) is ast.Attribute:
+            return self.attribute(node)
+        if type(node) is ast.Compare:
+            return self.compare(node)
+        if type(node) is ast.BoolOp:
+            return self.boolop(node)
+        if type(node) is ast.UnaryOp:
+            return self.unary(node)
+        if type(node) is ast.List:
+            return self.list_literal(node)
+        if type(node) is ast.Call:
+            return self.call(node)
         self.fail(
             node,
-            _FORBIDDEN.get(kind, f"{kind.__name__.lower()} is not allowed"),
+            _FORBIDDEN.get(type(node), f"{type(node).__name__.lower()} is not allowed"),
             "policy_forbidden",
         )
 
@@ -590,8 +585,8 @@ class _Compiler:
             return _Expr(lambda r: not inner(r), BOOL)
         if op in (ast.USub, ast.UAdd):
             operand = node.operand
-            if type(operand) is ast.Constant and type(operand.value) in (int, float):
-                number: float = operand.value  # type: ignore[assignment]
+            number = operand.value if type(operand) is ast.Constant else None
+            if type(number) is int or type(number) is float:  # exact: not a bool
                 return self.literal(-number if op is ast.USub else number, NUM)
             self.fail(node, "a sign is only allowed on a number literal", "policy_forbidden")
         self.fail(node, "operator '~' is not allowed", "policy_forbidden")
@@ -829,21 +824,20 @@ def _action_constraint(node: ast.AST) -> frozenset[str] | None:
     def is_action(n: ast.AST) -> bool:
         return type(n) is ast.Name and n.id == "action"
 
-    def is_str(n: ast.AST) -> bool:
-        return type(n) is ast.Constant and type(n.value) is str
+    def text(n: ast.AST) -> str | None:
+        """The string a literal is, else None."""
+        value = n.value if type(n) is ast.Constant else None
+        return value if type(value) is str else None
 
     if op is ast.Eq:
-        if is_action(left) and is_str(right):
-            return frozenset([right.value])  # type: ignore[attr-defined]
-        if is_action(right) and is_str(left):
-            return frozenset([left.value])  # type: ignore[attr-defined]
-    if (
-        op is ast.In
-        and is_action(left)
-        and type(right) is ast.List
-        and all(is_str(e) for e in right.elts)
-    ):
-        return frozenset(e.value for e in right.elts)  # type: ignore[attr-defined]
+        if is_action(left) and (value := text(right)) is not None:
+            return frozenset([value])
+        if is_action(right) and (value := text(left)) is not None:
+            return frozenset([value])
+    if op is ast.In and is_action(left) and type(right) is ast.List:
+        values = [text(e) for e in right.elts]
+        if all(v is not None for v in values):
+            return frozenset(v for v in values if v is not None)
     return None
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from opsgate.approvals import PendingApproval
 from opsgate.errors import SecretBackendError, SecretError
@@ -84,8 +84,16 @@ def _result(outcome: Outcome | PendingApproval) -> SecretResult | PendingApprova
     return SecretWritten(d["path"], d["version"], outcome.audit_seq)
 
 
-def _run(gate: Any, token: str, op: Operation, now: Now, proof: str | None) -> Any:
-    return _result(gate.execute(token, op, now=now, proof=proof))
+Result = TypeVar("Result", SecretRead, SecretWritten, SecretListing, SecretDeleted)
+
+
+def _run(
+    gate: Any, token: str, op: Operation, now: Now, proof: str | None, kind: type[Result]
+) -> Result | PendingApproval:
+    """`gate.execute(op)` as the result value `kind` of `op.action` (or PendingApproval)."""
+    result = _result(gate.execute(token, op, now=now, proof=proof))
+    assert isinstance(result, (kind, PendingApproval)), type(result).__name__
+    return result
 
 
 def read_secret(
@@ -99,7 +107,7 @@ def read_secret(
 ) -> SecretRead | PendingApproval:
     """The latest (or the given) version's value, wrapped in a SecretValue."""
     params = {} if version is None else {"version": version}
-    return _run(gate, token, Operation("read", _resource(path), params), now, proof)  # type: ignore[no-any-return]
+    return _run(gate, token, Operation("read", _resource(path), params), now, proof, SecretRead)
 
 
 def write_secret(
@@ -117,14 +125,14 @@ def write_secret(
     secret = value if isinstance(value, SecretValue) else SecretValue(value)
     params = {} if expected_version is None else {"expected_version": expected_version}
     op = Operation("write", _resource(path), params, secret=secret)
-    return _run(gate, token, op, now, proof)  # type: ignore[no-any-return]
+    return _run(gate, token, op, now, proof, SecretWritten)
 
 
 def list_secrets(
     gate: Any, token: str, prefix: str, *, now: Now = None, proof: str | None = None
 ) -> SecretListing | PendingApproval:
     """The names directly under `prefix` (`"staging/app"`); folders end with '/'."""
-    return _run(gate, token, Operation("list", _resource(prefix)), now, proof)  # type: ignore[no-any-return]
+    return _run(gate, token, Operation("list", _resource(prefix)), now, proof, SecretListing)
 
 
 def delete_secret(
@@ -138,7 +146,9 @@ def delete_secret(
 ) -> SecretDeleted | PendingApproval:
     """Soft-delete the latest version, or with `destroy` every version for good."""
     params = {"destroy": True} if destroy else {}
-    return _run(gate, token, Operation("delete", _resource(path), params), now, proof)  # type: ignore[no-any-return]
+    return _run(
+        gate, token, Operation("delete", _resource(path), params), now, proof, SecretDeleted
+    )
 
 
 def rotate_secret(
@@ -156,7 +166,9 @@ def rotate_secret(
     params: dict[str, Any] = {"length": length, "charset": charset}
     if expected_version is not None:
         params["expected_version"] = expected_version
-    return _run(gate, token, Operation("rotate", _resource(path), params), now, proof)  # type: ignore[no-any-return]
+    return _run(
+        gate, token, Operation("rotate", _resource(path), params), now, proof, SecretWritten
+    )
 
 
 def resume_secret(

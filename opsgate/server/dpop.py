@@ -131,9 +131,9 @@ def _split(jws: object, what: str, code: str) -> tuple[dict[str, Any], str, byte
 
 
 def _number(value: object) -> float | None:
-    if type(value) not in (int, float):
+    if type(value) is not int and type(value) is not float:  # exact: bools are refused
         return None
-    f = float(value)  # type: ignore[arg-type]
+    f = float(value)
     return f if math.isfinite(f) else None
 
 

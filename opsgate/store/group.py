@@ -18,14 +18,13 @@ R = TypeVar("R")
 
 
 class _Slot(Generic[T, R]):
-    __slots__ = ("error", "gate", "item", "lead", "result", "written")
+    __slots__ = ("error", "gate", "item", "lead", "written")
 
     def __init__(self, item: T) -> None:
         self.item = item
         self.gate: threading.Lock | None = None
         self.lead = False
-        self.written = False
-        self.result: R | None = None
+        self.written: tuple[R] | None = None  # (result,) once written: R may be None
         self.error: BaseException | None = None
 
 
@@ -60,8 +59,8 @@ class GroupCommit(Generic[T, R]):
             self._lead()
         if slot.error is not None:
             raise slot.error
-        assert slot.written
-        return slot.result  # type: ignore[return-value]
+        assert slot.written is not None
+        return slot.written[0]
 
     def _lead(self) -> None:
         with self._lock:
@@ -73,7 +72,7 @@ class GroupCommit(Generic[T, R]):
             if len(results) != len(batch):
                 raise RuntimeError("a group commit returned a result per item")
             for s, r in zip(batch, results, strict=True):
-                s.result, s.written = r, True
+                s.written = (r,)
         except BaseException as exc:  # noqa: BLE001 - every caller of the batch sees it
             for s in batch:
                 s.error = exc

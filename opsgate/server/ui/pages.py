@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import quote, urlsplit
 
 import jinja2
@@ -318,15 +318,16 @@ async def decide(approval_id: str, request: Request) -> Response:
     try:
         signed = await _signed(request)
         form = await _form(request, signed, frozenset({"csrf", "verdict", "comment"}))
-        verdict = form.get("verdict")
-        if verdict not in ("approve", "deny"):
+        given = form.get("verdict")
+        if given not in ("approve", "deny"):
             raise ApprovalError("verdict must be approve or deny", code="verdict_invalid")
+        verdict: Literal["approve", "deny"] = "approve" if given == "approve" else "deny"
         comment = form.get("comment", "").strip() or None
         await run_in_threadpool(
             lambda: ctx.gate.approvals.decide_in_session(
                 approval_id,
                 session=signed.secret,
-                verdict=verdict,  # type: ignore[arg-type]
+                verdict=verdict,
                 comment=comment,
             )
         )
