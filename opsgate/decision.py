@@ -13,6 +13,11 @@ EFFECTS: tuple[Effect, ...] = ("allow", "deny", "require_approval")
 EFFECT_RANK: dict[str, int] = {"allow": 0, "require_approval": 1, "deny": 2}
 
 
+def as_effect(value: object) -> Effect | None:
+    """`value` as the Effect it names, or None when it names none."""
+    return next((e for e in EFFECTS if e == value), None)
+
+
 @dataclass(frozen=True, slots=True)
 class MatchedRule:
     """A policy rule that matched (or errored and so counted as matched)."""

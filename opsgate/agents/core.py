@@ -284,6 +284,7 @@ class GateAgent:
 
     def _resume(self, approval_id: str, secret: Any = None) -> Any:
         if secret is not None:  # a secret write's value is given again, never stored
+            # GatePort leaves `secret` out: RemoteGate.resume has no such parameter.
             return self.gate.resume(approval_id, self.credential.token, secret=secret)  # type: ignore[call-arg]
         return self.gate.resume(approval_id, self.credential.token)
 

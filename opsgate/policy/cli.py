@@ -249,7 +249,7 @@ def explain(
             environment = environments.canonical_name(environment) or environment
         request = PolicyRequest(
             action=action,
-            resource=canonical,  # type: ignore[arg-type]  # checked by PolicyRequest
+            resource=canonical,
             environment=environment,
             destructive=destructive,
             agent_name=agent_name,

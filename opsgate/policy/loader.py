@@ -22,7 +22,7 @@ from typing import Any
 import yaml
 
 from opsgate.config import Limits
-from opsgate.decision import EFFECTS, Effect
+from opsgate.decision import EFFECTS, as_effect
 from opsgate.errors import PolicyError
 from opsgate.policy.condition import ConditionError, compile_condition_checked
 from opsgate.policy.engine import Policy, PolicySet, Rule
@@ -78,7 +78,7 @@ def parse_duration(value: object) -> int:
 _BaseLoader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
-class _StrictLoader(_BaseLoader):  # type: ignore[valid-type,misc]
+class _StrictLoader(_BaseLoader):  # type: ignore[valid-type,misc]  # C loader if built, at run time
     """SafeLoader that refuses duplicate keys (a second `action:` must not win silently)
     and aliases (a kilobyte of nested `*refs` expands to gigabytes)."""
 
@@ -461,9 +461,9 @@ class _Loader:
                         f"{quote(key)} is only valid on require_approval rules",
                         code="policy_approvers",
                     )
-        if len(self.problems) != before or condition is None:
+        final_effect = as_effect(effect)
+        if len(self.problems) != before or condition is None or final_effect is None:
             return None
-        final_effect: Effect = effect  # type: ignore[assignment]
         return Rule(
             policy=pending.policy,
             index=pending.index,

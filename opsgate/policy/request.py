@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from types import MappingProxyType
-from typing import Any
+from typing import Any, TypeVar
 
 from opsgate.environments import DEFAULT, Environments
 from opsgate.errors import PolicyError, encodable
@@ -144,7 +144,7 @@ class PolicyRequest:
     @classmethod
     def from_dict(
         cls,
-        data: Mapping[str, Any],
+        data: object,
         *,
         now: datetime | None = None,
         environments: Environments | None = None,
@@ -190,7 +190,7 @@ class PolicyRequest:
             environment = (environments or DEFAULT).canonical_name(environment) or environment
         return cls(
             action=data["action"],
-            resource=resource,  # type: ignore[arg-type]  # checked in __post_init__
+            resource=resource,  # checked in __post_init__
             capability=data.get("capability") or "",
             environment=environment,
             destructive=data.get("destructive", False),
@@ -242,9 +242,12 @@ def _sub(data: Mapping[str, Any], key: str, allowed: set[str]) -> Mapping[str, A
 __all__ = ["PolicyRequest"]
 
 
+Given = TypeVar("Given")  # a resource as given: canonical text comes back when it is one
+
+
 def canonical_target(
-    action: object, resource: object, environments: Environments | None = None
-) -> tuple[object, str | None, str | None]:
+    action: object, resource: Given, environments: Environments | None = None
+) -> tuple[Given | str, str | None, str | None]:
     """(resource, environment, undeclared) as the gate sees `action:resource`: one case,
     environment aliases resolved. Not a capability: (resource as given, None, None)."""
     from opsgate import capabilities as caps

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from opsgate.config import Limits
-from opsgate.decision import EFFECTS, Decision, Effect
+from opsgate.decision import EFFECTS, Decision, Effect, as_effect
 from opsgate.environments import Environments
 from opsgate.errors import PolicyError
 from opsgate.policy.engine import PolicySet
@@ -240,15 +240,16 @@ def _case(
             expected_approvers = frozenset(a.lower() for a in approvers)
     try:
         request = PolicyRequest.from_dict(
-            entry.get("request"),  # type: ignore[arg-type]
+            entry.get("request"),
             environments=environments,
         )
     except PolicyError as exc:
         problem(f"{label}: {exc.message}")
         return None
-    if not ok:
+    effect = as_effect(expect)
+    if not ok or effect is None or not isinstance(name, str):  # ok: name and expect are valid
         return None
-    return PolicyCase(name, request, expect, expected_approvers)  # type: ignore[arg-type]
+    return PolicyCase(name, request, effect, expected_approvers)
 
 
 def _as_cases_problem(p: Problem) -> Problem:

@@ -22,6 +22,7 @@ import secrets
 import stat
 from collections.abc import Mapping
 from pathlib import Path
+from typing import NoReturn
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
@@ -73,7 +74,7 @@ class MasterKey:
     def __repr__(self) -> str:
         return f"MasterKey(source={self.source!r}, key_id={self.key_id!r})"
 
-    def __reduce__(self) -> None:  # type: ignore[override]
+    def __reduce__(self) -> NoReturn:
         raise TypeError("a MasterKey cannot be pickled")
 
 
