@@ -30,7 +30,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from opsgate import capabilities as caps
 from opsgate.approvals import ApprovalRequest, ApprovalService, PendingApproval, satisfied
-from opsgate.audit.log import CHECKPOINT_FILE, AuditLog, Finding
+from opsgate.audit.log import CHECKPOINT_FILE, AuditLog, AuditRecord, Finding
 from opsgate.authz import AuthzRequest, authorize, scope_refusal
 from opsgate.boundary import internal, typed_errors
 from opsgate.clock import to_epoch
@@ -62,6 +62,7 @@ from opsgate.operations.base import (
     Plan,
     RunContext,
     params_model_of,
+    run_executor,
     validate_params,
 )
 from opsgate.operations.monitor.executor import NAMESPACE as MONITORING
@@ -1031,34 +1032,9 @@ class Gate:
         approval_id: str | None,
         token: str | None = None,
     ) -> Outcome | PendingApproval:
-        """Steps 2-8 for an authenticated caller.
-
-        Scope and grants are checked on the capability alone before any executor
-        code runs: a refused request never reaches a plan, so it cannot learn
-        anything an executor would read (whether an artifact exists, its digest).
-        """
-        try:
-            cap = self._operation_capability(operation).capability
-            self._executor_for(operation.action, operation.resource)  # a lookup, no executor code
-        except OpsgateError as exc:  # a malformed request is still an audited refusal
-            self._audit_refusal("operation.refused", claims, _asked(operation), exc, t)
-            raise
-        agent = self._agent(claims)
-        refusal = scope_refusal(agent, claims.parsed_scope, cap)
-        if refusal is not None:
-            self._deny_operation(claims, agent, refusal, str(cap), None, t)
-        try:
-            plan, typed_params = self._plan(operation)
-            required = [self._required(c) for c in plan.requires]
-        except OpsgateError as exc:
-            self._audit_refusal("operation.refused", claims, _asked(operation), exc, t)
-            raise
-        for needed in required:
-            # What the executor would use on the agent's behalf (a secret handed to a
-            # command) must be covered like the operation itself.
-            refusal = scope_refusal(agent, claims.parsed_scope, needed)
-            if refusal is not None:
-                self._deny_operation(claims, agent, refusal, plan.capability, plan.digest, t)
+        """Steps 2-8 for an authenticated caller (`execute`, and `resume` with its approval)."""
+        agent, cap = self._check_scope(claims, operation, t)
+        plan, params = self._plan_checked(claims, agent, operation, t)
         agent, decision = self._decide(
             claims,
             cap,
@@ -1066,28 +1042,90 @@ class Gate:
             environment=plan.environment,
             destructive=plan.destructive,
             findings=plan_findings(plan),
-            params=typed_params,
+            params=params,
         )
         if decision.effect == "deny":
             self._deny_operation(claims, agent, decision, plan.capability, plan.digest, t)
         if operation.dry_run:
-            self.audit.append(
-                "operation.dry_run",
-                actor=claims.sub,
-                at=t,
-                capability=plan.capability,
-                digest=plan.digest,
-                decision=decision.effect,
-            )
-            return Outcome(
-                "dry_run", plan.summary, {"plan": plan.to_dict(), "decision": decision.to_dict()}
-            )
+            return self._dry_run(claims, plan, decision, t)
+        if decision.effect == "require_approval" and approval_id is None:
+            return self._request_approval(agent, plan, decision, t)
+        if approval_id is not None:
+            self._consume_approval(approval_id, agent, plan, decision, t)
+        attempt = self._audit_attempt(claims, agent, plan, decision, t, approval_id)
+        ran, done_at, interrupted = self._run(claims, agent, plan, attempt, t, approval_id, token)
+        outcome = self._audit_outcome_and_score(claims, agent, plan, attempt, ran, done_at)
+        self.trust.observe(agent, plan.capability, refused=False, now=t)
+        if interrupted is not None:
+            raise interrupted
+        return outcome
+
+    def _check_scope(
+        self, claims: Claims, operation: Operation, t: float
+    ) -> tuple[AgentState, caps.Capability]:
+        """Step 3 on the capability alone, before any executor code runs: a refused
+        request never reaches a plan, so it cannot learn anything an executor would
+        read (whether an artifact exists, its digest). A malformed request is an
+        audited refusal."""
+        try:
+            cap = self._operation_capability(operation).capability
+            self._executor_for(operation.action, operation.resource)  # a lookup, no executor code
+        except OpsgateError as exc:
+            self._audit_refusal("operation.refused", claims, _asked(operation), exc, t)
+            raise
+        agent = self._agent(claims)
+        refusal = scope_refusal(agent, claims.parsed_scope, cap)
+        if refusal is not None:
+            self._deny_operation(claims, agent, refusal, str(cap), None, t)
+        return agent, cap
+
+    def _plan_checked(
+        self, claims: Claims, agent: AgentState, operation: Operation, t: float
+    ) -> tuple[Plan, dict[str, Any]]:
+        """Step 2, and step 3 for what the plan requires besides its capability (a
+        secret handed to a command must be covered like the operation itself)."""
+        try:
+            plan, typed_params = self._plan(operation)
+            required = [self._required(c) for c in plan.requires]
+        except OpsgateError as exc:
+            self._audit_refusal("operation.refused", claims, _asked(operation), exc, t)
+            raise
+        for needed in required:
+            refusal = scope_refusal(agent, claims.parsed_scope, needed)
+            if refusal is not None:
+                self._deny_operation(claims, agent, refusal, plan.capability, plan.digest, t)
+        return plan, typed_params
+
+    def _dry_run(self, claims: Claims, plan: Plan, decision: Decision, t: float) -> Outcome:
+        """The plan and the decision, audited; nothing runs."""
+        self.audit.append(
+            "operation.dry_run",
+            actor=claims.sub,
+            at=t,
+            capability=plan.capability,
+            digest=plan.digest,
+            decision=decision.effect,
+        )
+        return Outcome(
+            "dry_run", plan.summary, {"plan": plan.to_dict(), "decision": decision.to_dict()}
+        )
+
+    def _request_approval(
+        self, agent: AgentState, plan: Plan, decision: Decision, t: float
+    ) -> PendingApproval:
+        """Step 5 without an approval: a request bound to the plan's digest."""
+        self.trust.observe(agent, plan.capability, refused=False, now=t)
+        return self.approvals.create(
+            agent=agent, sponsors=self._sponsors(agent), plan=plan, decision=decision, now=t
+        )
+
+    def _consume_approval(
+        self, approval_id: str, agent: AgentState, plan: Plan, decision: Decision, t: float
+    ) -> None:
+        """Step 5 with an approval: used once, for this plan's digest, by its requester.
+        Where policy still requires approval, its decisions must meet the current
+        policy's requirements."""
         if decision.effect == "require_approval":
-            if approval_id is None:
-                self.trust.observe(agent, plan.capability, refused=False, now=t)
-                return self.approvals.create(
-                    agent=agent, sponsors=self._sponsors(agent), plan=plan, decision=decision, now=t
-                )
             request = self._approval_for(approval_id, agent.did, t)
             if request.status == "approved" and not satisfied(
                 decision.requirements,
@@ -1102,10 +1140,7 @@ class Gate:
                     approval_id,
                     t,
                 )
-            self.approvals.consume(approval_id, digest=plan.digest, requester=agent.did, now=t)
-        elif approval_id is not None:
-            self.approvals.consume(approval_id, digest=plan.digest, requester=agent.did, now=t)
-        return self._run(claims, agent, plan, decision, t, approval_id, token)
+        self.approvals.consume(approval_id, digest=plan.digest, requester=agent.did, now=t)
 
     def _deny_operation(
         self,
@@ -1238,7 +1273,7 @@ class Gate:
             sponsors.update(m.lower() for m in groups.get(sponsor.lower(), ()))
         return tuple(sorted(sponsors))
 
-    def _run(
+    def _audit_attempt(
         self,
         claims: Claims,
         agent: AgentState,
@@ -1246,15 +1281,9 @@ class Gate:
         decision: Decision,
         t: float,
         approval_id: str | None,
-        token: str | None = None,
-    ) -> Outcome:
-        """Steps 6-8: durable attempt record (or nothing runs), run, outcome + trust.
-
-        An executor that refuses before changing anything (`RunRefused`: a lock held
-        by another run) gets a `refused` outcome record, no trust change, and its
-        error raised to the caller.
-        """
-        attempt = self.audit.append(
+    ) -> AuditRecord:
+        """Step 6: the durable attempt record; if it cannot be written nothing runs."""
+        return self.audit.append(
             "operation.attempt",
             actor=claims.sub,
             at=t,
@@ -1266,22 +1295,28 @@ class Gate:
             reasons=list(decision.reasons),
             then=self._runs.started(agent.did, plan.capability, plan.digest),
         )
+
+    def _run(
+        self,
+        claims: Claims,
+        agent: AgentState,
+        plan: Plan,
+        attempt: AuditRecord,
+        t: float,
+        approval_id: str | None,
+        token: str | None,
+    ) -> tuple[Outcome, float, BaseException | None]:
+        """Step 7: (outcome, when it ended, an interruption to raise once it is recorded).
+
+        An executor that refuses before changing anything (`RunRefused`: a lock held
+        by another run) gets a `refused` outcome record, no trust change, and its
+        error raised to the caller.
+        """
         executor = self._executor_for(plan.operation.action, plan.operation.resource)
+        context = RunContext(agent.did, agent.name, approval_id, claims.exp - t, token)
         started = time.monotonic()
-        interrupted: BaseException | None = None
         try:
-            with_context = getattr(executor, "run_with_context", None)
-            if callable(with_context):
-                context = RunContext(agent.did, agent.name, approval_id, claims.exp - t, token)
-                outcome = with_context(plan, context)
-            else:
-                outcome = executor.run(plan)
-            if not isinstance(outcome, Outcome):
-                outcome = Outcome(
-                    "failed", f"executor returned {type(outcome).__name__}, not an Outcome"
-                )
-            elif outcome.status != "succeeded" and outcome.status != "failed":
-                outcome = Outcome("failed", f"executor returned status {outcome.status!r}")
+            outcome, interrupted = run_executor(executor, plan, context)
         except RunRefused as exc:
             self.audit.append(
                 "operation.outcome",
@@ -1297,14 +1332,19 @@ class Gate:
             )
             exc.audited = True
             raise
-        except OpsgateError as exc:
-            outcome = Outcome("failed", exc.message, {"code": exc.code})
-        except Exception as exc:  # noqa: BLE001 - an executor bug is a failed operation, audited
-            # Only the class name: an executor's message may carry secrets.
-            outcome = Outcome("failed", f"executor raised {exc.__class__.__name__}")
-        except BaseException as exc:  # noqa: BLE001 - interrupted: record the outcome, re-raise
-            interrupted = exc
-            outcome = Outcome("failed", f"interrupted by {exc.__class__.__name__}")
+        return outcome, t + (time.monotonic() - started), interrupted  # the caller's clock
+
+    def _audit_outcome_and_score(
+        self,
+        claims: Claims,
+        agent: AgentState,
+        plan: Plan,
+        attempt: AuditRecord,
+        outcome: Outcome,
+        done_at: float,
+    ) -> Outcome:
+        """Step 8: the outcome record and the agent's trust change, in one transaction;
+        then the detectors. Returns the outcome with its audit seq."""
         if outcome.status == "failed":
             # A failure the executor did not classify is still a failed deploy/migration.
             kind = outcome.failure_kind or _FAILURE_KINDS.get(plan.operation.action)
@@ -1312,7 +1352,6 @@ class Gate:
             cause = failure_event(kind)
         else:
             cause = TrustEvent.SUCCESS
-        done_at = t + (time.monotonic() - started)  # the caller's clock, plus the run time
         record = self.audit.append(
             "operation.outcome",
             actor=claims.sub,
@@ -1338,9 +1377,6 @@ class Gate:
             then=self._runs.finished(attempt.seq),
         )
         self.trust.after_change({**record.event, "seq": record.seq}, done_at)
-        self.trust.observe(agent, plan.capability, refused=False, now=t)
-        if interrupted is not None:
-            raise interrupted
         return Outcome(
             outcome.status, outcome.summary, outcome.detail, outcome.failure_kind, record.seq
         )

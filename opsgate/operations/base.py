@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol
 import orjson
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from opsgate.errors import ConfigError, OperationError, safe_text
+from opsgate.errors import ConfigError, OperationError, OpsgateError, RunRefused, safe_text
 
 if TYPE_CHECKING:
     from opsgate.secrets.value import SecretValue
@@ -166,6 +166,38 @@ class ContextualExecutor(Executor, Protocol):
     """An executor whose run needs to know who asked: the gate calls `run_with_context`."""
 
     def run_with_context(self, plan: Plan, context: RunContext) -> Outcome: ...
+
+
+def run_executor(
+    executor: Executor, plan: Plan, context: RunContext
+) -> tuple[Outcome, BaseException | None]:
+    """Run `plan` (with `context` when the executor takes it); every way the run can
+    fail becomes a failed Outcome, so an attempt always gets an outcome recorded.
+
+    An OpsgateError keeps its code; any other exception is named by its class only;
+    a result that is not a succeeded or failed Outcome is a failure. An interruption
+    (KeyboardInterrupt, SystemExit) fails the outcome and comes back second, for the
+    caller to raise once the outcome is recorded. `RunRefused` (refused before
+    anything changed) is raised as it is.
+    """
+    try:
+        with_context = getattr(executor, "run_with_context", None)
+        outcome = with_context(plan, context) if callable(with_context) else executor.run(plan)
+    except RunRefused:
+        raise
+    except OpsgateError as exc:
+        return Outcome("failed", exc.message, {"code": exc.code}), None
+    except Exception as exc:  # noqa: BLE001 - an executor bug is a failed operation, audited
+        # Only the class name: an executor's message may carry secrets.
+        return Outcome("failed", f"executor raised {exc.__class__.__name__}"), None
+    except BaseException as exc:  # noqa: BLE001 - interrupted: record the outcome, re-raise
+        return Outcome("failed", f"interrupted by {exc.__class__.__name__}"), exc
+    if not isinstance(outcome, Outcome):
+        returned = type(outcome).__name__
+        return Outcome("failed", f"executor returned {returned}, not an Outcome"), None
+    if outcome.status != "succeeded" and outcome.status != "failed":
+        return Outcome("failed", f"executor returned status {outcome.status!r}"), None
+    return outcome, None
 
 
 def params_model_of(executor: object) -> type[BaseModel]:
