@@ -507,7 +507,7 @@ class ApprovalService:
         approval_id: str,
         approver: str,
         token: str | Callable[[Connection], str],
-        verdict: str,
+        verdict: Literal["approve", "deny"],
         comment: str | None,
         t: float,
     ) -> ApprovalRequest:
@@ -552,7 +552,7 @@ class ApprovalService:
                 if verdict in mine or "deny" in mine:
                     raise ApprovalError(f"{who!r} has already decided", code="already_decided")
                 approval_rows.insert_decision(conn, req.id, who, verdict, comment, t)
-                decisions = (*req.decisions, ApprovalDecision(who, verdict, t, comment))  # type: ignore[arg-type]
+                decisions = (*req.decisions, ApprovalDecision(who, verdict, t, comment))
                 status = quorum_status(req.requirements, decisions)
                 changed = status != req.status
                 if changed and not approval_rows.change_status(conn, req.id, req.status, status, t):

@@ -1002,7 +1002,12 @@ class AuditLog:
                 raw = b64url_decode(x) if isinstance(x, str) else b""
             except ValueError:
                 raw = b""
-            if len(raw) != 32 or not isinstance(kid, str) or jwk_thumbprint(raw) != kid:
+            if (
+                not isinstance(x, str)
+                or len(raw) != 32
+                or not isinstance(kid, str)
+                or jwk_thumbprint(raw) != kid
+            ):
                 return logged, (
                     seq,
                     "untrusted_key",
@@ -1028,7 +1033,7 @@ class AuditLog:
                         and verify_signature(
                             logged[prev],
                             b64url_decode(endorsement),
-                            rotation_payload(self._gate_id, kid, x, prev, at),  # type: ignore[arg-type]
+                            rotation_payload(self._gate_id, kid, x, prev, at),
                         )
                     )
                 except ValueError:
