@@ -17,6 +17,7 @@ import time
 
 import opsgate
 from bench._util import Table, fmt_us, interleaved, progress, stats, temp_dir
+from opsgate.audit.writer import Unit
 from opsgate.config import AnomalyConfig, TrustDeltas
 from opsgate.store import schema
 from opsgate.trust.anomalies import Activity, Observation, observe
@@ -107,11 +108,13 @@ def engine_path(n: int, quick: bool) -> tuple[dict[str, list[int]], float, float
             gate.audit.append("operation.outcome", actor=did, outcome="succeeded")
 
         def scored(i: int) -> None:
-            gate.audit.append(
-                "operation.outcome",
-                actor=did,
-                outcome="succeeded",
-                apply=gate.trust.apply_change(did, TrustEvent.SUCCESS, reason="ok", now=t0),
+            gate.audit.commit(
+                Unit(
+                    "operation.outcome",
+                    {"outcome": "succeeded"},
+                    actor=did,
+                    change=gate.trust.score_change(did, TrustEvent.SUCCESS, reason="ok", now=t0),
+                )
             )
 
         both = interleaved({"plain": plain, "scored": scored}, m, block=50)

@@ -31,6 +31,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from opsgate import capabilities as caps
 from opsgate.approvals import ApprovalRequest, ApprovalService, PendingApproval, satisfied
 from opsgate.audit.log import CHECKPOINT_FILE, AuditLog, AuditRecord, Finding
+from opsgate.audit.writer import Unit
 from opsgate.authz import AuthzRequest, authorize, scope_refusal
 from opsgate.boundary import internal, typed_errors
 from opsgate.clock import to_epoch
@@ -1282,18 +1283,23 @@ class Gate:
         t: float,
         approval_id: str | None,
     ) -> AuditRecord:
-        """Step 6: the durable attempt record; if it cannot be written nothing runs."""
-        return self.audit.append(
-            "operation.attempt",
-            actor=claims.sub,
-            at=t,
-            jti=claims.jti,
-            capability=plan.capability,
-            digest=plan.digest,
-            decision=decision.effect,
-            approval=approval_id,
-            reasons=list(decision.reasons),
-            then=self._runs.started(agent.did, plan.capability, plan.digest),
+        """Step 6: the durable attempt record; if it cannot be written nothing runs.
+        The record and the run row (this process runs it) commit together."""
+        return self.audit.commit(
+            Unit(
+                "operation.attempt",
+                {
+                    "jti": claims.jti,
+                    "capability": plan.capability,
+                    "digest": plan.digest,
+                    "decision": decision.effect,
+                    "approval": approval_id,
+                    "reasons": list(decision.reasons),
+                },
+                actor=claims.sub,
+                at=t,
+                then=self._runs.started(agent.did, plan.capability, plan.digest),
+            )
         )
 
     def _run(
@@ -1318,17 +1324,21 @@ class Gate:
         try:
             outcome, interrupted = run_executor(executor, plan, context)
         except RunRefused as exc:
-            self.audit.append(
-                "operation.outcome",
-                actor=claims.sub,
-                at=t + (time.monotonic() - started),
-                attempt_seq=attempt.seq,
-                capability=plan.capability,
-                digest=plan.digest,
-                outcome="refused",
-                code=exc.code,
-                summary=exc.message,
-                then=self._runs.finished(attempt.seq),
+            self.audit.commit(
+                Unit(
+                    "operation.outcome",
+                    {
+                        "attempt_seq": attempt.seq,
+                        "capability": plan.capability,
+                        "digest": plan.digest,
+                        "outcome": "refused",
+                        "code": exc.code,
+                        "summary": exc.message,
+                    },
+                    actor=claims.sub,
+                    at=t + (time.monotonic() - started),
+                    then=self._runs.finished(attempt.seq),
+                )
             )
             exc.audited = True
             raise
@@ -1352,29 +1362,37 @@ class Gate:
             cause = failure_event(kind)
         else:
             cause = TrustEvent.SUCCESS
-        record = self.audit.append(
-            "operation.outcome",
-            actor=claims.sub,
-            at=done_at,
-            attempt_seq=attempt.seq,
-            capability=plan.capability,
-            digest=plan.digest,
-            outcome=outcome.status,
-            summary=outcome.summary,
-            code=_failure_code(outcome),
-            detail=outcome.audit_fields or None,
-            apply=None
+        score_change = (
+            None
             if cause is None
-            else self.trust.apply_change(
+            else self.trust.score_change(
                 agent.did,
                 cause,
                 reason=outcome.summary or outcome.status,
                 now=done_at,
                 operation=plan.capability,
                 digest=plan.digest,
-            ),
-            lock_order=self.trust.lock_order(agent.did),
-            then=self._runs.finished(attempt.seq),
+            )
+        )
+        # One unit of work: the outcome's record, the agent's score change and the end
+        # of its run row commit together, or none does.
+        record = self.audit.commit(
+            Unit(
+                "operation.outcome",
+                {
+                    "attempt_seq": attempt.seq,
+                    "capability": plan.capability,
+                    "digest": plan.digest,
+                    "outcome": outcome.status,
+                    "summary": outcome.summary,
+                    "code": _failure_code(outcome),
+                    "detail": outcome.audit_fields or None,
+                },
+                actor=claims.sub,
+                at=done_at,
+                change=score_change,
+                then=self._runs.finished(attempt.seq),
+            )
         )
         self.trust.after_change({**record.event, "seq": record.seq}, done_at)
         return Outcome(

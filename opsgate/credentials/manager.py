@@ -24,6 +24,7 @@ from sqlalchemy import Connection
 
 from opsgate import capabilities as caps
 from opsgate.audit.summary import RefusalSummary
+from opsgate.audit.writer import Change, Unit
 from opsgate.boundary import typed_errors
 from opsgate.clock import to_epoch
 from opsgate.config import HARD_TTL_CEILING_MINUTES, Config
@@ -359,18 +360,22 @@ class CredentialManager:
             kid=kid,
         )
         seen: list[float | None] = [None]
-        record = self._audit.append(
+        # One unit of work: the issuance's record and the agent's latest iat commit
+        # together (group-committed with other issuances), or neither does.
+        issuance = Unit(
             "credential.issued",
+            {
+                "agent": None if requested_by is None else state.did,
+                "jti": jti,
+                "scope": scope,
+                "expires_at": exp,
+                "kid": kid,
+            },
             actor=state.did if requested_by is None else requested_by,  # who asked
-            agent=None if requested_by is None else state.did,
             at=t,
-            jti=jti,
-            scope=scope,
-            expires_at=exp,
-            kid=kid,
-            apply=self._note_issue(state.did, iat, seen),
-            lock_order=(state.depth, state.did),
+            change=self._note_issue(state, iat, seen),
         )
+        record = self._audit.commit(issuance)
         inactive = record.event.get("inactive_on_issue")
         if inactive:
             # Suspended or revoked on another replica before this view caught up.
@@ -384,24 +389,22 @@ class CredentialManager:
             return None, seen[0]
         return credential, None
 
-    def _note_issue(
-        self, did: str, iat: int, seen: list[float | None]
-    ) -> Callable[[Any], dict[str, Any] | None]:
-        """In the issuance's audit transaction: record the agent's latest iat, so a
+    def _note_issue(self, state: AgentState, iat: int, seen: list[float | None]) -> Change:
+        """In the issuance's transaction: record the agent's latest iat, so a
         later per-agent revocation's cut-off covers it, and notice a revocation
         that committed first (its not-before lands in `seen`), or a suspension or
         revocation that did (the credential is then recorded as dead on issue)."""
         paramstyle = "qmark" if self._store.is_sqlite else "format"
 
-        def apply(cur: Any) -> dict[str, Any] | None:
-            row = agent_rows.note_issued_on_cursor(cur, did, iat, paramstyle=paramstyle)
+        def note(cur: Any) -> dict[str, Any] | None:
+            row = agent_rows.note_issued_on_cursor(cur, state.did, iat, paramstyle=paramstyle)
             nb = None if row is None else row[0]
             seen[0] = nb
             if row is not None and row[1] != "active":
                 return {"revoked_on_issue": True, "inactive_on_issue": row[1]}
             return {"revoked_on_issue": True} if nb is not None and iat <= nb else None
 
-        return apply
+        return Change(note, lock_order=(state.depth, state.did))
 
     # -- verifying ------------------------------------------------------------------
 

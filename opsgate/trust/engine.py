@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 import structlog
 
-from opsgate.audit.log import FEED
+from opsgate.audit.writer import FEED, Change, Unit
 from opsgate.boundary import typed_errors
 from opsgate.config import HARD_TTL_CEILING_MINUTES, Config
 from opsgate.errors import AgentError, OpsgateError, scrub, shown
@@ -62,7 +62,7 @@ def _trust_record(
 
 
 if TYPE_CHECKING:
-    from opsgate.audit.log import Apply, AuditLog
+    from opsgate.audit.log import AuditLog
     from opsgate.identity.registry import AgentRegistry
     from opsgate.state import AgentState, LiveState
 
@@ -179,7 +179,7 @@ class TrustEngine:
 
     # -- changing ---------------------------------------------------------------------
 
-    def apply_change(
+    def score_change(
         self,
         did: str,
         cause: TrustEvent,
@@ -190,8 +190,8 @@ class TrustEngine:
         operation: str | None = None,
         digest: str | None = None,
         misuse: tuple[str, float] | None = None,
-    ) -> Apply:
-        """The state change for one trust event, to run inside its audit event's transaction.
+    ) -> Change:
+        """The score change for one trust event, to commit with its audit event (a `Unit`).
 
         `digest` is the plan a success was for (the same plan earns once); `misuse`
         is (jti, forget_after) of a credential charged as misuse (charged once).
@@ -232,7 +232,7 @@ class TrustEngine:
                 **self._suspend_in(cur, did, result.ledger.score, asked, now),
             }
 
-        return run
+        return Change(run, self.lock_order(did))
 
     def lock_order(self, did: str) -> tuple[int, str]:
         """Where `did`'s row lock sits in the global lock order: (depth, did)."""
@@ -287,13 +287,14 @@ class TrustEngine:
                 **self._suspend_in(cur, did, score, score - before.score, now),
             }
 
-        rec = self._audit.append(
-            OPERATOR_EVENT,
-            actor="operator",
-            at=now,
-            agent=did,
-            apply=run,
-            lock_order=self.lock_order(did),
+        rec = self._audit.commit(
+            Unit(
+                OPERATOR_EVENT,
+                {"agent": did},
+                actor="operator",
+                at=now,
+                change=Change(run, self.lock_order(did)),
+            )
         )
         change = self.after_change({**rec.event, "seq": rec.seq}, now)
         assert change is not None
@@ -345,21 +346,16 @@ class TrustEngine:
         `misuse` = (jti, forget_after): charge that credential once, across restarts
         and replicas (the record is written in the charge's transaction).
         """
-        rec = self._audit.append(
-            "trust.changed",
-            actor=did,
-            at=now,
-            apply=self.apply_change(
-                did,
-                cause,
-                reason=reason,
-                now=now,
-                evidence=evidence,
-                operation=operation,
-                misuse=misuse,
-            ),
-            lock_order=self.lock_order(did),
+        score_change = self.score_change(
+            did,
+            cause,
+            reason=reason,
+            now=now,
+            evidence=evidence,
+            operation=operation,
+            misuse=misuse,
         )
+        rec = self._audit.commit(Unit("trust.changed", actor=did, at=now, change=score_change))
         change = self.after_change({**rec.event, "seq": rec.seq}, now)
         assert change is not None
         return change

@@ -32,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from helpers import RELEASE, RecordingExecutor
 
 import opsgate
+from opsgate.audit.writer import Change, Unit
 from opsgate.operations.base import Operation, Outcome, Plan
 from opsgate.trust.scoring import TrustEvent
 
@@ -115,7 +116,7 @@ def main() -> None:
             print(json.dumps({"holding": True}), flush=True)
             time.sleep(3600)
 
-        gate.audit.append("test.stall", apply=hold)
+        gate.audit.commit(Unit("test.stall", change=Change(hold)))
         return
     if mode == "verify":
         calls = []

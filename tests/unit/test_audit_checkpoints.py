@@ -20,7 +20,7 @@ import pytest
 from sqlalchemy import delete, insert, select, update
 
 import opsgate
-from opsgate.audit.log import CHECKPOINT_FILE, _publish, load_anchor
+from opsgate.audit.checkpoints import CHECKPOINT_FILE, load_anchor, publish
 from opsgate.store import schema
 
 events = schema.audit_events
@@ -215,6 +215,6 @@ def test_the_state_dir_checkpoint_never_goes_back(tmp_path: Path) -> None:
         _append(gate, 3)
         newer = gate.audit.checkpoint()
         path = gate.state_dir / CHECKPOINT_FILE
-        _publish(path, dataclasses.replace(newer, seq=newer.seq - 1))
+        publish(path, dataclasses.replace(newer, seq=newer.seq - 1))
         assert load_anchor(path).seq == newer.seq
         assert path.stat().st_mode & 0o077 == 0
