@@ -28,7 +28,6 @@ from sqlalchemy import (
     inspect,
     select,
     text,
-    update,
 )
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, OperationalError, SQLAlchemyError
@@ -310,18 +309,6 @@ class Store:
 
         pg = postgresql_insert(table).values(**values)
         return pg.on_conflict_do_update(index_elements=keys, set_=changed)
-
-    def next_counter(self, conn: Connection, name: str) -> int:
-        """Take the next value of a counter inside `conn`'s write transaction."""
-        row = conn.execute(
-            update(schema.counters)
-            .where(schema.counters.c.name == name)
-            .values(value=schema.counters.c.value + 1)
-            .returning(schema.counters.c.value)
-        ).first()
-        if row is None:
-            raise StoreError(f"counter {name!r} is missing; run migrations")
-        return int(row[0])
 
     def migrate(self) -> None:
         """Bring the schema to the newest revision (idempotent, safe across replicas)."""
