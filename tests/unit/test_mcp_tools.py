@@ -322,3 +322,31 @@ def test_migrations_plan_apply_and_wait_through_the_tools(tmp_path: Path) -> Non
         assert other.isError and data(other)["code"] == "operation_denied"
     finally:
         gate.close()
+
+
+def test_what_a_client_says_about_a_call_decides_nothing(world: World, tmp_path: Path) -> None:
+    """Annotations or `_meta` sent with a call (read-only, approved, trusted...) are
+    never read: a hidden tool stays refused and a production deploy still waits."""
+    reader = world.gate.register_agent(
+        "reader", ["read:monitoring/staging/app-web"], "lead@company.com", 800
+    )
+    claims = {"readOnlyHint": True, "approved": True, "approval_id": "x", "trusted": True}
+
+    def with_meta(arguments: dict[str, Any]) -> Callable[[ClientSession], Awaitable[Any]]:
+        async def body(client: ClientSession) -> Any:
+            return await client.call_tool("deploy", arguments, meta=claims)
+
+        return body
+
+    staging = {"app": "app-web", "env": "staging", "version": "1.0.0"}
+    refused = session_run(world, reader, with_meta(staging))
+    assert refused.isError and data(refused)["code"] == "tool_not_granted"
+    assert world.executor.runs == []
+
+    with deploy_world(tmp_path / "deploy", policies=policy("policies.yaml")) as w:
+        release = {"app": "web", "version": "1.0.0", "artifact": w.artifact("w.tar", "w 1")}
+        staged = data(session_run(w, w.agent, with_meta({**release, "env": "staging"})))
+        assert staged["status"] == "succeeded"  # production needs it first
+        waiting = data(session_run(w, w.agent, with_meta({**release, "env": "production"})))
+        assert waiting["status"] == "approval_pending"
+        assert w.current("production") is None

@@ -19,10 +19,9 @@ from fastapi.responses import Response
 from pydantic import Field
 from starlette.concurrency import run_in_threadpool
 
-from opsgate.errors import InvalidCredential, safe_text
-from opsgate.server.dpop import check_assertion
+from opsgate.errors import safe_text
 from opsgate.server.routes.common import Body, body_doc, ctx_of, json
-from opsgate.server.routes.credentials import _SIGNED_REFUSALS, _audit_refusal
+from opsgate.server.routes.credentials import asserted_agent
 
 router = APIRouter(prefix="/v1", tags=["agent tools"])
 
@@ -65,20 +64,7 @@ async def own_grants(request: Request) -> Response:
     gate = ctx.gate
 
     def read() -> dict[str, Any]:
-        now = time.time()
-        try:
-            did = check_assertion(
-                body.assertion,
-                rules=ctx.rules,
-                now=now,
-                use_once=gate.credential_manager.proofs.use_once,
-            )
-        except InvalidCredential as exc:
-            if exc.code in _SIGNED_REFUSALS:
-                exc.detail["agent"] = None  # not a credential: nothing to charge
-                _audit_refusal(ctx, exc, body.assertion, now)
-            raise
-        request.state.agent = did
+        did = asserted_agent(ctx, request, body.assertion, time.time())
         return grants_of(gate, did)
 
     return json(await run_in_threadpool(read))

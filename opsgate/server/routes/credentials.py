@@ -64,22 +64,29 @@ async def obtain(request: Request) -> Response:
 
     def issue() -> Credential:
         now = time.time()
-        try:
-            did = check_assertion(
-                body.assertion,
-                rules=ctx.rules,
-                now=now,
-                use_once=gate.credential_manager.proofs.use_once,
-            )
-        except InvalidCredential as exc:
-            if exc.code in _SIGNED_REFUSALS:
-                exc.detail["agent"] = None  # not a credential: nothing to charge
-                _audit_refusal(ctx, exc, body.assertion, now)
-            raise
-        request.state.agent = did
+        did = asserted_agent(ctx, request, body.assertion, now)
         return gate.credential_manager.issue_credential(did, body.scope, body.ttl_minutes, now=now)
 
     return json(_issued(await run_in_threadpool(issue)), 201)
+
+
+def asserted_agent(ctx: ServerContext, request: Request, assertion: str, now: float) -> str:
+    """The did whose key signed this client assertion for this gate (single use); a
+    refusal the agent's own key produced is audited against it, none is charged."""
+    try:
+        did = check_assertion(
+            assertion,
+            rules=ctx.rules,
+            now=now,
+            use_once=ctx.gate.credential_manager.proofs.use_once,
+        )
+    except InvalidCredential as exc:
+        if exc.code in _SIGNED_REFUSALS:
+            exc.detail["agent"] = None  # not a credential: nothing to charge
+            _audit_refusal(ctx, exc, assertion, now)
+        raise
+    request.state.agent = did
+    return did
 
 
 def _audit_refusal(ctx: ServerContext, exc: InvalidCredential, assertion: str, now: float) -> None:
