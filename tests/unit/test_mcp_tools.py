@@ -350,3 +350,40 @@ def test_what_a_client_says_about_a_call_decides_nothing(world: World, tmp_path:
         waiting = data(session_run(w, w.agent, with_meta({**release, "env": "production"})))
         assert waiting["status"] == "approval_pending"
         assert w.current("production") is None
+
+
+def test_rollback_health_and_status_through_the_tools(tmp_path: Path) -> None:
+    with deploy_world(tmp_path, health={}) as w:
+        watcher = w.gate.register_agent(
+            "watcher", ["read:monitoring/staging"], "lead@company.com", 900
+        )
+        for version in ("1.0.0", "1.1.0"):
+            artifact = w.artifact(f"web-{version}.tar", f"web {version}")
+            args = {"app": "web", "env": "staging", "version": version, "artifact": artifact}
+            assert data(call(w, w.agent, "deploy", args))["status"] == "succeeded"
+        assert w.current("staging") == "1.1.0"
+
+        healthy = data(call(w, watcher, "health", {"app": "web", "env": "staging"}))
+        assert healthy["status"] == "succeeded"
+        assert healthy["detail"]["health"]["status"] == "passed"
+        assert healthy["detail"]["current"] == "1.1.0"
+        w.health.script(500)  # a failing app is what the read reports, not a failed call
+        sick = call(w, watcher, "health", {"app": "web", "env": "staging"})
+        assert not sick.isError and data(sick)["detail"]["health"]["status"] != "passed"
+        w.health.script(200)
+
+        plan = data(call(w, w.agent, "rollback", {"app": "web", "env": "staging", "dry_run": True}))
+        assert plan["status"] == "dry_run" and w.current("staging") == "1.1.0"
+        back = data(call(w, w.agent, "rollback", {"app": "web", "env": "staging"}))
+        assert back["status"] == "succeeded" and w.current("staging") == "1.0.0"
+
+        status = data(call(w, watcher, "deployment_status", {"app": "web", "env": "staging"}))
+        assert status["detail"]["current"] == "1.0.0"
+        history = data(
+            call(w, watcher, "deployment_status", {"app": "web", "env": "staging", "history": True})
+        )
+        assert len(history["detail"]["history"]) == 3  # two deploys and the rollback
+        # The watcher reads; it deploys nothing (not offered, and refused if asked).
+        assert "rollback" not in names(w, watcher)
+        refused = call(w, watcher, "rollback", {"app": "web", "env": "staging"})
+        assert data(refused)["code"] == "tool_not_granted" and w.current("staging") == "1.0.0"
