@@ -32,7 +32,7 @@ from opsgate.cli_common import (
     print_error,
     print_json,
 )
-from opsgate.errors import ConfigError
+from opsgate.errors import ConfigError, OutputUnwritable
 
 agents_app = typer.Typer(help="Register, delegate and manage agents.", no_args_is_help=True)
 creds_app = typer.Typer(help="Issue, verify and revoke credentials.", no_args_is_help=True)
@@ -70,7 +70,7 @@ def _writable(path: Path) -> Any:
     try:
         return path.open("w", encoding="utf-8")
     except OSError as exc:
-        raise ConfigError(
+        raise OutputUnwritable(
             f"cannot write '{path}': {exc.strerror or 'not a file'}", code="output_unwritable"
         ) from exc
 

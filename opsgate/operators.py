@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from opsgate.boundary import typed_errors
 from opsgate.clock import to_epoch
-from opsgate.errors import OperatorError, shown
+from opsgate.errors import OperatorError, TokenTtlInvalid, shown
 from opsgate.store import Store
 from opsgate.store import operators as operator_rows
 
@@ -95,7 +95,7 @@ class OperatorService:
         if ttl_days is None:
             return self._token_ttl_days * DAY
         if isinstance(ttl_days, bool) or not isinstance(ttl_days, int) or not 1 <= ttl_days <= 3650:
-            raise OperatorError(
+            raise TokenTtlInvalid(
                 f"token lifetime must be whole days from 1 to 3650, got {shown(ttl_days)}",
                 code="token_ttl_invalid",
             )

@@ -48,14 +48,21 @@ class AgentState:
     expires_at: float | None
 
     def usable_at(self, now: float) -> str | None:
-        """None when credentials of this agent may be used at `now`, else a refusal code."""
+        """None when credentials of this agent may be used at `now`, else a refusal
+        code (an AgentUnusable one)."""
         if self.grant is None:
             return "chain_invalid"
         if self.effective_status != ACTIVE:
-            return f"agent_{self.effective_status}"
+            return unusable_code(self.effective_status)
         if self.expires_at is not None and now >= self.expires_at:
             return "agent_expired"
         return None
+
+
+def unusable_code(status: str) -> str:
+    """The refusal code for an agent (or ancestor) of a status other than active; an
+    unknown status counts as revoked, as the effective status does."""
+    return "agent_suspended" if status == SUSPENDED else "agent_revoked"
 
 
 class LiveState:

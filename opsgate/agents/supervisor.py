@@ -31,7 +31,7 @@ from opsgate.agents.workers import (
     MonitoringAgent,
     SecretManager,
 )
-from opsgate.errors import OperationError, safe_text
+from opsgate.errors import AgentError, OperationError, safe_text
 
 if TYPE_CHECKING:
     from opsgate.gate import Gate
@@ -117,7 +117,7 @@ class Supervisor:
         log = log or StepLog()
         missing = [n for n in SEED_SCOPES if n not in agents]
         if missing:
-            raise OperationError(
+            raise AgentError(
                 f"no agent named {', '.join(map(repr, missing))} to supervise",
                 code="agent_not_found",
             )

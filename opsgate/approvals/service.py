@@ -40,7 +40,15 @@ from opsgate.approvals.notify import Dispatcher, build_notifiers
 from opsgate.boundary import typed_errors
 from opsgate.clock import to_epoch
 from opsgate.decision import ApprovalRequirement, Decision
-from opsgate.errors import AgentError, ApprovalError, OpsgateError, safe_text, scrub, shown
+from opsgate.errors import (
+    ApprovalError,
+    OpsgateError,
+    StatusInvalid,
+    TokenTtlInvalid,
+    safe_text,
+    scrub,
+    shown,
+)
 from opsgate.identity.registry import check_email
 from opsgate.store import Store
 from opsgate.store import approvals as approval_rows
@@ -53,6 +61,14 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("opsgate.approvals")
 _STATUSES = ("pending", "approved", "denied", "expired", "consumed")
+# The refusal for a request found in a status the act cannot take.
+_STATUS_CODES = {
+    "pending": "approval_pending",
+    "approved": "approval_approved",
+    "denied": "approval_denied",
+    "expired": "approval_expired",
+    "consumed": "approval_consumed",
+}
 TOKEN_PREFIX = "opsg_apr_"  # noqa: S105 - a prefix that makes leaked tokens greppable
 DEFAULT_EXPIRY_SECONDS = 3600
 
@@ -167,7 +183,7 @@ class ApprovalService:
         if ttl_days is None:
             return self._token_ttl_days * DAY
         if isinstance(ttl_days, bool) or not isinstance(ttl_days, int) or not 1 <= ttl_days <= 3650:
-            raise ApprovalError(
+            raise TokenTtlInvalid(
                 f"token lifetime must be whole days from 1 to 3650, got {shown(ttl_days)}",
                 code="token_ttl_invalid",
             )
@@ -175,10 +191,7 @@ class ApprovalService:
 
     @staticmethod
     def _email(email: object) -> str:
-        try:
-            return check_email(email, "approver")
-        except AgentError as exc:
-            raise ApprovalError(exc.message, code="invalid_email") from exc
+        return check_email(email, "approver")  # an EmailInvalid is an ApprovalError too
 
     def authenticate_approver(
         self, email: str, token: object, *, now: datetime | float | None = None
@@ -432,7 +445,7 @@ class ApprovalService:
         self, *, status: str | None = None, now: datetime | float | None = None
     ) -> list[ApprovalRequest]:
         if status is not None and status not in _STATUSES:
-            raise ApprovalError(
+            raise StatusInvalid(
                 f"status must be one of {', '.join(_STATUSES)}, got {shown(status)}",
                 code="status_invalid",
             )
@@ -536,7 +549,7 @@ class ApprovalService:
                 if req.status not in decidable:
                     raise ApprovalError(
                         f"approval {req.id!r} is {req.status}, not pending",
-                        code=f"approval_{req.status}",
+                        code=_STATUS_CODES[req.status],
                     )
                 if who in req.sponsors:
                     raise ApprovalError(
@@ -611,7 +624,7 @@ class ApprovalService:
                 if not approval_rows.consume_request(conn, req.id, now):
                     raise ApprovalError(
                         f"approval {req.id!r} is {req.status}, not approved",
-                        code=f"approval_{req.status}",
+                        code=_STATUS_CODES[req.status],
                     )
                 self._audit.append_in(
                     conn,

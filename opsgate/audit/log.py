@@ -58,7 +58,7 @@ from opsgate.audit.writer import (
 )
 from opsgate.boundary import typed_errors
 from opsgate.credentials.keyring import KeyChain
-from opsgate.errors import AuditError, encodable
+from opsgate.errors import AuditError, OutputUnwritable, encodable
 from opsgate.store import Store
 from opsgate.store.audit_rows import AuditSQL
 
@@ -324,7 +324,7 @@ class AuditLog:
         try:
             out = path.open("w", encoding="utf-8")
         except OSError as exc:
-            raise AuditError(
+            raise OutputUnwritable(
                 f"cannot write '{path}': {exc.strerror or 'not a file'}", code="output_unwritable"
             ) from exc
         with out:

@@ -128,7 +128,7 @@ def _error(response: httpx.Response) -> errors.OpsgateError:
     cls = getattr(errors, str(data.get("error")), None)
     if not (isinstance(cls, type) and issubclass(cls, errors.OpsgateError)):
         cls = errors.OpsgateError
-    exc = cls(str(message), code=str(code))
+    exc = cls.received(str(message), code=str(code))
     exc.detail["status"] = response.status_code
     return exc
 
@@ -356,7 +356,7 @@ class RemoteGate:
             return token
         if self._last is None:
             raise errors.CredentialError(
-                "no credential yet: call credential(scope) first", code="credential_missing"
+                "no credential yet: call credential(scope) first", code="credential_not_requested"
             )
         return self._last
 

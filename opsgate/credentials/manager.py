@@ -35,12 +35,18 @@ from opsgate.environments import Environments
 from opsgate.errors import (
     CapabilityError,
     CredentialError,
+    CredentialNotFound,
+    CredentialTtlInvalid,
     InvalidCredential,
     OpsgateError,
+    RevokedCredential,
+    RevokedOnIssue,
+    UnusableAgentCredential,
+    UnusableAgentIssue,
     shown,
 )
 from opsgate.identity.keys import b64url
-from opsgate.state import AgentState, LiveState
+from opsgate.state import AgentState, LiveState, unusable_code
 from opsgate.store import Store, audit_rows
 from opsgate.store import agents as agent_rows
 from opsgate.store import state_changes as feed
@@ -209,13 +215,15 @@ class CredentialManager:
         if ttl_minutes is None:
             return self._limits.default_ttl_minutes * 60.0
         if isinstance(ttl_minutes, bool) or not isinstance(ttl_minutes, (int, float)):
-            raise CredentialError("ttl_minutes must be a number of minutes", code="ttl_invalid")
+            raise CredentialTtlInvalid(
+                "ttl_minutes must be a number of minutes", code="ttl_invalid"
+            )
         if isinstance(ttl_minutes, int) and ttl_minutes > limit:
             minutes = math.inf  # an int too large for a float is still just too long
         else:
             minutes = float(ttl_minutes)
         if (isinstance(ttl_minutes, float) and not math.isfinite(ttl_minutes)) or minutes <= 0:
-            raise CredentialError(
+            raise CredentialTtlInvalid(
                 f"ttl_minutes must be greater than 0, got {ttl_minutes!r:.40}", code="ttl_invalid"
             )
         if minutes > limit:
@@ -225,7 +233,7 @@ class CredentialManager:
                 code="ttl_too_long",
             )
         if minutes * 60.0 < 1.0:
-            raise CredentialError(
+            raise CredentialTtlInvalid(
                 f"ttl_minutes {ttl_minutes!r:.40} is shorter than one second", code="ttl_invalid"
             )
         return minutes * 60.0
@@ -280,7 +288,7 @@ class CredentialManager:
         state = self._agent_state(agent_id)
         refusal = state.usable_at(t)
         if refusal is not None:
-            raise CredentialError(
+            raise UnusableAgentIssue(
                 f"agent {state.name!r} cannot receive credentials ({refusal.replace('_', ' ')})",
                 code=refusal,
             )
@@ -313,7 +321,7 @@ class CredentialManager:
         if credential is None:
             # A per-agent revocation committed first and covers this iat: the token
             # is dead; say so rather than hand it out.
-            raise CredentialError(
+            raise RevokedOnIssue(
                 f"credentials of agent {state.name!r} were revoked while this one was issued",
                 code="revoked",
             )
@@ -334,7 +342,7 @@ class CredentialManager:
         if state.expires_at is not None:
             exp = min(exp, math.floor(state.expires_at))  # never outlives the agent
         if exp <= iat:
-            raise CredentialError(
+            raise UnusableAgentIssue(
                 f"agent {state.name!r} expires within a second", code="agent_expired"
             )
         kid, key = self._keyring.signer()
@@ -380,9 +388,9 @@ class CredentialManager:
         if inactive:
             # Suspended or revoked on another replica before this view caught up.
             self._state.invalidate_agent(state.did)
-            raise CredentialError(
+            raise UnusableAgentIssue(
                 f"agent {state.name!r} cannot receive credentials (agent {inactive})",
-                code=f"agent_{inactive}" if inactive in ("suspended", "revoked") else "revoked",
+                code=unusable_code(str(inactive)),
             )
         if record.event.get("revoked_on_issue"):
             self._state.invalidate_agent(state.did)
@@ -544,10 +552,8 @@ class CredentialManager:
         """Everything that can change after issuance; charged to the (proven) agent."""
         leeway = self._limits.leeway_seconds
 
-        def misuse(message: str, code: str) -> InvalidCredential:
-            return InvalidCredential(
-                message, code=code, agent=claims.sub, misuse=True, jti=claims.jti, exp=claims.exp
-            )
+        # A proven agent's misuse: charged to it, and named in the audit.
+        misuse = {"agent": claims.sub, "misuse": True, "jti": claims.jti, "exp": claims.exp}
 
         state = self._state.agent(claims.sub)
         if state is None:
@@ -555,19 +561,23 @@ class CredentialManager:
         if state.jkt != claims.jkt:
             raise InvalidCredential("token is bound to another key", code="unbound")
         if t >= claims.exp + leeway:
-            raise misuse("credential has expired", "expired")
+            raise InvalidCredential("credential has expired", code="expired", **misuse)
         if t < claims.nbf - leeway:
             raise InvalidCredential(
                 "credential is not valid yet", code="not_yet_valid", agent=claims.sub
             )
         if self._state.is_revoked(claims.jti):
-            raise misuse("credential has been revoked", "revoked")
+            raise RevokedCredential("credential has been revoked", code="revoked", **misuse)
         nb = state.credentials_not_before
         if nb is not None and claims.iat <= nb:
-            raise misuse("credential has been revoked", "revoked")
+            raise RevokedCredential("credential has been revoked", code="revoked", **misuse)
         refusal = state.usable_at(t)
         if refusal is not None:
-            raise misuse(f"credential's agent cannot act ({refusal.replace('_', ' ')})", refusal)
+            raise UnusableAgentCredential(
+                f"credential's agent cannot act ({refusal.replace('_', ' ')})",
+                code=refusal,
+                **misuse,
+            )
 
     def _audit_rejection(self, exc: InvalidCredential, t: float) -> None:
         """A refusal that names a proven agent is recorded on its own; one whose subject
@@ -611,7 +621,7 @@ class CredentialManager:
         with self._store.write() as conn:
             if not feed.is_revoked(conn, jti):
                 if not audit_rows.credential_issued(conn, jti):
-                    raise CredentialError(
+                    raise CredentialNotFound(
                         f"no credential {jti!r} was issued by this gate", code="not_found"
                     )
                 feed.insert_revoked(conn, jti, expires, t, reason)

@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from nacl.bindings import crypto_sign_open
 from nacl.exceptions import BadSignatureError
 
-from opsgate.errors import ConfigError, InvalidCredential, shown
+from opsgate.errors import ConfigError, DidInvalid, shown
 
 _ED25519_MULTICODEC = b"\xed\x01"
 DID_KEY_PREFIX = "did:key:z"
@@ -47,13 +47,13 @@ def did_from_public_key(key: Ed25519PublicKey | bytes) -> str:
 def public_key_from_did(did: str) -> Ed25519PublicKey:
     """Recover the public key from a did:key; anyone can check a signature from the id alone."""
     if not isinstance(did, str) or not did.startswith(DID_KEY_PREFIX) or len(did) > 64:
-        raise InvalidCredential(f"{shown(did)} is not an Ed25519 did:key", code="bad_did")
+        raise DidInvalid(f"{shown(did)} is not an Ed25519 did:key", code="bad_did")
     try:
         raw = base58.b58decode(did[len(DID_KEY_PREFIX) :])
     except ValueError as exc:
-        raise InvalidCredential("did:key is not valid base58btc", code="bad_did") from exc
+        raise DidInvalid("did:key is not valid base58btc", code="bad_did") from exc
     if len(raw) != 34 or raw[:2] != _ED25519_MULTICODEC:
-        raise InvalidCredential("did:key does not hold an Ed25519 public key", code="bad_did")
+        raise DidInvalid("did:key does not hold an Ed25519 public key", code="bad_did")
     return Ed25519PublicKey.from_public_bytes(raw[2:])
 
 

@@ -26,7 +26,10 @@ from opsgate.errors import (
     AgentError,
     CapabilityError,
     DelegationError,
+    EmailInvalid,
     InvalidCredential,
+    StatusInvalid,
+    UnusableAgentChange,
     encodable,
     safe_text,
     shown,
@@ -62,7 +65,7 @@ ESCALATION_CODES = frozenset(
 
 def check_email(value: object, what: str = "sponsor") -> str:
     if not isinstance(value, str) or len(value) > 254 or not _EMAIL.match(value):
-        raise AgentError(
+        raise EmailInvalid(
             f"{what} must be an email address, got {shown(value)}", code="invalid_email"
         )
     return value.lower()
@@ -273,7 +276,7 @@ class AgentRegistry:
 
     def list(self, *, status: str | None = None) -> list[Agent]:
         if status is not None and status not in (ACTIVE, SUSPENDED, REVOKED):
-            raise AgentError(
+            raise StatusInvalid(
                 f"status must be {ACTIVE}, {SUSPENDED} or {REVOKED}, got {shown(status)}",
                 code="status_invalid",
             )
@@ -668,7 +671,9 @@ class AgentRegistry:
         t = to_epoch(now)
         root = self.state(ref)
         if root.status == REVOKED:
-            raise AgentError(f"agent {root.name!r} is revoked for good", code="agent_revoked")
+            raise UnusableAgentChange(
+                f"agent {root.name!r} is revoked for good", code="agent_revoked"
+            )
         # Commits without waiting for the audit head (a stalled replica may hold it):
         # the event is deferred in this transaction and chained right after.
         with self._store.write() as conn:

@@ -15,7 +15,7 @@ from types import MappingProxyType
 from typing import Any, TypeVar
 
 from opsgate.environments import DEFAULT, Environments
-from opsgate.errors import PolicyError, encodable
+from opsgate.errors import ParamsInvalid, PolicyError, encodable
 
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
 MAX_PARAM_DEPTH = 16
@@ -69,11 +69,11 @@ def check_params(params: object) -> None:
     policy compares them and the plan digest hashes them, and a NaN would slip past
     both (every comparison with it is false; JSON writes it as null)."""
     if not isinstance(params, Mapping):
-        raise PolicyError("operation params must be a mapping", code="params_invalid")
+        raise ParamsInvalid("operation params must be a mapping", code="params_invalid")
     try:
         _check_json(dict(params), "params")
     except PolicyError as exc:
-        raise PolicyError(exc.message, code="params_invalid") from None
+        raise ParamsInvalid(exc.message, code="params_invalid") from None
 
 
 def _int_in(name: str, value: object, low: int, high: int) -> None:

@@ -72,7 +72,8 @@ def _result(outcome: Outcome | PendingApproval) -> SecretResult | PendingApprova
     if outcome.status == "failed":
         code = str(d.get("code") or "secret_error")
         cls = SecretBackendError if code.startswith("secret_backend_") else SecretError
-        raise cls(outcome.summary, code=code, audit_seq=outcome.audit_seq)
+        # The code was checked where the executor raised it; rebuilt as the SDK's class.
+        raise cls.received(outcome.summary, code=code, audit_seq=outcome.audit_seq)
     if "value" in d:
         return SecretRead(d["path"], d["version"], d["value"], outcome.audit_seq)
     if "names" in d:

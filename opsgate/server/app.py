@@ -18,7 +18,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from opsgate.config import ServerConfig
-from opsgate.errors import ConfigError, OpsgateError
+from opsgate.errors import ConfigError, HttpRefusal, NotFound, OpsgateError
 from opsgate.gate import Gate
 from opsgate.server.context import ServerContext
 from opsgate.server.dpop import ProofRules, normalise_url
@@ -99,14 +99,20 @@ def create_app(gate: Gate, settings: ServerConfig | None = None) -> FastAPI:
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid"}
         where = ".".join(str(p) for p in first.get("loc", ()))
-        err = OpsgateError(f"{where}: {str(first.get('msg', '')).lower()}", code="request_invalid")
+        err = HttpRefusal(f"{where}: {str(first.get('msg', '')).lower()}", code="request_invalid")
         ctx.refused(request, err, 422)
         return JSONResponse(_error_body(err), status_code=422)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        err = OpsgateError(str(exc.detail).lower(), code=code)
+        message = str(exc.detail).lower()
+        err: OpsgateError
+        if exc.status_code == 404:
+            err = NotFound(message, code="not_found")
+        elif exc.status_code == 405:
+            err = HttpRefusal(message, code="method_not_allowed")
+        else:
+            err = HttpRefusal(message, code="http_error")
         return JSONResponse(_error_body(err), status_code=exc.status_code)
 
     for module in (

@@ -8,6 +8,7 @@ The body is always `{"error": class, "code": ..., "message": ...}`.
 from __future__ import annotations
 
 from opsgate import errors as e
+from opsgate.errors import HttpRefusal as HttpRefusal  # defined with every code's owner
 
 CODE_STATUS: dict[str, int] = {
     # The server's own refusals (before the kernel is asked).
@@ -24,13 +25,13 @@ CODE_STATUS: dict[str, int] = {
     "not_found": 404,
     "method_not_allowed": 405,
     "not_ready": 503,
+    "database_unavailable": 503,  # a migration's target, when planning
     # Issuing credentials.
     "scope_not_covered": 403,
     "capability_unrestricted": 403,
     "agent_suspended": 403,
     "agent_revoked": 403,
     "agent_expired": 403,
-    "agent_inactive": 403,
     "chain_invalid": 403,
     "revoked": 403,
     # Agents and delegation.
@@ -103,9 +104,3 @@ def status_of(exc: e.OpsgateError) -> int:
         if isinstance(exc, cls):
             return code_status
     return 500
-
-
-class HttpRefusal(e.OpsgateError):
-    """A refusal of the HTTP layer itself (size, syntax, role, rate)."""
-
-    default_code = "request_invalid"

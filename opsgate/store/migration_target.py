@@ -29,7 +29,7 @@ from typing import Any, Literal
 
 from sqlalchemy.engine import make_url
 
-from opsgate.errors import StoreError, scrub
+from opsgate.errors import ConfigError, MigrationError, StatementFailed, TargetDatabaseError, scrub
 
 HISTORY_TABLE = "opsgate_schema_history"
 LOCK_TABLE = "opsgate_migration_lock"  # SQLite: the lock row
@@ -154,12 +154,6 @@ class NewRun:
     transactional: bool
 
 
-class StatementFailed(StoreError):
-    """A migration statement was refused by the target; the transaction rolled back."""
-
-    default_code = "migration_statement_failed"
-
-
 def _row(values: Sequence[Any]) -> HistoryRow:
     (rid, version, name, checksum, chain, state, success, started, applied, duration) = values[:10]
     agent, transactional, detail, repaired_by, repaired_at = values[10:]
@@ -251,13 +245,15 @@ class MigrationTarget:
         try:
             parsed = make_url(url)
         except Exception as exc:  # any parse failure: the URL is not shown
-            raise StoreError(f"database {label!r} has an invalid url", code="database_url") from exc
+            raise ConfigError(
+                f"database {label!r} has an invalid url", code="database_url"
+            ) from exc
         backend = parsed.get_backend_name()
         if backend == "sqlite":
             return cls._connect_sqlite(parsed.database or "", label, settings, read_only)
         if backend == "postgresql":
             return cls._connect_postgres(parsed, label, settings, read_only, connect_timeout)
-        raise StoreError(
+        raise ConfigError(
             f"database {label!r}: only sqlite and postgresql targets are supported",
             code="database_url",
         )
@@ -267,7 +263,7 @@ class MigrationTarget:
         cls, path: str, label: str, settings: TargetSettings, read_only: bool
     ) -> MigrationTarget:
         if not path or path == ":memory:":
-            raise StoreError(f"database {label!r} needs a file path", code="database_url")
+            raise ConfigError(f"database {label!r} needs a file path", code="database_url")
         try:
             if read_only:
                 if not Path(path).exists():
@@ -278,7 +274,7 @@ class MigrationTarget:
             else:
                 conn = sqlite3.connect(path, isolation_level=None, timeout=0.2)
         except sqlite3.Error as exc:
-            raise StoreError(
+            raise TargetDatabaseError(
                 f"cannot open database {label!r}: {exc.__class__.__name__}",
                 code="database_unavailable",
             ) from exc
@@ -318,7 +314,7 @@ class MigrationTarget:
                 autocommit=True, **{k: v for k, v in kwargs.items() if v is not None}
             )
         except psycopg.Error as exc:
-            raise StoreError(
+            raise TargetDatabaseError(
                 f"cannot connect to database {label!r}: {exc.__class__.__name__}",
                 code="database_unavailable",
             ) from exc
@@ -387,7 +383,7 @@ class MigrationTarget:
         try:
             yield
         except self._errors() as exc:
-            raise StoreError(
+            raise TargetDatabaseError(
                 f"database {self._label!r}: {what} failed: {exc.__class__.__name__}",
                 code="database_unavailable",
             ) from exc
@@ -618,7 +614,7 @@ class MigrationTarget:
                 )
                 changed += len(rows)
             if changed != len(row_ids):
-                raise StoreError(
+                raise MigrationError(
                     "the history changed while repairing; nothing was repaired",
                     code="migration_plan_stale",
                 )

@@ -40,6 +40,7 @@ from pydantic import BaseModel, Field, ValidationError, field_validator
 from opsgate.config import DEPLOY_NAME, AppDeploy, CommandBackend, DeployConfig, HealthCheck
 from opsgate.errors import (
     ConfigError,
+    DeployContended,
     DeployError,
     OperationError,
     OpsgateError,
@@ -540,7 +541,7 @@ class DeployExecutor:
             if kind == "deploy":
                 record = ledger.release(env, app, version)
                 if record is not None and record.digest != digest:
-                    raise RunRefused(
+                    raise DeployContended(
                         f"release {version} of {env}/{app} was deployed with another artifact "
                         "meanwhile",
                         code="release_conflict",

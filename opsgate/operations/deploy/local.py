@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from opsgate.config import DEPLOY_NAME
-from opsgate.errors import OperationError
+from opsgate.errors import DeployError, OperationError
 from opsgate.operations.artifacts import Kind, Opened, copy_tree, remove_tree, tree_digest
 
 _PARTIAL = ".partial-"
@@ -102,7 +102,7 @@ class Releases:
         """Move a verified partial release to its name (fails if the name is taken)."""
         target = self.path(env, app, version)
         if os.path.lexists(target):  # rename() would replace an empty directory
-            raise OperationError(
+            raise DeployError(
                 f"release {version!r} appeared while it was being copied", code="release_conflict"
             )
         os.rename(partial, target)

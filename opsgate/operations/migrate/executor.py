@@ -27,10 +27,8 @@ from sqlalchemy.engine import make_url
 from opsgate.config import Config, DatabaseTarget
 from opsgate.errors import (
     ConfigError,
-    MigrationContended,
     MigrationError,
     OperationError,
-    StoreError,
     safe_text,
 )
 from opsgate.operations.base import Operation, Outcome, Plan, RunContext
@@ -348,21 +346,18 @@ class MigrationExecutor:
             if context.agent_did
             else (context.agent_name)
         )
-        try:
-            with self._open(
-                name,
-                config,
-                purpose="migrate",
-                agent=context.agent_name,
-                max_ttl=context.credential_ttl,
-            ) as conn:
-                if content["mode"] == "repair":
-                    return self._repair(name, config, conn, content, agent)
-                return self._apply(name, config, conn, content, agent)
-        except StoreError as exc:  # connection or bookkeeping trouble: a failed migration
-            if exc.code == "migration_plan_stale":  # another run changed it: nothing done
-                raise MigrationContended(exc.message, code=exc.code) from exc
-            raise MigrationError(exc.message, code=exc.code) from exc
+        # Connection or bookkeeping trouble on the target is a TargetDatabaseError (a
+        # MigrationError): a failed migration, with its code.
+        with self._open(
+            name,
+            config,
+            purpose="migrate",
+            agent=context.agent_name,
+            max_ttl=context.credential_ttl,
+        ) as conn:
+            if content["mode"] == "repair":
+                return self._repair(name, config, conn, content, agent)
+            return self._apply(name, config, conn, content, agent)
 
     def _apply(
         self,

@@ -204,10 +204,8 @@ def repair(
                 f"the failed migrations of {database!r} changed since the plan; plan again",
                 code="migration_plan_stale",
             )
-        try:
-            return target.record_repaired(row_ids, agent, clock(), reason)
-        except StoreError as exc:
-            raise MigrationError(exc.message, code=exc.code) from exc
+        # The target's errors are MigrationErrors already (TargetDatabaseError).
+        return target.record_repaired(row_ids, agent, clock(), reason)
 
 
 __all__ = ["RunResult", "Step", "apply", "locked_error", "needs_repair", "repair", "run_lock"]

@@ -6,7 +6,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
-from opsgate.errors import ApprovalError
+from opsgate.errors import ApprovalError, HttpRefusal
 from opsgate.server.routes.common import Body, body_doc, ctx_of, json
 
 router = APIRouter(prefix="/v1/approvals", tags=["approvals"])
@@ -23,7 +23,7 @@ async def list_approvals(request: Request, status: str | None = None) -> Respons
     ctx = ctx_of(request)
     who, _ = await ctx.approver(request)
     if status is not None and status not in _STATUSES:
-        raise ApprovalError(f"status must be one of {', '.join(_STATUSES)}", code="request_invalid")
+        raise HttpRefusal(f"status must be one of {', '.join(_STATUSES)}", code="request_invalid")
     requests = await run_in_threadpool(lambda: ctx.gate.approvals.list(status=status))
     return json([r.to_dict() for r in requests if who in r.approvers])
 

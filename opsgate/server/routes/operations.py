@@ -16,7 +16,7 @@ from pydantic import Field
 from starlette.concurrency import run_in_threadpool
 
 from opsgate.approvals import PendingApproval
-from opsgate.errors import ApprovalError, OpsgateError
+from opsgate.errors import ApprovalError, NotFound, OpsgateError
 from opsgate.operations.base import Operation, Outcome
 from opsgate.secrets.value import SecretValue
 from opsgate.server.routes.common import Body, body_doc, ctx_of, iso, json, result_response
@@ -137,7 +137,7 @@ async def operation_status(seq: int, request: Request) -> Response:
         or record.actor != claims.sub
         or record.type not in ("operation.outcome", "operation.attempt", "operation.dry_run")
     ):
-        raise ApprovalError(f"no operation {seq} of this agent", code="not_found")
+        raise NotFound(f"no operation {seq} of this agent", code="not_found")
     event = record.event
     return json(
         {
