@@ -7,7 +7,7 @@ the parsed request and the time attributes.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from opsgate import capabilities as caps
@@ -57,14 +57,14 @@ def scope_refusal(
         return Decision(
             "deny",
             (f"{str(cap)!r} is not in the credential's scope",),
-            extra={"violation": "out_of_scope"},
+            violation="out_of_scope",
         )
     grant = agent.grant
     if grant is None or not caps.covered_by_any(grant.parsed, cap):
         return Decision(
             "deny",
             (f"{str(cap)!r} is not granted to agent {agent.name!r}",),
-            extra={"violation": "not_granted"},
+            violation="not_granted",
         )
     return None
 
@@ -103,7 +103,7 @@ def authorize(
             )
         )
     if decision.effect == "deny":
-        return _with(decision, violation="policy_deny")
+        return replace(decision, violation="policy_deny", extra=dict(decision.extra))
     if req.protected and req.trust < trust.approval_below:
         reason = (
             f"trust {req.trust} is below {trust.approval_below}: "
@@ -138,16 +138,3 @@ def authorize(
         )
     return decision
 
-
-def _with(decision: Decision, **extra: Any) -> Decision:
-    return Decision(
-        decision.effect,
-        decision.reasons,
-        decision.matched,
-        decision.approvers,
-        decision.min_approvals,
-        decision.expires_in_seconds,
-        decision.errors,
-        decision.requirements,
-        extra={**decision.extra, **extra},
-    )

@@ -11,6 +11,10 @@ Effect = Literal["allow", "deny", "require_approval"]
 EFFECTS: tuple[Effect, ...] = ("allow", "deny", "require_approval")
 # Combining order: a higher rank wins.
 EFFECT_RANK: dict[str, int] = {"allow": 0, "require_approval": 1, "deny": 2}
+# Why a deny is the agent's offence (charged to its trust): outside the credential's
+# scope, outside its grants, or denied by policy. Other denies (its own trust too low
+# and no one may approve) are not charged.
+Violation = Literal["out_of_scope", "not_granted", "policy_deny"]
 
 
 def as_effect(value: object) -> Effect | None:
@@ -54,6 +58,7 @@ class Decision:
     # Every matched require_approval rule must be satisfied on its own; `approvers`
     # and `min_approvals` above are their union and maximum, for display.
     requirements: tuple[ApprovalRequirement, ...] = ()
+    violation: Violation | None = None  # set on a deny that is charged as a violation
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:

@@ -759,7 +759,7 @@ class Gate:
         may approve) is not a new offence, and charging it would spiral an agent
         into suspension for asking.
         """
-        why = decision.extra.get("violation") if decision.effect == "deny" else None
+        why = decision.violation if decision.effect == "deny" else None
         if why is not None:
             self._charge(
                 agent.did,

@@ -205,7 +205,9 @@ class Scan:
 
         for call in calls:
             f = call.func
-            name = f.id if isinstance(f, ast.Name) else f.attr if isinstance(f, ast.Attribute) else ""
+            name = (
+                f.id if isinstance(f, ast.Name) else f.attr if isinstance(f, ast.Attribute) else ""
+            )
             code_expr: ast.expr | None = next(
                 (kw.value for kw in call.keywords if kw.arg == "code"), None
             )
@@ -225,7 +227,9 @@ class Scan:
                 continue
             got = resolve(code_expr, call)
             if got is None:
-                self.unresolved.append(f"{path}:{call.lineno} {name}(code={ast.unparse(code_expr)})")
+                self.unresolved.append(
+                    f"{path}:{call.lineno} {name}(code={ast.unparse(code_expr)})"
+                )
                 continue
             self.sites.extend(Site(path, call.lineno, cls, code) for code in got)
 
@@ -264,9 +268,7 @@ def test_every_raised_code_is_registered_to_its_class(scan: Scan) -> None:
     assert wrong == []
 
 
-def test_every_registered_code_is_used(
-    scan: Scan, classes: dict[str, type[OpsgateError]]
-) -> None:
+def test_every_registered_code_is_used(scan: Scan, classes: dict[str, type[OpsgateError]]) -> None:
     """No stale entry: each code is raised, is a class's default, or is answered with
     by the HTTP layer (its status table)."""
     used = {s.code for s in scan.sites} | {c.default_code for c in classes.values()}
@@ -316,7 +318,11 @@ def test_a_code_outside_its_class_is_refused_at_construction() -> None:
 
 def test_a_received_error_keeps_the_code_it_came_with() -> None:
     exc = errors.ConfigError.received("from a newer server", code="not_known_here", x=1)
-    assert (exc.code, exc.message, exc.detail) == ("not_known_here", "from a newer server", {"x": 1})
+    assert (exc.code, exc.message, exc.detail) == (
+        "not_known_here",
+        "from a newer server",
+        {"x": 1},
+    )
     assert str(exc) == "from a newer server"
     scrubbed = errors.OpsgateError.received("token opsg_apr_abcdef", code="error")
     assert "opsg_apr_abcdef" not in scrubbed.message

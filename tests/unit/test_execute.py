@@ -73,7 +73,7 @@ def test_capability_outside_the_credential_scope_is_denied(world: World) -> None
     with pytest.raises(opsgate.OperationError) as exc:
         w.gate.execute(staging_only, deploy("production/app-web"))
     assert exc.value.code == "operation_denied"
-    assert exc.value.detail["decision"].extra["violation"] == "out_of_scope"
+    assert exc.value.detail["decision"].violation == "out_of_scope"
     assert w.executor.count == 0
     assert w.gate.approvals.list() == []  # an out-of-scope request never reaches a human
 
