@@ -233,7 +233,7 @@ def test_an_out_of_scope_request_never_reaches_the_executor(
                 Operation(operation.action, operation.resource, operation.params, dry_run=dry_run),
             )
         assert info.value.code == "operation_denied"
-        assert info.value.detail["decision"].extra["violation"] == "out_of_scope"
+        assert info.value.detail["decision"].violation == "out_of_scope"
         assert w.executor.plans == [] and migrations.plans == []
         assert w.executor.count == 0 and migrations.count == 0
         assert audit_events(w.gate, "operation.denied")[-1]["capability"] == operation.capability

@@ -95,7 +95,7 @@ def test_environment_case(world: dict[str, Any], case: dict[str, Any], tmp_path:
         if "effect" in case:
             assert got.effect == case["effect"], got.reasons
         if "violation" in case:
-            assert got.extra.get("violation") == case["violation"]
+            assert got.violation == case["violation"]
     finally:
         w.gate.close()
 

@@ -199,7 +199,7 @@ def test_an_agent_with_orders_cannot_touch_billing_or_an_unconfigured_database(
     with pytest.raises(opsgate.OperationError) as exc:
         world.execute(db="billing")
     assert exc.value.code == "operation_denied"
-    assert exc.value.detail["decision"].extra["violation"] == "out_of_scope"
+    assert exc.value.detail["decision"].violation == "out_of_scope"
     with pytest.raises(opsgate.OpsgateError) as exc:
         world.gate.execute(world.token, Operation("migrate", "database/orders/../billing", {}))
     assert exc.value.code == "capability_malformed"
