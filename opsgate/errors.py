@@ -339,6 +339,7 @@ _REGISTRY: tuple[tuple[type[OpsgateError], dict[str, str]], ...] = (
     (
         ConfigError,
         {
+            "agent_key_mismatch": "the key file belongs to another agent than the one named",
             "config_invalid": "the configuration (file, environment, options) is invalid",
             "database_url": "a database url is not valid or names an unsupported database",
             "database_credentials_missing": "a vault_role database needs dynamic credentials",
@@ -540,6 +541,7 @@ _REGISTRY: tuple[tuple[type[OpsgateError], dict[str, str]], ...] = (
     (
         OperationError,
         {
+            "arguments_invalid": "an MCP tool's arguments are not valid for it",
             "artifact_invalid": "an artifact is not a file the gate can read and hash",
             "artifact_refused": "an artifact is outside the artifact roots (or a link out of them)",
             "deploy_state_invalid": "a deploy target's current release is not a link the gate set",
@@ -554,6 +556,8 @@ _REGISTRY: tuple[tuple[type[OpsgateError], dict[str, str]], ...] = (
             "secret_value_required": "a secret write needs its value as a SecretValue",
             "task_invalid": "a task names something that is not a plain name",
             "task_unknown": "no plan for the task's sentence",
+            "tool_not_granted": "the agent's grants do not cover the MCP tool",
+            "tool_unknown": "no MCP tool of that name",
         },
     ),
     (

@@ -19,7 +19,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from opsgate.errors import AgentError, ApprovalError, ConfigError, safe_text
+from opsgate.errors import ApprovalError, ConfigError, CredentialError, safe_text
 from opsgate.operations.base import Operation, Outcome
 
 if TYPE_CHECKING:
@@ -99,7 +99,7 @@ class RemoteBackend:
 
     def _token(self) -> Any:
         if self._credential is None:
-            raise AgentError(
+            raise CredentialError(
                 f"agent {safe_text(self.agent_name)!r} has no grants", code="scope_invalid"
             )
         return self._credential
