@@ -75,6 +75,7 @@ class Scan:
             for p in sorted(PACKAGE.rglob("*.py"))
         }
         self.sites: list[Site] = []
+        self.answered: list[str] = []  # codes written straight into a response body
         self.unresolved: list[str] = []
         self.constructions = 0
         self.functions: dict[str, list[ast.FunctionDef | ast.AsyncFunctionDef]] = {}
@@ -86,6 +87,16 @@ class Scan:
             self._module(path, tree)
 
     def _module(self, path: str, tree: ast.Module) -> None:
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Dict):
+                for key, value in zip(node.keys, node.values, strict=True):
+                    if (
+                        isinstance(key, ast.Constant)
+                        and key.value == "code"
+                        and isinstance(value, ast.Constant)
+                        and isinstance(value.value, str)
+                    ):
+                        self.answered.append(value.value)
         parent = {c: n for n in ast.walk(tree) for c in ast.iter_child_nodes(n)}
         calls = [n for n in ast.walk(tree) if isinstance(n, ast.Call)]
         tables = {
@@ -278,6 +289,12 @@ def test_every_registered_code_is_used(scan: Scan, classes: dict[str, type[Opsga
 
 def test_every_http_status_code_is_registered() -> None:
     assert sorted(set(CODE_STATUS) - set(CODES)) == []
+
+
+def test_every_code_answered_without_an_exception_is_registered(scan: Scan) -> None:
+    # e.g. the body size limit and the readiness probe write their JSON themselves.
+    assert scan.answered, "the scan sees the literal error bodies"
+    assert sorted(set(scan.answered) - set(CODES)) == []
 
 
 def test_codes_are_stable_names() -> None:
