@@ -12,7 +12,7 @@ from typing import Any, Protocol
 
 from opsgate import capabilities as caps
 from opsgate.config import TrustConfig
-from opsgate.decision import ApprovalRequirement, Decision, MatchedRule
+from opsgate.decision import APPROVAL_EXPIRY_SECONDS, ApprovalRequirement, Decision, MatchedRule
 from opsgate.environments import DEFAULT, Environments
 from opsgate.policy import PolicyRequest
 from opsgate.state import AgentState
@@ -122,7 +122,7 @@ def authorize(
             rule=0,
             approvers=trust_approvers,
             min_approvals=1,
-            expires_in_seconds=3600,
+            expires_in_seconds=APPROVAL_EXPIRY_SECONDS,
         )
         requirements = (*decision.requirements, requirement)
         return Decision(
@@ -137,4 +137,3 @@ def authorize(
             extra={"trust_gate": True},
         )
     return decision
-

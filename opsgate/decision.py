@@ -33,6 +33,11 @@ class MatchedRule:
     error: str | None = None
 
 
+# How long an approval request lives when nothing says otherwise (a rule without
+# `expires_in`, the trust threshold's requirement).
+APPROVAL_EXPIRY_SECONDS = 3600
+
+
 @dataclass(frozen=True, slots=True)
 class ApprovalRequirement:
     """One matched require_approval rule: min_approvals distinct people out of approvers."""

@@ -14,11 +14,11 @@ operator never declared is never silently unprotected.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 from opsgate import capabilities as caps
+from opsgate.cache import BoundedCache
 from opsgate.config import DEFAULT_ENVIRONMENTS, Config
 from opsgate.errors import CapabilityError, shown
 
@@ -65,8 +65,7 @@ class Environments:
         self.protected = frozenset(n for n, (_, p) in names.items() if p)
         self.namespaces = frozenset(n.lower() for n in namespaces)
         self.environment_after = frozenset(n.lower() for n in environment_after)
-        self._cache: dict[caps.Capability, Resolved] = {}
-        self._lock = threading.Lock()
+        self._cache: BoundedCache[caps.Capability, Resolved] = BoundedCache(_CACHE_MAX)
 
     @classmethod
     def from_config(cls, config: Config) -> Environments:
@@ -89,10 +88,7 @@ class Environments:
         if hit is not None:
             return hit
         out = self._resolve(cap)
-        with self._lock:
-            if len(self._cache) >= _CACHE_MAX:
-                self._cache.clear()
-            self._cache[cap] = out
+        self._cache.put(cap, out)
         return out
 
     def _resolve(self, cap: caps.Capability) -> Resolved:

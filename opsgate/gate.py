@@ -17,7 +17,6 @@ import contextlib
 import dataclasses
 import functools
 import os
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -34,6 +33,7 @@ from opsgate.audit.log import CHECKPOINT_FILE, AuditLog, AuditRecord, Finding
 from opsgate.audit.writer import Unit
 from opsgate.authz import AuthzRequest, authorize, scope_refusal
 from opsgate.boundary import internal, typed_errors
+from opsgate.cache import BoundedCache
 from opsgate.clock import to_epoch
 from opsgate.config import Config, load_config, resolve_state_dir
 from opsgate.credentials.keyring import KEY_DIR, PIN_FILE, KeyRing, Pin, read_pin, write_pin
@@ -78,11 +78,9 @@ from opsgate.store import DB_FILE, Store
 from opsgate.store import agents as agent_rows
 from opsgate.store.runs import RunsSQL
 from opsgate.trust.engine import MISUSE_CHARGE_WINDOW, TrustChange, TrustEngine
-from opsgate.trust.scoring import TrustEvent, failure_event
+from opsgate.trust.scoring import TrustEvent, failure_event, failure_kind
 
 log = structlog.get_logger("opsgate.gate")
-# The trust event of a failure an executor did not classify, by action.
-_FAILURE_KINDS = {"deploy": "deployment", "rollback": "deployment", "migrate": "migration"}
 
 
 def plan_findings(plan: Plan) -> tuple[str, ...]:
@@ -259,8 +257,7 @@ class Gate:
             namespace=MONITORING,
         )
         # jtis known to be charged as misuse (insertion order): spares the store a write.
-        self._misused: dict[str, None] = {}
-        self._misuse_lock = threading.Lock()
+        self._misused: BoundedCache[str, None] = BoundedCache(100_000)
         self._runs = RunsSQL(store)
         self._repair_runs()
         self.audit.flush_deferred()  # what a replica that stopped left unchained
@@ -692,9 +689,8 @@ class Gate:
         forget_after = exp + MISUSE_CHARGE_WINDOW
         if t >= forget_after:
             return
-        with self._misuse_lock:
-            if jti in self._misused:
-                return
+        if jti in self._misused:
+            return
         if not self._charge(
             did,
             TrustEvent.CREDENTIAL_MISUSE,
@@ -704,10 +700,7 @@ class Gate:
             misuse=(jti, forget_after),
         ):
             return
-        with self._misuse_lock:  # charged (now or before): no more round trips for it
-            if len(self._misused) >= 100_000:
-                self._misused.pop(next(iter(self._misused)))
-            self._misused[jti] = None
+        self._misused.put(jti, None)  # charged (now or before): no more round trips for it
 
     def _agent(self, claims: Claims) -> AgentState:
         agent = self.state.agent(claims.sub)
@@ -1357,7 +1350,7 @@ class Gate:
         then the detectors. Returns the outcome with its audit seq."""
         if outcome.status == "failed":
             # A failure the executor did not classify is still a failed deploy/migration.
-            kind = outcome.failure_kind or _FAILURE_KINDS.get(plan.operation.action)
+            kind = failure_kind(plan.operation.action, outcome.failure_kind)
             outcome = dataclasses.replace(outcome, failure_kind=kind)
             cause = failure_event(kind)
         else:

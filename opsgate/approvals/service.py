@@ -39,7 +39,7 @@ from opsgate.approvals.model import (
 from opsgate.approvals.notify import Dispatcher, build_notifiers
 from opsgate.boundary import typed_errors
 from opsgate.clock import to_epoch
-from opsgate.decision import ApprovalRequirement, Decision
+from opsgate.decision import APPROVAL_EXPIRY_SECONDS, ApprovalRequirement, Decision
 from opsgate.errors import (
     ApprovalError,
     OpsgateError,
@@ -70,7 +70,6 @@ _STATUS_CODES = {
     "consumed": "approval_consumed",
 }
 TOKEN_PREFIX = "opsg_apr_"  # noqa: S105 - a prefix that makes leaked tokens greppable
-DEFAULT_EXPIRY_SECONDS = 3600
 
 
 def _hash_token(token: str) -> str:
@@ -325,7 +324,7 @@ class ApprovalService:
         if not decision.requirements:
             raise ApprovalError("decision has no approval requirement", code="no_approvers")
         expiry = min(
-            (r.expires_in_seconds or DEFAULT_EXPIRY_SECONDS) for r in decision.requirements
+            (r.expires_in_seconds or APPROVAL_EXPIRY_SECONDS) for r in decision.requirements
         )
         req = ApprovalRequest(
             id="apr_" + secrets.token_hex(12),

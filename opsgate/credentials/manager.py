@@ -12,7 +12,6 @@ from __future__ import annotations
 import math
 import re
 import secrets
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -26,6 +25,7 @@ from opsgate import capabilities as caps
 from opsgate.audit.summary import RefusalSummary
 from opsgate.audit.writer import Change, Unit
 from opsgate.boundary import typed_errors
+from opsgate.cache import BoundedCache
 from opsgate.clock import to_epoch
 from opsgate.config import HARD_TTL_CEILING_MINUTES, Config
 from opsgate.credentials import jws
@@ -198,8 +198,8 @@ class CredentialManager:
         self._descendants = descendants
         self.issuer = issuer
         self.audience = config.audience
-        self._seen: dict[str, Claims] = {}
-        self._seen_lock = threading.Lock()
+        # Tokens that verified, with their claims: only what can change is checked again.
+        self._seen: BoundedCache[str, Claims] = BoundedCache(_CACHE_MAX)
         self.proofs = ProofChecker(store)
         # Called with (did, reason, now) when an issuance asks for more than the grants.
         self._on_escalation = on_escalation
@@ -497,11 +497,7 @@ class CredentialManager:
         if key.retired_at is not None and claims.iat > key.retired_at + self._state.max_age:
             raise InvalidCredential("token is signed with a retired key", code="bad_signature")
         assert isinstance(token, str)
-        with self._seen_lock:
-            if len(self._seen) >= _CACHE_MAX:
-                for k in list(self._seen)[: _CACHE_MAX // 2]:
-                    del self._seen[k]
-            self._seen[token] = claims
+        self._seen.put(token, claims)
         return claims
 
     def _claims(self, c: dict[str, Any], kid: str) -> Claims:

@@ -22,7 +22,7 @@ from typing import Any
 import yaml
 
 from opsgate.config import Limits
-from opsgate.decision import EFFECTS, as_effect
+from opsgate.decision import APPROVAL_EXPIRY_SECONDS, EFFECTS, as_effect
 from opsgate.errors import PolicyError
 from opsgate.policy.condition import ConditionError, compile_condition_checked
 from opsgate.policy.engine import Policy, PolicySet, Rule
@@ -30,7 +30,6 @@ from opsgate.policy.problems import Problem, quote, raise_problems
 
 PathLike = str | os.PathLike[str]
 
-DEFAULT_EXPIRES_SECONDS = 3600
 MAX_EXPIRES_SECONDS = 7 * 24 * 3600
 POLICY_SUFFIXES = (".yaml", ".yml")
 
@@ -451,7 +450,7 @@ class _Loader:
                     code="policy_approvers",
                 )
             try:
-                expires = parse_duration(data.get("expires_in", DEFAULT_EXPIRES_SECONDS))
+                expires = parse_duration(data.get("expires_in", APPROVAL_EXPIRY_SECONDS))
             except ValueError as exc:
                 problem(f"expires_in: {exc}")
         elif effect in EFFECTS:
@@ -560,7 +559,6 @@ def parse_policies(text: str, source: str = "<string>", limits: Limits | None = 
 
 
 __all__ = [
-    "DEFAULT_EXPIRES_SECONDS",
     "MAX_EXPIRES_SECONDS",
     "is_email",
     "load_policies",

@@ -10,9 +10,9 @@ and an fsync each.
 from __future__ import annotations
 
 import threading
-from collections import OrderedDict
 from typing import Any
 
+from opsgate.cache import BoundedCache
 from opsgate.server.errors import HttpRefusal
 
 _MAX_KEYS = 100_000
@@ -22,11 +22,11 @@ class RefusalLimiter:
     def __init__(self, *, burst: int, rate: float) -> None:
         self._burst = float(burst)
         self._rate = rate
-        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
+        self._buckets: BoundedCache[str, tuple[float, float]] = BoundedCache(_MAX_KEYS)
         self._lock = threading.Lock()
 
     def _level(self, key: str, now: float) -> float:
-        tokens, at = self._buckets.get(key, (self._burst, now))
+        tokens, at = self._buckets.get(key) or (self._burst, now)
         return min(self._burst, tokens + (now - at) * self._rate)
 
     def retry_after(self, key: str, now: float) -> float | None:
@@ -40,10 +40,7 @@ class RefusalLimiter:
     def charge(self, key: str, now: float) -> None:
         with self._lock:
             level = self._level(key, now)
-            self._buckets[key] = (max(0.0, level - 1.0), now)
-            self._buckets.move_to_end(key)
-            if len(self._buckets) > _MAX_KEYS:
-                self._buckets.popitem(last=False)
+            self._buckets.put(key, (max(0.0, level - 1.0), now))
 
 
 def json_depth_ok(raw: bytes, max_depth: int) -> bool:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -40,17 +39,23 @@ def apply(score: int, kind: TrustEvent, deltas: TrustDeltas) -> int:
     return clamp(score + delta_for(kind, deltas))
 
 
-def effective(scores: Iterable[int]) -> int:
-    """An agent is trusted no more than any agent above it: min over its chain."""
-    return min(scores)
+# The failure kinds that cost trust, and the kind a failure of an action is when its
+# executor did not classify it (a failed deploy or migration is one whatever it said).
+_FAILURE_EVENTS = {
+    "deployment": TrustEvent.FAILED_DEPLOYMENT,
+    "migration": TrustEvent.FAILED_MIGRATION,
+}
+_ACTION_FAILURE_KINDS = {"deploy": "deployment", "rollback": "deployment", "migrate": "migration"}
 
 
-def failure_event(failure_kind: str | None) -> TrustEvent | None:
-    """Which trust event a failed operation is, by its executor's failure kind."""
-    return {
-        "deployment": TrustEvent.FAILED_DEPLOYMENT,
-        "migration": TrustEvent.FAILED_MIGRATION,
-    }.get(failure_kind or "")
+def failure_kind(action: str, reported: str | None) -> str | None:
+    """A failed operation's kind: its executor's, else the one its action implies."""
+    return reported or _ACTION_FAILURE_KINDS.get(action)
+
+
+def failure_event(kind: str | None) -> TrustEvent | None:
+    """Which trust event a failed operation is, by its failure kind."""
+    return _FAILURE_EVENTS.get(kind or "")
 
 
 DAY_SECONDS = 86_400.0
