@@ -11,6 +11,8 @@ from __future__ import annotations
 import socket
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -271,3 +273,37 @@ def run_in_thread(name: str, fn: Any) -> tuple[threading.Thread, list[Any]]:
     t = threading.Thread(target=target, name=name)
     t.start()
     return t, out
+
+
+@contextmanager
+def failing_audit_writes(audit: Any, count: int = 1) -> Iterator[None]:
+    """The next `count` audit writes fail as lost storage would: a group-commit batch
+    raises OSError before its transaction (every caller refused, nothing written), an
+    append inside a caller's transaction raises AuditError. Patches this one log's
+    writer for the block; production code has no hook for it."""
+    left = [count]
+    writer = audit._writer
+    real_try, real_append_in = writer._try, audit.append_in
+
+    def take() -> bool:
+        if left[0] > 0:
+            left[0] -= 1
+            return True
+        return False
+
+    def failing_try(*args: Any, **kwargs: Any) -> Any:
+        if take():
+            raise OSError("simulated audit storage failure")
+        return real_try(*args, **kwargs)
+
+    def failing_append_in(*args: Any, **kwargs: Any) -> Any:
+        if take():
+            raise opsgate.AuditError("audit write failed: OSError", code="audit_write_failed")
+        return real_append_in(*args, **kwargs)
+
+    writer._try, audit.append_in = failing_try, failing_append_in
+    try:
+        yield
+        assert left[0] == 0, "the block did not write to the audit log"
+    finally:
+        del writer._try, audit.append_in  # the class's methods again

@@ -95,14 +95,12 @@ class AuditLog:
         self._checkpoint_every = checkpoint_every
         self._checkpoint_interval = checkpoint_interval
         self._checkpoint_file = checkpoint_file
-        self.fail_next: int = 0  # test hook: simulate storage failures
         self._writer = GroupCommit(
             store,
             self._sql,
             feed=feed,
             on_batch=self._checkpoint_in_batch,
             after_batch=self._after_batch,
-            fault=self._simulated_failure,
         )
         self._flusher = DeferredFlusher(store, self._sql, self._writer)
         # The newest checkpoint this process knows of (seq), when it was taken
@@ -124,12 +122,6 @@ class AuditLog:
     def batched_events(self) -> int:
         """Events written in them (diagnostics)."""
         return self._writer.batched_events
-
-    def _simulated_failure(self) -> bool:
-        if self.fail_next > 0:
-            self.fail_next -= 1
-            return True
-        return False
 
     # -- appending --------------------------------------------------------------
 
@@ -221,8 +213,6 @@ class AuditLog:
         **fields: Any,
     ) -> AuditRecord:
         """Append inside the caller's write transaction: change and record commit together."""
-        if self._simulated_failure():
-            raise AuditError("audit write failed: OSError", code="audit_write_failed")
         event = prepare(event_type, actor, fields)
         try:
             cur = conn.connection.cursor()

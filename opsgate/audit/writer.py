@@ -127,13 +127,11 @@ class GroupCommit:
         feed: Callable[[Any, list[tuple[str, str, float]]], None] | None,
         on_batch: OnBatch,
         after_batch: AfterBatch,
-        fault: Callable[[], bool],
     ) -> None:
         self._sql = sql
         self._feed = feed  # writes change-feed entries on a batch's cursor
         self._on_batch = on_batch
         self._after_batch = after_batch
-        self._fault = fault  # True: fail this attempt (a simulated storage failure)
         self._queue: list[Pending] = []
         self._queue_lock = threading.Lock()
         self._writing = False  # a leader is writing a batch (guarded by _queue_lock)
@@ -198,8 +196,6 @@ class GroupCommit:
         written: list[AuditRecord | None] = []
         for attempt in range(_BATCH_ATTEMPTS):
             try:
-                if self._fault():
-                    raise OSError("simulated audit storage failure")
                 if attempt:
                     for p, event in zip(batch, originals, strict=True):
                         p.event = dict(event)

@@ -16,6 +16,7 @@ from typing import Any
 
 import orjson
 import pytest
+from helpers import failing_audit_writes
 from sqlalchemy import delete, func, insert, select, update
 
 import opsgate
@@ -467,8 +468,7 @@ def test_writers_fail_closed(audited: opsgate.Gate) -> None:
         "authorize": lambda: audited.authorize(token, "deploy:staging/app-web"),
     }
     for name, attempt in attempts.items():
-        audited.audit.fail_next = 1
-        with pytest.raises(opsgate.AuditError) as info:
+        with failing_audit_writes(audited.audit), pytest.raises(opsgate.AuditError) as info:
             attempt()  # no credential, agent or decision comes back
         assert info.value.code == "audit_write_failed", name
         assert audited.audit.head() == head, name
@@ -480,7 +480,6 @@ def test_writers_fail_closed(audited: opsgate.Gate) -> None:
     assert audited.audit.verify().ok
 
     # the storage is back: everything works, and the refused names are still free
-    audited.audit.fail_next = 0
     cred = cm.issue_credential(agent.did, ["deploy:staging"])
     assert cm.verify(cred.token).jti == cred.jti
     assert audited.register_agent("ghost", ["deploy:staging"], sponsor="ops@company.com")

@@ -16,6 +16,7 @@ from helpers import (
     audit_events,
     audit_types,
     deploy,
+    failing_audit_writes,
     open_world,
     policy,
 )
@@ -151,8 +152,7 @@ def test_unverifiable_credential_stops_before_planning(world: World) -> None:
 def test_attempt_that_cannot_be_audited_does_not_run(world: World) -> None:
     """Fail closed: no durable attempt record, no execution."""
     w = world
-    w.gate.audit.fail_next = 1
-    with pytest.raises(opsgate.AuditError) as exc:
+    with failing_audit_writes(w.gate.audit), pytest.raises(opsgate.AuditError) as exc:
         w.gate.execute(w.token, deploy("staging/app-web"))
     assert exc.value.code == "audit_write_failed"
     assert w.executor.count == 0

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import failing_audit_writes
 from sqlalchemy import select
 
 import opsgate
@@ -63,8 +64,7 @@ def test_a_suspension_that_cannot_be_written_loses_the_score_change_too(
     gate = opsgate.Gate.open(tmp_path / "state")
     try:
         did = gate.register_agent("edge", SCOPE, sponsor="ops@company.com", trust_score=510).did
-        gate.audit.fail_next = 1
-        with pytest.raises(opsgate.AuditError):
+        with failing_audit_writes(gate.audit), pytest.raises(opsgate.AuditError):
             gate.trust.record(did, TrustEvent.POLICY_VIOLATION, reason="x", now=time.time())
         assert _status(gate, did) == "active"
         assert gate.agents.stored_trust(did) == 510
