@@ -31,8 +31,8 @@ A rule met in two families has one code and one owner; a small class belonging t
 families raises it where the other family meets it (`EmailInvalid`, `StatusInvalid`,
 `TokenTtlInvalid`, `OutputUnwritable`, `ParamsInvalid`, `CredentialTtlInvalid`,
 `UnusableAgentIssue`, `UnusableAgentCredential`, `UnusableAgentChange`, `DidInvalid`,
-`CredentialNotFound`, `RevokedCredential`, `RevokedOnIssue`), so each family's `except`
-and HTTP status still hold.
+`CredentialMissing`, `CredentialNotFound`, `RevokedCredential`, `RevokedOnIssue`), so
+each family's `except` and HTTP status still hold.
 
 Surfaces (CLI, HTTP, MCP) map `.code`, never message text. Messages are one
 lowercase line with user input quoted; they never contain secret values.
@@ -209,6 +209,13 @@ class NotFound(OpsgateError):
     """What a request names does not exist (or is not the caller's to see)."""
 
     default_code = "not_found"
+
+
+class CredentialMissing(CredentialError, HttpRefusal):
+    """No credential to present: the SDK was asked to act before it got one (the
+    server's `credential_missing`, met before any request is sent)."""
+
+    default_code = "credential_missing"
 
 
 class CredentialNotFound(CredentialError, NotFound):
@@ -423,7 +430,6 @@ _REGISTRY: tuple[tuple[type[OpsgateError], dict[str, str]], ...] = (
     (
         CredentialError,
         {
-            "credential_not_requested": "the SDK holds no credential yet: ask for one first",
             "credential_refused": "a credential was refused",
             "invalid_time": "'now' is outside 1970 to 9000",
             "jti_invalid": "not a credential id",
@@ -838,6 +844,7 @@ __all__ = [
     "Code",
     "ConfigError",
     "CredentialError",
+    "CredentialMissing",
     "CredentialNotFound",
     "CredentialTtlInvalid",
     "DelegationError",

@@ -355,8 +355,8 @@ class RemoteGate:
         if token is not None:
             return token
         if self._last is None:
-            raise errors.CredentialError(
-                "no credential yet: call credential(scope) first", code="credential_not_requested"
+            raise errors.CredentialMissing(
+                "no credential yet: call credential(scope) first", code="credential_missing"
             )
         return self._last
 

@@ -343,3 +343,25 @@ def test_a_received_error_keeps_the_code_it_came_with() -> None:
     assert str(exc) == "from a newer server"
     scrubbed = errors.OpsgateError.received("token opsg_apr_abcdef", code="error")
     assert "opsg_apr_abcdef" not in scrubbed.message
+
+
+def test_the_remote_sdk_without_a_credential_says_credential_missing() -> None:
+    """The SDK refuses before sending anything, with the code the server uses for a
+    request that presents no credential, as a CredentialError."""
+    import httpx
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from opsgate.client import RemoteGate
+
+    def no_request(request: httpx.Request) -> httpx.Response:
+        raise AssertionError(f"nothing may be sent: {request.url}")
+
+    key = Ed25519PrivateKey.generate()
+    transport = httpx.MockTransport(no_request)
+    with (
+        RemoteGate("http://127.0.0.1:9", key, transport=transport) as gate,
+        pytest.raises(errors.CredentialError) as info,
+    ):
+        gate.approval("apr_" + "0" * 24)
+    assert info.value.code == "credential_missing"
+    assert isinstance(info.value, errors.HttpRefusal)  # the code's owner
