@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import os
 import secrets
+import sqlite3
 import subprocess
 import sys
 import time
@@ -419,12 +420,32 @@ def gate_parts(sizes: Sizes) -> list[str]:
             )
         finally:
             gate.close()
+        floor = stats(sample(_bare_commit(tmp / "floor.db"), min(sizes.reads, 500), warmup=20))
     return [
         f"The gate's steps alone, p50: authenticate (verify a credential seen before) "
-        f"{fmt_us(verify.p50)}; one durable audit append {fmt_us(append.p50)} (an operation "
-        f"writes two: the attempt before it runs, the outcome with the trust change after); "
-        f"authorize (authenticate + decide + one audit append) {fmt_us(decide.p50)}.",
+        f"{fmt_us(verify.p50)}; one durable audit append {fmt_us(append.p50)}, against a "
+        f"bare sqlite3 one-row commit on the same disk (WAL, synchronous=FULL: the floor of "
+        f"any durable record) {fmt_us(floor.p50)}; authorize (authenticate + decide + one "
+        f"audit append) {fmt_us(decide.p50)}. A write syncs twice (the attempt before it "
+        f"runs, the outcome with the trust change after); a read syncs once (its attempt "
+        f"commits without a sync, the outcome's sync covers both before the value is returned).",
     ]
+
+
+def _bare_commit(path: Path) -> Callable[[int], object]:
+    """The physical floor: one small row committed durably by bare sqlite3."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=FULL")
+    conn.execute("CREATE TABLE t (seq INTEGER PRIMARY KEY, body TEXT)")
+    body = "x" * 200
+
+    def commit(_: int) -> object:
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute("INSERT INTO t (body) VALUES (?)", (body,))
+        return conn.execute("COMMIT")
+
+    return commit
 
 
 def main(argv: list[str] | None = None) -> int:

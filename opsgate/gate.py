@@ -1276,8 +1276,10 @@ class Gate:
         t: float,
         approval_id: str | None,
     ) -> AuditRecord:
-        """Step 6: the durable attempt record; if it cannot be written nothing runs.
-        The record and the run row (this process runs it) commit together."""
+        """Step 6: the attempt record; if it cannot be written nothing runs. The
+        record and the run row (this process runs it) commit together. An operation
+        that changes nothing skips this commit's own disk sync: the outcome's durable
+        commit, which comes before the caller gets anything, syncs both."""
         return self.audit.commit(
             Unit(
                 "operation.attempt",
@@ -1292,6 +1294,7 @@ class Gate:
                 actor=claims.sub,
                 at=t,
                 then=self._runs.started(agent.did, plan.capability, plan.digest),
+                durable=not plan.reads_only,
             )
         )
 

@@ -132,14 +132,16 @@ class AuditLog:
         return self.commit(Unit(event_type, fields, actor, at))
 
     def commit(self, unit: Unit) -> AuditRecord:
-        """Durably commit one unit of work: its event and, in the same transaction,
-        its change and its `then` (group-committed with other callers' units);
-        raises AuditError (fail closed) if it cannot, and then nothing of it holds."""
+        """Commit one unit of work: its event and, in the same transaction, its change
+        and its `then` (group-committed with other callers' units), durably unless the
+        unit says otherwise; raises AuditError (fail closed) if it cannot, and then
+        nothing of it holds."""
         slot = Pending(
             prepare(unit.event_type, unit.actor, unit.fields),
             time.time() if unit.at is None else unit.at,
             unit.change,
             unit.then,
+            unit.durable,
         )
         self._writer.submit(slot)
         return wait_for(slot)

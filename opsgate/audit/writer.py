@@ -77,6 +77,11 @@ class Unit:
     at: float | None = None
     change: Change | None = None
     then: Then | None = None
+    # False: commit without waiting for the disk. Only for a caller whose next step is
+    # a durable commit of its own before it answers anyone (the attempt of an
+    # operation that changes nothing): the log is written in order, so that commit's
+    # sync covers this one, and a crash in between loses only an unanswered attempt.
+    durable: bool = True
 
 
 def _transient(exc: BaseException) -> bool:
@@ -101,6 +106,7 @@ class Pending:
     at: float
     change: Change | None = None
     then: Then | None = None
+    durable: bool = True
     dropped: bool = False
     record: AuditRecord | None = None
     error: BaseException | None = None
@@ -227,7 +233,8 @@ class GroupCommit:
         feed's counter. The head comes first, so batches from different replicas
         queue on it and never hold one agent's row while waiting for another's.
         """
-        with self.connection.transaction() as cur:
+        durable = any(p.durable for p in batch)
+        with self.connection.transaction(durable=durable) as cur:
             seq, prev = self._sql.lock_head(cur)
             landed = [r for r in written if r is not None]
             if landed and prev == landed[-1].hash:

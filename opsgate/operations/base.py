@@ -59,6 +59,11 @@ class Plan:
     # Capabilities the credential must cover besides `capability` (e.g. the secrets a
     # deploy command is handed): the gate refuses the operation unless it covers each.
     requires: tuple[str, ...] = ()
+    # The operation changes nothing (a secret read, a status view): its attempt record
+    # need not reach the disk before it runs, since the outcome's durable commit comes
+    # before the caller gets anything. Not part of the digest: it is how the gate
+    # writes, not what the operation does.
+    reads_only: bool = False
 
     @property
     def digest(self) -> str:

@@ -140,6 +140,7 @@ class SecretExecutor:
             summary=summary,
             steps=(summary,),
             content={"backend": self.store.name, **content},
+            reads_only=self.action in ("read", "list"),
         )
 
     def plan(self, operation: Operation) -> Plan:

@@ -408,7 +408,9 @@ class DedicatedWriter:
         self._cur: Any = None
 
     @contextmanager
-    def transaction(self) -> Iterator[Any]:
+    def transaction(self, *, durable: bool = True) -> Iterator[Any]:
+        """One transaction; `durable=False` commits without waiting for the disk (see
+        Store.write: only for a caller whose next commit is durable)."""
         if self._conn is None:
             try:
                 conn = self._store._write_engine.raw_connection()
@@ -419,10 +421,15 @@ class DedicatedWriter:
             conn.detach()  # ours until close(); never handed to another caller
             self._conn, self._cur = conn, conn.cursor()
         conn, cur = self._conn, self._cur
+        sqlite = self._store.is_sqlite
         with self._store.writer_turn():
             try:
-                if self._store.is_sqlite:
+                if sqlite:
+                    if not durable:  # SQLite refuses to change it inside a transaction
+                        cur.execute("PRAGMA synchronous=NORMAL")
                     cur.execute("BEGIN IMMEDIATE")
+                elif not durable:
+                    cur.execute("SET LOCAL synchronous_commit = off")
                 yield cur
                 conn.commit()
             except BaseException:
@@ -431,6 +438,13 @@ class DedicatedWriter:
                 except Exception:  # noqa: BLE001 - the connection is gone; open a new one next time
                     self.close()
                 raise
+            finally:
+                if sqlite and not durable and self._conn is not None:
+                    try:
+                        cur.execute("PRAGMA synchronous=FULL")
+                    except Exception:  # never write durably on a connection left at NORMAL
+                        self.close()
+                        raise
 
     def close(self) -> None:
         conn, self._conn, self._cur = self._conn, None, None

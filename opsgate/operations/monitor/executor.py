@@ -142,6 +142,7 @@ class MonitorExecutor:
                 summary=summary,
                 steps=(summary,),
                 content={"view": "gate"},
+                reads_only=True,
             )
         env, app = target
         deployer = self._deploy()
@@ -165,6 +166,7 @@ class MonitorExecutor:
             summary=f"{params.view} of {app} in {env}",
             steps=steps,
             content={"view": params.view, "env": env, "app": app, "limit": params.limit},
+            reads_only=True,
         )
 
     # -- run -----------------------------------------------------------------------------

@@ -1,0 +1,147 @@
+"""An operation that changes nothing (a secret read or listing, a monitoring view) has
+its attempt committed without a disk sync of its own; its outcome's commit, durable,
+comes before the caller gets anything. Everything else is written as before: every
+record of a write is durable, and a read whose outcome cannot be written returns no
+value. Checked on the transaction itself (SQLite's synchronous level, PostgreSQL's
+synchronous_commit) on both databases, and the connection is durable again after."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from secret_helpers import SecretWorld, open_world
+
+import opsgate
+from opsgate.secrets.sdk import SecretRead, list_secrets, read_secret, rotate_secret, write_secret
+
+VALUE = "durability-check-value-7f3a"
+
+
+@pytest.fixture
+def world(
+    tmp_path: Path, database_url: str | None, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[SecretWorld]:
+    monkeypatch.delenv("OPSGATE_MASTER_KEY", raising=False)
+    w = open_world(
+        tmp_path / "state", "embedded", monkeypatch=monkeypatch, database_url=database_url
+    )
+    try:
+        yield w
+    finally:
+        w.gate.close()
+
+
+def _level(store: Any, cur: Any) -> str:
+    """The sync level the transaction on `cur` commits with."""
+    if store.is_sqlite:
+        cur.execute("PRAGMA synchronous")
+        return {0: "off", 1: "normal", 2: "full", 3: "extra"}[int(cur.fetchone()[0])]
+    cur.execute("SHOW synchronous_commit")
+    return str(cur.fetchone()[0])
+
+
+def _durable(store: Any) -> str:
+    return "full" if store.is_sqlite else "on"
+
+
+@pytest.fixture
+def commits(
+    world: SecretWorld, monkeypatch: pytest.MonkeyPatch
+) -> list[tuple[tuple[str, ...], str]]:
+    """Each audit transaction from now on: (its events' types, its sync level)."""
+    writer = world.gate.audit._writer
+    store = world.gate.store
+    seen: list[tuple[tuple[str, ...], str]] = []
+    batch_types: list[tuple[str, ...]] = []
+    real_try, real_lock_head = writer._try, writer._sql.lock_head
+
+    def recording_try(batch: list[Any], written: list[Any]) -> Any:
+        batch_types.append(tuple(p.event["type"] for p in batch))
+        return real_try(batch, written)
+
+    def recording_lock_head(cur: Any) -> Any:
+        seen.append((batch_types[-1], _level(store, cur)))
+        return real_lock_head(cur)
+
+    monkeypatch.setattr(writer, "_try", recording_try)
+    monkeypatch.setattr(writer._sql, "lock_head", recording_lock_head)
+    return seen
+
+
+def test_a_read_syncs_once_and_a_write_syncs_every_record(
+    world: SecretWorld, commits: list[tuple[tuple[str, ...], str]]
+) -> None:
+    w, store = world, world.gate.store
+    write_secret(w.gate, w.token, "staging/db", VALUE)
+    writes = list(commits)
+    assert [t for t, _ in writes] == [("operation.attempt",), ("operation.outcome",)]
+    assert {level for _, level in writes} == {_durable(store)}
+
+    commits.clear()
+    got = read_secret(w.gate, w.token, "staging/db")
+    assert isinstance(got, SecretRead) and got.value.reveal() == VALUE
+    reads = list(commits)
+    assert [t for t, _ in reads] == [("operation.attempt",), ("operation.outcome",)]
+    assert reads[0][1] != _durable(store)  # the attempt waits for no disk sync
+    assert reads[1][1] == _durable(store)  # the outcome, before the value is returned
+
+    commits.clear()
+    list_secrets(w.gate, w.token, "staging")
+    assert [level for _, level in commits] == [reads[0][1], _durable(store)]
+
+    commits.clear()
+    rotate_secret(w.gate, w.token, "staging/db")
+    assert {level for _, level in commits} == {_durable(store)}
+    # The dedicated writer's connection is durable again for whatever comes next.
+    with world.gate.audit._writer.connection.transaction() as cur:
+        assert _level(store, cur) == _durable(store)
+
+
+def test_a_read_whose_outcome_cannot_be_written_returns_no_value(
+    world: SecretWorld, commits: list[tuple[tuple[str, ...], str]]
+) -> None:
+    w = world
+    write_secret(w.gate, w.token, "staging/db", VALUE)
+    commits.clear()
+    writer = w.gate.audit._writer
+    real_try = writer._try
+    calls = [0]
+
+    def outcome_fails(batch: list[Any], written: list[Any]) -> Any:
+        calls[0] += 1
+        if any(p.event["type"] == "operation.outcome" for p in batch):
+            raise OSError("simulated audit storage failure")
+        return real_try(batch, written)
+
+    writer._try = outcome_fails
+    try:
+        with pytest.raises(opsgate.OpsgateError) as err:
+            read_secret(w.gate, w.token, "staging/db")
+    finally:
+        writer._try = real_try
+    assert err.value.code == "audit_write_failed"
+    assert VALUE not in str(err.value) and VALUE not in repr(err.value)
+    # The attempt was written (without its own sync); no outcome was, and the
+    # next durable commit is on a connection at full sync.
+    assert calls[0] >= 2
+    with writer.connection.transaction() as cur:
+        assert _level(w.gate.store, cur) == _durable(w.gate.store)
+
+
+def test_the_dedicated_writer_goes_back_to_full_sync_after_a_failed_undurable_commit(
+    world: SecretWorld,
+) -> None:
+    store = world.gate.store
+    conn = world.gate.audit._writer.connection
+    with pytest.raises(RuntimeError), conn.transaction(durable=False) as cur:
+        assert _level(store, cur) != _durable(store)
+        raise RuntimeError("boom")
+    with conn.transaction() as cur:
+        assert _level(store, cur) == _durable(store)
+    with conn.transaction(durable=False) as cur:
+        assert _level(store, cur) != _durable(store)
+    with conn.transaction() as cur:
+        assert _level(store, cur) == _durable(store)
