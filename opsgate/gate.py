@@ -452,6 +452,7 @@ class Gate:
         self.approvals.dispatcher.close()
         self.credential_manager.unproven_refusals.close()  # before the closing checkpoint
         self.audit.close()
+        self.credential_manager.proofs.close()
         self.store.dispose()
 
     def __enter__(self) -> Gate:

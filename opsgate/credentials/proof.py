@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from opsgate.credentials import jws
 from opsgate.errors import InvalidCredential
 from opsgate.identity.keys import b64url, b64url_decode, public_key_from_did
-from opsgate.store import Store, proofs
+from opsgate.store import Store, driver_failure, proofs
 from opsgate.store.group import GroupCommit
 
 if TYPE_CHECKING:
@@ -121,10 +121,18 @@ class ProofChecker:
 
     def __init__(self, store: Store) -> None:
         self._store = store
+        self._sql = proofs.ProofSQL(store)
+        # One connection per group commit: each has one leader writing at a time.
+        self._writer = store.dedicated_writer()
+        self._writer_before_audit = store.dedicated_writer()
         self._uses: GroupCommit[tuple[str, float, float], str] = GroupCommit(self._record_uses)
         self._uses_before_audit: GroupCommit[tuple[str, float, float], str] = GroupCommit(
             lambda uses: self._record_uses(uses, durable=False)
         )
+
+    def close(self) -> None:
+        self._writer.close()
+        self._writer_before_audit.close()
 
     def check(
         self,
@@ -210,25 +218,30 @@ class ProofChecker:
     ) -> list[str]:
         """One transaction for a batch of proof ids: each is stale, replayed (already
         in the table, or earlier in this batch) or accepted."""
-        with self._store.write(durable=durable) as conn:
-            # Read once per transaction: compared with bound values, the prune below
-            # stays an index range scan, whatever the number of live entries.
-            db_now = self._store.db_time(conn)
-            verdicts = [
-                _ACCEPTED if iat - window <= db_now <= iat + window else _STALE
-                for _, iat, window in uses
-            ]
-            rows: dict[str, float] = {}
-            for (jti, iat, window), verdict in zip(uses, verdicts, strict=True):
-                if verdict == _ACCEPTED:
-                    rows.setdefault(jti, iat + window)
-            inserted = proofs.insert_new(self._store, conn, rows)
-            for i, (jti, _, _) in enumerate(uses):
-                if verdicts[i] != _ACCEPTED:
-                    continue
-                if jti in inserted:
-                    inserted.discard(jti)  # a second use in the same batch is a replay
-                else:
-                    verdicts[i] = _REPLAYED
-            proofs.forget_before(conn, db_now - PRUNE_GRACE_SECONDS)
+        sql = self._sql
+        writer = self._writer if durable else self._writer_before_audit
+        try:
+            with writer.transaction(durable=durable) as cur:
+                # Read once per transaction: compared with bound values, the prune below
+                # stays an index range scan, whatever the number of live entries.
+                db_now = sql.db_time(cur)
+                verdicts = [
+                    _ACCEPTED if iat - window <= db_now <= iat + window else _STALE
+                    for _, iat, window in uses
+                ]
+                rows: dict[str, float] = {}
+                for (jti, iat, window), verdict in zip(uses, verdicts, strict=True):
+                    if verdict == _ACCEPTED:
+                        rows.setdefault(jti, iat + window)
+                inserted = sql.insert_new(cur, rows)
+                for i, (jti, _, _) in enumerate(uses):
+                    if verdicts[i] != _ACCEPTED:
+                        continue
+                    if jti in inserted:
+                        inserted.discard(jti)  # a second use in the same batch is a replay
+                    else:
+                        verdicts[i] = _REPLAYED
+                sql.forget_before(cur, db_now - PRUNE_GRACE_SECONDS)
+        except self._store.driver_errors as exc:
+            raise driver_failure(exc) from exc
         return verdicts

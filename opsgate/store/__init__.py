@@ -19,12 +19,8 @@ from typing import Any
 from sqlalchemy import (
     Connection,
     Engine,
-    Float,
-    cast,
     create_engine,
     event,
-    extract,
-    func,
     inspect,
     select,
     text,
@@ -66,7 +62,11 @@ _TIMEOUT_STATES = frozenset({"55P03", "57014"})
 
 def unavailable(exc: OperationalError) -> StoreError:
     """The StoreError for a database that failed or did not answer in time."""
-    orig = exc.orig
+    return driver_failure(exc.orig)
+
+
+def driver_failure(orig: BaseException | None) -> StoreError:
+    """The StoreError for a driver's own error (raised on a raw DBAPI cursor)."""
     if getattr(orig, "sqlstate", None) in _TIMEOUT_STATES:
         return StoreError(
             "the state database did not answer in time (a lock held elsewhere, or overload)",
@@ -123,24 +123,6 @@ def _schema_heads() -> frozenset[str]:
     cfg = AlembicConfig()
     cfg.set_main_option("script_location", str(MIGRATIONS))
     return frozenset(ScriptDirectory.from_config(cfg).get_heads())
-
-
-def _sqlite_undurable(conn: Connection) -> Iterator[Connection]:
-    """One transaction on `conn` at synchronous=NORMAL (SQLite refuses to change it
-    inside a transaction), the connection back at FULL before anyone else uses it:
-    a pooled connection that cannot be put back is thrown away."""
-    raw = conn.connection.driver_connection
-    assert raw is not None
-    raw.execute("PRAGMA synchronous=NORMAL")
-    try:
-        with conn.begin():
-            yield conn
-    finally:
-        try:
-            raw.execute("PRAGMA synchronous=FULL")
-        except Exception:  # never hand a non-durable connection on
-            conn.invalidate()
-            raise
 
 
 class Store:
@@ -222,27 +204,19 @@ class Store:
             raise unavailable(exc) from exc
 
     @contextmanager
-    def write(self, *, durable: bool = True) -> Iterator[Connection]:
-        """A write transaction. `durable=False` commits without waiting for the disk
-        (SQLite synchronous=NORMAL, PostgreSQL synchronous_commit off): only for a
-        caller that makes a durable write of its own before it answers anyone. Both
-        databases log in order, so that later durable commit (its fsync of the WAL,
-        its flush up to its own record) makes this one durable too; what a crash can
-        lose is only the record of a request that was never answered."""
+    def write(self) -> Iterator[Connection]:
+        """A durable write transaction."""
         with self.writer_turn():
             try:
-                if durable:
-                    with self._write_engine.begin() as conn:
-                        yield conn
-                elif self.is_sqlite:
-                    with self._write_engine.connect() as conn:
-                        yield from _sqlite_undurable(conn)
-                else:
-                    with self._write_engine.begin() as conn:
-                        conn.exec_driver_sql("SET LOCAL synchronous_commit = off")
-                        yield conn
+                with self._write_engine.begin() as conn:
+                    yield conn
             except OperationalError as exc:
                 raise unavailable(exc) from exc
+
+    @property
+    def driver_errors(self) -> tuple[type[BaseException], ...]:
+        """What the driver raises on a raw DBAPI cursor (its PEP 249 `Error`)."""
+        return (self._write_engine.dialect.loaded_dbapi.Error,)
 
     @contextmanager
     def writer_turn(self) -> Iterator[None]:
@@ -283,19 +257,6 @@ class Store:
         from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 
         return postgresql_insert(table).values(values).on_conflict_do_nothing()
-
-    def db_time(self, conn: Connection) -> float:
-        """The database's own clock, in epoch seconds, read inside `conn`'s transaction.
-
-        For decisions every replica must agree on whatever its own clock (or a
-        caller's `now`) says. SQLite serves one host's processes: its clock is that
-        host's, read under the write lock.
-        """
-        if self.is_sqlite:
-            expr: Any = (func.julianday("now") - 2440587.5) * 86400.0
-        else:
-            expr = cast(extract("epoch", func.clock_timestamp()), Float)
-        return float(conn.execute(select(expr)).scalar_one())
 
     def upsert(self, table: Any, values: dict[str, Any], keys: list[str]) -> Any:
         """INSERT ... ON CONFLICT (keys) DO UPDATE with the other values."""
@@ -406,11 +367,16 @@ class DedicatedWriter:
         self._store = store
         self._conn: Any = None
         self._cur: Any = None
+        self._sync = "FULL"  # SQLite's synchronous level on the connection (set on connect)
 
     @contextmanager
     def transaction(self, *, durable: bool = True) -> Iterator[Any]:
-        """One transaction; `durable=False` commits without waiting for the disk (see
-        Store.write: only for a caller whose next commit is durable)."""
+        """One transaction. `durable=False` commits without waiting for the disk
+        (SQLite synchronous=NORMAL, PostgreSQL synchronous_commit off): only for a
+        caller that makes a durable commit of its own before it answers anyone. Both
+        databases log in order, so that later commit (its fsync of the WAL, its flush
+        up to its own record) makes this one durable too; what a crash can lose is
+        only the record of a request that was never answered."""
         if self._conn is None:
             try:
                 conn = self._store._write_engine.raw_connection()
@@ -419,14 +385,17 @@ class DedicatedWriter:
                     f"state database unavailable: {exc.orig.__class__.__name__}"
                 ) from exc
             conn.detach()  # ours until close(); never handed to another caller
-            self._conn, self._cur = conn, conn.cursor()
+            self._conn, self._cur, self._sync = conn, conn.cursor(), "FULL"
         conn, cur = self._conn, self._cur
-        sqlite = self._store.is_sqlite
         with self._store.writer_turn():
             try:
-                if sqlite:
-                    if not durable:  # SQLite refuses to change it inside a transaction
-                        cur.execute("PRAGMA synchronous=NORMAL")
+                if self._store.is_sqlite:
+                    # Set before every transaction that needs another level (SQLite
+                    # refuses to change it inside one): never a durable write at NORMAL.
+                    level = "FULL" if durable else "NORMAL"
+                    if self._sync != level:
+                        cur.execute(f"PRAGMA synchronous={level}")
+                        self._sync = level
                     cur.execute("BEGIN IMMEDIATE")
                 elif not durable:
                     cur.execute("SET LOCAL synchronous_commit = off")
@@ -438,13 +407,6 @@ class DedicatedWriter:
                 except Exception:  # noqa: BLE001 - the connection is gone; open a new one next time
                     self.close()
                 raise
-            finally:
-                if sqlite and not durable and self._conn is not None:
-                    try:
-                        cur.execute("PRAGMA synchronous=FULL")
-                    except Exception:  # never write durably on a connection left at NORMAL
-                        self.close()
-                        raise
 
     def close(self) -> None:
         conn, self._conn, self._cur = self._conn, None, None

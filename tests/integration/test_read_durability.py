@@ -129,19 +129,3 @@ def test_a_read_whose_outcome_cannot_be_written_returns_no_value(
     assert calls[0] >= 2
     with writer.connection.transaction() as cur:
         assert _level(w.gate.store, cur) == _durable(w.gate.store)
-
-
-def test_the_dedicated_writer_goes_back_to_full_sync_after_a_failed_undurable_commit(
-    world: SecretWorld,
-) -> None:
-    store = world.gate.store
-    conn = world.gate.audit._writer.connection
-    with pytest.raises(RuntimeError), conn.transaction(durable=False) as cur:
-        assert _level(store, cur) != _durable(store)
-        raise RuntimeError("boom")
-    with conn.transaction() as cur:
-        assert _level(store, cur) == _durable(store)
-    with conn.transaction(durable=False) as cur:
-        assert _level(store, cur) != _durable(store)
-    with conn.transaction() as cur:
-        assert _level(store, cur) == _durable(store)

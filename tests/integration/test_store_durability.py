@@ -1,17 +1,17 @@
-"""`Store.write(durable=False)`: a proof id committed without a disk sync of its own
-(the audit commit the answer waits for syncs it) must never leave a connection that
-later durable writes would use without their sync."""
+"""`DedicatedWriter.transaction(durable=False)`: a commit without a disk sync of its
+own (a proof id, a read's attempt: the durable commit the answer waits for syncs it)
+must never leave the connection at a level that later durable writes would use."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
-from sqlalchemy import Connection
 
 import opsgate
-from opsgate.store import Store
+from opsgate.store import DedicatedWriter, Store
 
 
 @pytest.fixture
@@ -21,36 +21,58 @@ def store(tmp_path: Path, database_url: str | None) -> Iterator[Store]:
     gate.close()
 
 
-def _sync_level(store: Store, conn: Connection) -> str:
+def _sync_level(store: Store, cur: Any) -> str:
     if store.is_sqlite:
-        return {0: "off", 1: "normal", 2: "full", 3: "extra"}[
-            int(conn.exec_driver_sql("PRAGMA synchronous").scalar_one())
-        ]
-    return str(conn.exec_driver_sql("SHOW synchronous_commit").scalar_one())
+        cur.execute("PRAGMA synchronous")
+        return {0: "off", 1: "normal", 2: "full", 3: "extra"}[int(cur.fetchone()[0])]
+    cur.execute("SHOW synchronous_commit")
+    return str(cur.fetchone()[0])
 
 
 def _durable_level(store: Store) -> str:
     return "full" if store.is_sqlite else "on"
 
 
-def test_an_undurable_write_is_undurable_and_every_later_write_is_durable(store: Store) -> None:
-    with store.write(durable=False) as conn:
-        assert _sync_level(store, conn) in ("normal", "off")
-    # Several at once: whichever pooled connection a writer gets is back at full sync.
-    for _ in range(5):
-        with store.write() as conn:
-            assert _sync_level(store, conn) == _durable_level(store)
+def test_an_undurable_commit_is_undurable_and_every_later_one_durable(store: Store) -> None:
+    writer = DedicatedWriter(store)
+    try:
+        for _ in range(3):
+            with writer.transaction(durable=False) as cur:
+                assert _sync_level(store, cur) in ("normal", "off")
+            with writer.transaction() as cur:
+                assert _sync_level(store, cur) == _durable_level(store)
+            with writer.transaction() as cur:
+                assert _sync_level(store, cur) == _durable_level(store)
+    finally:
+        writer.close()
 
 
-def test_a_failed_undurable_write_commits_nothing_and_leaves_writes_durable(
+def test_a_failed_undurable_commit_commits_nothing_and_leaves_commits_durable(
     store: Store,
 ) -> None:
-    from opsgate.store import schema
+    writer = DedicatedWriter(store)
+    insert = store.q("INSERT INTO used_proofs (jti, expires_at) VALUES (?, ?)")
+    try:
+        with pytest.raises(RuntimeError), writer.transaction(durable=False) as cur:
+            cur.execute(insert, ("x" * 22, 1e12))
+            raise RuntimeError("boom")
+        with writer.transaction() as cur:
+            assert _sync_level(store, cur) == _durable_level(store)
+            cur.execute("SELECT jti FROM used_proofs")
+            assert cur.fetchall() == []
+    finally:
+        writer.close()
 
-    with pytest.raises(RuntimeError), store.write(durable=False) as conn:
-        conn.execute(schema.used_proofs.insert().values(jti="x" * 22, expires_at=1e12))
-        raise RuntimeError("boom")
-    with store.write() as conn:
-        assert _sync_level(store, conn) == _durable_level(store)
-        rows = conn.execute(schema.used_proofs.select()).fetchall()
-    assert [r.jti for r in rows] == []
+
+def test_a_driver_error_on_the_replay_store_is_a_store_error(store: Store) -> None:
+    """A raw cursor's failure reaches callers in the error family, not as the driver's."""
+    from opsgate.credentials.proof import ProofChecker
+
+    checker = ProofChecker(store)
+    try:
+        with store.write() as conn:
+            conn.exec_driver_sql("DROP TABLE used_proofs")
+        with pytest.raises(opsgate.StoreError):
+            checker._record_uses([("gone-0123456789abcdef", 0.0, 1e12)])
+    finally:
+        checker.close()

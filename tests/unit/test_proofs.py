@@ -209,8 +209,10 @@ def _rows(gate: opsgate.Gate) -> dict[str, float]:
 
 
 def _db_now(gate: opsgate.Gate) -> float:
-    with gate.store.read() as conn:
-        return gate.store.db_time(conn)
+    from opsgate.store.proofs import ProofSQL
+
+    with gate.store.raw_reader() as raw:
+        return ProofSQL(gate.store).db_time(raw.cursor())
 
 
 def _jti(proof: str) -> str:
