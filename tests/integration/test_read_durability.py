@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import durable_level, sync_level
 from secret_helpers import SecretWorld, open_world
 
 import opsgate
@@ -34,19 +35,6 @@ def world(
         w.gate.close()
 
 
-def _level(store: Any, cur: Any) -> str:
-    """The sync level the transaction on `cur` commits with."""
-    if store.is_sqlite:
-        cur.execute("PRAGMA synchronous")
-        return {0: "off", 1: "normal", 2: "full", 3: "extra"}[int(cur.fetchone()[0])]
-    cur.execute("SHOW synchronous_commit")
-    return str(cur.fetchone()[0])
-
-
-def _durable(store: Any) -> str:
-    return "full" if store.is_sqlite else "on"
-
-
 @pytest.fixture
 def commits(
     world: SecretWorld, monkeypatch: pytest.MonkeyPatch
@@ -63,7 +51,7 @@ def commits(
         return real_try(batch, written)
 
     def recording_lock_head(cur: Any) -> Any:
-        seen.append((batch_types[-1], _level(store, cur)))
+        seen.append((batch_types[-1], sync_level(store, cur)))
         return real_lock_head(cur)
 
     monkeypatch.setattr(writer, "_try", recording_try)
@@ -78,26 +66,26 @@ def test_a_read_syncs_once_and_a_write_syncs_every_record(
     write_secret(w.gate, w.token, "staging/db", VALUE)
     writes = list(commits)
     assert [t for t, _ in writes] == [("operation.attempt",), ("operation.outcome",)]
-    assert {level for _, level in writes} == {_durable(store)}
+    assert {level for _, level in writes} == {durable_level(store)}
 
     commits.clear()
     got = read_secret(w.gate, w.token, "staging/db")
     assert isinstance(got, SecretRead) and got.value.reveal() == VALUE
     reads = list(commits)
     assert [t for t, _ in reads] == [("operation.attempt",), ("operation.outcome",)]
-    assert reads[0][1] != _durable(store)  # the attempt waits for no disk sync
-    assert reads[1][1] == _durable(store)  # the outcome, before the value is returned
+    assert reads[0][1] != durable_level(store)  # the attempt waits for no disk sync
+    assert reads[1][1] == durable_level(store)  # the outcome, before the value is returned
 
     commits.clear()
     list_secrets(w.gate, w.token, "staging")
-    assert [level for _, level in commits] == [reads[0][1], _durable(store)]
+    assert [level for _, level in commits] == [reads[0][1], durable_level(store)]
 
     commits.clear()
     rotate_secret(w.gate, w.token, "staging/db")
-    assert {level for _, level in commits} == {_durable(store)}
+    assert {level for _, level in commits} == {durable_level(store)}
     # The dedicated writer's connection is durable again for whatever comes next.
     with world.gate.audit._writer.connection.transaction() as cur:
-        assert _level(store, cur) == _durable(store)
+        assert sync_level(store, cur) == durable_level(store)
 
 
 def test_a_read_whose_outcome_cannot_be_written_returns_no_value(
@@ -128,4 +116,4 @@ def test_a_read_whose_outcome_cannot_be_written_returns_no_value(
     # next durable commit is on a connection at full sync.
     assert calls[0] >= 2
     with writer.connection.transaction() as cur:
-        assert _level(w.gate.store, cur) == _durable(w.gate.store)
+        assert sync_level(w.gate.store, cur) == durable_level(w.gate.store)

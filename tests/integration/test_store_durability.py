@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
+from helpers import durable_level, sync_level
 
 import opsgate
 from opsgate.store import DedicatedWriter, Store
@@ -21,28 +21,16 @@ def store(tmp_path: Path, database_url: str | None) -> Iterator[Store]:
     gate.close()
 
 
-def _sync_level(store: Store, cur: Any) -> str:
-    if store.is_sqlite:
-        cur.execute("PRAGMA synchronous")
-        return {0: "off", 1: "normal", 2: "full", 3: "extra"}[int(cur.fetchone()[0])]
-    cur.execute("SHOW synchronous_commit")
-    return str(cur.fetchone()[0])
-
-
-def _durable_level(store: Store) -> str:
-    return "full" if store.is_sqlite else "on"
-
-
 def test_an_undurable_commit_is_undurable_and_every_later_one_durable(store: Store) -> None:
     writer = DedicatedWriter(store)
     try:
         for _ in range(3):
             with writer.transaction(durable=False) as cur:
-                assert _sync_level(store, cur) in ("normal", "off")
+                assert sync_level(store, cur) in ("normal", "off")
             with writer.transaction() as cur:
-                assert _sync_level(store, cur) == _durable_level(store)
+                assert sync_level(store, cur) == durable_level(store)
             with writer.transaction() as cur:
-                assert _sync_level(store, cur) == _durable_level(store)
+                assert sync_level(store, cur) == durable_level(store)
     finally:
         writer.close()
 
@@ -57,7 +45,7 @@ def test_a_failed_undurable_commit_commits_nothing_and_leaves_commits_durable(
             cur.execute(insert, ("x" * 22, 1e12))
             raise RuntimeError("boom")
         with writer.transaction() as cur:
-            assert _sync_level(store, cur) == _durable_level(store)
+            assert sync_level(store, cur) == durable_level(store)
             cur.execute("SELECT jti FROM used_proofs")
             assert cur.fetchall() == []
     finally:
