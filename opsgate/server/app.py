@@ -115,10 +115,11 @@ def create_app(gate: Gate, settings: ServerConfig | None = None) -> FastAPI:
             err = HttpRefusal(message, code="http_error")
         return JSONResponse(_error_body(err), status_code=exc.status_code)
 
+    # The agents' hot routes first: a request is matched against the routes in order.
     for module in (
+        operations,
         health,
         credentials,
-        operations,
         approvals,
         agents,
         audit,
