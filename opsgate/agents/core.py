@@ -282,10 +282,12 @@ class GateAgent:
     def _execute(self, operation: Operation, approval_id: str | None = None) -> Any:
         return self.gate.execute(self.credential.token, operation, approval_id=approval_id)
 
-    def _resume(self, approval_id: str, secret: Any = None) -> Any:
-        if secret is not None:  # a secret write's value is given again, never stored
-            # GatePort leaves `secret` out: RemoteGate.resume has no such parameter.
-            return self.gate.resume(approval_id, self.credential.token, secret=secret)  # type: ignore[call-arg]
+    def _resume(self, approval_id: str, operation: Operation) -> Any:
+        if operation.secret is not None:
+            # A secret write's value is never stored with its request: the operation
+            # is sent again with the approval (in-process and over HTTP alike), and
+            # only the value the approval's digest binds is written.
+            return self._execute(operation, approval_id)
         return self.gate.resume(approval_id, self.credential.token)
 
     def run_operation(
@@ -312,7 +314,7 @@ class GateAgent:
             raise StepRefused("refused") from None
         if isinstance(result, PendingLike) and not isinstance(result, Outcome):
             result = self._await_approval(
-                task, step, result, on_waiting=on_waiting, wait=wait, secret=operation.secret
+                task, step, result, operation, on_waiting=on_waiting, wait=wait
             )
         outcome: Outcome = result
         if outcome.status == "failed":
@@ -335,10 +337,10 @@ class GateAgent:
         task: str,
         step: str,
         pending: Any,
+        operation: Operation,
         *,
         on_waiting: Callable[[str], None] | None,
         wait: float | None,
-        secret: Any = None,
     ) -> Outcome:
         approval_id = pending.approval_id
         approvers = list(pending.approvers)
@@ -386,7 +388,7 @@ class GateAgent:
             approved_by=by,
         )
         try:
-            result = self._resume(approval_id, secret)
+            result = self._resume(approval_id, operation)
         except OpsgateError as exc:
             self.step(
                 task, step, "refused", f"refused: {exc.code}", code=exc.code, reason=exc.message

@@ -383,13 +383,14 @@ class _Walk:
                 try:
                     ok = (
                         isinstance(prev, str)
+                        and isinstance(x, str)
                         and prev in logged
                         and isinstance(endorsement, str)
                         and isinstance(at, (int, float))
                         and verify_signature(
                             logged[prev],
                             b64url_decode(endorsement),
-                            rotation_payload(gate_id, kid, x, prev, at),  # type: ignore[arg-type]
+                            rotation_payload(gate_id, kid, x, prev, at),
                         )
                     )
                 except ValueError:

@@ -368,3 +368,33 @@ def test_agents_sign_a_proof_per_request_where_the_gate_requires_one(tmp_path: P
         assert info.value.code == "missing_proof"
     finally:
         gate.close()
+
+
+def test_a_remote_secret_manager_resumes_an_approved_write_with_its_value(team: Team) -> None:
+    """Over HTTP as in-process: the approved production write is sent again with its
+    value (the remote SDK's resume takes none), and the value the approval bound is
+    written."""
+    from fastapi.testclient import TestClient
+
+    from opsgate.agents.workers import SecretManager
+    from opsgate.client import RemoteGate
+    from opsgate.config import ServerConfig
+    from opsgate.server import create_app
+
+    base = "http://gate.test"
+    client = TestClient(create_app(team.gate, ServerConfig(external_url=base)))
+    key = team.gate.agents.private_key(team.agents["secret-manager"].did)
+    value = "remote-prod-pw-8841-distinctive"
+    with RemoteGate(base, key, transport=client._transport) as remote:
+        handle = remote.credential(SEED_SCOPES["secret-manager"])
+        agent = SecretManager("secret-manager", remote, handle, approval_timeout=5)
+        result = agent.rotate_password(
+            "production/app/remote-password",
+            SecretValue(value),
+            on_waiting=team.approve_as("john@company.com"),
+        )
+    assert result.ok, result.to_dict()
+    backend = team.gate.secrets.backend
+    assert backend.get("secrets/production/app/remote-password", 1).value.reveal() == value
+    assert backend.get("secrets/production/app/remote-password").version == 2
+    assert value not in json.dumps(result.to_dict())
