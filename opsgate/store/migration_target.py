@@ -396,7 +396,10 @@ class MigrationTarget:
             self._run(
                 "SELECT set_config('lock_timeout', ?, false), "
                 "set_config('statement_timeout', ?, false), "
-                "set_config('idle_in_transaction_session_timeout', ?, false)",
+                "set_config('idle_in_transaction_session_timeout', ?, false), "
+                # Strings as the classifier (pglast) read them: with this off, a
+                # backslash escapes a quote, so a string (and a statement) ends elsewhere.
+                "set_config('standard_conforming_strings', 'on', false)",
                 (f"{s.lock_timeout_ms}ms", f"{s.statement_timeout_ms}ms", "60000ms"),
             )
             # A gate process that dies mid-statement is noticed within a second, so

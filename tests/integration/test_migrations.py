@@ -326,6 +326,25 @@ def test_postgres_statement_timeout_fails_the_migration(pg_url: str, migrations:
 
 
 @pytest.mark.postgres
+def test_postgres_statements_run_as_they_were_classified_whatever_the_string_setting(
+    pg_url: str, migrations: Path
+) -> None:
+    # With standard_conforming_strings off (a database, role or URL setting), the
+    # backslash escapes the quote: what the classifier saw as one SELECT of two
+    # strings would be a SELECT and a DROP TABLE. The session pins the setting.
+    engine = create_engine(pg_url, poolclass=NullPool)
+    with engine.begin() as conn:
+        conn.execute(text("CREATE TABLE keep (id int)"))
+    engine.dispose()
+    write(migrations, {"V1__select.sql": "SELECT '\\', '; DROP TABLE keep; --';\n"})
+    ex = executor(pg_url + "?options=-c%20standard_conforming_strings%3Doff", migrations)
+    plan = ex.plan(Operation("migrate", "database/orders", {}))
+    assert plan.destructive is False
+    ex.run_with_context(plan, AGENT)
+    assert "keep" in tables(pg_url, "postgresql")
+
+
+@pytest.mark.postgres
 def test_postgres_lock_timeout_bounds_waiting_for_a_table_lock(
     pg_url: str, migrations: Path
 ) -> None:
