@@ -763,14 +763,15 @@ def _sqlite_statements(text: str) -> Iterator[_Raw]:
 
 
 def _sq_name(node: exp.Expression | None) -> str:
+    """SQLite names are case-insensitive (`JUNK` is `junk`), so they are compared folded."""
     if node is None:
         return "?"
     if isinstance(node, exp.Schema):
         node = node.this
     if isinstance(node, exp.Table):
         parts = [p for p in (node.args.get("db"), node.args.get("this")) if p is not None]
-        return _norm(".".join(p.name for p in parts))
-    return _norm(node.name) if hasattr(node, "name") else "?"
+        return _norm(".".join(p.name for p in parts).lower())
+    return _norm(node.name.lower()) if hasattr(node, "name") else "?"
 
 
 def _sq_funcname(node: exp.Func) -> str:
@@ -782,9 +783,9 @@ def _sq_funcname(node: exp.Func) -> str:
 def _sq_row_dependent(where: exp.Expression | None, target: str, alias: str) -> bool:
     if where is None:
         return False
-    names = {"", target, alias}
+    names = {"", target, alias.lower()}
     for node in where.walk(prune=lambda n: isinstance(n, (exp.Subquery, exp.Select))):
-        if isinstance(node, exp.Column) and node.table in names:
+        if isinstance(node, exp.Column) and node.table.lower() in names:
             return True
     return False
 
@@ -830,7 +831,7 @@ class _Sqlite:
         if kind == "INDEX":
             index = tree.this
             table = _sq_name(index.args.get("table")) if isinstance(index, exp.Index) else "?"
-            name = _norm(index.name) if isinstance(index, exp.Index) else ""
+            name = _norm(index.name.lower()) if isinstance(index, exp.Index) else ""
             found = []
             if tree.args.get("unique") and table not in self.created.tables:
                 replaced = name and name in self.created.dropped_indexes
@@ -872,7 +873,7 @@ class _Sqlite:
         found: list[Finding] = []
         for action in tree.args.get("actions") or ():
             if isinstance(action, exp.ColumnDef):
-                column = action.name
+                column = action.name.lower()
                 self.created.columns.add((table, column))
                 cons = [c.args.get("kind") for c in action.args.get("constraints") or ()]
                 not_null = any(
@@ -888,7 +889,7 @@ class _Sqlite:
                     found.append(finding("MF101", f"{_shown(table)}.{_shown(column)}"))
             elif isinstance(action, exp.Drop) and str(action.args.get("kind")).upper() == "COLUMN":
                 for col in action.args.get("tables") or [action.this]:
-                    column = col.name if col is not None else "?"
+                    column = col.name.lower() if col is not None else "?"
                     if not self.created.has_column(table, column):
                         found.append(finding("DS103", f"{_shown(table)}.{_shown(column)}"))
                     self.created.columns.discard((table, column))
@@ -900,11 +901,11 @@ class _Sqlite:
                 else:
                     self.created.rename_table(table, new)
             elif isinstance(action, exp.RenameColumn):
-                old = action.this.name if action.this is not None else "?"
+                old = action.this.name.lower() if action.this is not None else "?"
                 new_col = action.args.get("to")
                 if not self.created.has_column(table, old):
                     found.append(finding("BC102", f"{_shown(table)}.{_shown(old)}"))
-                self.created.rename_column(table, old, new_col.name if new_col else "?")
+                self.created.rename_column(table, old, new_col.name.lower() if new_col else "?")
             else:
                 found.append(finding("OG202", f"ALTER TABLE {type(action).__name__}"))
         return found, True
