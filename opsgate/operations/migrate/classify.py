@@ -372,31 +372,30 @@ class _Postgres:
     def _DropStmt(self, node: pg.DropStmt) -> tuple[list[Finding], bool]:
         kind = _enum(pge.ObjectType, node.removeType)
         found: list[Finding] = []
+        # CASCADE also drops what depends on the object, which may have existed before
+        # (a view re-pointed at it with CREATE OR REPLACE): as for TRUNCATE, never "new".
+        cascade = _enum(pge.DropBehavior, node.behavior) == pge.DropBehavior.DROP_CASCADE
+        created = _Created() if cascade else self.created
         for obj in node.objects or ():
             name = _norm(_pg_strings(obj))
             if kind == pge.ObjectType.OBJECT_TABLE:
-                if name in self.created.tables:
-                    self.created.forget_table(name)
-                    continue
-                found.append(finding("DS102", _shown(name)))
+                if name not in created.tables:
+                    found.append(finding("DS102", _shown(name)))
+                self.created.forget_table(name)
             elif kind == pge.ObjectType.OBJECT_SCHEMA:
-                if ("schema", name) in self.created.objects:
-                    self.created.objects.discard(("schema", name))
-                    continue
-                found.append(finding("DS101", _shown(name)))
+                if ("schema", name) not in created.objects:
+                    found.append(finding("DS101", _shown(name)))
+                self.created.objects.discard(("schema", name))
             else:
                 label = kind.name.removeprefix("OBJECT_").lower().replace("_", " ")
+                new = (label, name) in created.objects
                 if kind == pge.ObjectType.OBJECT_INDEX:
                     self.created.dropped_indexes.add(name)
-                    if ("index", name) in self.created.objects:
-                        self.created.objects.discard(("index", name))
-                        continue
-                    if not node.concurrent:
+                    if not new and not node.concurrent:
                         found.append(finding("PG102", _shown(name)))
-                if (label, name) in self.created.objects:
-                    self.created.objects.discard((label, name))
-                    continue
-                found.append(finding("OG105", f"{label} {_shown(name)}"))
+                if not new:
+                    found.append(finding("OG105", f"{label} {_shown(name)}"))
+                self.created.objects.discard((label, name))
         return found, not node.concurrent
 
     def _RenameStmt(self, node: pg.RenameStmt) -> tuple[list[Finding], bool]:
