@@ -593,6 +593,9 @@ class _Postgres:
     _RefreshMatViewStmt = _plain
 
     def _AlterEnumStmt(self, node: pg.AlterEnumStmt) -> tuple[list[Finding], bool]:
+        if node.oldVal:  # every stored 'old' now reads 'new': a change to existing rows
+            name = _shown(_pg_strings(node.typeName))
+            return [finding("OG202", f"RENAME VALUE of enum {name}")], True
         return [], True
 
     def _TransactionStmt(self, node: pg.TransactionStmt) -> tuple[list[Finding], bool]:
