@@ -179,9 +179,11 @@ class _Created:
 
 
 def _norm(name: str) -> str:
-    """`public.t` and `t` name the same table for "created in this file"; anything
-    else that does not match counts as pre-existing (the safe direction)."""
-    return name[len("public.") :] if name.startswith("public.") else name
+    """A name as written: `public.t` and `t` are not taken for one table, since `t`
+    resolves through the search path (a `$user` schema, made with `CREATE SCHEMA
+    AUTHORIZATION CURRENT_USER`, comes before public). A mismatch counts as
+    pre-existing (the safe direction)."""
+    return name
 
 
 def _words(text: str) -> frozenset[str]:
