@@ -397,9 +397,12 @@ class MigrationTarget:
                 "SELECT set_config('lock_timeout', ?, false), "
                 "set_config('statement_timeout', ?, false), "
                 "set_config('idle_in_transaction_session_timeout', ?, false), "
-                # Strings as the classifier (pglast) read them: with this off, a
-                # backslash escapes a quote, so a string (and a statement) ends elsewhere.
-                "set_config('standard_conforming_strings', 'on', false)",
+                # Strings as the classifier (pglast) read them, in the UTF-8 sent: with
+                # strings not standard, or a client encoding (SJIS, BIG5, GBK) where a
+                # byte before a backslash joins it into one character, a string (and
+                # so a statement) ends elsewhere than the classifier saw.
+                "set_config('standard_conforming_strings', 'on', false), "
+                "set_config('client_encoding', 'UTF8', false)",
                 (f"{s.lock_timeout_ms}ms", f"{s.statement_timeout_ms}ms", "60000ms"),
             )
             # A gate process that dies mid-statement is noticed within a second, so

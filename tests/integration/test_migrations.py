@@ -326,18 +326,30 @@ def test_postgres_statement_timeout_fails_the_migration(pg_url: str, migrations:
 
 
 @pytest.mark.postgres
-def test_postgres_statements_run_as_they_were_classified_whatever_the_string_setting(
-    pg_url: str, migrations: Path
+@pytest.mark.parametrize(
+    ("option", "sql"),
+    [
+        # Non-standard strings: the backslash escapes the quote.
+        (
+            "options=-c%20standard_conforming_strings%3Doff",
+            "SELECT '\\', '; DROP TABLE keep; --';\n",
+        ),
+        # SJIS: the last byte of U+0101 in UTF-8 and the backslash are one character.
+        ("client_encoding=sjis", "SELECT E'\u0101\\' ; DROP TABLE keep; --';\n"),
+    ],
+    ids=["standard_conforming_strings", "client_encoding"],
+)
+def test_postgres_statements_run_as_they_were_classified_whatever_the_session_settings(
+    pg_url: str, migrations: Path, option: str, sql: str
 ) -> None:
-    # With standard_conforming_strings off (a database, role or URL setting), the
-    # backslash escapes the quote: what the classifier saw as one SELECT of two
-    # strings would be a SELECT and a DROP TABLE. The session pins the setting.
+    # A database, role or URL setting must not make what the classifier saw as one
+    # SELECT of strings run as a SELECT and a DROP TABLE: the session pins both.
     engine = create_engine(pg_url, poolclass=NullPool)
     with engine.begin() as conn:
         conn.execute(text("CREATE TABLE keep (id int)"))
     engine.dispose()
-    write(migrations, {"V1__select.sql": "SELECT '\\', '; DROP TABLE keep; --';\n"})
-    ex = executor(pg_url + "?options=-c%20standard_conforming_strings%3Doff", migrations)
+    write(migrations, {"V1__select.sql": sql})
+    ex = executor(f"{pg_url}?{option}", migrations)
     plan = ex.plan(Operation("migrate", "database/orders", {}))
     assert plan.destructive is False
     ex.run_with_context(plan, AGENT)
