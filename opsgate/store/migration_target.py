@@ -179,6 +179,11 @@ def _row(values: Sequence[Any]) -> HistoryRow:
 def _message(exc: BaseException) -> str:
     """The database's own one-line reason (never the statement's data detail)."""
     diag = getattr(exc, "diag", None)
+    # A data exception (class 22) quotes the offending value, which may be a row's
+    # (`invalid input syntax for type integer: "<a password>"`): the agent and the
+    # audit get the SQLSTATE only, as they never get a query's rows.
+    if str(getattr(diag, "sqlstate", None) or "").startswith("22"):
+        return "data exception (the value is not shown)"
     primary = getattr(diag, "message_primary", None) if diag is not None else None
     text = str(primary or (exc.args[0] if exc.args else exc.__class__.__name__))
     text = " ".join(text.split())

@@ -357,6 +357,26 @@ def test_postgres_statements_run_as_they_were_classified_whatever_the_session_se
 
 
 @pytest.mark.postgres
+def test_a_failed_statement_does_not_hand_table_data_to_the_agent(
+    pg_url: str, migrations: Path
+) -> None:
+    # A cast of a column is a plain SELECT to the classifier; PostgreSQL's message for
+    # the failed cast quotes the value, which would reach the agent and the audit.
+    engine = create_engine(pg_url, poolclass=NullPool)
+    with engine.begin() as conn:
+        conn.execute(text("CREATE TABLE users (password text)"))
+        conn.execute(text("INSERT INTO users VALUES ('hunter2-row-value')"))
+    engine.dispose()
+    write(migrations, {"V1__peek.sql": "SELECT string_agg(password, ',')::int FROM users;\n"})
+    ex = executor(pg_url, migrations)
+    plan = ex.plan(Operation("migrate", "database/orders", {}))
+    assert plan.destructive is False
+    outcome = ex.run_with_context(plan, AGENT)
+    assert outcome.status == "failed" and "22P02" in outcome.summary
+    assert "hunter2" not in repr(outcome) and "hunter2" not in str(history(pg_url))
+
+
+@pytest.mark.postgres
 def test_postgres_lock_timeout_bounds_waiting_for_a_table_lock(
     pg_url: str, migrations: Path
 ) -> None:
