@@ -179,6 +179,11 @@ def _row(values: Sequence[Any]) -> HistoryRow:
 def _message(exc: BaseException) -> str:
     """The database's own one-line reason (never the statement's data detail)."""
     diag = getattr(exc, "diag", None)
+    # A data exception (class 22) quotes the offending value, which may be a row's
+    # (`invalid input syntax for type integer: "<a password>"`): the agent and the
+    # audit get the SQLSTATE only, as they never get a query's rows.
+    if str(getattr(diag, "sqlstate", None) or "").startswith("22"):
+        return "data exception (the value is not shown)"
     primary = getattr(diag, "message_primary", None) if diag is not None else None
     text = str(primary or (exc.args[0] if exc.args else exc.__class__.__name__))
     text = " ".join(text.split())
@@ -396,7 +401,13 @@ class MigrationTarget:
             self._run(
                 "SELECT set_config('lock_timeout', ?, false), "
                 "set_config('statement_timeout', ?, false), "
-                "set_config('idle_in_transaction_session_timeout', ?, false)",
+                "set_config('idle_in_transaction_session_timeout', ?, false), "
+                # Strings as the classifier (pglast) read them, in the UTF-8 sent: with
+                # strings not standard, or a client encoding (SJIS, BIG5, GBK) where a
+                # byte before a backslash joins it into one character, a string (and
+                # so a statement) ends elsewhere than the classifier saw.
+                "set_config('standard_conforming_strings', 'on', false), "
+                "set_config('client_encoding', 'UTF8', false)",
                 (f"{s.lock_timeout_ms}ms", f"{s.statement_timeout_ms}ms", "60000ms"),
             )
             # A gate process that dies mid-statement is noticed within a second, so

@@ -326,6 +326,57 @@ def test_postgres_statement_timeout_fails_the_migration(pg_url: str, migrations:
 
 
 @pytest.mark.postgres
+@pytest.mark.parametrize(
+    ("option", "sql"),
+    [
+        # Non-standard strings: the backslash escapes the quote.
+        (
+            "options=-c%20standard_conforming_strings%3Doff",
+            "SELECT '\\', '; DROP TABLE keep; --';\n",
+        ),
+        # SJIS: the last byte of U+0101 in UTF-8 and the backslash are one character.
+        ("client_encoding=sjis", "SELECT E'\u0101\\' ; DROP TABLE keep; --';\n"),
+    ],
+    ids=["standard_conforming_strings", "client_encoding"],
+)
+def test_postgres_statements_run_as_they_were_classified_whatever_the_session_settings(
+    pg_url: str, migrations: Path, option: str, sql: str
+) -> None:
+    # A database, role or URL setting must not make what the classifier saw as one
+    # SELECT of strings run as a SELECT and a DROP TABLE: the session pins both.
+    engine = create_engine(pg_url, poolclass=NullPool)
+    with engine.begin() as conn:
+        conn.execute(text("CREATE TABLE keep (id int)"))
+    engine.dispose()
+    write(migrations, {"V1__select.sql": sql})
+    ex = executor(f"{pg_url}?{option}", migrations)
+    plan = ex.plan(Operation("migrate", "database/orders", {}))
+    assert plan.destructive is False
+    ex.run_with_context(plan, AGENT)
+    assert "keep" in tables(pg_url, "postgresql")
+
+
+@pytest.mark.postgres
+def test_a_failed_statement_does_not_hand_table_data_to_the_agent(
+    pg_url: str, migrations: Path
+) -> None:
+    # A cast of a column is a plain SELECT to the classifier; PostgreSQL's message for
+    # the failed cast quotes the value, which would reach the agent and the audit.
+    engine = create_engine(pg_url, poolclass=NullPool)
+    with engine.begin() as conn:
+        conn.execute(text("CREATE TABLE users (password text)"))
+        conn.execute(text("INSERT INTO users VALUES ('hunter2-row-value')"))
+    engine.dispose()
+    write(migrations, {"V1__peek.sql": "SELECT string_agg(password, ',')::int FROM users;\n"})
+    ex = executor(pg_url, migrations)
+    plan = ex.plan(Operation("migrate", "database/orders", {}))
+    assert plan.destructive is False
+    outcome = ex.run_with_context(plan, AGENT)
+    assert outcome.status == "failed" and "22P02" in outcome.summary
+    assert "hunter2" not in repr(outcome) and "hunter2" not in str(history(pg_url))
+
+
+@pytest.mark.postgres
 def test_postgres_lock_timeout_bounds_waiting_for_a_table_lock(
     pg_url: str, migrations: Path
 ) -> None:

@@ -162,12 +162,28 @@ class _Created:
         if old in self.tables:
             self.tables.add(new)
             self.columns |= {(new, c) for t, c in self.columns if t == old}
+        self.forget_table(old)
+
+    def forget_table(self, name: str) -> None:
+        """The name no longer holds what this file created (dropped, renamed away, or
+        a pre-existing table renamed onto it): a later drop of it loses data."""
+        self.tables.discard(name)
+        self.columns = {(t, c) for t, c in self.columns if t != name}
+
+    def rename_column(self, table: str, old: str, new: str) -> None:
+        if self.has_column(table, old):
+            self.columns.add((table, new))
+        else:  # a pre-existing column now answers to `new`
+            self.columns.discard((table, new))
+        self.columns.discard((table, old))
 
 
 def _norm(name: str) -> str:
-    """`public.t` and `t` name the same table for "created in this file"; anything
-    else that does not match counts as pre-existing (the safe direction)."""
-    return name[len("public.") :] if name.startswith("public.") else name
+    """A name as written: `public.t` and `t` are not taken for one table, since `t`
+    resolves through the search path (a `$user` schema, made with `CREATE SCHEMA
+    AUTHORIZATION CURRENT_USER`, comes before public). A mismatch counts as
+    pre-existing (the safe direction)."""
+    return name
 
 
 def _words(text: str) -> frozenset[str]:
@@ -291,6 +307,8 @@ class _Postgres:
             return [finding("OG202", type(node).__name__)], _pg_transactional(node)
         found, transactional = handler(node)
         found.extend(self._cte_writes(node))
+        # A CHECK, a default or an index expression runs its functions too.
+        found.extend(f for f in self._calls(node) if f not in found)
         return found, transactional
 
     def _cte_writes(self, node: pg.Node) -> list[Finding]:
@@ -309,7 +327,9 @@ class _Postgres:
 
     def _CreateStmt(self, node: pg.CreateStmt) -> tuple[list[Finding], bool]:
         table = _pg_rel(node.relation)
-        if not node.if_not_exists:  # IF NOT EXISTS may have created nothing
+        # IF NOT EXISTS may have created nothing; a temporary table shadows the real
+        # one of that name, which `public.<name>` still reaches.
+        if not node.if_not_exists and not _pg_temp(node.relation):
             self.created.tables.add(table)
             for elt in node.tableElts or ():
                 if isinstance(elt, pg.Constraint) and elt.conname:
@@ -318,7 +338,7 @@ class _Postgres:
 
     def _CreateTableAsStmt(self, node: pg.CreateTableAsStmt) -> tuple[list[Finding], bool]:
         into = node.into
-        if into is not None and not node.if_not_exists:
+        if into is not None and not node.if_not_exists and not _pg_temp(into.rel):
             self.created.tables.add(_pg_rel(into.rel))
         return self._calls(node.query), True
 
@@ -339,6 +359,9 @@ class _Postgres:
         found: list[Finding] = []
         existing = table not in self.created.tables
         name = str(node.idxname) if node.idxname else ""
+        schema = node.relation.schemaname if node.relation is not None else None
+        if name and schema:  # the index lives in its table's schema
+            name = _norm(f"{schema}.{name}")
         if existing and node.unique:
             replaced = name and _norm(name) in self.created.dropped_indexes
             found.append(finding("MF102" if replaced else "MF101", name or table))
@@ -351,27 +374,30 @@ class _Postgres:
     def _DropStmt(self, node: pg.DropStmt) -> tuple[list[Finding], bool]:
         kind = _enum(pge.ObjectType, node.removeType)
         found: list[Finding] = []
+        # CASCADE also drops what depends on the object, which may have existed before
+        # (a view re-pointed at it with CREATE OR REPLACE): as for TRUNCATE, never "new".
+        cascade = _enum(pge.DropBehavior, node.behavior) == pge.DropBehavior.DROP_CASCADE
+        created = _Created() if cascade else self.created
         for obj in node.objects or ():
             name = _norm(_pg_strings(obj))
             if kind == pge.ObjectType.OBJECT_TABLE:
-                if name in self.created.tables:
-                    continue
-                found.append(finding("DS102", _shown(name)))
+                if name not in created.tables:
+                    found.append(finding("DS102", _shown(name)))
+                self.created.forget_table(name)
             elif kind == pge.ObjectType.OBJECT_SCHEMA:
-                if ("schema", name) in self.created.objects:
-                    continue
-                found.append(finding("DS101", _shown(name)))
+                if ("schema", name) not in created.objects:
+                    found.append(finding("DS101", _shown(name)))
+                self.created.objects.discard(("schema", name))
             else:
                 label = kind.name.removeprefix("OBJECT_").lower().replace("_", " ")
+                new = (label, name) in created.objects
                 if kind == pge.ObjectType.OBJECT_INDEX:
                     self.created.dropped_indexes.add(name)
-                    if ("index", name) in self.created.objects:
-                        continue
-                    if not node.concurrent:
+                    if not new and not node.concurrent:
                         found.append(finding("PG102", _shown(name)))
-                if (label, name) in self.created.objects:
-                    continue
-                found.append(finding("OG105", f"{label} {_shown(name)}"))
+                if not new:
+                    found.append(finding("OG105", f"{label} {_shown(name)}"))
+                self.created.objects.discard((label, name))
         return found, not node.concurrent
 
     def _RenameStmt(self, node: pg.RenameStmt) -> tuple[list[Finding], bool]:
@@ -383,17 +409,26 @@ class _Postgres:
             if table in self.created.tables:
                 self.created.rename_table(table, new)
                 return [], True
+            self.created.forget_table(new)
+            self.created.objects.discard((kind.name.removeprefix("OBJECT_").lower(), new))
             return [finding("BC101", f"{_shown(table)} to {_shown(new)}")], True
         if kind == t.OBJECT_SCHEMA:
             return [finding("BC101", f"schema {_shown(_pg_strings(node.subname))}")], True
         if kind in (t.OBJECT_COLUMN, t.OBJECT_ATTRIBUTE):
             column = str(node.subname)
-            if self.created.has_column(table, column):
-                self.created.columns.add((table, str(node.newname)))
+            created = self.created.has_column(table, column)
+            self.created.rename_column(table, column, str(node.newname))
+            if created:
                 return [], True
             return [finding("BC102", f"{_shown(table)}.{_shown(column)}")], True
+        if kind == t.OBJECT_INDEX:  # a pre-existing index may now hold a created name
+            schema = node.relation.schemaname if node.relation is not None else None
+            new_index = str(node.newname)
+            self.created.objects.discard(
+                ("index", _norm(f"{schema}.{new_index}" if schema else new_index))
+            )
+            return [], True
         if kind in (
-            t.OBJECT_INDEX,
             t.OBJECT_TABCONSTRAINT,
             t.OBJECT_SEQUENCE,
             t.OBJECT_TRIGGER,
@@ -417,6 +452,7 @@ class _Postgres:
             elif sub == at.AT_DropColumn:
                 if not self.created.has_column(table, column):
                     found.append(finding("DS103", f"{_shown(table)}.{_shown(column)}"))
+                self.created.columns.discard((table, column))
             elif sub == at.AT_AlterColumnType:
                 if not self.created.has_column(table, column):
                     found.append(finding("PG301", f"{_shown(table)}.{_shown(column)}"))
@@ -433,11 +469,18 @@ class _Postgres:
                 kind = self.created.constraints.get(column)
                 if kind is None:
                     found.append(finding("CD101", f"{_shown(column)} on {_shown(table)}"))
+            elif sub == at.AT_AttachPartition and not self._attach_new(table, cmd.def_):
+                # A drop, truncate or DELETE of the parent now reaches existing rows.
+                self.created.forget_table(table)
             elif sub == at.AT_DetachPartition and getattr(cmd.def_, "concurrent", False):
                 transactional = False
             elif sub not in _PG_PLAIN_ALTERS:
                 found.append(finding("OG202", sub.name.removeprefix("AT_")))
         return found, transactional
+
+    def _attach_new(self, parent: str, cmd: Any) -> bool:
+        part = getattr(cmd, "name", None)
+        return isinstance(part, pg.RangeVar) and _pg_rel(part) in self.created.tables
 
     def _add_column(self, table: str, existing: bool, col: Any) -> list[Finding]:
         if not isinstance(col, pg.ColumnDef):
@@ -493,12 +536,25 @@ class _Postgres:
     # DML -------------------------------------------------------------------------------
 
     def _InsertStmt(self, node: pg.InsertStmt) -> tuple[list[Finding], bool]:
-        return self._calls(node), True
+        found = self._calls(node)
+        table = _pg_rel(node.relation)
+        conflict = node.onConflictClause
+        upsert = pge.OnConflictAction.ONCONFLICT_UPDATE
+        if (
+            conflict is not None
+            and _enum(pge.OnConflictAction, conflict.action) == upsert
+            and table not in self.created.tables
+        ):
+            # An upsert updates the existing rows it meets: the rows listed in VALUES,
+            # or whatever a query yields (all of them, for `SELECT ... FROM <table>`).
+            listed = isinstance(node.selectStmt, pg.SelectStmt) and node.selectStmt.valuesLists
+            found.insert(0, finding("OG109" if listed else "OG102", _shown(table)))
+        return found, True
 
     def _SelectStmt(self, node: pg.SelectStmt) -> tuple[list[Finding], bool]:
         found = self._calls(node)
         into = node.intoClause
-        if into is not None:
+        if into is not None and not _pg_temp(into.rel):
             self.created.tables.add(_pg_rel(into.rel))
         return found, True
 
@@ -539,6 +595,9 @@ class _Postgres:
     _RefreshMatViewStmt = _plain
 
     def _AlterEnumStmt(self, node: pg.AlterEnumStmt) -> tuple[list[Finding], bool]:
+        if node.oldVal:  # every stored 'old' now reads 'new': a change to existing rows
+            name = _shown(_pg_strings(node.typeName))
+            return [finding("OG202", f"RENAME VALUE of enum {name}")], True
         return [], True
 
     def _TransactionStmt(self, node: pg.TransactionStmt) -> tuple[list[Finding], bool]:
@@ -549,6 +608,10 @@ class _Postgres:
 def _enum(kind: type[_E], value: Any) -> _E:
     """pglast's enum fields are typed optional; the parser always sets them."""
     return kind(value)
+
+
+def _pg_temp(rv: pg.RangeVar | None) -> bool:
+    return rv is not None and rv.relpersistence == "t"
 
 
 def _pg_contype(con: pg.Constraint) -> str:
@@ -704,14 +767,15 @@ def _sqlite_statements(text: str) -> Iterator[_Raw]:
 
 
 def _sq_name(node: exp.Expression | None) -> str:
+    """SQLite names are case-insensitive (`JUNK` is `junk`), so they are compared folded."""
     if node is None:
         return "?"
     if isinstance(node, exp.Schema):
         node = node.this
     if isinstance(node, exp.Table):
         parts = [p for p in (node.args.get("db"), node.args.get("this")) if p is not None]
-        return _norm(".".join(p.name for p in parts))
-    return _norm(node.name) if hasattr(node, "name") else "?"
+        return _norm(".".join(p.name for p in parts).lower())
+    return _norm(node.name.lower()) if hasattr(node, "name") else "?"
 
 
 def _sq_funcname(node: exp.Func) -> str:
@@ -723,9 +787,9 @@ def _sq_funcname(node: exp.Func) -> str:
 def _sq_row_dependent(where: exp.Expression | None, target: str, alias: str) -> bool:
     if where is None:
         return False
-    names = {"", target, alias}
+    names = {"", target, alias.lower()}
     for node in where.walk(prune=lambda n: isinstance(n, (exp.Subquery, exp.Select))):
-        if isinstance(node, exp.Column) and node.table in names:
+        if isinstance(node, exp.Column) and node.table.lower() in names:
             return True
     return False
 
@@ -745,6 +809,8 @@ class _Sqlite:
             for cte in tree.find_all(exp.CTE)
             if isinstance(cte.this, (exp.Insert, exp.Update, exp.Delete, exp.Merge))
         )
+        # A CHECK or a default runs its functions too.
+        found.extend(f for f in self._calls(tree) if f not in found)
         return found, transactional
 
     def _calls(self, tree: exp.Expression) -> list[Finding]:
@@ -769,7 +835,7 @@ class _Sqlite:
         if kind == "INDEX":
             index = tree.this
             table = _sq_name(index.args.get("table")) if isinstance(index, exp.Index) else "?"
-            name = _norm(index.name) if isinstance(index, exp.Index) else ""
+            name = _norm(index.name.lower()) if isinstance(index, exp.Index) else ""
             found = []
             if tree.args.get("unique") and table not in self.created.tables:
                 replaced = name and name in self.created.dropped_indexes
@@ -791,6 +857,7 @@ class _Sqlite:
             if kind == "TABLE":
                 if name not in self.created.tables:
                     found.append(finding("DS102", _shown(name)))
+                self.created.forget_table(name)
             elif kind in ("SCHEMA", "DATABASE"):
                 found.append(finding("DS101", _shown(name)))
             else:
@@ -799,6 +866,7 @@ class _Sqlite:
                     self.created.dropped_indexes.add(name)
                 if (label, name) not in self.created.objects:
                     found.append(finding("OG105", f"{label} {_shown(name)}"))
+                self.created.objects.discard((label, name))
         return found, True
 
     def _Alter(self, tree: exp.Alter) -> tuple[list[Finding], bool]:
@@ -809,7 +877,7 @@ class _Sqlite:
         found: list[Finding] = []
         for action in tree.args.get("actions") or ():
             if isinstance(action, exp.ColumnDef):
-                column = action.name
+                column = action.name.lower()
                 self.created.columns.add((table, column))
                 cons = [c.args.get("kind") for c in action.args.get("constraints") or ()]
                 not_null = any(
@@ -825,28 +893,40 @@ class _Sqlite:
                     found.append(finding("MF101", f"{_shown(table)}.{_shown(column)}"))
             elif isinstance(action, exp.Drop) and str(action.args.get("kind")).upper() == "COLUMN":
                 for col in action.args.get("tables") or [action.this]:
-                    column = col.name if col is not None else "?"
+                    column = col.name.lower() if col is not None else "?"
                     if not self.created.has_column(table, column):
                         found.append(finding("DS103", f"{_shown(table)}.{_shown(column)}"))
+                    self.created.columns.discard((table, column))
             elif isinstance(action, exp.AlterRename):
                 new = _sq_name(action.this)
                 if existing:
                     found.append(finding("BC101", f"{_shown(table)} to {_shown(new)}"))
+                    self.created.forget_table(new)
                 else:
                     self.created.rename_table(table, new)
             elif isinstance(action, exp.RenameColumn):
-                old = action.this.name if action.this is not None else "?"
-                if self.created.has_column(table, old):
-                    new_col = action.args.get("to")
-                    self.created.columns.add((table, new_col.name if new_col else "?"))
-                else:
+                old = action.this.name.lower() if action.this is not None else "?"
+                new_col = action.args.get("to")
+                if not self.created.has_column(table, old):
                     found.append(finding("BC102", f"{_shown(table)}.{_shown(old)}"))
+                self.created.rename_column(table, old, new_col.name.lower() if new_col else "?")
             else:
                 found.append(finding("OG202", f"ALTER TABLE {type(action).__name__}"))
         return found, True
 
     def _Insert(self, tree: exp.Insert) -> tuple[list[Finding], bool]:
-        return self._calls(tree), True
+        found = self._calls(tree)
+        table = _sq_name(tree.this)
+        conflict = tree.args.get("conflict")
+        updates = str(tree.args.get("alternative") or "").upper() == "REPLACE" or (
+            isinstance(conflict, exp.OnConflict)
+            and "UPDATE" in str(conflict.args.get("action") or "").upper()
+        )
+        if updates and table not in self.created.tables:
+            # An upsert (or OR REPLACE) overwrites the existing rows it meets.
+            listed = isinstance(tree.args.get("expression"), exp.Values)
+            found.insert(0, finding("OG109" if listed else "OG102", _shown(table)))
+        return found, True
 
     def _Select(self, tree: exp.Select) -> tuple[list[Finding], bool]:
         return self._calls(tree), True
