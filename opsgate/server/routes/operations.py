@@ -22,6 +22,7 @@ from opsgate.secrets.value import SecretValue
 from opsgate.server.routes.common import Body, body_doc, ctx_of, iso, json, result_response
 
 router = APIRouter(prefix="/v1", tags=["operations"])
+_MAX_SEQ = 2**63 - 1  # the largest audit seq a database integer holds
 
 
 class ExecuteBody(Body):
@@ -127,6 +128,8 @@ async def operation_status(seq: int, request: Request) -> Response:
     claims = await ctx.agent_claims(request, b"")
 
     def find() -> Any:
+        if not 1 <= seq <= _MAX_SEQ:  # beyond what the database can hold: none such
+            return None
         for record in ctx.gate.audit.events(after_seq=max(0, seq - 1), batch=1):
             return record if record.seq == seq else None
         return None
