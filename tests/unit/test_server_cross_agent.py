@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import DEPLOY_SCOPE, deploy
+from helpers import DEPLOY_SCOPE, audit_events, deploy
 from server_helpers import Api, open_api
 
 from opsgate.credentials.proof import ProofRequest
@@ -48,3 +48,51 @@ def test_an_operation_seq_out_of_range_is_not_found(api: Api, seq: str) -> None:
     """A seq no database integer holds is an operation that does not exist (it was a 500)."""
     r = api.agent_call("GET", f"/v1/operations/{seq}", api.credential())
     assert (r.status_code, r.json()["code"]) == (404, "not_found"), r.text
+
+
+def test_another_agents_approval_answers_like_one_that_does_not_exist(api: Api) -> None:
+    """Resuming, or executing under, another agent's approval gets the very answer a
+    made-up id gets (it said `approval_not_yours`: the id exists); the audit keeps the
+    real code."""
+    token = api.credential()
+    op = deploy("production/app-web")
+    theirs = api.execute(token, op).json()["approval_id"]
+    made_up = "apr_" + "0" * 24
+    other = api.other  # type: ignore[attr-defined]
+    other_token, other_key = api.credential(other), api.agent_key(other)
+
+    def answers(approval_id: str) -> list[tuple[int, str, str]]:
+        resume = api.agent_call(
+            "POST",
+            f"/v1/approvals/{approval_id}/resume",
+            other_token,
+            {},
+            request=ProofRequest.resume(approval_id),
+            key=other_key,
+        )
+        staging = deploy("staging/app-web")  # an operation the other agent may run
+        body = {
+            "action": staging.action,
+            "resource": staging.resource,
+            "params": staging.params,
+            "dry_run": False,
+            "approval_id": approval_id,
+        }
+        execute = api.agent_call(
+            "POST",
+            "/v1/operations",
+            other_token,
+            body,
+            request=ProofRequest.execute(staging, approval_id),
+            key=other_key,
+        )
+        return [
+            (r.status_code, r.json()["code"], r.json()["message"].replace(approval_id, "ID"))
+            for r in (resume, execute)
+        ]
+
+    assert answers(theirs) == answers(made_up)
+    assert [a[:2] for a in answers(theirs)] == [(404, "approval_not_found")] * 2
+    refused = [e["code"] for e in audit_events(api.gate, "approval.refused")]
+    assert "approval_not_yours" in refused
+    assert api.world.executor.count == 0

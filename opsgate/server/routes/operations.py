@@ -16,7 +16,7 @@ from pydantic import Field
 from starlette.concurrency import run_in_threadpool
 
 from opsgate.approvals import PendingApproval
-from opsgate.errors import ApprovalError, NotFound, OpsgateError
+from opsgate.errors import ApprovalError, NotFound, OpsgateError, shown
 from opsgate.operations.base import Operation, Outcome
 from opsgate.secrets.value import SecretValue
 from opsgate.server.routes.common import Body, body_doc, ctx_of, iso, json, result_response
@@ -41,6 +41,16 @@ class AuthorizeBody(Body):
     params: dict[str, Any] | None = None
 
 
+def _not_yours_is_not_found(exc: OpsgateError, approval_id: str | None) -> None:
+    """Another agent's approval is answered as one that does not exist, as the status
+    route does: an agent learns nothing about others' requests (the audit keeps the
+    real code)."""
+    if exc.code == "approval_not_yours":
+        raise ApprovalError(
+            f"no approval request {shown(approval_id)}", code="approval_not_found"
+        ) from None
+
+
 def _count(ctx: Any, result: Outcome | PendingApproval) -> None:
     effect = "require_approval" if isinstance(result, PendingApproval) else "allow"
     ctx.metrics.decisions.labels(effect).inc()
@@ -62,6 +72,7 @@ async def execute(request: Request) -> Response:
     except OpsgateError as exc:
         if exc.code == "operation_denied":
             ctx.metrics.decisions.labels("deny").inc()
+        _not_yours_is_not_found(exc, body.approval_id)
         raise
     finally:
         ctx.metrics.operation_seconds.observe(time.perf_counter() - started)
@@ -78,6 +89,9 @@ async def resume(approval_id: str, request: Request) -> Response:
     started = time.perf_counter()
     try:
         result = await run_in_threadpool(lambda: ctx.gate.resume(approval_id, token, proof=check))
+    except OpsgateError as exc:
+        _not_yours_is_not_found(exc, approval_id)
+        raise
     finally:
         ctx.metrics.operation_seconds.observe(time.perf_counter() - started)
     _count(ctx, result)
