@@ -14,6 +14,7 @@ database and other agents' keys never leave the gate.
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from dataclasses import dataclass, field
@@ -367,10 +368,16 @@ class RemoteGate:
 _JSON = {"Content-Type": "application/json"}
 
 
-def _segment(value: str) -> str:
-    from urllib.parse import quote
+_APPROVAL_ID = re.compile(r"[A-Za-z0-9_-]{1,64}\Z")
 
-    return quote(value, safe="")
+
+def _segment(value: str) -> str:
+    """An approval id as one path segment. Only an id the gate could have issued: one
+    that needs percent-encoding, or `.`/`..`, would reach another path than the proof
+    names, and the gate refuses that as misuse of the credential, charged to its agent."""
+    if not isinstance(value, str) or not _APPROVAL_ID.match(value):
+        raise errors.ApprovalError("approval id is malformed", code="approval_not_found")
+    return value
 
 
 def connect(

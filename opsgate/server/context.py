@@ -170,7 +170,7 @@ class ServerContext:
             )
         try:
             user, _, secret = base64.b64decode(value, validate=True).decode("utf-8").partition(":")
-        except (binascii.Error, UnicodeDecodeError) as exc:
+        except ValueError as exc:  # binascii.Error, non-ASCII text, bytes not UTF-8
             raise HttpRefusal(
                 "authorization is not valid Basic credentials", code="authorization_malformed"
             ) from exc

@@ -133,7 +133,10 @@ def _split(jws: object, what: str, code: str) -> tuple[dict[str, Any], str, byte
 def _number(value: object) -> float | None:
     if type(value) is not int and type(value) is not float:  # exact: bools are refused
         return None
-    f = float(value)
+    try:
+        f = float(value)
+    except OverflowError:  # an integer no float holds: no time at all
+        return None
     return f if math.isfinite(f) else None
 
 

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import DEPLOY_SCOPE, audit_events, database_text
+from helpers import DEPLOY_SCOPE, audit_events, database_text, stored_trust
 from server_helpers import BASE, Api, open_api
 
 from opsgate.client import RemoteGate
@@ -135,3 +135,23 @@ def test_secret_values_travel_to_the_agent_and_nowhere_else(api: Api) -> None:
             )
         assert refused.value.code == "operation_denied" and VALUE not in str(refused.value)
     assert VALUE not in database_text(api.gate)
+
+
+@pytest.mark.parametrize("approval_id", ["apr x", "apr%zz", "apr_é", "..", "a/b", ""])
+def test_an_approval_id_no_path_can_carry_is_refused_before_sending(
+    api: Api, approval_id: str
+) -> None:
+    """The SDK (and so the MCP approval_status tool, whose id is the model's text) names an
+    approval in the URL: an id that would need percent-encoding or dot-normalising made a
+    proof for another URL, refused as credential misuse and charged to the agent's trust."""
+    did = api.world.agent.did
+    with RemoteGate(BASE, api.agent_key(), transport=api.client._transport) as gate:
+        cred = gate.credential(DEPLOY_SCOPE)
+        before = stored_trust(api.gate, did)
+        seq = api.gate.audit.head()[0]
+        for call in (gate.approval, gate.resume):
+            with pytest.raises(OpsgateError) as refused:
+                call(approval_id, cred)
+            assert refused.value.code == "approval_not_found"
+    assert stored_trust(api.gate, did) == before
+    assert [r.type for r in api.gate.audit.events(after_seq=seq)] == []

@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 import yaml
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -14,6 +15,7 @@ from helpers import DATA, audit_events, deploy, stored_trust
 from server_helpers import Api, open_api, proof_parts, sign
 
 from opsgate.credentials.proof import ProofRequest
+from opsgate.identity.keys import b64url
 
 CASES = yaml.safe_load((DATA / "dpop_attacks.yaml").read_text())["cases"]
 OPERATION = deploy("staging/app-web")
@@ -139,3 +141,40 @@ def test_cases_are_checked(tmp_path: Path) -> None:
         "dpop_key_mismatch",
         "dpop_request_mismatch",
     }
+
+
+def _sign_raw(key: Ed25519PrivateKey, header: dict[str, Any], payload: str) -> str:
+    """A JWS over payload text as given (JSON no encoder writes: an integer of 400 digits)."""
+    h = b64url(orjson.dumps(header))
+    p = b64url(payload.encode())
+    return f"{h}.{p}.{b64url(key.sign(f'{h}.{p}'.encode()))}"
+
+
+@pytest.mark.parametrize("iat", ["1" + "0" * 400, "-1" + "0" * 400])
+def test_an_iat_beyond_any_float_is_malformed_not_a_crash(tmp_path: Path, iat: str) -> None:
+    """An integer iat too large for a float is refused dpop_malformed (it was a 500)."""
+    api = open_api(tmp_path / "state")
+    token = api.credential()
+    key = api.agent_key()
+    req = ProofRequest.execute(OPERATION)
+    header, claims = proof_parts(key, "POST", "/v1/operations", token, req)
+    claims["iat"] = 0
+    payload = orjson.dumps(claims).decode().replace('"iat":0', f'"iat":{iat}')
+    body = {
+        "action": OPERATION.action,
+        "resource": OPERATION.resource,
+        "params": OPERATION.params,
+        "dry_run": False,
+        "approval_id": None,
+    }
+    r = api.client.post(
+        "/v1/operations",
+        content=orjson.dumps(body),
+        headers={
+            "Authorization": f"DPoP {token}",
+            "DPoP": _sign_raw(key, header, payload),
+            "Content-Type": "application/json",
+        },
+    )
+    assert (r.status_code, r.json()["code"]) == (401, "dpop_malformed"), r.text
+    assert api.world.executor.count == 0

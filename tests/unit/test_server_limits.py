@@ -11,7 +11,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from helpers import DEPLOY_SCOPE
 from server_helpers import BASE, open_api, sign
 
-from opsgate.identity.keys import b64url, did_from_public_key
+from opsgate.identity.keys import b64url, b64url_decode, did_from_public_key
 from opsgate.server.dpop import make_assertion
 from opsgate.server.limits import json_depth_ok
 
@@ -224,3 +224,18 @@ def test_metrics_and_readiness(tmp_path: Path) -> None:
     from opsgate.server import create_app
 
     create_app(api.gate, ServerConfig(external_url=BASE))
+
+
+@pytest.mark.parametrize("claim", ["iat", "exp"])
+def test_assertion_time_beyond_any_float_is_malformed(tmp_path: Path, claim: str) -> None:
+    """An integer iat or exp too large for a float, in an assertion signed by any key
+    (no credential needed), is refused assertion_malformed (it was a 500)."""
+    api = open_api(tmp_path / "state")
+    key = Ed25519PrivateKey.generate()
+    text = assertion(key, **{claim: 0})
+    h, p, _ = text.split(".")
+    payload = b64url_decode(p).decode().replace(f'"{claim}":0', f'"{claim}":1{"0" * 400}')
+    p = b64url(payload.encode())
+    forged = f"{h}.{p}.{b64url(key.sign(f'{h}.{p}'.encode()))}"
+    r = api.client.post("/v1/credentials", json={"assertion": forged, "scope": DEPLOY_SCOPE})
+    assert (r.status_code, r.json()["code"]) == (401, "assertion_malformed"), r.text

@@ -172,6 +172,27 @@ def test_wrong_role_with_the_other_human_token(api: Api) -> None:
     assert (r.status_code, r.json()["code"]) == (403, "wrong_role")
 
 
+HUMAN_ENDPOINTS = [e for e in ENDPOINTS if e[0] != "agent"]
+
+
+@pytest.mark.parametrize(
+    "endpoint", HUMAN_ENDPOINTS, ids=[f"{m} {p}" for _, m, p, _, _ in HUMAN_ENDPOINTS]
+)
+def test_basic_credentials_that_are_not_ascii_are_malformed(api: Api, endpoint: Any) -> None:
+    """Header bytes beyond ASCII in Basic credentials: 401 authorization_malformed (they
+    were a 500, before any credential was checked)."""
+    _, method, path, body, _ = endpoint
+    r = api.client.request(method, path, json=body, headers={"Authorization": b"Basic \xff\xfe"})
+    assert (r.status_code, r.json()["code"]) == (401, "authorization_malformed"), r.text
+
+
+@pytest.mark.parametrize("after_seq", [2**63, 10**30])
+def test_an_export_after_a_seq_no_database_holds_is_invalid(api: Api, after_seq: int) -> None:
+    """It was a 200 whose stream broke off empty (the database refused the number)."""
+    r = api.client.get(f"/v1/audit/export?after_seq={after_seq}", headers=api.operator())
+    assert (r.status_code, r.json()["code"]) == (422, "request_invalid"), r.text
+
+
 def test_each_role_gets_in(api: Api) -> None:
     """The controls: the right credential opens each kind of endpoint."""
     assert api.client.get("/v1/agents", headers=api.operator()).status_code == 200

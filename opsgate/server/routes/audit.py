@@ -28,7 +28,7 @@ async def tail(
 
 
 @router.get("/export")
-async def export(request: Request, after_seq: int = Query(0, ge=0)) -> Response:
+async def export(request: Request, after_seq: int = Query(0, ge=0, le=2**63 - 1)) -> Response:
     """Every event after `after_seq` as JSON lines with prev_hash and hash."""
     ctx = ctx_of(request)
     await ctx.operator(request)

@@ -16,12 +16,13 @@ from pydantic import Field
 from starlette.concurrency import run_in_threadpool
 
 from opsgate.approvals import PendingApproval
-from opsgate.errors import ApprovalError, NotFound, OpsgateError
+from opsgate.errors import ApprovalError, NotFound, OpsgateError, shown
 from opsgate.operations.base import Operation, Outcome
 from opsgate.secrets.value import SecretValue
 from opsgate.server.routes.common import Body, body_doc, ctx_of, iso, json, result_response
 
 router = APIRouter(prefix="/v1", tags=["operations"])
+_MAX_SEQ = 2**63 - 1  # the largest audit seq a database integer holds
 
 
 class ExecuteBody(Body):
@@ -38,6 +39,16 @@ class ExecuteBody(Body):
 class AuthorizeBody(Body):
     capability: str
     params: dict[str, Any] | None = None
+
+
+def _not_yours_is_not_found(exc: OpsgateError, approval_id: str | None) -> None:
+    """Another agent's approval is answered as one that does not exist, as the status
+    route does: an agent learns nothing about others' requests (the audit keeps the
+    real code)."""
+    if exc.code == "approval_not_yours":
+        raise ApprovalError(
+            f"no approval request {shown(approval_id)}", code="approval_not_found"
+        ) from None
 
 
 def _count(ctx: Any, result: Outcome | PendingApproval) -> None:
@@ -61,6 +72,7 @@ async def execute(request: Request) -> Response:
     except OpsgateError as exc:
         if exc.code == "operation_denied":
             ctx.metrics.decisions.labels("deny").inc()
+        _not_yours_is_not_found(exc, body.approval_id)
         raise
     finally:
         ctx.metrics.operation_seconds.observe(time.perf_counter() - started)
@@ -77,6 +89,9 @@ async def resume(approval_id: str, request: Request) -> Response:
     started = time.perf_counter()
     try:
         result = await run_in_threadpool(lambda: ctx.gate.resume(approval_id, token, proof=check))
+    except OpsgateError as exc:
+        _not_yours_is_not_found(exc, approval_id)
+        raise
     finally:
         ctx.metrics.operation_seconds.observe(time.perf_counter() - started)
     _count(ctx, result)
@@ -127,6 +142,8 @@ async def operation_status(seq: int, request: Request) -> Response:
     claims = await ctx.agent_claims(request, b"")
 
     def find() -> Any:
+        if not 1 <= seq <= _MAX_SEQ:  # beyond what the database can hold: none such
+            return None
         for record in ctx.gate.audit.events(after_seq=max(0, seq - 1), batch=1):
             return record if record.seq == seq else None
         return None
