@@ -73,6 +73,9 @@ def create_app(gate: Gate, settings: ServerConfig | None = None) -> FastAPI:
         title="opsgate",
         summary="The gate every privileged operation of an AI agent passes through.",
         version="0.1.0",
+        # No redirect to the path with or without a trailing slash: Starlette builds
+        # its Location from the request's Host header, which the gate never trusts.
+        redirect_slashes=False,
     )
     app.state.ctx = ctx
     app.state.ui = UiSettings.of(external, settings.ui_session_minutes)

@@ -222,3 +222,20 @@ def test_openapi_lists_the_endpoints(api: Api) -> None:
         if template == "/v1/agents/deploy-agent":
             template = "/v1/agents/{agent}"
         assert template in paths, template
+
+
+@pytest.mark.parametrize("path", ["/v1/agents/", "/v1/approvals/", "/healthz/", "/ui/approvals/"])
+def test_no_redirect_is_built_from_the_host_header(api: Api, path: str) -> None:
+    """A path with a stray trailing slash is not redirected to a URL made from the
+    request's Host header (the gate names itself only by its configured URL)."""
+    r = api.client.get(path, headers={"Host": "evil.example"}, follow_redirects=False)
+    assert r.status_code == 404, r.text
+    assert "evil.example" not in r.headers.get("location", "")
+    assert r.json()["code"] == "not_found"
+
+
+def test_the_ui_root_with_a_slash_goes_to_the_approvals_by_the_configured_url(api: Api) -> None:
+    r = api.client.get("/ui/", headers={"Host": "evil.example"}, follow_redirects=False)
+    assert r.status_code == 303
+    assert r.headers["location"].endswith("/ui/approvals")
+    assert "evil.example" not in r.headers["location"]

@@ -214,6 +214,7 @@ def _signin_page(
 
 
 @router.get("")
+@router.get("/")
 async def home(request: Request) -> Response:
     return _redirect(request, "/ui/approvals")
 
