@@ -400,6 +400,10 @@ def test_a_failed_health_check_runs_the_rollback_command(tmp_path: Path) -> None
             assert "restored 1 with the rollback command" in outcome.summary
             assert w.calls()[-1]["argv"] == ["rollback", "web", "--to", "1"]
             assert "OPSGATE_TOKEN" not in w.calls()[-1]["env"]
+            # In a private directory of its own, as the deploy ran: not the gate's cwd.
+            restored_in = w.calls()[-1]["cwd"]
+            assert restored_in != os.getcwd() and "opsgate-restore-" in restored_in
+            assert not Path(restored_in).exists()
             assert w.executor.status("staging", "web").current == "1"
     finally:
         server.close()

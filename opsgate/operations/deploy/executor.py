@@ -632,9 +632,19 @@ class DeployExecutor:
         env = cmd.child_environment(
             backend, app=run.app, env=run.env, version=run.previous, token=None, secrets={}
         )
-        result = run_child(
-            argv, env=env, cwd=backend.cwd, timeout=backend.timeout_seconds, tail_bytes=0
-        )
+        # In a private empty directory, as the deploy's own command ran: never the
+        # gate's working directory (its state dir, its keys).
+        workdir = Path(tempfile.mkdtemp(prefix="opsgate-restore-"))
+        try:
+            result = run_child(
+                argv,
+                env=env,
+                cwd=backend.cwd or str(workdir),
+                timeout=backend.timeout_seconds,
+                tail_bytes=0,
+            )
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
         if result.ok:
             return f"restored {run.previous} with the rollback command"
         ended = _ended(result.exit_code, result.timed_out, result.error)
