@@ -587,7 +587,15 @@ class _Postgres:
 
     _CommentStmt = _plain
     _CreateSeqStmt = _plain
-    _AlterSeqStmt = _plain
+
+    def _AlterSeqStmt(self, node: pg.AlterSeqStmt) -> tuple[list[Finding], bool]:
+        restart = any(
+            isinstance(o, pg.DefElem) and o.defname == "restart" for o in node.options or ()
+        )
+        if restart:  # later inserts may take keys rows already hold
+            return [finding("OG202", f"RESTART of sequence {_pg_rel(node.sequence)}")], True
+        return [], True
+
     _CreateEnumStmt = _plain
     _CompositeTypeStmt = _plain
     _CreateDomainStmt = _plain
