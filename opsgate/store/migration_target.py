@@ -594,8 +594,12 @@ class MigrationTarget:
             self._deadline = time.monotonic() + self._settings.statement_timeout_ms / 1000
             self._conn.execute(sql)
         else:
+            # Prepared (the extended protocol): the server takes exactly one statement,
+            # so nothing the classifier did not see can ride along after a ';' it read
+            # differently (a migration's own SET of standard_conforming_strings or
+            # client_encoding changes how later text is read).
             with self._conn.cursor() as cur:
-                cur.execute(sql.encode())
+                cur.execute(sql.encode(), prepare=True)
 
     def _mark_applied(self, row_id: int, at: float, started: float) -> None:
         self._run(

@@ -357,6 +357,25 @@ def test_postgres_statements_run_as_they_were_classified_whatever_the_session_se
 
 
 @pytest.mark.postgres
+def test_a_migrations_own_setting_cannot_smuggle_a_second_statement(
+    pg_url: str, migrations: Path
+) -> None:
+    # Its own SET (needs review, so a DBA approved it) changes how the server reads the
+    # next statement's quotes; each statement is sent so the server takes exactly one.
+    engine = create_engine(pg_url, poolclass=NullPool)
+    with engine.begin() as conn:
+        conn.execute(text("CREATE TABLE keep (id int)"))
+    engine.dispose()
+    sql = "SET standard_conforming_strings = off;\nSELECT '\\', '; DROP TABLE keep; --';\n"
+    write(migrations, {"V1__smuggle.sql": sql})
+    ex = executor(pg_url, migrations)
+    plan = ex.plan(Operation("migrate", "database/orders", {}))
+    outcome = ex.run_with_context(plan, AGENT)
+    assert outcome.status == "failed"
+    assert "keep" in tables(pg_url, "postgresql")
+
+
+@pytest.mark.postgres
 def test_a_failed_statement_does_not_hand_table_data_to_the_agent(
     pg_url: str, migrations: Path
 ) -> None:
