@@ -61,7 +61,7 @@ class Story:
             console.rule(f"[bold]{title}")
 
     def say(self, text: str, *, markup: bool = True, **data: Any) -> None:
-        plain = Text.from_markup(text).plain if markup else text
+        plain = Text.from_markup(text, emoji=False).plain if markup else text
         self._keep("line", text=plain, **({"data": data} if data else {}))
         if not self.as_json:
             console.print(text, markup=markup, soft_wrap=True)  # whole lines, never cut

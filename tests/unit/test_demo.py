@@ -219,6 +219,9 @@ def test_the_json_story_parses_and_clean_leaves_nothing(tmp_path: Path) -> None:
     assert rotated[0]["data"]["detail"] == {"path": "secrets/" + SECRET_PATH, "version": 2}
     assert INITIAL not in proc.stdout
     assert any(e["kind"] == "line" and e["text"].startswith("audit verify: OK (") for e in events)
+    # The text is the printed line, not Rich's reading of it (":key:" is not an emoji).
+    dids = [e for e in events if e["kind"] == "line" and "did" in e.get("data", {})]
+    assert dids and all(e["data"]["did"] in e["text"] for e in dids)
     assert not state.exists() and _demo_dirs(tmp_path) == []
     assert list(tmp_path.iterdir()) == []
 
