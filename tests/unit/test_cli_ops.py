@@ -253,6 +253,24 @@ def test_refusals_exit_1_with_their_code(world: World) -> None:
     assert not (world.tmp / "releases").exists()
 
 
+def test_json_refusals_before_the_operation_runs_print_one_object_too(world: World) -> None:
+    """A credential the operator may not issue, or an agent that does not exist, is
+    refused before `Gate.execute`; `--json` still prints the refusal (not an empty stdout)."""
+    for args, code_ in (
+        (["rollback", "web", "--env", "production"], "scope_not_covered"),
+        (["deploy", "web", "2.0", "--env", "staging", "--as", "nobody"], "agent_not_found"),
+        (["secrets", "get", "staging/db", "--as", "deploy-agent"], "scope_not_covered"),
+        (["migrate", "apply", "orders", "--as", "deploy-agent"], "scope_not_covered"),
+        (["status", "--as", "deploy-agent"], "scope_not_covered"),
+    ):
+        code, out, err = world.cli(*args, "--json")
+        assert code == 1, (args, err)
+        one_error(err, code_)
+        data = json.loads(out)
+        assert data["status"] == "refused" and data["code"] == code_, (args, out)
+        assert data["message"] and data["capability"], (args, out)
+
+
 def test_usage_errors_exit_2(world: World) -> None:
     artifact = world.artifact("2.0")
     for args in (
