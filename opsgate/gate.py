@@ -51,6 +51,7 @@ from opsgate.errors import (
     OperationError,
     OpsgateError,
     RunRefused,
+    StoreError,
     safe_text,
 )
 from opsgate.identity import keys
@@ -131,10 +132,25 @@ def _not_initialized(path: Path, why: str = "") -> ConfigError:
     )
 
 
+def _stored_gate_id(store: Store) -> str | None:
+    """The gate id the database holds; a database that cannot be reached is named
+    (without its password), so a wrong url or a server that is down can be told apart."""
+    try:
+        return store.stored_gate_id()
+    except StoreError as exc:
+        if exc.code != "store_unavailable":
+            raise
+        raise StoreError(
+            f"cannot open the state database {store.describe()} ({exc.message}): check "
+            "that it is running and database_url (and OPSGATE_DATABASE_URL)",
+            code=exc.code,
+        ) from exc
+
+
 def _check_binding(store: Store, pin: Pin, path: Path) -> None:
     """The state dir and its database must hold the same gate id; checked before
     anything is migrated or written, so a wrong database url changes nothing."""
-    stored = store.stored_gate_id()
+    stored = _stored_gate_id(store)
     if stored == pin.gate_id:
         return
     holds = "no gate" if stored is None else f"gate {safe_text(stored)}"
@@ -418,7 +434,7 @@ class Gate:
                 session_options=config.database_timeouts.session_options(),
             )
             try:
-                stored = store.stored_gate_id()
+                stored = _stored_gate_id(store)
                 if stored is not None:
                     raise ConfigError(
                         f"the database {store.describe()} already holds gate "
