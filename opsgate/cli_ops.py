@@ -40,7 +40,7 @@ from opsgate.cli_common import (
     print_error,
     print_json,
 )
-from opsgate.errors import MigrationError, OpsgateError, safe_text
+from opsgate.errors import CredentialError, MigrationError, OpsgateError, safe_text, shown
 
 #: Exit code of a command whose operation waits for a human approval.
 EXIT_PENDING = 3
@@ -130,7 +130,17 @@ def _actor(
         if not ref:
             raise _usage("name the agent to act as: --as AGENT (or cli.agent in opsgate.yaml)")
         agent = gate.agents.get(ref)
-        return _Act(gate, agent, _issue(gate, agent, scope), scope)
+        try:
+            credential = _issue(gate, agent, scope)
+        except CredentialError as exc:
+            if exc.code != "scope_not_covered":
+                raise
+            # The agent may be a default the reader never typed: name it.
+            raise CredentialError(
+                f"{exc.message}, acting as {shown(agent.name)} (choose another with --as)",
+                code=exc.code,
+            ) from exc
+        return _Act(gate, agent, credential, scope)
     except OpsgateError as exc:
         if json_out:
             print_json(

@@ -271,6 +271,20 @@ def test_json_refusals_before_the_operation_runs_print_one_object_too(world: Wor
         assert data["message"] and data["capability"], (args, out)
 
 
+def test_a_scope_the_agent_lacks_names_the_agent_the_command_chose(world: World) -> None:
+    """`status` and the operations pick their agent from --as, cli.monitor_agent or
+    cli.agent: a refusal of its scope says which one, or a reader cannot tell."""
+    write_config(world.state, world.tmp, cli={"agent": "deploy-agent"})
+    code, _, err = world.cli("status")
+    assert code == 1
+    one_error(err, "scope_not_covered")
+    assert "'deploy-agent'" in err and "--as" in err
+    code, _, err = world.cli("secrets", "get", "staging/db")
+    assert code == 1
+    one_error(err, "scope_not_covered")
+    assert "'deploy-agent'" in err
+
+
 def test_usage_errors_exit_2(world: World) -> None:
     artifact = world.artifact("2.0")
     for args in (
