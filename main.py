@@ -438,8 +438,10 @@ def write_world(workdir: Path, state_dir: Path) -> None:
 def look_around(workdir: Path, state_dir: Path) -> None:
     """Where the demo left its state, and how to inspect it."""
     console.rule("[bold]Look around")
+    # With --state-dir the gate is beside the demo's directory, not in it.
+    where = workdir if state_dir.is_relative_to(workdir) else f"{state_dir} and {workdir}"
     lines = [
-        f"everything is kept in {workdir} (python main.py --clean removes it at exit):",
+        f"everything is kept in {where} (python main.py --clean removes it at exit):",
         f"  {state_dir}  the gate: SQLite database, keys, opsgate.yaml",
         f"  {workdir / 'deployments'}  what the local deploy wrote",
         f"  {workdir / 'audit-anchor.json'}  the signed checkpoint",

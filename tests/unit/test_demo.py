@@ -235,3 +235,13 @@ def test_the_demo_refuses_a_state_dir_that_is_not_empty(tmp_path: Path) -> None:
     assert "not empty" in proc.stderr and "Traceback" not in proc.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["state"]
     assert [p.name for p in state.iterdir()] == ["keep-me"]
+
+
+def test_with_a_state_dir_of_its_own_the_demo_says_where_everything_is(tmp_path: Path) -> None:
+    """`--state-dir DIR` keeps the gate in DIR and the rest in DIR-demo: "everything is
+    kept in" names both, not only the one the gate is not in."""
+    state = tmp_path / "gate"
+    proc, _ = _demo(tmp_path, "--state-dir", str(state))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    [kept] = [line for line in proc.stdout.splitlines() if line.startswith("everything is kept")]
+    assert str(state) + " " in kept + " " and str(tmp_path / "gate-demo") in kept, kept
