@@ -269,7 +269,7 @@ def approvals(
 
 
 def secrets(story: Story, team: Supervisor) -> None:
-    story.section("6. Secrets: the secret-manager writes and rotates the app's database password")
+    story.section("6. Secrets: the secret-manager writes and rotates the database password")
     story.say(
         "  embedded backend: AES-256-GCM, key in the state dir; a value is never printed, "
         "logged or audited"

@@ -122,6 +122,8 @@ def test_the_demo_tells_the_story_keeps_its_state_and_the_commands_it_prints_wor
     assert elapsed < 15, elapsed
     out = proc.stdout
     assert "Traceback" not in out + proc.stderr
+    # Section titles are whole at the 80 columns a pipe gets, not cut with an ellipsis.
+    assert not [line for line in out.splitlines() if "─" in line and "…" in line]
     for line in (
         "local stand-in",
         "(self_approval)",
