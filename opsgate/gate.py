@@ -125,6 +125,10 @@ def _creation_lock(path: Path) -> Iterator[None]:
 _GATE_FILES = (KEY_DIR, AGENT_KEY_DIR, DB_FILE, CHECKPOINT_FILE)
 
 
+# The opsgate.yaml section that registers the built-in executor of an action.
+_EXECUTOR_SECTIONS = {"deploy": "deploy:", "rollback": "deploy:", "migrate": "databases:"}
+
+
 def _not_initialized(path: Path, why: str = "") -> ConfigError:
     return ConfigError(
         f"no opsgate state in '{path}'{why}: run 'opsgate init' first (or pass --state-dir)",
@@ -924,8 +928,10 @@ class Gate:
         namespace = resource.split("/", 1)[0]
         executor = self._executors.get((action, namespace)) or self._executors.get((action, None))
         if executor is None:
+            section = _EXECUTOR_SECTIONS.get(action)
+            hint = f" (configure {section} in opsgate.yaml, or register one)" if section else ""
             raise OperationError(
-                f"no executor is registered for action {action!r}",
+                f"no executor is registered for action {action!r}{hint}",
                 code="executor_missing",
             )
         return executor

@@ -285,6 +285,22 @@ def test_a_scope_the_agent_lacks_names_the_agent_the_command_chose(world: World)
     assert "'deploy-agent'" in err
 
 
+def test_an_operation_nothing_is_configured_for_says_what_to_configure(world: World) -> None:
+    """Without `deploy:` or `databases:` in opsgate.yaml no executor runs those actions;
+    the refusal names the section, not only the SDK's notion of a registered executor."""
+    write_config(world.state, world.tmp)
+    config = yaml.safe_load((world.state / "opsgate.yaml").read_text())
+    del config["deploy"], config["databases"]
+    (world.state / "opsgate.yaml").write_text(yaml.safe_dump(config))
+    code, _, err = world.cli("deploy", "web", "2.0", "--env", "staging", "--artifact", "/x")
+    assert code == 1
+    one_error(err, "executor_missing")
+    assert "deploy:" in err and "opsgate.yaml" in err
+    code, _, err = world.cli("rollback", "web", "--env", "staging")
+    one_error(err, "executor_missing")
+    assert "deploy:" in err
+
+
 def test_usage_errors_exit_2(world: World) -> None:
     artifact = world.artifact("2.0")
     for args in (
