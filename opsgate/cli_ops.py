@@ -116,7 +116,11 @@ class _Act:
 
 
 def _actor(
-    state_dir: str | None, as_: str | None, scope: list[str], json_out: bool = False
+    state_dir: str | None,
+    as_: str | None,
+    scope: list[str],
+    json_out: bool = False,
+    configured: str = "cli.agent",
 ) -> _Act:
     """The gate, the agent, and a credential of the agent's own for exactly `scope`.
 
@@ -128,7 +132,7 @@ def _actor(
         gate = open_gate(state_dir)
         ref = as_ or gate.config.cli.agent
         if not ref:
-            raise _usage("name the agent to act as: --as AGENT (or cli.agent in opsgate.yaml)")
+            raise _usage(f"name the agent to act as: --as AGENT (or {configured} in opsgate.yaml)")
         agent = gate.agents.get(ref)
         try:
             credential = _issue(gate, agent, scope)
@@ -889,7 +893,13 @@ def status(
 
     op = monitor_operation(GATE_TARGET)
     gate = open_gate(state_dir)
-    act = _actor(state_dir, as_ or gate.config.cli.monitor_agent, [op.capability], json_out)
+    act = _actor(
+        state_dir,
+        as_ or gate.config.cli.monitor_agent,
+        [op.capability],
+        json_out,
+        configured="cli.monitor_agent or cli.agent",
+    )
     outcome = _perform(act, op, approval=None, wait=False, timeout=None, json_out=json_out)
     data = _plain(outcome.detail)
     if json_out:

@@ -325,6 +325,11 @@ def test_no_agent_named_and_none_configured_is_a_usage_error(world: World) -> No
     assert code == 2
     one_error(err, "usage")
     assert "--as AGENT" in err
+    # `status` also reads cli.monitor_agent: the hint names it.
+    code, _, err = world.cli("status")
+    assert code == 2
+    one_error(err, "usage")
+    assert "cli.monitor_agent" in err
     # OPSGATE_AGENT names one too.
     code, _, err = world.cli(
         "deploy", "web", "2.0", "--env", "staging", "--artifact", world.artifact("2.0"),
