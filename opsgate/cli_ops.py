@@ -142,7 +142,7 @@ def _actor(
             # The agent may be a default the reader never typed: name it.
             raise CredentialError(
                 f"{exc.message}, acting as {shown(agent.name)} (choose another with --as)",
-                code=exc.code,
+                code="scope_not_covered",
             ) from exc
         return _Act(gate, agent, credential, scope)
     except OpsgateError as exc:

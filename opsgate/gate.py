@@ -147,7 +147,7 @@ def _stored_gate_id(store: Store) -> str | None:
         raise StoreError(
             f"cannot open the state database {store.describe()} ({exc.message}): check "
             "that it is running and database_url (and OPSGATE_DATABASE_URL)",
-            code=exc.code,
+            code="store_unavailable",
         ) from exc
 
 
