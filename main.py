@@ -61,7 +61,7 @@ class Story:
             console.rule(f"[bold]{title}")
 
     def say(self, text: str, *, markup: bool = True, **data: Any) -> None:
-        plain = Text.from_markup(text).plain if markup else text
+        plain = Text.from_markup(text, emoji=False).plain if markup else text
         self._keep("line", text=plain, **({"data": data} if data else {}))
         if not self.as_json:
             console.print(text, markup=markup, soft_wrap=True)  # whole lines, never cut
@@ -269,7 +269,7 @@ def approvals(
 
 
 def secrets(story: Story, team: Supervisor) -> None:
-    story.section("6. Secrets: the secret-manager writes and rotates the app's database password")
+    story.section("6. Secrets: the secret-manager writes and rotates the database password")
     story.say(
         "  embedded backend: AES-256-GCM, key in the state dir; a value is never printed, "
         "logged or audited"
@@ -438,8 +438,10 @@ def write_world(workdir: Path, state_dir: Path) -> None:
 def look_around(workdir: Path, state_dir: Path) -> None:
     """Where the demo left its state, and how to inspect it."""
     console.rule("[bold]Look around")
+    # With --state-dir the gate is beside the demo's directory, not in it.
+    where = workdir if state_dir.is_relative_to(workdir) else f"{state_dir} and {workdir}"
     lines = [
-        f"everything is kept in {workdir} (python main.py --clean removes it at exit):",
+        f"everything is kept in {where} (python main.py --clean removes it at exit):",
         f"  {state_dir}  the gate: SQLite database, keys, opsgate.yaml",
         f"  {workdir / 'deployments'}  what the local deploy wrote",
         f"  {workdir / 'audit-anchor.json'}  the signed checkpoint",

@@ -40,7 +40,7 @@ from opsgate.cli_common import (
     print_error,
     print_json,
 )
-from opsgate.errors import MigrationError, OpsgateError, safe_text
+from opsgate.errors import CredentialError, MigrationError, OpsgateError, safe_text, shown
 
 #: Exit code of a command whose operation waits for a human approval.
 EXIT_PENDING = 3
@@ -115,18 +115,47 @@ class _Act:
         return self.gate.execute(self.credential.token, op, proof=proof, approval_id=approval_id)
 
 
-def _actor(state_dir: str | None, as_: str | None, scope: list[str]) -> _Act:
+def _actor(
+    state_dir: str | None,
+    as_: str | None,
+    scope: list[str],
+    json_out: bool = False,
+    configured: str = "cli.agent",
+) -> _Act:
     """The gate, the agent, and a credential of the agent's own for exactly `scope`.
 
     Issuing it is the operator's act (audited as `operator:<login>`): a scope beyond the
     agent's grants is refused and charges no agent. The operation itself is the agent's.
+    A refusal here is printed as JSON under `--json`, as one from `Gate.execute` is.
     """
-    gate = open_gate(state_dir)
-    ref = as_ or gate.config.cli.agent
-    if not ref:
-        raise _usage("name the agent to act as: --as AGENT (or cli.agent in opsgate.yaml)")
-    agent = gate.agents.get(ref)
-    return _Act(gate, agent, _issue(gate, agent, scope), scope)
+    try:
+        gate = open_gate(state_dir)
+        ref = as_ or gate.config.cli.agent
+        if not ref:
+            raise _usage(f"name the agent to act as: --as AGENT (or {configured} in opsgate.yaml)")
+        agent = gate.agents.get(ref)
+        try:
+            credential = _issue(gate, agent, scope)
+        except CredentialError as exc:
+            if exc.code != "scope_not_covered":
+                raise
+            # The agent may be a default the reader never typed: name it.
+            raise CredentialError(
+                f"{exc.message}, acting as {shown(agent.name)} (choose another with --as)",
+                code="scope_not_covered",
+            ) from exc
+        return _Act(gate, agent, credential, scope)
+    except OpsgateError as exc:
+        if json_out:
+            print_json(
+                {
+                    "status": "refused",
+                    "capability": safe_text(scope[0]),
+                    "code": exc.code,
+                    "message": exc.message,
+                }
+            )
+        raise
 
 
 def _issue(gate: Any, agent: Any, scope: list[str]) -> Any:
@@ -333,7 +362,7 @@ def deploy(
     if message is not None:
         params["message"] = message
     op = Operation("deploy", resource, params, dry_run=dry_run)
-    act = _actor(state_dir, as_, [op.capability, *(f"read:secrets/{s}" for s in secrets)])
+    act = _actor(state_dir, as_, [op.capability, *(f"read:secrets/{s}" for s in secrets)], json_out)
     with _progress(act, json_out or dry_run):
         outcome = _perform(
             act, op, approval=approval, wait=wait, timeout=timeout, json_out=json_out
@@ -376,7 +405,7 @@ def rollback(
     if message is not None:
         params["message"] = message
     op = Operation("rollback", resource, params, dry_run=dry_run)
-    act = _actor(state_dir, as_, [op.capability])
+    act = _actor(state_dir, as_, [op.capability], json_out)
     with _progress(act, json_out or dry_run):
         outcome = _perform(
             act, op, approval=approval, wait=wait, timeout=timeout, json_out=json_out
@@ -434,7 +463,7 @@ def _migrate(
     from opsgate.operations.base import Operation
 
     op = Operation("migrate", f"database/{database}", params, dry_run=dry_run)
-    act = _actor(state_dir, as_, [op.capability])
+    act = _actor(state_dir, as_, [op.capability], json_out)
     outcome = _perform(act, op, approval=approval, wait=wait, timeout=timeout, json_out=json_out)
     if outcome.status == "dry_run":
         _show_plan(act, op, outcome, json_out)
@@ -588,7 +617,7 @@ def _secret_op(
     from opsgate.secrets.base import NAMESPACE
 
     resource = f"{NAMESPACE}/{path}"
-    act = _actor(state_dir, as_, [f"{action}:{resource}"])
+    act = _actor(state_dir, as_, [f"{action}:{resource}"], json_out)
     secret = None if value is None else value(act.gate)
     op = Operation(action, resource, params, secret=secret)
     outcome = _perform(act, op, approval=approval, wait=wait, timeout=timeout, json_out=json_out)
@@ -864,7 +893,13 @@ def status(
 
     op = monitor_operation(GATE_TARGET)
     gate = open_gate(state_dir)
-    act = _actor(state_dir, as_ or gate.config.cli.monitor_agent, [op.capability])
+    act = _actor(
+        state_dir,
+        as_ or gate.config.cli.monitor_agent,
+        [op.capability],
+        json_out,
+        configured="cli.monitor_agent or cli.agent",
+    )
     outcome = _perform(act, op, approval=None, wait=False, timeout=None, json_out=json_out)
     data = _plain(outcome.detail)
     if json_out:

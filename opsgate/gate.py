@@ -51,6 +51,7 @@ from opsgate.errors import (
     OperationError,
     OpsgateError,
     RunRefused,
+    StoreError,
     safe_text,
 )
 from opsgate.identity import keys
@@ -124,6 +125,10 @@ def _creation_lock(path: Path) -> Iterator[None]:
 _GATE_FILES = (KEY_DIR, AGENT_KEY_DIR, DB_FILE, CHECKPOINT_FILE)
 
 
+# The opsgate.yaml section that registers the built-in executor of an action.
+_EXECUTOR_SECTIONS = {"deploy": "deploy:", "rollback": "deploy:", "migrate": "databases:"}
+
+
 def _not_initialized(path: Path, why: str = "") -> ConfigError:
     return ConfigError(
         f"no opsgate state in '{path}'{why}: run 'opsgate init' first (or pass --state-dir)",
@@ -131,10 +136,25 @@ def _not_initialized(path: Path, why: str = "") -> ConfigError:
     )
 
 
+def _stored_gate_id(store: Store) -> str | None:
+    """The gate id the database holds; a database that cannot be reached is named
+    (without its password), so a wrong url or a server that is down can be told apart."""
+    try:
+        return store.stored_gate_id()
+    except StoreError as exc:
+        if exc.code != "store_unavailable":
+            raise
+        raise StoreError(
+            f"cannot open the state database {store.describe()} ({exc.message}): check "
+            "that it is running and database_url (and OPSGATE_DATABASE_URL)",
+            code="store_unavailable",
+        ) from exc
+
+
 def _check_binding(store: Store, pin: Pin, path: Path) -> None:
     """The state dir and its database must hold the same gate id; checked before
     anything is migrated or written, so a wrong database url changes nothing."""
-    stored = store.stored_gate_id()
+    stored = _stored_gate_id(store)
     if stored == pin.gate_id:
         return
     holds = "no gate" if stored is None else f"gate {safe_text(stored)}"
@@ -418,7 +438,7 @@ class Gate:
                 session_options=config.database_timeouts.session_options(),
             )
             try:
-                stored = store.stored_gate_id()
+                stored = _stored_gate_id(store)
                 if stored is not None:
                     raise ConfigError(
                         f"the database {store.describe()} already holds gate "
@@ -908,8 +928,10 @@ class Gate:
         namespace = resource.split("/", 1)[0]
         executor = self._executors.get((action, namespace)) or self._executors.get((action, None))
         if executor is None:
+            section = _EXECUTOR_SECTIONS.get(action)
+            hint = f" (configure {section} in opsgate.yaml, or register one)" if section else ""
             raise OperationError(
-                f"no executor is registered for action {action!r}",
+                f"no executor is registered for action {action!r}{hint}",
                 code="executor_missing",
             )
         return executor

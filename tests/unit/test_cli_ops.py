@@ -253,6 +253,54 @@ def test_refusals_exit_1_with_their_code(world: World) -> None:
     assert not (world.tmp / "releases").exists()
 
 
+def test_json_refusals_before_the_operation_runs_print_one_object_too(world: World) -> None:
+    """A credential the operator may not issue, or an agent that does not exist, is
+    refused before `Gate.execute`; `--json` still prints the refusal (not an empty stdout)."""
+    for args, code_ in (
+        (["rollback", "web", "--env", "production"], "scope_not_covered"),
+        (["deploy", "web", "2.0", "--env", "staging", "--as", "nobody"], "agent_not_found"),
+        (["secrets", "get", "staging/db", "--as", "deploy-agent"], "scope_not_covered"),
+        (["migrate", "apply", "orders", "--as", "deploy-agent"], "scope_not_covered"),
+        (["status", "--as", "deploy-agent"], "scope_not_covered"),
+    ):
+        code, out, err = world.cli(*args, "--json")
+        assert code == 1, (args, err)
+        one_error(err, code_)
+        data = json.loads(out)
+        assert data["status"] == "refused" and data["code"] == code_, (args, out)
+        assert data["message"] and data["capability"], (args, out)
+
+
+def test_a_scope_the_agent_lacks_names_the_agent_the_command_chose(world: World) -> None:
+    """`status` and the operations pick their agent from --as, cli.monitor_agent or
+    cli.agent: a refusal of its scope says which one, or a reader cannot tell."""
+    write_config(world.state, world.tmp, cli={"agent": "deploy-agent"})
+    code, _, err = world.cli("status")
+    assert code == 1
+    one_error(err, "scope_not_covered")
+    assert "'deploy-agent'" in err and "--as" in err
+    code, _, err = world.cli("secrets", "get", "staging/db")
+    assert code == 1
+    one_error(err, "scope_not_covered")
+    assert "'deploy-agent'" in err
+
+
+def test_an_operation_nothing_is_configured_for_says_what_to_configure(world: World) -> None:
+    """Without `deploy:` or `databases:` in opsgate.yaml no executor runs those actions;
+    the refusal names the section, not only the SDK's notion of a registered executor."""
+    write_config(world.state, world.tmp)
+    config = yaml.safe_load((world.state / "opsgate.yaml").read_text())
+    del config["deploy"], config["databases"]
+    (world.state / "opsgate.yaml").write_text(yaml.safe_dump(config))
+    code, _, err = world.cli("deploy", "web", "2.0", "--env", "staging", "--artifact", "/x")
+    assert code == 1
+    one_error(err, "executor_missing")
+    assert "deploy:" in err and "opsgate.yaml" in err
+    code, _, err = world.cli("rollback", "web", "--env", "staging")
+    one_error(err, "executor_missing")
+    assert "deploy:" in err
+
+
 def test_usage_errors_exit_2(world: World) -> None:
     artifact = world.artifact("2.0")
     for args in (
@@ -277,6 +325,11 @@ def test_no_agent_named_and_none_configured_is_a_usage_error(world: World) -> No
     assert code == 2
     one_error(err, "usage")
     assert "--as AGENT" in err
+    # `status` also reads cli.monitor_agent: the hint names it.
+    code, _, err = world.cli("status")
+    assert code == 2
+    one_error(err, "usage")
+    assert "cli.monitor_agent" in err
     # OPSGATE_AGENT names one too.
     code, _, err = world.cli(
         "deploy", "web", "2.0", "--env", "staging", "--artifact", world.artifact("2.0"),

@@ -122,6 +122,8 @@ def test_the_demo_tells_the_story_keeps_its_state_and_the_commands_it_prints_wor
     assert elapsed < 15, elapsed
     out = proc.stdout
     assert "Traceback" not in out + proc.stderr
+    # Section titles are whole at the 80 columns a pipe gets, not cut with an ellipsis.
+    assert not [line for line in out.splitlines() if "─" in line and "…" in line]
     for line in (
         "local stand-in",
         "(self_approval)",
@@ -219,6 +221,9 @@ def test_the_json_story_parses_and_clean_leaves_nothing(tmp_path: Path) -> None:
     assert rotated[0]["data"]["detail"] == {"path": "secrets/" + SECRET_PATH, "version": 2}
     assert INITIAL not in proc.stdout
     assert any(e["kind"] == "line" and e["text"].startswith("audit verify: OK (") for e in events)
+    # The text is the printed line, not Rich's reading of it (":key:" is not an emoji).
+    dids = [e for e in events if e["kind"] == "line" and "did" in e.get("data", {})]
+    assert dids and all(e["data"]["did"] in e["text"] for e in dids)
     assert not state.exists() and _demo_dirs(tmp_path) == []
     assert list(tmp_path.iterdir()) == []
 
@@ -232,3 +237,13 @@ def test_the_demo_refuses_a_state_dir_that_is_not_empty(tmp_path: Path) -> None:
     assert "not empty" in proc.stderr and "Traceback" not in proc.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["state"]
     assert [p.name for p in state.iterdir()] == ["keep-me"]
+
+
+def test_with_a_state_dir_of_its_own_the_demo_says_where_everything_is(tmp_path: Path) -> None:
+    """`--state-dir DIR` keeps the gate in DIR and the rest in DIR-demo: "everything is
+    kept in" names both, not only the one the gate is not in."""
+    state = tmp_path / "gate"
+    proc, _ = _demo(tmp_path, "--state-dir", str(state))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    [kept] = [line for line in proc.stdout.splitlines() if line.startswith("everything is kept")]
+    assert str(state) + " " in kept + " " and str(tmp_path / "gate-demo") in kept, kept

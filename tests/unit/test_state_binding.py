@@ -255,3 +255,34 @@ def test_the_pin_is_not_world_writable(tmp_path: Path) -> None:
     finally:
         os.umask(old)
     assert (tmp_path / "state" / PIN_FILE).stat().st_mode & 0o777 == 0o600
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.mark.parametrize("initialised", [True, False])
+def test_a_database_that_cannot_be_reached_is_named_in_the_error(
+    sqlite_gate: Path, tmp_path: Path, initialised: bool
+) -> None:
+    """`store_unavailable` says which database it tried (without its password) and
+    where that came from; the bare driver class name left a reader guessing."""
+    url = f"postgresql://opsgate:hunter2-pw@127.0.0.1:{_closed_port()}/opsgate"
+    path = sqlite_gate if initialised else tmp_path / "new-state"
+    with pytest.raises(opsgate.StoreError) as info:
+        opsgate.Gate.open(path, database_url=url)
+    assert info.value.code == "store_unavailable"
+    assert "127.0.0.1" in info.value.message and "/opsgate" in info.value.message
+    assert "database_url" in info.value.message
+    assert "hunter2-pw" not in str(info.value)
+    result = runner.invoke(
+        app, ["agents", "list"], env={"OPSGATE_STATE_DIR": str(sqlite_gate),
+                                      "OPSGATE_DATABASE_URL": url}
+    )  # fmt: skip
+    assert result.exit_code == 1
+    assert result.stderr.startswith("error [store_unavailable]: ") and "127.0.0.1" in result.stderr
+    assert "hunter2-pw" not in result.stderr and "Traceback" not in result.stderr
