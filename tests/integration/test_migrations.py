@@ -325,6 +325,15 @@ def test_postgres_statement_timeout_fails_the_migration(pg_url: str, migrations:
     assert time.monotonic() - started < 8
 
 
+def pg_setup(pg_url: str, *statements: str) -> None:
+    """Run setup statements on the test's own database, committed."""
+    engine = create_engine(pg_url, poolclass=NullPool)
+    with engine.begin() as conn:
+        for sql in statements:
+            conn.execute(text(sql))
+    engine.dispose()
+
+
 @pytest.mark.postgres
 @pytest.mark.parametrize(
     ("option", "sql"),
@@ -344,10 +353,7 @@ def test_postgres_statements_run_as_they_were_classified_whatever_the_session_se
 ) -> None:
     # A database, role or URL setting must not make what the classifier saw as one
     # SELECT of strings run as a SELECT and a DROP TABLE: the session pins both.
-    engine = create_engine(pg_url, poolclass=NullPool)
-    with engine.begin() as conn:
-        conn.execute(text("CREATE TABLE keep (id int)"))
-    engine.dispose()
+    pg_setup(pg_url, "CREATE TABLE keep (id int)")
     write(migrations, {"V1__select.sql": sql})
     ex = executor(f"{pg_url}?{option}", migrations)
     plan = ex.plan(Operation("migrate", "database/orders", {}))
@@ -362,10 +368,7 @@ def test_a_migrations_own_setting_cannot_smuggle_a_second_statement(
 ) -> None:
     # Its own SET (needs review, so a DBA approved it) changes how the server reads the
     # next statement's quotes; each statement is sent so the server takes exactly one.
-    engine = create_engine(pg_url, poolclass=NullPool)
-    with engine.begin() as conn:
-        conn.execute(text("CREATE TABLE keep (id int)"))
-    engine.dispose()
+    pg_setup(pg_url, "CREATE TABLE keep (id int)")
     sql = "SET standard_conforming_strings = off;\nSELECT '\\', '; DROP TABLE keep; --';\n"
     write(migrations, {"V1__smuggle.sql": sql})
     ex = executor(pg_url, migrations)
@@ -381,11 +384,11 @@ def test_a_failed_statement_does_not_hand_table_data_to_the_agent(
 ) -> None:
     # A cast of a column is a plain SELECT to the classifier; PostgreSQL's message for
     # the failed cast quotes the value, which would reach the agent and the audit.
-    engine = create_engine(pg_url, poolclass=NullPool)
-    with engine.begin() as conn:
-        conn.execute(text("CREATE TABLE users (password text)"))
-        conn.execute(text("INSERT INTO users VALUES ('hunter2-row-value')"))
-    engine.dispose()
+    pg_setup(
+        pg_url,
+        "CREATE TABLE users (password text)",
+        "INSERT INTO users VALUES ('hunter2-row-value')",
+    )
     write(migrations, {"V1__peek.sql": "SELECT string_agg(password, ',')::int FROM users;\n"})
     ex = executor(pg_url, migrations)
     plan = ex.plan(Operation("migrate", "database/orders", {}))

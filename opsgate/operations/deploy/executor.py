@@ -30,7 +30,8 @@ import secrets
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -632,10 +633,7 @@ class DeployExecutor:
         env = cmd.child_environment(
             backend, app=run.app, env=run.env, version=run.previous, token=None, secrets={}
         )
-        # In a private empty directory, as the deploy's own command ran: never the
-        # gate's working directory (its state dir, its keys).
-        workdir = Path(tempfile.mkdtemp(prefix="opsgate-restore-"))
-        try:
+        with _private_workdir("opsgate-restore-") as workdir:
             result = run_child(
                 argv,
                 env=env,
@@ -643,8 +641,6 @@ class DeployExecutor:
                 timeout=backend.timeout_seconds,
                 tail_bytes=0,
             )
-        finally:
-            shutil.rmtree(workdir, ignore_errors=True)
         if result.ok:
             return f"restored {run.previous} with the rollback command"
         ended = _ended(result.exit_code, result.timed_out, result.error)
@@ -1212,8 +1208,7 @@ class RollbackExecutor:
         )
         d.ledger.set_phase(run.deployment_id, "command")
         run.switched = True
-        workdir = Path(tempfile.mkdtemp(prefix="opsgate-rollback-"))
-        try:
+        with _private_workdir("opsgate-rollback-") as workdir:
             result = run_child(
                 argv,
                 env=child_env,
@@ -1223,8 +1218,6 @@ class RollbackExecutor:
                 secrets=[context.credential] if context.credential else [],
                 clock=d._monotonic,
             )
-        finally:
-            shutil.rmtree(workdir, ignore_errors=True)
         audit = {
             "exit_code": result.exit_code,
             "timed_out": result.timed_out,
@@ -1281,6 +1274,17 @@ class LocalDeployExecutor(DeployExecutor):
         if root is None:
             raise ConfigError("LocalDeployExecutor needs a deploy root", code="config_invalid")
         super().__init__(root, artifact_roots=artifact_roots, **settings)
+
+
+@contextmanager
+def _private_workdir(prefix: str) -> Iterator[Path]:
+    """An empty directory of the gate's own for a command's working directory (never
+    the gate's: its state dir, its keys), removed afterwards."""
+    workdir = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        yield workdir
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 def _ended(code: int | None, timed_out: bool, error: str | None) -> str:
