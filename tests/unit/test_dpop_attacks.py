@@ -19,6 +19,13 @@ from opsgate.identity.keys import b64url
 
 CASES = yaml.safe_load((DATA / "dpop_attacks.yaml").read_text())["cases"]
 OPERATION = deploy("staging/app-web")
+OPERATION_BODY = {
+    "action": OPERATION.action,
+    "resource": OPERATION.resource,
+    "params": OPERATION.params,
+    "dry_run": False,
+    "approval_id": None,
+}
 
 
 def _apply(target: dict[str, Any], changes: dict[str, Any] | None) -> None:
@@ -50,13 +57,7 @@ def attack(api: Api, case: dict[str, Any], token: str) -> Any:
     headers += [("DPoP", proof)] * case.get("proofs", 1)
     if "host" in case:
         headers.append(("Host", case["host"]))
-    body = {
-        "action": OPERATION.action,
-        "resource": OPERATION.resource,
-        "params": OPERATION.params,
-        "dry_run": False,
-        "approval_id": None,
-    }
+    body = OPERATION_BODY
     import orjson
 
     raw = orjson.dumps(body)
@@ -160,13 +161,7 @@ def test_an_iat_beyond_any_float_is_malformed_not_a_crash(tmp_path: Path, iat: s
     header, claims = proof_parts(key, "POST", "/v1/operations", token, req)
     claims["iat"] = 0
     payload = orjson.dumps(claims).decode().replace('"iat":0', f'"iat":{iat}')
-    body = {
-        "action": OPERATION.action,
-        "resource": OPERATION.resource,
-        "params": OPERATION.params,
-        "dry_run": False,
-        "approval_id": None,
-    }
+    body = OPERATION_BODY
     r = api.client.post(
         "/v1/operations",
         content=orjson.dumps(body),
