@@ -1379,6 +1379,11 @@ class Gate:
             kind = failure_kind(plan.operation.action, outcome.failure_kind)
             outcome = dataclasses.replace(outcome, failure_kind=kind)
             cause = failure_event(kind)
+        elif plan.reads_only:
+            # A read changes nothing and risks nothing: like a dry run it earns no
+            # credit, or distinct reads (paths, versions, views) would lift an agent
+            # to the approval line at no risk.
+            cause = None
         else:
             cause = TrustEvent.SUCCESS
         score_change = (

@@ -281,3 +281,32 @@ def test_without_a_deploy_executor_app_views_are_unavailable(tmp_path: Path) -> 
         status = gate.execute(token, monitor_operation("gate"))
         assert isinstance(status, Outcome) and status.detail["locks"] == []
         assert [a["name"] for a in status.detail["agents"]] == ["watcher"]
+
+
+def test_reads_earn_no_trust_credit(watch: Watch) -> None:
+    """A read changes nothing and risks nothing: distinct views, secret paths or
+    versions must not farm credit towards the approval line (like dry runs)."""
+    w = watch.world
+    assert w.deploy("staging", "1.0").status == "succeeded"
+    before = watch.monitor.trust_score
+    for limit in range(1, 31):
+        watch.read("staging/web", "history", limit=limit)
+    watch.read("staging/web", "health")
+    watch.read("gate")
+    assert watch.monitor.trust_score == before
+    assert all(c.cause != "success" for c in w.gate.trust.history(watch.monitor.did))
+
+    scope = ["read:secrets/staging", "list:secrets/staging", "write:secrets/staging"]
+    reader = w.gate.register_agent(
+        "secret-reader", scope, sponsor="lead@company.com", trust_score=700
+    )
+    token = w.gate.credential_manager.issue_credential(reader.did, scope).token
+    for i in range(3):
+        write = Operation("write", "secrets/staging/app/db", {}, secret=SecretValue(f"v{i}"))
+        assert w.gate.execute(token, write).status == "succeeded"  # type: ignore[union-attr]
+    written = reader.trust_score
+    for i in range(1, 4):
+        read = Operation("read", "secrets/staging/app/db", {"version": i})
+        assert w.gate.execute(token, read).status == "succeeded"  # type: ignore[union-attr]
+    assert w.gate.execute(token, Operation("list", "secrets/staging/app", {})).status == "succeeded"  # type: ignore[union-attr]
+    assert reader.trust_score == written
