@@ -604,6 +604,7 @@ _REGISTRY: tuple[tuple[type[OpsgateError], dict[str, str]], ...] = (
             "release_conflict": "the release exists with another artifact; a version never changes",
             "release_corrupted": "a release no longer matches its recorded digest",
             "release_missing": "the release to roll back to is not recorded or not on disk",
+            "release_unproven": "the release to roll back to never passed its health gate there",
             "rollback_to_current": "the app is already at that release",
             "rollback_unsupported": "the environment has no rollback configured",
             "staging_required": "the release has no successful deploy to the earlier environment",

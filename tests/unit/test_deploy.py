@@ -299,6 +299,27 @@ def test_a_rollback_that_fails_its_health_check_is_undone(tmp_path: Path) -> Non
         assert w.agent.trust_score == before - 40
 
 
+def test_a_rollback_never_goes_to_a_release_that_failed_its_health_gate(tmp_path: Path) -> None:
+    """Release 2 passed staging, then failed production's health gate and was undone: it
+    was never live there, so a rollback (which needs no staging, and whose approver
+    reads "from 1 to 2") may not bring it back."""
+    with deploy_world(tmp_path, health={}) as w:
+        assert w.promote("1").status == "succeeded"
+        art = w.artifact("web-2.tar", "web 2")
+        assert w.deploy("staging", "2", art).status == "succeeded"
+        w.health.script(*[500] * 10)
+        assert w.deploy("production", "2", art).status == "failed"
+        assert w.current("production") == "1" and "2" in w.on_disk("production")
+        w.health.script(*[200] * 10)
+        err = refused(w.rollback, "production", to="2")
+        assert err.code == "release_unproven"
+        assert w.current("production") == "1"
+        # A release that did pass there is still one to go back to.
+        assert w.promote("3", w.artifact("web-3.tar", "web 3")).status == "succeeded"
+        assert w.rollback("production", to="1").status == "succeeded"
+        assert w.current("production") == "1"
+
+
 def test_rollback_is_its_own_capability(tmp_path: Path) -> None:
     with deploy_world(tmp_path) as w:
         for v in ("1", "2"):

@@ -1104,6 +1104,14 @@ class RollbackExecutor:
                 f"release {target} of {env}/{app} is not kept (never deployed, or removed)",
                 code="release_missing",
             )
+        # A rollback needs no staging because it goes back to a release that was live:
+        # one whose deploy failed its health gate (and was undone) never was.
+        if ledger.staged(env, app, target, record.digest) is None:
+            raise DeployError(
+                f"release {target} of {env}/{app} never passed its health gate in {env} "
+                "(its deploy failed or was undone): deploy it instead",
+                code="release_unproven",
+            )
         if backend is None:
             self._verify(env, app, record)
         elif backend.rollback is None:
