@@ -314,6 +314,27 @@ class DeployLedger:
             ).first()
         return None if row is None else _deployment(row)
 
+    def verdict(
+        self, env: str, app: str, version: str, digest: str | None
+    ) -> DeploymentRecord | None:
+        """The latest finished run (succeeded or failed) of exactly this version and
+        artifact: what the environment last said about that release."""
+        same = _d.c.digest.is_(None) if digest is None else _d.c.digest == digest
+        with self.store.read() as conn:
+            row = conn.execute(
+                select(_d)
+                .where(
+                    _d.c.env == env,
+                    _d.c.app == app,
+                    _d.c.version == version,
+                    same,
+                    _d.c.status.in_(("succeeded", "failed")),
+                )
+                .order_by(_d.c.id.desc())
+                .limit(1)
+            ).first()
+        return None if row is None else _deployment(row)
+
     def live(self, env: str, app: str) -> DeploymentRecord | None:
         """The latest successful deployment (what is live, by the gate's record)."""
         with self.store.read() as conn:

@@ -101,6 +101,23 @@ def test_a_staging_deploy_that_failed_its_health_check_is_no_evidence(tmp_path: 
         assert refused(w.deploy, "production", "2.0", art).code == "staging_required"
 
 
+def test_a_later_staging_failure_of_the_same_release_outweighs_its_earlier_pass(
+    tmp_path: Path,
+) -> None:
+    with deploy_world(tmp_path, health={}) as w:
+        art = w.artifact("web-1.tar", "web 1")
+        assert w.deploy("staging", "1", art).status == "succeeded"
+        w.health.script(*[500] * 10)
+        assert w.deploy("staging", "1", art).status == "failed"
+        w.health.script(*[200] * 10)
+        err = refused(w.deploy, "production", "1", art)
+        assert err.code == "staging_required" and "failed its latest staging" in err.message
+        assert w.current("production") is None
+        # Passing staging again makes it promotable.
+        assert w.deploy("staging", "1", art).status == "succeeded"
+        assert w.deploy("production", "1", art).status == "succeeded"
+
+
 def test_staging_evidence_cannot_be_forged_with_files(tmp_path: Path) -> None:
     """Releases and a `current` link written by hand (or by anything a deploy puts on
     disk) are not evidence: only the gate's own records of a successful deploy are."""

@@ -374,11 +374,14 @@ class DeployExecutor:
             )
         self._check_release(env, app, version, digest, kind, backend)
         before = self.staging_for(env, app)
-        if before is not None and self.ledger.staged(before, app, version, digest) is None:
+        # The release's latest run there must have passed: an older pass does not
+        # outweigh a later failure of the very same artifact.
+        last = None if before is None else self.ledger.verdict(before, app, version, digest)
+        if before is not None and (last is None or last.status != "succeeded"):
             what = "without an artifact" if digest is None else f"with artifact {digest}"
+            why = "no successful" if last is None else "failed its latest"
             raise DeployError(
-                f"{app} {version} {what} has no successful {before} deploy; deploy it to "
-                f"{before} first",
+                f"{app} {version} {what} has {why} {before} deploy; deploy it to {before} first",
                 code="staging_required",
             )
         check = self.health_check(env, app)
