@@ -1061,6 +1061,7 @@ class Gate:
             findings=plan_findings(plan),
             params=params,
         )
+        decision = self._with_required(claims, plan, decision, t)
         if decision.effect == "deny":
             self._deny_operation(claims, agent, decision, plan.capability, plan.digest, t)
         if operation.dry_run:
@@ -1112,6 +1113,40 @@ class Gate:
             if refusal is not None:
                 self._deny_operation(claims, agent, refusal, plan.capability, plan.digest, t)
         return plan, typed_params
+
+    def _with_required(self, claims: Claims, plan: Plan, decision: Decision, t: float) -> Decision:
+        """What the plan also requires (a secret handed to a deploy's command) is decided
+        like a request of its own: policy and the trust gate see it, so an agent hands
+        over only what it could read itself. A deny denies the operation; an approval
+        it needs is added to the operation's."""
+        if decision.effect == "deny":
+            return decision
+        for capability in plan.requires:
+            resolved = self.environments.resolve(caps.parse_request(capability))
+            _, needed = self._decide(
+                claims, resolved.capability, t, environment=resolved.environment
+            )
+            if needed.effect == "deny":
+                return dataclasses.replace(
+                    needed, reasons=tuple(f"{capability} (required): {r}" for r in needed.reasons)
+                )
+            if needed.effect != "require_approval":
+                continue
+            reasons = tuple(f"{capability} (required): {r}" for r in needed.reasons)
+            if decision.effect == "allow":
+                decision = dataclasses.replace(needed, reasons=(*decision.reasons, *reasons))
+                continue
+            expiry = [e for e in (decision.expires_in_seconds, needed.expires_in_seconds) if e]
+            decision = dataclasses.replace(
+                decision,
+                reasons=(*decision.reasons, *reasons),
+                matched=(*decision.matched, *needed.matched),
+                approvers=tuple(dict.fromkeys((*decision.approvers, *needed.approvers))),
+                min_approvals=max(decision.min_approvals, needed.min_approvals),
+                expires_in_seconds=min(expiry) if expiry else None,
+                requirements=tuple(dict.fromkeys((*decision.requirements, *needed.requirements))),
+            )
+        return decision
 
     def _dry_run(self, claims: Claims, plan: Plan, decision: Decision, t: float) -> Outcome:
         """The plan and the decision, audited; nothing runs."""

@@ -265,6 +265,50 @@ def test_an_agent_hands_the_child_only_secrets_it_could_read_itself(tmp_path: Pa
         assert len(w.calls()) == 1  # only the first staging deploy ran
 
 
+def test_handing_a_secret_over_gets_the_decision_reading_it_would(tmp_path: Path) -> None:
+    """Policy and the trust gate decide the secrets a run is handed as they decide a read:
+    a staging deploy is no way round a deny on a production secret, nor round the
+    approval a low-trust agent's production read needs."""
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(
+        "policies:\n"
+        "  - name: db-secret-off-limits\n"
+        "    rules:\n"
+        "      - condition: \"action == 'read' and\n"
+        "          startswith(resource, 'secrets/production/db')\"\n"
+        "        action: deny\n"
+    )
+    gate_config = {"policies": policy, "trust": {"approvers": ["sre@company.com"]}}
+    scope = ("read:secrets/production",)
+    with command_world(tmp_path / "w", scope=scope, gate_config=gate_config) as w:
+        read = Operation("read", "secrets/production/db/password", {})
+        assert refused(opsgate.OperationError, w.gate.execute, w.token, read).code == (
+            "operation_denied"
+        )
+        before = w.agent.trust_score
+        err = refused(
+            opsgate.OperationError, w.deploy, "staging", "1", secrets=["production/db/password"]
+        )
+        assert err.code == "operation_denied" and "db-secret-off-limits" in err.message
+        assert w.agent.trust_score == before - 75  # the violation a direct read is
+        assert w.secrets.asked == [] and w.calls() == []
+
+        full = ["deploy:staging", "read:secrets/production"]
+        low = w.gate.register_agent("low", full, sponsor=SPONSOR, trust_score=700)
+        token = w.gate.credential_manager.issue_credential(low.did, full).token
+        read = Operation("read", "secrets/production/api/key", {})
+        assert isinstance(w.gate.execute(token, read), opsgate.PendingApproval)
+        pending = w.deploy("staging", "1", token, secrets=["production/api/key"])
+        assert isinstance(pending, opsgate.PendingApproval)
+        assert w.secrets.asked == [] and w.calls() == []
+        sre = w.gate.approvals.add_approver("sre@company.com")
+        w.gate.approvals.approve(pending.approval_id, approver="sre@company.com", token=sre)
+        assert w.gate.resume(pending.approval_id, token).status == "succeeded"
+        assert w.secrets.asked == ["production/api/key"]
+        # Without a production secret the staging deploy needs no one.
+        assert w.deploy("staging", "2", token).status == "succeeded"
+
+
 def test_a_secret_is_named_exactly_as_its_capability_is_checked(tmp_path: Path) -> None:
     """An alias or another case would check one path and read another."""
     environments = {
