@@ -714,6 +714,17 @@ class Config(_Strict):
                 raise ValueError(f"database {name!r} names a vault_role: configure secrets.vault")
         return self
 
+    @field_validator("environments", mode="before")
+    @classmethod
+    def _production_stays_protected(cls, value: object) -> object:
+        """`production` written without `protected` keeps the default's protection:
+        declaring its aliases must not silently drop the trust gate."""
+        if isinstance(value, dict) and isinstance(value.get("production"), dict):
+            production = value["production"]
+            if "protected" not in production:
+                value = {**value, "production": {**production, "protected": True}}
+        return value
+
     @field_validator("databases")
     @classmethod
     def _database_names(cls, value: dict[str, DatabaseTarget]) -> dict[str, DatabaseTarget]:
