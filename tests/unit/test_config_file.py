@@ -1,0 +1,57 @@
+"""opsgate.yaml as an attacker or a careless hand writes it: every trick is a typed
+ConfigError naming the file, never a silently different configuration."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from opsgate.config import Config, load_config
+from opsgate.errors import ConfigError
+
+
+def _load(tmp_path: Path, text: str) -> Config:
+    (tmp_path / "opsgate.yaml").write_text(text, encoding="utf-8")
+    return load_config(tmp_path)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        # A reader sees production protected; the second key would win.
+        "environments:\n  production: {protected: true}\n  staging: {}\n"
+        "environments:\n  production: {protected: false}\n  staging: {}\n",
+        "environments:\n  production: {protected: true, protected: false}\n",
+        "require_proof: true\nrequire_proof: false\n",
+    ],
+)
+def test_a_key_given_twice_is_refused(tmp_path: Path, text: str) -> None:
+    with pytest.raises(ConfigError) as exc:
+        _load(tmp_path, text)
+    assert exc.value.code == "config_invalid"
+    assert "duplicate key" in exc.value.message
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "audience: 2024-13-45\n",  # an impossible date: ValueError inside the parser
+        "x: " + "[" * 5000 + "]" * 5000 + "\n",  # RecursionError inside the parser
+    ],
+)
+def test_values_the_parser_cannot_build_are_config_errors(tmp_path: Path, text: str) -> None:
+    with pytest.raises(ConfigError) as exc:
+        _load(tmp_path, text)
+    assert exc.value.code == "config_invalid"
+
+
+def test_merge_keys_and_anchors_still_load(tmp_path: Path) -> None:
+    config = _load(
+        tmp_path,
+        "limits: &l {max_ttl_minutes: 30}\n"
+        "server:\n  <<: {proof_window_seconds: 30, max_json_depth: 4}\n  max_json_depth: 8\n",
+    )
+    assert config.limits.max_ttl_minutes == 30
+    assert config.server.proof_window_seconds == 30
+    assert config.server.max_json_depth == 8  # the key written wins
