@@ -55,3 +55,27 @@ def test_merge_keys_and_anchors_still_load(tmp_path: Path) -> None:
     assert config.limits.max_ttl_minutes == 30
     assert config.server.proof_window_seconds == 30
     assert config.server.max_json_depth == 8  # the key written wins
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql+psycopg://postgres@127.0.0.1:1/x?password=QSECRETPW",
+        "postgresql+psycopg:///x?host=127.0.0.1&port=1&user=u&password=QSECRETPW",
+        "postgresql+psycopg://u:QSECRETPW@127.0.0.1:1/x?sslpassword=QSECRETPW",
+        "postgresql://u@127.0.0.1:1/x?PASSWORD=QSECRETPW",
+    ],
+)
+def test_a_database_password_in_the_url_query_is_never_in_an_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, url: str
+) -> None:
+    import opsgate
+
+    state = tmp_path / "state"
+    opsgate.Gate.init(state).close()
+    monkeypatch.setenv("OPSGATE_DATABASE_URL", url)
+    with pytest.raises(opsgate.OpsgateError) as exc:
+        opsgate.Gate.open(state)
+    assert exc.value.code == "store_unavailable"
+    assert "QSECRETPW" not in str(exc.value)
+    assert "QSECRETPW" not in exc.value.message
