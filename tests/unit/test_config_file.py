@@ -3,6 +3,7 @@ ConfigError naming the file, never a silently different configuration."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -79,3 +80,67 @@ def test_a_database_password_in_the_url_query_is_never_in_an_error(
     assert exc.value.code == "store_unavailable"
     assert "QSECRETPW" not in str(exc.value)
     assert "QSECRETPW" not in exc.value.message
+
+
+# -- the state dir: nobody else may change it ----------------------------------------------
+
+
+def test_a_world_writable_state_dir_is_refused_at_init_and_open(tmp_path: Path) -> None:
+    import opsgate
+
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700)
+    state.chmod(0o1777)  # e.g. created by hand like /tmp
+    with pytest.raises(ConfigError) as exc:
+        opsgate.Gate.init(state)
+    assert exc.value.code == "state_dir_insecure"
+    assert not (state / "gate-pin.json").exists()
+    state.chmod(0o700)
+    opsgate.Gate.init(state).close()
+    state.chmod(0o777)
+    with pytest.raises(ConfigError) as exc:
+        opsgate.Gate.open(state)
+    assert exc.value.code == "state_dir_insecure"
+
+
+def test_a_world_writable_config_file_is_refused(tmp_path: Path) -> None:
+    import opsgate
+
+    state = tmp_path / "state"
+    opsgate.Gate.init(state).close()
+    state.chmod(0o755)  # others may enter and read names, yet not write: allowed
+    opsgate.Gate.open(state).close()
+    config = state / "opsgate.yaml"
+    config.write_text("environments:\n  production: {protected: false}\n", encoding="utf-8")
+    config.chmod(0o666)  # anyone could lift production's protection
+    with pytest.raises(ConfigError) as exc:
+        opsgate.Gate.open(state)
+    assert exc.value.code == "state_dir_insecure"
+
+
+def test_an_insecure_state_dir_is_one_line_and_exit_1_on_the_cli(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from opsgate.cli import app
+
+    state = tmp_path / "state"
+    state.mkdir()
+    state.chmod(0o777)
+    result = CliRunner().invoke(app, ["init", "--state-dir", str(state)])
+    assert result.exit_code == 1
+    assert "state_dir_insecure" in result.output
+    assert "Traceback" not in result.output
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving a file away needs root")
+def test_a_config_file_another_user_owns_is_refused(tmp_path: Path) -> None:
+    import opsgate
+
+    state = tmp_path / "state"
+    opsgate.Gate.init(state).close()
+    config = state / "opsgate.yaml"
+    config.write_text("require_proof: false\n", encoding="utf-8")
+    os.chown(config, 65534, 65534)  # written by another (unprivileged) user
+    with pytest.raises(ConfigError) as exc:
+        opsgate.Gate.open(state)
+    assert exc.value.code == "state_dir_insecure"
