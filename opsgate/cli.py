@@ -522,7 +522,7 @@ def approvers_add(
 ) -> None:
     """Register an approver; prints their token once (it is stored only hashed)."""
     gate = open_gate(state_dir)
-    token = gate.approvals.add_approver(email, ttl_days=ttl_days)
+    token = gate.approvals.add_approver(email, ttl_days=ttl_days, actor=operator_actor())
     _print_token(gate.approvals.get_approver(email), token, json_out, "added")
 
 
@@ -533,7 +533,7 @@ def approvers_rotate(
 ) -> None:
     """Replace an approver's token; prints the new one once. The old one stops working now."""
     gate = open_gate(state_dir)
-    token = gate.approvals.rotate_approver_token(email, ttl_days=ttl_days)
+    token = gate.approvals.rotate_approver_token(email, ttl_days=ttl_days, actor=operator_actor())
     _print_token(gate.approvals.get_approver(email), token, json_out, "rotated")
 
 
@@ -671,7 +671,7 @@ def operators_add(
 ) -> None:
     """Register an operator of the HTTP API; prints their token once."""
     gate = open_gate(state_dir)
-    token = gate.operators.add(name, ttl_days=ttl_days)
+    token = gate.operators.add(name, ttl_days=ttl_days, actor=operator_actor())
     _print_operator_token(gate.operators.get(name), token, json_out, "added")
 
 
@@ -682,7 +682,7 @@ def operators_rotate(
 ) -> None:
     """Replace an operator's token; prints the new one once. The old one stops working now."""
     gate = open_gate(state_dir)
-    token = gate.operators.rotate(name, ttl_days=ttl_days)
+    token = gate.operators.rotate(name, ttl_days=ttl_days, actor=operator_actor())
     _print_operator_token(gate.operators.get(name), token, json_out, "rotated")
 
 

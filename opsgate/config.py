@@ -714,6 +714,17 @@ class Config(_Strict):
                 raise ValueError(f"database {name!r} names a vault_role: configure secrets.vault")
         return self
 
+    @field_validator("environments", mode="before")
+    @classmethod
+    def _production_stays_protected(cls, value: object) -> object:
+        """`production` written without `protected` keeps the default's protection:
+        declaring its aliases must not silently drop the trust gate."""
+        if isinstance(value, dict) and isinstance(value.get("production"), dict):
+            production = value["production"]
+            if "protected" not in production:
+                value = {**value, "production": {**production, "protected": True}}
+        return value
+
     @field_validator("databases")
     @classmethod
     def _database_names(cls, value: dict[str, DatabaseTarget]) -> dict[str, DatabaseTarget]:
@@ -812,17 +823,59 @@ def resolve_state_dir(state_dir: str | os.PathLike[str] | None) -> Path:
         raise ConfigError("state dir is not a usable path", code="state_dir_invalid") from exc
 
 
+class _ConfigLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key given twice: a second `environments:` or
+    `protected:` further down must not silently win over the one a reader sees."""
+
+
+def _no_duplicate_keys(loader: _ConfigLoader, node: yaml.MappingNode) -> dict[Any, Any]:
+    written = sum(k.tag != "tag:yaml.org,2002:merge" for k, _ in node.value)
+    # `<<: *defaults` merges stay allowed (they come first, and keys written here win).
+    loader.flatten_mapping(node)
+    merged = len(node.value) - written
+    out: dict[Any, Any] = {}
+    explicit: set[Any] = set()
+    for i, (key_node, value_node) in enumerate(node.value):
+        key = loader.construct_object(key_node, deep=True)
+        try:
+            seen = i >= merged and key in explicit
+        except TypeError:
+            raise yaml.constructor.ConstructorError(
+                None, None, "mapping keys must be scalars", key_node.start_mark
+            ) from None
+        if seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {str(key)[:64]!r}", key_node.start_mark
+            )
+        if i >= merged:
+            explicit.add(key)
+        out[key] = loader.construct_object(value_node, deep=True)
+    return out
+
+
+_ConfigLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _no_duplicate_keys)
+
+
 def load_config(state_dir: Path, overrides: dict[str, Any] | None = None) -> Config:
     """Read `<state_dir>/opsgate.yaml`, then environment, then explicit overrides."""
     data: dict[str, Any] = {}
     path = state_dir / CONFIG_FILE
     if path.exists():
         try:
-            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+            text = path.read_text(encoding="utf-8")
+            loaded = yaml.load(text, Loader=_ConfigLoader)  # noqa: S506 - SafeLoader subclass
         except yaml.YAMLError as exc:
-            raise ConfigError(f"cannot parse '{path.name}': {exc.__class__.__name__}") from exc
+            mark = getattr(exc, "problem_mark", None)
+            problem = getattr(exc, "problem", None)
+            line = "" if mark is None else f" at line {mark.line + 1}"
+            what = f"{problem[:80]}" if isinstance(problem, str) else exc.__class__.__name__
+            raise ConfigError(f"cannot parse '{path.name}'{line}: {what}") from exc
         except UnicodeDecodeError as exc:
             raise ConfigError(f"'{path.name}' is not UTF-8 text") from exc
+        except (ValueError, OverflowError) as exc:  # an impossible date, say
+            raise ConfigError(f"cannot parse '{path.name}': a value is out of range") from exc
+        except RecursionError as exc:
+            raise ConfigError(f"cannot parse '{path.name}': nested too deeply") from exc
         except OSError as exc:
             raise ConfigError(f"cannot read '{path.name}': {exc.strerror or 'not a file'}") from exc
         if loaded is not None and not isinstance(loaded, dict):

@@ -365,6 +365,7 @@ _REGISTRY: tuple[tuple[type[OpsgateError], dict[str, str]], ...] = (
             "master_key_unavailable": "the secrets master key cannot be read or created",
             "not_initialized": "no opsgate state in the state dir: run 'opsgate init'",
             "pin_invalid": "the gate pin file in the state dir is malformed",
+            "state_dir_insecure": "the state dir or its opsgate.yaml can be changed by other users",
             "state_dir_invalid": "the state dir cannot be used (not writable, not a directory)",
             "vault_auth_missing": "the OpenBao/Vault address or login is not configured",
         },

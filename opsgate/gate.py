@@ -35,7 +35,7 @@ from opsgate.authz import AuthzRequest, authorize, scope_refusal
 from opsgate.boundary import internal, typed_errors
 from opsgate.cache import BoundedCache
 from opsgate.clock import to_epoch
-from opsgate.config import Config, load_config, resolve_state_dir
+from opsgate.config import CONFIG_FILE, Config, load_config, resolve_state_dir
 from opsgate.credentials.keyring import KEY_DIR, PIN_FILE, KeyRing, Pin, read_pin, write_pin
 from opsgate.credentials.manager import Claims, CredentialManager, PossessionCheck
 from opsgate.credentials.proof import ProofRequest
@@ -119,6 +119,28 @@ def _creation_lock(path: Path) -> Iterator[None]:
         yield
     finally:
         os.close(fd)
+
+
+def _check_owned(path: Path) -> None:
+    """The state dir and its opsgate.yaml decide who may do what: another user who
+    can write either (a world-writable dir, a file or dir someone else owns) could
+    rewrite the configuration or swap the gate's files, so neither is used."""
+    for target in (path, path / CONFIG_FILE):
+        try:
+            st = target.stat()
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot inspect '{target}': {exc.strerror}", code="state_dir_invalid"
+            ) from exc
+        if st.st_mode & 0o002 or st.st_uid not in (os.geteuid(), 0):
+            raise ConfigError(
+                f"'{target}' can be changed by other users (mode {st.st_mode & 0o7777:o}, "
+                f"uid {st.st_uid}): make it owned by this user and not world-writable "
+                "(chmod o-w)",
+                code="state_dir_insecure",
+            )
 
 
 # What a gate keeps in its state dir besides the pin (configuration and policies are not).
@@ -365,6 +387,7 @@ class Gate:
             raise ConfigError(
                 f"state dir '{path}' exists but is not a directory", code="state_dir_invalid"
             )
+        _check_owned(path)
         overrides = dict(config_overrides)
         if database_url is not None:
             overrides["database_url"] = database_url

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from opsgate.boundary import typed_errors
 from opsgate.clock import to_epoch
-from opsgate.errors import OperatorError, TokenTtlInvalid, shown
+from opsgate.errors import OperatorError, TokenTtlInvalid, safe_text, shown
 from opsgate.store import Store
 from opsgate.store import operators as operator_rows
 
@@ -102,7 +102,12 @@ class OperatorService:
         return ttl_days * DAY
 
     def add(
-        self, name: str, *, ttl_days: int | None = None, now: datetime | float | None = None
+        self,
+        name: str,
+        *,
+        ttl_days: int | None = None,
+        actor: str = "operator",
+        now: datetime | float | None = None,
     ) -> str:
         """Register an operator; returns the token, shown once and stored only hashed."""
         t = to_epoch(now)
@@ -119,7 +124,7 @@ class OperatorService:
             self._audit.append_in(
                 conn,
                 "operator.added",
-                actor="operator",
+                actor=safe_text(actor),
                 at=t,
                 operator=who,
                 token_expires_at=expires,
@@ -127,7 +132,12 @@ class OperatorService:
         return token
 
     def rotate(
-        self, name: str, *, ttl_days: int | None = None, now: datetime | float | None = None
+        self,
+        name: str,
+        *,
+        ttl_days: int | None = None,
+        actor: str = "operator",
+        now: datetime | float | None = None,
     ) -> str:
         """Replace an operator's token; the old one stops working at once."""
         t = to_epoch(now)
@@ -140,7 +150,7 @@ class OperatorService:
             self._audit.append_in(
                 conn,
                 "operator.token_rotated",
-                actor="operator",
+                actor=safe_text(actor),
                 at=t,
                 operator=who,
                 token_expires_at=expires,

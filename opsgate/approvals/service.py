@@ -108,6 +108,7 @@ class ApprovalService:
         email: str,
         *,
         ttl_days: int | None = None,
+        actor: str = "operator",
         now: datetime | float | None = None,
     ) -> str:
         """Register an approver; returns their token, shown once and stored only hashed.
@@ -129,7 +130,7 @@ class ApprovalService:
             self._audit.append_in(
                 conn,
                 "approver.added",
-                actor="operator",
+                actor=safe_text(actor),
                 at=t,
                 approver=address,
                 token_expires_at=expires,
@@ -141,6 +142,7 @@ class ApprovalService:
         email: str,
         *,
         ttl_days: int | None = None,
+        actor: str = "operator",
         now: datetime | float | None = None,
     ) -> str:
         """Replace an approver's token; the old one stops working at once (no grace:
@@ -157,7 +159,7 @@ class ApprovalService:
             self._audit.append_in(
                 conn,
                 "approver.token_rotated",
-                actor="operator",
+                actor=safe_text(actor),
                 at=t,
                 approver=address,
                 token_expires_at=expires,

@@ -93,6 +93,10 @@ def _normalise_url(url: str) -> str:
     return parsed.set(drivername=driver).render_as_string(hide_password=False)
 
 
+#: URL query parameters that carry a secret (libpq connection parameters).
+_SECRET_QUERY_KEYS = frozenset({"password", "sslpassword"})
+
+
 def _sqlite_engine(url: str, *, immediate: bool) -> Engine:
     engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
 
@@ -319,8 +323,11 @@ class Store:
             ) from exc
 
     def describe(self) -> str:
-        """The database for messages: its url without the password."""
-        return make_url(self.url).render_as_string(hide_password=True)
+        """The database for messages: its url without the password, wherever it is
+        given (libpq also takes `?password=` and `?sslpassword=`)."""
+        url = make_url(self.url)
+        hidden = {k: "***" for k in url.query if k.lower() in _SECRET_QUERY_KEYS}
+        return url.update_query_dict(hidden).render_as_string(hide_password=True)
 
     def meta_get(self, conn: Connection, key: str) -> str | None:
         row = conn.execute(

@@ -440,3 +440,27 @@ def test_the_detectors_see_one_spelling_of_a_resource(tmp_path: Path) -> None:
         assert seen == ["deploy:staging/web"]
     finally:
         w.gate.close()
+
+
+@pytest.mark.parametrize(
+    "production",
+    [{"aliases": ["prod"]}, {}, {"aliases": []}],
+)
+def test_production_declared_without_protected_stays_protected(production: Any) -> None:
+    """Declaring production's aliases (and not repeating `protected: true`) must not
+    silently lift the trust gate from it; only an explicit `protected: false` does."""
+    config = Config(environments={"production": production, "staging": {}})
+    assert Environments.from_config(config).protected == frozenset({"production"})
+    explicit = Config(environments={"production": {**production, "protected": False}})
+    assert Environments.from_config(explicit).protected == frozenset()
+
+
+def test_production_aliases_in_the_config_file_keep_the_trust_gate(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    opsgate.Gate.init(state).close()
+    (state / "opsgate.yaml").write_text(
+        "environments:\n  production: {aliases: [prod]}\n  staging: {}\n", encoding="utf-8"
+    )
+    with opsgate.Gate.open(state) as gate:
+        assert gate.environments.is_protected("production")
+        assert gate.environments.canonical_name("prod") == "production"

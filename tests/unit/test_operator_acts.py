@@ -214,3 +214,31 @@ def test_revoke_finds_issued_credentials_on_both_stores(
         with pytest.raises(opsgate.InvalidCredential) as refused:
             gate.credential_manager.verify(cred.token)
         assert refused.value.code == "revoked"
+
+
+# -- who handed out a token is on the record ---------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "event"),
+    [
+        (("approvers", "add", "rev@company.com"), "approver.added"),
+        (("approvers", "rotate", "rev@company.com"), "approver.token_rotated"),
+        (("operators", "add", "ops"), "operator.added"),
+        (("operators", "rotate", "ops"), "operator.token_rotated"),
+    ],
+)
+def test_handing_out_an_approver_or_operator_token_names_the_operator(
+    state: Path, args: tuple[str, ...], event: str
+) -> None:
+    """Who registered an approver (someone who may approve production) or an
+    operator is the operator on the CLI, as for every other operator act."""
+    if args[1] == "rotate":
+        assert run(state, args[0], "add", args[2])[0] == 0
+    code, out, err = run(state, *args)
+    assert code == 0, err
+    token = out.strip()
+    with opsgate.Gate.open(state, create=False) as gate:
+        events = audit_events(gate, event)
+    assert events[-1]["actor"].startswith("operator:"), events[-1]
+    assert token not in json.dumps(events)

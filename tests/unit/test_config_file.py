@@ -1,0 +1,146 @@
+"""opsgate.yaml as an attacker or a careless hand writes it: every trick is a typed
+ConfigError naming the file, never a silently different configuration."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from opsgate.config import Config, load_config
+from opsgate.errors import ConfigError
+
+
+def _load(tmp_path: Path, text: str) -> Config:
+    (tmp_path / "opsgate.yaml").write_text(text, encoding="utf-8")
+    return load_config(tmp_path)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        # A reader sees production protected; the second key would win.
+        "environments:\n  production: {protected: true}\n  staging: {}\n"
+        "environments:\n  production: {protected: false}\n  staging: {}\n",
+        "environments:\n  production: {protected: true, protected: false}\n",
+        "require_proof: true\nrequire_proof: false\n",
+    ],
+)
+def test_a_key_given_twice_is_refused(tmp_path: Path, text: str) -> None:
+    with pytest.raises(ConfigError) as exc:
+        _load(tmp_path, text)
+    assert exc.value.code == "config_invalid"
+    assert "duplicate key" in exc.value.message
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "audience: 2024-13-45\n",  # an impossible date: ValueError inside the parser
+        "x: " + "[" * 5000 + "]" * 5000 + "\n",  # RecursionError inside the parser
+    ],
+)
+def test_values_the_parser_cannot_build_are_config_errors(tmp_path: Path, text: str) -> None:
+    with pytest.raises(ConfigError) as exc:
+        _load(tmp_path, text)
+    assert exc.value.code == "config_invalid"
+
+
+def test_merge_keys_and_anchors_still_load(tmp_path: Path) -> None:
+    config = _load(
+        tmp_path,
+        "limits: &l {max_ttl_minutes: 30}\n"
+        "server:\n  <<: {proof_window_seconds: 30, max_json_depth: 4}\n  max_json_depth: 8\n",
+    )
+    assert config.limits.max_ttl_minutes == 30
+    assert config.server.proof_window_seconds == 30
+    assert config.server.max_json_depth == 8  # the key written wins
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql+psycopg://postgres@127.0.0.1:1/x?password=QSECRETPW",
+        "postgresql+psycopg:///x?host=127.0.0.1&port=1&user=u&password=QSECRETPW",
+        "postgresql+psycopg://u:QSECRETPW@127.0.0.1:1/x?sslpassword=QSECRETPW",
+        "postgresql://u@127.0.0.1:1/x?PASSWORD=QSECRETPW",
+    ],
+)
+def test_a_database_password_in_the_url_query_is_never_in_an_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, url: str
+) -> None:
+    import opsgate
+
+    state = tmp_path / "state"
+    opsgate.Gate.init(state).close()
+    monkeypatch.setenv("OPSGATE_DATABASE_URL", url)
+    with pytest.raises(opsgate.OpsgateError) as exc:
+        opsgate.Gate.open(state)
+    assert exc.value.code == "store_unavailable"
+    assert "QSECRETPW" not in str(exc.value)
+    assert "QSECRETPW" not in exc.value.message
+
+
+# -- the state dir: nobody else may change it ----------------------------------------------
+
+
+def test_a_world_writable_state_dir_is_refused_at_init_and_open(tmp_path: Path) -> None:
+    import opsgate
+
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700)
+    state.chmod(0o1777)  # e.g. created by hand like /tmp
+    with pytest.raises(ConfigError) as exc:
+        opsgate.Gate.init(state)
+    assert exc.value.code == "state_dir_insecure"
+    assert not (state / "gate-pin.json").exists()
+    state.chmod(0o700)
+    opsgate.Gate.init(state).close()
+    state.chmod(0o777)
+    with pytest.raises(ConfigError) as exc:
+        opsgate.Gate.open(state)
+    assert exc.value.code == "state_dir_insecure"
+
+
+def test_a_world_writable_config_file_is_refused(tmp_path: Path) -> None:
+    import opsgate
+
+    state = tmp_path / "state"
+    opsgate.Gate.init(state).close()
+    state.chmod(0o755)  # others may enter and read names, yet not write: allowed
+    opsgate.Gate.open(state).close()
+    config = state / "opsgate.yaml"
+    config.write_text("environments:\n  production: {protected: false}\n", encoding="utf-8")
+    config.chmod(0o666)  # anyone could lift production's protection
+    with pytest.raises(ConfigError) as exc:
+        opsgate.Gate.open(state)
+    assert exc.value.code == "state_dir_insecure"
+
+
+def test_an_insecure_state_dir_is_one_line_and_exit_1_on_the_cli(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from opsgate.cli import app
+
+    state = tmp_path / "state"
+    state.mkdir()
+    state.chmod(0o777)
+    result = CliRunner().invoke(app, ["init", "--state-dir", str(state)])
+    assert result.exit_code == 1
+    assert "state_dir_insecure" in result.output
+    assert "Traceback" not in result.output
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving a file away needs root")
+def test_a_config_file_another_user_owns_is_refused(tmp_path: Path) -> None:
+    import opsgate
+
+    state = tmp_path / "state"
+    opsgate.Gate.init(state).close()
+    config = state / "opsgate.yaml"
+    config.write_text("require_proof: false\n", encoding="utf-8")
+    os.chown(config, 65534, 65534)  # written by another (unprivileged) user
+    with pytest.raises(ConfigError) as exc:
+        opsgate.Gate.open(state)
+    assert exc.value.code == "state_dir_insecure"
