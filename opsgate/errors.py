@@ -512,6 +512,7 @@ _REGISTRY: tuple[tuple[type[OpsgateError], dict[str, str]], ...] = (
             "approval_insufficient": "the approval does not meet the current policy's requirements",
             "approval_not_found": "no approval with that id (or not the caller's)",
             "approval_not_yours": "the approval was requested by another agent",
+            "approval_outlived": "it was asked for before the agent's credentials were cut",
             "approval_pending": "the request is still pending (not approved yet)",
             "approval_refused": "an approval act was refused",
             "approver_exists": "the approver already exists; rotate their token instead",

@@ -1215,7 +1215,13 @@ class Gate:
                     approval_id,
                     t,
                 )
-        self.approvals.consume(approval_id, digest=plan.digest, requester=agent.did, now=t)
+        self.approvals.consume(
+            approval_id,
+            digest=plan.digest,
+            requester=agent.did,
+            now=t,
+            not_before=agent.credentials_not_before,
+        )
 
     def _deny_operation(
         self,

@@ -603,9 +603,19 @@ class ApprovalService:
         return result
 
     def consume(
-        self, approval_id: str, *, digest: str, requester: str, now: float
+        self,
+        approval_id: str,
+        *,
+        digest: str,
+        requester: str,
+        now: float,
+        not_before: float | None = None,
     ) -> ApprovalRequest:
-        """Atomically mark an approved, unexpired request for this digest as used."""
+        """Atomically mark an approved, unexpired request for this digest as used.
+
+        `not_before`: the requester's credentials were cut then (a suspension, a
+        revocation, its credentials revoked); a request made before it was made by an
+        agent, or a credential, no longer trusted, and is not honoured afterwards."""
         try:
             with self._store.write() as conn:
                 req = self._load(conn, approval_id, lock=True)
@@ -619,6 +629,13 @@ class ApprovalService:
                         f"the operation changed since approval {req.id!r} was requested; "
                         "it needs a new approval",
                         code="digest_mismatch",
+                    )
+                if not_before is not None and req.created_at <= not_before:
+                    raise ApprovalError(
+                        f"approval {req.id!r} was requested before the agent's credentials "
+                        "were cut (suspended, revoked or its credentials revoked); request "
+                        "it again",
+                        code="approval_outlived",
                     )
                 if req.status == "approved" and now >= req.expires_at:
                     raise ApprovalError(f"approval {req.id!r} has expired", code="approval_expired")

@@ -56,6 +56,7 @@ CODE_STATUS: dict[str, int] = {
     "approval_denied": 409,
     "approval_expired": 409,
     "approval_consumed": 409,
+    "approval_outlived": 409,
     "digest_mismatch": 409,
     # The web UI's sessions and forms.
     "session_invalid": 401,

@@ -602,6 +602,46 @@ def test_resume_by_a_suspended_agent_is_refused(world: World) -> None:
     assert w.status(pending.approval_id) == "approved"
 
 
+def test_an_approval_asked_for_before_a_suspension_is_not_honoured_after_reinstatement(
+    world: World,
+) -> None:
+    """Suspending an agent (or cutting its credentials) cuts what it asked for before:
+    once reinstated it must ask again, so the approval of a request an untrusted agent
+    (or a leaked credential) made is never used."""
+    w = world
+    pending = request_approval(w)
+    w.approve(pending.approval_id, JOHN)
+    w.gate.agents.suspend("devops-supervisor", reason="incident review")
+    w.gate.agents.reinstate("devops-supervisor", reason="review closed")
+    fresh = w.credential()
+    with pytest.raises(opsgate.ApprovalError) as exc:
+        w.gate.resume(pending.approval_id, fresh)
+    assert exc.value.code == "approval_outlived"
+    assert w.executor.count == 0
+    assert w.status(pending.approval_id) == "approved"  # not consumed
+    # Asked for again after the reinstatement, it waits for and then gets its approval.
+    again = w.gate.execute(fresh, deploy())
+    assert isinstance(again, PendingApproval)
+    w.approve(again.approval_id, JOHN)
+    done = w.gate.resume(again.approval_id, fresh)
+    assert isinstance(done, opsgate.Outcome) and done.status == "succeeded"
+    assert w.executor.count == 1
+
+
+def test_an_approval_asked_for_before_the_agents_credentials_were_revoked_is_not_honoured(
+    world: World,
+) -> None:
+    w = world
+    pending = request_approval(w)
+    w.approve(pending.approval_id, JOHN)
+    w.gate.credential_manager.revoke_agent(w.agent.did, reason="credential leaked")
+    fresh = w.credential()
+    with pytest.raises(opsgate.ApprovalError) as exc:
+        w.gate.resume(pending.approval_id, fresh)
+    assert exc.value.code == "approval_outlived"
+    assert w.executor.count == 0
+
+
 def test_resume_when_policy_now_denies_is_refused(world: World) -> None:
     w = world
     pending = request_approval(w)
