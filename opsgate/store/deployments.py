@@ -298,27 +298,18 @@ class DeployLedger:
         self, env: str, app: str, version: str, digest: str | None
     ) -> DeploymentRecord | None:
         """The latest successful deployment of exactly this version and artifact."""
-        same = _d.c.digest.is_(None) if digest is None else _d.c.digest == digest
-        with self.store.read() as conn:
-            row = conn.execute(
-                select(_d)
-                .where(
-                    _d.c.env == env,
-                    _d.c.app == app,
-                    _d.c.version == version,
-                    same,
-                    _d.c.status == "succeeded",
-                )
-                .order_by(_d.c.id.desc())
-                .limit(1)
-            ).first()
-        return None if row is None else _deployment(row)
+        return self._latest(env, app, version, digest, ("succeeded",))
 
     def verdict(
         self, env: str, app: str, version: str, digest: str | None
     ) -> DeploymentRecord | None:
         """The latest finished run (succeeded or failed) of exactly this version and
         artifact: what the environment last said about that release."""
+        return self._latest(env, app, version, digest, ("succeeded", "failed"))
+
+    def _latest(
+        self, env: str, app: str, version: str, digest: str | None, statuses: tuple[str, ...]
+    ) -> DeploymentRecord | None:
         same = _d.c.digest.is_(None) if digest is None else _d.c.digest == digest
         with self.store.read() as conn:
             row = conn.execute(
@@ -328,7 +319,7 @@ class DeployLedger:
                     _d.c.app == app,
                     _d.c.version == version,
                     same,
-                    _d.c.status.in_(("succeeded", "failed")),
+                    _d.c.status.in_(statuses),
                 )
                 .order_by(_d.c.id.desc())
                 .limit(1)
