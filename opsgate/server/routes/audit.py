@@ -9,7 +9,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
-from opsgate.server.routes.common import ctx_of, json
+from opsgate.server.routes.common import MAX_SEQ, ctx_of, json
 
 router = APIRouter(prefix="/v1/audit", tags=["audit"])
 
@@ -28,7 +28,7 @@ async def tail(
 
 
 @router.get("/export")
-async def export(request: Request, after_seq: int = Query(0, ge=0, le=2**63 - 1)) -> Response:
+async def export(request: Request, after_seq: int = Query(0, ge=0, le=MAX_SEQ)) -> Response:
     """Every event after `after_seq` as JSON lines with prev_hash and hash."""
     ctx = ctx_of(request)
     await ctx.operator(request)

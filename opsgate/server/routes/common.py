@@ -14,6 +14,10 @@ from opsgate.operations.base import Outcome
 from opsgate.secrets.value import SecretValue
 from opsgate.server.context import ServerContext
 
+# The largest audit seq a database integer holds: a path or query asking beyond it
+# names no record (and must not reach the database as an overflow).
+MAX_SEQ = 2**63 - 1
+
 
 class Body(BaseModel):
     """Request bodies: strict, unknown keys refused."""

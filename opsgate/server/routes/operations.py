@@ -19,10 +19,9 @@ from opsgate.approvals import PendingApproval
 from opsgate.errors import ApprovalError, NotFound, OpsgateError, shown
 from opsgate.operations.base import Operation, Outcome
 from opsgate.secrets.value import SecretValue
-from opsgate.server.routes.common import Body, body_doc, ctx_of, iso, json, result_response
+from opsgate.server.routes.common import MAX_SEQ, Body, body_doc, ctx_of, iso, json, result_response
 
 router = APIRouter(prefix="/v1", tags=["operations"])
-_MAX_SEQ = 2**63 - 1  # the largest audit seq a database integer holds
 
 
 class ExecuteBody(Body):
@@ -142,7 +141,7 @@ async def operation_status(seq: int, request: Request) -> Response:
     claims = await ctx.agent_claims(request, b"")
 
     def find() -> Any:
-        if not 1 <= seq <= _MAX_SEQ:  # beyond what the database can hold: none such
+        if not 1 <= seq <= MAX_SEQ:  # beyond what the database can hold: none such
             return None
         for record in ctx.gate.audit.events(after_seq=max(0, seq - 1), batch=1):
             return record if record.seq == seq else None
