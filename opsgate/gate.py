@@ -984,9 +984,9 @@ class Gate:
         )
         # The executor plans (and an approval binds) the canonical resource: one case,
         # aliases resolved, so `prod/web` and `production/web` are one place.
-        operation = dataclasses.replace(
-            operation, resource=resolved.capability.resource, params=given
-        )
+        resource = resolved.capability.resource
+        if resource != operation.resource or given or operation.params:
+            operation = dataclasses.replace(operation, resource=resource, params=given)
         try:
             plan = executor.plan(operation)
         except OpsgateError:
@@ -1093,7 +1093,7 @@ class Gate:
             return self._request_approval(agent, plan, decision, t)
         if approval_id is not None:
             self._consume_approval(approval_id, agent, plan, decision, t)
-        attempt = self._audit_attempt(claims, agent, plan, decision, t, approval_id)
+        attempt = self._attempt(claims, agent, plan, decision, t, approval_id)
         ran, done_at, interrupted = self._run(claims, agent, plan, attempt, t, approval_id, token)
         outcome = self._audit_outcome_and_score(claims, agent, plan, attempt, ran, done_at)
         self.trust.observe(agent, plan.capability, refused=False, now=t)
@@ -1354,7 +1354,7 @@ class Gate:
             sponsors.update(m.lower() for m in groups.get(sponsor.lower(), ()))
         return tuple(sorted(sponsors))
 
-    def _audit_attempt(
+    def _attempt(
         self,
         claims: Claims,
         agent: AgentState,
@@ -1362,35 +1362,55 @@ class Gate:
         decision: Decision,
         t: float,
         approval_id: str | None,
-    ) -> AuditRecord:
+    ) -> AuditRecord | Unit:
         """Step 6: the attempt record; if it cannot be written nothing runs. The
-        record and the run row (this process runs it) commit together. An operation
-        that changes nothing skips this commit's own disk sync: the outcome's durable
-        commit, which comes before the caller gets anything, syncs both."""
-        return self.audit.commit(
-            Unit(
-                "operation.attempt",
-                {
-                    "jti": claims.jti,
-                    "capability": plan.capability,
-                    "digest": plan.digest,
-                    "decision": decision.effect,
-                    "approval": approval_id,
-                    "reasons": list(decision.reasons),
-                },
-                actor=claims.sub,
-                at=t,
-                then=self._runs.started(agent.did, plan.capability, plan.digest),
-                durable=not plan.reads_only,
-            )
+        record and the run row (this process runs it) commit together, durably,
+        before the run.
+
+        An operation that changes nothing (`Plan.reads_only`: a secret read, a
+        monitoring view) gets its attempt back unwritten: it commits with the outcome,
+        in one durable transaction, before anything the read produced leaves the gate
+        (a read whose records cannot be written returns nothing). There is then no
+        window with an attempt and no outcome, so no run row either.
+        """
+        unit = Unit(
+            "operation.attempt",
+            {
+                "jti": claims.jti,
+                "capability": plan.capability,
+                "digest": plan.digest,
+                "decision": decision.effect,
+                "approval": approval_id,
+                "reasons": list(decision.reasons),
+            },
+            actor=claims.sub,
+            at=t,
         )
+        if plan.reads_only:
+            return unit
+        started = self._runs.started(agent.did, plan.capability, plan.digest)
+        return self.audit.commit(dataclasses.replace(unit, then=started))
+
+    def _commit_outcome(self, attempt: AuditRecord | Unit, outcome: Unit) -> AuditRecord:
+        """The outcome's record, naming its attempt's seq (and ending the run row); a
+        read's attempt, still unwritten, commits with it in one transaction."""
+        if isinstance(attempt, AuditRecord):
+            return self.audit.commit(
+                dataclasses.replace(
+                    outcome,
+                    fields={"attempt_seq": attempt.seq, **outcome.fields},
+                    then=self._runs.finished(attempt.seq),
+                )
+            )
+        linked = dataclasses.replace(outcome, previous_seq_field="attempt_seq")
+        return self.audit.commit_all([attempt, linked])[1]
 
     def _run(
         self,
         claims: Claims,
         agent: AgentState,
         plan: Plan,
-        attempt: AuditRecord,
+        attempt: AuditRecord | Unit,
         t: float,
         approval_id: str | None,
         token: str | None,
@@ -1407,11 +1427,11 @@ class Gate:
         try:
             outcome, interrupted = run_executor(executor, plan, context)
         except RunRefused as exc:
-            self.audit.commit(
+            self._commit_outcome(
+                attempt,
                 Unit(
                     "operation.outcome",
                     {
-                        "attempt_seq": attempt.seq,
                         "capability": plan.capability,
                         "digest": plan.digest,
                         "outcome": "refused",
@@ -1420,8 +1440,7 @@ class Gate:
                     },
                     actor=claims.sub,
                     at=t + (time.monotonic() - started),
-                    then=self._runs.finished(attempt.seq),
-                )
+                ),
             )
             exc.audited = True
             raise
@@ -1432,7 +1451,7 @@ class Gate:
         claims: Claims,
         agent: AgentState,
         plan: Plan,
-        attempt: AuditRecord,
+        attempt: AuditRecord | Unit,
         outcome: Outcome,
         done_at: float,
     ) -> Outcome:
@@ -1464,11 +1483,11 @@ class Gate:
         )
         # One unit of work: the outcome's record, the agent's score change and the end
         # of its run row commit together, or none does.
-        record = self.audit.commit(
+        record = self._commit_outcome(
+            attempt,
             Unit(
                 "operation.outcome",
                 {
-                    "attempt_seq": attempt.seq,
                     "capability": plan.capability,
                     "digest": plan.digest,
                     "outcome": outcome.status,
@@ -1479,8 +1498,7 @@ class Gate:
                 actor=claims.sub,
                 at=done_at,
                 change=score_change,
-                then=self._runs.finished(attempt.seq),
-            )
+            ),
         )
         self.trust.after_change({**record.event, "seq": record.seq}, done_at)
         return Outcome(

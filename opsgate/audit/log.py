@@ -133,18 +133,26 @@ class AuditLog:
 
     def commit(self, unit: Unit) -> AuditRecord:
         """Commit one unit of work: its event and, in the same transaction, its change
-        and its `then` (group-committed with other callers' units), durably unless the
-        unit says otherwise; raises AuditError (fail closed) if it cannot, and then
-        nothing of it holds."""
-        slot = Pending(
-            prepare(unit.event_type, unit.actor, unit.fields),
-            time.time() if unit.at is None else unit.at,
-            unit.change,
-            unit.then,
-            unit.durable,
-        )
-        self._writer.submit(slot)
-        return wait_for(slot)
+        and its `then` (group-committed with other callers' units), durably; raises
+        AuditError (fail closed) if it cannot, and then nothing of it holds."""
+        return self.commit_all([unit])[0]
+
+    def commit_all(self, units: list[Unit]) -> list[AuditRecord]:
+        """Commit several units durably in one transaction, in order, all or none (a
+        read's attempt and its outcome)."""
+        slots: list[Pending] = []
+        for unit in units:
+            slot = Pending(
+                prepare(unit.event_type, unit.actor, unit.fields),
+                time.time() if unit.at is None else unit.at,
+                unit.change,
+                unit.then,
+            )
+            if unit.previous_seq_field is not None and slots:
+                slot.link = (unit.previous_seq_field, slots[-1])
+            slots.append(slot)
+        self._writer.submit(*slots)
+        return [wait_for(slot) for slot in slots]
 
     def _checkpoint_in_batch(self, cur: Any, last: AuditRecord) -> Checkpoint | None:
         """In a batch's transaction: sign its last event when a checkpoint is due."""

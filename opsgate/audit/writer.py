@@ -77,11 +77,9 @@ class Unit:
     at: float | None = None
     change: Change | None = None
     then: Then | None = None
-    # False: commit without waiting for the disk. Only for a caller whose next step is
-    # a durable commit of its own before it answers anyone (the attempt of an
-    # operation that changes nothing): the log is written in order, so that commit's
-    # sync covers this one, and a crash in between loses only an unanswered attempt.
-    durable: bool = True
+    # In `AuditLog.commit_all`: the field of this event that holds the seq of the unit
+    # committed just before it (an outcome naming the attempt it commits with).
+    previous_seq_field: str | None = None
 
 
 def _transient(exc: BaseException) -> bool:
@@ -106,10 +104,12 @@ class Pending:
     at: float
     change: Change | None = None
     then: Then | None = None
-    durable: bool = True
     dropped: bool = False
     record: AuditRecord | None = None
     error: BaseException | None = None
+    # (field, slot): set `field` to that slot's seq once the batch is numbered; the
+    # slot is an earlier one of the same submission (never dropped: it has no change).
+    link: tuple[str, Pending] | None = None
     lead: bool = False  # woken to write the next batch rather than with a result
     # Held from creation until the slot's batch is written: a follower blocks on it.
     # (A bare lock is the cheapest one-shot wake-up CPython has.)
@@ -147,8 +147,9 @@ class GroupCommit:
         self.batches = 0
         self.batched_events = 0
 
-    def submit(self, slot: Pending) -> None:
-        """Queue a slot and return once its batch is written (its record or error set)."""
+    def submit(self, slot: Pending, *more: Pending) -> None:
+        """Queue a slot (and `more`, in the same batch, after it) and return once its
+        batch is written (each slot's record or error set)."""
         with self._queue_lock:
             lead = not self._writing
             if lead:
@@ -157,6 +158,7 @@ class GroupCommit:
                 slot.gate = threading.Lock()
                 slot.gate.acquire()
             self._queue.append(slot)
+            self._queue.extend(more)
         if not lead:
             slot.gate.acquire()  # released by the leader that wrote this slot's batch
             if slot.lead:  # handed the writer role by the previous leader
@@ -233,8 +235,7 @@ class GroupCommit:
         feed's counter. The head comes first, so batches from different replicas
         queue on it and never hold one agent's row while waiting for another's.
         """
-        durable = any(p.durable for p in batch)
-        with self.connection.transaction(durable=durable) as cur:
+        with self.connection.transaction() as cur:
             seq, prev = self._sql.lock_head(cur)
             landed = [r for r in written if r is not None]
             if landed and prev == landed[-1].hash:
@@ -260,6 +261,10 @@ class GroupCommit:
             live = [p for p in batch if not p.dropped]
             records: list[AuditRecord] = []
             if live:
+                for i, p in enumerate(live):
+                    if p.link is not None:
+                        key, other = p.link
+                        p.event[key] = seq + 1 + live.index(other, 0, i)
                 records, rows = number([(p.event, p.at) for p in live], seq, prev)
                 self._sql.append(cur, rows, records[-1].seq, records[-1].hash)
             for p, r in zip(live, records, strict=True):

@@ -13,10 +13,11 @@ import math
 import re
 import secrets
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Protocol, TypeGuard, runtime_checkable
+from typing import TYPE_CHECKING, Any, TypeGuard
 
 import structlog
 from sqlalchemy import Connection
@@ -103,15 +104,17 @@ def revocation_cutoff(conn: Connection, dids: list[str], t: float) -> float:
     return _ms_floor(max([t, *agent_rows.latest_issued(conn, dids)]))
 
 
-@runtime_checkable
-class PossessionCheck(Protocol):
+class PossessionCheck(ABC):
     """A surface's own proof of possession (the HTTP API's DPoP proof), checked by
     `verify` against the credential's verified claims, like the SDK's proof string.
 
     `check` raises InvalidCredential; the refusal of a genuine credential is then
-    misuse of its agent, charged once, exactly as a bad SDK proof is.
+    misuse of its agent, charged once, exactly as a bad SDK proof is. A base class,
+    not a runtime Protocol: `verify` asks isinstance on every request, and a
+    Protocol's check costs more than the rest of a cached verification.
     """
 
+    @abstractmethod
     def check(
         self, claims: Claims, *, token: str, request: ProofRequest | None, now: float
     ) -> None: ...

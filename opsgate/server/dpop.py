@@ -34,7 +34,7 @@ from urllib.parse import urlsplit
 import orjson
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from opsgate.credentials.manager import Claims
+from opsgate.credentials.manager import Claims, PossessionCheck
 from opsgate.credentials.proof import ProofRequest, token_hash
 from opsgate.errors import InvalidCredential
 from opsgate.identity.keys import (
@@ -378,7 +378,7 @@ def body_request(method: str, path: str, body: bytes) -> ProofRequest:
 
 
 @dataclass(frozen=True, slots=True)
-class DPoPCheck:
+class DPoPCheck(PossessionCheck):
     """The kernel's `PossessionCheck` for one HTTP request: `Gate.execute`/`resume`/
     `authorize`/`authenticate` call it with the verified claims and the gate's own
     digest of the request it is about to run."""

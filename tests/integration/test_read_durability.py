@@ -1,9 +1,10 @@
 """An operation that changes nothing (a secret read or listing, a monitoring view) has
-its attempt committed without a disk sync of its own; its outcome's commit, durable,
-comes before the caller gets anything. Everything else is written as before: every
-record of a write is durable, and a read whose outcome cannot be written returns no
-value. Checked on the transaction itself (SQLite's synchronous level, PostgreSQL's
-synchronous_commit) on both databases, and the connection is durable again after."""
+its attempt and its outcome committed together, in one durable transaction, before the
+caller gets anything: one disk sync per read. Everything else is written as before:
+every record of a write is durable, the attempt before the run. A read whose records
+cannot be written returns no value and leaves no record. Checked on the transaction
+itself (SQLite's synchronous level, PostgreSQL's synchronous_commit) on both
+databases."""
 
 from __future__ import annotations
 
@@ -69,23 +70,26 @@ def test_a_read_syncs_once_and_a_write_syncs_every_record(
     assert {level for _, level in writes} == {durable_level(store)}
 
     commits.clear()
+    before = world.gate.audit.head()[0]
     got = read_secret(w.gate, w.token, "staging/db")
     assert isinstance(got, SecretRead) and got.value.reveal() == VALUE
-    reads = list(commits)
-    assert [t for t, _ in reads] == [("operation.attempt",), ("operation.outcome",)]
-    assert reads[0][1] != durable_level(store)  # the attempt waits for no disk sync
-    assert reads[1][1] == durable_level(store)  # the outcome, before the value is returned
+    # One transaction, at the durable level, holding both records of the read.
+    assert commits == [(("operation.attempt", "operation.outcome"), durable_level(store))]
+    attempt, outcome = list(world.gate.audit.events(after_seq=before))
+    assert (attempt.type, outcome.type) == ("operation.attempt", "operation.outcome")
+    assert outcome.event["attempt_seq"] == attempt.seq == outcome.seq - 1
+    assert attempt.event["capability"] == outcome.event["capability"]
+    assert VALUE not in attempt.event.__repr__() + outcome.event.__repr__()
 
     commits.clear()
     list_secrets(w.gate, w.token, "staging")
-    assert [level for _, level in commits] == [reads[0][1], durable_level(store)]
+    assert commits == [(("operation.attempt", "operation.outcome"), durable_level(store))]
 
     commits.clear()
     rotate_secret(w.gate, w.token, "staging/db")
+    assert [t for t, _ in commits] == [("operation.attempt",), ("operation.outcome",)]
     assert {level for _, level in commits} == {durable_level(store)}
-    # The dedicated writer's connection is durable again for whatever comes next.
-    with world.gate.audit._writer.connection.transaction() as cur:
-        assert sync_level(store, cur) == durable_level(store)
+    assert world.gate.audit.verify().ok
 
 
 def test_a_read_whose_outcome_cannot_be_written_returns_no_value(
@@ -94,6 +98,7 @@ def test_a_read_whose_outcome_cannot_be_written_returns_no_value(
     w = world
     write_secret(w.gate, w.token, "staging/db", VALUE)
     commits.clear()
+    before = w.gate.audit.head()[0]
     writer = w.gate.audit._writer
     real_try = writer._try
     calls = [0]
@@ -112,8 +117,7 @@ def test_a_read_whose_outcome_cannot_be_written_returns_no_value(
         writer._try = real_try
     assert err.value.code == "audit_write_failed"
     assert VALUE not in str(err.value) and VALUE not in repr(err.value)
-    # The attempt was written (without its own sync); no outcome was, and the
-    # next durable commit is on a connection at full sync.
-    assert calls[0] >= 2
-    with writer.connection.transaction() as cur:
-        assert sync_level(w.gate.store, cur) == durable_level(w.gate.store)
+    # Nothing of the read holds: neither its attempt nor its outcome was written.
+    assert calls[0] >= 1
+    assert [r.type for r in w.gate.audit.events(after_seq=before)] == []
+    assert w.gate.audit.verify().ok

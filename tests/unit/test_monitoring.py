@@ -176,8 +176,13 @@ def test_the_gate_status(watch: Watch) -> None:
     [req] = status["approvals"]["pending"]
     assert req["id"] == pending.approval_id and req["capability"] == "deploy:production/web"
     assert req["approvers"] == ["jane@company.com", "john@company.com"]
-    # The head as the read found it: the attempt record written just before it ran.
-    assert status["audit"]["head_seq"] == head_before + 1
+    # The head as the read found it: a read's own records (attempt and outcome) are
+    # written after it ran, together; both land right after that head.
+    assert status["audit"]["head_seq"] == head_before
+    assert [r.type for r in gate.audit.events(after_seq=head_before)] == [
+        "operation.attempt",
+        "operation.outcome",
+    ]
     assert [x["lease_id"] for x in status["leases"]] == ["lease/open"]
     assert status["leases"][0]["username"] == "v-open"
     [held] = status["locks"]
