@@ -261,10 +261,12 @@ class GroupCommit:
             live = [p for p in batch if not p.dropped]
             records: list[AuditRecord] = []
             if live:
-                for i, p in enumerate(live):
+                # By identity: two slots may hold equal events (one agent, one instant).
+                position = {id(p): i for i, p in enumerate(live)}
+                for p in live:
                     if p.link is not None:
                         key, other = p.link
-                        p.event[key] = seq + 1 + live.index(other, 0, i)
+                        p.event[key] = seq + 1 + position[id(other)]
                 records, rows = number([(p.event, p.at) for p in live], seq, prev)
                 self._sql.append(cur, rows, records[-1].seq, records[-1].hash)
             for p, r in zip(live, records, strict=True):
