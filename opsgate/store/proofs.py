@@ -36,8 +36,12 @@ class ProofSQL:
 
     def insert_new(self, cur: Any, expiries: dict[str, float]) -> set[str]:
         """Record these proof ids (id -> when it may be forgotten); the ids that were not
-        recorded before (safe under races: an id another transaction holds is skipped)."""
-        items = list(expiries.items())
+        recorded before (safe under races: an id another transaction holds is skipped).
+
+        In id order: replicas racing on the same ids (one proof sent to both) then wait
+        for each other in one order and never deadlock (PostgreSQL broke such a cycle
+        by failing one batch, answered 503)."""
+        items = sorted(expiries.items())
         new: set[str] = set()
         for start in range(0, len(items), _CHUNK):
             chunk = items[start : start + _CHUNK]

@@ -137,3 +137,28 @@ def test_two_gates_on_one_database_accept_a_raced_proof_once(
     finally:
         b.close()
         a.close()
+
+
+def test_two_gates_batching_the_same_ids_in_opposite_orders_never_deadlock(
+    tmp_path: Path, database_url: str | None
+) -> None:
+    """Each replica's batch holds the same proof ids (one proof sent to both), listed in
+    opposite orders: on PostgreSQL that was a lock cycle, broken by failing one batch
+    (a 503 for a genuine request). Every id is accepted exactly once, no batch fails."""
+    a = opsgate.Gate.open(tmp_path / "state", database_url=database_url)
+    b = opsgate.Gate.open(tmp_path / "state", database_url=database_url)
+    try:
+        for round_ in range(4):
+            now = time.time()
+            ids = [f"cross-{round_}-{k:04d}-0123456789abcdef" for k in range(3000)]
+            batches = [[(j, now, 65.0) for j in ids], [(j, now, 65.0) for j in reversed(ids)]]
+            out = _race(
+                2, lambda i: (a, b)[i].credential_manager.proofs._record_uses(batches[i])
+            )
+            assert not any(isinstance(o, Exception) for o in out), out
+            first, second = out[0], list(reversed(out[1]))
+            for k, j in enumerate(ids):
+                assert sorted((first[k], second[k])) == ["accepted", "replayed"], (j, out)
+    finally:
+        b.close()
+        a.close()
