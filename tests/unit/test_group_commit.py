@@ -152,9 +152,7 @@ def test_two_gates_batching_the_same_ids_in_opposite_orders_never_deadlock(
             now = time.time()
             ids = [f"cross-{round_}-{k:04d}-0123456789abcdef" for k in range(3000)]
             batches = [[(j, now, 65.0) for j in ids], [(j, now, 65.0) for j in reversed(ids)]]
-            out = _race(
-                2, lambda i: (a, b)[i].credential_manager.proofs._record_uses(batches[i])
-            )
+            out = _race(2, lambda i: (a, b)[i].credential_manager.proofs._record_uses(batches[i]))
             assert not any(isinstance(o, Exception) for o in out), out
             first, second = out[0], list(reversed(out[1]))
             for k, j in enumerate(ids):
