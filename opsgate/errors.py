@@ -764,19 +764,23 @@ def _run(m: re.Match[str]) -> str:
     return f"<{len(run)} characters, not shown>"
 
 
-# Texts seen to hold no secret shape though they looked like they might (dids, digests,
-# key ids come again and again in audit events): a bounded set, holding no secret.
+# Texts seen to hold no secret shape (dids, digests, key ids, capabilities come again
+# and again in audit events): a bounded set, holding no secret.
 _CLEAN: dict[str, None] = {}
 _CLEAN_MAX = 4096
 
 
 def _shapes(message: str) -> str:
-    if message in _CLEAN or _ANY_SHAPE.search(message) is None:
+    if message in _CLEAN:
         return message
-    out = _PEM.sub("<key, not shown>", message)
-    out = _TOKEN.sub("<token, not shown>", out)
-    out = _JWS.sub("<credential, not shown>", out)
-    out = _RUN.sub(_run, out)
+    out = message
+    if _ANY_SHAPE.search(message) is not None:
+        out = _PEM.sub("<key, not shown>", message)
+        out = _TOKEN.sub("<token, not shown>", out)
+        out = _JWS.sub("<credential, not shown>", out)
+        out = _RUN.sub(_run, out)
+    # Remembered either way: capabilities, digests, jtis and summaries come again and
+    # again (every audit event), and a set lookup is cheaper than the search.
     if out == message and len(message) <= 256:
         if len(_CLEAN) >= _CLEAN_MAX:
             _CLEAN.clear()

@@ -989,9 +989,9 @@ class Gate:
         )
         # The executor plans (and an approval binds) the canonical resource: one case,
         # aliases resolved, so `prod/web` and `production/web` are one place.
-        resource = resolved.capability.resource
-        if resource != operation.resource or given or operation.params:
-            operation = dataclasses.replace(operation, resource=resource, params=given)
+        operation = dataclasses.replace(
+            operation, resource=resolved.capability.resource, params=given
+        )
         try:
             plan = executor.plan(operation)
         except OpsgateError:
@@ -1161,13 +1161,11 @@ class Gate:
             _, needed = self._decide(
                 claims, resolved.capability, t, environment=resolved.environment
             )
+            reasons = tuple(f"{capability} (required): {r}" for r in needed.reasons)
             if needed.effect == "deny":
-                return dataclasses.replace(
-                    needed, reasons=tuple(f"{capability} (required): {r}" for r in needed.reasons)
-                )
+                return dataclasses.replace(needed, reasons=reasons)
             if needed.effect != "require_approval":
                 continue
-            reasons = tuple(f"{capability} (required): {r}" for r in needed.reasons)
             if decision.effect == "allow":
                 decision = dataclasses.replace(needed, reasons=(*decision.reasons, *reasons))
                 continue

@@ -19,10 +19,7 @@ from typing import Any
 
 import orjson
 
-# The shape test and the set of texts known clean, shared with errors.scrub.
-from opsgate.errors import _ANY_SHAPE as _SHAPE_HINT
-from opsgate.errors import _CLEAN as _KNOWN_CLEAN
-from opsgate.errors import _CLEAN_MAX, encodable, scrub
+from opsgate.errors import encodable, scrub
 
 MAX_DEPTH = 32
 _INT_MIN, _INT_MAX = -(2**63), 2**64 - 1  # what canonical JSON (orjson) encodes
@@ -50,18 +47,7 @@ def marker(what: str) -> str:
 
 
 def _text(value: str) -> str:
-    """A string as an event may carry it: scrubbed (the common case is a set lookup:
-    capabilities, digests, jtis and summaries come again and again)."""
-    if not value.isascii():
-        return scrub(value, long_words=False)  # and made encodable
-    if value in _KNOWN_CLEAN:
-        return value
-    if _SHAPE_HINT.search(value) is None:
-        if len(value) <= 256:
-            if len(_KNOWN_CLEAN) >= _CLEAN_MAX:
-                _KNOWN_CLEAN.clear()
-            _KNOWN_CLEAN[value] = None
-        return value
+    """A string as an event may carry it: scrubbed, and encodable."""
     return scrub(value, long_words=False)
 
 

@@ -108,7 +108,8 @@ class Pending:
     record: AuditRecord | None = None
     error: BaseException | None = None
     # (field, slot): set `field` to that slot's seq once the batch is numbered; the
-    # slot is an earlier one of the same submission (never dropped: it has no change).
+    # slot is an earlier one of the same submission (if it was dropped, the batch
+    # fails: a record never names a seq that is not in the log).
     link: tuple[str, Pending] | None = None
     lead: bool = False  # woken to write the next batch rather than with a result
     # Held from creation until the slot's batch is written: a follower blocks on it.

@@ -147,7 +147,11 @@ _Raw = tuple[str, str, list[Finding], bool]
 
 @dataclass
 class _Created:
-    """Objects created by earlier statements of the same file (normalised names)."""
+    """Objects created by earlier statements of the same file, by name as written
+    (SQLite's folded to lower case): `public.t` and `t` are not taken for one table,
+    since `t` resolves through the search path (a `$user` schema, made with `CREATE
+    SCHEMA AUTHORIZATION CURRENT_USER`, comes before public). A name that does not
+    match counts as pre-existing (the safe direction)."""
 
     tables: set[str] = field(default_factory=set)
     columns: set[tuple[str, str]] = field(default_factory=set)
@@ -176,14 +180,6 @@ class _Created:
         else:  # a pre-existing column now answers to `new`
             self.columns.discard((table, new))
         self.columns.discard((table, old))
-
-
-def _norm(name: str) -> str:
-    """A name as written: `public.t` and `t` are not taken for one table, since `t`
-    resolves through the search path (a `$user` schema, made with `CREATE SCHEMA
-    AUTHORIZATION CURRENT_USER`, comes before public). A mismatch counts as
-    pre-existing (the safe direction)."""
-    return name
 
 
 def _words(text: str) -> frozenset[str]:
@@ -255,7 +251,7 @@ def _pg_rel(rv: pg.RangeVar | None) -> str:
     if rv is None:
         return "?"
     name = str(rv.relname)
-    return _norm(f"{rv.schemaname}.{name}" if rv.schemaname else name)
+    return f"{rv.schemaname}.{name}" if rv.schemaname else name
 
 
 def _pg_funcname(call: pg.FuncCall) -> str:
@@ -361,14 +357,14 @@ class _Postgres:
         name = str(node.idxname) if node.idxname else ""
         schema = node.relation.schemaname if node.relation is not None else None
         if name and schema:  # the index lives in its table's schema
-            name = _norm(f"{schema}.{name}")
+            name = f"{schema}.{name}"
         if existing and node.unique:
-            replaced = name and _norm(name) in self.created.dropped_indexes
+            replaced = name and name in self.created.dropped_indexes
             found.append(finding("MF102" if replaced else "MF101", name or table))
         if existing and not node.concurrent:
             found.append(finding("PG101", name or table))
         if name and not node.if_not_exists:
-            self.created.objects.add(("index", _norm(name)))
+            self.created.objects.add(("index", name))
         return found, not node.concurrent
 
     def _DropStmt(self, node: pg.DropStmt) -> tuple[list[Finding], bool]:
@@ -379,7 +375,7 @@ class _Postgres:
         cascade = _enum(pge.DropBehavior, node.behavior) == pge.DropBehavior.DROP_CASCADE
         created = _Created() if cascade else self.created
         for obj in node.objects or ():
-            name = _norm(_pg_strings(obj))
+            name = _pg_strings(obj)
             if kind == pge.ObjectType.OBJECT_TABLE:
                 if name not in created.tables:
                     found.append(finding("DS102", _shown(name)))
@@ -405,7 +401,7 @@ class _Postgres:
         t = pge.ObjectType
         table = _pg_rel(node.relation) if node.relation is not None else ""
         if kind in (t.OBJECT_TABLE, t.OBJECT_VIEW, t.OBJECT_MATVIEW, t.OBJECT_FOREIGN_TABLE):
-            new = _norm(str(node.newname))
+            new = str(node.newname)
             if table in self.created.tables:
                 self.created.rename_table(table, new)
                 return [], True
@@ -425,7 +421,7 @@ class _Postgres:
             schema = node.relation.schemaname if node.relation is not None else None
             new_index = str(node.newname)
             self.created.objects.discard(
-                ("index", _norm(f"{schema}.{new_index}" if schema else new_index))
+                ("index", f"{schema}.{new_index}" if schema else new_index)
             )
             return [], True
         if kind in (
@@ -782,8 +778,8 @@ def _sq_name(node: exp.Expression | None) -> str:
         node = node.this
     if isinstance(node, exp.Table):
         parts = [p for p in (node.args.get("db"), node.args.get("this")) if p is not None]
-        return _norm(".".join(p.name for p in parts).lower())
-    return _norm(node.name.lower()) if hasattr(node, "name") else "?"
+        return ".".join(p.name for p in parts).lower()
+    return node.name.lower() if hasattr(node, "name") else "?"
 
 
 def _sq_funcname(node: exp.Func) -> str:
@@ -843,7 +839,7 @@ class _Sqlite:
         if kind == "INDEX":
             index = tree.this
             table = _sq_name(index.args.get("table")) if isinstance(index, exp.Index) else "?"
-            name = _norm(index.name.lower()) if isinstance(index, exp.Index) else ""
+            name = index.name.lower() if isinstance(index, exp.Index) else ""
             found = []
             if tree.args.get("unique") and table not in self.created.tables:
                 replaced = name and name in self.created.dropped_indexes
