@@ -543,6 +543,10 @@ class VaultConfig(_Strict):
     namespace: str | None = None
     timeout_seconds: float = Field(5.0, gt=0, le=60)
     ca_cert: str | None = None  # PEM bundle that verifies the server (default: system CAs)
+    # The HTTP(S) proxy to reach the server through, if any: only this one. The
+    # process environment's proxy, CA bundle and .netrc settings are never consulted
+    # (a proxy set there for other tools would carry the gate's Vault token).
+    proxy: str | None = None
     auth: VaultAuth = VaultAuth(token_env="VAULT_TOKEN")  # noqa: S106 - a variable name
     database_mount: str = "database"  # the database secrets engine (dynamic credentials)
 
@@ -552,6 +556,15 @@ class VaultConfig(_Strict):
         if not re.match(r"https?://[A-Za-z0-9.\[\]:-]+(:[0-9]{1,5})?/?\Z", value, re.ASCII):
             raise ValueError("address must be http(s)://host[:port]")
         return value.rstrip("/")
+
+    @field_validator("proxy")
+    @classmethod
+    def _proxy(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(
+            r"https?://[A-Za-z0-9.\[\]:-]+(:[0-9]{1,5})?/?\Z", value, re.ASCII
+        ):
+            raise ValueError("proxy must be http(s)://host[:port] (no credentials in it)")
+        return value
 
     @field_validator("mount", "prefix", "database_mount")
     @classmethod

@@ -989,8 +989,12 @@ class Gate:
         )
         # The executor plans (and an approval binds) the canonical resource: one case,
         # aliases resolved, so `prod/web` and `production/web` are one place.
-        operation = dataclasses.replace(
-            operation, resource=resolved.capability.resource, params=given
+        operation = Operation(
+            operation.action,
+            resolved.capability.resource,
+            given,
+            operation.dry_run,
+            operation.secret,
         )
         try:
             plan = executor.plan(operation)
@@ -1412,7 +1416,15 @@ class Gate:
                     then=self._runs.finished(attempt.seq),
                 )
             )
-        linked = dataclasses.replace(outcome, previous_seq_field="attempt_seq")
+        linked = Unit(
+            outcome.event_type,
+            outcome.fields,
+            outcome.actor,
+            outcome.at,
+            outcome.change,
+            outcome.then,
+            previous_seq_field="attempt_seq",
+        )
         return self.audit.commit_all([attempt, linked])[1]
 
     def _run(

@@ -64,10 +64,17 @@ class Plan:
     # before the caller gets anything. Not part of the digest: it is how the gate
     # writes, not what the operation does.
     reads_only: bool = False
+    # The digest, once computed: a plan is read several times per operation (attempt,
+    # outcome, approval) and never changes (`dataclasses.replace` starts it afresh).
+    _digest: str | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def digest(self) -> str:
-        return plan_digest(self)
+        digest = self._digest
+        if digest is None:
+            digest = plan_digest(self)
+            object.__setattr__(self, "_digest", digest)
+        return digest
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -129,12 +129,19 @@ class VaultSession:
     def new_client(self, token: str | None = None) -> hvac.Client:
         """An unauthenticated (or `token`) client with the configured server and limits."""
         cfg = self.cfg
+        session = requests.Session()
+        # Only what the config says: requests would otherwise look up proxies, a CA
+        # bundle and .netrc credentials in the environment on every request.
+        session.trust_env = False
+        proxies = {"http": cfg.proxy, "https": cfg.proxy} if cfg.proxy else None
         return hvac.Client(
             url=cfg.address,
             token=token,
             namespace=cfg.namespace,
             timeout=cfg.timeout_seconds,
             verify=cfg.ca_cert if cfg.ca_cert else True,
+            proxies=proxies,
+            session=session,
         )
 
     def _login(self) -> hvac.Client:

@@ -13,6 +13,7 @@ nothing, the key file is created 0600 on first use and refused when others can r
 from __future__ import annotations
 
 import base64
+import http.server
 import os
 import socket
 import threading
@@ -21,6 +22,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import hvac
 import orjson
 import pytest
@@ -320,6 +322,109 @@ def test_a_missing_token_variable_is_a_config_error_naming_it(
         assert "OPSGATE_T_NOT_SET_ANYWHERE" in err.value.message
     finally:
         w.gate.close()
+
+
+class RecordingProxy:
+    """A plain HTTP forward proxy on 127.0.0.1 that records each request line it
+    forwards (and whether it carried a Vault token)."""
+
+    def __init__(self) -> None:
+        seen = self.seen = []  # type: list[tuple[str, bool]]
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def _forward(self) -> None:
+                seen.append((f"{self.command} {self.path}", "X-Vault-Token" in self.headers))
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else None
+                headers = {
+                    k: v for k, v in self.headers.items() if k.lower() not in ("host", "connection")
+                }
+                answer = httpx.request(
+                    self.command, self.path, headers=headers, content=body, trust_env=False
+                )
+                self.send_response(answer.status_code)
+                for k, v in answer.headers.items():
+                    if k.lower() not in ("transfer-encoding", "connection", "content-length"):
+                        self.send_header(k, v)
+                self.send_header("Content-Length", str(len(answer.content)))
+                self.end_headers()
+                self.wfile.write(answer.content)
+
+            do_GET = do_POST = do_PUT = do_DELETE = do_LIST = _forward
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_the_environment_proxy_is_ignored_and_only_the_configured_one_is_used(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    vault: tuple[str, str],
+    kv: tuple[hvac.Client, str],
+) -> None:
+    """A proxy set in the environment for other tools never sees the gate's Vault
+    token; a proxy named in the config carries every request."""
+    mount = kv[1]
+    ambient, configured = RecordingProxy(), RecordingProxy()
+
+    def ambient_proxy(m: pytest.MonkeyPatch) -> None:
+        for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "all_proxy"):
+            m.setenv(name, ambient.url)
+        m.delenv("NO_PROXY", raising=False)
+        m.delenv("no_proxy", raising=False)
+
+    try:
+        w = _vault_world(tmp_path / "a", monkeypatch, vault, mount=mount)
+        try:
+            with monkeypatch.context() as m:
+                ambient_proxy(m)
+                write_secret(w.gate, w.token, "staging/db", "through-no-proxy")
+                read = read_secret(w.gate, w.token, "staging/db")
+                assert read.value.reveal() == "through-no-proxy"
+        finally:
+            w.gate.close()
+        assert ambient.seen == []
+
+        w = _vault_world(tmp_path / "b", monkeypatch, vault, mount=mount, proxy=configured.url)
+        try:
+            with monkeypatch.context() as m:
+                ambient_proxy(m)
+                read = read_secret(w.gate, w.token, "staging/db")
+                assert read.value.reveal() == "through-no-proxy"
+        finally:
+            w.gate.close()
+        assert ambient.seen == []
+        assert any(
+            line.startswith("GET ") and "/opsgate/staging/db" in line and token
+            for line, token in configured.seen
+        ), configured.seen
+    finally:
+        ambient.stop()
+        configured.stop()
+
+
+@pytest.mark.parametrize(
+    "proxy", ["http://user:hunter2@127.0.0.1:3128", "socks5://127.0.0.1:1080", "proxy:3128"]
+)
+def test_a_malformed_proxy_is_a_config_error_without_its_text(tmp_path: Path, proxy: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        opsgate.Gate.open(
+            tmp_path / "s",
+            secrets={
+                "backend": "vault",
+                "vault": {"address": "http://127.0.0.1:1", "proxy": proxy},
+            },
+        )
+    assert "hunter2" not in str(err.value)
+    assert "proxy" in str(err.value)
 
 
 def test_inline_tokens_are_not_accepted_in_config(tmp_path: Path) -> None:
