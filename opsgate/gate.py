@@ -1022,7 +1022,7 @@ class Gate:
                     f"{plan.capability!r}, which is not declared",
                     code="environment_undeclared",
                 )
-            plan = dataclasses.replace(plan, environment=planned)
+            plan = plan.in_environment(planned)
         named = resolved.environment
         if named is not None and plan.environment != named:
             if plan.environment is not None:
@@ -1031,7 +1031,7 @@ class Gate:
                     f"{plan.capability!r}, which names {named!r}",
                     code="plan_failed",
                 )
-            plan = dataclasses.replace(plan, environment=named)
+            plan = plan.in_environment(named)
         return plan, typed
 
     def execute(

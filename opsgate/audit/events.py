@@ -15,26 +15,12 @@ from typing import Any
 
 import orjson
 
-from opsgate.audit.sanitize import clean, clean_event
+from opsgate.audit.sanitize import REDACT_KEYS as _REDACT_KEYS
+from opsgate.audit.sanitize import clean, clean_event, flat_event
 from opsgate.errors import AuditError
 
 GENESIS_HASH = "0" * 64
 
-# Keys whose values are never written, whatever a caller passes in.
-_REDACT_KEYS = frozenset(
-    {
-        "token",
-        "credential_token",
-        "approver_token",
-        "password",
-        "secret",
-        "secret_value",
-        "value",
-        "private_key",
-        "proof",
-        "authorization",
-    }
-)
 REDACTED = "[redacted]"
 
 
@@ -79,7 +65,9 @@ def chain_hash(prev_hash: str, body: bytes) -> str:
 def prepare(event_type: str, actor: str | None, fields: Mapping[str, Any]) -> dict[str, Any]:
     """An event as it will be hashed, before it is numbered: fields redacted and
     sanitised, None values left out."""
-    event = {k: v for k, v in clean_event(redact(fields)).items() if v is not None}
+    event = flat_event(fields) if type(fields) is dict else None
+    if event is None:
+        event = {k: v for k, v in clean_event(redact(fields)).items() if v is not None}
     event["type"] = event_type
     if actor is not None:
         event["actor"] = clean(actor)

@@ -76,6 +76,22 @@ class Plan:
             object.__setattr__(self, "_digest", digest)
         return digest
 
+    def in_environment(self, environment: str) -> Plan:
+        """This plan for `environment` (what `dataclasses.replace` does, for the
+        gate's every operation at a fraction of its cost)."""
+        return Plan(
+            self.operation,
+            self.capability,
+            environment,
+            self.destructive,
+            self.summary,
+            self.steps,
+            self.content,
+            self.attributes,
+            self.requires,
+            self.reads_only,
+        )
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "operation": self.operation.to_dict(),

@@ -3,6 +3,7 @@ record (or, for RunRefused, the refusal itself), tested without a gate."""
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, ClassVar
 
 import pytest
@@ -15,6 +16,7 @@ from opsgate.operations.base import (
     Outcome,
     Plan,
     RunContext,
+    plan_digest,
     run_executor,
 )
 
@@ -110,3 +112,27 @@ def test_a_run_refused_before_changing_anything_is_raised_as_it_is(error: RunRef
 )
 def test_a_result_that_is_not_a_finished_outcome_is_a_failure(result: Any, summary: str) -> None:
     assert run_executor(Runs(result), PLAN, CONTEXT) == (Outcome("failed", summary), None)
+
+
+def test_a_plan_moved_to_an_environment_keeps_every_other_field_and_a_fresh_digest() -> None:
+    """`Plan.in_environment` is `dataclasses.replace` spelled out: a field it forgot
+    (one added later) would silently drop out of what the gate authorizes."""
+    op = Operation("deploy", "production/app-web", {"version": "1.2"})
+    values = {
+        "operation": op,
+        "capability": op.capability,
+        "environment": "staging",
+        "destructive": True,
+        "summary": "s",
+        "steps": ("a", "b"),
+        "content": {"artifact": "sha256:00"},
+        "attributes": {"x": 1},
+        "requires": ("read:secrets/production/db",),
+        "reads_only": True,
+    }
+    assert set(values) == {f.name for f in dataclasses.fields(Plan) if f.init}
+    plan = Plan(**values)  # type: ignore[arg-type]
+    staged = plan.digest
+    moved = plan.in_environment("production")
+    assert moved == dataclasses.replace(plan, environment="production")
+    assert moved.digest != staged and moved.digest == plan_digest(moved)
