@@ -490,6 +490,8 @@ _REGISTRY: tuple[tuple[type[OpsgateError], dict[str, str]], ...] = (
             "policy_cases_invalid": "a policy test cases file is invalid",
             "policy_duplicate": "a policy name is used twice",
             "policy_forbidden": "a condition uses what is not allowed (calls, private names)",
+            "policy_insecure": "a policy file, or a directory on its path, can be changed by "
+            "other users",
             "policy_invalid": "a policy file is invalid",
             "policy_missing": "no policies are loaded",
             "policy_not_found": "a policy file or named policy does not exist",

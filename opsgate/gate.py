@@ -17,6 +17,7 @@ import contextlib
 import dataclasses
 import functools
 import os
+import stat
 import time
 import uuid
 from collections.abc import Iterator
@@ -50,6 +51,7 @@ from opsgate.errors import (
     InvalidCredential,
     OperationError,
     OpsgateError,
+    PolicyError,
     RunRefused,
     StoreError,
     safe_text,
@@ -141,6 +143,45 @@ def _check_owned(path: Path) -> None:
                 "(chmod o-w)",
                 code="state_dir_insecure",
             )
+
+
+def _changeable(st: os.stat_result, *, above: bool) -> bool:
+    """Whether another user could change (or, for a directory, swap what is in) it.
+    A sticky world-writable directory above a file (such as /tmp) is fine: others
+    cannot rename or replace what they do not own in it."""
+    world = bool(st.st_mode & 0o002) and not (above and st.st_mode & stat.S_ISVTX)
+    return world or st.st_uid not in (os.geteuid(), 0)
+
+
+def _check_policy_files(source: str | os.PathLike[str] | list[str]) -> None:
+    """Policies decide who may do what, like opsgate.yaml: a policy file, a policy
+    directory (another user could add a file to it), or any directory above them that
+    another user could change is refused, along the path as given and as resolved."""
+    from opsgate.policy import policy_files
+
+    items = [source] if isinstance(source, (str, os.PathLike)) else list(source)
+    targets = [Path(i) for i in items if Path(i).is_dir()] + policy_files(source)
+    seen: set[tuple[Path, bool]] = set()
+    for target in targets:
+        given, real = Path(os.path.abspath(target)), target.resolve()
+        chain = [(real, False)] + [(d, True) for d in (*given.parents, *real.parents)]
+        for path, above in chain:
+            if (path, above) in seen:
+                continue
+            seen.add((path, above))
+            try:
+                st = path.stat()
+            except OSError as exc:
+                raise PolicyError(
+                    f"cannot inspect '{path}': {exc.strerror}", code="policy_not_found"
+                ) from exc
+            if _changeable(st, above=above):
+                raise PolicyError(
+                    f"policy path '{path}' can be changed by other users (mode "
+                    f"{st.st_mode & 0o7777:o}, uid {st.st_uid}): make it owned by this user "
+                    "or root and not world-writable",
+                    code="policy_insecure",
+                )
 
 
 # What a gate keeps in its state dir besides the pin (configuration and policies are not).
@@ -477,8 +518,11 @@ class Gate:
                 raise
 
     def load_policies(self, source: str | os.PathLike[str] | list[str]) -> None:
+        """Load the policies in force (refused, with the old ones kept, when a file
+        or a directory on its path could be changed by another user)."""
         from opsgate.policy import load_policies
 
+        _check_policy_files(source)
         self.policies = load_policies(
             source, limits=self.config.limits, aliases=self.environments.aliases
         )

@@ -4,7 +4,9 @@ ConfigError naming the file, never a silently different configuration."""
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -144,3 +146,133 @@ def test_a_config_file_another_user_owns_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as exc:
         opsgate.Gate.open(state)
     assert exc.value.code == "state_dir_insecure"
+
+
+# -- policy files: they decide who may do what, like opsgate.yaml ------------------------
+
+_STRICT = """
+policies:
+  - name: production-needs-approval
+    rules:
+      - condition: "environment == 'production'"
+        action: require_approval
+        approvers: ["sre@example.com"]
+"""
+_LAX = """
+policies:
+  - name: anything-goes
+    rules:
+      - condition: "true"
+        action: allow
+"""
+
+
+def _policy_world(tmp_path: Path) -> tuple[Any, Path, Path]:
+    import opsgate
+
+    where = tmp_path / "policies"
+    where.mkdir(mode=0o755)
+    strict = where / "policies.yaml"
+    strict.write_text(_STRICT, encoding="utf-8")
+    gate = opsgate.Gate.open(tmp_path / "state", policies=str(strict))
+    return gate, where, strict
+
+
+def _names(gate: Any) -> list[str]:
+    return [p.name for p in gate.policies.policies]
+
+
+@pytest.mark.parametrize(
+    ("make_insecure", "refused"),
+    [
+        pytest.param(lambda where, f: f.chmod(0o666), ("file", "dir"), id="file world-writable"),
+        pytest.param(
+            lambda where, f: where.chmod(0o777), ("file", "dir"), id="its directory world-writable"
+        ),
+        pytest.param(
+            lambda where, f: where.parent.chmod(0o777), ("file", "dir"), id="a directory above"
+        ),
+        # Others cannot swap a file they do not own in a sticky directory, but they can add
+        # one: loading the directory would take it in.
+        pytest.param(lambda where, f: where.chmod(0o1777), ("dir",), id="a sticky policy dir"),
+    ],
+)
+def test_a_policy_path_others_can_change_is_refused_and_the_old_policies_stay(
+    tmp_path: Path, make_insecure: Callable[[Path, Path], None], refused: tuple[str, ...]
+) -> None:
+    from opsgate import PolicyError
+
+    gate, where, _ = _policy_world(tmp_path)
+    try:
+        lax = where / "lax.yaml"
+        lax.write_text(_LAX, encoding="utf-8")
+        make_insecure(where, lax)
+        for kind in refused:
+            with pytest.raises(PolicyError) as exc:
+                gate.load_policies(str(lax if kind == "file" else where))
+            assert exc.value.code == "policy_insecure"
+            assert _names(gate) == ["production-needs-approval"]
+        if "file" not in refused:
+            gate.load_policies(str(lax))
+            assert _names(gate) == ["anything-goes"]
+    finally:
+        gate.close()
+        tmp_path.chmod(0o700)
+
+
+def test_a_policy_reached_through_a_symlink_is_checked_where_it_really_is(tmp_path: Path) -> None:
+    from opsgate import PolicyError
+
+    gate, where, _ = _policy_world(tmp_path)
+    try:
+        elsewhere = tmp_path / "shared"
+        elsewhere.mkdir()
+        (elsewhere / "lax.yaml").write_text(_LAX, encoding="utf-8")
+        elsewhere.chmod(0o777)
+        (where / "link.yaml").symlink_to(elsewhere / "lax.yaml")
+        with pytest.raises(PolicyError) as exc:
+            gate.load_policies(str(where / "link.yaml"))
+        assert exc.value.code == "policy_insecure"
+        with pytest.raises(PolicyError):
+            gate.load_policies(str(where))  # the directory holds the link too
+        assert _names(gate) == ["production-needs-approval"]
+    finally:
+        gate.close()
+
+
+def test_a_policy_under_a_sticky_directory_like_tmp_loads(tmp_path: Path) -> None:
+    gate, _where, strict = _policy_world(tmp_path)
+    try:
+        tmp_path.chmod(0o1777)  # above the policies: others cannot swap what is in it
+        gate.load_policies(str(strict))
+        assert _names(gate) == ["production-needs-approval"]
+    finally:
+        gate.close()
+        tmp_path.chmod(0o700)
+
+
+def test_an_insecure_policy_path_in_the_config_refuses_to_open(tmp_path: Path) -> None:
+    import opsgate
+    from opsgate import PolicyError
+
+    where = tmp_path / "policies"
+    where.mkdir()
+    (where / "p.yaml").write_text(_STRICT, encoding="utf-8")
+    where.chmod(0o777)
+    with pytest.raises(PolicyError) as exc:
+        opsgate.Gate.open(tmp_path / "state", policies=str(where))
+    assert exc.value.code == "policy_insecure"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving a file away needs root")
+def test_a_policy_file_another_user_owns_is_refused(tmp_path: Path) -> None:
+    from opsgate import PolicyError
+
+    gate, _where, strict = _policy_world(tmp_path)
+    try:
+        os.chown(strict, 65534, 65534)
+        with pytest.raises(PolicyError) as exc:
+            gate.load_policies(str(strict))
+        assert exc.value.code == "policy_insecure"
+    finally:
+        gate.close()
