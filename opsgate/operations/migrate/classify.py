@@ -14,6 +14,7 @@ lost.
 from __future__ import annotations
 
 import logging
+import re
 import sqlite3
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -151,7 +152,9 @@ class _Created:
     (SQLite's folded to lower case): `public.t` and `t` are not taken for one table,
     since `t` resolves through the search path (a `$user` schema, made with `CREATE
     SCHEMA AUTHORIZATION CURRENT_USER`, comes before public). A name that does not
-    match counts as pre-existing (the safe direction)."""
+    match counts as pre-existing (the safe direction). Forgetting goes the other way:
+    a drop or rename of `s.t` may be of the object created as `t` (and vice versa), so
+    it forgets every relation called `t`, whatever its schema."""
 
     tables: set[str] = field(default_factory=set)
     columns: set[tuple[str, str]] = field(default_factory=set)
@@ -162,24 +165,72 @@ class _Created:
     def has_column(self, table: str, column: str) -> bool:
         return table in self.tables or (table, column) in self.columns
 
-    def rename_table(self, old: str, new: str) -> None:
-        if old in self.tables:
-            self.tables.add(new)
-            self.columns |= {(new, c) for t, c in self.columns if t == old}
-        self.forget_table(old)
+    def has_relname(self, name: str) -> bool:
+        """Might `name` be a table created here, in whatever schema it was written?"""
+        rel = _relname(name)
+        return any(_relname(t) == rel for t in self.tables)
 
-    def forget_table(self, name: str) -> None:
+    def forget(self, name: str) -> None:
         """The name no longer holds what this file created (dropped, renamed away, or
-        a pre-existing table renamed onto it): a later drop of it loses data."""
-        self.tables.discard(name)
-        self.columns = {(t, c) for t, c in self.columns if t != name}
+        a pre-existing relation renamed onto it): a later drop of it loses data. Tables,
+        views, indexes and sequences share one namespace, so no relation of that name
+        counts as created any more, in any schema."""
+        rel = _relname(name)
+        self.tables = {t for t in self.tables if _relname(t) != rel}
+        self.columns = {(t, c) for t, c in self.columns if _relname(t) != rel}
+        self.objects = {(k, n) for k, n in self.objects if k == "schema" or _relname(n) != rel}
+
+    def rename(self, old: str, new: str) -> bool:
+        """A relation renamed, whatever the statement called it (PostgreSQL's ALTER
+        INDEX or ALTER SEQUENCE renames a table too): the new name holds what this file
+        created under the old one, if it did; else nothing. True if it did."""
+        table = old in self.tables
+        kinds = {k for k, n in self.objects if n == old and k != "schema"}
+        columns = {(new, c) for t, c in self.columns if t == old}
+        self.forget(old)
+        self.forget(new)
+        if table:
+            self.tables.add(new)
+            self.columns |= columns
+        self.objects |= {(k, new) for k in kinds}
+        return table or bool(kinds)
 
     def rename_column(self, table: str, old: str, new: str) -> None:
-        if self.has_column(table, old):
+        """`new` holds the column `old` was; if that was not created here, a pre-existing
+        column now answers to `new`, through whatever name its table is reached by."""
+        created = self.has_column(table, old)
+        self.drop_column(table, old)
+        self.drop_column(table, new)
+        if created:
             self.columns.add((table, new))
-        else:  # a pre-existing column now answers to `new`
-            self.columns.discard((table, new))
-        self.columns.discard((table, old))
+
+    def drop_column(self, table: str, column: str) -> None:
+        rel = _relname(table)
+        self.columns = {(t, c) for t, c in self.columns if not (_relname(t) == rel and c == column)}
+
+    def reach_existing(self) -> None:
+        """Rows that existed before now hang off a table created here (an existing
+        table attached as its partition, an existing table's foreign key that cascades
+        from it). Partitions, inheritance and foreign keys between the new tables are
+        not tracked, so a drop, truncate or DML of any of them may reach those rows:
+        none counts as created here any more."""
+        self.tables.clear()
+
+
+#: One part of a name made by `_qualify`: bare, or quoted with its quotes doubled.
+_NAME_PART = re.compile(r'"(?:[^"]|"")*"|[^."]+')
+
+
+def _qualify(*parts: str) -> str:
+    """One string for a possibly qualified name; a part holding a dot or a quote is
+    quoted, so the table `"public.t"` is never taken for `public.t`."""
+    return ".".join('"' + p.replace('"', '""') + '"' if "." in p or '"' in p else p for p in parts)
+
+
+def _relname(name: str) -> str:
+    """The last part of a `_qualify`d name: the relation's own name, without a schema."""
+    parts = _NAME_PART.findall(name)
+    return str(parts[-1]) if parts else name
 
 
 def _words(text: str) -> frozenset[str]:
@@ -243,7 +294,7 @@ def _pg_strings(items: Any) -> str:
     if isinstance(items, (list, tuple)):
         parts = [str(p.sval) for p in items if isinstance(p, pg.String)]
         if len(parts) == len(items):
-            return ".".join(parts)
+            return _qualify(*parts)
     return "?"
 
 
@@ -251,7 +302,7 @@ def _pg_rel(rv: pg.RangeVar | None) -> str:
     if rv is None:
         return "?"
     name = str(rv.relname)
-    return f"{rv.schemaname}.{name}" if rv.schemaname else name
+    return _qualify(str(rv.schemaname), name) if rv.schemaname else _qualify(name)
 
 
 def _pg_funcname(call: pg.FuncCall) -> str:
@@ -271,23 +322,42 @@ def _pg_unsafe_calls(node: Any) -> list[str]:
     )
 
 
-def _pg_row_dependent(where: Any, target: pg.RangeVar | None) -> bool:
+def _pg_row_dependent(where: Any, target: pg.RangeVar | None, others: Any = None) -> bool:
     """Does the WHERE read a column of the target row? A predicate that does not
-    (`WHERE true`, `WHERE 1 = 1`, `WHERE EXISTS (...)`) selects all rows or none."""
-    if where is None:
+    (`WHERE true`, `WHERE 1 = 1`, `WHERE EXISTS (...)`) selects all rows or none.
+    With other relations in scope (`USING`, `FROM`) an unqualified column may be
+    theirs, so only a column qualified with the target's name (its alias, when it has
+    one: the alias hides the name) counts."""
+    if where is None or target is None:
         return False
-    names: set[str | None] = {None}
-    if target is not None:
-        names |= {str(target.relname)}
-        if target.alias is not None:
-            names.add(str(target.alias.aliasname))
+    if target.alias is not None:
+        names: set[tuple[str | None, ...]] = {(str(target.alias.aliasname),)}
+    else:
+        names = {(str(target.relname),)}
+        if target.schemaname:
+            names.add((str(target.schemaname), str(target.relname)))
+    if not others:
+        names.add(())
+    taken = _pg_refnames(others)
     for n in _pg_walk(where, skip=(pg.SubLink, pg.SelectStmt)):
         if isinstance(n, pg.ColumnRef):
-            fields = [f.sval if isinstance(f, pg.String) else None for f in n.fields or ()]
-            qualifier = fields[-2] if len(fields) >= 2 else None
-            if qualifier in names:
+            fields = tuple(n.fields or ())
+            qualifier = tuple(f.sval if isinstance(f, pg.String) else None for f in fields[:-1])
+            if qualifier in names and not (qualifier and qualifier[-1] in taken):
                 return True
     return False
+
+
+def _pg_refnames(items: Any) -> set[str]:
+    """The names the relations of a USING or FROM list answer to (over-counted: any
+    relation name or alias in them)."""
+    found: set[str] = set()
+    for n in _pg_walk(items, skip=(pg.SubLink, pg.SelectStmt)):
+        if isinstance(n, pg.RangeVar):
+            found.add(str(n.relname))
+        if isinstance(n, pg.Alias):
+            found.add(str(n.aliasname))
+    return found
 
 
 class _Postgres:
@@ -324,12 +394,21 @@ class _Postgres:
     def _CreateStmt(self, node: pg.CreateStmt) -> tuple[list[Finding], bool]:
         table = _pg_rel(node.relation)
         # IF NOT EXISTS may have created nothing; a temporary table shadows the real
-        # one of that name, which `public.<name>` still reaches.
-        if not node.if_not_exists and not _pg_temp(node.relation):
+        # one of that name, which `public.<name>` still reaches. A partition of an
+        # existing table is reached by foreign keys to its parent, and an UPDATE of
+        # the parent moves existing rows into it.
+        parents = [_pg_rel(r) for r in node.inhRelations or ()] if node.partbound else []
+        if (
+            not node.if_not_exists
+            and not _pg_temp(node.relation)
+            and all(p in self.created.tables for p in parents)
+        ):
             self.created.tables.add(table)
             for elt in node.tableElts or ():
                 if isinstance(elt, pg.Constraint) and elt.conname:
                     self.created.constraints[str(elt.conname)] = _pg_contype(elt)
+        else:
+            self._cascades(node.tableElts)
         return [], True
 
     def _CreateTableAsStmt(self, node: pg.CreateTableAsStmt) -> tuple[list[Finding], bool]:
@@ -346,7 +425,7 @@ class _Postgres:
         return [], True
 
     def _ViewStmt(self, node: pg.ViewStmt) -> tuple[list[Finding], bool]:
-        if not node.replace:
+        if not node.replace and not _pg_temp(node.view):
             self.created.objects.add(("view", _pg_rel(node.view)))
         return [], True
 
@@ -356,8 +435,8 @@ class _Postgres:
         existing = table not in self.created.tables
         name = str(node.idxname) if node.idxname else ""
         schema = node.relation.schemaname if node.relation is not None else None
-        if name and schema:  # the index lives in its table's schema
-            name = f"{schema}.{name}"
+        if name:  # the index lives in its table's schema
+            name = _qualify(str(schema), name) if schema else _qualify(name)
         if existing and node.unique:
             replaced = name and name in self.created.dropped_indexes
             found.append(finding("MF102" if replaced else "MF101", name or table))
@@ -379,7 +458,7 @@ class _Postgres:
             if kind == pge.ObjectType.OBJECT_TABLE:
                 if name not in created.tables:
                     found.append(finding("DS102", _shown(name)))
-                self.created.forget_table(name)
+                self.created.forget(name)
             elif kind == pge.ObjectType.OBJECT_SCHEMA:
                 if ("schema", name) not in created.objects:
                     found.append(finding("DS101", _shown(name)))
@@ -393,21 +472,25 @@ class _Postgres:
                         found.append(finding("PG102", _shown(name)))
                 if not new:
                     found.append(finding("OG105", f"{label} {_shown(name)}"))
-                self.created.objects.discard((label, name))
+                if kind in _PG_RELATIONS:
+                    self.created.forget(name)
+                else:
+                    self.created.objects.discard((label, name))
         return found, not node.concurrent
 
     def _RenameStmt(self, node: pg.RenameStmt) -> tuple[list[Finding], bool]:
         kind = _enum(pge.ObjectType, node.renameType)
         t = pge.ObjectType
         table = _pg_rel(node.relation) if node.relation is not None else ""
-        if kind in (t.OBJECT_TABLE, t.OBJECT_VIEW, t.OBJECT_MATVIEW, t.OBJECT_FOREIGN_TABLE):
-            new = str(node.newname)
-            if table in self.created.tables:
-                self.created.rename_table(table, new)
+        if kind in _PG_RELATIONS:
+            # Any of these renames whatever relation has the name (ALTER INDEX renames
+            # a table too); the new name stays in the old one's schema.
+            schema = node.relation.schemaname if node.relation is not None else None
+            newname = str(node.newname)
+            new = _qualify(str(schema), newname) if schema else _qualify(newname)
+            if self.created.rename(table, new) or kind in (t.OBJECT_INDEX, t.OBJECT_SEQUENCE):
                 return [], True
-            self.created.forget_table(new)
-            self.created.objects.discard((kind.name.removeprefix("OBJECT_").lower(), new))
-            return [finding("BC101", f"{_shown(table)} to {_shown(new)}")], True
+            return [finding("BC101", f"{_shown(table)} to {_shown(newname)}")], True
         if kind == t.OBJECT_SCHEMA:
             return [finding("BC101", f"schema {_shown(_pg_strings(node.subname))}")], True
         if kind in (t.OBJECT_COLUMN, t.OBJECT_ATTRIBUTE):
@@ -417,16 +500,8 @@ class _Postgres:
             if created:
                 return [], True
             return [finding("BC102", f"{_shown(table)}.{_shown(column)}")], True
-        if kind == t.OBJECT_INDEX:  # a pre-existing index may now hold a created name
-            schema = node.relation.schemaname if node.relation is not None else None
-            new_index = str(node.newname)
-            self.created.objects.discard(
-                ("index", f"{schema}.{new_index}" if schema else new_index)
-            )
-            return [], True
         if kind in (
             t.OBJECT_TABCONSTRAINT,
-            t.OBJECT_SEQUENCE,
             t.OBJECT_TRIGGER,
             t.OBJECT_TYPE,
             t.OBJECT_DOMAIN,
@@ -448,7 +523,7 @@ class _Postgres:
             elif sub == at.AT_DropColumn:
                 if not self.created.has_column(table, column):
                     found.append(finding("DS103", f"{_shown(table)}.{_shown(column)}"))
-                self.created.columns.discard((table, column))
+                self.created.drop_column(table, column)
             elif sub == at.AT_AlterColumnType:
                 if not self.created.has_column(table, column):
                     found.append(finding("PG301", f"{_shown(table)}.{_shown(column)}"))
@@ -465,18 +540,39 @@ class _Postgres:
                 kind = self.created.constraints.get(column)
                 if kind is None:
                     found.append(finding("CD101", f"{_shown(column)} on {_shown(table)}"))
-            elif sub == at.AT_AttachPartition and not self._attach_new(table, cmd.def_):
-                # A drop, truncate or DELETE of the parent now reaches existing rows.
-                self.created.forget_table(table)
+            elif sub == at.AT_AttachPartition:
+                self._attach(existing, cmd.def_)
             elif sub == at.AT_DetachPartition and getattr(cmd.def_, "concurrent", False):
                 transactional = False
             elif sub not in _PG_PLAIN_ALTERS:
                 found.append(finding("OG202", sub.name.removeprefix("AT_")))
         return found, transactional
 
-    def _attach_new(self, parent: str, cmd: Any) -> bool:
+    def _attach(self, existing: bool, cmd: Any) -> None:
         part = getattr(cmd, "name", None)
-        return isinstance(part, pg.RangeVar) and _pg_rel(part) in self.created.tables
+        name = _pg_rel(part) if isinstance(part, pg.RangeVar) else "?"
+        if name not in self.created.tables:
+            # A drop, truncate or DELETE of the parent (or of whatever reaches it) now
+            # reaches existing rows.
+            self.created.reach_existing()
+        elif existing:
+            # Foreign keys to the existing parent now cascade into the new partition,
+            # and an UPDATE of the parent moves existing rows into it.
+            self.created.forget(name)
+
+    def _cascades(self, node: Any) -> None:
+        """A foreign key on a table that is not new, whose ON DELETE or ON UPDATE
+        changes its rows (CASCADE, SET NULL, SET DEFAULT), referencing a table created
+        here: a DELETE, UPDATE or TRUNCATE ... CASCADE of the new table now changes
+        existing rows."""
+        for n in _pg_walk(node):
+            if (
+                isinstance(n, pg.Constraint)
+                and _enum(pge.ConstrType, n.contype) == pge.ConstrType.CONSTR_FOREIGN
+                and {n.fk_del_action, n.fk_upd_action} & {"c", "n", "d"}
+                and self.created.has_relname(_pg_rel(n.pktable))
+            ):
+                self.created.reach_existing()
 
     def _add_column(self, table: str, existing: bool, col: Any) -> list[Finding]:
         if not isinstance(col, pg.ColumnDef):
@@ -485,6 +581,7 @@ class _Postgres:
         self.created.columns.add((table, name))
         if not existing:
             return []
+        self._cascades(col)
         found: list[Finding] = []
         cons = [c for c in col.constraints or () if isinstance(c, pg.Constraint)]
         kinds = {_enum(pge.ConstrType, c.contype) for c in cons}
@@ -513,6 +610,7 @@ class _Postgres:
             self.created.constraints[str(con.conname)] = kind
         if not existing:
             return []
+        self._cascades(con)
         name = _shown(str(con.conname or table))
         ct = pge.ConstrType
         contype = _enum(pge.ConstrType, con.contype)
@@ -558,7 +656,7 @@ class _Postgres:
         table = _pg_rel(node.relation)
         found = self._calls(node)
         if table not in self.created.tables:
-            bounded = _pg_row_dependent(node.whereClause, node.relation)
+            bounded = _pg_row_dependent(node.whereClause, node.relation, node.fromClause)
             found.insert(0, finding("OG109" if bounded else "OG102", _shown(table)))
         return found, True
 
@@ -566,7 +664,7 @@ class _Postgres:
         table = _pg_rel(node.relation)
         found = self._calls(node)
         if table not in self.created.tables:
-            bounded = _pg_row_dependent(node.whereClause, node.relation)
+            bounded = _pg_row_dependent(node.whereClause, node.relation, node.usingClause)
             found.insert(0, finding("OG108" if bounded else "OG101", _shown(table)))
         return found, True
 
@@ -615,7 +713,24 @@ def _enum(kind: type[_E], value: Any) -> _E:
 
 
 def _pg_temp(rv: pg.RangeVar | None) -> bool:
-    return rv is not None and rv.relpersistence == "t"
+    schema = str(rv.schemaname or "") if rv is not None else ""
+    return rv is not None and (
+        rv.relpersistence == "t" or schema == "pg_temp" or schema.startswith("pg_temp_")
+    )
+
+
+#: Kinds of object that share a schema's one namespace of relations: a rename of any
+#: of them may be of a table (ALTER INDEX renames one), a drop of one frees its name.
+_PG_RELATIONS = frozenset(
+    {
+        pge.ObjectType.OBJECT_TABLE,
+        pge.ObjectType.OBJECT_VIEW,
+        pge.ObjectType.OBJECT_MATVIEW,
+        pge.ObjectType.OBJECT_FOREIGN_TABLE,
+        pge.ObjectType.OBJECT_INDEX,
+        pge.ObjectType.OBJECT_SEQUENCE,
+    }
+)
 
 
 def _pg_contype(con: pg.Constraint) -> str:
@@ -766,20 +881,36 @@ def _sqlite_statements(text: str) -> Iterator[_Raw]:
         if isinstance(tree, exp.Command):
             yield sql, "Command", [finding("OG201", _shown(str(tree.this).upper()))], True
             continue
-        found, transactional = walker.statement(tree)
+        found, transactional = walker.statement(tree, sql)
         yield sql, type(tree).__name__, found, transactional
 
 
-def _sq_name(node: exp.Expression | None) -> str:
+def _sq_parts(node: exp.Expression | None) -> list[str]:
     """SQLite names are case-insensitive (`JUNK` is `junk`), so they are compared folded."""
     if node is None:
-        return "?"
+        return ["?"]
     if isinstance(node, exp.Schema):
         node = node.this
     if isinstance(node, exp.Table):
         parts = [p for p in (node.args.get("db"), node.args.get("this")) if p is not None]
-        return ".".join(p.name for p in parts).lower()
-    return node.name.lower() if hasattr(node, "name") else "?"
+        return [p.name.lower() for p in parts]
+    return [node.name.lower()] if hasattr(node, "name") else ["?"]
+
+
+def _sq_name(node: exp.Expression | None) -> str:
+    return _qualify(*_sq_parts(node))
+
+
+def _sq_temp(tree: exp.Create) -> bool:
+    """A TEMP object (or one made in the `temp` schema) shadows the main one of that
+    name, which `main.<name>` still reaches, and is gone at the end of the session."""
+    props = tree.args.get("properties")
+    if isinstance(props, exp.Properties) and any(
+        isinstance(p, exp.TemporaryProperty) for p in props.expressions
+    ):
+        return True
+    parts = _sq_parts(tree.this)
+    return len(parts) > 1 and parts[0] in ("temp", "temporary")
 
 
 def _sq_funcname(node: exp.Func) -> str:
@@ -788,21 +919,64 @@ def _sq_funcname(node: exp.Func) -> str:
     return node.sql_name().lower()
 
 
-def _sq_row_dependent(where: exp.Expression | None, target: str, alias: str) -> bool:
-    if where is None:
+def _sq_row_dependent(tree: exp.Expression, text: str) -> bool:
+    """Does the WHERE read a column of the target row? As for PostgreSQL, with other
+    tables in scope (UPDATE ... FROM) only a column qualified with the target's name
+    (or alias) counts. And SQLite reads a double-quoted name that is no column as a
+    string (`WHERE "nope" = "nope"` is true), so an unqualified one counts only bare,
+    `backquoted` or [bracketed]."""
+    where = tree.args.get("where")
+    target = tree.this
+    if where is None or not isinstance(target, exp.Table):
         return False
-    names = {"", target, alias.lower()}
+    others = [
+        v
+        for k in ("from", "from_", "using", "joins")
+        if isinstance(v := tree.args.get(k), (exp.Expression, list)) and v
+    ]
+    parts = _sq_parts(target)
+    # An alias hides the table's own name.
+    names: set[tuple[str, ...]] = (
+        {(target.alias.lower(),)} if target.alias else {(parts[-1],), tuple(parts)}
+    )
+    if not others:
+        names.add(())
+    taken = {
+        n.name.lower()
+        for o in others
+        for item in (o if isinstance(o, list) else [o])
+        for n in item.walk()
+        if isinstance(n, (exp.Table, exp.TableAlias))
+    }
     for node in where.walk(prune=lambda n: isinstance(n, (exp.Subquery, exp.Select))):
-        if isinstance(node, exp.Column) and node.table.lower() in names:
+        if not isinstance(node, exp.Column):
+            continue
+        qualifier = tuple(p.name.lower() for p in node.parts[:-1])
+        if qualifier not in names or (qualifier and qualifier[-1] in taken):
+            continue
+        if qualifier or _sq_bare(node.this, text):
             return True
     return False
+
+
+def _sq_bare(ident: Any, text: str) -> bool:
+    """An identifier that is surely a name: unquoted, or quoted otherwise than with
+    double quotes (sqlglot keeps only "quoted", so the text says how)."""
+    if not isinstance(ident, exp.Identifier):
+        return False
+    if not ident.quoted:
+        return True
+    start = ident.meta.get("start")
+    return isinstance(start, int) and text[start : start + 1] in ("`", "[")
 
 
 class _Sqlite:
     def __init__(self) -> None:
         self.created = _Created()
+        self.sql = ""  # the statement being classified, as parsed
 
-    def statement(self, tree: exp.Expression) -> tuple[list[Finding], bool]:
+    def statement(self, tree: exp.Expression, sql: str = "") -> tuple[list[Finding], bool]:
+        self.sql = sql
         handler = getattr(self, "_" + type(tree).__name__, None)
         if handler is None:
             return [finding("OG202", type(tree).__name__)], True
@@ -830,25 +1004,26 @@ class _Sqlite:
     def _Create(self, tree: exp.Create) -> tuple[list[Finding], bool]:
         kind = str(tree.args.get("kind") or "").upper()
         exists = bool(tree.args.get("exists"))
+        temp = _sq_temp(tree)
         if kind == "TABLE":
             name = _sq_name(tree.this)
-            if not exists:
+            if not exists and not temp:
                 self.created.tables.add(name)
             query = tree.args.get("expression")
             return (self._calls(query) if query is not None else []), True
         if kind == "INDEX":
             index = tree.this
             table = _sq_name(index.args.get("table")) if isinstance(index, exp.Index) else "?"
-            name = index.name.lower() if isinstance(index, exp.Index) else ""
+            name = _qualify(index.name.lower()) if isinstance(index, exp.Index) else ""
             found = []
             if tree.args.get("unique") and table not in self.created.tables:
                 replaced = name and name in self.created.dropped_indexes
                 found.append(finding("MF102" if replaced else "MF101", name or table))
-            if name and not exists:
+            if name and not exists and not temp:
                 self.created.objects.add(("index", name))
             return found, True
         if kind == "VIEW":
-            if not exists:
+            if not exists and not temp:
                 self.created.objects.add(("view", _sq_name(tree.this)))
             return [], True
         return [finding("OG202", f"CREATE {kind}")], True
@@ -861,7 +1036,7 @@ class _Sqlite:
             if kind == "TABLE":
                 if name not in self.created.tables:
                     found.append(finding("DS102", _shown(name)))
-                self.created.forget_table(name)
+                self.created.forget(name)
             elif kind in ("SCHEMA", "DATABASE"):
                 found.append(finding("DS101", _shown(name)))
             else:
@@ -870,7 +1045,10 @@ class _Sqlite:
                     self.created.dropped_indexes.add(name)
                 if (label, name) not in self.created.objects:
                     found.append(finding("OG105", f"{label} {_shown(name)}"))
-                self.created.objects.discard((label, name))
+                if label in ("index", "view"):  # one namespace with tables
+                    self.created.forget(name)
+                else:
+                    self.created.objects.discard((label, name))
         return found, True
 
     def _Alter(self, tree: exp.Alter) -> tuple[list[Finding], bool]:
@@ -895,19 +1073,20 @@ class _Sqlite:
                     found.append(finding("MF103", f"{_shown(table)}.{_shown(column)}"))
                 if existing and any(isinstance(c, exp.UniqueColumnConstraint) for c in cons):
                     found.append(finding("MF101", f"{_shown(table)}.{_shown(column)}"))
+                if existing:
+                    self._cascades(action)
             elif isinstance(action, exp.Drop) and str(action.args.get("kind")).upper() == "COLUMN":
                 for col in action.args.get("tables") or [action.this]:
                     column = col.name.lower() if col is not None else "?"
                     if not self.created.has_column(table, column):
                         found.append(finding("DS103", f"{_shown(table)}.{_shown(column)}"))
-                    self.created.columns.discard((table, column))
+                    self.created.drop_column(table, column)
             elif isinstance(action, exp.AlterRename):
-                new = _sq_name(action.this)
-                if existing:
-                    found.append(finding("BC101", f"{_shown(table)} to {_shown(new)}"))
-                    self.created.forget_table(new)
-                else:
-                    self.created.rename_table(table, new)
+                # The table stays in its schema: `temp.x` renamed to y is `temp.y`.
+                newname = _sq_parts(action.this)[-1]
+                new = _qualify(*_sq_parts(tree.this)[:-1], newname)
+                if not self.created.rename(table, new):
+                    found.append(finding("BC101", f"{_shown(table)} to {_shown(newname)}"))
             elif isinstance(action, exp.RenameColumn):
                 old = action.this.name.lower() if action.this is not None else "?"
                 new_col = action.args.get("to")
@@ -917,6 +1096,18 @@ class _Sqlite:
             else:
                 found.append(finding("OG202", f"ALTER TABLE {type(action).__name__}"))
         return found, True
+
+    def _cascades(self, column: exp.ColumnDef) -> None:
+        """As for PostgreSQL: a column of an existing table that references a table
+        created here with ON DELETE/UPDATE CASCADE, SET NULL or SET DEFAULT lets a
+        change to the new table change existing rows."""
+        for ref in column.find_all(exp.Reference):
+            options = [" ".join(str(o).upper().split()) for o in ref.args.get("options") or ()]
+            acts = any(
+                o.startswith("ON ") and not o.endswith(("RESTRICT", "NO ACTION")) for o in options
+            )
+            if acts and self.created.has_relname(_sq_name(ref.this)):
+                self.created.reach_existing()
 
     def _Insert(self, tree: exp.Insert) -> tuple[list[Finding], bool]:
         found = self._calls(tree)
@@ -945,12 +1136,10 @@ class _Sqlite:
         return self._dml(tree, "OG108", "OG101"), True
 
     def _dml(self, tree: exp.Expression, bounded: str, unbounded: str) -> list[Finding]:
-        target = tree.this
-        table = _sq_name(target)
-        alias = target.alias if isinstance(target, exp.Table) else ""
+        table = _sq_name(tree.this)
         found = self._calls(tree)
         if table not in self.created.tables:
-            row = _sq_row_dependent(tree.args.get("where"), table, alias)
+            row = _sq_row_dependent(tree, self.sql)
             found.insert(0, finding(bounded if row else unbounded, _shown(table)))
         return found
 
