@@ -4,7 +4,8 @@ The process an MCP client (an IDE, an agent framework) spawns. With `--gate URL
 --key PATH` it is the agent over the remote SDK, holding only the agent's key; with
 a state dir instead (`--state-dir`, OPSGATE_STATE_DIR or .opsgate) it opens a local
 single-user gate and acts as the agent as `opsgate deploy` does. stdout carries the
-protocol only: every message of its own goes to stderr.
+protocol only: every message of its own goes to stderr, and a stdlib log record
+(the MCP SDK's) is only its logger and level there, its text withheld.
 """
 
 from __future__ import annotations
@@ -46,9 +47,18 @@ def mcp(
     """Serve the agent's governed operations as MCP tools on stdin/stdout."""
     import anyio
 
-    from opsgate.mcp_server import LocalBackend, RemoteBackend, ToolServer, serve_stdio
+    from opsgate.mcp_server import (
+        LocalBackend,
+        RemoteBackend,
+        ToolServer,
+        serve_stdio,
+        withhold_log_messages,
+    )
     from opsgate.mcp_server.backend import Backend
 
+    # Before anything logs: a stdlib log line (the MCP SDK's, a library's) is one
+    # fixed line naming its logger, never its text, which may quote a request.
+    withhold_log_messages()
     backend: Backend
     if gate_url is not None:
         if key is None:

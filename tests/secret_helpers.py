@@ -97,6 +97,7 @@ def open_world(
     vault: tuple[str, str] | None = None,
     monkeypatch: pytest.MonkeyPatch,
     mount: str | None = None,
+    max_value_bytes: int | None = None,
     **config: Any,
 ) -> SecretWorld:
     root = None
@@ -107,6 +108,8 @@ def open_world(
         env = f"OPSGATE_T_VAULT_TOKEN_{uuid.uuid4().hex[:8].upper()}"
         monkeypatch.setenv(env, vault[1])
         config.setdefault("secrets", vault_secrets_config(vault[0], mount, env))
+    if max_value_bytes is not None:
+        config["secrets"] = {**config.get("secrets", {}), "max_value_bytes": max_value_bytes}
     gate = opsgate.Gate.open(state_dir, policies=EXAMPLE_POLICIES, **config)
     supervisor = gate.register_agent(
         "devops-supervisor",

@@ -6,7 +6,12 @@ server    the MCP server: listing, calling, results, the `tool.call` audit
 """
 
 from opsgate.mcp_server.backend import Backend, LocalBackend, RemoteBackend
-from opsgate.mcp_server.server import ToolServer, build_server, serve_stdio
+from opsgate.mcp_server.server import (
+    ToolServer,
+    build_server,
+    serve_stdio,
+    withhold_log_messages,
+)
 from opsgate.mcp_server.tools import TOOLS, offered_tools
 
 __all__ = [
@@ -18,4 +23,5 @@ __all__ = [
     "build_server",
     "offered_tools",
     "serve_stdio",
+    "withhold_log_messages",
 ]

@@ -229,6 +229,7 @@ class LocalBackend:
 
     def record(self, record: dict[str, Any]) -> None:
         fields = dict(record)
+        withheld = fields.pop("args_withheld", None)
         self._gate.audit.append(
             "tool.call",
             actor=self.agent_did,
@@ -236,6 +237,7 @@ class LocalBackend:
             surface=fields.pop("surface", "mcp"),
             tool=fields.pop("tool"),
             args_digest=fields.pop("args_digest"),
+            **({} if withheld is None else {"args_withheld": withheld}),
             outcome=fields.pop("outcome"),
             code=fields.pop("code", None),
             capability=_safe(fields.pop("capability", None)),

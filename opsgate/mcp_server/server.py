@@ -16,6 +16,7 @@ argument digest, outcome, code). What a client says about a tool (annotations,
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from typing import Any
 from urllib.parse import quote
@@ -33,6 +34,7 @@ from opsgate.mcp_server.tools import (
     Tool,
     ToolArgs,
     args_digest,
+    args_withheld,
     offered_tools,
     operation_of,
     parse_args,
@@ -84,11 +86,15 @@ class ToolServer:
     # -- calling -------------------------------------------------------------------------
 
     def call(self, name: str, arguments: object) -> types.CallToolResult:
+        tool = BY_NAME.get(name)
         record: dict[str, Any] = {
             "surface": "mcp",
-            "tool": name if name in BY_NAME else "unknown",
-            "args_digest": args_digest(arguments),
+            "tool": name if tool is not None else "unknown",
+            "args_digest": args_digest(tool, arguments),
         }
+        withheld = args_withheld(tool, arguments)
+        if withheld:
+            record["args_withheld"] = withheld
         try:
             data, is_error = self._call(name, arguments, record)
         except OpsgateError as exc:
@@ -242,6 +248,46 @@ class ToolServer:
             )
 
 
+class _Withheld(logging.Handler):
+    """A stdlib log record as one fixed line: its logger and level, never its text.
+
+    The MCP SDK logs a request it cannot validate with pydantic's error, which quotes
+    the input (a secret's `value` among it), and an unexpected failure with its
+    exception; no scrubber can tell an arbitrary value from other text, so no message,
+    argument or traceback of a record is written. opsgate's own lines go through
+    structlog (scrubbed), not through here."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            sys.stderr.write(
+                f"opsgate mcp: {record.levelname.lower()} logged by "
+                f"{safe_text(record.name)} (message withheld)\n"
+            )
+            sys.stderr.flush()
+        except Exception:  # noqa: BLE001, S110 - never handleError: it prints the message
+            pass
+
+
+def withhold_log_messages() -> None:
+    """Route every stdlib log record of this process (the SDK's `mcp.*` loggers, the
+    root logger it also calls directly, warnings) to `_Withheld`, at WARNING and up.
+    For the process that serves MCP: it replaces the process's logging handlers."""
+    handler = _Withheld(logging.WARNING)
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(logging.WARNING)
+    for logger in list(logging.Logger.manager.loggerDict.values()):
+        if isinstance(logger, logging.Logger):  # not a placeholder
+            for old in list(logger.handlers):
+                logger.removeHandler(old)
+            logger.propagate = True
+    logging.lastResort = handler  # a logger that does not propagate: still withheld
+    logging.raiseExceptions = False  # a handler's failure prints no record either
+    logging.captureWarnings(True)
+
+
 def build_server(tools: ToolServer) -> Server[Any, Any]:
     """The low-level MCP server with the two handlers this surface has."""
     server: Server[Any, Any] = Server("opsgate", instructions=INSTRUCTIONS)
@@ -260,7 +306,8 @@ def build_server(tools: ToolServer) -> Server[Any, Any]:
 
 
 async def serve_stdio(tools: ToolServer) -> None:
-    """Serve on stdin/stdout until the client closes them."""
+    """Serve on stdin/stdout until the client closes them (log messages withheld)."""
+    withhold_log_messages()
     server = build_server(tools)
     async with stdio_server() as (read, write):
         await server.run(read, write, server.create_initialization_options())

@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -22,12 +22,23 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from opsgate import capabilities as caps
 from opsgate.errors import CapabilityError, OperationError, safe_text
 from opsgate.operations.base import Operation
+from opsgate.secrets.executor import MAX_VERSION
 from opsgate.secrets.value import SecretValue
 
 #: One resource segment (an environment, an app, a database name).
 _SEGMENT = r"^(?!\.{1,2}$)[A-Za-z0-9._-]{1,64}$"
 #: A secret path below secrets/: `<env>/<name>[/...]`, each segment as above.
 _PATH = r"^(?!\.{1,2}(/|$))[A-Za-z0-9._-]{1,64}(/(?!\.{1,2}(/|$))[A-Za-z0-9._-]{1,64}){0,15}$"
+
+
+def _secret_path(action: str, description: str | None = None) -> Any:
+    """A secret path whose capability (`<action>:secrets/<path>`) fits the capability
+    grammar's limit: a longer one is `arguments_invalid` here, never a refusal the
+    gate audits without the call's own record."""
+    room = caps.MAX_CAPABILITY_CHARS - len(f"{action}:secrets/")
+    return Field(pattern=_PATH, max_length=room, description=description)
+
+
 _APPROVAL = Field(
     default=None,
     min_length=1,
@@ -44,6 +55,8 @@ class ToolArgs(BaseModel):
 
     # python-re: the patterns refuse `.` and `..` segments with a look-ahead.
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True, regex_engine="python-re")
+    #: Arguments that carry a secret's value: never part of the argument digest.
+    withheld: ClassVar[frozenset[str]] = frozenset()
 
 
 class DeployArgs(ToolArgs):
@@ -107,28 +120,31 @@ class MigrationStatusArgs(ToolArgs):
 
 
 class SecretListArgs(ToolArgs):
-    prefix: str = Field(pattern=_PATH, description="<env> or <env>/<folder>.")
+    prefix: str = _secret_path("list", "<env> or <env>/<folder>.")
     approval_id: str | None = _APPROVAL
 
 
 class SecretReadArgs(ToolArgs):
-    path: str = Field(pattern=_PATH, description="<env>/<name>, below secrets/.")
-    version: int | None = Field(default=None, ge=1)
+    path: str = _secret_path("read", "<env>/<name>, below secrets/.")
+    version: int | None = Field(default=None, ge=1, le=MAX_VERSION)
     approval_id: str | None = _APPROVAL
 
 
 class SecretWriteArgs(ToolArgs):
-    path: str = Field(pattern=_PATH)
+    #: The new value: never part of the argument digest (see `args_digest`).
+    withheld = frozenset({"value"})
+
+    path: str = _secret_path("write")
     value: str = Field(min_length=1, max_length=1_048_576, description="The new value.")
-    expected_version: int | None = Field(default=None, ge=0)
+    expected_version: int | None = Field(default=None, ge=0, le=MAX_VERSION)
     approval_id: str | None = _APPROVAL
 
 
 class SecretRotateArgs(ToolArgs):
-    path: str = Field(pattern=_PATH)
+    path: str = _secret_path("rotate")
     length: int = Field(default=32, ge=16, le=4096)
     charset: Literal["alphanumeric", "hex", "base64url", "printable"] = "alphanumeric"
-    expected_version: int | None = Field(default=None, ge=0)
+    expected_version: int | None = Field(default=None, ge=0, le=MAX_VERSION)
     approval_id: str | None = _APPROVAL
 
 
@@ -369,20 +385,65 @@ def operation_of(tool: Tool, args: ToolArgs) -> Operation:
     """The operation a tool call asks for (the same shape `opsgate deploy` etc. send)."""
     if tool.build is None:
         raise OperationError(f"tool {tool.name!r} runs no operation", code="arguments_invalid")
-    return tool.build(args)
+    operation = tool.build(args)
+    # The schemas keep every capability within the grammar's limit; this holds it for
+    # any tool, so the call's own record always names what was asked.
+    if len(operation.capability) > caps.MAX_CAPABILITY_CHARS:
+        raise OperationError(
+            f"the arguments make a capability longer than {caps.MAX_CAPABILITY_CHARS} characters",
+            code="arguments_invalid",
+        )
+    return operation
 
 
-def args_digest(arguments: object) -> str:
-    """`sha256:` of the arguments as canonical JSON, a secret's `value` left out (a
-    digest of a short value could be guessed back)."""
-    shown = arguments
-    if isinstance(arguments, dict) and "value" in arguments:
-        shown = {k: v for k, v in arguments.items() if k != "value"}
+def _covered(tool: Tool | None, arguments: object) -> tuple[dict[str, Any], int]:
+    """The arguments the digest covers, and how many others were given.
+
+    Covered: the keys the tool's schema declares, each with a value valid for it
+    (what a valid call hands the gate as params anyway), minus those carrying a
+    secret's value. Not covered: undeclared keys (a model may put a secret under any
+    name), values its schema refuses (a secret in the wrong argument), every argument
+    of an unknown tool; they are counted, never hashed, as an unsalted digest of a
+    short value can be guessed back."""
+    if not isinstance(arguments, dict):
+        return {}, 1
+    if tool is None:
+        return {}, len(arguments)
+    declared = tool.args.model_fields
     try:
-        raw = orjson.dumps(shown, option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS)
-    except TypeError:
-        raw = repr(type(shown)).encode()
+        tool.args.model_validate(arguments)
+        refused: set[object] = set()
+    except ValidationError as exc:
+        refused = {e["loc"][0] for e in exc.errors() if e["loc"]}
+    covered: dict[str, Any] = {}
+    others = 0
+    for key, value in arguments.items():
+        if key in tool.args.withheld:
+            continue
+        if isinstance(key, str) and key in declared and key not in refused:
+            covered[key] = value
+        else:
+            others += 1
+    return covered, others
+
+
+def _type_name(value: object) -> str:
+    return f"<{type(value).__name__}>"
+
+
+def args_digest(tool: Tool | None, arguments: object) -> str:
+    """`sha256:` of the covered arguments (see `_covered`) as canonical JSON: a call's
+    arguments can be matched to its record, and no secret can be guessed back from it."""
+    covered, _ = _covered(tool, arguments)
+    # Valid values are JSON; an in-process caller's odd object is named by its type only.
+    raw = orjson.dumps(covered, default=_type_name, option=orjson.OPT_SORT_KEYS)
     return "sha256:" + hashlib.sha256(raw).hexdigest()
+
+
+def args_withheld(tool: Tool | None, arguments: object) -> int:
+    """How many given arguments the digest leaves out besides a secret's value:
+    undeclared ones, refused values, all of an unknown tool's (by count, never name)."""
+    return _covered(tool, arguments)[1]
 
 
 def offered_tools(grants: Iterable[str]) -> tuple[Tool, ...]:

@@ -36,15 +36,21 @@ ACTIONS = ("read", "write", "list", "delete", "rotate")
 
 _Params = OperationParams  # strict, unknown keys refused (checked by the gate before policy)
 
+#: The largest version every backend can hold: the embedded one's version column is a
+#: 32-bit INTEGER on PostgreSQL (64-bit on SQLite, Go's int in Vault). A larger version
+#: or expected_version is `params_invalid`, never a driver's OverflowError or DataError
+#: inside the executor; no secret reaches it (each version is one write).
+MAX_VERSION = 2**31 - 1
+
 
 class ReadParams(_Params):
-    version: int | None = Field(default=None, ge=1)  # default: the latest
+    version: int | None = Field(default=None, ge=1, le=MAX_VERSION)  # default: the latest
 
 
 class WriteParams(_Params):
     # Write only if the newest version is still this one (0: only if none exists);
     # by default the version read just before the write (check-and-set either way).
-    expected_version: int | None = Field(default=None, ge=0)
+    expected_version: int | None = Field(default=None, ge=0, le=MAX_VERSION)
 
 
 class ListParams(_Params):
@@ -60,7 +66,7 @@ class DeleteParams(_Params):
 class RotateParams(_Params):
     length: int = Field(default=32, ge=16, le=4096)
     charset: Charset = "alphanumeric"
-    expected_version: int | None = Field(default=None, ge=0)
+    expected_version: int | None = Field(default=None, ge=0, le=MAX_VERSION)
 
 
 _PROBLEMS = {
@@ -280,9 +286,21 @@ class RotateSecret(SecretExecutor):
     action = "rotate"
     params_model = RotateParams
 
+    def _fits(self, length: int) -> int:
+        """Every charset is ASCII: the value is `length` bytes, held to the limit a write
+        is held to (secrets.max_value_bytes), before anything is generated."""
+        if length > self._max_value_bytes:
+            raise SecretError(
+                f"a secret value must be 1 to {self._max_value_bytes} bytes; a rotation "
+                f"to {length} characters is longer",
+                code="secret_value_invalid",
+            )
+        return length
+
     def plan(self, operation: Operation) -> Plan:
         params: RotateParams = self._check(operation)
         path = secret_path(operation.resource)
+        self._fits(params.length)
         return self._plan(
             operation,
             f"rotate {path}: a new random value of {params.length} {params.charset} characters",
@@ -297,7 +315,8 @@ class RotateSecret(SecretExecutor):
     def run_with_context(self, plan: Plan, context: RunContext) -> Outcome:
         path = plan.content["path"]
         alphabet = CHARSETS[plan.content["charset"]]
-        value = SecretValue("".join(random.choice(alphabet) for _ in range(plan.content["length"])))
+        length = self._fits(plan.content["length"])
+        value = SecretValue("".join(random.choice(alphabet) for _ in range(length)))
         cas = plan.content["expected_version"]
         if cas is None:
             cas = self.store.current_version(path)
@@ -322,6 +341,7 @@ __all__ = [
     "ACTIONS",
     "CHARSETS",
     "EXECUTORS",
+    "MAX_VERSION",
     "NAMESPACE",
     "DeleteSecret",
     "ListSecrets",

@@ -17,6 +17,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -410,3 +411,107 @@ def test_usage_mistakes_are_one_line_on_stderr_and_nothing_on_stdout(tmp_path: P
     )
     assert missing.returncode == 1 and missing.stdout == ""
     assert "error [" in missing.stderr and "Traceback" not in missing.stderr
+
+
+def test_a_request_the_sdk_cannot_read_prints_nothing_it_carried(tmp_path: Path) -> None:
+    """The MCP SDK logs a request it cannot validate (here `_meta` given as a string, a
+    tool name that is no string, a truncated JSON line, a notification it cannot read)
+    with pydantic's error, which quotes the input: a secret's value on the MCP host's
+    log. `opsgate mcp` writes such a record as its logger and level only, and goes on
+    answering."""
+    state = tmp_path / "state"
+    gate = opsgate.Gate.open(state, policies=policy("policies.yaml"))
+    gate.register_agent("mcp-writer", ["write:secrets/staging"], "lead@company.com", 900)
+    gate.close()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OPSGATE_")}
+    proc = subprocess.Popen(
+        [*CLI, "mcp", "--agent", "mcp-writer", "--state-dir", str(state)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+        text=True,
+    )
+    watchdog = threading.Timer(90, proc.kill)  # a hung server fails the test, not the run
+    watchdog.start()
+    secret = {"path": "staging/db", "value": VALUE}
+    call = {"jsonrpc": "2.0", "method": "tools/call"}
+    lines = [
+        {
+            "jsonrpc": "2.0",
+            "id": 1,
+            "method": "initialize",
+            "params": {
+                "protocolVersion": "2025-06-18",
+                "capabilities": {},
+                "clientInfo": {"name": "test", "version": "1"},
+            },
+        },
+        {"jsonrpc": "2.0", "method": "notifications/initialized"},
+        {**call, "id": 2, "params": {"name": "secret_write", "_meta": "x", "arguments": secret}},
+        {**call, "id": 3, "params": {"name": 7, "arguments": secret}},
+        {"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"x": VALUE}},
+        json.dumps({**call, "id": 4, "params": {"name": "secret_write", "arguments": secret}})[:-2],
+        {"jsonrpc": "2.0", "id": 5, "method": "tools/list"},
+    ]
+    answers: dict[object, dict[str, Any]] = {}
+    try:
+        assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
+        for line in lines:
+            proc.stdin.write((line if isinstance(line, str) else json.dumps(line)) + "\n")
+            proc.stdin.flush()
+        while 5 not in answers:
+            out = proc.stdout.readline()
+            assert out, "opsgate mcp stopped before answering the valid request"
+            assert VALUE not in out
+            message = json.loads(out)
+            answers[message.get("id")] = message
+        proc.stdin.close()
+        rest, printed = proc.stdout.read(), proc.stderr.read()
+        proc.wait(30)
+    finally:
+        watchdog.cancel()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    assert VALUE not in rest and VALUE not in printed
+    assert "input_value" not in printed and "Traceback" not in printed
+    assert "message withheld" in printed  # the SDK did log them: withheld, not lost
+    for rid in (2, 3):
+        assert answers[rid]["error"]["message"] == "Invalid request parameters"
+    tools = {t["name"] for t in answers[5]["result"]["tools"]}
+    assert tools == {"secret_write", "approval_status"}
+
+
+def test_a_path_too_long_for_a_capability_is_refused_and_still_recorded(
+    served: Served,
+) -> None:
+    """Over the remote backend a call whose capability would exceed the grammar's limit
+    left no `tool.call` event (the record's capability was longer than the endpoint
+    took). The tool's path is held to that limit, so the call is `arguments_invalid`
+    and, like every call, one `tool.call` event."""
+    srv = served
+    long_path = "staging/" + "/".join(["s" * 60] * 5)  # 312 characters, 6 segments
+
+    async def reads(mcp: Mcp) -> list[tuple[bool, dict[str, Any]]]:
+        return [
+            await mcp.call("secret_read", {"path": "staging/db"}),
+            await mcp.call("secret_read", {"path": long_path}),
+        ]
+
+    (_, first), (failed, refused) = with_mcp(srv, "mcp-deployer", reads)
+    assert first["code"] == "secret_not_found"
+    assert failed and refused["code"] == "arguments_invalid"
+    assert refused["message"] == "argument 'path' is too long"
+    assert "not recorded" not in srv.stderr.read_text()
+    r = httpx.get(
+        f"{srv.url}/v1/audit/tail",
+        params={"n": 1000, "type": "tool.call"},
+        headers=srv.operator(),
+        timeout=10,
+    )
+    assert r.status_code == 200, r.text
+    assert [(c["tool"], c["outcome"], c["code"]) for c in r.json()] == [
+        ("secret_read", "failed", "secret_not_found"),
+        ("secret_read", "invalid", "arguments_invalid"),
+    ]

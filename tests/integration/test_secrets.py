@@ -10,9 +10,11 @@ policy's approval of production writes binds the exact value without storing it.
 from __future__ import annotations
 
 import string
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
-from secret_helpers import SecretWorld
+from secret_helpers import SecretWorld, open_world
 
 from opsgate import ApprovalError, CapabilityError, Operation, OperationError, PendingApproval
 from opsgate.secrets import SecretError, SecretValue
@@ -373,3 +375,116 @@ def test_every_outcome_is_audited_with_path_and_version_only(world: SecretWorld)
         "read secrets/staging/db version 1",
     ]
     assert all(o["capability"].startswith(("write:secrets/", "read:secrets/")) for o in outcomes)
+
+
+# -- limits: a value's size, a version's range -------------------------------------------------
+
+
+@pytest.fixture(params=["embedded", "vault"])
+def limited(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[SecretWorld]:
+    """A gate whose secrets.max_value_bytes is 64, on each backend."""
+    monkeypatch.delenv("OPSGATE_MASTER_KEY", raising=False)
+    vault = request.getfixturevalue("vault") if request.param == "vault" else None
+    w = open_world(
+        tmp_path / "state", request.param, vault=vault, monkeypatch=monkeypatch, max_value_bytes=64
+    )
+    try:
+        yield w
+    finally:
+        w.gate.close()
+        if w.root is not None and w.mount is not None:
+            w.root.sys.disable_secrets_engine(w.mount)
+
+
+def test_a_rotation_is_held_to_max_value_bytes_as_a_write_is(limited: SecretWorld) -> None:
+    """secrets.max_value_bytes bounds every stored value: a rotation longer than it is
+    refused at plan time with the write's code, and nothing is stored."""
+    w = limited
+    with pytest.raises(SecretError) as err:
+        write_secret(w.gate, w.token, "staging/db", "x" * 65)
+    assert err.value.code == "secret_value_invalid"
+    for length in (65, 4096):
+        with pytest.raises(SecretError) as err:
+            rotate_secret(w.gate, w.token, "staging/db", length=length)
+        assert err.value.code == "secret_value_invalid"
+        assert f"to {length} characters" in err.value.message
+        assert _events(w, "operation.refused")[-1]["code"] == "secret_value_invalid"
+    assert not _events(w, "operation.attempt")  # nothing ran, nothing was generated
+    with pytest.raises(SecretError) as err:
+        read_secret(w.gate, w.token, "staging/db")
+    assert err.value.code == "secret_not_found"
+    done = rotate_secret(w.gate, w.token, "staging/db", length=64, charset="printable")
+    assert isinstance(done, SecretWritten) and done.version == 1
+    read = read_secret(w.gate, w.token, "staging/db")
+    assert isinstance(read, SecretRead) and len(read.value.reveal().encode()) == 64
+
+
+#: The largest version any backend holds (the embedded one's column on PostgreSQL).
+MAX_VERSION = 2**31 - 1
+VERSIONED = [("read", "version"), ("write", "expected_version"), ("rotate", "expected_version")]
+
+
+@pytest.mark.parametrize("value", [MAX_VERSION + 1, 2**63 - 1, 2**63, 2**64 - 1], ids=str)
+@pytest.mark.parametrize(("action", "name"), VERSIONED)
+def test_a_version_no_backend_can_hold_is_params_invalid_and_changes_nothing(
+    world: SecretWorld, action: str, name: str, value: int
+) -> None:
+    """A version is stored in a database column (or a Go int): one past what every
+    backend holds is refused as params, typed, before the executor runs, never a
+    driver's OverflowError audited as an untyped failure."""
+    w = world
+    write_secret(w.gate, w.token, "staging/db", "kept-value")
+    attempts = len(_events(w, "operation.attempt"))
+    secret = SecretValue("new-value") if action == "write" else None
+    op = Operation(action, "secrets/staging/db", {name: value}, secret=secret)
+    with pytest.raises(OperationError) as err:
+        w.gate.execute(w.token, op)
+    assert err.value.code == "params_invalid"
+    assert err.value.message == f"param {name!r} of {action!r} is too large"
+    assert _events(w, "operation.refused")[-1]["code"] == "params_invalid"
+    assert len(_events(w, "operation.attempt")) == attempts
+    now = read_secret(w.gate, w.token, "staging/db")
+    assert isinstance(now, SecretRead)
+    assert (now.version, now.value.reveal()) == (1, "kept-value")
+
+
+def test_the_largest_version_is_a_version_on_every_backend(world: SecretWorld) -> None:
+    w = world
+    write_secret(w.gate, w.token, "staging/db", "kept-value")
+    for call, code in (
+        (lambda: read_secret(w.gate, w.token, "staging/db", version=MAX_VERSION), "not_found"),
+        (
+            lambda: write_secret(w.gate, w.token, "staging/db", "v2", expected_version=MAX_VERSION),
+            "conflict",
+        ),
+        (
+            lambda: rotate_secret(w.gate, w.token, "staging/db", expected_version=MAX_VERSION),
+            "conflict",
+        ),
+    ):
+        with pytest.raises(SecretError) as err:
+            call()
+        assert err.value.code == f"secret_{code}"
+        assert _events(w, "operation.outcome")[-1]["code"] == f"secret_{code}"
+
+
+@pytest.mark.parametrize("version", [MAX_VERSION, MAX_VERSION + 1, 2**63 - 1], ids=str)
+def test_a_version_beyond_the_postgresql_column_is_refused_before_the_database(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, pg_url: str, version: int
+) -> None:
+    """The embedded backend on PostgreSQL keeps versions in a 32-bit INTEGER column:
+    a read of a larger one was the driver's DataError, audited untyped."""
+    monkeypatch.delenv("OPSGATE_MASTER_KEY", raising=False)
+    w = open_world(tmp_path / "state", "embedded", monkeypatch=monkeypatch, database_url=pg_url)
+    try:
+        write_secret(w.gate, w.token, "staging/db", "kept-value")
+        with pytest.raises((SecretError, OperationError)) as err:
+            read_secret(w.gate, w.token, "staging/db", version=version)
+        expected = "secret_not_found" if version == MAX_VERSION else "params_invalid"
+        assert err.value.code == expected
+        failed = [o for o in _events(w, "operation.outcome") if o["outcome"] == "failed"]
+        assert all(o.get("code") for o in failed)  # none untyped
+    finally:
+        w.gate.close()

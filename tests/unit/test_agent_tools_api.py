@@ -75,11 +75,39 @@ def test_a_tool_call_is_recorded_as_the_proven_agent(api: Api) -> None:
     assert record.actor == api.world.agent.did and record.seq == r.json()["seq"]
 
 
+def test_a_capability_of_any_length_is_recorded_described_never_refused(api: Api) -> None:
+    """A record whose capability (or approval id) is longer than a capability may be
+    is still the call's `tool.call` event: the text described by its length, as any
+    long text in the audit, not a 422 that leaves the call unrecorded."""
+    token = api.credential()
+    long_capability = "read:secrets/staging/" + "/".join(["s" * 60] * 5)
+    body = {
+        **RECORD,
+        "outcome": "refused",
+        "code": "capability_malformed",
+        "capability": long_capability,
+        "approval_id": "a" * 300,
+        "args_withheld": 2,
+    }
+    r = api.agent_call("POST", "/v1/tool-calls", token, body)
+    assert r.status_code == 201, r.text
+    event = audit_events(api.gate, "tool.call")[-1]
+    assert event["capability"] == f"<{len(long_capability)} characters, not shown>"
+    assert event["approval"] == "<300 characters, not shown>"
+    assert event["args_withheld"] == 2 and event["outcome"] == "refused"
+    short = api.agent_call("POST", "/v1/tool-calls", token, RECORD)
+    assert short.status_code == 201
+    assert "args_withheld" not in audit_events(api.gate, "tool.call")[-1]
+
+
 @pytest.mark.parametrize(
     "bad",
     [
         {"tool": "Deploy; drop"},
         {"args_digest": "md5:00"},
+        {"args_withheld": 0},
+        {"args_withheld": "2"},
+        {"capability": 7},
         {"outcome": "allowed"},
         {"code": "Not A Code"},
         {"surface": "cli"},

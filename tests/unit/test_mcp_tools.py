@@ -7,6 +7,7 @@ audit event with the argument digest; a secret value is in no error and no audit
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sqlite3
 from collections.abc import Awaitable, Callable
@@ -16,6 +17,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import anyio
+import orjson
 import pytest
 from deploy_world import deploy_world
 from helpers import World, audit_events, database_text, open_world, policy, stored_trust
@@ -23,8 +25,17 @@ from mcp import ClientSession
 from mcp.shared.memory import create_connected_server_and_client_session
 
 import opsgate
+from opsgate import capabilities as caps
 from opsgate.mcp_server import LocalBackend, ToolServer, build_server
-from opsgate.mcp_server.tools import TOOLS, args_digest, offered_tools
+from opsgate.mcp_server.tools import (
+    BY_NAME,
+    TOOLS,
+    args_digest,
+    args_withheld,
+    offered_tools,
+    operation_of,
+    parse_args,
+)
 from opsgate.operations.migrate import MigrationExecutor
 
 EXAMPLE_POLICY = Path(__file__).parent.parent.parent / "examples" / "policies.yaml"
@@ -154,7 +165,7 @@ def test_bad_arguments_are_a_typed_tool_error_and_nothing_runs(
     assert [e.type for e in events] == ["tool.call"]  # the call, audited; nothing else
     assert events[0].event["outcome"] == "invalid"
     assert events[0].event["code"] == "arguments_invalid"
-    assert events[0].event["args_digest"] == args_digest(arguments)
+    assert events[0].event["args_digest"] == args_digest(BY_NAME["deploy"], arguments)
 
 
 def test_unknown_tools_and_non_object_arguments_are_typed(world: World) -> None:
@@ -164,10 +175,152 @@ def test_unknown_tools_and_non_object_arguments_are_typed(world: World) -> None:
 
 
 def test_the_argument_digest_leaves_a_secret_value_out() -> None:
+    write = BY_NAME["secret_write"]
     base = {"path": "staging/db", "expected_version": 1}
-    assert args_digest({**base, "value": "a"}) == args_digest({**base, "value": "b"})
-    assert args_digest(base) != args_digest({**base, "expected_version": 2})
-    assert args_digest({"b": 1, "a": 2}) == args_digest({"a": 2, "b": 1})
+    assert args_digest(write, {**base, "value": "a"}) == args_digest(write, {**base, "value": "b"})
+    assert args_digest(write, base) != args_digest(write, {**base, "expected_version": 2})
+    assert args_digest(write, {"path": "staging/db", "expected_version": 1}) == args_digest(
+        write, {"expected_version": 1, "path": "staging/db"}
+    )
+    assert args_withheld(write, {**base, "value": "a"}) == 0
+
+
+#: A short secret an LLM passed where no value belongs, and a dictionary holding it.
+GUESSED = "Summer2024!"
+DICTIONARY = ["password", "hunter2", "Winter2023!", GUESSED, "letmein"]
+
+
+@pytest.mark.parametrize(
+    ("tool", "arguments", "withheld"),
+    [
+        # Under a name the tool does not declare (refused as arguments_invalid).
+        ("secret_write", {"path": "staging/db", "secret": GUESSED}, 1),
+        ("secret_write", {"path": "staging/db", "Value": GUESSED, "value": "x"}, 1),
+        ("secret_read", {"path": "staging/db", "password": GUESSED}, 1),
+        # Under a declared name, as a value its schema refuses.
+        ("secret_write", {"path": "staging/db", "expected_version": GUESSED}, 1),
+        ("secret_read", {"path": "staging/db", "version": GUESSED}, 1),
+        ("secret_rotate", {"path": "staging/db", "charset": GUESSED}, 1),
+        ("deploy", {"app": "web", "env": "staging", "version": "1", "artifact": [GUESSED]}, 1),
+        ("secret_list", {"prefix": GUESSED}, 1),
+        # A tool that does not exist: none of its arguments.
+        ("no_such_tool", {"path": "staging/db", "value": GUESSED}, 2),
+    ],
+)
+def test_a_secret_under_any_argument_cannot_be_guessed_back_from_the_digest(
+    tmp_path: Path, tool: str, arguments: dict[str, Any], withheld: int
+) -> None:
+    """The `tool.call` digest is unsalted SHA-256: whatever it covers, anyone who reads
+    the audit can confirm guesses of. It covers only declared arguments with valid
+    values (a value the tool's schema refuses, an undeclared key, an unknown tool's
+    arguments are counted, never hashed), so a dictionary finds nothing."""
+    gate = opsgate.Gate.open(tmp_path / "state", policies=EXAMPLE_POLICY)
+    try:
+        agent = gate.register_agent(
+            "writer",
+            ["write:secrets/staging", "read:secrets/staging", "rotate:secrets/staging"],
+            "lead@company.com",
+            800,
+        )
+        got = data(call(SimpleNamespace(gate=gate), agent, tool, arguments))
+        assert got["code"] in ("arguments_invalid", "tool_unknown")
+        event = audit_events(gate, "tool.call")[-1]
+        assert event["outcome"] == "invalid" and event["args_withheld"] == withheld
+        assert GUESSED not in database_text(gate)
+    finally:
+        gate.close()
+    names = {k for k in arguments if k != "value"} | {"secret", "Value", "password", "version"}
+    keys = sorted(names)
+    base = {k: v for k, v in arguments.items() if v != GUESSED}
+    for guess in DICTIONARY:
+        for key in keys:
+            for candidate in ({**base, key: guess}, {key: guess}, {**base, key: [guess]}):
+                raw = orjson.dumps(candidate, option=orjson.OPT_SORT_KEYS)
+                assert "sha256:" + hashlib.sha256(raw).hexdigest() != event["args_digest"], (
+                    f"recovered {guess!r} under {key!r}"
+                )
+
+
+def test_a_valid_call_is_digested_as_before_and_withholds_nothing() -> None:
+    """Declared, valid arguments are the digest's whole content, as the call sent them."""
+    args = {"app": "web", "env": "staging", "version": "1.0.0", "dry_run": True}
+    raw = orjson.dumps(args, option=orjson.OPT_SORT_KEYS)
+    assert args_digest(BY_NAME["deploy"], args) == "sha256:" + hashlib.sha256(raw).hexdigest()
+    assert args_withheld(BY_NAME["deploy"], args) == 0
+    assert args_withheld(BY_NAME["deploy"], [1, 2]) == 1  # not an object at all
+
+
+# -- bounds -------------------------------------------------------------------------------------
+
+MAX_VERSION = 2**31 - 1
+
+
+@pytest.mark.parametrize(
+    "value", [MAX_VERSION + 1, 2**63 - 1, 2**63, 2**64 - 1, 2**64, 10**30], ids=str
+)
+@pytest.mark.parametrize(
+    ("tool", "name"),
+    [
+        ("secret_read", "version"),
+        ("secret_write", "expected_version"),
+        ("secret_rotate", "expected_version"),
+    ],
+)
+def test_a_version_no_backend_can_hold_is_an_invalid_argument(
+    tool: str, name: str, value: int
+) -> None:
+    extra = {"value": "v"} if tool == "secret_write" else {}
+    args = {"path": "staging/db", name: value, **extra}
+    with pytest.raises(opsgate.OperationError) as err:
+        parse_args(BY_NAME[tool], args)
+    assert err.value.code == "arguments_invalid"
+    assert err.value.message == f"argument {name!r} is too large"
+    parse_args(BY_NAME[tool], {**args, name: MAX_VERSION})  # the largest one is an argument
+
+
+@pytest.mark.parametrize(
+    "tool", [t for t in TOOLS if t.namespace == "secrets"], ids=lambda t: str(t.name)
+)
+def test_a_secret_path_is_never_longer_than_its_capability_allows(tool: Any) -> None:
+    """The path's pattern allows 16 segments of 64 characters; the capability it makes
+    (`<action>:secrets/<path>`) is held to the grammar's limit, so the gate parses it
+    and the call's record can always name it."""
+    field = "prefix" if tool.name == "secret_list" else "path"
+    extra = {"value": "v"} if tool.name == "secret_write" else {}
+    room = caps.MAX_CAPABILITY_CHARS - len(f"{tool.action}:secrets/")
+    longest = ("staging/" + "/".join(["s" * 60] * 16))[:room].rstrip("/")
+    longest += "x" * (room - len(longest))
+    assert len(longest) == room
+    operation = operation_of(tool, parse_args(tool, {field: longest, **extra}))
+    assert len(operation.capability) == caps.MAX_CAPABILITY_CHARS
+    assert str(caps.parse_request(operation.capability)) == operation.capability.lower()
+    with pytest.raises(opsgate.OperationError) as err:
+        parse_args(tool, {field: longest + "y", **extra})
+    assert err.value.code == "arguments_invalid"
+    assert err.value.message == f"argument {field!r} is too long"
+
+
+def test_every_tool_makes_capabilities_the_grammar_accepts() -> None:
+    """The longest resource arguments of every tool make a capability within the limit."""
+    seg = "a" * 64
+    for tool in TOOLS:
+        if tool.build is None:
+            continue
+        fields = tool.args.model_fields
+        longest: dict[str, Any] = {k: seg for k in ("app", "env", "database") if k in fields}
+        for name in ("path", "prefix"):
+            if name in fields:
+                limit = next(
+                    m.max_length for m in fields[name].metadata if hasattr(m, "max_length")
+                )
+                longest[name] = ("/".join([seg] * 16))[:limit].rstrip("/")
+        if tool.name == "deploy":
+            longest["version"] = "1"
+        if tool.name == "secret_write":
+            longest["value"] = "v"
+        operation = operation_of(tool, parse_args(tool, longest))
+        assert len(operation.capability) <= caps.MAX_CAPABILITY_CHARS, tool.name
+        caps.parse_request(operation.capability)
 
 
 # -- decisions ---------------------------------------------------------------------------------
@@ -240,7 +393,9 @@ def test_staging_runs_production_waits_and_the_approval_id_resumes(tmp_path: Pat
         ]
         assert all(e["tool"] in ("deploy", "approval_status") for e in calls)
         assert calls[-1]["approval"] == approval_id
-        assert calls[-1]["args_digest"] == args_digest({**prod, "approval_id": approval_id})
+        assert calls[-1]["args_digest"] == args_digest(
+            BY_NAME["deploy"], {**prod, "approval_id": approval_id}
+        )
 
 
 def test_a_secret_is_read_where_granted_and_never_in_an_error_or_the_audit(

@@ -38,9 +38,14 @@ class ToolCallBody(Body):
     tool: str = Field(pattern=r"^[a-z][a-z0-9_]{0,47}$")
     args_digest: str = Field(pattern=r"^sha256:[0-9a-f]{64}$")
     outcome: ToolOutcome
+    #: Given arguments the digest leaves out besides a secret's value (a count only).
+    args_withheld: int | None = Field(default=None, ge=1, le=2**31 - 1)
     code: str | None = Field(default=None, pattern=r"^[a-z0-9_]{1,64}$")
-    capability: str | None = Field(default=None, max_length=256)
-    approval_id: str | None = Field(default=None, max_length=128)
+    # No length limit of their own (the body's bounds them): what the call asked is
+    # recorded, described by its length where it is long (safe_text), never refused
+    # (a refused record would leave the call without its `tool.call` event).
+    capability: str | None = None
+    approval_id: str | None = None
     audit_seq: int | None = Field(default=None, ge=1)
 
 
@@ -86,6 +91,7 @@ async def record_tool_call(request: Request) -> Response:
             surface=body.surface,
             tool=body.tool,
             args_digest=body.args_digest,
+            **({} if body.args_withheld is None else {"args_withheld": body.args_withheld}),
             outcome=body.outcome,
             code=body.code,
             capability=None if body.capability is None else safe_text(body.capability),
