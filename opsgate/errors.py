@@ -436,7 +436,10 @@ _REGISTRY: tuple[tuple[type[OpsgateError], dict[str, str]], ...] = (
             "jti_invalid": "not a credential id",
             "naive_datetime": "'now' must be a timezone-aware datetime",
             "operator_invalid": "requested_by must name the operator",
-            "proof_request_invalid": "a proof is for an Operation or a ProofRequest",
+            "proof_request_invalid": (
+                "a proof is for an Operation or a ProofRequest "
+                "(one holding a secret value has a digest per proof only)"
+            ),
             "scope_invalid": "a scope is not a non-empty list of capabilities",
             "scope_not_covered": "a requested scope is not covered by the agent's grants",
             "ttl_too_long": "a credential ttl exceeds the configured maximum",

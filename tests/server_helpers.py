@@ -48,13 +48,14 @@ def proof_parts(
     now: float | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     header = {"typ": "dpop+jwt", "alg": "EdDSA", "jwk": public_jwk_of(key)}
+    jti = b64url(secrets.token_bytes(16))
     claims = {
-        "jti": b64url(secrets.token_bytes(16)),
+        "jti": jti,
         "htm": method,
         "htu": BASE + path,
         "iat": int(time.time() if now is None else now),
         "ath": token_hash(token),
-        "req": request.digest,
+        "req": request.digest_for(token, jti),
     }
     return header, claims
 

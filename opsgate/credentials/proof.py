@@ -3,9 +3,9 @@
 A credential names its holder's key (`cnf.jkt`). Where the gate demands proof,
 the presenter signs {ath: SHA-256 of the token, req: digest of the request, iat,
 jti} with the key behind the credential's `sub`. The request digest covers the
-whole request (action, resource, params, ...), so a stolen token without the
-agent's private key is useless, and a proof seen in transit cannot be reused for
-another request or replayed: each proof is accepted once, on any replica.
+whole request (action, resource, params, ..., a secret write's value), so a stolen
+token without the agent's private key is useless, and a proof seen in transit cannot
+be reused for another request or replayed: each proof is accepted once, on any replica.
 
 Replay entries live until the proof's own `iat` plus the acceptance window plus
 the tolerated clock skew, and are accepted and pruned by the database's clock
@@ -16,6 +16,7 @@ whose entry may already be gone.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import math
 import secrets
 from collections.abc import Callable, Mapping
@@ -26,13 +27,14 @@ import orjson
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from opsgate.credentials import jws
-from opsgate.errors import InvalidCredential
+from opsgate.errors import CredentialError, InvalidCredential
 from opsgate.identity.keys import b64url, b64url_decode, public_key_from_did
 from opsgate.store import Store, driver_failure, proofs
 from opsgate.store.group import GroupCommit
 
 if TYPE_CHECKING:
     from opsgate.operations.base import Operation
+    from opsgate.secrets.value import SecretValue
 
 PROOF_TYP = "opsgate-pop+jwt"
 MAX_PROOF_AGE_SECONDS = 60
@@ -68,10 +70,15 @@ def request_digest(kind: str, fields: Mapping[str, Any]) -> str:
 @dataclass(frozen=True, slots=True)
 class ProofRequest:
     """What a proof is for. Build it with `execute`, `authorize` or `resume`; the
-    proof signs `digest`, so changing anything in the request invalidates it."""
+    proof signs `digest_for(token, jti)`, so changing anything in the request
+    invalidates it.
+
+    `secret` is a secret write's value (`Operation.secret`): bound by the proof like
+    the rest of the request, but never as a plain hash (see `digest_for`)."""
 
     kind: str
     fields: dict[str, Any] = field(default_factory=dict)
+    secret: SecretValue | None = field(default=None, repr=False)
 
     @classmethod
     def execute(cls, operation: Operation, approval_id: str | None = None) -> ProofRequest:
@@ -85,6 +92,7 @@ class ProofRequest:
                 "dry_run": operation.dry_run,
                 "approval": approval_id,
             },
+            operation.secret,
         )
 
     @classmethod
@@ -99,17 +107,59 @@ class ProofRequest:
 
     @property
     def digest(self) -> str:
+        """The digest of a request without a secret value. A secret write's depends on
+        the proof that carries it: use `digest_for`."""
+        if self.secret is not None:
+            raise CredentialError(
+                "a request with a secret value has no digest of its own: use digest_for",
+                code="proof_request_invalid",
+            )
         return request_digest(self.kind, self.fields)
+
+    def digest_for(self, token: str, jti: str) -> str:
+        """The `req` a proof with id `jti` for `token` signs.
+
+        Without a secret value, `digest`. With one, the request also holds
+        `secret`: an HMAC-SHA256 of the value keyed by the credential and this
+        proof's own random id. A proof header may be logged where the body is not:
+        it then carries no plain hash of the value (a short password would be a
+        dictionary lookup away), and nothing that matches another proof's. The key
+        `secret` is present exactly when a value is, so a proof for a write without
+        a value never verifies for one with a value, nor the other way round.
+        """
+        if self.secret is None:
+            return request_digest(self.kind, self.fields)
+        return request_digest(self.kind, {**self.fields, "secret": _bind(self.secret, token, jti)})
+
+
+_SECRET_LABEL = b"opsgate/proof-secret/v1\x00"
+
+
+def _bind(secret: SecretValue, token: str, jti: str) -> str:
+    """HMAC-SHA256 (base64url) of a secret value under the credential and a proof's id.
+
+    Total, like `request_digest`: a value that is no SecretValue (refused by the gate
+    after authentication) is bound by its type's name only, never by its text."""
+    from opsgate.secrets.value import SecretValue as Value  # the proof module stays light
+
+    value = secret.reveal() if isinstance(secret, Value) else f"\x00{type(secret).__name__}"
+
+    def raw(text: str) -> bytes:
+        return text.encode("utf-8", "surrogatepass")
+
+    mac = hmac.new(_SECRET_LABEL + raw(token), raw(jti) + b"\x00" + raw(value), hashlib.sha256)
+    return b64url(mac.digest())
 
 
 def make_proof(key: Ed25519PrivateKey, token: str, request: ProofRequest, now: float) -> str:
     """Sign a proof of possession of `key` for one use of `token` on `request`."""
     header = b64url(orjson.dumps({"alg": "EdDSA", "typ": PROOF_TYP}))
+    jti = b64url(secrets.token_bytes(16))
     claims = {
         "ath": token_hash(token),
-        "req": request.digest,
+        "req": request.digest_for(token, jti),
         "iat": now,
-        "jti": b64url(secrets.token_bytes(16)),
+        "jti": jti,
     }
     body = b64url(orjson.dumps(claims))
     return f"{header}.{body}.{b64url(key.sign(f'{header}.{body}'.encode('ascii')))}"
@@ -167,13 +217,13 @@ class ProofChecker:
             raise bad("malformed proof")
         if claims.get("ath") != token_hash(token):
             raise bad("proof is for another token")
-        if request is None or claims.get("req") != request.digest:
-            raise bad("proof is for another request")
         iat, jti = claims.get("iat"), claims.get("jti")
         if isinstance(iat, bool) or not isinstance(iat, (int, float)) or not isinstance(jti, str):
             raise bad("malformed proof")
         if not 16 <= len(jti) <= 64:
             raise bad("malformed proof")
+        if request is None or claims.get("req") != request.digest_for(token, jti):
+            raise bad("proof is for another request")
         window = MAX_PROOF_AGE_SECONDS + leeway
         if not math.isfinite(iat) or abs(now - iat) > window:
             raise bad("proof is stale")

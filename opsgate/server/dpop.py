@@ -13,9 +13,10 @@ signed by the key the credential is bound to (`cnf.jkt`), names the method and
 URL (`htm`, `htu`: the configured external base URL plus the path, never the
 Host header), is fresh (`iat`), single-use (`jti`, recorded in the database
 shared by all replicas), bound to the presented credential (`ath`) and to the
-request's content: `req` is the gate's request digest (`ProofRequest.digest`),
-the same digest the SDK's proofs sign, so a proof cannot be moved to another
-body, operation, approval or parameter set.
+request's content: `req` is the gate's request digest (`ProofRequest.digest_for`,
+which binds a secret write's value salted by the proof's own `jti`), the same
+digest the SDK's proofs sign, so a proof cannot be moved to another body,
+operation, approval, parameter set or secret value.
 
 Each check raises InvalidCredential with a stable code; nothing returns False.
 """
@@ -238,7 +239,7 @@ def check_dpop(
         raise _refuse(
             "DPoP proof is signed by a key the credential is not bound to", "dpop_key_mismatch"
         )
-    if request is None or claims["req"] != request.digest:
+    if request is None or claims["req"] != request.digest_for(token, jti):
         raise _refuse("DPoP proof is for another request body", "dpop_request_mismatch")
 
     def refused(why: str, code: str = "bad_proof") -> InvalidCredential:
@@ -338,13 +339,14 @@ def make_dpop(
 ) -> str:
     """A DPoP proof for one request: `url` without query or fragment; `nonce`, the
     server's latest DPoP-Nonce, when it asks for one."""
+    jti = b64url(secrets.token_bytes(16))
     claims: dict[str, Any] = {
-        "jti": b64url(secrets.token_bytes(16)),
+        "jti": jti,
         "htm": method,
         "htu": url,
         "iat": int(now),
         "ath": token_hash(token),
-        "req": request.digest,
+        "req": request.digest_for(token, jti),
     }
     if nonce is not None:
         claims["nonce"] = nonce

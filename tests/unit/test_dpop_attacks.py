@@ -16,6 +16,8 @@ from server_helpers import Api, open_api, proof_parts, sign
 
 from opsgate.credentials.proof import ProofRequest
 from opsgate.identity.keys import b64url
+from opsgate.operations.base import Operation
+from opsgate.secrets.value import SecretValue
 
 CASES = yaml.safe_load((DATA / "dpop_attacks.yaml").read_text())["cases"]
 OPERATION = deploy("staging/app-web")
@@ -173,3 +175,86 @@ def test_an_iat_beyond_any_float_is_malformed_not_a_crash(tmp_path: Path, iat: s
     )
     assert (r.status_code, r.json()["code"]) == (401, "dpop_malformed"), r.text
     assert api.world.executor.count == 0
+
+
+SECRET_SCOPE = ["read:secrets/staging", "write:secrets/staging"]
+SECRET_PATH = "secrets/staging/db"
+
+
+def _secret_write(value: str | None) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "action": "write",
+        "resource": SECRET_PATH,
+        "params": {},
+        "dry_run": False,
+        "approval_id": None,
+    }
+    if value is not None:
+        body["secret"] = value
+    return body
+
+
+def _secrets_agent(api: Api) -> tuple[Ed25519PrivateKey, str]:
+    agent = api.gate.register_agent("secrets-agent", SECRET_SCOPE, "lead@company.com", 800)
+    return api.agent_key(agent), api.credential(agent, SECRET_SCOPE)
+
+
+def _stored(api: Api, key: Ed25519PrivateKey, token: str) -> Any:
+    """The stored value read back through the API, or the read's failure code."""
+    read = Operation("read", SECRET_PATH, {})
+    body = {**_secret_write(None), "action": "read"}
+    r = api.agent_call(
+        "POST", "/v1/operations", token, body, request=ProofRequest.execute(read), key=key
+    )
+    assert r.status_code == 200, r.text
+    detail = r.json()["detail"]
+    return detail.get("value", detail.get("code"))
+
+
+def test_a_captured_secret_write_proof_cannot_plant_another_value(tmp_path: Path) -> None:
+    """The review's finding: a proof for a write of value A, sent first with value B by
+    whoever saw it in transit, was accepted (B stored, the agent's own request then
+    proof_replayed). The proof binds the value: B is refused like any other body, nothing
+    is written, and the agent's request with the same proof still runs."""
+    api = open_api(tmp_path / "state")
+    key, token = _secrets_agent(api)
+    honest = Operation("write", SECRET_PATH, {}, secret=SecretValue("agents-real-value"))
+    header, claims = proof_parts(key, "POST", "/v1/operations", token, ProofRequest.execute(honest))
+    headers = {
+        "Authorization": f"DPoP {token}",
+        "DPoP": sign(key, header, claims),
+        "Content-Type": "application/json",
+    }
+    evil = orjson.dumps(_secret_write("ATTACKER-CHOSEN-VALUE"))
+    r = api.client.post("/v1/operations", content=evil, headers=headers)
+    assert (r.status_code, r.json()["code"]) == (401, "dpop_request_mismatch"), r.text
+    assert "ATTACKER-CHOSEN-VALUE" not in r.text
+    assert _stored(api, key, token) == "secret_not_found"
+    r = api.client.post(
+        "/v1/operations", content=orjson.dumps(_secret_write("agents-real-value")), headers=headers
+    )
+    assert (r.status_code, r.json()["status"]) == (200, "succeeded"), r.text
+    assert _stored(api, key, token) == "agents-real-value"
+
+
+@pytest.mark.parametrize(
+    ("signed", "sent"),
+    [("value-a", "value-b"), (None, "value-b"), ("value-a", None), ("value-a", "value-a ")],
+    ids=["other-value", "value-added", "value-dropped", "value-changed-by-a-space"],
+)
+def test_a_secret_write_proof_is_for_its_value_alone(
+    tmp_path: Path, signed: str | None, sent: str | None
+) -> None:
+    """A proof for a write without a value does not carry one with a value, nor the
+    other way round, nor any other value: refused, charged, nothing written."""
+    api = open_api(tmp_path / "state")
+    key, token = _secrets_agent(api)
+    did = api.gate.agents.resolve("secrets-agent")
+    before = stored_trust(api.gate, did)
+    secret = None if signed is None else SecretValue(signed)
+    request = ProofRequest.execute(Operation("write", SECRET_PATH, {}, secret=secret))
+    body = _secret_write(sent)
+    r = api.agent_call("POST", "/v1/operations", token, body, request=request, key=key)
+    assert (r.status_code, r.json()["code"]) == (401, "dpop_request_mismatch"), r.text
+    assert stored_trust(api.gate, did) - before == api.gate.config.trust.deltas.credential_misuse
+    assert _stored(api, key, token) == "secret_not_found"

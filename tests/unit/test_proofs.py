@@ -11,6 +11,7 @@ nor get a proof accepted that the store may already have forgotten.
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,6 +29,8 @@ from opsgate.credentials.proof import (
     ProofRequest,
     make_proof,
 )
+from opsgate.identity.keys import b64url
+from opsgate.secrets.value import SecretValue
 from opsgate.store import schema
 
 CASES: list[dict[str, Any]] = yaml.safe_load(
@@ -195,6 +198,72 @@ def test_without_require_proof_a_credential_is_a_bearer_token(tmp_path: Path) ->
         with pytest.raises(opsgate.InvalidCredential) as exc:
             w.gate.execute(handle.token, op, proof=wrong)
         assert exc.value.code == "bad_proof"
+    finally:
+        w.gate.close()
+
+
+# -- a secret write's value ------------------------------------------------------------------
+
+SECRET_PATH = "secrets/staging/db"
+TOKEN = "eyJhbGciOiJFZERTQSJ9.e30.sig"
+
+
+def _write(value: str | None) -> opsgate.Operation:
+    secret = None if value is None else SecretValue(value)
+    return opsgate.Operation("write", SECRET_PATH, {}, secret=secret)
+
+
+def test_the_execute_digest_binds_the_secret_value_salted_per_proof() -> None:
+    """The value is in the digest a proof signs, never as a plain hash: keyed by the
+    credential and salted by the proof's own id. A write without a value and one with
+    a value never share a digest, whatever the value (the empty text included)."""
+    jti, other_jti = "a" * 22, "b" * 22
+    a = ProofRequest.execute(_write("hunter2"))
+    assert a.digest_for(TOKEN, jti) == ProofRequest.execute(_write("hunter2")).digest_for(
+        TOKEN, jti
+    )
+    digests = {
+        a.digest_for(TOKEN, jti),
+        a.digest_for(TOKEN, other_jti),  # salted: another proof of the same value differs
+        a.digest_for(TOKEN + "x", jti),  # and another credential's
+        ProofRequest.execute(_write("hunter3")).digest_for(TOKEN, jti),
+        ProofRequest.execute(_write("")).digest_for(TOKEN, jti),
+        ProofRequest.execute(_write(None)).digest_for(TOKEN, jti),
+    }
+    assert len(digests) == 6
+    # Without a value the digest is the request's own, whatever the proof.
+    bare = ProofRequest.execute(_write(None))
+    assert bare.digest_for(TOKEN, jti) == bare.digest_for(TOKEN, other_jti) == bare.digest
+    # No plain hash of the value, and no value, in what the proof carries.
+    plain = hashlib.sha256(b"hunter2").digest()
+    for shown in (plain.hex(), b64url(plain)):
+        assert shown not in a.digest_for(TOKEN, jti)
+    assert "hunter2" not in repr(a)
+    # A request holding a value has no digest apart from a proof: asking is an error.
+    with pytest.raises(opsgate.CredentialError) as exc:
+        _ = a.digest
+    assert exc.value.code == "proof_request_invalid"
+
+
+def test_an_sdk_proof_for_one_secret_value_does_not_carry_another(tmp_path: Path) -> None:
+    """The in-process SDK's proofs bind the value as the HTTP API's do: a proof made
+    for value A, presented with value B, is bad_proof and writes nothing; with A it runs."""
+    w = open_world(tmp_path / "state", require_proof=True)
+    try:
+        scope = ["read:secrets/staging", "write:secrets/staging"]
+        agent = w.gate.register_agent("secrets-agent", scope, "lead@company.com", 800)
+        handle = agent.credential(scope=scope)
+        proof = handle.proof(_write("value-a"))
+        for other in (_write("value-b"), _write(None)):
+            with pytest.raises(opsgate.InvalidCredential) as exc:
+                w.gate.execute(handle.token, other, proof=proof)
+            assert exc.value.code == "bad_proof"
+        read = opsgate.Operation("read", SECRET_PATH)
+        missing = w.gate.execute(handle.token, read, proof=handle.proof(read))
+        assert missing.detail == {"code": "secret_not_found"}
+        assert w.gate.execute(handle.token, _write("value-a"), proof=proof).status == "succeeded"
+        found = w.gate.execute(handle.token, read, proof=handle.proof(read))
+        assert found.detail["value"] == SecretValue("value-a")
     finally:
         w.gate.close()
 
