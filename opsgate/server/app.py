@@ -76,6 +76,11 @@ def create_app(gate: Gate, settings: ServerConfig | None = None) -> FastAPI:
         # No redirect to the path with or without a trailing slash: Starlette builds
         # its Location from the request's Host header, which the gate never trusts.
         redirect_slashes=False,
+        # No Swagger UI or ReDoc pages: they load unpinned scripts from a CDN on the
+        # gate's own origin, where the approver UI's session cookie lives. The schema
+        # stays at /openapi.json (JSON, no script), for tools that read it.
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.ctx = ctx
     app.state.ui = UiSettings.of(external, settings.ui_session_minutes)

@@ -114,6 +114,72 @@ def test_the_inline_code_check_finds_inline_code() -> None:
     assert len(inline_code('<script src="/ui/static/ui.js"></script><b>x</b>')) == 0
 
 
+# A script, style sheet, frame or image from anywhere but the gate's own origin.
+FOREIGN = re.compile(
+    r"""<(?:script|link|iframe|img|embed|object)\b[^>]*\b(?:src|href|data)\s*=\s*["']?\s*"""
+    r"""(?:[a-z][a-z0-9+.-]*:|//|\\\\)""",
+    re.IGNORECASE,
+)
+
+
+def get_routes(routes: Any) -> Iterator[str]:
+    """The path of every GET route, through included routers (all without a prefix of
+    their own, as create_app includes them)."""
+    for route in routes:
+        included = getattr(route, "original_router", None)  # FastAPI's included router
+        if included is not None:
+            yield from get_routes(included.routes)
+        elif "GET" in (getattr(route, "methods", None) or ()):
+            yield route.path
+
+
+def test_no_page_the_server_serves_loads_anything_from_another_origin(api: Api) -> None:
+    """FastAPI's /docs and /redoc (Swagger UI, ReDoc) loaded unpinned scripts from a CDN
+    on the gate's origin, where the session cookie lives: they are gone (404, typed),
+    and every GET route the app has, asked as an approver signed in and as an operator,
+    answers without a foreign script, style sheet or frame."""
+    approval_id = pending(api)
+    client = signed_in(api)
+    for path in ("/docs", "/redoc", "/docs/oauth2-redirect"):
+        r = client.get(path)
+        assert (r.status_code, r.json()["code"]) == (404, "not_found"), path
+    values = {
+        "approval_id": approval_id,
+        "agent": "deploy-agent",
+        "parent": "devops-supervisor",
+        "seq": "1",
+        "name": "ui.js",
+    }
+    app: Any = client.app
+    paths = {
+        re.sub(r"\{(\w+)(?::\w+)?\}", lambda m: values[m.group(1)], path)
+        for path in get_routes(app.routes)
+    }
+    assert {"/openapi.json", "/ui/approvals", "/v1/audit/tail"} <= paths
+    assert not any(p.startswith(("/docs", "/redoc")) for p in paths)
+    html = []
+    for path in sorted(paths):
+        for headers in ({}, api.operator()):
+            r = client.get(path, headers=headers)
+            assert r.status_code < 500, (path, r.text)
+            assert FOREIGN.findall(r.text) == [], path
+            if r.headers.get("content-type", "").startswith("text/html"):
+                html.append(path)
+    assert "/ui/approvals" in html and all(p.startswith("/ui") for p in html)
+
+
+def test_the_foreign_resource_check_finds_them() -> None:
+    for tag in (
+        '<script src="https://cdn.jsdelivr.net/npm/swagger-ui-dist@5/swagger-ui-bundle.js">',
+        "<script src=//cdn.example/x.js>",
+        '<link rel="stylesheet" href="http://cdn.example/x.css">',
+        "<iframe src='data:text/html,x'>",
+    ):
+        assert FOREIGN.findall(tag), tag
+    assert not FOREIGN.findall('<script src="/ui/static/ui.js" defer></script>')
+    assert not FOREIGN.findall('<a href="https://example.com">x</a>')
+
+
 # -- cookies ---------------------------------------------------------------------------
 
 
