@@ -30,9 +30,9 @@ of its codes (`CODES`: each code, its one owning class, what it means).
 A rule met in two families has one code and one owner; a small class belonging to both
 families raises it where the other family meets it (`EmailInvalid`, `StatusInvalid`,
 `TokenTtlInvalid`, `OutputUnwritable`, `ParamsInvalid`, `CredentialTtlInvalid`,
-`UnusableAgentIssue`, `UnusableAgentCredential`, `UnusableAgentChange`, `DidInvalid`,
-`CredentialMissing`, `CredentialNotFound`, `RevokedCredential`, `RevokedOnIssue`), so
-each family's `except` and HTTP status still hold.
+`ReasonInvalid`, `UnusableAgentIssue`, `UnusableAgentCredential`, `UnusableAgentChange`,
+`DidInvalid`, `CredentialMissing`, `CredentialNotFound`, `RevokedCredential`,
+`RevokedOnIssue`), so each family's `except` and HTTP status still hold.
 
 Surfaces (CLI, HTTP, MCP) map `.code`, never message text. Messages are one
 lowercase line with user input quoted; they never contain secret values.
@@ -292,6 +292,13 @@ class StatusInvalid(AgentError, ApprovalError):
     default_code = "status_invalid"
 
 
+class ReasonInvalid(AgentError, CredentialError):
+    """A reason (a suspension's, a revocation's, a trust change's) that is not one line
+    of plain text: the rule met by agents and credentials alike."""
+
+    default_code = "reason_invalid"
+
+
 class TokenTtlInvalid(ApprovalError, OperatorError):
     """An approver's or operator's token lifetime outside 1 to 3650 days."""
 
@@ -414,6 +421,12 @@ _REGISTRY: tuple[tuple[type[OpsgateError], dict[str, str]], ...] = (
         },
     ),
     (
+        ReasonInvalid,
+        {
+            "reason_invalid": "a reason is not one line of text (a control character, a NUL)",
+        },
+    ),
+    (
         DelegationError,
         {
             "agent_expired": "the agent (or an ancestor) has expired",
@@ -524,7 +537,10 @@ _REGISTRY: tuple[tuple[type[OpsgateError], dict[str, str]], ...] = (
             "approver_not_found": "no approver with that address",
             "approver_token_expired": "the approver's token has expired; the operator rotates it",
             "approver_unauthenticated": "the approver could not be authenticated",
-            "comment_invalid": "a comment is not text of at most 2000 characters",
+            "comment_invalid": (
+                "a comment is not text of at most 2000 characters without control "
+                "characters (line breaks and tabs allowed)"
+            ),
             "digest_mismatch": "the operation changed since the approval was requested",
             "no_approvers": "the decision has no approval requirement",
             "not_an_approver": "the address is not an approver of this request",
@@ -632,7 +648,9 @@ _REGISTRY: tuple[tuple[type[OpsgateError], dict[str, str]], ...] = (
             "anchor_invalid": "an audit anchor or checkpoint does not verify",
             "anchor_missing": "an anchor file is not found",
             "audit_invalid": "an audit event is not serialisable",
-            "audit_query_invalid": "an audit query's limit or filters are invalid",
+            "audit_query_invalid": (
+                "an audit query's limit or filters are invalid (a filter is one line of text)"
+            ),
             "audit_write_failed": "the audit log could not be written; nothing was done",
         },
     ),
@@ -820,6 +838,35 @@ def encodable(text: str) -> str:
     return text
 
 
+# Control characters (C0, DEL, C1). PostgreSQL refuses a NUL in text outright; the
+# others have no place in a name, a filter or a reason (one line, shown to people, in
+# terminals). A comment keeps its line breaks and tabs.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_CONTROL_BUT_LINES = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+
+
+def plain_text(value: object, *, lines: bool = False) -> bool:
+    """Whether `value` is text every state database stores as given: a str holding no
+    control character (with `lines`, line breaks and tabs are allowed) and no lone
+    surrogate. Checked where a name, a filter, a reason or a comment comes in, so such
+    input is refused with its own code on SQLite and PostgreSQL alike (PostgreSQL
+    fails a NUL in text as a driver error), before anything is read or written."""
+    if not isinstance(value, str):
+        return False
+    control = _CONTROL_BUT_LINES if lines else _CONTROL
+    return control.search(value) is None and encodable(value) is value
+
+
+def check_reason(reason: object) -> None:
+    """Refuse a reason given for an act (a suspension, a revocation, a trust change)
+    that is not one line of plain text; None (no reason) passes."""
+    if reason is not None and not plain_text(reason):
+        raise ReasonInvalid(
+            "a reason must be one line of text, without control characters",
+            code="reason_invalid",
+        )
+
+
 def safe_text(value: object) -> str:
     """User input as text for a message or an audit record, unless it could be a secret.
 
@@ -876,6 +923,7 @@ __all__ = [
     "OutputUnwritable",
     "ParamsInvalid",
     "PolicyError",
+    "ReasonInvalid",
     "Revoked",
     "RevokedCredential",
     "RevokedOnIssue",
@@ -891,7 +939,9 @@ __all__ = [
     "UnusableAgentChange",
     "UnusableAgentCredential",
     "UnusableAgentIssue",
+    "check_reason",
     "encodable",
+    "plain_text",
     "safe_text",
     "scrub",
     "secret_shaped",

@@ -45,6 +45,7 @@ from opsgate.errors import (
     OpsgateError,
     StatusInvalid,
     TokenTtlInvalid,
+    plain_text,
     safe_text,
     scrub,
     shown,
@@ -528,9 +529,11 @@ class ApprovalService:
         """`token` is the approver's token, or a check of another credential (a UI
         session) run inside the decision's transaction that returns the approver."""
         try:
-            if comment is not None and (not isinstance(comment, str) or len(comment) > 2000):
+            if comment is not None and (not plain_text(comment, lines=True) or len(comment) > 2000):
                 raise ApprovalError(
-                    "comment must be text of at most 2000 characters", code="comment_invalid"
+                    "comment must be text of at most 2000 characters, without control "
+                    "characters but line breaks and tabs",
+                    code="comment_invalid",
                 )
             if comment is not None:
                 comment = scrub(comment)  # a token pasted into a comment is not kept

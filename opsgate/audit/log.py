@@ -58,7 +58,7 @@ from opsgate.audit.writer import (
 )
 from opsgate.boundary import typed_errors
 from opsgate.credentials.keyring import KeyChain
-from opsgate.errors import AuditError, OutputUnwritable, encodable
+from opsgate.errors import AuditError, OutputUnwritable, plain_text
 from opsgate.store import Store
 from opsgate.store.audit_rows import AuditSQL
 
@@ -345,12 +345,11 @@ class AuditLog:
     def tail(
         self, limit: int = 20, *, event_type: str | None = None, actor: str | None = None
     ) -> list[AuditRecord]:
-        if type(limit) is not int or not all(
-            v is None or (type(v) is str and encodable(v) is v) for v in (event_type, actor)
-        ):
+        if type(limit) is not int:
             raise AuditError(
                 "tail takes a number of events and text filters", code="audit_query_invalid"
             )
+        _check_filters(event_type, actor)
         with self._store.read() as conn:
             rows = self._sql.newest(
                 conn, max(1, min(limit, 10_000)), event_type=event_type, actor=actor
@@ -366,6 +365,7 @@ class AuditLog:
         batch: int = 5000,
     ) -> Iterator[AuditRecord]:
         """Every event in seq order (for export), or every event of one actor and/or type."""
+        _check_filters(event_type, actor)
         last = after_seq
         while True:
             with self._store.read() as conn:
@@ -410,6 +410,17 @@ class AuditLog:
             seq_of_hash=seq_of_hash,
             check_state=self._check_state,
         )
+
+
+def _check_filters(event_type: object, actor: object) -> None:
+    """An audit query's filters are one line of text each, or none: a NUL (PostgreSQL
+    refuses it in a query, as a 500), another control character or a lone surrogate is
+    refused typed, on every database."""
+    for name, value in (("type", event_type), ("actor", actor)):
+        if value is not None and (type(value) is not str or not plain_text(value)):
+            raise AuditError(
+                f"the {name} filter must be one line of text", code="audit_query_invalid"
+            )
 
 
 def _record(r: Any) -> AuditRecord:

@@ -21,7 +21,7 @@ import structlog
 from opsgate.audit.writer import FEED, Change, Unit
 from opsgate.boundary import typed_errors
 from opsgate.config import HARD_TTL_CEILING_MINUTES, Config
-from opsgate.errors import AgentError, OpsgateError, scrub, shown
+from opsgate.errors import AgentError, OpsgateError, check_reason, scrub, shown
 from opsgate.store import Store
 from opsgate.store import trust as trust_rows
 from opsgate.store.ledger import LedgerSQL
@@ -266,6 +266,7 @@ class TrustEngine:
             )
         if not isinstance(reason, str) or not reason.strip():
             raise AgentError("setting a trust score needs a reason", code="reason_required")
+        check_reason(reason)
         if not isinstance(actor, str) or not actor.strip():
             raise AgentError("setting a trust score needs who sets it", code="actor_required")
         ledger_sql = self._ledger_sql

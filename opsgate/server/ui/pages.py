@@ -24,7 +24,7 @@ from markupsafe import Markup
 from starlette.concurrency import run_in_threadpool
 
 from opsgate.approvals.model import ApproverSession
-from opsgate.errors import ApprovalError, OpsgateError
+from opsgate.errors import ApprovalError, AuditError, OpsgateError, plain_text
 from opsgate.server.context import ServerContext
 from opsgate.server.errors import status_of
 from opsgate.server.ui import views
@@ -392,6 +392,10 @@ async def audit(request: Request) -> Response:
     def load() -> tuple[list[dict[str, Any]], Any, str | None]:
         problem = None
         actor = None
+        if not plain_text(agent_filter):  # refused as the API's actor filter is
+            raise AuditError(
+                "the agent filter must be one line of text", code="audit_query_invalid"
+            )
         if agent_filter:
             try:
                 actor = ctx.gate.agents.resolve(agent_filter)
