@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, overload
 
 
 class OpsgateError(Exception):
@@ -857,14 +857,26 @@ def plain_text(value: object, *, lines: bool = False) -> bool:
     return control.search(value) is None and encodable(value) is value
 
 
-def check_reason(reason: object) -> None:
-    """Refuse a reason given for an act (a suspension, a revocation, a trust change)
-    that is not one line of plain text; None (no reason) passes."""
-    if reason is not None and not plain_text(reason):
+@overload
+def check_reason(reason: None) -> None: ...
+@overload
+def check_reason(reason: str) -> str: ...
+@overload
+def check_reason(reason: object) -> str | None: ...
+def check_reason(reason: object) -> str | None:
+    """A reason given for an act (a suspension, a revocation, a trust change) as it may
+    be stored: one line of plain text (else refused), secret-shaped words scrubbed
+    (it lands in a table as well as in the audit, and a reason is free text people
+    paste into); None (no reason) passes."""
+    if reason is None:
+        return None
+    if not plain_text(reason):
         raise ReasonInvalid(
             "a reason must be one line of text, without control characters",
             code="reason_invalid",
         )
+    assert isinstance(reason, str)
+    return scrub(reason)
 
 
 def safe_text(value: object) -> str:

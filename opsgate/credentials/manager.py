@@ -611,7 +611,7 @@ class CredentialManager:
         """
         if not isinstance(jti, str) or not _JTI.match(jti):
             raise CredentialError(f"{shown(jti)} is not a credential id", code="jti_invalid")
-        check_reason(reason)
+        reason = check_reason(reason)
         t = to_epoch(now)
         # Kept until any token with this id must have expired: measured from the
         # later of the caller's time and the wall clock, so a revocation given a
@@ -642,7 +642,7 @@ class CredentialManager:
         replica and whatever clock stamped it (see `revocation_cutoff`); one that
         commits after it and is still covered is refused when issued.
         """
-        check_reason(reason)
+        reason = check_reason(reason)
         t = to_epoch(now)
         root = self._agent_state(agent_id)
         with self._store.write() as conn:  # no audit head: see revoke()

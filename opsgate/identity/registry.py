@@ -326,7 +326,7 @@ class AgentRegistry:
         so export only to where the agent runs, and rotate (re-register) if in doubt.
         """
         t = to_epoch(now)
-        check_reason(reason)
+        reason = check_reason(reason)
         did = self.resolve(ref)
         state = self.state(did)
         if force and (not isinstance(reason, str) or not reason.strip()):
@@ -670,7 +670,7 @@ class AgentRegistry:
     ) -> builtins.list[str]:
         """`changed_before`: the root's status was changed already, in the transaction
         of the score change that caused it (see TrustEngine): it counts as changed."""
-        check_reason(reason)  # before anything is read or written, on any database
+        reason = check_reason(reason)  # before anything is read or written, on any database
         t = to_epoch(now)
         root = self.state(ref)
         if root.status == REVOKED:

@@ -266,7 +266,7 @@ class TrustEngine:
             )
         if not isinstance(reason, str) or not reason.strip():
             raise AgentError("setting a trust score needs a reason", code="reason_required")
-        check_reason(reason)
+        reason = check_reason(reason)
         if not isinstance(actor, str) or not actor.strip():
             raise AgentError("setting a trust score needs who sets it", code="actor_required")
         ledger_sql = self._ledger_sql

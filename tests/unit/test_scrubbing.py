@@ -169,3 +169,22 @@ def test_the_readme_says_what_each_mechanism_protects_against_and_what_not() -> 
     ):
         assert name in section, name
     assert callable(scrub_log_event)
+
+
+def test_a_reason_holding_a_token_is_stored_scrubbed_in_every_table(tmp_path: Path) -> None:
+    """Reasons are free text people paste into, and they land in tables (an agent's
+    status reason, a revocation's) as well as in the audit."""
+    with opsgate.Gate.open(tmp_path / "state") as gate:
+        agent = gate.register_agent("agent", ["deploy:staging"], sponsor="o@company.com")
+        cred = gate.credential_manager.issue_credential(agent.did, ["deploy:staging"])
+        other = gate.credential_manager.issue_credential(agent.did, ["deploy:staging"]).token
+        secrets = _secrets(gate, other)
+        why = f"pasted {secrets['approver']} and {other} by mistake"
+        gate.credential_manager.revoke(cred.jti, reason=why)
+        gate.credential_manager.revoke_agent(agent.did, reason=why)
+        gate.set_trust_score("agent", 700, reason=why, by="ops@company.com")
+        gate.agents.suspend("agent", reason=why)
+        assert gate.agents.get("agent").status == "suspended"
+        text = database_text(gate)
+        assert "by mistake" in text  # the reason is kept, its secrets are not
+        assert _leaks(text, {k: v for k, v in secrets.items() if k != "pem"}) == []
