@@ -25,6 +25,7 @@ import pglast
 import sqlglot
 from pglast import ast as pg
 from pglast import enums as pge
+from pglast.stream import RawStream
 from sqlglot import exp
 from sqlglot.errors import ErrorLevel
 
@@ -161,6 +162,44 @@ class _Created:
     objects: set[tuple[str, str]] = field(default_factory=set)  # (kind, name)
     constraints: dict[str, str] = field(default_factory=dict)  # name -> kind
     dropped_indexes: set[str] = field(default_factory=set)
+    #: Whether a name may be recorded at all (PostgreSQL: see `_pg_countable`).
+    countable: Callable[[str], bool] = lambda name: True
+
+    def add_table(self, name: str) -> None:
+        if self.countable(name):
+            self.tables.add(name)
+
+    def add_column(self, table: str, column: str) -> None:
+        if self.countable(table) and self.countable(_qualify(column)):
+            self.columns.add((table, column))
+
+    def add_object(self, kind: str, name: str) -> None:
+        if self.countable(_qualify(name) if kind == "schema" else name):
+            self.objects.add((kind, name))
+
+    def add_constraint(self, name: str, kind: str) -> None:
+        if self.countable(_qualify(name)):
+            self.constraints[name] = kind
+
+    def forget_all(self) -> None:
+        """Every name may now reach something else (a schema renamed or dropped: a
+        qualified name, or the search path, now leads elsewhere): none counts."""
+        self.tables.clear()
+        self.columns.clear()
+        self.objects.clear()
+        self.constraints.clear()
+
+    def forget_unqualified(self) -> None:
+        """A new schema may be the `$user` one (named like the role, which we cannot
+        know), first on the search path: an unqualified name written before may now
+        resolve to another object."""
+
+        def bare(name: str) -> bool:
+            return len(_NAME_PART.findall(name)) <= 1
+
+        self.tables = {t for t in self.tables if not bare(t)}
+        self.columns = {(t, c) for t, c in self.columns if not bare(t)}
+        self.objects = {(k, n) for k, n in self.objects if k == "schema" or not bare(n)}
 
     def has_column(self, table: str, column: str) -> bool:
         return table in self.tables or (table, column) in self.columns
@@ -190,9 +229,10 @@ class _Created:
         self.forget(old)
         self.forget(new)
         if table:
-            self.tables.add(new)
-            self.columns |= columns
-        self.objects |= {(k, new) for k in kinds}
+            self.add_table(new)
+            self.columns |= {(t, c) for t, c in columns if self.countable(new)}
+        for k in kinds:
+            self.add_object(k, new)
         return table or bool(kinds)
 
     def rename_column(self, table: str, old: str, new: str) -> None:
@@ -202,7 +242,7 @@ class _Created:
         self.drop_column(table, old)
         self.drop_column(table, new)
         if created:
-            self.columns.add((table, new))
+            self.add_column(table, new)
 
     def drop_column(self, table: str, column: str) -> None:
         rel = _relname(table)
@@ -213,8 +253,9 @@ class _Created:
         table attached as its partition, an existing table's foreign key that cascades
         from it). Partitions, inheritance and foreign keys between the new tables are
         not tracked, so a drop, truncate or DML of any of them may reach those rows:
-        none counts as created here any more."""
+        none counts as created here any more, nor do their columns."""
         self.tables.clear()
+        self.columns.clear()
 
 
 #: One part of a name made by `_qualify`: bare, or quoted with its quotes doubled.
@@ -231,6 +272,34 @@ def _relname(name: str) -> str:
     """The last part of a `_qualify`d name: the relation's own name, without a schema."""
     parts = _NAME_PART.findall(name)
     return str(parts[-1]) if parts else name
+
+
+#: SQLite folds ASCII letters only (`K`, not the Kelvin sign U+212A that str.lower()
+#: also turns into `k`); so does PostgreSQL for unquoted names in UTF-8.
+_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+
+
+def _fold(name: str) -> str:
+    """A name as the database compares it case-insensitively: ASCII letters folded."""
+    return name.translate(_ASCII_LOWER)
+
+
+#: pglast cuts identifiers at 63 bytes of UTF-8, the server at 63 bytes of the
+#: database's encoding (up to 4 bytes a character, or 1 for LATIN1's 'é'): a name that
+#: either may cut, or a cut of a longer one, is never taken as created here.
+_PG_NAME_BYTES = 60
+
+
+def _pg_countable(name: str) -> bool:
+    """May a PostgreSQL name count as created here? Not if some encoding could cut it
+    (each non-ASCII character counted as 4 bytes), nor if it holds a non-ASCII capital:
+    a single-byte server folds unquoted ones in its locale, pglast does not."""
+    for part in _NAME_PART.findall(name):
+        if sum(1 if ord(c) < 128 else 4 for c in part) >= _PG_NAME_BYTES:
+            return False
+        if any(ord(c) >= 128 and c.lower() != c for c in part):
+            return False
+    return True
 
 
 def _words(text: str) -> frozenset[str]:
@@ -348,6 +417,46 @@ def _pg_row_dependent(where: Any, target: pg.RangeVar | None, others: Any = None
     return False
 
 
+def _pg_always(where: Any) -> bool:
+    """The obvious tautologies (not tautologies in general): `x = x`, `x >= x`,
+    `x <= x`, `x IS NOT DISTINCT FROM x`, `x IS NOT NULL` (`NOT x IS NULL`), `true`,
+    under NOT NOT, an OR with any such branch or an AND of only such branches."""
+    if isinstance(where, pg.BoolExpr):
+        op = _enum(pge.BoolExprType, where.boolop)
+        args = list(where.args or ())
+        if op == pge.BoolExprType.OR_EXPR:
+            return any(_pg_always(a) for a in args)
+        if op == pge.BoolExprType.AND_EXPR:
+            return bool(args) and all(_pg_always(a) for a in args)
+        inner = args[0] if len(args) == 1 else None
+        if isinstance(inner, pg.NullTest):
+            return _enum(pge.NullTestType, inner.nulltesttype) == pge.NullTestType.IS_NULL
+        if isinstance(inner, pg.BoolExpr) and inner.boolop == pge.BoolExprType.NOT_EXPR:
+            twice = list(inner.args or ())
+            return len(twice) == 1 and _pg_always(twice[0])
+        return False
+    if isinstance(where, pg.NullTest):
+        return _enum(pge.NullTestType, where.nulltesttype) == pge.NullTestType.IS_NOT_NULL
+    if isinstance(where, pg.A_Const):
+        return isinstance(where.val, pg.Boolean) and bool(where.val.boolval)
+    if isinstance(where, pg.A_Expr) and where.lexpr is not None and where.rexpr is not None:
+        kind = _enum(pge.A_Expr_Kind, where.kind)
+        operator = _pg_strings(where.name)
+        same = _pg_same(where.lexpr, where.rexpr)
+        if kind == pge.A_Expr_Kind.AEXPR_OP and operator in ("=", ">=", "<="):
+            return same
+        return kind == pge.A_Expr_Kind.AEXPR_NOT_DISTINCT and same
+    return False
+
+
+def _pg_same(a: Any, b: Any) -> bool:
+    """The same expression, written alike (locations aside)."""
+    try:
+        return bool(RawStream()(a) == RawStream()(b))
+    except Exception:  # noqa: BLE001 - an expression pglast cannot print: not the same
+        return False
+
+
 def _pg_refnames(items: Any) -> set[str]:
     """The names the relations of a USING or FROM list answer to (over-counted: any
     relation name or alias in them)."""
@@ -362,7 +471,7 @@ def _pg_refnames(items: Any) -> set[str]:
 
 class _Postgres:
     def __init__(self) -> None:
-        self.created = _Created()
+        self.created = _Created(countable=_pg_countable)
 
     def statement(self, node: pg.Node) -> tuple[list[Finding], bool]:
         """Findings for one parsed statement, and whether it may run in a transaction."""
@@ -403,10 +512,10 @@ class _Postgres:
             and not _pg_temp(node.relation)
             and all(p in self.created.tables for p in parents)
         ):
-            self.created.tables.add(table)
+            self.created.add_table(table)
             for elt in node.tableElts or ():
                 if isinstance(elt, pg.Constraint) and elt.conname:
-                    self.created.constraints[str(elt.conname)] = _pg_contype(elt)
+                    self.created.add_constraint(str(elt.conname), _pg_contype(elt))
         else:
             self._cascades(node.tableElts)
         return [], True
@@ -414,19 +523,25 @@ class _Postgres:
     def _CreateTableAsStmt(self, node: pg.CreateTableAsStmt) -> tuple[list[Finding], bool]:
         into = node.into
         if into is not None and not node.if_not_exists and not _pg_temp(into.rel):
-            self.created.tables.add(_pg_rel(into.rel))
+            self.created.add_table(_pg_rel(into.rel))
         return self._calls(node.query), True
 
     def _CreateSchemaStmt(self, node: pg.CreateSchemaStmt) -> tuple[list[Finding], bool]:
         if node.schemaElts:  # statements nested in the schema: not looked into
             return [finding("OG202", "CREATE SCHEMA with nested statements")], True
+        self.created.forget_unqualified()
         if not node.if_not_exists and node.schemaname:
-            self.created.objects.add(("schema", str(node.schemaname)))
+            self.created.add_object("schema", str(node.schemaname))
         return [], True
 
     def _ViewStmt(self, node: pg.ViewStmt) -> tuple[list[Finding], bool]:
-        if not node.replace and not _pg_temp(node.view):
-            self.created.objects.add(("view", _pg_rel(node.view)))
+        name = _pg_rel(node.view)
+        if node.replace:  # the definition of a view not created here is lost
+            if ("view", name) in self.created.objects:
+                return [], True
+            return [finding("OG105", f"view {_shown(name)} replaced")], True
+        if not _pg_temp(node.view):
+            self.created.add_object("view", name)
         return [], True
 
     def _IndexStmt(self, node: pg.IndexStmt) -> tuple[list[Finding], bool]:
@@ -443,7 +558,7 @@ class _Postgres:
         if existing and not node.concurrent:
             found.append(finding("PG101", name or table))
         if name and not node.if_not_exists:
-            self.created.objects.add(("index", name))
+            self.created.add_object("index", name)
         return found, not node.concurrent
 
     def _DropStmt(self, node: pg.DropStmt) -> tuple[list[Finding], bool]:
@@ -462,7 +577,9 @@ class _Postgres:
             elif kind == pge.ObjectType.OBJECT_SCHEMA:
                 if ("schema", name) not in created.objects:
                     found.append(finding("DS101", _shown(name)))
-                self.created.objects.discard(("schema", name))
+                # Its names (and, for the `$user` schema, unqualified ones) now
+                # resolve elsewhere.
+                self.created.forget_all()
             else:
                 label = kind.name.removeprefix("OBJECT_").lower().replace("_", " ")
                 new = (label, name) in created.objects
@@ -492,6 +609,7 @@ class _Postgres:
                 return [], True
             return [finding("BC101", f"{_shown(table)} to {_shown(newname)}")], True
         if kind == t.OBJECT_SCHEMA:
+            self.created.forget_all()  # its name may now be another schema's
             return [finding("BC101", f"schema {_shown(_pg_strings(node.subname))}")], True
         if kind in (t.OBJECT_COLUMN, t.OBJECT_ATTRIBUTE):
             column = str(node.subname)
@@ -519,7 +637,7 @@ class _Postgres:
             sub = at(cmd.subtype)
             column = str(cmd.name) if cmd.name else ""
             if sub == at.AT_AddColumn:
-                found.extend(self._add_column(table, existing, cmd.def_))
+                found.extend(self._add_column(table, existing, cmd.def_, cmd.missing_ok))
             elif sub == at.AT_DropColumn:
                 if not self.created.has_column(table, column):
                     found.append(finding("DS103", f"{_shown(table)}.{_shown(column)}"))
@@ -540,6 +658,14 @@ class _Postgres:
                 kind = self.created.constraints.get(column)
                 if kind is None:
                     found.append(finding("CD101", f"{_shown(column)} on {_shown(table)}"))
+            elif sub in (at.AT_SetIdentity, at.AT_AddIdentity) and not self.created.has_column(
+                table, column
+            ):
+                # Like ALTER SEQUENCE ... RESTART: later inserts may take keys rows hold.
+                opts = cmd.def_ if isinstance(cmd.def_, (list, tuple)) else ()
+                restart = any(isinstance(o, pg.DefElem) and o.defname == "restart" for o in opts)
+                if restart or sub == at.AT_AddIdentity:
+                    found.append(finding("OG202", f"identity of {_shown(table)}.{_shown(column)}"))
             elif sub == at.AT_AttachPartition:
                 self._attach(existing, cmd.def_)
             elif sub == at.AT_DetachPartition and getattr(cmd.def_, "concurrent", False):
@@ -574,11 +700,14 @@ class _Postgres:
             ):
                 self.created.reach_existing()
 
-    def _add_column(self, table: str, existing: bool, col: Any) -> list[Finding]:
+    def _add_column(
+        self, table: str, existing: bool, col: Any, missing_ok: bool = False
+    ) -> list[Finding]:
         if not isinstance(col, pg.ColumnDef):
             return [finding("OG202", "ADD COLUMN")]
         name = str(col.colname)
-        self.created.columns.add((table, name))
+        if not missing_ok:  # IF NOT EXISTS may have added nothing: the column pre-exists
+            self.created.add_column(table, name)
         if not existing:
             return []
         self._cascades(col)
@@ -607,7 +736,7 @@ class _Postgres:
             return [finding("OG202", "ADD CONSTRAINT")]
         kind = _pg_contype(con)
         if con.conname:
-            self.created.constraints[str(con.conname)] = kind
+            self.created.add_constraint(str(con.conname), kind)
         if not existing:
             return []
         self._cascades(con)
@@ -649,14 +778,16 @@ class _Postgres:
         found = self._calls(node)
         into = node.intoClause
         if into is not None and not _pg_temp(into.rel):
-            self.created.tables.add(_pg_rel(into.rel))
+            self.created.add_table(_pg_rel(into.rel))
         return found, True
 
     def _UpdateStmt(self, node: pg.UpdateStmt) -> tuple[list[Finding], bool]:
         table = _pg_rel(node.relation)
         found = self._calls(node)
         if table not in self.created.tables:
-            bounded = _pg_row_dependent(node.whereClause, node.relation, node.fromClause)
+            bounded = not _pg_always(node.whereClause) and _pg_row_dependent(
+                node.whereClause, node.relation, node.fromClause
+            )
             found.insert(0, finding("OG109" if bounded else "OG102", _shown(table)))
         return found, True
 
@@ -664,7 +795,9 @@ class _Postgres:
         table = _pg_rel(node.relation)
         found = self._calls(node)
         if table not in self.created.tables:
-            bounded = _pg_row_dependent(node.whereClause, node.relation, node.usingClause)
+            bounded = not _pg_always(node.whereClause) and _pg_row_dependent(
+                node.whereClause, node.relation, node.usingClause
+            )
             found.insert(0, finding("OG108" if bounded else "OG101", _shown(table)))
         return found, True
 
@@ -680,9 +813,26 @@ class _Postgres:
         return [], True
 
     _CommentStmt = _plain
-    _CreateSeqStmt = _plain
+
+    def _owned_by(self, options: Any) -> None:
+        """A sequence made owned by a column is dropped with its table (or column): a
+        table it is handed to (maybe a pre-existing one) no longer counts as created."""
+        for o in options or ():
+            if isinstance(o, pg.DefElem) and o.defname == "owned_by":
+                parts = o.arg if isinstance(o.arg, (list, tuple)) else ()
+                names = [str(p.sval) for p in parts if isinstance(p, pg.String)]
+                if names != ["none"]:
+                    if len(names) >= 2:
+                        self.created.forget(_qualify(*names[:-1]))
+                    else:
+                        self.created.reach_existing()
+
+    def _CreateSeqStmt(self, node: pg.CreateSeqStmt) -> tuple[list[Finding], bool]:
+        self._owned_by(node.options)
+        return [], True
 
     def _AlterSeqStmt(self, node: pg.AlterSeqStmt) -> tuple[list[Finding], bool]:
+        self._owned_by(node.options)
         restart = any(
             isinstance(o, pg.DefElem) and o.defname == "restart" for o in node.options or ()
         )
@@ -893,8 +1043,8 @@ def _sq_parts(node: exp.Expression | None) -> list[str]:
         node = node.this
     if isinstance(node, exp.Table):
         parts = [p for p in (node.args.get("db"), node.args.get("this")) if p is not None]
-        return [p.name.lower() for p in parts]
-    return [node.name.lower()] if hasattr(node, "name") else ["?"]
+        return [_fold(p.name) for p in parts]
+    return [_fold(node.name)] if hasattr(node, "name") else ["?"]
 
 
 def _sq_name(node: exp.Expression | None) -> str:
@@ -915,8 +1065,8 @@ def _sq_temp(tree: exp.Create) -> bool:
 
 def _sq_funcname(node: exp.Func) -> str:
     if isinstance(node, exp.Anonymous):
-        return str(node.name).lower()
-    return node.sql_name().lower()
+        return _fold(str(node.name))
+    return _fold(node.sql_name())
 
 
 def _sq_row_dependent(tree: exp.Expression, text: str) -> bool:
@@ -937,12 +1087,12 @@ def _sq_row_dependent(tree: exp.Expression, text: str) -> bool:
     parts = _sq_parts(target)
     # An alias hides the table's own name.
     names: set[tuple[str, ...]] = (
-        {(target.alias.lower(),)} if target.alias else {(parts[-1],), tuple(parts)}
+        {(_fold(target.alias),)} if target.alias else {(parts[-1],), tuple(parts)}
     )
     if not others:
         names.add(())
     taken = {
-        n.name.lower()
+        _fold(n.name)
         for o in others
         for item in (o if isinstance(o, list) else [o])
         for n in item.walk()
@@ -951,11 +1101,45 @@ def _sq_row_dependent(tree: exp.Expression, text: str) -> bool:
     for node in where.walk(prune=lambda n: isinstance(n, (exp.Subquery, exp.Select))):
         if not isinstance(node, exp.Column):
             continue
-        qualifier = tuple(p.name.lower() for p in node.parts[:-1])
+        qualifier = tuple(_fold(p.name) for p in node.parts[:-1])
         if qualifier not in names or (qualifier and qualifier[-1] in taken):
             continue
         if qualifier or _sq_bare(node.this, text):
             return True
+    return False
+
+
+def _sq_always(where: Any) -> bool:
+    """As `_pg_always`, for sqlglot's tree (`x IS x` is SQLite's IS NOT DISTINCT FROM;
+    a non-zero number is true)."""
+    node = where.this if isinstance(where, exp.Where) else where
+    while isinstance(node, exp.Paren):
+        node = node.this
+    if isinstance(node, exp.Or):
+        return _sq_always(node.this) or _sq_always(node.expression)
+    if isinstance(node, exp.And):
+        return _sq_always(node.this) and _sq_always(node.expression)
+    if isinstance(node, exp.Not):
+        inner = node.this
+        while isinstance(inner, exp.Paren):
+            inner = inner.this
+        if isinstance(inner, exp.Is) and isinstance(inner.expression, exp.Null):
+            return True
+        return isinstance(inner, exp.Not) and _sq_always(inner.this)
+    if isinstance(node, exp.Boolean):
+        return bool(node.this)
+    if isinstance(node, exp.Literal) and node.is_number:
+        try:
+            return float(node.this) != 0
+        except ValueError:
+            return False
+    if isinstance(node, (exp.EQ, exp.GTE, exp.LTE, exp.NullSafeEQ, exp.Is)):
+        left, right = node.this, node.expression
+        return (
+            isinstance(left, exp.Expression)
+            and isinstance(right, exp.Expression)
+            and (_fold(left.sql("sqlite")) == _fold(right.sql("sqlite")))
+        )
     return False
 
 
@@ -1005,26 +1189,34 @@ class _Sqlite:
         kind = str(tree.args.get("kind") or "").upper()
         exists = bool(tree.args.get("exists"))
         temp = _sq_temp(tree)
+        props = tree.args.get("properties")
+        virtual = isinstance(props, exp.Properties) and props.find(exp.VirtualProperty)
+        if kind == "TABLE" and virtual:
+            # Its module owns more than the name (FTS5 drops `<name>_content` and the
+            # like by name on DROP TABLE, whatever now holds them): never new, reviewed.
+            return [finding("OG202", f"CREATE VIRTUAL TABLE {_shown(_sq_name(tree.this))}")], True
+        if tree.args.get("replace"):  # not SQLite: refused there, reviewed here
+            return [finding("OG201", f"CREATE OR REPLACE {kind}")], True
         if kind == "TABLE":
             name = _sq_name(tree.this)
             if not exists and not temp:
-                self.created.tables.add(name)
+                self.created.add_table(name)
             query = tree.args.get("expression")
             return (self._calls(query) if query is not None else []), True
         if kind == "INDEX":
             index = tree.this
             table = _sq_name(index.args.get("table")) if isinstance(index, exp.Index) else "?"
-            name = _qualify(index.name.lower()) if isinstance(index, exp.Index) else ""
+            name = _qualify(_fold(index.name)) if isinstance(index, exp.Index) else ""
             found = []
             if tree.args.get("unique") and table not in self.created.tables:
                 replaced = name and name in self.created.dropped_indexes
                 found.append(finding("MF102" if replaced else "MF101", name or table))
             if name and not exists and not temp:
-                self.created.objects.add(("index", name))
+                self.created.add_object("index", name)
             return found, True
         if kind == "VIEW":
             if not exists and not temp:
-                self.created.objects.add(("view", _sq_name(tree.this)))
+                self.created.add_object("view", _sq_name(tree.this))
             return [], True
         return [finding("OG202", f"CREATE {kind}")], True
 
@@ -1059,8 +1251,9 @@ class _Sqlite:
         found: list[Finding] = []
         for action in tree.args.get("actions") or ():
             if isinstance(action, exp.ColumnDef):
-                column = action.name.lower()
-                self.created.columns.add((table, column))
+                column = _fold(action.name)
+                if not action.args.get("exists"):  # IF NOT EXISTS: it may pre-exist
+                    self.created.add_column(table, column)
                 cons = [c.args.get("kind") for c in action.args.get("constraints") or ()]
                 not_null = any(
                     isinstance(c, exp.NotNullColumnConstraint) and not c.args.get("allow_null")
@@ -1077,7 +1270,7 @@ class _Sqlite:
                     self._cascades(action)
             elif isinstance(action, exp.Drop) and str(action.args.get("kind")).upper() == "COLUMN":
                 for col in action.args.get("tables") or [action.this]:
-                    column = col.name.lower() if col is not None else "?"
+                    column = _fold(col.name) if col is not None else "?"
                     if not self.created.has_column(table, column):
                         found.append(finding("DS103", f"{_shown(table)}.{_shown(column)}"))
                     self.created.drop_column(table, column)
@@ -1088,11 +1281,11 @@ class _Sqlite:
                 if not self.created.rename(table, new):
                     found.append(finding("BC101", f"{_shown(table)} to {_shown(newname)}"))
             elif isinstance(action, exp.RenameColumn):
-                old = action.this.name.lower() if action.this is not None else "?"
+                old = _fold(action.this.name) if action.this is not None else "?"
                 new_col = action.args.get("to")
                 if not self.created.has_column(table, old):
                     found.append(finding("BC102", f"{_shown(table)}.{_shown(old)}"))
-                self.created.rename_column(table, old, new_col.name.lower() if new_col else "?")
+                self.created.rename_column(table, old, _fold(new_col.name) if new_col else "?")
             else:
                 found.append(finding("OG202", f"ALTER TABLE {type(action).__name__}"))
         return found, True
@@ -1139,7 +1332,7 @@ class _Sqlite:
         table = _sq_name(tree.this)
         found = self._calls(tree)
         if table not in self.created.tables:
-            row = _sq_row_dependent(tree, self.sql)
+            row = not _sq_always(tree.args.get("where")) and _sq_row_dependent(tree, self.sql)
             found.insert(0, finding(bounded if row else unbounded, _shown(table)))
         return found
 
