@@ -2,7 +2,9 @@
 new, through `Gate.execute` with the example policy on the real databases: a relation
 renamed onto a new table's name with ALTER INDEX, a table renamed in another schema or
 made TEMP, a foreign key from an existing table that cascades from a new one, a WHERE
-that reads no column of the row. Each now waits for the DBA group, nothing runs
+that reads no column of the row, a schema renamed from under a new table, ADD COLUMN IF
+NOT EXISTS, an existing table attached as a new one's partition, a Kelvin sign SQLite
+does not fold, a virtual table's shadow names. Each now waits for the DBA group, nothing runs
 meanwhile, and what it does once approved shows why it had to.
 """
 
@@ -13,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine, inspect, make_url, text
 from sqlalchemy.pool import NullPool
 
 import opsgate
@@ -59,6 +61,21 @@ class Target:
                 if not exists:
                     return None
                 return int(conn.execute(text(f"SELECT count(*) FROM {table}")).scalar_one())
+        finally:
+            engine.dispose()
+
+    def columns(self) -> set[str]:
+        """The columns of the pre-existing table."""
+        engine = create_engine(self.url, poolclass=NullPool)
+        try:
+            return {str(c["name"]) for c in inspect(engine).get_columns("customers")}
+        finally:
+            engine.dispose()
+
+    def tables(self) -> set[str]:
+        engine = create_engine(self.url, poolclass=NullPool)
+        try:
+            return set(inspect(engine).get_table_names())
         finally:
             engine.dispose()
 
@@ -186,3 +203,74 @@ def test_a_where_that_reads_no_column_of_the_row_needs_the_dba(target: Target) -
     pending = target.held_for_the_dba(sql, {"OG101"})
     target.approve(pending)
     assert target.customers() == 0
+
+
+@pytest.mark.parametrize("target", POSTGRES, indirect=True)
+def test_a_renamed_user_schema_does_not_leave_the_bare_name_counting_as_new(
+    target: Target,
+) -> None:
+    role = make_url(target.url).username or "postgres"
+    pending = target.held_for_the_dba(
+        "CREATE SCHEMA AUTHORIZATION CURRENT_USER;\n"  # the $user schema, first on the path
+        "CREATE TABLE customers (id int);\n"
+        f'ALTER SCHEMA "{role}" RENAME TO scratch;\n'
+        "DROP TABLE customers;\n",
+        {"DS102"},
+    )
+    target.approve(pending)
+    assert target.customers() is None  # the bare name reached the pre-existing table
+
+
+@pytest.mark.parametrize("target", POSTGRES, indirect=True)
+def test_add_column_if_not_exists_does_not_make_an_existing_column_new(target: Target) -> None:
+    pending = target.held_for_the_dba(
+        "ALTER TABLE customers ADD COLUMN IF NOT EXISTS email text;\n"
+        "ALTER TABLE customers DROP COLUMN email;\n",
+        {"DS103"},
+    )
+    target.approve(pending)
+    assert "email" not in target.columns()
+
+
+@pytest.mark.parametrize("target", POSTGRES, indirect=True)
+def test_an_attached_existing_partition_makes_the_new_parents_columns_existing(
+    target: Target,
+) -> None:
+    pending = target.held_for_the_dba(
+        "CREATE TABLE customers_all (id int, tmp text) PARTITION BY RANGE (id);\n"
+        "ALTER TABLE customers_all RENAME COLUMN tmp TO email;\n"
+        "ALTER TABLE customers_all ATTACH PARTITION customers\n"
+        "    FOR VALUES FROM (MINVALUE) TO (MAXVALUE);\n"
+        "ALTER TABLE customers_all DROP COLUMN email;\n",
+        {"DS103"},
+    )
+    target.approve(pending)
+    assert "email" not in target.columns()  # dropped from the existing partition too
+
+
+@pytest.mark.parametrize("target", ["sqlite"], indirect=True)
+def test_a_kelvin_sign_is_not_a_k_to_sqlite(target: Target) -> None:
+    pending = target.held_for_the_dba(
+        "ALTER TABLE customers RENAME TO bookings;\n"
+        'CREATE TABLE "boo\u212aings" (id integer);\n'
+        "DROP TABLE bookings;\n",
+        {"DS102"},
+    )
+    target.approve(pending)
+    assert "bookings" not in target.tables()  # the existing one, not the Kelvin one
+    assert "boo\u212aings" in target.tables()
+
+
+@pytest.mark.parametrize("target", ["sqlite"], indirect=True)
+def test_a_virtual_tables_drop_reaches_an_existing_table_on_a_shadow_name(
+    target: Target,
+) -> None:
+    pending = target.held_for_the_dba(
+        "CREATE VIRTUAL TABLE search USING fts5(body);\n"
+        "ALTER TABLE search_content RENAME TO search_content_old;\n"
+        "ALTER TABLE customers RENAME TO search_content;\n"
+        "DROP TABLE search;\n",
+        {"OG202", "DS102"},
+    )
+    target.approve(pending)
+    assert "search_content" not in target.tables()  # FTS5 dropped it by name
