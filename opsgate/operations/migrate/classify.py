@@ -1180,7 +1180,9 @@ class _Sqlite:
             {
                 name
                 for f in tree.find_all(exp.Func)
-                if (name := _sq_funcname(f)) not in SQLITE_SAFE_FUNCTIONS
+                # sqlglot models AND / OR / XOR as functions too: operators, not calls.
+                if not isinstance(f, exp.Connector)
+                and (name := _sq_funcname(f)) not in SQLITE_SAFE_FUNCTIONS
             }
         )
         return [finding("OG202", "calls " + _shown(", ".join(unsafe)))] if unsafe else []
