@@ -12,11 +12,13 @@ never called healthy.
 
 from __future__ import annotations
 
+import ssl
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
+import httpcore
 import httpx
 
 from opsgate.config import HealthCheck
@@ -59,20 +61,110 @@ NOT_CONFIGURED = HealthReport("not_configured", 0, 0.0, "no health check configu
 Probe = Callable[[float], ProbeResult]
 
 
+class _Deadline:
+    """The wall-clock end of the probe in progress (monotonic); None between probes."""
+
+    def __init__(self) -> None:
+        self.at: float | None = None
+
+    def bound(self, timeout: float | None) -> float | None:
+        """`timeout` cut to the time left: httpx's timeouts are per read, so a server
+        trickling one byte per read would otherwise keep one probe alive for hours."""
+        if self.at is None:
+            return timeout
+        left = self.at - time.monotonic()
+        if left <= 0:
+            raise httpcore.ReadTimeout("probe wall-clock limit reached")
+        return left if timeout is None else min(timeout, left)
+
+
+class _BoundedStream(httpcore.NetworkStream):
+    def __init__(self, inner: httpcore.NetworkStream, deadline: _Deadline) -> None:
+        self._inner, self._deadline = inner, deadline
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return self._inner.read(max_bytes, self._deadline.bound(timeout))
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        self._inner.write(buffer, self._deadline.bound(timeout))
+
+    def close(self) -> None:
+        self._inner.close()
+
+    def start_tls(
+        self,
+        ssl_context: ssl.SSLContext,
+        server_hostname: str | None = None,
+        timeout: float | None = None,
+    ) -> httpcore.NetworkStream:
+        inner = self._inner.start_tls(ssl_context, server_hostname, self._deadline.bound(timeout))
+        return _BoundedStream(inner, self._deadline)
+
+    def get_extra_info(self, info: str) -> object:
+        return self._inner.get_extra_info(info)
+
+
+class _BoundedBackend(httpcore.NetworkBackend):
+    """Every socket operation of a probe ends by the probe's wall-clock limit."""
+
+    def __init__(self, deadline: _Deadline) -> None:
+        self._inner, self._deadline = httpcore.SyncBackend(), deadline
+
+    def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Iterable[Any] | None = None,
+    ) -> httpcore.NetworkStream:
+        stream = self._inner.connect_tcp(
+            host, port, self._deadline.bound(timeout), local_address, socket_options
+        )
+        return _BoundedStream(stream, self._deadline)
+
+    def connect_unix_socket(
+        self,
+        path: str,
+        timeout: float | None = None,
+        socket_options: Iterable[Any] | None = None,
+    ) -> httpcore.NetworkStream:
+        stream = self._inner.connect_unix_socket(
+            path, self._deadline.bound(timeout), socket_options
+        )
+        return _BoundedStream(stream, self._deadline)
+
+    def sleep(self, seconds: float) -> None:
+        self._inner.sleep(seconds)
+
+
 class HttpProbe:
     """GET `url` (no redirects, no proxy from the environment, body never read).
 
     One client for the whole gate: building one (its TLS context) costs more than a
-    loopback request. `close()` releases it.
+    loopback request. `close()` releases it. A probe ends within its timeout of wall
+    clock, however slowly the server answers (a trickled header is inconclusive).
     """
 
     def __init__(self, url: str, expect: tuple[int, ...]) -> None:
         self.url, self.expect = url, expect
         self._client: httpx.Client | None = None
+        self._deadline = _Deadline()
+
+    def _new_client(self) -> httpx.Client:
+        transport = httpx.HTTPTransport(trust_env=False)
+        # httpx has no total timeout: its pool is rebuilt on a backend that bounds
+        # every connect, read and write by the probe's wall-clock limit.
+        transport._pool = httpcore.ConnectionPool(
+            ssl_context=httpx.create_ssl_context(trust_env=False),
+            network_backend=_BoundedBackend(self._deadline),
+        )
+        return httpx.Client(follow_redirects=False, trust_env=False, transport=transport)
 
     def __call__(self, timeout: float) -> ProbeResult:
         if self._client is None:
-            self._client = httpx.Client(follow_redirects=False, trust_env=False)
+            self._client = self._new_client()
+        self._deadline.at = time.monotonic() + timeout
         try:
             with self._client.stream("GET", self.url, timeout=timeout) as response:
                 code = response.status_code
@@ -80,6 +172,8 @@ class HttpProbe:
             return ProbeResult("inconclusive", f"no answer within {timeout:g}s")
         except httpx.HTTPError as exc:
             return ProbeResult("inconclusive", f"unreachable ({exc.__class__.__name__})")
+        finally:
+            self._deadline.at = None
         if code in self.expect:
             return ProbeResult("ok", f"HTTP {code}")
         return ProbeResult("failed", f"HTTP {code}")
