@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 import stat
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -31,6 +30,9 @@ from opsgate.errors import ConfigError, OperationError, safe_text
 DIGEST_TAG = b"opsgate-artifact-v1\0"
 #: Nesting bound: a walk holds one descriptor per level.
 MAX_DEPTH = 64
+#: Longest relative path (bytes) of an entry: a release lives below the deploy root, and a
+#: tree whose paths outgrow PATH_MAX (4096) breaks every tool that works by path.
+MAX_PATH_BYTES = 1024
 _CHUNK = 1 << 20
 # One message for every refusal about the path: outside the roots, missing, not
 # readable, a symlink on the way, not a file or directory. Nothing to tell apart.
@@ -301,6 +303,8 @@ def _walk(
         raise _invalid(rel, f"is nested deeper than {MAX_DEPTH} levels")
     for name in sorted(os.fsencode(n) for n in os.listdir(src)):
         path = rel + b"/" + name if rel else name
+        if len(path) > MAX_PATH_BYTES:
+            raise _invalid(path[:200] + b"...", f"has a path longer than {MAX_PATH_BYTES} bytes")
         st = os.stat(name, dir_fd=src, follow_symlinks=False)
         if stat.S_ISDIR(st.st_mode):
             _check_mode(st, path)
@@ -446,16 +450,62 @@ def tree_digest(path: Path, kind: Kind) -> str:
 
 
 def remove_tree(path: Path) -> None:
-    """Remove a tree the gate wrote, read-only directories included; missing is fine."""
-    if not os.path.lexists(path):
+    """Remove a tree the gate wrote, read-only directories included; missing is fine.
+
+    Walked through directory descriptors, one open at a time, never by full path: a
+    tree deeper than PATH_MAX is removed like any other.
+    """
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
         return
-    if os.path.isdir(path) and not os.path.islink(path):
-        os.chmod(path, 0o700)
-        for top, dirs, _files in os.walk(path):
-            for d in dirs:
-                p = os.path.join(top, d)
-                if not os.path.islink(p):
-                    os.chmod(p, 0o700)
-        shutil.rmtree(path)
-    else:
+    if not stat.S_ISDIR(st.st_mode):
         os.unlink(path)
+        return
+    os.chmod(path, 0o700)
+    _clear(os.open(path, _DIR_FLAGS))
+    os.rmdir(path)
+
+
+def _open_own_dir(parent: int, name: str) -> int:
+    """Open a subdirectory to remove it, making it readable first if it is not."""
+    try:
+        fd = os.open(name, _DIR_FLAGS, dir_fd=parent)
+    except PermissionError:
+        os.chmod(name, 0o700, dir_fd=parent)
+        fd = os.open(name, _DIR_FLAGS, dir_fd=parent)
+    os.fchmod(fd, 0o700)
+    return fd
+
+
+def _clear(top: int) -> None:
+    """Empty the directory `top` (and close it), depth first, holding one descriptor."""
+    fd = top
+    # (name, (dev, ino) of its parent) of each directory entered below `top`
+    trail: list[tuple[str, tuple[int, int]]] = []
+    try:
+        while True:
+            os.fchmod(fd, 0o700)
+            with os.scandir(fd) as entries:
+                listed = [(e.name, e.is_dir(follow_symlinks=False)) for e in entries]
+            child = None
+            for name, is_dir in listed:
+                if is_dir:
+                    child = name
+                    break
+                os.unlink(name, dir_fd=fd)
+            if child is not None:
+                here = os.fstat(fd)
+                fd = _swap(fd, _open_own_dir(fd, child))
+                trail.append((child, (here.st_dev, here.st_ino)))
+                continue
+            if not trail:
+                return
+            name, parent_id = trail.pop()
+            fd = _swap(fd, os.open("..", _DIR_FLAGS, dir_fd=fd))
+            up = os.fstat(fd)
+            if (up.st_dev, up.st_ino) != parent_id:  # moved while being removed
+                raise OSError(f"directory moved during removal: {name!r}")
+            os.rmdir(name, dir_fd=fd)
+    finally:
+        os.close(fd)

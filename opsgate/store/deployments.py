@@ -249,19 +249,21 @@ class DeployLedger:
         health: str | None,
         now: float,
         lock_token: str | None = None,
-    ) -> None:
+    ) -> bool:
         """Close the journal row with its result (history from now on) and, in the same
-        transaction, release the lock that guarded it."""
+        transaction, release the lock that guarded it. A row already finished keeps its
+        result (False): a later error never rewrites an outcome."""
         with self.store.write() as conn:
-            conn.execute(
+            closed = conn.execute(
                 update(_d)
-                .where(_d.c.id == deployment_id)
+                .where(_d.c.id == deployment_id, _d.c.status == "running")
                 .values(
                     status=status, phase="done", summary=summary, health=health, finished_at=now
                 )
-            )
+            ).rowcount
             if lock_token is not None:
                 conn.execute(delete(_l).where(_l.c.token == lock_token))
+        return bool(closed)
 
     def deployment(self, deployment_id: int) -> DeploymentRecord | None:
         with self.store.read() as conn:

@@ -4,14 +4,24 @@ pruning and promotion rules."""
 
 from __future__ import annotations
 
+import errno
+import glob
+import os
 import socket
+import tempfile
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 from deploy_world import FAST, SPONSOR, deploy_world
+from test_deploy_command import command_world
 
+import opsgate
+from opsgate.operations.artifacts import MAX_PATH_BYTES, remove_tree
+from opsgate.operations.deploy import executor as executor_module
+from opsgate.operations.deploy import local as local_module
 from opsgate.operations.monitor import monitor_operation
 
 
@@ -89,3 +99,111 @@ def test_a_trickling_health_endpoint_cannot_hold_the_deploy_past_its_deadline(
             assert "inconclusive" in view.summary
     finally:
         trickle.close()
+
+
+# -- trees deeper than PATH_MAX ----------------------------------------------------------------
+
+
+def deep_tree(parent: Path, levels: int = 17, width: int = 250) -> Path:
+    """A directory nested `levels` deep with `width`-byte names (each name legal, the
+    whole path longer than PATH_MAX), built through descriptors."""
+    top = parent / "deep"
+    top.mkdir()
+    fd = os.open(top, os.O_RDONLY | os.O_DIRECTORY)
+    for i in range(levels):
+        name = chr(ord("a") + i % 26) * width
+        os.mkdir(name, 0o755, dir_fd=fd)
+        sub = os.open(name, os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+        os.close(fd)
+        fd = sub
+    leaf = os.open("leaf.txt", os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fd)
+    os.write(leaf, b"hello")
+    os.close(leaf)
+    os.chmod("leaf.txt", 0o400, dir_fd=fd)
+    os.fchmod(fd, 0o500)  # read-only directories on the way, too
+    os.close(fd)
+    return top
+
+
+def test_an_artifact_with_paths_over_the_limit_is_refused_typed_before_a_copy(
+    tmp_path: Path,
+) -> None:
+    with deploy_world(tmp_path, keep_releases=1) as w:
+        deep = deep_tree(w.artifacts)
+        with pytest.raises(opsgate.OpsgateError) as info:
+            w.deploy("staging", "1", artifact=str(deep))
+        assert info.value.code == "artifact_invalid"
+        assert str(MAX_PATH_BYTES) in str(info.value)
+        assert w.on_disk("staging") == [] and w.executor.history("staging", "web") == []
+        assert w.deploy("staging", "2").status == "succeeded"
+        remove_tree(deep)
+
+
+def test_command_backend_refuses_a_deep_artifact_and_leaves_no_copy(tmp_path: Path) -> None:
+    before = set(glob.glob(os.path.join(tempfile.gettempdir(), "opsgate-deploy-*")))
+    with command_world(tmp_path) as w:
+        deep = deep_tree(w.artifacts)
+        with pytest.raises(opsgate.OpsgateError) as info:
+            w.deploy("staging", "1", artifact=str(deep))
+        assert info.value.code == "artifact_invalid"
+        assert w.calls() == []
+        remove_tree(deep)
+    assert set(glob.glob(os.path.join(tempfile.gettempdir(), "opsgate-deploy-*"))) <= before
+
+
+def test_remove_tree_removes_a_tree_deeper_than_path_max(tmp_path: Path) -> None:
+    deep = deep_tree(tmp_path)
+    remove_tree(deep)
+    assert not deep.exists()
+    remove_tree(deep)  # missing is fine
+    single = tmp_path / "f"
+    single.write_text("x")
+    remove_tree(single)
+    assert not single.exists()
+
+
+def failing_remove(path: Path) -> None:
+    raise OSError(errno.ENAMETOOLONG, "File name too long", str(path))
+
+
+def test_a_failed_prune_never_fails_a_healthy_deploy_nor_stops_the_gate(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with deploy_world(tmp_path, keep_releases=1) as w:
+        for v in ("1", "2"):
+            assert w.deploy("staging", v).status == "succeeded"
+        monkeypatch.setattr(local_module, "remove_tree", failing_remove)
+        out = w.deploy("staging", "3")  # prunes 1: its trash cannot be removed
+        assert out.status == "succeeded", out.summary
+        assert w.current("staging") == "3"
+        row = w.executor.history("staging", "web", 1)[0]
+        assert row.status == "succeeded" and "restored" not in row.summary
+        assert w.executor.ledger.lock("staging", "web") is None
+        # the trash stays, and neither the next deploy nor recovery raises over it
+        assert any(
+            n.startswith(".pruned-") for n in os.listdir(w.deployments / "staging/web/releases")
+        )
+        assert w.deploy("staging", "4").status == "succeeded"
+        w.executor.recover()
+        monkeypatch.undo()
+        w.executor.recover()
+        assert w.deploy("staging", "5").status == "succeeded"
+        names = os.listdir(w.deployments / "staging/web/releases")
+        assert not any(n.startswith(".pruned-") for n in names), names
+
+
+def test_a_finished_journal_row_is_never_rewritten(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with command_world(tmp_path) as w:
+        w.artifacts.joinpath("web.tar").write_text("web")
+        monkeypatch.setattr(executor_module, "remove_tree", failing_remove)
+        out = w.deploy("staging", "1", artifact=str(w.artifacts / "web.tar"))
+        assert out.status == "succeeded", out.summary
+        row = w.executor.ledger.history("staging", "web", 1)[0]
+        assert row.status == "succeeded" and row.summary == out.summary
+        assert w.executor.ledger.lock("staging", "web") is None
+        assert not w.executor.ledger.finish(
+            row.id, status="failed", summary="late", health=None, now=time.time()
+        )
+        assert w.executor.ledger.deployment(row.id).status == "succeeded"  # type: ignore[union-attr]

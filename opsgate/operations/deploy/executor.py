@@ -25,6 +25,7 @@ approval binds that digest) and the gate's deploy records; `run()` does the rest
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 import shutil
@@ -73,6 +74,8 @@ from opsgate.operations.deploy.progress import DeployProgress, ProgressHook, Saf
 from opsgate.store import Store
 from opsgate.store.deployments import DeployLedger, DeploymentRecord, LockRecord, ReleaseRecord
 from opsgate.store.processes import host_name, process_start
+
+_log = logging.getLogger(__name__)
 
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 #: The PATH of a health command on the local backend.
@@ -590,15 +593,22 @@ class DeployExecutor:
         status: Literal["succeeded", "failed", "interrupted"],
         summary: str,
         health: HealthReport | None,
+        *,
+        keep_lock: bool = False,
     ) -> None:
+        """Record the outcome (once: a finished row is never rewritten) and free the lock,
+        unless `keep_lock` (cleanup still to do under it; `_release` frees it)."""
         self.ledger.finish(
             run.deployment_id,
             status=status,
             summary=summary,
             health=None if health is None else health.status,
             now=self._clock(),
-            lock_token=run.lock_token,
+            lock_token=None if keep_lock else run.lock_token,
         )
+
+    def _release(self, run: _Run) -> None:
+        self.ledger.drop_lock(run.env, run.app, run.lock_token)
 
     def _abort(self, run: _Run, backend: CommandBackend | None, exc: BaseException) -> None:
         """A run that raised: put back what was live, close the journal, free the lock."""
@@ -758,12 +768,18 @@ class DeployExecutor:
                 failure_kind="deployment",
                 audit_fields={"health": report.to_dict(), "restored": run.previous},
             )
-        pruned = self._prune(run)
         if plan.operation.action == "rollback":
             summary = f"{app} rolled back to {version} in {env}"
         else:
             summary = f"{app} {version} is live in {env}"
-        self._finish(run, "succeeded", summary, report)
+        # The outcome is recorded before pruning: a prune that fails never turns a
+        # passed run into a failure or a restore.
+        run.switched = False
+        self._finish(run, "succeeded", summary, report, keep_lock=True)
+        try:
+            pruned = self._prune(run)
+        finally:
+            self._release(run)
         run.progress("done", summary)
         detail = {
             "release": str(release),
@@ -780,7 +796,8 @@ class DeployExecutor:
         )
 
     def _prune(self, run: _Run) -> list[str]:
-        """Keep the newest N releases, and always the current and the previous one."""
+        """Keep the newest N releases, and always the current and the previous one.
+        Runs under the app's lock after the outcome is recorded; a failure is logged."""
         assert self.releases is not None
         env, app = run.env, run.app
         keep = self._keep(app)
@@ -792,9 +809,14 @@ class DeployExecutor:
             if rec.version in newest or rec.version in protected:
                 continue
             run.progress("prune", f"remove release {rec.version}")
-            self.releases.remove(env, app, rec.version)
+            try:
+                self.releases.remove(env, app, rec.version)
+            except OSError as exc:  # kept, and tried again after the next run
+                _log.warning("could not prune %s/%s %s: %s", env, app, rec.version, exc)
+                continue
             self.ledger.mark_pruned(env, app, rec.version, self._clock())
             pruned.append(rec.version)
+        self.releases.clean(env, app)  # trash an earlier prune could not remove
         return pruned
 
     def _deploy_command(
@@ -894,7 +916,10 @@ class DeployExecutor:
                 audit_fields={"command": audit, "health": report.to_dict()},
             )
         finally:
-            remove_tree(workdir)
+            try:
+                remove_tree(workdir)
+            except OSError as exc:  # the outcome stands; only a temporary copy is left
+                _log.warning("could not remove %s: %s", workdir, exc)
 
     def _reveal(self, variables: Mapping[str, str]) -> dict[str, str]:
         """Each requested secret's value (the gate checked the agent may read each)."""

@@ -11,6 +11,7 @@ a half-deleted release under its own name.
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 from collections.abc import Callable
@@ -19,6 +20,8 @@ from pathlib import Path
 from opsgate.config import DEPLOY_NAME
 from opsgate.errors import DeployError, OperationError
 from opsgate.operations.artifacts import Kind, Opened, copy_tree, remove_tree, tree_digest
+
+_log = logging.getLogger(__name__)
 
 _PARTIAL = ".partial-"
 _PRUNED = ".pruned-"
@@ -134,7 +137,10 @@ class Releases:
         trash = path.parent / f"{_PRUNED}{version}.{secrets.token_hex(4)}"
         os.rename(path, trash)
         _fsync_dir(path.parent)
-        remove_tree(trash)
+        try:
+            remove_tree(trash)
+        except OSError as exc:  # out of `releases/` already: `clean` retries the trash
+            _log.warning("could not remove %s: %s", trash, exc)
 
     def clean(self, env: str, app: str) -> list[str]:
         """Remove what an interrupted run left: partial copies and half-removed releases."""
@@ -144,7 +150,11 @@ class Releases:
         removed = []
         for entry in sorted(releases.iterdir()):
             if entry.name.startswith((_PARTIAL, _PRUNED)):
-                remove_tree(entry)
+                try:
+                    remove_tree(entry)
+                except OSError as exc:  # leftovers never stop a deploy or the gate's start
+                    _log.warning("could not remove %s: %s", entry, exc)
+                    continue
                 removed.append(entry.name)
         for entry in self.app_dir(env, app).iterdir():
             if entry.name.startswith(".current.") and entry.is_symlink():
