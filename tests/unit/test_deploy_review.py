@@ -15,11 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from deploy_world import FAST, SPONSOR, deploy_world
+from deploy_world import FAST, SPONSOR, HealthServer, deploy_world
 from test_deploy_command import command_world
 
 import opsgate
 from opsgate.operations.artifacts import MAX_PATH_BYTES, remove_tree
+from opsgate.operations.base import Operation
 from opsgate.operations.deploy import executor as executor_module
 from opsgate.operations.deploy import local as local_module
 from opsgate.operations.monitor import monitor_operation
@@ -207,3 +208,28 @@ def test_a_finished_journal_row_is_never_rewritten(
             row.id, status="failed", summary="late", health=None, now=time.time()
         )
         assert w.executor.ledger.deployment(row.id).status == "succeeded"  # type: ignore[union-attr]
+
+
+# -- a command-backend rollback that fails its health check is restored ---------------------------
+
+
+def test_a_command_rollback_that_fails_its_health_check_restores_what_was_live(
+    tmp_path: Path,
+) -> None:
+    server = HealthServer()
+    try:
+        check = {"url": server.url, **FAST}
+        with command_world(tmp_path, apps={"web": {"health": {"staging": check}}}) as w:
+            for v in ("1", "2"):
+                assert w.deploy("staging", v).status == "succeeded"
+            server.script(503)
+            out = w.gate.execute(w.token, Operation("rollback", "staging/web", {"to": "1"}))
+            assert out.status == "failed" and "restored 2" in out.summary, out.summary
+            rollbacks = [c["argv"] for c in w.calls() if c["argv"][0] == "rollback"]
+            assert rollbacks == [["rollback", "web", "--to", "1"], ["rollback", "web", "--to", "2"]]
+            assert w.executor.status("staging", "web").current == "2"
+            row = w.executor.history("staging", "web", 1)[0]
+            assert row.kind == "rollback" and row.status == "failed" and "restored 2" in row.summary
+            assert w.executor.ledger.lock("staging", "web") is None
+    finally:
+        server.close()

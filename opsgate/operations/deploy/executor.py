@@ -1271,17 +1271,27 @@ class RollbackExecutor:
                 audit_fields={"command": audit},
             )
         report = d._health(run, d.health_check(run.env, run.app), None, backend.path)
-        run.switched = False
         if not report.passed:
-            summary = f"health check {report.status} ({report.detail}) after the rollback"
+            # Like a deploy: what was live before the rollback is put back (the rollback
+            # command run with that version), so the record and the environment agree.
+            restored = d._restore(run, backend)
+            run.switched = False
+            summary = (
+                f"health check {report.status} ({report.detail}) after the rollback; {restored}"
+            )
             d._finish(run, "failed", summary, report)
             return Outcome(
                 "failed",
                 f"rollback of {run.app} in {run.env} to {run.version}: {summary}",
-                {"command": audit, "health": report.to_dict()},
+                {"command": audit, "health": report.to_dict(), "restored": restored},
                 failure_kind="deployment",
-                audit_fields={"command": audit, "health": report.to_dict()},
+                audit_fields={
+                    "command": audit,
+                    "health": report.to_dict(),
+                    "restored": run.previous,
+                },
             )
+        run.switched = False
         summary = f"{run.app} rolled back to {run.version} in {run.env}"
         d._finish(run, "succeeded", summary, report)
         return Outcome(
