@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from sqlalchemy import Row, delete, insert, select, update
+from sqlalchemy import Row, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from opsgate.store import Store, schema
@@ -327,6 +327,37 @@ class DeployLedger:
                 .limit(1)
             ).first()
         return None if row is None else _deployment(row)
+
+    def rolled_back_from(
+        self, env: str, app: str, version: str, after: int
+    ) -> DeploymentRecord | None:
+        """A successful rollback, later than run `after`, that moved away from `version`:
+        the environment's operators judged that release bad after it passed."""
+        with self.store.read() as conn:
+            row = conn.execute(
+                select(_d)
+                .where(
+                    _d.c.env == env,
+                    _d.c.app == app,
+                    _d.c.kind == "rollback",
+                    _d.c.status == "succeeded",
+                    _d.c.previous_version == version,
+                    _d.c.id > after,
+                )
+                .order_by(_d.c.id.desc())
+                .limit(1)
+            ).first()
+        return None if row is None else _deployment(row)
+
+    def last_successes(self, env: str, app: str) -> dict[str, int]:
+        """Each version's latest successful run (its id) in this environment."""
+        with self.store.read() as conn:
+            rows = conn.execute(
+                select(_d.c.version, func.max(_d.c.id))
+                .where(_d.c.env == env, _d.c.app == app, _d.c.status == "succeeded")
+                .group_by(_d.c.version)
+            ).all()
+        return {str(version): int(last) for version, last in rows}
 
     def live(self, env: str, app: str) -> DeploymentRecord | None:
         """The latest successful deployment (what is live, by the gate's record)."""

@@ -233,3 +233,37 @@ def test_a_command_rollback_that_fails_its_health_check_restores_what_was_live(
             assert w.executor.ledger.lock("staging", "web") is None
     finally:
         server.close()
+
+
+# -- pruning keeps proven releases; promotion follows staging's rollbacks --------------------------
+
+
+def test_releases_that_failed_their_health_gate_are_pruned_before_proven_ones(
+    tmp_path: Path,
+) -> None:
+    with deploy_world(tmp_path, health={}, keep_releases=3) as w:
+        for v in ("1", "2", "3"):
+            assert w.deploy("staging", v).status == "succeeded"
+        w.health.script(503)
+        for v in ("4", "5"):
+            assert w.deploy("staging", v).status == "failed"
+        w.health.script(200)
+        assert w.deploy("staging", "6").status == "succeeded"
+        assert w.on_disk("staging") == ["2", "3", "6"]
+        assert w.rollback("staging", to="2").status == "succeeded"
+
+
+def test_production_refuses_a_version_staging_rolled_back_away_from(tmp_path: Path) -> None:
+    with deploy_world(tmp_path, health={}) as w:
+        art2 = w.artifact("web-2.tar", "web 2")
+        assert w.deploy("staging", "1").status == "succeeded"
+        assert w.deploy("staging", "2", art2).status == "succeeded"
+        assert w.rollback("staging", to="1").status == "succeeded"
+        with pytest.raises(opsgate.OpsgateError) as info:
+            w.deploy("production", "2", art2)
+        assert info.value.code == "staging_required"
+        assert "rolled back" in str(info.value)
+        assert w.deploy("production", "1").status == "succeeded"  # what staging runs
+        # deployed to staging again (and passing), it may go on
+        assert w.deploy("staging", "2", art2).status == "succeeded"
+        assert w.deploy("production", "2", art2).status == "succeeded"

@@ -380,11 +380,23 @@ class DeployExecutor:
         # The release's latest run there must have passed: an older pass does not
         # outweigh a later failure of the very same artifact.
         last = None if before is None else self.ledger.verdict(before, app, version, digest)
-        if before is not None and (last is None or last.status != "succeeded"):
+        # A later rollback away from it there counts as a failure of that release.
+        away = (
+            None
+            if before is None or last is None or last.status != "succeeded"
+            else self.ledger.rolled_back_from(before, app, version, last.id)
+        )
+        if before is not None and (last is None or last.status != "succeeded" or away):
             what = "without an artifact" if digest is None else f"with artifact {digest}"
-            why = "no successful" if last is None else "failed its latest"
+            why = (
+                f"has no successful {before} deploy"
+                if last is None
+                else f"was rolled back away from in {before} after it passed"
+                if away is not None
+                else f"has failed its latest {before} deploy"
+            )
             raise DeployError(
-                f"{app} {version} {what} has {why} {before} deploy; deploy it to {before} first",
+                f"{app} {version} {what} {why}; deploy it to {before} first",
                 code="staging_required",
             )
         check = self.health_check(env, app)
@@ -802,8 +814,13 @@ class DeployExecutor:
         env, app = run.env, run.app
         keep = self._keep(app)
         protected = {run.version, run.previous}
+        # Ranked by their latest successful run (releases that never passed count least):
+        # a release that failed its health gate never crowds out a rollback target.
+        passed = self.ledger.last_successes(env, app)
         alive = [r for r in self.ledger.releases(env, app) if r.pruned_at is None]
-        newest = {r.version for r in alive[:keep]}
+        # (a stable sort: releases that never passed stay most recently deployed first)
+        ranked = sorted(alive, key=lambda r: -passed.get(r.version, 0))
+        newest = {r.version for r in ranked[:keep]}
         pruned = []
         for rec in alive:
             if rec.version in newest or rec.version in protected:
