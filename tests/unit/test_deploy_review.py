@@ -102,6 +102,34 @@ def test_a_trickling_health_endpoint_cannot_hold_the_deploy_past_its_deadline(
         trickle.close()
 
 
+def test_two_probes_at_once_on_one_client_each_end_by_their_own_limit() -> None:
+    """A deploy's probe and a monitoring view can share the app's client at once: a
+    long probe's limit must not stretch a short one's (nor the other way round)."""
+    from opsgate.operations.deploy.health import http_probe
+
+    trickle = Trickle(gap=0.05, total=8.0)
+    probe = http_probe(trickle.url, (200,))
+    took: dict[str, float] = {}
+
+    def run(name: str, timeout: float) -> None:
+        started = time.monotonic()
+        result = probe(timeout)
+        took[name] = time.monotonic() - started
+        assert result.status == "inconclusive"
+
+    try:
+        long = threading.Thread(target=run, args=("long", 3.0))
+        long.start()
+        time.sleep(0.2)
+        run("short", 0.4)
+        long.join()
+        assert took["short"] < 1.0, took
+        assert 2.5 < took["long"] < 4.0, took
+    finally:
+        probe.close()
+        trickle.close()
+
+
 # -- trees deeper than PATH_MAX ----------------------------------------------------------------
 
 

@@ -13,6 +13,7 @@ never called healthy.
 from __future__ import annotations
 
 import ssl
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -61,8 +62,9 @@ NOT_CONFIGURED = HealthReport("not_configured", 0, 0.0, "no health check configu
 Probe = Callable[[float], ProbeResult]
 
 
-class _Deadline:
-    """The wall-clock end of the probe in progress (monotonic); None between probes."""
+class _Deadline(threading.local):
+    """The wall-clock end of the probe in progress (monotonic); None between probes.
+    Per thread: a deploy's probe and a monitoring view may share one client at once."""
 
     def __init__(self) -> None:
         self.at: float | None = None
