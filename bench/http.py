@@ -34,6 +34,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -247,7 +248,10 @@ def postgres(work: Path) -> Iterator[str | None]:
     data.mkdir()
     run_as: list[str] = []
     if os.geteuid() == 0:
-        shutil.chown(work, "postgres")
+        # The cluster's own directory, not the bench's: a gate refuses policy files
+        # under a directory another user owns. Its parents stay traversable.
+        data = Path(tempfile.mkdtemp(prefix=f"opsgate-bench-pg-{port}-"))
+        data.chmod(0o700)
         shutil.chown(data, "postgres")
         run_as = ["runuser", "-u", "postgres", "--"]
     subprocess.run(
@@ -291,6 +295,8 @@ def postgres(work: Path) -> Iterator[str | None]:
             [*run_as, str(bin_dir / "pg_ctl"), "-D", str(data / "db"), "-m", "fast", "stop"],
             capture_output=True,
         )
+        if data.parent != work:
+            shutil.rmtree(data, ignore_errors=True)
 
 
 # -- opsgate ---------------------------------------------------------------------------------
