@@ -85,7 +85,9 @@ def test_a_trickling_health_endpoint_cannot_hold_the_deploy_past_its_deadline(
             started = time.monotonic()
             out = w.deploy("staging", "1.0")
             took = time.monotonic() - started
-            assert took < FAST["deadline_seconds"] + 1.0, took
+            # Unbounded, the probe would last as long as the trickle (6 s); the margin is
+            # for a loaded machine.
+            assert took < FAST["deadline_seconds"] + 2.5, took
             assert out.status == "failed" and "inconclusive" in out.summary
             assert w.current("staging") is None
             # the lock is free: the next deploy runs (and is cut short the same way)
@@ -96,7 +98,7 @@ def test_a_trickling_health_endpoint_cannot_hold_the_deploy_past_its_deadline(
             token = w.gate.credential_manager.issue_credential(watcher.did, scope).token
             started = time.monotonic()
             view = w.gate.execute(token, monitor_operation("staging/web", "health"))
-            assert time.monotonic() - started < FAST["deadline_seconds"] + 1.0
+            assert time.monotonic() - started < FAST["deadline_seconds"] + 2.5
             assert "inconclusive" in view.summary
     finally:
         trickle.close()
@@ -123,8 +125,10 @@ def test_two_probes_at_once_on_one_client_each_end_by_their_own_limit() -> None:
         time.sleep(0.2)
         run("short", 0.4)
         long.join()
-        assert took["short"] < 1.0, took
-        assert 2.5 < took["long"] < 4.0, took
+        # Each by its own limit (0.4 s, 3 s), far from the other's and from the
+        # trickle's 8 s; the margins are for a loaded machine.
+        assert took["short"] < 2.0, took
+        assert 2.5 < took["long"] < 6.0, took
     finally:
         probe.close()
         trickle.close()
