@@ -229,6 +229,35 @@ def test_over_https_the_cookie_is_secure_and_host_only(tmp_path: Path) -> None:
         world.gate.close()
 
 
+def test_over_https_the_sign_in_cookie_is_host_only_and_a_planted_one_is_refused(
+    tmp_path: Path,
+) -> None:
+    """A sibling subdomain can plant a plain cookie for the gate's host, never a
+    `__Host-` one: a sign-in form token derived from a planted value is refused."""
+    world = open_world(tmp_path / "state")
+    try:
+        url = "https://gate.example.com"
+        client = TestClient(create_app(world.gate, ServerConfig(external_url=url)), base_url=url)
+        form = client.get("/ui/signin")
+        cookie = set_cookies(form)["__Host-opsgate_signin"]
+        assert {"secure", "httponly"} <= attributes(cookie)
+        assert "path=/" in cookie.lower() and "domain" not in attributes(cookie)
+        # What a planted cookie and a form built from it look like: refused.
+        planted = TestClient(create_app(world.gate, ServerConfig(external_url=url)), base_url=url)
+        planted.cookies.set("opsgate_signin", cookie.split(";")[0].split("=", 1)[1])
+        r = planted.post(
+            "/ui/signin",
+            data={"email": JOHN, "token": world.approver_tokens[JOHN], "csrf": csrf_of(form.text)},
+            follow_redirects=False,
+        )
+        assert r.status_code != 303 and "__Host-opsgate_session" not in set_cookies(r)
+        # The genuine form signs in, and the pre-session cookie is cleared.
+        r = sign_in(client, JOHN, world.approver_tokens[JOHN])
+        assert r.status_code == 303 and "__Host-opsgate_session" in set_cookies(r)
+    finally:
+        world.gate.close()
+
+
 # -- sign in ----------------------------------------------------------------------------
 
 

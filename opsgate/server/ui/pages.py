@@ -90,6 +90,13 @@ class UiSettings:
         # __Host-: only over https, host-only, path / (a sibling subdomain cannot set it).
         return "__Host-opsgate_session" if self.https else "opsgate_session"
 
+    @property
+    def signin_cookie(self) -> str:
+        """The sign-in form's pre-session cookie, host-only over https like the session's:
+        a sibling subdomain that could plant it would know the form's token, and sign
+        the victim's browser in to the attacker's account (login CSRF)."""
+        return f"__Host-{SIGNIN_COOKIE}" if self.https else SIGNIN_COOKIE
+
     def url(self, path: str) -> str:
         return self.prefix + path
 
@@ -209,7 +216,7 @@ def _signin_page(
         email=email,
         signed=None,
     )
-    _set_cookie(request, response, SIGNIN_COOKIE, pre, SIGNIN_SECONDS)
+    _set_cookie(request, response, _ui(request).signin_cookie, pre, SIGNIN_SECONDS)
     return response
 
 
@@ -236,7 +243,8 @@ async def signin(request: Request) -> Response:
             request.headers.get("content-type"),
             frozenset({"email", "token", "csrf", "next"}),
         )
-        if not csrf_ok(request.cookies.get(SIGNIN_COOKIE), "opsgate-ui-signin", form.get("csrf")):
+        presented = request.cookies.get(ui.signin_cookie)
+        if not csrf_ok(presented, "opsgate-ui-signin", form.get("csrf")):
             raise UiRefusal("the sign-in form's CSRF token is missing or wrong; reload the page")
         secret, _ = await run_in_threadpool(
             lambda: ctx.gate.approvals.open_session(
@@ -256,7 +264,7 @@ async def signin(request: Request) -> Response:
         return _failed(request, exc, page=False)
     response = _redirect(request, safe_next(form.get("next")))
     _set_cookie(request, response, ui.cookie, secret, int(ui.session_seconds))
-    _clear_cookie(request, response, SIGNIN_COOKIE)
+    _clear_cookie(request, response, ui.signin_cookie)
     return response
 
 

@@ -7,7 +7,8 @@
   external URL is https. It carries a random secret; the database keeps its hash.
 - CSRF: every form carries a token derived from the session's secret (HMAC), so it
   is never stored and is worthless without the cookie; the sign-in form's token is
-  derived the same way from a short-lived pre-session cookie (double submit).
+  derived the same way from a short-lived pre-session cookie (double submit), host-only
+  (`__Host-`) over https like the session's.
 """
 
 from __future__ import annotations
