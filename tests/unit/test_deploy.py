@@ -444,6 +444,47 @@ def _lock(w: World, *, pid: int, start: str, host: str | None = None, message: s
     assert taken.acquired
 
 
+def test_another_hosts_expired_lock_is_taken_over_and_its_dead_run_repaired(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A gate restarted in a recreated container has another host name: the run its
+    killed predecessor left (mid-switch) is repaired by whichever deploy takes over the
+    expired lock, not left running for ever."""
+    import opsgate.store.deployments as deployments
+
+    with deploy_world(tmp_path) as w:
+        assert w.deploy("staging", "1").status == "succeeded"
+        ledger = w.executor.ledger
+        _lock(w, pid=4242, start="1", host="pod-a")  # expired at 2.0
+        with monkeypatch.context() as m:
+            m.setattr(deployments, "host_name", lambda: "pod-a")
+            dead = ledger.start(
+                env="staging",
+                app="web",
+                version="2",
+                kind="deploy",
+                backend="local",
+                digest=None,
+                previous_version="1",
+                agent_did="did:key:z6MkOther",
+                agent_name="other-agent",
+                capability="deploy:staging/web",
+                approval_id=None,
+                message=None,
+                lock_token="t" * 32,
+                pid=4242,
+                now=3.0,
+            )
+        ledger.set_phase(dead, "switching")
+        assert [r.id for r in ledger.running(host="pod-a")] == [dead]
+        out = w.deploy("staging", "3")
+        assert out.status == "succeeded", out.summary
+        assert ledger.running() == []
+        (repaired,) = audit_events(w.gate, "operation.outcome")[-1]["detail"]["recovered"]
+        assert repaired["deployment"] == dead and "restored 1" in repaired["summary"]
+        assert w.current("staging") == "3"
+
+
 def test_a_held_lock_refuses_with_its_holder_and_charges_nothing(tmp_path: Path) -> None:
     with deploy_world(tmp_path) as w:
         holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])

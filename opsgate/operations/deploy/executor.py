@@ -555,7 +555,7 @@ class DeployExecutor:
             )
         run = _Run(env, app, version, plan.capability, token, None, SafeHook(self.progress))
         try:
-            run.recovered = self._repair_app(env, app)
+            run.recovered = self._repair_app(env, app, taken.replaced)
             digest = content.get("artifact_digest")
             if kind == "deploy":
                 record = ledger.release(env, app, version)
@@ -965,10 +965,18 @@ class DeployExecutor:
 
     # -- recovery ----------------------------------------------------------------------------
 
-    def _repair_app(self, env: str, app: str) -> list[dict[str, Any]]:
-        """Repair this host's unfinished runs of an app; the caller holds its lock, so
-        every such run is dead (a live run always holds the lock)."""
-        return [self._repair(rec) for rec in self.ledger.running(env, app, host_name())]
+    def _repair_app(
+        self, env: str, app: str, replaced: LockRecord | None = None
+    ) -> list[dict[str, Any]]:
+        """Repair the dead unfinished runs of an app, under its lock: this host's (a
+        live run always holds the lock), and, when the caller took over another host's
+        expired lock (`replaced`), that host's: their lock is gone, and that host's own
+        recovery may never come (a container recreated under another name)."""
+        here = host_name()
+        runs = self.ledger.running(env, app, here)
+        if replaced is not None and replaced.host != here:
+            runs += self.ledger.running(env, app, replaced.host)
+        return [self._repair(rec) for rec in runs]
 
     def _repair(self, rec: DeploymentRecord) -> dict[str, Any]:
         env, app = rec.env, rec.app
