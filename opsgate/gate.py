@@ -123,6 +123,14 @@ def _creation_lock(path: Path) -> Iterator[None]:
         os.close(fd)
 
 
+def _changeable(st: os.stat_result, *, above: bool) -> bool:
+    """Whether another user could change (or, for a directory, swap what is in) it.
+    A sticky world-writable directory above a file (such as /tmp) is fine: others
+    cannot rename or replace what they do not own in it."""
+    world = bool(st.st_mode & 0o002) and not (above and st.st_mode & stat.S_ISVTX)
+    return world or st.st_uid not in (os.geteuid(), 0)
+
+
 def _check_owned(path: Path) -> None:
     """The state dir and its opsgate.yaml decide who may do what: another user who
     can write either (a world-writable dir, a file or dir someone else owns) could
@@ -136,21 +144,13 @@ def _check_owned(path: Path) -> None:
             raise ConfigError(
                 f"cannot inspect '{target}': {exc.strerror}", code="state_dir_invalid"
             ) from exc
-        if st.st_mode & 0o002 or st.st_uid not in (os.geteuid(), 0):
+        if _changeable(st, above=False):
             raise ConfigError(
                 f"'{target}' can be changed by other users (mode {st.st_mode & 0o7777:o}, "
                 f"uid {st.st_uid}): make it owned by this user and not world-writable "
                 "(chmod o-w)",
                 code="state_dir_insecure",
             )
-
-
-def _changeable(st: os.stat_result, *, above: bool) -> bool:
-    """Whether another user could change (or, for a directory, swap what is in) it.
-    A sticky world-writable directory above a file (such as /tmp) is fine: others
-    cannot rename or replace what they do not own in it."""
-    world = bool(st.st_mode & 0o002) and not (above and st.st_mode & stat.S_ISVTX)
-    return world or st.st_uid not in (os.geteuid(), 0)
 
 
 def _check_policy_files(source: str | os.PathLike[str] | list[str]) -> None:
@@ -1033,12 +1033,8 @@ class Gate:
         )
         # The executor plans (and an approval binds) the canonical resource: one case,
         # aliases resolved, so `prod/web` and `production/web` are one place.
-        operation = Operation(
-            operation.action,
-            resolved.capability.resource,
-            given,
-            operation.dry_run,
-            operation.secret,
+        operation = dataclasses.replace(
+            operation, resource=resolved.capability.resource, params=given
         )
         try:
             plan = executor.plan(operation)
@@ -1460,15 +1456,7 @@ class Gate:
                     then=self._runs.finished(attempt.seq),
                 )
             )
-        linked = Unit(
-            outcome.event_type,
-            outcome.fields,
-            outcome.actor,
-            outcome.at,
-            outcome.change,
-            outcome.then,
-            previous_seq_field="attempt_seq",
-        )
+        linked = dataclasses.replace(outcome, previous_seq_field="attempt_seq")
         return self.audit.commit_all([attempt, linked])[1]
 
     def _run(

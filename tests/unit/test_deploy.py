@@ -22,7 +22,7 @@ from rich.console import Console
 import opsgate
 from opsgate.operations.base import Operation, Outcome
 from opsgate.operations.deploy import LocalDeployExecutor, RichProgress
-from opsgate.store.deployments import DeployLedger, LockRecord
+from opsgate.store.deployments import LockRecord
 from opsgate.store.processes import host_name, process_start
 
 HEALTH_CASES = yaml.safe_load((DATA / "deploy" / "health_cases.yaml").read_text())["cases"]
@@ -444,6 +444,30 @@ def _lock(w: World, *, pid: int, start: str, host: str | None = None, message: s
     assert taken.acquired
 
 
+def _journal_run(w: World, *, version: str, previous: str, pid: int, phase: str) -> int:
+    """The journal row of a run (holding the lock `_lock` took) killed in `phase`."""
+    ledger = w.executor.ledger
+    dep = ledger.start(
+        env="staging",
+        app="web",
+        version=version,
+        kind="deploy",
+        backend="local",
+        digest="sha256:x",
+        previous_version=previous,
+        agent_did="did:key:z6MkDead",
+        agent_name="dead-agent",
+        capability="deploy:staging/web",
+        approval_id=None,
+        message=None,
+        lock_token="t" * 32,
+        pid=pid,
+        now=5.0,
+    )
+    ledger.set_phase(dep, phase)
+    return dep
+
+
 def test_another_hosts_expired_lock_is_taken_over_and_its_dead_run_repaired(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -458,24 +482,7 @@ def test_another_hosts_expired_lock_is_taken_over_and_its_dead_run_repaired(
         _lock(w, pid=4242, start="1", host="pod-a")  # expired at 2.0
         with monkeypatch.context() as m:
             m.setattr(deployments, "host_name", lambda: "pod-a")
-            dead = ledger.start(
-                env="staging",
-                app="web",
-                version="2",
-                kind="deploy",
-                backend="local",
-                digest=None,
-                previous_version="1",
-                agent_did="did:key:z6MkOther",
-                agent_name="other-agent",
-                capability="deploy:staging/web",
-                approval_id=None,
-                message=None,
-                lock_token="t" * 32,
-                pid=4242,
-                now=3.0,
-            )
-        ledger.set_phase(dead, "switching")
+            dead = _journal_run(w, version="2", previous="1", pid=4242, phase="switching")
         assert [r.id for r in ledger.running(host="pod-a")] == [dead]
         out = w.deploy("staging", "3")
         assert out.status == "succeeded", out.summary
@@ -536,7 +543,6 @@ def test_an_unfinished_journal_is_repaired_when_the_executor_is_registered(tmp_p
     with deploy_world(tmp_path) as w:
         assert w.deploy("staging", "1").status == "succeeded"
         assert w.deploy("staging", "2").status == "succeeded"
-        ledger: DeployLedger = w.executor.ledger
         # What a process killed during the health check of 3 leaves behind.
         dead = subprocess.run(
             [sys.executable, "-c", "import os; print(os.getpid())"],
@@ -548,24 +554,7 @@ def test_an_unfinished_journal_is_repaired_when_the_executor_is_registered(tmp_p
         _lock(w, pid=pid, start="gone")
         (w.deployments / "staging/web/releases/3").mkdir()
         (w.deployments / "staging/web/releases/.partial-4.abcd").mkdir()
-        dep = ledger.start(
-            env="staging",
-            app="web",
-            version="3",
-            kind="deploy",
-            backend="local",
-            digest="sha256:x",
-            previous_version="2",
-            agent_did="did:key:z6MkDead",
-            agent_name="dead-agent",
-            capability="deploy:staging/web",
-            approval_id=None,
-            message=None,
-            lock_token="t" * 32,
-            pid=pid,
-            now=5.0,
-        )
-        ledger.set_phase(dep, "health")
+        _journal_run(w, version="3", previous="2", pid=pid, phase="health")
         w.executor.releases.switch("staging", "web", "3")  # type: ignore[union-attr]
     with opsgate.Gate.open(tmp_path / "state") as gate:
         executor = LocalDeployExecutor(tmp_path / "deployments", artifact_roots=[w.artifacts])

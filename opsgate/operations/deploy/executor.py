@@ -388,13 +388,12 @@ class DeployExecutor:
         )
         if before is not None and (last is None or last.status != "succeeded" or away):
             what = "without an artifact" if digest is None else f"with artifact {digest}"
-            why = (
-                f"has no successful {before} deploy"
-                if last is None
-                else f"was rolled back away from in {before} after it passed"
-                if away is not None
-                else f"has failed its latest {before} deploy"
-            )
+            if last is None:
+                why = f"has no successful {before} deploy"
+            elif away is not None:
+                why = f"was rolled back away from in {before} after it passed"
+            else:
+                why = f"has failed its latest {before} deploy"
             raise DeployError(
                 f"{app} {version} {what} {why}; deploy it to {before} first",
                 code="staging_required",
