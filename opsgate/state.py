@@ -77,6 +77,7 @@ class LiveState:
         self._last_change = 0
         self._next_refresh = 0.0
         self._next_prune = 0.0
+        self._next_forget = 0.0  # the in-memory half alone (refresh), on its own clock
         self._refresh_lock = threading.Lock()
         self._load_lock = threading.Lock()
         # How old a view of other replicas' changes may be and still be used: the
@@ -250,7 +251,10 @@ class LiveState:
             self._last_change = int(rows[-1].id)
         self._next_refresh = time.monotonic() + self._config.cache_refresh_seconds
         self._fresh_until = started + self.max_age
-        if self.prune_due():
+        # Its own schedule: taking the prune's turn here would leave the database's
+        # expired revocations to the next writer's prune, PRUNE_EVERY later.
+        if started >= self._next_forget:
+            self._next_forget = started + PRUNE_EVERY
             self.forget_expired()
 
     def prune_due(self) -> bool:
