@@ -421,7 +421,9 @@ class DeployConfig(_Strict):
     promotions: dict[str, str] = Field(default_factory=lambda: {"production": "staging"})
     commands: dict[str, CommandBackend] = Field(default_factory=dict)
     apps: dict[str, AppDeploy] = Field(default_factory=dict)
-    lock_expiry_seconds: float = Field(3600.0, gt=0, le=7 * 86_400)
+    # A run renews its lock every third of this; another host takes over a lock not
+    # renewed for this long (its holder killed or stalled).
+    lock_expiry_seconds: float = Field(120.0, gt=0, le=7 * 86_400)
 
     @model_validator(mode="after")
     def _check(self) -> DeployConfig:

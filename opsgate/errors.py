@@ -16,6 +16,7 @@ of its codes (`CODES`: each code, its one owning class, what it means).
     │   ├── MigrationError            migration_edited, migration_refused, migration_plan_stale
     │   │   └── TargetDatabaseError   database_unavailable (also a StoreError)
     │   ├── DeployError               staging_required, release_conflict, release_missing, ...
+    │   │   └── DeployLockLost        deploy_lock_lost (the run's lock taken over: it stops)
     │   ├── RunRefused                deploy_locked, ... (a run refused before it changed anything)
     │   ├── MigrationContended        migration_locked (a MigrationError and a RunRefused)
     │   └── DeployContended           (a DeployError and a RunRefused)
@@ -322,6 +323,14 @@ class DeployContended(DeployError, RunRefused):
     """A release conflict found under the deploy lock: refused before anything changed."""
 
     default_code = "release_conflict"
+
+
+class DeployLockLost(DeployError):
+    """A run's deploy lock was taken over after its lease ran out (its process stalled
+    longer than `lock_expiry_seconds`): the run stops before its next step, and leaves
+    the app to the new holder."""
+
+    default_code = "deploy_lock_lost"
 
 
 class TargetDatabaseError(MigrationError, StoreError):
@@ -634,6 +643,12 @@ _REGISTRY: tuple[tuple[type[OpsgateError], dict[str, str]], ...] = (
         },
     ),
     (
+        DeployLockLost,
+        {
+            "deploy_lock_lost": "the run's deploy lock was taken over after its lease ran out",
+        },
+    ),
+    (
         RunRefused,
         {
             "deploy_locked": "another run is deploying the app; try again later",
@@ -921,6 +936,7 @@ __all__ = [
     "DelegationError",
     "DeployContended",
     "DeployError",
+    "DeployLockLost",
     "DidInvalid",
     "EmailInvalid",
     "HttpRefusal",

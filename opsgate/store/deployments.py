@@ -17,6 +17,7 @@ from typing import Any
 from sqlalchemy import Row, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
+from opsgate.errors import DeployLockLost
 from opsgate.store import Store, schema
 from opsgate.store.processes import holder_dead, host_name
 
@@ -231,9 +232,45 @@ class DeployLedger:
             )
         return int(new_id)
 
-    def set_phase(self, deployment_id: int, phase: str) -> None:
-        """Journal the step about to happen; committed (durable) before it happens."""
+    def renew_lock(self, env: str, app: str, token: str, expires_at: float) -> bool:
+        """Extend the lease of a lock this holder still holds; False once it is gone
+        (taken over after its lease ran out)."""
         with self.store.write() as conn:
+            renewed = conn.execute(
+                update(_l)
+                .where(_l.c.env == env, _l.c.app == app, _l.c.token == token)
+                .values(expires_at=expires_at)
+            ).rowcount
+        return bool(renewed)
+
+    def set_phase(
+        self,
+        deployment_id: int,
+        phase: str,
+        *,
+        lock: tuple[str, str, str] | None = None,
+        lease_until: float | None = None,
+    ) -> None:
+        """Journal the step about to happen; committed (durable) before it happens.
+
+        With `lock` (env, app, token): only while that lock is still this run's, its
+        lease renewed to `lease_until` in the same transaction (a fence: a run whose
+        lock another host took over after its lease ran out changes nothing more, and
+        the step it is about to take has a whole lease to finish in)."""
+        with self.store.write() as conn:
+            if lock is not None:
+                env, app, token = lock
+                held = conn.execute(
+                    update(_l)
+                    .where(_l.c.env == env, _l.c.app == app, _l.c.token == token)
+                    .values(expires_at=lease_until)
+                ).rowcount
+                if not held:
+                    raise DeployLockLost(
+                        f"the deploy lock of {env}/{app} was taken over (its lease ran out): "
+                        f"this run stops before {phase}",
+                        code="deploy_lock_lost",
+                    )
             conn.execute(
                 update(_d)
                 .where(_d.c.id == deployment_id, _d.c.status == "running")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from io import StringIO
 from pathlib import Path
 from typing import Any
@@ -527,6 +528,75 @@ def test_a_lock_held_from_another_host_frees_at_its_expiry(tmp_path: Path) -> No
         lock = w.executor.status("staging", "web").lock
         assert lock is not None and not lock.stale(1.5) and lock.stale(2.0)
         assert w.deploy("staging", "1").status == "succeeded"  # now >> expires_at=2.0
+
+
+def test_a_run_renews_its_lock_so_another_host_never_takes_over_a_long_deploy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The lock's expiry is a lease the run renews: a deploy that outlasts it (a long
+    health gate) keeps its lock against another host, which takes over only a lock
+    whose holder stopped renewing."""
+    import opsgate.store.deployments as deployments
+
+    with deploy_world(tmp_path, health={}, lock_expiry_seconds=0.6) as w:
+        ledger = w.executor.ledger
+        seen: list[bool] = []
+
+        def slow_health(event: Any) -> None:
+            if event.step == "health" and not seen:
+                time.sleep(1.5)  # two and a half leases
+                with monkeypatch.context() as m:
+                    m.setattr(deployments, "host_name", lambda: "pod-b")
+                    taken = ledger.take_lock(
+                        LockRecord(
+                            env="staging",
+                            app="web",
+                            token="b" * 32,
+                            holder_did="did:key:z6MkOther",
+                            holder_name="other-agent",
+                            capability="deploy:staging/web",
+                            message=None,
+                            deployment_id=None,
+                            host="pod-b",
+                            pid=1,
+                            process_start="",
+                            started_at=time.time(),
+                            expires_at=time.time() + 60,
+                        ),
+                        time.time(),
+                    )
+                seen.append(taken.acquired)
+
+        w.executor.progress = slow_health
+        assert w.deploy("staging", "1").status == "succeeded"
+        assert seen == [False]  # refused: the lock was renewed meanwhile
+        assert w.current("staging") == "1" and ledger.locks() == []
+
+
+def test_a_run_whose_lock_was_taken_over_changes_nothing_more(tmp_path: Path) -> None:
+    """Fencing: a run that stalled past its lease and lost its lock to another host
+    stops before its next step (no switch, no restore) and leaves the new holder's
+    lock in place."""
+    with deploy_world(tmp_path) as w:
+        assert w.deploy("staging", "1").status == "succeeded"
+        ledger = w.executor.ledger
+
+        def taken_over(event: Any) -> None:
+            if event.step == "copy" and ledger.lock("staging", "web") is not None:
+                mine = ledger.lock("staging", "web")
+                assert mine is not None and mine.token != "t" * 32
+                ledger.drop_lock("staging", "web", mine.token)
+                _lock(w, pid=1, start="", host="pod-b")  # the new holder
+
+        w.executor.progress = taken_over
+        out = w.deploy("staging", "2")
+        assert out.status == "failed" and "taken over" in out.summary
+        assert audit_events(w.gate, "operation.outcome")[-1]["code"] == "deploy_lock_lost"
+        assert w.current("staging") == "1"  # never switched
+        (lock,) = ledger.locks()
+        assert lock.host == "pod-b"  # the new holder's lock is left alone
+        (last,) = ledger.history("staging", "web", limit=1)
+        assert last.status == "failed" and "left to the lock's new holder" in last.summary
 
 
 def test_a_reused_pid_does_not_keep_a_dead_holders_lock(tmp_path: Path) -> None:

@@ -30,6 +30,7 @@ import os
 import secrets
 import shutil
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
@@ -44,6 +45,7 @@ from opsgate.errors import (
     ConfigError,
     DeployContended,
     DeployError,
+    DeployLockLost,
     OperationError,
     OpsgateError,
     RunRefused,
@@ -164,11 +166,43 @@ class _Run:
     deployment_id: int = 0
     switched: bool = False  # the journal says a switch may have happened
     recovered: list[dict[str, Any]] = field(default_factory=list)
+    lease: _Lease | None = None
 
     def progress(
         self, step: Step, message: str, done: float | None = None, total: float | None = None
     ) -> None:
         self.hook(DeployProgress(self.capability, step, message, done, total))
+
+    def end_lease(self) -> None:
+        if self.lease is not None:
+            self.lease.stop()
+
+
+class _Lease:
+    """Keeps a run's lock: renews its expiry every third of `lock_expiry_seconds` while
+    the run goes on. Another host takes the app over only from a holder that stopped
+    renewing (killed, or stalled a whole expiry), never from a long deploy; a run whose
+    lock was taken over is stopped by the fence of its next step (`_phase`)."""
+
+    def __init__(self, ledger: DeployLedger, run: _Run, seconds: float, clock: Callable[[], float]):
+        self._ledger, self._seconds, self._clock = ledger, seconds, clock
+        self._where = (run.env, run.app, run.lock_token)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="opsgate-deploy-lease", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        env, app, token = self._where
+        while not self._stop.wait(max(self._seconds / 3, 0.05)):
+            try:
+                if not self._ledger.renew_lock(env, app, token, self._clock() + self._seconds):
+                    return  # taken over: the run's next step is refused
+            except Exception as exc:  # noqa: BLE001 - tried again at the next beat
+                _log.warning("could not renew the deploy lock of %s/%s: %s", env, app, exc)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
 
 
 def _config_error(exc: ValidationError) -> ConfigError:
@@ -199,7 +233,7 @@ class DeployExecutor:
         promotions: Mapping[str, str] | None = None,
         commands: Mapping[str, CommandBackend | Mapping[str, Any]] | None = None,
         apps: Mapping[str, AppDeploy | Mapping[str, Any]] | None = None,
-        lock_expiry_seconds: float = 3600.0,
+        lock_expiry_seconds: float = 120.0,
         secrets: cmd.SecretSource | None = None,
         progress: ProgressHook | None = None,
         clock: Callable[[], float] = time.time,
@@ -506,6 +540,8 @@ class DeployExecutor:
             except BaseException as exc:
                 self._abort(run, backend, exc)
                 raise
+            finally:
+                run.end_lease()
         finally:
             revealed.clear()
         return _with_recovered(outcome, run)
@@ -596,7 +632,18 @@ class DeployExecutor:
         except BaseException:
             ledger.drop_lock(env, app, token)
             raise
+        run.lease = _Lease(ledger, run, self.config.lock_expiry_seconds, self._clock)
         return run
+
+    def _phase(self, run: _Run, phase: str) -> None:
+        """Journal the run's next step, fenced: only while its lock is still its own
+        (the lease renewed in the same transaction, so the step has a whole lease)."""
+        self.ledger.set_phase(
+            run.deployment_id,
+            phase,
+            lock=(run.env, run.app, run.lock_token),
+            lease_until=self._clock() + self.config.lock_expiry_seconds,
+        )
 
     def _finish(
         self,
@@ -627,8 +674,14 @@ class DeployExecutor:
         why = exc.__class__.__name__ if not isinstance(exc, OpsgateError) else exc.code
         summary = f"{'interrupted' if interrupted else 'failed'} ({why})"
         try:
-            if run.switched and backend is None:
-                summary += "; " + self._restore(run, backend)
+            if isinstance(exc, DeployLockLost):
+                # The app is another run's now (its recovery repairs this one): touch nothing.
+                summary += "; left to the lock's new holder"
+            elif run.switched and backend is None:
+                try:
+                    summary += "; " + self._restore(run, backend)
+                except DeployLockLost:
+                    summary += "; not restored: the lock was taken over meanwhile"
             elif run.switched:  # a command was running: it may or may not have finished
                 summary += "; the command's result is unknown, check the environment"
         finally:
@@ -638,7 +691,7 @@ class DeployExecutor:
         """Switch back to the release that was live before this run (local), or run the
         configured rollback command to it (command). Says what it did."""
         run.progress("restore", f"restoring {run.previous or 'no release'}")
-        self.ledger.set_phase(run.deployment_id, "restoring")
+        self._phase(run, "restoring")
         if backend is None:
             assert self.releases is not None
             self.releases.switch(run.env, run.app, run.previous)
@@ -675,7 +728,7 @@ class DeployExecutor:
     ) -> HealthReport:
         if check is None:
             return NOT_CONFIGURED
-        self.ledger.set_phase(run.deployment_id, "health")
+        self._phase(run, "health")
         probe_env = {
             "PATH": path,
             "OPSGATE_DEPLOY_APP": run.app,
@@ -717,7 +770,7 @@ class DeployExecutor:
                 )
             ledger.claim_release(env, app, version, expected, kind, self._clock())
         else:
-            ledger.set_phase(run.deployment_id, "copy")
+            self._phase(run, "copy")
             total = content.get("artifact_bytes")
             copied_bytes = [0]
 
@@ -756,7 +809,7 @@ class DeployExecutor:
         """Journal, switch, health gate; restore on failure; prune on success."""
         assert self.releases is not None
         env, app, version = run.env, run.app, run.version
-        self.ledger.set_phase(run.deployment_id, "switching")  # committed before the switch
+        self._phase(run, "switching")  # committed before the switch
         run.switched = True
         run.progress("switch", f"switch current -> {version}")
         self.releases.switch(env, app, version)
@@ -853,7 +906,7 @@ class DeployExecutor:
             if params.artifact is not None:
                 # The child reads a private copy of exactly the approved bytes, never the
                 # path the agent named (which could change after it was hashed).
-                self.ledger.set_phase(run.deployment_id, "copy")
+                self._phase(run, "copy")
                 with self._roots().open(params.artifact) as opened:
                     copied = copy_tree(opened, workdir / "artifact")
                     name = opened.name
@@ -880,7 +933,7 @@ class DeployExecutor:
                 secrets=revealed,
             )
             hidden = [*revealed.values(), *([context.credential] if context.credential else [])]
-            self.ledger.set_phase(run.deployment_id, "command")
+            self._phase(run, "command")
             run.switched = True  # from here on, what is live may have changed
             run.progress("command", f"run {argv[0]}", 0.0, backend.timeout_seconds)
             result = run_child(
@@ -1251,6 +1304,8 @@ class RollbackExecutor:
         except BaseException as exc:
             d._abort(run, backend, exc)
             raise
+        finally:
+            run.end_lease()
         return _with_recovered(outcome, run)
 
     def _command(self, run: _Run, backend: CommandBackend, context: RunContext) -> Outcome:
@@ -1266,7 +1321,7 @@ class RollbackExecutor:
             token=context.credential,
             secrets={},
         )
-        d.ledger.set_phase(run.deployment_id, "command")
+        d._phase(run, "command")
         run.switched = True
         with _private_workdir("opsgate-rollback-") as workdir:
             result = run_child(
