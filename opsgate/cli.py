@@ -754,7 +754,7 @@ def serve(
     """Run the HTTP API (agents: client assertion + DPoP; approvers and operators: tokens)."""
     import uvicorn
 
-    from opsgate.server import create_app
+    from opsgate.server import create_app, uvicorn_options
 
     gate = open_gate(state_dir)
     settings = gate.config.server
@@ -788,6 +788,7 @@ def serve(
         limit_concurrency=1024,
         timeout_keep_alive=5,
         timeout_graceful_shutdown=10,
+        **uvicorn_options(settings),
     )
     gate.close()
 

@@ -677,6 +677,27 @@ class ServerConfig(_Strict):
     # this many seconds. Any replica validates any replica's nonces (no shared state).
     dpop_nonce: bool = False
     dpop_nonce_seconds: int = Field(60, ge=5, le=3600)
+    # The load balancers / reverse proxies in front of the gate (addresses or networks):
+    # only a request whose peer is one of them has its client address taken from
+    # X-Forwarded-For (the nearest hop none of them added). Empty: the peer's own
+    # address, whatever a header says. The refusal limits are keyed on this address.
+    trusted_proxies: list[str] = Field(default_factory=list, max_length=256)
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _trusted_proxies(cls, value: list[str]) -> list[str]:
+        import ipaddress
+
+        out = []
+        for entry in value:
+            try:
+                network = ipaddress.ip_network(entry.strip(), strict=False)
+            except ValueError:
+                raise ValueError(
+                    f"trusted_proxies: {entry!r} is not an IP address or network"
+                ) from None
+            out.append(str(network))
+        return out
 
     @field_validator("external_url")
     @classmethod

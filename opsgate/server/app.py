@@ -144,6 +144,15 @@ def create_app(gate: Gate, settings: ServerConfig | None = None) -> FastAPI:
     return app
 
 
+def uvicorn_options(settings: ServerConfig) -> dict[str, Any]:
+    """How uvicorn reads the client's address: X-Forwarded-For only from the configured
+    proxies (uvicorn's default trusts it from any loopback peer, so a local client could
+    choose the address its refusals are counted against)."""
+    if not settings.trusted_proxies:
+        return {"proxy_headers": False}
+    return {"proxy_headers": True, "forwarded_allow_ips": list(settings.trusted_proxies)}
+
+
 class NonceHeader:
     """ASGI middleware: every response carries the current DPoP-Nonce, so a client
     keeps a fresh one without an extra round trip (RFC 9449 §8.2)."""
