@@ -448,9 +448,13 @@ class DeployConfig(_Strict):
 
 
 class ApprovalsConfig(_Strict):
-    """Approver tokens: how long a token lives before it must be rotated."""
+    """Approver tokens: how long a token lives before it must be rotated; how many
+    requests one agent may have waiting for a decision at once."""
 
     token_ttl_days: int = Field(90, ge=1, le=3650)
+    # Each request is announced to every approver: an agent looping on an operation
+    # that needs approval must not flood them (or bury one request among look-alikes).
+    max_pending_per_agent: int = Field(10, ge=1, le=10_000)
 
 
 _ENV_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}\Z")

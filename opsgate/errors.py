@@ -537,6 +537,7 @@ _REGISTRY: tuple[tuple[type[OpsgateError], dict[str, str]], ...] = (
             "approval_denied": "the approval was denied",
             "approval_expired": "the approval has expired",
             "approval_insufficient": "the approval does not meet the current policy's requirements",
+            "approval_limit": "the agent has as many requests waiting for a decision as allowed",
             "approval_not_found": "no approval with that id (or not the caller's)",
             "approval_not_yours": "the approval was requested by another agent",
             "approval_outlived": "it was asked for before the agent's credentials were cut",

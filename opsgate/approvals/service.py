@@ -100,6 +100,7 @@ class ApprovalService:
         self._store = store
         self._audit = audit
         self._token_ttl_days = config.approvals.token_ttl_days
+        self._max_pending = config.approvals.max_pending_per_agent
         self.dispatcher = Dispatcher(build_notifiers(config.notifications), self._notify_failed)
 
     # -- approvers -------------------------------------------------------------------
@@ -345,6 +346,14 @@ class ApprovalService:
             expires_at=now + expiry,
         )
         with self._store.write() as conn:
+            waiting = approval_rows.pending_count(conn, agent.did, now)
+            if waiting >= self._max_pending:
+                raise ApprovalError(
+                    f"agent {agent.name!r} already has {waiting} approval requests waiting for "
+                    f"a decision (at most {self._max_pending}); wait until one is decided or "
+                    "expires",
+                    code="approval_limit",
+                )
             approval_rows.insert_request(
                 conn,
                 id=req.id,

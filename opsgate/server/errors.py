@@ -49,6 +49,7 @@ CODE_STATUS: dict[str, int] = {
     "not_an_approver": 403,
     "self_approval": 403,
     "approval_insufficient": 403,
+    "approval_limit": 409,
     "already_decided": 409,
     "approval_conflict": 409,
     "approval_pending": 409,

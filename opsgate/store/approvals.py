@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Connection, Row, select, update
+from sqlalchemy import Connection, Row, func, select, update
 
 from opsgate.store import schema
 
@@ -135,6 +135,14 @@ def request_ids(conn: Connection, status: str | None = None) -> list[str]:
     if status is not None:
         q = q.where(_r.c.status == status)
     return [r[0] for r in conn.execute(q).all()]
+
+
+def pending_count(conn: Connection, requester_did: str, now: float) -> int:
+    """How many of this agent's requests wait for a decision (pending, not yet expired)."""
+    q = select(func.count()).where(
+        _r.c.requester_did == requester_did, _r.c.status == "pending", _r.c.expires_at > now
+    )
+    return int(conn.execute(q).scalar_one())
 
 
 def due_requests(conn: Connection, now: float) -> list[tuple[str, str]]:

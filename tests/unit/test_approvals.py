@@ -1296,3 +1296,61 @@ def test_with_several_matched_rules_the_approval_expires_at_the_earliest(
         assert exc.value.code == "approval_expired"
     finally:
         w.gate.close()
+
+
+# -- flooding the approvers ---------------------------------------------------------------
+
+
+def test_an_agent_cannot_flood_the_approvers_with_pending_requests(tmp_path: Path) -> None:
+    """Each request is announced to every approver: an agent looping on a production
+    deploy (or burying one request among many look-alikes) is stopped at
+    approvals.max_pending_per_agent waiting requests, until one is decided or expires."""
+    w = open_world(tmp_path / "state")  # the default limit: 10
+    other = w.supervisor.delegate(name="other-agent", capabilities=DEPLOY_SCOPE)
+    try:
+        ids = [request_approval(w, deploy(noise=f"try {i}")).approval_id for i in range(10)]
+        with pytest.raises(opsgate.ApprovalError) as exc:
+            w.gate.execute(w.token, deploy(noise="try 10"))
+        assert exc.value.code == "approval_limit"
+        assert [r.id for r in w.gate.approvals.list(status="pending")] == ids
+        refused = audit_events(w.gate, "operation.refused")[-1]
+        assert refused["code"] == "approval_limit" and refused["actor"] == w.agent.did
+        assert w.executor.count == 0
+        # Another agent is not held back by this one's requests.
+        assert isinstance(
+            w.gate.execute(w.credential(other), deploy(noise="other")), PendingApproval
+        )
+        # A decided request frees its place; an approved one waiting to run does not count.
+        w.deny(ids[0], JOHN)
+        w.approve(ids[1], JOHN)
+        request_approval(w, deploy(noise="try 11"))
+        request_approval(w, deploy(noise="try 12"))
+        with pytest.raises(opsgate.ApprovalError) as exc:
+            w.gate.execute(w.token, deploy(noise="try 13"))
+        assert exc.value.code == "approval_limit"
+        # Expired ones free their places too.
+        later = w.gate.approvals.get(ids[-1]).expires_at + 1
+        fresh = w.credential(now=later - 60)
+        assert isinstance(w.gate.execute(fresh, deploy(noise="try 14"), now=later), PendingApproval)
+        assert w.gate.audit.verify().ok
+    finally:
+        w.gate.close()
+
+
+def test_the_pending_limit_comes_from_the_configuration(tmp_path: Path) -> None:
+    w = open_world(tmp_path / "state", approvals={"max_pending_per_agent": 2})
+    try:
+        request_approval(w, deploy(noise="1"))
+        request_approval(w, deploy(noise="2"))
+        with pytest.raises(opsgate.ApprovalError) as exc:
+            w.gate.execute(w.token, deploy(noise="3"))
+        assert exc.value.code == "approval_limit"
+        assert w.gate.audit.verify().ok
+    finally:
+        w.gate.close()
+
+
+def test_the_pending_limit_is_configured_within_bounds(tmp_path: Path) -> None:
+    for bad in (0, -1, 10_001, 2.5, "many"):
+        with pytest.raises(opsgate.ConfigError):
+            opsgate.Gate.open(tmp_path / f"c{bad}", approvals={"max_pending_per_agent": bad})
