@@ -20,7 +20,7 @@ from ui_helpers import csrf_of, sign_in
 
 import opsgate
 from opsgate.config import ServerConfig
-from opsgate.operations.base import Operation
+from opsgate.operations.base import Operation, OperationParams, Outcome, Plan
 from opsgate.operations.migrate import MigrationExecutor
 from opsgate.secrets.sdk import write_secret
 from opsgate.server import create_app
@@ -654,3 +654,67 @@ def test_the_audit_page_filters_and_shows_the_chain_status(api: Api) -> None:
     actors = re.findall(r'<td><a href="/ui/agents/([^"]+)">', html)
     assert actors and set(actors) == {"deploy-agent"}
     assert "no agent named" in client.get("/ui/audit?agent=ghost").text
+
+
+# -- nothing of what would run is cut from the page ------------------------------------------
+
+
+class RestartParams(OperationParams):
+    hosts: list[str]
+
+
+class RestartExecutor:
+    """An operator's own executor: restarts the hosts its params name."""
+
+    params_model = RestartParams
+
+    def plan(self, operation: Operation) -> Plan:
+        hosts = list(operation.params["hosts"])
+        return Plan(
+            operation=operation,
+            capability=operation.capability,
+            environment="production",
+            summary=f"restart {len(hosts)} hosts",
+            steps=tuple(f"restart {h}" for h in hosts[:1]),
+            content={"hosts": hosts},
+        )
+
+    def run(self, plan: Plan) -> Outcome:
+        return Outcome("succeeded", plan.summary)
+
+
+def test_a_long_param_is_shown_whole_so_nothing_hides_at_its_end(tmp_path: Path) -> None:
+    """The page is what an approver approves: a list of 300 harmless hosts with a
+    production database at its end must show the database, in the params and in the
+    plan content alike (a cut with '…' hid it; the digest bound it all the same)."""
+    policy_file = tmp_path / "restart.yaml"
+    policy_file.write_text(
+        "policies:\n"
+        "  - name: restarts\n"
+        "    rules:\n"
+        "      - condition: \"action == 'restart'\"\n"
+        "        action: require_approval\n"
+        f"        approvers: [{JOHN}]\n",
+        encoding="utf-8",
+    )
+    gate = opsgate.Gate.open(tmp_path / "state", policies=policy_file)
+    try:
+        gate.register_executor("restart", RestartExecutor())
+        sup = gate.register_agent("ops-supervisor", ["restart:production"], "p@company.com", 920)
+        token = gate.credential_manager.issue_credential(
+            agent_id=sup.did, scope=["restart:production"], ttl_minutes=15
+        ).token
+        john = gate.approvals.add_approver(JOHN)
+        hosts = [f"cache-{i:03d}.staging.internal" for i in range(300)]
+        hosts.append("orders-db-primary.production.internal")
+        result = gate.execute(token, Operation("restart", "production/fleet", {"hosts": hosts}))
+        client = TestClient(create_app(gate, ServerConfig(external_url="http://testserver")))
+        assert sign_in(client, JOHN, john).status_code == 303
+        html = client.get(f"/ui/approvals/{result.approval_id}").text  # type: ignore[union-attr]
+        params = html.split('id="params"')[1].split("</table>")[0]
+        content = html.split("Plan content")[1].split("</dd>")[0]
+        for shown in (params, content):
+            assert "orders-db-primary.production.internal" in shown
+            assert "…" not in shown
+    finally:
+        gate.close()

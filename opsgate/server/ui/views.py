@@ -20,10 +20,10 @@ _EVENT_KEYS = {"type", "actor", "at", "seq", "prev_hash", "hash"}
 MAX_EVENT_TEXT = 400
 
 
-def compact(value: Any, limit: int = MAX_EVENT_TEXT) -> str:
-    """JSON text for a table cell (escaped by the template, cut at `limit`)."""
+def compact(value: Any, limit: int | None = MAX_EVENT_TEXT) -> str:
+    """JSON text for a table cell (escaped by the template, cut at `limit` unless None)."""
     text = orjson.dumps(value, option=orjson.OPT_SORT_KEYS, default=str).decode("utf-8")
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+    return text if limit is None or len(text) <= limit else text[: limit - 1] + "…"
 
 
 def agent_row(gate: Gate, did: str) -> dict[str, Any]:
@@ -129,7 +129,9 @@ def approval_view(gate: Gate, req: ApprovalRequest, who: str) -> dict[str, Any]:
     elif resource.startswith("secrets/"):
         kind, detail = "secret", {"path": resource, "backend": content.get("backend")}
     else:
-        kind, detail = "other", {"content": compact(content, 4000)}
+        # Whole: an approver approves what the page shows, and a cut would hide the end
+        # of what the digest binds (the last host of a long list).
+        kind, detail = "other", {"content": compact(content, None)}
     chain_dids: list[str] = []
     try:
         chain_dids = [*gate.agents.state(req.requester_did).ancestors, req.requester_did]
@@ -169,7 +171,7 @@ def approval_view(gate: Gate, req: ApprovalRequest, who: str) -> dict[str, Any]:
         "summary": plan.get("summary", ""),
         "steps": plan.get("steps") or [],
         "params": [
-            (k, v if isinstance(v, str) else compact(v, 2000))
+            (k, v if isinstance(v, str) else compact(v, None))
             for k, v in sorted((req.operation.get("params") or {}).items())
         ],
         "requires": plan.get("requires") or [],
