@@ -718,3 +718,20 @@ def test_a_long_param_is_shown_whole_so_nothing_hides_at_its_end(tmp_path: Path)
             assert "…" not in shown
     finally:
         gate.close()
+
+
+def test_a_link_cannot_tell_an_approver_their_decision_was_recorded(api: Api) -> None:
+    """`?decided=` is how the page confirms a decision just posted; a link with it
+    (from an agent's message, say) must not tell an approver who never decided that
+    their denial was recorded while the request still waits for them."""
+    approval_id = pending(api)
+    client = signed_in(api)
+    for verdict in ("deny", "approve"):
+        html = client.get(f"/ui/approvals/{approval_id}?decided={verdict}").text
+        assert "was recorded" not in html and 'id="decided"' not in html
+    assert api.gate.approvals.get(approval_id).decisions == ()
+    csrf = csrf_of(client.get(f"/ui/approvals/{approval_id}").text)
+    r = decide(client, approval_id, csrf=csrf, verdict="approve")
+    page = client.get(r.headers["location"]).text
+    assert "Your approval was recorded." in page
+    assert "was recorded" not in client.get(f"/ui/approvals/{approval_id}?decided=deny").text

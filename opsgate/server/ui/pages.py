@@ -311,13 +311,16 @@ async def approval(approval_id: str, request: Request) -> Response:
         view = await run_in_threadpool(views.approval_view, ctx.gate, req, signed.who)
     except OpsgateError as exc:
         return _failed(request, exc, page=True)
+    # Confirms a decision just posted, only if this approver's own decisions hold it: a
+    # link carrying ?decided= must not tell an approver a denial was recorded that was not.
     decided = request.query_params.get("decided")
+    mine = {d.decision for d in req.decisions if d.approver == signed.who}
     return _render(
         request,
         "approval.html",
         signed=signed,
         a=view,
-        decided=decided if decided in ("approve", "deny") else None,
+        decided=decided if decided in mine else None,
     )
 
 
