@@ -100,8 +100,7 @@ class Environments:
         for i, seg in enumerate(segs[1:], start=1):
             name = self._canonical.get(seg)
             if name is not None:
-                canon = caps.Capability(cap.action, (*segs[:i], name, *segs[i + 1 :]))
-                return Resolved(canon, name)
+                return Resolved(_renamed(cap, i, name), name)
         return Resolved(cap, None)
 
     def _at(self, cap: caps.Capability, i: int) -> Resolved:
@@ -112,12 +111,25 @@ class Environments:
             # A wildcard names no environment (`read:secrets/*/db`; a first-segment
             # wildcard was refused as unrestricted before it got here).
             return Resolved(cap, None, None if seg in ("*", "**") else seg)
-        segs = (*cap.segments[:i], name, *cap.segments[i + 1 :])
-        return Resolved(caps.Capability(cap.action, segs), name)
+        return Resolved(_renamed(cap, i, name), name)
 
     def environment_of(self, cap: caps.Capability) -> str | None:
         """The canonical environment of a capability, or None (none, or undeclared)."""
         return self.resolve(cap).environment
+
+
+def _renamed(cap: caps.Capability, i: int, name: str) -> caps.Capability:
+    """`cap` with segment `i` replaced by the canonical `name`, still within the grammar's
+    length: an alias shorter than its name (`prod`) must not lengthen a capability past
+    what every store and check holds (`capability_malformed`, as if written so)."""
+    canon = caps.Capability(cap.action, (*cap.segments[:i], name, *cap.segments[i + 1 :]))
+    if len(str(canon)) > caps.MAX_CAPABILITY_CHARS:
+        raise CapabilityError(
+            f"capability {shown(str(cap))} is longer than {caps.MAX_CAPABILITY_CHARS} "
+            f"characters once its environment reads {shown(name)}",
+            code="capability_malformed",
+        )
+    return canon
 
 
 #: The defaults' environments (production protected), for callers without a gate.

@@ -1354,3 +1354,31 @@ def test_the_pending_limit_is_configured_within_bounds(tmp_path: Path) -> None:
     for bad in (0, -1, 10_001, 2.5, "many"):
         with pytest.raises(opsgate.ConfigError):
             opsgate.Gate.open(tmp_path / f"c{bad}", approvals={"max_pending_per_agent": bad})
+
+
+def test_an_alias_that_lengthens_a_capability_past_the_limit_is_refused_typed(
+    tmp_path: Path, database_url: str | None
+) -> None:
+    """`deploy:prod/<app>` of 256 characters is 262 once `prod` reads `production`: the
+    canonical capability the approval request stores must keep the grammar's limit
+    (PostgreSQL refused the row: internal_error, a 500 over HTTP, and no request)."""
+    w = open_world(
+        tmp_path / "state",
+        database_url=database_url,
+        environments={"production": {"aliases": ["prod"], "protected": True}, "staging": {}},
+    )
+    try:
+        op = deploy("prod/" + "a" * (256 - len("deploy:prod/")))
+        assert len(op.capability) == 256
+        with pytest.raises(opsgate.CapabilityError) as exc:
+            w.gate.execute(w.token, op)
+        assert exc.value.code == "capability_malformed"
+        assert "longer than 256" in exc.value.message
+        assert w.gate.approvals.list() == []
+        refused = audit_events(w.gate, "operation.refused")[-1]
+        assert refused["code"] == "capability_malformed"
+        # Within the limit once canonical, it is an ordinary request.
+        fits = deploy("prod/" + "a" * (256 - len("deploy:production/")))
+        assert isinstance(w.gate.execute(w.token, fits), PendingApproval)
+    finally:
+        w.gate.close()
