@@ -663,6 +663,9 @@ _REGISTRY: tuple[tuple[type[OpsgateError], dict[str, str]], ...] = (
         {
             "anchor_invalid": "an audit anchor or checkpoint does not verify",
             "anchor_missing": "an anchor file is not found",
+            "audit_chain_broken": (
+                "the log no longer holds a signed checkpoint; the gate signs no more of it"
+            ),
             "audit_invalid": "an audit event is not serialisable",
             "audit_query_invalid": (
                 "an audit query's limit or filters are invalid (a filter is one line of text)"

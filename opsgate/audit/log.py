@@ -108,6 +108,8 @@ class AuditLog:
         # automatic checkpoint. Changed under the writer's lock.
         self._signed_seq = published_seq(checkpoint_file)
         self._signed_at = time.monotonic()
+        # The newest checkpoint this process signed (seq, hash): a later one must extend it.
+        self._last_signed: tuple[int, str] | None = None
         self._written_seq = 0
         self._timer: threading.Timer | None = None
         self._timer_lock = threading.Lock()
@@ -155,10 +157,17 @@ class AuditLog:
         return [wait_for(slot) for slot in slots]
 
     def _checkpoint_in_batch(self, cur: Any, last: AuditRecord) -> Checkpoint | None:
-        """In a batch's transaction: sign its last event when a checkpoint is due."""
+        """In a batch's transaction: sign its last event when a checkpoint is due (the
+        events commit whether or not a checkpoint may be signed over them)."""
         if not self._checkpoint_due(last.seq):
             return None
-        return self._write_checkpoint(cur, last.seq, last.hash, last.at)
+        try:
+            return self._write_checkpoint(cur, last.seq, last.hash, last.at)
+        except AuditError as exc:
+            if exc.code != "audit_chain_broken":
+                raise
+            log.warning("automatic checkpoint refused", error=exc.message)
+            return None
 
     def _after_batch(self, last: AuditRecord | None, cp: Checkpoint | None) -> None:
         if last is not None:
@@ -285,7 +294,36 @@ class AuditLog:
         except Exception as exc:  # noqa: BLE001 - the next append or timer tries again
             log.warning("automatic checkpoint not written", error=exc.__class__.__name__)
 
+    def _kept_points(self) -> list[tuple[int, str]]:
+        """(seq, hash) pairs the log must still hold before the gate signs more of it:
+        the checkpoint kept in the state dir and the newest this process signed."""
+        points = [] if self._last_signed is None else [self._last_signed]
+        if self._checkpoint_file is not None:
+            try:
+                kept = load_anchor(self._checkpoint_file)
+            except AuditError:  # none yet; one that cannot be read is `verify`'s to report
+                kept = None
+            if kept is not None:
+                points.append((kept.seq, kept.hash))
+        return points
+
+    def _check_extends(self, cur: Any, seq: int) -> None:
+        """Refuse to sign a head that does not extend the checkpoints already signed:
+        whoever replaced the log in the database (from below the state dir's
+        checkpoint, the stored checkpoints wiped) would otherwise get the replacement
+        signed, and the state dir's copy replaced by that signature."""
+        for kept_seq, kept_hash in self._kept_points():
+            if kept_seq <= 0:
+                continue
+            if kept_seq > seq or self._sql.stored_hash(cur, kept_seq) != kept_hash:
+                raise AuditError(
+                    f"the audit log no longer holds the event signed at seq {kept_seq}: "
+                    "no checkpoint is signed over it (see 'opsgate audit verify')",
+                    code="audit_chain_broken",
+                )
+
     def _write_checkpoint(self, cur: Any, seq: int, digest: str, at: float) -> Checkpoint:
+        self._check_extends(cur, seq)
         kid, sign = self._signer()
         signature = sign(Checkpoint(self._gate_id, seq, digest, at, kid, "").payload())
         self._sql.store_checkpoint(cur, seq, digest, at, kid, signature)
@@ -297,6 +335,8 @@ class AuditLog:
         """After a checkpoint committed: remember it and keep it in the state dir."""
         if cp.seq > self._signed_seq:
             self._signed_seq = cp.seq
+        if self._last_signed is None or cp.seq >= self._last_signed[0]:
+            self._last_signed = (cp.seq, cp.hash)
         self._signed_at = time.monotonic()
         if self._checkpoint_file is not None:
             try:
@@ -311,6 +351,8 @@ class AuditLog:
                 with self._writer.connection.transaction() as cur:
                     seq, digest = self._sql.lock_head(cur)
                     cp = self._write_checkpoint(cur, seq, digest, time.time() if at is None else at)
+            except AuditError:
+                raise
             except Exception as exc:
                 raise AuditError(
                     f"checkpoint failed: {exc.__class__.__name__}", code="audit_write_failed"

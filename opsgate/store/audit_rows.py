@@ -55,6 +55,7 @@ class AuditSQL:
         )
         self._move_head = q("UPDATE audit_head SET seq = ?, hash = ? WHERE id = 1")
         self._claim = q("DELETE FROM audit_outbox WHERE id = ?")
+        self._hash_of = q("SELECT hash FROM audit_events WHERE seq = ?")
         self._drop_checkpoint = q("DELETE FROM audit_checkpoints WHERE seq = ?")
         self._checkpoint = q(
             "INSERT INTO audit_checkpoints (seq, hash, at, kid, signature) VALUES (?, ?, ?, ?, ?)"
@@ -67,6 +68,13 @@ class AuditSQL:
         cur.execute(self._head)
         head = cur.fetchone()
         return int(head[0]), str(head[1])
+
+    def stored_hash(self, cur: Any, seq: int) -> Any:
+        """The hash stored for event `seq` (None when there is none), in the caller's
+        transaction."""
+        cur.execute(self._hash_of, (seq,))
+        row = cur.fetchone()
+        return None if row is None else row[0]
 
     def append(self, cur: Any, rows: list[tuple[Any, ...]], seq: int, digest: str) -> None:
         """Insert (seq, at, type, actor, body, prev_hash, hash) rows and move the head

@@ -119,32 +119,34 @@ def test_verify_reports_the_unsigned_tail_and_close_signs_it(
         assert report.ok and report.unsigned_events == 0 and report.unsigned_since is None
 
 
-def _forge_after(gate: opsgate.Gate, seq: int) -> int:
-    """Delete every event after `seq` (and the stored checkpoints), then append one
-    forged row with a valid hash: what a database-only attacker can do."""
+def _forge_after(gate: opsgate.Gate, seq: int, rows: int = 1) -> int:
+    """Delete every event after `seq` (and the stored checkpoints), then append `rows`
+    forged rows with valid hashes: what a database-only attacker can do."""
     with gate.store.write() as conn:
         prev = conn.execute(select(events.c.hash).where(events.c.seq == seq)).scalar_one()
         conn.execute(delete(events).where(events.c.seq > seq))
         conn.execute(delete(schema.audit_checkpoints))
-        at = time.time()
-        body = orjson.dumps(
-            {"type": "credential.revoked", "actor": "operator", "seq": seq + 1, "at": at},
-            option=orjson.OPT_SORT_KEYS,
-        )
-        digest = hashlib.sha256(prev.encode("ascii") + body).hexdigest()
-        conn.execute(
-            insert(events).values(
-                seq=seq + 1,
-                at=at,
-                type="credential.revoked",
-                actor="operator",
-                body=body.decode(),
-                prev_hash=prev,
-                hash=digest,
+        for n in range(seq + 1, seq + 1 + rows):
+            at = time.time()
+            body = orjson.dumps(
+                {"type": "credential.revoked", "actor": "operator", "seq": n, "at": at},
+                option=orjson.OPT_SORT_KEYS,
             )
-        )
-        conn.execute(update(schema.audit_head).values(seq=seq + 1, hash=digest))
-    return seq + 1
+            digest = hashlib.sha256(prev.encode("ascii") + body).hexdigest()
+            conn.execute(
+                insert(events).values(
+                    seq=n,
+                    at=at,
+                    type="credential.revoked",
+                    actor="operator",
+                    body=body.decode(),
+                    prev_hash=prev,
+                    hash=digest,
+                )
+            )
+            prev = digest
+        conn.execute(update(schema.audit_head).values(seq=seq + rows, hash=prev))
+    return seq + rows
 
 
 def test_the_tail_cannot_be_cut_below_the_last_checkpoint(
@@ -163,6 +165,35 @@ def test_the_tail_cannot_be_cut_below_the_last_checkpoint(
         assert report.first_bad_seq is not None and report.first_bad_seq <= signed
     finally:
         gate.close()
+
+
+def test_the_gate_signs_no_checkpoint_over_a_log_that_lost_the_kept_one(
+    tmp_path: Path, database_url: str | None
+) -> None:
+    """A log replaced from below the state dir's checkpoint to beyond it, checkpoints
+    wiped: the running gate must not sign the replacement (its next checkpoint would
+    replace the state dir's copy, and the forgery would verify as intact)."""
+    gate = _open(tmp_path, database_url, checkpoint_every_events=4, checkpoint_every_seconds=3600)
+    try:
+        _append(gate, 10)
+        kept = _kept_seq(gate)
+        assert kept is not None
+        kept_hash = load_anchor(gate.state_dir / CHECKPOINT_FILE).hash
+        _forge_after(gate, kept - 2, rows=6)
+        assert not gate.audit.verify().ok
+        with pytest.raises(opsgate.AuditError) as refused:
+            gate.audit.checkpoint()
+        assert refused.value.code == "audit_chain_broken"
+        _append(gate, 9)  # automatic checkpoints fall due: none is signed, the events are kept
+        assert _kept_seq(gate) == kept
+        assert load_anchor(gate.state_dir / CHECKPOINT_FILE).hash == kept_hash
+        assert _checkpoint_seqs(gate) == []
+        report = gate.audit.verify()
+        assert not report.ok and report.problem == "replacement", report
+        assert report.first_bad_seq == kept
+    finally:
+        gate.close()  # its closing checkpoint is refused too
+    assert _kept_seq(gate) == kept
 
 
 def test_a_forged_tail_after_the_last_checkpoint_is_reported_as_unsigned(
