@@ -134,5 +134,6 @@ def load_anchor(path: Path) -> Checkpoint:
         raise AuditError(
             f"anchor file '{path.name}' cannot be read: {exc.strerror}", code="anchor_invalid"
         ) from exc
-    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+    # OverflowError: a seq of Infinity; RecursionError: JSON nested past the parser.
+    except (ValueError, KeyError, TypeError, AttributeError, OverflowError, RecursionError) as exc:
         raise AuditError(f"anchor file '{path.name}' is malformed", code="anchor_invalid") from exc

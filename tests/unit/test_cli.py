@@ -10,6 +10,7 @@ import sqlite3
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner
@@ -279,6 +280,33 @@ def test_unwritable_outputs_change_nothing(state: Path, tmp_path: Path) -> None:
     code, _, err = run(state, "audit", "verify", "--anchor", str(tmp_path))
     assert code == 1
     one_error_line(err, "anchor_invalid")
+
+
+@pytest.mark.parametrize(
+    "spoil",
+    [
+        lambda text: re.sub(r'"seq": \d+', '"seq": Infinity', text),  # int(inf) overflows
+        lambda text: re.sub(r'"seq": \d+', '"seq": -Infinity', text),
+        lambda _text: "[" * 100_000 + "]" * 100_000,  # nested past the parser's recursion
+    ],
+    ids=["seq-infinity", "seq-minus-infinity", "nested"],
+)
+def test_a_malformed_anchor_or_kept_checkpoint_is_a_typed_refusal(
+    state: Path, tmp_path: Path, spoil: Any
+) -> None:
+    anchor = tmp_path / "anchor.json"
+    assert run(state, "audit", "checkpoint", "-o", str(anchor))[0] == 0
+    anchor.write_text(spoil(anchor.read_text()))
+    code, _, err = run(state, "audit", "verify", "--anchor", str(anchor))
+    assert code == 1
+    one_error_line(err, "anchor_invalid")
+    # The same text as the state dir's own copy: the gate opens, verify reports it.
+    kept = state / "audit-checkpoint.json"
+    kept.write_text(anchor.read_text())
+    code, out, err = run(state, "audit", "verify", "--json")
+    assert code == 1 and "Traceback" not in err, err
+    report = json.loads(out)
+    assert report["problem"] == "replacement" and "invalid" in report["reason"]
 
 
 @pytest.mark.parametrize(
