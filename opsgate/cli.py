@@ -92,7 +92,8 @@ def init(state_dir: StateDir = None, json_out: JsonOut = False) -> None:
     if json_out:
         print_json(info)
     else:
-        console().print(f"opsgate ready in {info['state_dir']} ({info['database']})")
+        # markup=False: a path is the operator's text, "[...]" in it is not Rich markup.
+        console().print(f"opsgate ready in {info['state_dir']} ({info['database']})", markup=False)
         console().print(f"gate id {info['gate_id']} (the issuer of its credentials)")
         console().print(f"signing key {info['kid']}")
         console().print(
@@ -499,7 +500,9 @@ def audit_checkpoint(
     gate = open_gate(state_dir)
     cp = gate.audit.export_checkpoint(output) if output else gate.audit.checkpoint()
     where = f" -> {output}" if output else ""
-    console().print(f"checkpoint at seq {cp.seq} ({cp.hash[:16]}...) signed by {cp.kid}{where}")
+    console().print(
+        f"checkpoint at seq {cp.seq} ({cp.hash[:16]}...) signed by {cp.kid}{where}", markup=False
+    )
 
 
 # -- approvers and approvals ------------------------------------------------------------

@@ -282,6 +282,21 @@ def test_unwritable_outputs_change_nothing(state: Path, tmp_path: Path) -> None:
     one_error_line(err, "anchor_invalid")
 
 
+def test_paths_are_printed_as_given_never_as_markup(tmp_path: Path) -> None:
+    """A path is the operator's text: brackets in it are not Rich markup (a closing tag
+    raised MarkupError after the work was done, an opening one vanished)."""
+    state = tmp_path / "st[/x]" / "state"
+    code, out, err = run(state, "init")
+    assert code == 0 and "Traceback" not in err, err
+    assert f"opsgate ready in {state} (" in out
+    (tmp_path / "a[").mkdir()
+    (tmp_path / "a[" / "b]").mkdir()
+    for output in (tmp_path / "a[" / "b]" / "cp.json", tmp_path / "cp[red]x.json"):
+        code, out, err = run(state, "audit", "checkpoint", "-o", str(output))
+        assert code == 0 and "Traceback" not in err, err
+        assert output.exists() and out.rstrip().endswith(f"-> {output}"), out
+
+
 @pytest.mark.parametrize(
     "spoil",
     [
