@@ -654,6 +654,9 @@ _REGISTRY: tuple[tuple[type[OpsgateError], dict[str, str]], ...] = (
         {
             "deploy_locked": "another run is deploying the app; try again later",
             "deploy_state_changed": "the app's release changed since the plan was made",
+            "monitoring_busy": (
+                "the app's health check, or as many as the gate runs at once, is running"
+            ),
             "run_refused": "the run was refused before it changed anything",
             "secrets_unavailable": "the deploy asks for secrets, but no secret store is connected",
         },

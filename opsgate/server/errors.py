@@ -76,6 +76,7 @@ CODE_STATUS: dict[str, int] = {
     "artifact_refused": 403,
     "executor_missing": 404,
     "migration_locked": 409,
+    "monitoring_busy": 409,
     # The audit log: a malformed query is the caller's, not an outage (AuditError's 503).
     "audit_query_invalid": 422,
 }

@@ -7,6 +7,7 @@ refused before any executor runs and charged as an escalation."""
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -14,13 +15,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from deploy_world import World, deploy_world
+from deploy_world import FAST, World, closed_port_url, deploy_world
 from helpers import policy
 from sqlalchemy import select
 
 import opsgate
 from opsgate.operations.base import Operation, Outcome
 from opsgate.operations.monitor import monitor_operation
+from opsgate.operations.monitor.executor import HEALTH_VIEWS_AT_ONCE
 from opsgate.secrets.value import SecretValue
 from opsgate.store import schema
 from opsgate.store.deployments import LockRecord
@@ -315,3 +317,63 @@ def test_reads_earn_no_trust_credit(watch: Watch) -> None:
         assert w.gate.execute(token, read).status == "succeeded"  # type: ignore[union-attr]
     assert w.gate.execute(token, Operation("list", "secrets/staging/app", {})).status == "succeeded"  # type: ignore[union-attr]
     assert reader.trust_score == written
+
+
+def _concurrent_health_reads(
+    gate: opsgate.Gate, token: str, targets: list[str]
+) -> tuple[list[Outcome], list[opsgate.OpsgateError], float]:
+    """Every target's health view at once; (outcomes, refusals, slowest refusal's seconds)."""
+    barrier = threading.Barrier(len(targets))
+    outcomes: list[Outcome] = []
+    refusals: list[opsgate.OpsgateError] = []
+    slowest = [0.0]
+
+    def read(target: str) -> None:
+        barrier.wait()
+        started = time.monotonic()
+        try:
+            out = gate.execute(token, monitor_operation(target, "health"))
+            assert isinstance(out, Outcome)
+            outcomes.append(out)
+        except opsgate.OpsgateError as exc:
+            refusals.append(exc)
+            slowest[0] = max(slowest[0], time.monotonic() - started)
+
+    threads = [threading.Thread(target=read, args=(t,)) for t in targets]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    return outcomes, refusals, slowest[0]
+
+
+def test_health_views_run_one_per_app_and_few_at_once(tmp_path: Path) -> None:
+    """A health view runs the app's whole health gate (up to its deadline when the app is
+    down), on a thread of the gate's: a monitoring agent asking for many at once must
+    not tie up the gate's workers (and the app's probe target) with one run per request."""
+    down = {"url": closed_port_url(), **FAST, "deadline_seconds": 1.5}
+    names = [f"app{i}" for i in range(HEALTH_VIEWS_AT_ONCE + 3)]
+    apps = {name: {"health": {"staging": down}} for name in ["web", *names]}
+    with deploy_world(tmp_path, apps=apps) as w:
+        agent = w.gate.register_agent(
+            "monitoring-agent", ["read:monitoring"], sponsor="lead@company.com", trust_score=900
+        )
+        token = w.gate.credential_manager.issue_credential(agent.did, ["read:monitoring"]).token
+
+        outcomes, refusals, slowest = _concurrent_health_reads(w.gate, token, ["staging/web"] * 8)
+        assert len(outcomes) == 1 and outcomes[0].detail["health"]["status"] == "inconclusive"
+        assert len(refusals) == 7 and {e.code for e in refusals} == {"monitoring_busy"}
+        assert slowest < 1.0  # refused at once, not after waiting for the running check
+        refused = w.gate.audit.tail(8, event_type="operation.outcome")
+        assert sum(r.event["outcome"] == "refused" for r in refused) == 7
+        assert agent.trust_score == 900  # contention is not an offence
+
+        outcomes, refusals, _ = _concurrent_health_reads(
+            w.gate, token, [f"staging/{n}" for n in names]
+        )
+        assert len(outcomes) == HEALTH_VIEWS_AT_ONCE
+        assert len(refusals) == 3 and {e.code for e in refusals} == {"monitoring_busy"}
+        # Once they have ended, a health view runs again.
+        assert w.gate.execute(token, monitor_operation("staging/web", "health")).status == (  # type: ignore[union-attr]
+            "succeeded"
+        )

@@ -16,14 +16,16 @@ refused (and charged) by the gate before an executor sees it.
 
 from __future__ import annotations
 
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol
 
 from pydantic import BaseModel, Field
 
 from opsgate.config import DEPLOY_NAME
-from opsgate.errors import OperationError, safe_text
+from opsgate.errors import OperationError, RunRefused, safe_text
 from opsgate.operations.base import Operation, OperationParams, Outcome, Plan
 
 if TYPE_CHECKING:
@@ -39,6 +41,9 @@ GATE_TARGET = "gate"
 View = Literal["status", "history", "health"]
 #: At most this many rows of each list in the gate's status (the counts are exact).
 STATUS_ROWS = 200
+#: Health views the gate runs at once (one per app at most): each holds a worker of
+#: the gate's for up to the app's health deadline, so more are refused, not queued.
+HEALTH_VIEWS_AT_ONCE = 4
 #: How many recent lease events the open-lease view reads.
 LEASE_WINDOW = 1000
 
@@ -92,6 +97,8 @@ class MonitorExecutor:
         self._gate = gate
         self._deployer = deployer
         self._clock = clock
+        self._checking: set[tuple[str, str]] = set()  # (env, app) of health views running
+        self._checking_lock = threading.Lock()
 
     def __repr__(self) -> str:
         return "MonitorExecutor()"
@@ -171,6 +178,27 @@ class MonitorExecutor:
 
     # -- run -----------------------------------------------------------------------------
 
+    @contextmanager
+    def _health_slot(self, env: str, app: str) -> Iterator[None]:
+        """Hold one of the gate's few health-view slots for (env, app), or refuse at
+        once: one run per app, `HEALTH_VIEWS_AT_ONCE` in all."""
+        key = (env, app)
+        with self._checking_lock:
+            if key in self._checking:
+                why = f"a health check of {app} in {env} is already running"
+            elif len(self._checking) >= HEALTH_VIEWS_AT_ONCE:
+                why = f"{HEALTH_VIEWS_AT_ONCE} health checks are already running"
+            else:
+                why = None
+                self._checking.add(key)
+        if why is not None:
+            raise RunRefused(f"{why}; try again when it has ended", code="monitoring_busy")
+        try:
+            yield
+        finally:
+            with self._checking_lock:
+                self._checking.discard(key)
+
     def run(self, plan: Plan) -> Outcome:
         content = plan.content
         if content["view"] == "gate":
@@ -184,8 +212,9 @@ class MonitorExecutor:
         env, app, view = content["env"], content["app"], content["view"]
         deployer = self._deploy()
         if view == "health":
-            current = deployer.status(env, app).current
-            report = deployer.check_health(env, app)
+            with self._health_slot(env, app):
+                current = deployer.status(env, app).current
+                report = deployer.check_health(env, app)
             detail = {"env": env, "app": app, "current": current, "health": report.to_dict()}
             # A failing app is what monitoring reports, not a failed read: the read succeeded.
             return Outcome(
@@ -296,6 +325,7 @@ def open_leases(gate: GateView, now: float) -> list[dict[str, Any]]:
 
 __all__ = [
     "GATE_TARGET",
+    "HEALTH_VIEWS_AT_ONCE",
     "NAMESPACE",
     "MonitorExecutor",
     "MonitorParams",
