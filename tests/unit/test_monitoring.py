@@ -377,3 +377,25 @@ def test_health_views_run_one_per_app_and_few_at_once(tmp_path: Path) -> None:
         assert w.gate.execute(token, monitor_operation("staging/web", "health")).status == (  # type: ignore[union-attr]
             "succeeded"
         )
+
+
+def test_a_deploy_message_reaches_monitoring_without_the_secrets_pasted_into_it(
+    watch: Watch,
+) -> None:
+    """A deploy's message is stored in the deploy tables and read back by every agent
+    holding read:monitoring (and `opsgate status`): a token pasted into it must not be."""
+    w = watch.world
+    apr = "opsg_apr_" + "A1b2C3d4E5f6G7h8I9j0K1l2M3n4O5p6Q7r8S9t0"
+    jwt = "eyJhbGciOiJFZERTQSJ9.eyJzdWIiOiJ4In0.c2lnbmF0dXJlLXNpZ25hdHVyZQ"
+    assert w.deploy("staging", "1.0", message=f"first, with {apr}").status == "succeeded"
+    assert w.deploy("staging", "1.1", message=f"second {jwt}").status == "succeeded"
+    back = w.rollback("staging", to="1.0", message=f"undo, token {apr}")
+    assert back.status == "succeeded"
+    status = watch.read("staging/web")
+    history = watch.read("staging/web", "history")
+    messages = [r["message"] for r in history.detail["history"]]
+    assert [m.split()[0] for m in messages] == ["undo,", "second", "first,"]  # kept, cut
+    with w.gate.store.read() as conn:
+        stored = [tuple(r) for r in conn.execute(select(schema.deployments)).all()]
+    for text in (str(status.detail), str(history.detail), str(stored)):
+        assert "opsg_apr_A1b2" not in text and "eyJhbGciOiJFZERTQSJ9" not in text

@@ -51,6 +51,7 @@ from opsgate.errors import (
     RunRefused,
     SecretError,
     safe_text,
+    scrub,
 )
 from opsgate.operations.artifacts import (
     ArtifactRoots,
@@ -87,9 +88,11 @@ _RECOVERY_REPORT_MAX = 50
 
 
 def _printable(value: str | None) -> str | None:
+    """A message as kept: one printable line, secret-shaped text cut out (it is stored
+    in the deploy tables and shown to every agent that may read the app's monitoring)."""
     if value is not None and not value.isprintable():
         raise ValueError("must be printable text on one line")
-    return value
+    return None if value is None else scrub(value)
 
 
 class DeployParams(OperationParams):
