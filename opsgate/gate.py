@@ -524,7 +524,10 @@ class Gate:
 
         _check_policy_files(source)
         self.policies = load_policies(
-            source, limits=self.config.limits, aliases=self.environments.aliases
+            source,
+            limits=self.config.limits,
+            aliases=self.environments.aliases,
+            environments=self.environments.names,
         )
         self._resolve_trust_approvers()
 

@@ -287,10 +287,17 @@ _KNOWN_NAMES = sorted([*FIELDS, *LITERAL_NAMES, "params.<key>"])
 
 
 class _Compiler:
-    def __init__(self, text: str, limits: Limits, aliases: Mapping[str, str]) -> None:
+    def __init__(
+        self,
+        text: str,
+        limits: Limits,
+        aliases: Mapping[str, str],
+        environments: frozenset[str] | None = None,
+    ) -> None:
         self.text = text
         self.limits = limits
         self.aliases = aliases
+        self.environments = environments
         self.lead = len(text) - len(text.lstrip(" \t"))
         self.body = text[self.lead :]
         self.lines = self.body.split("\n")
@@ -644,6 +651,22 @@ class _Compiler:
                 "policy_type",
             )
         self.no_alias(var, value, node, keep=slice(None))
+        self.declared(var, value, node)
+
+    def declared(self, var: _Expr, value: object, node: ast.AST) -> None:
+        """The gate refuses a request naming an undeclared environment, so `environment`
+        is a declared name or null: a literal naming another never matches (a typo of
+        `production` would leave a deny rule that never fires)."""
+        names = self.environments
+        if names is None or var.name != "environment" or type(value) is not str:
+            return
+        if value not in names:
+            self.fail(
+                node,
+                f"{quote(value)} is not a declared environment (declared: "
+                f"{', '.join(sorted(names))}): {var.name} can never equal it",
+                "policy_type",
+            )
 
     def no_alias(self, var: _Expr, value: object, node: ast.AST, *, keep: slice) -> None:
         """An environment alias never reaches policy (the gate resolves it first), so a
@@ -842,16 +865,21 @@ def _action_constraint(node: ast.AST) -> frozenset[str] | None:
 
 
 def compile_condition_checked(
-    text: str, limits: Limits, aliases: Mapping[str, str] | None = None
+    text: str,
+    limits: Limits,
+    aliases: Mapping[str, str] | None = None,
+    environments: frozenset[str] | None = None,
 ) -> Condition:
     """Compile or raise ConditionError (the loader turns it into a located Problem).
 
     `aliases` (alias -> canonical environment): a literal naming an alias where policy
     compares a resource, capability or environment is an error (it can never match).
+    `environments` (the declared names): a literal `environment` is compared with
+    that names none of them is an error too.
     """
     if not isinstance(text, str):
         raise ConditionError("condition must be a string", None, "policy_invalid")
-    return _Compiler(text, limits, aliases or {}).compile()
+    return _Compiler(text, limits, aliases or {}, environments).compile()
 
 
 def compile_condition(text: str, limits: Limits | None = None) -> Condition:

@@ -152,9 +152,15 @@ class _PendingPolicy:
 
 
 class _Loader:
-    def __init__(self, limits: Limits, aliases: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        limits: Limits,
+        aliases: Mapping[str, str] | None = None,
+        environments: frozenset[str] | None = None,
+    ) -> None:
         self.limits = limits
         self.aliases = aliases
+        self.environments = environments
         self.problems: list[Problem] = []
         self.sources: list[str] = []
         self.policies: list[_PendingPolicy] = []
@@ -420,7 +426,9 @@ class _Loader:
             problem("condition must be a string (quote it in yaml)")
         else:
             try:
-                condition = compile_condition_checked(condition_text, self.limits, self.aliases)
+                condition = compile_condition_checked(
+                    condition_text, self.limits, self.aliases, self.environments
+                )
             except ConditionError as exc:
                 problem(f"condition: {exc.message}", exc.column, exc.code)
         approvers: tuple[str, ...] = ()
@@ -539,13 +547,17 @@ def load_policies(
     limits: Limits | None = None,
     *,
     aliases: Mapping[str, str] | None = None,
+    environments: Iterable[str] | None = None,
 ) -> PolicySet:
     """Load a file, a directory of *.yaml/*.yml, or a list of both into one PolicySet.
 
     Files are merged (groups too); a policy name or group defined twice is an error.
     `aliases` are the gate's environment aliases: a condition naming one is an error.
+    `environments` are its declared names: a condition comparing `environment` with
+    another name is an error (the gate refuses such a request: the rule never fires).
     """
-    loader = _Loader(limits or Limits(), aliases)
+    names = None if environments is None else frozenset(environments)
+    loader = _Loader(limits or Limits(), aliases, names)
     for file in policy_files(paths):
         loader.add_path(file)
     return loader.build()

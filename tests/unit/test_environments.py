@@ -332,6 +332,45 @@ def test_a_policy_naming_an_alias_or_an_upper_case_name_cannot_load(tmp_path: Pa
     opsgate.Gate.open(tmp_path / "ok-state", policies=path, environments=aliased).close()
 
 
+def _one_rule(path: Path, condition: str, action: str = "deny") -> Path:
+    path.write_text(
+        yaml.safe_dump(
+            {"policies": [{"name": "p", "rules": [{"condition": condition, "action": action}]}]}
+        )
+    )
+    return path
+
+
+def test_a_policy_naming_an_undeclared_environment_cannot_load(tmp_path: Path) -> None:
+    """The gate refuses every request naming an undeclared environment, so `environment`
+    is only ever a declared name or null: a rule comparing it with another name (a typo
+    of `production`, a name meant as an alias that was never declared) never fires, and
+    a deny or require_approval rule written for production silently allows."""
+    for condition in (
+        "action == 'deploy' and environment == 'prodution'",
+        "environment == 'prod'",
+        "environment in ['staging', 'prd']",
+        "environment != 'qa' and destructive",
+    ):
+        path = _one_rule(tmp_path / "p.yaml", condition)
+        with pytest.raises(opsgate.PolicyError) as exc:
+            opsgate.Gate.open(tmp_path / "state", policies=path)
+        assert exc.value.code == "policy_type", condition
+        assert "not a declared environment" in exc.value.message, condition
+        explain = ["policy", "explain", "--policies", str(path), "--action", "deploy"]
+        explained = CliRunner().invoke(app, [*explain, "--resource", "production/web"])
+        assert explained.exit_code == 1, condition
+        assert "not a declared environment" in explained.output, condition
+    # Declared names, an environment declared in the config, and null load.
+    for condition, environments in (
+        ("environment in ['production', 'staging', null]", None),
+        ("environment == 'qa'", {"production": {"protected": True}, "qa": {}}),
+    ):
+        path = _one_rule(tmp_path / "ok.yaml", condition)
+        state = tmp_path / f"ok-{len(condition)}"
+        opsgate.Gate.open(state, policies=path, environments=environments).close()
+
+
 def test_decision_tables_and_explain_derive_like_the_gate(tmp_path: Path) -> None:
     state = tmp_path / "state"
     state.mkdir()
