@@ -889,19 +889,21 @@ class Gate:
             executor = self._executors.get((cap.action, namespace)) or self._executors.get(
                 (cap.action, None)
             )
+            environment = resolved.environment
             if (
-                params is not None
+                (params is not None or environment is None)
                 and executor is not None
                 # Scope first: a refused request never runs executor code (its schema).
                 and scope_refusal(self._agent(claims), claims.parsed_scope, cap) is None
             ):
-                params = validate_params(params_model_of(executor), params, cap.action)[1]
+                if params is not None:
+                    params = validate_params(params_model_of(executor), params, cap.action)[1]
+                if environment is None:
+                    environment = self._configured_environment(executor, cap)
         except OpsgateError as exc:
             self._audit_refusal("authorize.refused", claims, capability, exc, t)
             raise
-        agent, decision = self._decide(
-            claims, cap, t, environment=resolved.environment, params=params
-        )
+        agent, decision = self._decide(claims, cap, t, environment=environment, params=params)
         self.audit.append(
             "authorize",
             actor=claims.sub,
@@ -914,6 +916,25 @@ class Gate:
         )
         self._score_decision(agent, decision, str(cap), t)  # detectors see one spelling
         return decision
+
+    def _configured_environment(self, executor: Executor, cap: caps.Capability) -> str | None:
+        """The environment an executor's configuration gives a resource that names none
+        (a database target's), as its plan would carry it: `authorize` then decides
+        as `execute` does, never a production target as environment-less."""
+        environment_of = getattr(executor, "environment_of", None)
+        if not callable(environment_of):
+            return None
+        named = environment_of(cap.resource)
+        if named is None:
+            return None
+        canonical = self.environments.canonical_name(str(named))
+        if canonical is None:
+            raise CapabilityError(
+                f"the executor names environment {safe_text(str(named))!r} for "
+                f"{str(cap)!r}, which is not declared",
+                code="environment_undeclared",
+            )
+        return canonical
 
     def register_executor(
         self, action: str, executor: Executor, *, namespace: str | None = None

@@ -164,7 +164,9 @@ class Executor(Protocol):
 
     An executor that reads or writes files may also define `forbid_paths(paths)`:
     the gate calls it at registration with its state dir, and it raises ConfigError
-    if anything it would read or write overlaps those paths.
+    if anything it would read or write overlaps those paths. One whose plans take
+    the environment from configuration (a resource that names none) defines
+    `environment_of(resource)`, pure, so `authorize` decides in that environment too.
     """
 
     params_model: ClassVar[type[BaseModel]]

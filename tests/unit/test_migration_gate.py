@@ -319,3 +319,52 @@ def test_findings_must_be_a_list_of_codes() -> None:
     for bad in ("DS102", [1], None):
         with pytest.raises(PolicyError):
             PolicyRequest("migrate", "database/x", findings=bad)  # type: ignore[arg-type]
+
+
+def test_authorize_decides_a_migration_in_the_environment_its_target_is_in(
+    tmp_path: Path,
+) -> None:
+    """`migrate:database/orders` names no environment: the target's comes from config.
+    `authorize` (the decision API) decided it as environment-less, so a low-trust agent
+    was told 'allow' for a production migration that `execute` holds for approval."""
+    migrations = tmp_path / "migrations"
+    migrations.mkdir()
+    (migrations / "V1__init.sql").write_text("CREATE TABLE t (id int);")
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(
+        "policies:\n  - name: prod-migrations\n    rules:\n"
+        "      - condition: \"action == 'migrate' and environment == 'production'\"\n"
+        "        action: require_approval\n        approvers: [dana@company.com]\n"
+    )
+    databases = {
+        name: {
+            "url": f"sqlite:///{tmp_path / name}.db",
+            "migrations": str(migrations),
+            "environment": env,
+        }
+        for name, env in (("orders", "production"), ("scratch", "staging"))
+    }
+    gate = opsgate.Gate.open(
+        tmp_path / "state",
+        policies=policy,
+        databases=databases,
+        trust={"approvers": ["dana@company.com"]},
+    )
+    try:
+        agent = gate.register_agent(
+            "db-agent", ["migrate:database"], sponsor="lead@company.com", trust_score=700
+        )
+        scope = ["migrate:database"]
+        token = gate.credential_manager.issue_credential(agent.did, scope).token
+        dry = gate.execute(token, Operation("migrate", "database/orders", {}, dry_run=True))
+        assert dry.detail["decision"]["effect"] == "require_approval"
+        decision = gate.authorize(token, "migrate:database/orders")
+        assert decision.effect == "require_approval"
+        assert {m.policy for m in decision.matched} == {"prod-migrations", "trust-threshold"}
+        assert gate.authorize(token, "migrate:database/scratch").effect == "allow"
+        # A database no target names is refused as execute refuses it, never judged.
+        with pytest.raises(opsgate.OpsgateError) as exc:
+            gate.authorize(token, "migrate:database/nowhere")
+        assert exc.value.code == "database_unknown"
+    finally:
+        gate.close()

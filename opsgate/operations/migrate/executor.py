@@ -301,6 +301,11 @@ class MigrationExecutor:
                 code="params_invalid",
             ) from None
 
+    def environment_of(self, resource: str) -> str:
+        """The configured environment of the target `resource` names (config only, no
+        I/O): what `authorize` decides with, as the plan carries it for `execute`."""
+        return self.target(resource)[1].environment
+
     def plan(self, operation: Operation) -> Plan:
         name, config = self.target(operation.resource)
         params = self._params(operation.params)
