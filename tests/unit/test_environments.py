@@ -371,6 +371,43 @@ def test_a_policy_naming_an_undeclared_environment_cannot_load(tmp_path: Path) -
         opsgate.Gate.open(state, policies=path, environments=environments).close()
 
 
+def test_the_http_explain_derives_like_the_gate(tmp_path: Path) -> None:
+    """POST /v1/policy/explain judged the resource as typed against the built-in
+    environments: with alias `prod` declared, `prod/web` (production to the gate, which
+    holds it for approval) was explained as environment-less and allowed."""
+    from fastapi.testclient import TestClient
+    from helpers import open_world
+    from server_helpers import BASE, basic
+
+    from opsgate.config import ServerConfig
+    from opsgate.server import create_app
+
+    aliased = {"production": {"aliases": ["prod"], "protected": True}, "staging": {}}
+    world = open_world(tmp_path / "state", environments=aliased)
+    try:
+        auth = {"Authorization": basic("ops", world.gate.operators.add("ops"))}
+        client = TestClient(create_app(world.gate, ServerConfig(external_url=BASE)))
+
+        def explain(resource: str) -> dict[str, Any]:
+            body = {"action": "deploy", "resource": resource}
+            r = client.post("/v1/policy/explain", json=body, headers=auth)
+            assert r.status_code == 200, r.text
+            out: dict[str, Any] = r.json()
+            return out
+
+        for resource in ("prod/web", "PROD/web", "Production/web"):
+            out = explain(resource)
+            assert out["request"]["resource"] == "production/web", resource
+            assert out["request"]["environment"] == "production", resource
+            assert out["decision"]["effect"] == "require_approval", resource
+            assert out["note"] is None
+        out = explain("prd/web")
+        assert out["request"]["environment"] is None
+        assert "environment_undeclared" in out["note"]
+    finally:
+        world.gate.close()
+
+
 def test_decision_tables_and_explain_derive_like_the_gate(tmp_path: Path) -> None:
     state = tmp_path / "state"
     state.mkdir()

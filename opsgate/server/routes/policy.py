@@ -11,7 +11,7 @@ from pydantic import Field
 from starlette.concurrency import run_in_threadpool
 
 from opsgate.errors import PolicyError
-from opsgate.policy.request import PolicyRequest, environment_for
+from opsgate.policy.request import PolicyRequest, canonical_target
 from opsgate.server.routes.common import Body, body_doc, ctx_of, json
 
 router = APIRouter(prefix="/v1/policy", tags=["policy"])
@@ -47,10 +47,14 @@ async def explain(request: Request) -> Response:
                 "agent_trust_score": gate.trust.effective(st),
             }
         now = datetime.now(UTC)
+        # As the gate sees it: one case, its aliases resolved, the environment derived.
+        resource, environment, undeclared = canonical_target(
+            b.action, b.resource, gate.environments
+        )
         req = PolicyRequest(
             action=b.action,
-            resource=b.resource,
-            environment=environment_for(b.action, b.resource),
+            resource=resource,
+            environment=environment,
             destructive=b.destructive,
             params=b.params,
             hour=now.hour,
@@ -58,6 +62,16 @@ async def explain(request: Request) -> Response:
             minute=now.minute,
             **agent,
         )
-        return {"request": req.to_dict(), "decision": gate.policies.decide(req).to_dict()}
+        note = (
+            None
+            if undeclared is None
+            else f"the gate refuses this request before policy: environment {undeclared!r} "
+            "is not declared (environment_undeclared)"
+        )
+        return {
+            "request": req.to_dict(),
+            "decision": gate.policies.decide(req).to_dict(),
+            "note": note,
+        }
 
     return json(await run_in_threadpool(decide))
