@@ -891,15 +891,14 @@ class Gate:
             )
             environment = resolved.environment
             if (
-                (params is not None or environment is None)
-                and executor is not None
+                executor is not None
+                and (params is not None or hasattr(executor, "environment_of"))
                 # Scope first: a refused request never runs executor code (its schema).
                 and scope_refusal(self._agent(claims), claims.parsed_scope, cap) is None
             ):
                 if params is not None:
                     params = validate_params(params_model_of(executor), params, cap.action)[1]
-                if environment is None:
-                    environment = self._configured_environment(executor, cap)
+                environment = self._configured_environment(executor, cap, environment)
         except OpsgateError as exc:
             self._audit_refusal("authorize.refused", claims, capability, exc, t)
             raise
@@ -917,22 +916,31 @@ class Gate:
         self._score_decision(agent, decision, str(cap), t)  # detectors see one spelling
         return decision
 
-    def _configured_environment(self, executor: Executor, cap: caps.Capability) -> str | None:
-        """The environment an executor's configuration gives a resource that names none
-        (a database target's), as its plan would carry it: `authorize` then decides
-        as `execute` does, never a production target as environment-less."""
+    def _configured_environment(
+        self, executor: Executor, cap: caps.Capability, named: str | None
+    ) -> str | None:
+        """The environment an executor's configuration gives the resource (a database
+        target's), checked as `_plan` checks its plan's: `authorize` then decides as
+        `execute` does, never a production target as environment-less or as the
+        environment its name happens to spell. `named`: the capability's own."""
         environment_of = getattr(executor, "environment_of", None)
         if not callable(environment_of):
-            return None
-        named = environment_of(cap.resource)
-        if named is None:
-            return None
-        canonical = self.environments.canonical_name(str(named))
+            return named
+        configured = environment_of(cap.resource)
+        if configured is None:
+            return named
+        canonical = self.environments.canonical_name(str(configured))
         if canonical is None:
             raise CapabilityError(
-                f"the executor names environment {safe_text(str(named))!r} for "
+                f"the executor names environment {safe_text(str(configured))!r} for "
                 f"{str(cap)!r}, which is not declared",
                 code="environment_undeclared",
+            )
+        if named is not None and canonical != named:
+            raise OperationError(
+                f"the executor planned environment {canonical!r} for {str(cap)!r}, "
+                f"which names {named!r}",
+                code="plan_failed",
             )
         return canonical
 

@@ -342,7 +342,7 @@ def test_authorize_decides_a_migration_in_the_environment_its_target_is_in(
             "migrations": str(migrations),
             "environment": env,
         }
-        for name, env in (("orders", "production"), ("scratch", "staging"))
+        for name, env in (("orders", "production"), ("scratch", "staging"), ("test", "production"))
     }
     gate = opsgate.Gate.open(
         tmp_path / "state",
@@ -366,5 +366,13 @@ def test_authorize_decides_a_migration_in_the_environment_its_target_is_in(
         with pytest.raises(opsgate.OpsgateError) as exc:
             gate.authorize(token, "migrate:database/nowhere")
         assert exc.value.code == "database_unknown"
+        # A target whose name spells another environment is refused by both, never
+        # judged in the environment its name spells.
+        with pytest.raises(opsgate.OperationError) as exc:
+            gate.execute(token, Operation("migrate", "database/test", {}, dry_run=True))
+        assert exc.value.code == "plan_failed"
+        with pytest.raises(opsgate.OperationError) as exc:
+            gate.authorize(token, "migrate:database/test")
+        assert exc.value.code == "plan_failed"
     finally:
         gate.close()
