@@ -249,8 +249,19 @@ def check_dpop(
     use_once(DPOP_REPLAY_PREFIX + jti, iat, window + rules.replay_skew_seconds, refused)
 
 
-def check_assertion(assertion: object, *, rules: ProofRules, now: float, use_once: UseOnce) -> str:
-    """Check a client assertion; returns the did of the agent that signed it."""
+def check_assertion(
+    assertion: object,
+    *,
+    rules: ProofRules,
+    now: float,
+    use_once: UseOnce,
+    known: Callable[[str], object] | None = None,
+) -> str:
+    """Check a client assertion; returns the did of the agent that signed it.
+
+    `known` is called with that did before the assertion's id is recorded and raises
+    when no agent holds it: anyone can make a key and sign a valid assertion, and
+    such a stranger's must not cost a durable write."""
     header, p, signing_input, signature = _split(assertion, "assertion", "assertion_malformed")
     if set(header) != _ASSERTION_HEADER or header["typ"] != ASSERTION_TYP:
         raise _refuse("assertion header must be exactly typ JWT and alg", "assertion_malformed")
@@ -291,6 +302,8 @@ def check_assertion(assertion: object, *, rules: ProofRules, now: float, use_onc
             f"assertion refused: {why}", "assertion_replayed" if replay else "assertion_expired"
         )
 
+    if known is not None:
+        known(iss)
     window = rules.window_seconds + leeway + rules.replay_skew_seconds
     use_once(ASSERTION_REPLAY_PREFIX + jti, iat, window, refused)
     return iss

@@ -109,6 +109,40 @@ def test_assertion_is_single_use_and_signed_by_the_did(tmp_path: Path) -> None:
     assert (r.status_code, r.json()["code"]) == (401, "bad_signature")
 
 
+def test_an_assertion_of_no_agent_writes_nothing(tmp_path: Path) -> None:
+    """Anyone can make a key and sign a valid client assertion with it: its single-use
+    id was recorded (a durable write) before the gate found that no agent holds the
+    key, and the 404 that followed is not a refusal the limiter counts, so strangers'
+    assertions were unlimited writes. An assertion of no agent is refused first."""
+    from sqlalchemy import func, select
+
+    from opsgate.store import schema
+
+    api = open_api(tmp_path / "state")
+
+    def used() -> int:
+        with api.gate.store.read() as conn:
+            return int(conn.execute(select(func.count()).select_from(schema.used_proofs)).scalar())
+
+    before = used()
+    for path, extra in (
+        ("/v1/credentials", {"scope": DEPLOY_SCOPE}),
+        ("/v1/credentials/grants", {}),
+    ):
+        for _ in range(5):
+            stranger = make_assertion(Ed25519PrivateKey.generate(), BASE, time.time())
+            r = api.client.post(path, json={"assertion": stranger, **extra})
+            assert (r.status_code, r.json()["code"]) == (404, "agent_not_found"), path
+    assert used() == before
+    # An agent's own assertion is still used once.
+    assertion = make_assertion(api.agent_key(), BASE, time.time())
+    r = api.client.post("/v1/credentials", json={"assertion": assertion, "scope": DEPLOY_SCOPE})
+    assert r.status_code == 201, r.text
+    assert used() == before + 1
+    r = api.client.post("/v1/credentials", json={"assertion": assertion, "scope": DEPLOY_SCOPE})
+    assert (r.status_code, r.json()["code"]) == (401, "assertion_replayed")
+
+
 def test_assertion_of_an_unknown_or_suspended_agent(tmp_path: Path) -> None:
     api = open_api(tmp_path / "state")
     stranger = Ed25519PrivateKey.generate()

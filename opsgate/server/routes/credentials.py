@@ -79,6 +79,7 @@ def asserted_agent(ctx: ServerContext, request: Request, assertion: str, now: fl
             rules=ctx.rules,
             now=now,
             use_once=ctx.gate.credential_manager.proofs.use_once,
+            known=ctx.gate.agents.state,  # agent_not_found before anything is written
         )
     except InvalidCredential as exc:
         if exc.code in _SIGNED_REFUSALS:
