@@ -80,6 +80,11 @@ class LiveState:
         self._next_forget = 0.0  # the in-memory half alone (refresh), on its own clock
         self._refresh_lock = threading.Lock()
         self._load_lock = threading.Lock()
+        # Bumped by every invalidation, under `_agents_lock` with the cache's writes: a
+        # load that overlapped one may have read the row before the change, so what it
+        # read is used for its own request but never cached.
+        self._agents_lock = threading.Lock()
+        self._generation = 0
         # How old a view of other replicas' changes may be and still be used: the
         # promise is that a revocation anywhere holds everywhere within a second.
         self.max_age = max(1.0, 2 * config.cache_refresh_seconds)
@@ -104,10 +109,12 @@ class LiveState:
         with self._load_lock:
             st = self._agents.get(did)
             if st is None:
+                generation = self._generation
                 with self._store.read() as conn:
                     st = self._load_agent(conn, did)
-                if st is not None:
-                    self._agents[did] = st
+                with self._agents_lock:
+                    if st is not None and generation == self._generation:
+                        self._agents[did] = st
         return st
 
     def _load_agent(self, conn: Connection, did: str) -> AgentState | None:
@@ -178,10 +185,12 @@ class LiveState:
         return len(self._revoked)
 
     def invalidate_agent(self, did: str) -> None:
-        self._agents.pop(did, None)
-        stale = [d for d, st in list(self._agents.items()) if did in st.ancestors]
-        for d in stale:
-            self._agents.pop(d, None)
+        with self._agents_lock:
+            self._generation += 1
+            self._agents.pop(did, None)
+            stale = [d for d, st in list(self._agents.items()) if did in st.ancestors]
+            for d in stale:
+                self._agents.pop(d, None)
 
     # -- the change feed ---------------------------------------------------------
 
