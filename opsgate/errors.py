@@ -23,7 +23,7 @@ of its codes (`CODES`: each code, its one owning class, what it means).
     ├── AuditError                    audit_write_failed, anchor_invalid, audit_query_invalid
     ├── SecretError                   secret_not_found, secret_conflict, secret_key_mismatch, ...
     │   └── SecretBackendError        secret_backend_unreachable, secret_backend_sealed, ...
-    ├── StoreError                    store_unavailable, store_timeout
+    ├── StoreError                    store_unavailable, store_timeout, schema_unknown
     ├── HttpRefusal, UiRefusal        the HTTP layer's and the web UI's own refusals
     ├── NotFound, Revoked             not_found, revoked (each raised as its family's class)
     └── InternalError                 internal_error (anything else raised inside a call)
@@ -708,6 +708,7 @@ _REGISTRY: tuple[tuple[type[OpsgateError], dict[str, str]], ...] = (
     (
         StoreError,
         {
+            "schema_unknown": "the state database's schema is newer than this version of opsgate",
             "store_timeout": "the state database did not answer in time",
             "store_unavailable": "the state database is unavailable",
         },

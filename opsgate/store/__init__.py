@@ -117,6 +117,30 @@ def _sqlite_engine(url: str, *, immediate: bool) -> Engine:
     return engine
 
 
+def _check_known(current: set[str]) -> None:
+    """Refuse a database whose schema is at a revision this version does not know: a
+    newer opsgate migrated it (a replica left behind in a rolling upgrade), and this
+    code would read and write tables it does not understand."""
+    unknown = sorted(current - _schema_revisions())
+    if unknown:
+        raise StoreError(
+            f"the state database's schema is at revision {', '.join(unknown)!r}, which this "
+            "version of opsgate does not know (a newer one migrated it): upgrade this replica",
+            code="schema_unknown",
+        )
+
+
+@functools.cache
+def _schema_revisions() -> frozenset[str]:
+    """Every revision this code knows (read once per process)."""
+    from alembic.config import Config as AlembicConfig
+    from alembic.script import ScriptDirectory
+
+    cfg = AlembicConfig()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    return frozenset(r.revision for r in ScriptDirectory.from_config(cfg).walk_revisions())
+
+
 @functools.cache
 def _schema_heads() -> frozenset[str]:
     """The newest revisions this code knows: read once per process, since parsing the
@@ -293,6 +317,7 @@ class Store:
                         conn.commit()
                     try:
                         current = set(MigrationContext.configure(conn).get_current_heads())
+                        _check_known(current)
                         if current != heads:
                             cfg.attributes["connection"] = conn
                             command.upgrade(cfg, "head")

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import create_engine, inspect, select
+from sqlalchemy import create_engine, inspect, select, text
 
 import opsgate
 from opsgate.store import schema
@@ -108,6 +108,31 @@ def test_reopening_is_idempotent(state_dir: Path, database_url: str | None) -> N
     with opsgate.Gate.open(state_dir, database_url=database_url) as gate:
         gate.store.migrate()  # explicit re-run: nothing to do, nothing broken
         assert gate.audit.verify().ok
+
+
+def test_a_database_migrated_by_a_newer_version_is_refused_unchanged(
+    state_dir: Path, database_url: str | None
+) -> None:
+    """A replica left behind in a rolling upgrade meets a schema revision it does not
+    know: it refuses to start with schema_unknown (it was alembic's CommandError, an
+    internal_error naming only a class) and writes nothing."""
+    with opsgate.Gate.open(state_dir, database_url=database_url) as gate:
+        engine = create_engine(gate.store.url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(text("UPDATE alembic_version SET version_num = 'zz_newer'"))
+            before = conn.execute(select(schema.audit_head)).one()
+        with pytest.raises(opsgate.StoreError) as refused:
+            opsgate.Gate.open(state_dir, database_url=database_url)
+        assert refused.value.code == "schema_unknown"
+        assert "'zz_newer'" in refused.value.message
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT version_num FROM alembic_version")).all() == [
+                ("zz_newer",)
+            ]
+            assert conn.execute(select(schema.audit_head)).one() == before
+    finally:
+        engine.dispose()
 
 
 # -- replicas --------------------------------------------------------------------------------------
