@@ -239,8 +239,8 @@ class GroupCommit:
         with self.connection.transaction() as cur:
             seq, prev = self._sql.lock_head(cur)
             landed = [r for r in written if r is not None]
-            if landed and prev == landed[-1].hash:
-                return list(written), None  # the last attempt did commit
+            if landed and self._sql.holds(cur, landed[-1].seq, landed[-1].hash):
+                return list(written), None  # the last attempt did commit (appends may follow)
             changes: list[tuple[str, str, float]] = []
             changing = [p for p in batch if p.change is not None]
             changing.sort(key=lambda p: p.change.lock_order if p.change is not None else ())

@@ -76,6 +76,11 @@ class AuditSQL:
         row = cur.fetchone()
         return None if row is None else row[0]
 
+    def holds(self, cur: Any, seq: int, digest: str) -> bool:
+        """Whether event `seq` is in the log with hash `digest` (a record this writer
+        may have committed, whatever was appended after it)."""
+        return bool(self.stored_hash(cur, seq) == digest)
+
     def append(self, cur: Any, rows: list[tuple[Any, ...]], seq: int, digest: str) -> None:
         """Insert (seq, at, type, actor, body, prev_hash, hash) rows and move the head
         to (seq, digest), under the head lock the caller holds."""

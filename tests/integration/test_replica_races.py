@@ -13,10 +13,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 
 import opsgate
 from opsgate.state import LiveState
+from opsgate.trust.scoring import TrustEvent
 
 pytestmark = pytest.mark.postgres
 
@@ -75,3 +77,51 @@ def test_a_suspension_seen_while_the_agent_loads_is_not_forgotten(
     while (code := _refusal(b, token)) is None and time.monotonic() < deadline:
         time.sleep(0.05)
     assert code == "revoked"  # a suspension cuts its credentials
+
+
+class _CommitLostAfterLanding:
+    """The audit writer's connection, whose next COMMIT lands in the database but whose
+    answer is lost (the connection drops): `meanwhile` runs between the two."""
+
+    def __init__(self, real: Any, meanwhile: Any) -> None:
+        self._real = real
+        self._meanwhile = meanwhile
+        self.fired = False
+
+    def commit(self) -> None:
+        self._real.commit()
+        if not self.fired:
+            self.fired = True
+            self._meanwhile()
+            raise psycopg.OperationalError("server closed the connection unexpectedly")
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._real, name)
+
+
+def test_a_batch_whose_commit_landed_is_not_written_again_after_another_replica_appended(
+    pair: tuple[opsgate.Gate, opsgate.Gate],
+) -> None:
+    """A batch's COMMIT reaches the database but the connection drops before its answer;
+    meanwhile another replica appends. The writer recognised its own commit only when
+    its last hash was still the head, so here it wrote the batch again: the event twice
+    in the log and its change applied twice (one failed deployment charged -80)."""
+    a, b = pair
+    agent = a.register_agent(
+        "deployer", ["deploy:staging"], sponsor="ops@company.com", trust_score=900
+    )
+    writer = a.audit._writer.connection
+    a.audit.append("test.warmup")  # the writer's connection is open
+    lost = _CommitLostAfterLanding(writer._conn, lambda: b.audit.append("test.other_replica"))
+    writer._conn = lost
+
+    change = a.trust.record(
+        agent.did, TrustEvent.FAILED_DEPLOYMENT, reason="health check failed", now=time.time()
+    )
+
+    assert lost.fired
+    assert change.delta == -40
+    assert a.agents.stored_trust(agent.did) == 860  # charged once
+    charges = [e for e in a.audit.events(event_type="trust.changed") if e.actor == agent.did]
+    assert [e.seq for e in charges] == [change.audit_seq]
+    assert a.audit.verify().ok
