@@ -681,6 +681,13 @@ class AgentRegistry:
         # the event is deferred in this transaction and chained right after.
         with self._store.write() as conn:
             below = self.descendants(conn, root.did, lock=True)
+            # The root row is locked now: its status as read here is current, unlike the
+            # view checked above (another replica may have revoked it meanwhile).
+            was = agent_rows.status(conn, root.did)
+            if was == REVOKED and status != REVOKED:
+                raise UnusableAgentChange(
+                    f"agent {root.name!r} is revoked for good", code="agent_revoked"
+                )
             # Suspension and revocation also revoke every credential issued so far.
             nb = revocation_cutoff(conn, [root.did, *below], t) if status != ACTIVE else t
             if status == ACTIVE:
@@ -691,7 +698,6 @@ class AgentRegistry:
                         code="parent_inactive",
                     )
                 # Reinstate the agent and the descendants that were suspended because of it.
-                was = agent_rows.status(conn, root.did)
                 agent_rows.set_status(conn, [root.did], ACTIVE, reason, t)
                 affected = [root.did]
                 changed = [root.did] if was != ACTIVE else []
@@ -710,8 +716,6 @@ class AgentRegistry:
                     changed += cascaded
             else:
                 affected = [root.did, *below]
-                # The root row is locked (descendants, above): its status as read is current.
-                was = agent_rows.status(conn, root.did)
                 changed = [root.did] if was != status or changed_before else []
                 agent_rows.set_status(
                     conn, [root.did], status, reason, t, credentials_not_before=nb

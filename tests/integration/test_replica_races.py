@@ -125,3 +125,54 @@ def test_a_batch_whose_commit_landed_is_not_written_again_after_another_replica_
     charges = [e for e in a.audit.events(event_type="trust.changed") if e.actor == agent.did]
     assert [e.seq for e in charges] == [change.audit_seq]
     assert a.audit.verify().ok
+
+
+@pytest.mark.parametrize("act", ["reinstate", "suspend"])
+def test_an_agent_revoked_on_one_replica_stays_revoked_whatever_another_does_meanwhile(
+    pair: tuple[opsgate.Gate, opsgate.Gate], monkeypatch: pytest.MonkeyPatch, act: str
+) -> None:
+    """Replica b starts to reinstate (or suspend) an agent it knows as suspended; a
+    revokes it before b's transaction locks the row. b checked 'revoked for good'
+    against its view only, so the agent came back active (or merely suspended, and a
+    reinstatement away from working again)."""
+    a, b = pair
+    agent = a.register_agent("deployer", ["deploy:staging"], sponsor="ops@company.com")
+    a.agents.suspend(agent.did, reason="under review")
+    b.state.refresh(force=True)
+    assert b.agents.get(agent.did).status == "suspended"
+
+    reached, release = threading.Event(), threading.Event()
+    real = b.agents.descendants
+
+    def held(conn: Any, did: str, *, lock: bool = False) -> list[str]:
+        if not release.is_set():
+            reached.set()
+            assert release.wait(10)
+        return real(conn, did, lock=lock)
+
+    monkeypatch.setattr(b.agents, "descendants", held)
+    errors: list[BaseException] = []
+
+    def change() -> None:
+        try:
+            if act == "reinstate":
+                b.agents.reinstate(agent.did, reason="looked fine")
+            else:
+                b.agents.suspend(agent.did, reason="again")
+        except opsgate.OpsgateError as exc:
+            errors.append(exc)
+
+    worker = threading.Thread(target=change)
+    worker.start()
+    assert reached.wait(10)
+    a.agents.revoke(agent.did, reason="key leaked")
+    release.set()
+    worker.join(10)
+
+    assert [getattr(e, "code", None) for e in errors] == ["agent_revoked"]
+    for gate in (a, b):
+        gate.state.refresh(force=True)
+        assert gate.agents.get(agent.did).status == "revoked"
+    with pytest.raises(opsgate.OpsgateError) as again:
+        b.agents.reinstate(agent.did, reason="try again")
+    assert again.value.code == "agent_revoked"
