@@ -16,11 +16,12 @@ def seen_resources(conn: Connection, did: str) -> set[str]:
     return {r[0] for r in rows}
 
 
-def remember_resource(store: Store, conn: Connection, did: str, resource: str, at: float) -> None:
-    """Record a first sighting (a resource recorded already is left as it is)."""
-    conn.execute(
-        store.insert_ignore(_res, {"agent_did": did, "resource": resource[:256], "first_seen": at})
-    )
+def remember_resource(store: Store, conn: Connection, did: str, resource: str, at: float) -> bool:
+    """Record a first sighting; False when the resource was recorded already (it is
+    left as it is)."""
+    values = {"agent_did": did, "resource": resource[:256], "first_seen": at}
+    inserted = conn.execute(store.insert_ignore(_res, values).returning(_res.c.agent_did))
+    return inserted.first() is not None
 
 
 def activity(conn: Connection, did: str) -> str | None:

@@ -370,6 +370,11 @@ class TrustEngine:
         resource = scrub(resource, long_words=False)  # a token pasted into it is not kept
         seen = self._seen_set(agent.did)
         seen_before = resource in seen
+        if not seen_before:
+            # This replica's set was loaded once: another may have recorded the resource
+            # since. The database decides, so a first access is first on one replica only.
+            seen_before = not self._remember_resource(agent.did, resource, now)
+            seen.add(resource)
         with self._lock:
             before = self._activity.get(agent.did)
             if before is None:
@@ -378,9 +383,6 @@ class TrustEngine:
                 before, Observation(now, resource, refused, seen_before), self._cfg.anomalies
             )
             self._activity[agent.did] = after
-        if not seen_before:
-            seen.add(resource)
-            self._remember_resource(agent.did, resource, now)
         if after.window_start != before.window_start or anomalies:
             self._save_activity(agent.did, after, now)
         for anomaly in anomalies:
@@ -402,9 +404,10 @@ class TrustEngine:
             self._seen[did] = seen
         return seen
 
-    def _remember_resource(self, did: str, resource: str, now: float) -> None:
+    def _remember_resource(self, did: str, resource: str, now: float) -> bool:
+        """Record a first sighting; False when it was recorded before (by any replica)."""
         with self._store.write() as conn:
-            trust_rows.remember_resource(self._store, conn, did, resource, now)
+            return trust_rows.remember_resource(self._store, conn, did, resource, now)
 
     def _load_activity(self, did: str) -> Activity:
         with self._store.read() as conn:

@@ -176,3 +176,30 @@ def test_an_agent_revoked_on_one_replica_stays_revoked_whatever_another_does_mea
     with pytest.raises(opsgate.OpsgateError) as again:
         b.agents.reinstate(agent.did, reason="try again")
     assert again.value.code == "agent_revoked"
+
+
+def test_a_first_access_is_charged_once_whichever_replicas_see_it(
+    tmp_path: Path, pg_url: str
+) -> None:
+    """Each replica loaded an agent's used resources once and then trusted its own
+    memory: a resource first used through a was new again to b, so one first access
+    cost the agent the unusual-access charge on every replica it went through."""
+    trust = {"anomalies": {"new_resource_warmup_events": 1}}
+    a = opsgate.Gate.open(tmp_path / "state", database_url=pg_url, trust=trust)
+    b = opsgate.Gate.open(tmp_path / "state", database_url=pg_url, trust=trust)
+    try:
+        agent = a.register_agent(
+            "deployer", ["deploy:staging"], sponsor="ops@company.com", trust_score=1000
+        )
+        token = a.credential_manager.issue_credential(agent.did, ["deploy:staging"]).token
+        t = time.time()
+        for gate in (a, b):  # warm-up: both replicas know the agent's one resource
+            assert gate.authorize(token, "deploy:staging/app-web", now=t).effect == "allow"
+        for gate in (a, b):  # then a first access, through a and through b
+            assert gate.authorize(token, "deploy:staging/payments", now=t + 1).effect == "allow"
+        unusual = [c for c in a.trust.history(agent.did) if c.cause == "unusual_access"]
+        assert [c.evidence["detector"] for c in unusual if c.evidence] == ["new_resource"]
+        assert a.agents.stored_trust(agent.did) == 950
+    finally:
+        a.close()
+        b.close()
