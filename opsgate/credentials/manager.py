@@ -625,8 +625,8 @@ class CredentialManager:
                     raise CredentialNotFound(
                         f"no credential {jti!r} was issued by this gate", code="not_found"
                     )
-                feed.insert_revoked(conn, jti, expires, t, reason)
-                self._state.record_change(conn, "jti", jti, t)
+                if feed.insert_revoked(conn, jti, expires, t, reason):  # else revoked meanwhile
+                    self._state.record_change(conn, "jti", jti, t)
             if self._state.prune_due():
                 self._state.prune(conn)
             self._audit.defer_in(conn, "credential.revoked", at=t, jti=jti, reason=reason)

@@ -10,6 +10,8 @@ from __future__ import annotations
 from typing import Any
 
 from sqlalchemy import Connection, Row, delete, insert, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from opsgate.errors import StoreError
 from opsgate.store import schema
@@ -86,8 +88,17 @@ def is_revoked(conn: Connection, jti: str) -> bool:
 
 def insert_revoked(
     conn: Connection, jti: str, expires_at: float, at: float, reason: str | None
-) -> None:
-    conn.execute(_rv.insert().values(jti=jti, expires_at=expires_at, revoked_at=at, reason=reason))
+) -> bool:
+    """Record a revocation; False when the credential is revoked already (another
+    replica's revocation that committed meanwhile is waited for, not an error)."""
+    insert = sqlite_insert if conn.dialect.name == "sqlite" else pg_insert
+    row = conn.execute(
+        insert(_rv)
+        .values(jti=jti, expires_at=expires_at, revoked_at=at, reason=reason)
+        .on_conflict_do_nothing()
+        .returning(_rv.c.jti)
+    ).first()
+    return row is not None
 
 
 def forget_revoked_before(conn: Connection, horizon: float) -> None:

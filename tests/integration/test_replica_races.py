@@ -18,6 +18,7 @@ import pytest
 
 import opsgate
 from opsgate.state import LiveState
+from opsgate.store import state_changes as feed
 from opsgate.trust.scoring import TrustEvent
 
 pytestmark = pytest.mark.postgres
@@ -203,3 +204,46 @@ def test_a_first_access_is_charged_once_whichever_replicas_see_it(
     finally:
         a.close()
         b.close()
+
+
+def test_one_credential_revoked_on_two_replicas_at_once_is_revoked_once_without_error(
+    pair: tuple[opsgate.Gate, opsgate.Gate], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Both replicas found the credential not revoked yet and inserted its row: the
+    second failed on the primary key (an internal_error), though revoking is
+    idempotent and the credential was revoked."""
+    a, b = pair
+    agent = a.register_agent("deployer", ["deploy:staging"], sponsor="ops@company.com")
+    cred = a.credential_manager.issue_credential(agent.did, ["deploy:staging"])
+
+    checked, release = threading.Event(), threading.Event()
+    real = feed.is_revoked
+
+    def held(conn: Any, jti: str) -> bool:
+        answer = real(conn, jti)
+        if threading.current_thread() is not threading.main_thread():
+            checked.set()
+            assert release.wait(10)
+        return answer
+
+    monkeypatch.setattr(feed, "is_revoked", held)
+    errors: list[BaseException] = []
+
+    def revoke() -> None:
+        try:
+            b.credential_manager.revoke(cred.jti, reason="leaked")
+        except opsgate.OpsgateError as exc:
+            errors.append(exc)
+
+    worker = threading.Thread(target=revoke)
+    worker.start()
+    assert checked.wait(10)
+    a.credential_manager.revoke(cred.jti, reason="leaked too")
+    release.set()
+    worker.join(10)
+
+    assert errors == []
+    for gate in (a, b):
+        assert _refusal(gate, cred.token) == "revoked"
+    revoked = list(a.audit.events(event_type="credential.revoked"))
+    assert a.audit.verify().ok and len(revoked) == 2  # each act recorded
