@@ -11,8 +11,10 @@ from opsgate.store import Store, schema
 _res, _act = schema.trust_resources, schema.trust_activity
 
 
-def seen_resources(conn: Connection, did: str) -> set[str]:
-    rows = conn.execute(select(_res.c.resource).where(_res.c.agent_did == did)).all()
+def seen_resources(conn: Connection, did: str, *, limit: int) -> set[str]:
+    """At most `limit` of the resources the agent has touched (its first ones)."""
+    q = select(_res.c.resource).where(_res.c.agent_did == did)
+    rows = conn.execute(q.order_by(_res.c.first_seen).limit(limit)).all()
     return {r[0] for r in rows}
 
 

@@ -32,6 +32,9 @@ log = structlog.get_logger("opsgate.trust")
 _ALREADY_CHARGED = "this credential has been charged as misuse before"
 OPERATOR_EVENT = "trust.set"  # an operator's change; actor "operator", `by` names who
 MISUSE_PRUNE_EVERY = 60.0
+# Resources remembered in memory per agent: only a shortcut (the database decides what
+# is new), bounded because an agent chooses its resources (any path under its scope).
+SEEN_PER_AGENT = 10_000
 # How long after its expiry a credential can still be charged as misuse.
 MISUSE_CHARGE_WINDOW = (
     HARD_TTL_CEILING_MINUTES * 60.0
@@ -374,7 +377,8 @@ class TrustEngine:
             # This replica's set was loaded once: another may have recorded the resource
             # since. The database decides, so a first access is first on one replica only.
             seen_before = not self._remember_resource(agent.did, resource, now)
-            seen.add(resource)
+            if len(seen) < SEEN_PER_AGENT:
+                seen.add(resource)
         with self._lock:
             before = self._activity.get(agent.did)
             if before is None:
@@ -400,7 +404,7 @@ class TrustEngine:
         seen = self._seen.get(did)
         if seen is None:
             with self._store.read() as conn:
-                seen = trust_rows.seen_resources(conn, did)
+                seen = trust_rows.seen_resources(conn, did, limit=SEEN_PER_AGENT)
             self._seen[did] = seen
         return seen
 

@@ -371,3 +371,25 @@ def test_normal_work_through_the_gate_raises_no_anomaly(tmp_path: Path) -> None:
         assert w.executor.count == n == 120
     finally:
         w.gate.close()
+
+
+def test_the_resources_an_agent_chooses_do_not_grow_the_gates_memory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An agent names any path under its scope: each new one stayed in every replica's
+    memory for good. Memory keeps a bounded shortcut; the database says what is new."""
+    monkeypatch.setattr("opsgate.trust.engine.SEEN_PER_AGENT", 3, raising=False)
+    w = _world(tmp_path, anomalies={"new_resource_warmup_events": 0, "cooldown_seconds": 0})
+    try:
+        state = w.gate.agents.state(w.agent.did)
+        t = at(hour=9)
+        fired = [
+            w.gate.trust.observe(state, f"deploy:staging/app-{i}", refused=False, now=t + i)
+            for i in range(10)
+        ]
+        assert all(len(f) == 1 for f in fired)  # each a first access
+        assert len(w.gate.trust._seen[w.agent.did]) <= 3
+        # Beyond the bound, a resource used before is still known (the database says so).
+        assert w.gate.trust.observe(state, "deploy:staging/app-9", refused=False, now=t + 20) == []
+    finally:
+        w.gate.close()
