@@ -472,14 +472,16 @@ class ApprovalService:
         replica consumed or denied meanwhile keeps that status.
         """
         t = to_epoch(now)
-        expired: list[str] = []
         with self._store.write() as conn:
-            for approval_id, status in approval_rows.due_requests(conn, t):
-                if approval_rows.expire_request(conn, approval_id, status, t):
-                    expired.append(approval_id)
-                    self._audit.append_in(
-                        conn, "approval.expired", actor="gate", at=t, approval=approval_id
-                    )
+            due = approval_rows.due_requests(conn, t)
+            expired = [i for i, status in due if approval_rows.expire_request(conn, i, status, t)]
+            # Every request's row before the audit head, as a decision or a consume takes
+            # them: locking one after the head waited for a consume holding it, which
+            # waited for the head (a deadlock, failing one of them).
+            for approval_id in expired:
+                self._audit.append_in(
+                    conn, "approval.expired", actor="gate", at=t, approval=approval_id
+                )
         return expired
 
     # -- deciding ----------------------------------------------------------------------

@@ -146,11 +146,12 @@ def pending_count(conn: Connection, requester_did: str, now: float) -> int:
 
 
 def due_requests(conn: Connection, now: float) -> list[tuple[str, str]]:
-    """(id, status) of every pending or approved request past its expiry."""
+    """(id, status) of every pending or approved request past its expiry, in id order
+    (sweeps on two replicas lock them in one order)."""
     rows = conn.execute(
-        select(_r.c.id, _r.c.status).where(
-            _r.c.status.in_(["pending", "approved"]), _r.c.expires_at <= now
-        )
+        select(_r.c.id, _r.c.status)
+        .where(_r.c.status.in_(["pending", "approved"]), _r.c.expires_at <= now)
+        .order_by(_r.c.id)
     ).all()
     return [(r[0], r[1]) for r in rows]
 

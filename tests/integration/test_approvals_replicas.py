@@ -9,6 +9,7 @@ never both, never neither.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from helpers import (
     policy,
     run_in_thread,
 )
+from sqlalchemy import event, text
 
 import opsgate
 from opsgate.approvals import PendingApproval
@@ -187,3 +189,62 @@ def test_a_deny_that_holds_the_request_wins_over_a_resume_on_another_replica(
     assert out[0].status == "denied"
     assert executor_b.count == 0
     assert b.approvals.get(pending.approval_id).status == "denied"
+
+
+def test_an_expiry_sweep_and_a_resume_on_another_replica_never_deadlock(
+    replicas: tuple[World, opsgate.Gate, RecordingExecutor],
+) -> None:
+    """Replica B holds a request it is consuming (its row locked, the audit head next);
+    replica A sweeps expired requests with a later clock. The sweep took the audit head
+    after expiring the first request and then waited for B's row, while B waited for
+    the head: PostgreSQL broke the cycle by failing one of them (a 503)."""
+    w, b, executor_b = replicas
+    first, second = _approved(w, "5.0"), _approved(w, "5.1")
+    expires_at = w.gate.approvals.get(second.approval_id).expires_at
+    fresh = w.credential(now=expires_at - 10)
+
+    locked, release = threading.Event(), threading.Event()
+
+    def hold(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        name = threading.current_thread().name
+        if name == "resumer" and "FOR UPDATE" in statement and not locked.is_set():
+            locked.set()
+            assert release.wait(10)
+
+    engine = b.store._write_engine
+    event.listen(engine, "after_cursor_execute", hold)
+    try:
+        resumer, resumed = run_in_thread(
+            "resumer", lambda: b.resume(second.approval_id, fresh, now=expires_at - 5)
+        )
+        assert locked.wait(10)
+        sweeper, swept = run_in_thread(
+            "sweeper", lambda: w.gate.approvals.expire_due(now=expires_at + 1)
+        )
+        _until_a_session_waits_for_a_lock(w.gate)
+        release.set()
+        resumer.join(30)
+        sweeper.join(30)
+    finally:
+        event.remove(engine, "after_cursor_execute", hold)
+    assert isinstance(resumed[0], opsgate.Outcome), resumed
+    assert swept == [[first.approval_id]], swept
+    assert executor_b.count == 1
+    assert b.approvals.get(second.approval_id).status == "consumed"
+    assert w.gate.audit.verify().ok
+
+
+def _until_a_session_waits_for_a_lock(gate: opsgate.Gate) -> None:
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        with gate.store.read() as conn:
+            waiting = conn.execute(
+                text(
+                    "SELECT count(*) FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND wait_event_type = 'Lock'"
+                )
+            ).scalar_one()
+        if waiting:
+            return
+        time.sleep(0.01)
+    raise AssertionError("the sweep never waited for the request's lock")
