@@ -31,6 +31,17 @@ class Issue(Protocol):
     ) -> Credential: ...
 
 
+def is_revoked(state: LiveState, credential: Credential) -> bool:
+    """Whether `credential` was revoked, by id or by its agent's cut-off, as this
+    process knows (two dictionary lookups): a holder replaces it at once rather than
+    keep presenting it, each use a refusal and the first charged as misuse."""
+    if state.is_revoked(credential.jti):
+        return True
+    agent = state.agent(credential.agent_id)
+    nb = None if agent is None else agent.credentials_not_before
+    return nb is not None and credential.issued_at.timestamp() <= nb
+
+
 @typed_errors
 class CredentialHandle:
     """Holds the current credential; replaces it once less than a third of its life is left.
@@ -77,12 +88,7 @@ class CredentialHandle:
 
     def _revoked(self, c: Credential) -> bool:
         """A revoked credential is replaced at once (two dictionary lookups)."""
-        state = self._state
-        if state.is_revoked(c.jti):
-            return True
-        agent = state.agent(c.agent_id)
-        nb = None if agent is None else agent.credentials_not_before
-        return nb is not None and c.issued_at.timestamp() <= nb
+        return is_revoked(self._state, c)
 
     @staticmethod
     def _renew_at(c: Credential) -> float:

@@ -167,10 +167,13 @@ class LocalBackend:
             raise
 
     def _token(self) -> str:
-        """A credential of the agent's grants, replaced when a third of its life is left."""
+        """A credential of the agent's grants, replaced when a third of its life is left
+        or at once when it was revoked (presenting it would be charged as misuse)."""
+        from opsgate.credentials.handle import is_revoked
+
         with self._lock:
             cred = self._credential
-            if cred is not None:
+            if cred is not None and not is_revoked(self._gate.state, cred):
                 issued, expires = cred.issued_at.timestamp(), cred.expires_at.timestamp()
                 if time.time() < expires - (expires - issued) / 3:
                     return str(cred.token)

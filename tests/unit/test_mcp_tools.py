@@ -348,6 +348,28 @@ def test_a_hidden_tool_called_anyway_is_refused_and_charged_by_the_gate(world: W
     assert call_event["outcome"] == "refused"
 
 
+def test_a_revoked_credential_is_replaced_not_presented(world: World) -> None:
+    """The local backend kept its credential until a third of its life was left, revoked
+    or not: after an operator revoked it (one leaked, or all of the agent's), every tool
+    call was refused for up to ten minutes and the first charged the agent as misuse
+    (-150: under the approval line) for the operator's act. It is replaced at once."""
+    from helpers import RELEASE
+
+    backend = LocalBackend(world.gate, world.agent.name, operator="operator:test")
+    cm = world.gate.credential_manager
+    capability = "deploy:staging/app-web"
+    assert backend.authorize(capability, dict(RELEASE)).effect == "allow"
+    before = stored_trust(world.gate, world.agent.did)
+    issued = [e["jti"] for e in audit_events(world.gate, "credential.issued")]
+    cm.revoke(issued[-1], reason="leaked")
+    assert backend.authorize(capability, dict(RELEASE)).effect == "allow"
+    cm.revoke_agent(world.agent.did, reason="rotate everything")
+    assert backend.authorize(capability, dict(RELEASE)).effect == "allow"
+    assert stored_trust(world.gate, world.agent.did) == before
+    assert audit_events(world.gate, "credential.rejected") == []
+    assert len(audit_events(world.gate, "credential.issued")) == len(issued) + 2
+
+
 def test_staging_runs_production_waits_and_the_approval_id_resumes(tmp_path: Path) -> None:
     with deploy_world(tmp_path, policies=policy("policies.yaml")) as w:
         token = w.gate.approvals.add_approver("john@company.com")
