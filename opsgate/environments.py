@@ -113,6 +113,16 @@ class Environments:
             return Resolved(cap, None, None if seg in ("*", "**") else seg)
         return Resolved(_renamed(cap, i, name), name)
 
+    def undeclared_in(self, capability: str) -> str | None:
+        """The undeclared name `capability` has where its environment goes, if any
+        (None too for text that is not a capability): a request naming one is refused
+        before policy, so a policy literal naming one can never match."""
+        try:
+            cap = caps.parse(capability)
+        except CapabilityError:
+            return None
+        return self.resolve(cap).undeclared
+
     def environment_of(self, cap: caps.Capability) -> str | None:
         """The canonical environment of a capability, or None (none, or undeclared)."""
         return self.resolve(cap).environment

@@ -527,7 +527,7 @@ class Gate:
             source,
             limits=self.config.limits,
             aliases=self.environments.aliases,
-            environments=self.environments.names,
+            environments=self.environments,
         )
         self._resolve_trust_approvers()
 

@@ -241,7 +241,7 @@ def explain(
         sources: Any = policies_path or _configured_policies(state_dir)
         environments = _environments(state_dir)
         policies = load_policies(
-            sources, Limits(), aliases=environments.aliases, environments=environments.names
+            sources, Limits(), aliases=environments.aliases, environments=environments
         )
         # As the gate sees it: one case, aliases resolved, the environment derived.
         canonical, derived, undeclared = canonical_target(action, resource, environments)

@@ -30,7 +30,7 @@ import re
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, NoReturn
+from typing import Any, NoReturn, Protocol
 
 from opsgate.config import Limits
 from opsgate.errors import PolicyError
@@ -61,6 +61,15 @@ MAX_INT = 2**63
 #: Characters a prefix/suffix of action, resource, capability or environment may hold
 #: (lower case: the gate lower-cases every resource before policy sees it).
 _AFFIX = re.compile(r"[a-z0-9._/:-]*", re.ASCII)
+
+
+class DeclaredEnvironments(Protocol):
+    """What the compiler asks of the gate's environments (an `Environments` is one)."""
+
+    @property
+    def names(self) -> tuple[str, ...]: ...
+
+    def undeclared_in(self, capability: str) -> str | None: ...
 
 
 class ConditionError(Exception):
@@ -292,7 +301,7 @@ class _Compiler:
         text: str,
         limits: Limits,
         aliases: Mapping[str, str],
-        environments: frozenset[str] | None = None,
+        environments: DeclaredEnvironments | None = None,
     ) -> None:
         self.text = text
         self.limits = limits
@@ -653,18 +662,36 @@ class _Compiler:
         self.no_alias(var, value, node, keep=slice(None))
         self.declared(var, value, node)
 
-    def declared(self, var: _Expr, value: object, node: ast.AST) -> None:
+    def declared(self, var: _Expr, value: object, node: ast.AST, *, prefix: bool = False) -> None:
         """The gate refuses a request naming an undeclared environment, so `environment`
-        is a declared name or null: a literal naming another never matches (a typo of
-        `production` would leave a deny rule that never fires)."""
-        names = self.environments
-        if names is None or var.name != "environment" or type(value) is not str:
+        is a declared name or null, and a resource or capability names a declared one
+        where its environment goes: a literal naming another never matches (a typo of
+        `production` would leave a deny rule that never fires). `prefix`: the literal is
+        a prefix, whose last segment may be partial."""
+        envs = self.environments
+        if envs is None or type(value) is not str:
             return
-        if value not in names:
+        if var.name == "environment" and not prefix:
+            if value not in envs.names:
+                self.fail(
+                    node,
+                    f"{quote(value)} is not a declared environment (declared: "
+                    f"{', '.join(sorted(envs.names))}): {var.name} can never equal it",
+                    "policy_type",
+                )
+            return
+        if var.name not in ("resource", "capability"):
+            return
+        text = value if var.name == "capability" else f"x:{value}"
+        if prefix:
+            text = text.rpartition("/")[0]  # only the complete segments
+        undeclared = envs.undeclared_in(text) if text else None
+        if undeclared is not None:
             self.fail(
                 node,
-                f"{quote(value)} is not a declared environment (declared: "
-                f"{', '.join(sorted(names))}): {var.name} can never equal it",
+                f"{quote(value)} names environment {quote(undeclared)}, which is not "
+                f"declared (declared: {', '.join(sorted(envs.names))}): {var.name} can "
+                "never match it",
                 "policy_type",
             )
 
@@ -828,6 +855,8 @@ class _Compiler:
             # A prefix's last segment may be partial, as may a suffix's first.
             keep = slice(None, -1) if func.id == "startswith" else slice(1, None)
             self.no_alias(subject, affix.value, node, keep=keep)
+            if func.id == "startswith":
+                self.declared(subject, affix.value, node, prefix=True)
         g1, g2 = getters
         if func.id == "startswith":
             return _Expr(lambda r: g1(r).startswith(g2(r)), result)
@@ -868,14 +897,14 @@ def compile_condition_checked(
     text: str,
     limits: Limits,
     aliases: Mapping[str, str] | None = None,
-    environments: frozenset[str] | None = None,
+    environments: DeclaredEnvironments | None = None,
 ) -> Condition:
     """Compile or raise ConditionError (the loader turns it into a located Problem).
 
     `aliases` (alias -> canonical environment): a literal naming an alias where policy
     compares a resource, capability or environment is an error (it can never match).
-    `environments` (the declared names): a literal `environment` is compared with
-    that names none of them is an error too.
+    `environments` (the declared ones): a literal naming an undeclared environment
+    where policy compares `environment`, a resource or a capability is an error too.
     """
     if not isinstance(text, str):
         raise ConditionError("condition must be a string", None, "policy_invalid")
@@ -894,6 +923,7 @@ def compile_condition(text: str, limits: Limits | None = None) -> Condition:
 __all__ = [
     "Condition",
     "ConditionError",
+    "DeclaredEnvironments",
     "EvalError",
     "PolicyError",
     "compile_condition",

@@ -24,7 +24,11 @@ import yaml
 from opsgate.config import Limits
 from opsgate.decision import APPROVAL_EXPIRY_SECONDS, EFFECTS, as_effect
 from opsgate.errors import PolicyError
-from opsgate.policy.condition import ConditionError, compile_condition_checked
+from opsgate.policy.condition import (
+    ConditionError,
+    DeclaredEnvironments,
+    compile_condition_checked,
+)
 from opsgate.policy.engine import Policy, PolicySet, Rule
 from opsgate.policy.problems import Problem, quote, raise_problems
 
@@ -156,7 +160,7 @@ class _Loader:
         self,
         limits: Limits,
         aliases: Mapping[str, str] | None = None,
-        environments: frozenset[str] | None = None,
+        environments: DeclaredEnvironments | None = None,
     ) -> None:
         self.limits = limits
         self.aliases = aliases
@@ -547,17 +551,17 @@ def load_policies(
     limits: Limits | None = None,
     *,
     aliases: Mapping[str, str] | None = None,
-    environments: Iterable[str] | None = None,
+    environments: DeclaredEnvironments | None = None,
 ) -> PolicySet:
     """Load a file, a directory of *.yaml/*.yml, or a list of both into one PolicySet.
 
     Files are merged (groups too); a policy name or group defined twice is an error.
     `aliases` are the gate's environment aliases: a condition naming one is an error.
-    `environments` are its declared names: a condition comparing `environment` with
-    another name is an error (the gate refuses such a request: the rule never fires).
+    `environments` are its declared ones: a condition naming another where policy
+    compares `environment`, a resource or a capability is an error (the gate refuses
+    such a request before policy: the rule would never fire).
     """
-    names = None if environments is None else frozenset(environments)
-    loader = _Loader(limits or Limits(), aliases, names)
+    loader = _Loader(limits or Limits(), aliases, environments)
     for file in policy_files(paths):
         loader.add_path(file)
     return loader.build()

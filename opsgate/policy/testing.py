@@ -192,7 +192,7 @@ def load_cases(
             [path.parent / ref for ref in refs],
             limits,
             aliases=None if environments is None else environments.aliases,
-            environments=None if environments is None else environments.names,
+            environments=environments,
         )
     except PolicyError as exc:
         if exc.code != "policy_not_found":

@@ -371,6 +371,38 @@ def test_a_policy_naming_an_undeclared_environment_cannot_load(tmp_path: Path) -
         opsgate.Gate.open(state, policies=path, environments=environments).close()
 
 
+def test_a_resource_or_capability_naming_an_undeclared_environment_cannot_load(
+    tmp_path: Path,
+) -> None:
+    """The same for resources and capabilities: where a request's environment goes
+    (its first segment, or the one after `secrets`) the gate lets through only a
+    declared name, so `startswith(resource, 'prodution/')` was a rule that never fired.
+    A partial last segment of a prefix, a namespace without an environment position
+    and a suffix are not judged."""
+    for condition in (
+        "action == 'deploy' and startswith(resource, 'prodution/')",
+        "resource == 'prd/app-web'",
+        "capability == 'deploy:prodution/web'",
+        "resource in ['staging/web', 'secrets/prodution/db']",
+        "startswith(capability, 'read:secrets/prd/')",
+    ):
+        path = _one_rule(tmp_path / "p.yaml", condition)
+        with pytest.raises(opsgate.PolicyError) as exc:
+            opsgate.Gate.open(tmp_path / "state", policies=path)
+        assert exc.value.code == "policy_type", condition
+        assert "which is not declared" in exc.value.message, condition
+    for i, condition in enumerate(
+        (
+            "startswith(resource, 'prod')",
+            "startswith(resource, 'production/') or startswith(resource, 'secrets/')",
+            "resource == 'database/orders' or startswith(resource, 'monitoring/prd-eu/')",
+            "endswith(resource, '/prd') and capability == 'read:secrets/staging/db'",
+        )
+    ):
+        path = _one_rule(tmp_path / "ok.yaml", condition)
+        opsgate.Gate.open(tmp_path / f"ok-{i}", policies=path).close()
+
+
 def test_the_http_explain_derives_like_the_gate(tmp_path: Path) -> None:
     """POST /v1/policy/explain judged the resource as typed against the built-in
     environments: with alias `prod` declared, `prod/web` (production to the gate, which
