@@ -40,7 +40,7 @@ from opsgate.config import CONFIG_FILE, Config, load_config, resolve_state_dir
 from opsgate.credentials.keyring import KEY_DIR, PIN_FILE, KeyRing, Pin, read_pin, write_pin
 from opsgate.credentials.manager import Claims, CredentialManager, PossessionCheck
 from opsgate.credentials.proof import ProofRequest
-from opsgate.decision import Decision
+from opsgate.decision import APPROVAL_EXPIRY_SECONDS, Decision
 from opsgate.environments import Environments, Resolved
 from opsgate.errors import (
     AgentError,
@@ -94,6 +94,22 @@ def plan_findings(plan: Plan) -> tuple[str, ...]:
             "the executor's plan findings are not a list of codes", code="plan_failed"
         )
     return tuple(found)
+
+
+def _unmet(request: ApprovalRequest, decision: Decision, t: float) -> str | None:
+    """Why an approved request falls short of the requirements policy has now, if it
+    does: too few of the current approvers, or older than the current rules let an
+    approval live (a shortened `expires_in` holds for approvals already given)."""
+    approvals = (d.approver for d in request.decisions if d.decision == "approve")
+    if not satisfied(decision.requirements, approvals):
+        return "not enough of its approvers approved"
+    life = min(
+        (r.expires_in_seconds or APPROVAL_EXPIRY_SECONDS for r in decision.requirements),
+        default=APPROVAL_EXPIRY_SECONDS,
+    )
+    if t >= request.created_at + life:
+        return f"it was asked for more than {life / 60:g} min ago, longer than an approval lives"
+    return None
 
 
 def _failure_code(outcome: Outcome) -> str | None:
@@ -1288,13 +1304,12 @@ class Gate:
         policy's requirements."""
         if decision.effect == "require_approval":
             request = self._approval_for(approval_id, agent.did, t)
-            if request.status == "approved" and not satisfied(
-                decision.requirements,
-                (d.approver for d in request.decisions if d.decision == "approve"),
-            ):
+            problem = None if request.status != "approved" else _unmet(request, decision, t)
+            if problem is not None:
                 self._refuse_approval(
                     ApprovalError(
-                        f"approval {approval_id!r} does not meet the current policy's requirements",
+                        f"approval {approval_id!r} does not meet the current policy's "
+                        f"requirements: {problem}",
                         code="approval_insufficient",
                     ),
                     agent.did,

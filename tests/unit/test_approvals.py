@@ -1382,3 +1382,39 @@ def test_an_alias_that_lengthens_a_capability_past_the_limit_is_refused_typed(
         assert isinstance(w.gate.execute(w.token, fits), PendingApproval)
     finally:
         w.gate.close()
+
+
+def test_resume_after_the_policy_shortened_the_approvals_life_is_refused(
+    world: World, tmp_path: Path
+) -> None:
+    """Resuming re-decides with the current policy: an approval given under a rule that
+    let it live an hour is too old 20 minutes later once that rule says 10 minutes
+    (the operator who shortens it means the approvals already given too)."""
+    w = world
+    pending = request_approval(w)
+    w.approve(pending.approval_id, JOHN)
+    created = w.gate.approvals.get(pending.approval_id).created_at
+    shorter = tmp_path / "ten-minutes.yaml"
+    shorter.write_text(
+        policy("policies.yaml")
+        .read_text(encoding="utf-8")
+        .replace(
+            'approvers: ["sre-team@company.com"]\n',
+            'approvers: ["sre-team@company.com"]\n        expires_in: 10m\n',
+        ),
+        encoding="utf-8",
+    )
+    assert "expires_in: 10m" in shorter.read_text(encoding="utf-8")
+    w.gate.load_policies(shorter)
+    later = created + 20 * 60
+    with pytest.raises(opsgate.ApprovalError) as exc:
+        w.gate.resume(pending.approval_id, w.credential(now=later - 60), now=later)
+    assert exc.value.code == "approval_insufficient"
+    assert "10 min" in exc.value.message
+    assert w.executor.count == 0
+    assert w.status(pending.approval_id) == "approved"
+    assert "approval_insufficient" in refusal(w.gate, pending.approval_id)
+    # Within the shorter life, or under the rule it was given under, it runs.
+    w.gate.load_policies(policy("policies.yaml"))
+    outcome = w.gate.resume(pending.approval_id, w.credential(now=later - 60), now=later)
+    assert isinstance(outcome, opsgate.Outcome) and outcome.status == "succeeded"
