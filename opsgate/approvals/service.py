@@ -346,7 +346,9 @@ class ApprovalService:
             expires_at=now + expiry,
         )
         with self._store.write() as conn:
-            waiting = approval_rows.pending_count(conn, agent.did, now)
+            # Those asked for before its credentials were cut can never run (consume).
+            since = agent.credentials_not_before
+            waiting = approval_rows.pending_count(conn, agent.did, now, since)
             if waiting >= self._max_pending:
                 raise ApprovalError(
                     f"agent {agent.name!r} already has {waiting} approval requests waiting for "

@@ -137,11 +137,16 @@ def request_ids(conn: Connection, status: str | None = None) -> list[str]:
     return [r[0] for r in conn.execute(q).all()]
 
 
-def pending_count(conn: Connection, requester_did: str, now: float) -> int:
-    """How many of this agent's requests wait for a decision (pending, not yet expired)."""
+def pending_count(
+    conn: Connection, requester_did: str, now: float, since: float | None = None
+) -> int:
+    """How many of this agent's requests wait for a decision (pending, not yet expired,
+    asked for after `since` when given)."""
     q = select(func.count()).where(
         _r.c.requester_did == requester_did, _r.c.status == "pending", _r.c.expires_at > now
     )
+    if since is not None:
+        q = q.where(_r.c.created_at > since)
     return int(conn.execute(q).scalar_one())
 
 

@@ -1337,6 +1337,19 @@ def test_an_agent_cannot_flood_the_approvers_with_pending_requests(tmp_path: Pat
         w.gate.close()
 
 
+def test_requests_cut_with_the_agents_credentials_free_their_places(tmp_path: Path) -> None:
+    """Requests asked for before the agent's credentials were cut can never run
+    (approval_outlived): they must not keep a reinstated agent from asking again."""
+    w = open_world(tmp_path / "state", approvals={"max_pending_per_agent": 2})
+    try:
+        request_approval(w, deploy(noise="1"))
+        request_approval(w, deploy(noise="2"))
+        w.gate.credential_manager.revoke_agent(w.agent.did, reason="credential leaked")
+        assert isinstance(w.gate.execute(w.credential(), deploy(noise="3")), PendingApproval)
+    finally:
+        w.gate.close()
+
+
 def test_the_pending_limit_comes_from_the_configuration(tmp_path: Path) -> None:
     w = open_world(tmp_path / "state", approvals={"max_pending_per_agent": 2})
     try:
