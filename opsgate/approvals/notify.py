@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import smtplib
+import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from email.message import EmailMessage
@@ -118,19 +119,23 @@ class Dispatcher:
         # order (requested before approved/denied), and a slow one delays no other.
         self._pools: list[ThreadPoolExecutor] = []
         self._pending: list[Future[None]] = []
+        # Requests are announced from many threads (the server's workers): one set of
+        # senders is started, once, and the pending list is changed by one at a time.
+        self._lock = threading.Lock()
 
     def dispatch(self, event: str, request: ApprovalRequest) -> None:
         if not self.notifiers:
             return
-        if not self._pools:
-            self._pools = [
-                ThreadPoolExecutor(max_workers=1, thread_name_prefix="opsgate-notify")
-                for n in self.notifiers
-            ]
         text = message_text(event, request)
-        for n, pool in zip(self.notifiers, self._pools, strict=True):
-            self._pending.append(pool.submit(self._send, n, event, request, text))
-        self._pending = [f for f in self._pending if not f.done()]
+        with self._lock:
+            if not self._pools:
+                self._pools = [
+                    ThreadPoolExecutor(max_workers=1, thread_name_prefix="opsgate-notify")
+                    for n in self.notifiers
+                ]
+            for n, pool in zip(self.notifiers, self._pools, strict=True):
+                self._pending.append(pool.submit(self._send, n, event, request, text))
+            self._pending = [f for f in self._pending if not f.done()]
 
     def _send(self, notifier: Notifier, event: str, request: ApprovalRequest, text: str) -> None:
         try:
@@ -144,11 +149,15 @@ class Dispatcher:
 
     def flush(self, timeout: float = 10.0) -> None:
         """Wait for notifications in flight (tests, the demo, shutdown)."""
-        wait(list(self._pending), timeout=timeout)
-        self._pending = [f for f in self._pending if not f.done()]
+        with self._lock:
+            pending = list(self._pending)
+        wait(pending, timeout=timeout)
+        with self._lock:
+            self._pending = [f for f in self._pending if not f.done()]
 
     def close(self) -> None:
         self.flush()
-        pools, self._pools = self._pools, []
+        with self._lock:
+            pools, self._pools = self._pools, []
         for pool in pools:
             pool.shutdown(wait=True)

@@ -273,3 +273,42 @@ def test_one_failing_notifier_does_not_stop_the_others(tmp_path: Path, webhook: 
         assert len(audit_events(w.gate, "notification.failed")) == 1
     finally:
         w.gate.close()
+
+
+def test_requests_announced_at_once_share_one_sender_per_notifier(
+    tmp_path: Path, webhook: Webhook, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each notifier has one sending thread, so a request's events reach it in order
+    (requested before approved). Two requests announced at the same moment (two HTTP
+    workers) each started their own set of senders; the second set replaced the first,
+    so one request's 'approved' could overtake its 'requested' and close() left the
+    first set running."""
+    from opsgate.approvals import notify
+
+    made: list[Any] = []
+    real = notify.ThreadPoolExecutor
+
+    class SlowToStart(real):  # type: ignore[misc, valid-type]
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            made.append(self)
+            threading.Event().wait(0.2)  # widens the window between the check and the set
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(notify, "ThreadPoolExecutor", SlowToStart)
+    w = open_world(tmp_path / "state", notifications={"webhooks": [webhook.url]})
+    other = w.supervisor.delegate(name="other-agent", capabilities=["deploy:production"])
+    tokens = [w.token, w.credential(other, scope=["deploy:production"])]
+    barrier = threading.Barrier(2)
+
+    def ask(token: str) -> None:
+        barrier.wait()
+        assert isinstance(w.gate.execute(token, deploy()), PendingApproval)
+
+    threads = [threading.Thread(target=ask, args=(t,)) for t in tokens]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    w.gate.close()
+    assert len(made) == 1
+    assert [p["event"] for p in webhook.posts] == ["approval.requested"] * 2
