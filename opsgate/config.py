@@ -145,6 +145,9 @@ class SmtpConfig(_Strict):
     port: int = Field(25, ge=1, le=65535)
     sender: str
     starttls: bool = False
+    # The CA bundle the mail server's STARTTLS certificate is checked against (PEM);
+    # default: the system's. The certificate is always checked, name included.
+    ca_file: str | None = None
     username: str | None = None
     password_env: str | None = None  # name of the variable holding the password, never the password
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import smtplib
+import ssl
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
@@ -91,7 +92,9 @@ class SmtpNotifier:
         msg.set_content(text)
         with smtplib.SMTP(self.cfg.host, self.cfg.port, timeout=self._timeout) as smtp:
             if self.cfg.starttls:
-                smtp.starttls()
+                # smtplib's own default context checks no certificate: whoever answered
+                # STARTTLS would get the password below and every announcement.
+                smtp.starttls(context=ssl.create_default_context(cafile=self.cfg.ca_file))
             if self.cfg.username:
                 password = os.environ.get(self.cfg.password_env or "", "")
                 smtp.login(self.cfg.username, password)

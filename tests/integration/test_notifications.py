@@ -312,3 +312,107 @@ def test_requests_announced_at_once_share_one_sender_per_notifier(
     w.gate.close()
     assert len(made) == 1
     assert [p["event"] for p in webhook.posts] == ["approval.requested"] * 2
+
+
+def _self_signed(directory: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 that no public CA signed, and its key (PEM files)."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_file, key_file = directory / "smtp-cert.pem", directory / "smtp-key.pem"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_file, key_file
+
+
+def test_smtp_starttls_checks_the_servers_certificate_before_the_password_is_sent(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whoever sits between the gate and its mail server (and answers STARTTLS with a
+    certificate of its own) must get neither the SMTP password nor the announcements:
+    smtplib's starttls() checks no certificate unless it is given a context."""
+    import ssl
+
+    from aiosmtpd.smtp import AuthResult
+
+    cert_file, key_file = _self_signed(tmp_path)
+    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    tls.load_cert_chain(cert_file, key_file)
+    passwords: list[str] = []
+
+    def authenticator(server: Any, session: Any, envelope: Any, mechanism: str, data: Any) -> Any:
+        passwords.append(data.password.decode())
+        return AuthResult(success=True)
+
+    mailbox = Mailbox()
+    port = free_port()
+    controller = Controller(
+        mailbox,
+        hostname="127.0.0.1",
+        port=port,
+        tls_context=tls,
+        require_starttls=True,
+        authenticator=authenticator,
+    )
+    controller.start()
+    monkeypatch.setenv("OPSGATE_TEST_SMTP_PASSWORD", "smtp-pass-7731")
+    smtp = {
+        "host": "127.0.0.1",
+        "port": port,
+        "sender": "opsgate@company.com",
+        "starttls": True,
+        "username": "opsgate",
+        "password_env": "OPSGATE_TEST_SMTP_PASSWORD",
+    }
+    try:
+        # A certificate no trusted CA signed: refused before the password is sent.
+        w = open_world(tmp_path / "a", notifications={"smtp": smtp})
+        try:
+            _request(w)
+            w.gate.approvals.dispatcher.flush()
+            assert passwords == [] and mailbox.envelopes == []
+            failed = audit_events(w.gate, "notification.failed")
+            assert [f["error"] for f in failed] == ["SSLCertVerificationError"]
+        finally:
+            w.gate.close()
+        # The operator's CA for the mail server (smtp.ca_file): delivered, logged in.
+        trusted = {**smtp, "ca_file": str(cert_file)}
+        w = open_world(tmp_path / "b", notifications={"smtp": trusted})
+        try:
+            _request(w)
+            w.gate.approvals.dispatcher.flush()
+            assert passwords == ["smtp-pass-7731"] and len(mailbox.envelopes) == 1
+            assert audit_events(w.gate, "notification.failed") == []
+        finally:
+            w.gate.close()
+    finally:
+        controller.stop()
