@@ -6,6 +6,7 @@ overrides. Unknown keys and out-of-range values are load errors, never clamps.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from pathlib import Path
@@ -150,6 +151,27 @@ class SmtpConfig(_Strict):
     ca_file: str | None = None
     username: str | None = None
     password_env: str | None = None  # name of the variable holding the password, never the password
+
+    @model_validator(mode="after")
+    def _password_over_tls(self) -> SmtpConfig:
+        # smtplib logs in over whatever connection it has: without STARTTLS the
+        # password would cross the network in clear (a relay on this host aside).
+        if self.username is not None and not self.starttls and not _loopback(self.host):
+            raise ValueError(
+                "a username needs starttls: true (the password would be sent in clear) "
+                "unless the server is on this host"
+            )
+        return self
+
+
+def _loopback(host: str) -> bool:
+    """`localhost` or a loopback address: traffic that never leaves this host."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 class NotificationsConfig(_Strict):

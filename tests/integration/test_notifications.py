@@ -416,3 +416,50 @@ def test_smtp_starttls_checks_the_servers_certificate_before_the_password_is_sen
             w.gate.close()
     finally:
         controller.stop()
+
+
+def test_an_smtp_password_is_never_sent_over_a_connection_without_tls(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A username without starttls logged in over plain SMTP: the password crossed the
+    network in clear. Refused at open unless the server is on this host."""
+    from aiosmtpd.smtp import AuthResult
+
+    passwords: list[str] = []
+
+    def authenticator(server: Any, session: Any, envelope: Any, mechanism: str, data: Any) -> Any:
+        passwords.append(data.password.decode())
+        return AuthResult(success=True)
+
+    mailbox = Mailbox()
+    port = free_port()
+    controller = Controller(
+        mailbox,
+        hostname="127.0.0.1",
+        port=port,
+        authenticator=authenticator,
+        auth_require_tls=False,
+    )
+    controller.start()
+    monkeypatch.setenv("OPSGATE_TEST_SMTP_PASSWORD", "smtp-pass-7731")
+    smtp = {
+        "host": "smtp.company.com",
+        "port": port,
+        "sender": "opsgate@company.com",
+        "username": "opsgate",
+        "password_env": "OPSGATE_TEST_SMTP_PASSWORD",
+    }
+    try:
+        with pytest.raises(opsgate.ConfigError) as exc:
+            opsgate.Gate.open(tmp_path / "a", notifications={"smtp": smtp})
+        assert "starttls" in exc.value.message
+        # A relay on this host may take the password without TLS.
+        w = open_world(tmp_path / "b", notifications={"smtp": {**smtp, "host": "127.0.0.1"}})
+        try:
+            _request(w)
+            w.gate.approvals.dispatcher.flush()
+            assert passwords == ["smtp-pass-7731"] and len(mailbox.envelopes) == 1
+        finally:
+            w.gate.close()
+    finally:
+        controller.stop()
