@@ -735,3 +735,18 @@ def test_a_link_cannot_tell_an_approver_their_decision_was_recorded(api: Api) ->
     page = client.get(r.headers["location"]).text
     assert "Your approval was recorded." in page
     assert "was recorded" not in client.get(f"/ui/approvals/{approval_id}?decided=deny").text
+
+
+def test_characters_a_reader_cannot_see_are_shown_on_the_approval_page(api: Api) -> None:
+    """A zero-width space makes 'ma​in' read as 'main' and a right-to-left override
+    turns text around: on the page an approver approves from, every such character is
+    written out (⟨U+200B⟩), so a look-alike value never passes as the one it imitates."""
+    sneaky = "ma\u200bin \u202edb-noitcudorp\u202c\u00a0"
+    approval_id = pending(api, noise=sneaky)
+    client = signed_in(api)
+    for html in (client.get(f"/ui/approvals/{approval_id}").text, client.get("/ui/approvals").text):
+        for hidden in ("\u200b", "\u202e", "\u202c", "\u00a0"):
+            assert hidden not in html
+    html = client.get(f"/ui/approvals/{approval_id}").text
+    params = html.split('id="params"')[1].split("</table>")[0]
+    assert "ma⟨U+200B⟩in ⟨U+202E⟩db-noitcudorp⟨U+202C⟩⟨U+00A0⟩" in params

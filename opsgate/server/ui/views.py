@@ -8,6 +8,7 @@ and is not part of `Operation.to_dict`), so nothing here can show one.
 
 from __future__ import annotations
 
+import unicodedata
 from typing import Any
 
 import orjson
@@ -18,6 +19,41 @@ from opsgate.gate import Gate
 
 _EVENT_KEYS = {"type", "actor", "at", "seq", "prev_hash", "hash"}
 MAX_EVENT_TEXT = 400
+
+
+# Characters a reader of the page cannot see or that reorder what they see: controls,
+# format characters (zero-width, bidi overrides), unassigned and private ones, line
+# and paragraph separators; spaces other than the plain one are checked apart.
+_UNSEEN = frozenset({"Cc", "Cf", "Cn", "Co", "Cs", "Zl", "Zp"})
+
+
+def visible(text: str) -> str:
+    """`text` with every character a reader cannot see written out as ⟨U+XXXX⟩ (line
+    breaks and tabs kept), so 'main' with a zero-width space inside never reads as 'main'."""
+    if text.isascii() and text.isprintable():
+        return text
+    return "".join(
+        f"⟨U+{ord(ch):04X}⟩"
+        if ch not in "\r\n\t"
+        and (unicodedata.category(ch) in _UNSEEN or (ch.isspace() and ch != " "))
+        else ch
+        for ch in text
+    )
+
+
+def _visible_all(value: Any) -> Any:
+    """`visible` applied to every text of a page's values (keys included)."""
+    if isinstance(value, str):
+        return visible(value)
+    if isinstance(value, dict):
+        return {_visible_all(k): _visible_all(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(_visible_all(v) for v in value)
+    return value
+
+
+def _visible_page(values: dict[str, Any]) -> dict[str, Any]:
+    return {visible(k): _visible_all(v) for k, v in values.items()}
 
 
 def compact(value: Any, limit: int | None = MAX_EVENT_TEXT) -> str:
@@ -158,66 +194,71 @@ def approval_view(gate: Gate, req: ApprovalRequest, who: str) -> dict[str, Any]:
         why_not = "you have denied this request"
     can_approve = why_not is None and req.status == "pending" and not mine
     can_deny = why_not is None
-    return {
-        "id": req.id,
-        "status": req.status,
-        "kind": kind,
-        "detail": detail,
-        "action": action,
-        "resource": resource,
-        "capability": req.capability,
-        "environment": env,
-        "destructive": bool(plan.get("destructive")),
-        "summary": plan.get("summary", ""),
-        "steps": plan.get("steps") or [],
-        "params": [
-            (k, v if isinstance(v, str) else compact(v, None))
-            for k, v in sorted((req.operation.get("params") or {}).items())
-        ],
-        "requires": plan.get("requires") or [],
-        "digest": req.digest,
-        "requester": chain[-1],
-        "chain": chain,
-        "sponsors": list(req.sponsors),
-        "reasons": list(req.reasons),
-        "requirements": [
-            {
-                "policy": r.policy,
-                "rule": r.rule,
-                "approvers": list(r.approvers),
-                "min_approvals": r.min_approvals,
-            }
-            for r in req.requirements
-        ],
-        "approvers": list(req.approvers),
-        "min_approvals": req.min_approvals,
-        "created_at": req.created_at,
-        "expires_at": req.expires_at,
-        "decisions": [
-            {"approver": d.approver, "decision": d.decision, "at": d.at, "comment": d.comment}
-            for d in req.decisions
-        ],
-        "why_not": why_not,
-        "can_approve": can_approve,
-        "can_deny": can_deny,
-    }
+    # Everything an agent could have written is on this page: none of it may hide text.
+    return _visible_page(
+        {
+            "id": req.id,
+            "status": req.status,
+            "kind": kind,
+            "detail": detail,
+            "action": action,
+            "resource": resource,
+            "capability": req.capability,
+            "environment": env,
+            "destructive": bool(plan.get("destructive")),
+            "summary": plan.get("summary", ""),
+            "steps": plan.get("steps") or [],
+            "params": [
+                (k, v if isinstance(v, str) else compact(v, None))
+                for k, v in sorted((req.operation.get("params") or {}).items())
+            ],
+            "requires": plan.get("requires") or [],
+            "digest": req.digest,
+            "requester": chain[-1],
+            "chain": chain,
+            "sponsors": list(req.sponsors),
+            "reasons": list(req.reasons),
+            "requirements": [
+                {
+                    "policy": r.policy,
+                    "rule": r.rule,
+                    "approvers": list(r.approvers),
+                    "min_approvals": r.min_approvals,
+                }
+                for r in req.requirements
+            ],
+            "approvers": list(req.approvers),
+            "min_approvals": req.min_approvals,
+            "created_at": req.created_at,
+            "expires_at": req.expires_at,
+            "decisions": [
+                {"approver": d.approver, "decision": d.decision, "at": d.at, "comment": d.comment}
+                for d in req.decisions
+            ],
+            "why_not": why_not,
+            "can_approve": can_approve,
+            "can_deny": can_deny,
+        }
+    )
 
 
 def approval_row(req: ApprovalRequest) -> dict[str, Any]:
     """One line of the approvals list: what, for whom, until when."""
     content = req.plan.get("content") or {}
-    return {
-        "id": req.id,
-        "status": req.status,
-        "capability": req.capability,
-        "summary": req.plan.get("summary", ""),
-        "environment": req.plan.get("environment"),
-        "version": content.get("version"),
-        "destructive": bool(req.plan.get("destructive")),
-        "requester": req.requester_name,
-        "created_at": req.created_at,
-        "expires_at": req.expires_at,
-    }
+    return _visible_page(
+        {
+            "id": req.id,
+            "status": req.status,
+            "capability": req.capability,
+            "summary": req.plan.get("summary", ""),
+            "environment": req.plan.get("environment"),
+            "version": content.get("version"),
+            "destructive": bool(req.plan.get("destructive")),
+            "requester": req.requester_name,
+            "created_at": req.created_at,
+            "expires_at": req.expires_at,
+        }
+    )
 
 
 def agent_tree(gate: Gate) -> list[dict[str, Any]]:
