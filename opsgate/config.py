@@ -174,12 +174,30 @@ def _loopback(host: str) -> bool:
         return False
 
 
+def _proxy_url(value: str | None) -> str | None:
+    """An http(s)://host[:port] proxy, or None (credentials never go in it)."""
+    if value is not None and not re.match(
+        r"https?://[A-Za-z0-9.\[\]:-]+(:[0-9]{1,5})?/?\Z", value, re.ASCII
+    ):
+        raise ValueError("proxy must be http(s)://host[:port] (no credentials in it)")
+    return value
+
+
 class NotificationsConfig(_Strict):
     """Where approval requests and decisions are announced."""
 
     webhooks: tuple[str, ...] = ()
     smtp: SmtpConfig | None = None
     timeout_seconds: float = Field(5.0, gt=0, le=60)
+    # The HTTP(S) proxy webhooks go through, if any: only this one. The process
+    # environment's proxy settings are never consulted (a webhook URL is a secret:
+    # whoever holds it can post to the channel).
+    proxy: str | None = None
+
+    @field_validator("proxy")
+    @classmethod
+    def _proxy(cls, value: str | None) -> str | None:
+        return _proxy_url(value)
 
 
 #: A database target's name is one capability segment (`migrate:database/<name>`).
@@ -591,11 +609,7 @@ class VaultConfig(_Strict):
     @field_validator("proxy")
     @classmethod
     def _proxy(cls, value: str | None) -> str | None:
-        if value is not None and not re.match(
-            r"https?://[A-Za-z0-9.\[\]:-]+(:[0-9]{1,5})?/?\Z", value, re.ASCII
-        ):
-            raise ValueError("proxy must be http(s)://host[:port] (no credentials in it)")
-        return value
+        return _proxy_url(value)
 
     @field_validator("mount", "prefix", "database_mount")
     @classmethod

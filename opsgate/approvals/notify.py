@@ -67,13 +67,16 @@ def _payload(event: str, req: ApprovalRequest, text: str) -> dict[str, Any]:
 
 
 class WebhookNotifier:
-    def __init__(self, url: str, timeout: float) -> None:
+    """Posts to one webhook URL (a secret: whoever holds it can post to the channel),
+    directly or through the configured proxy only, never one from the environment."""
+
+    def __init__(self, url: str, timeout: float, proxy: str | None = None) -> None:
         self.url = url
         self.name = f"webhook {httpx.URL(url).host}"
-        self._timeout = timeout
+        self._client = httpx.Client(timeout=timeout, proxy=proxy, trust_env=False)
 
     def send(self, event: str, request: ApprovalRequest, text: str) -> None:
-        response = httpx.post(self.url, json=_payload(event, request, text), timeout=self._timeout)
+        response = self._client.post(self.url, json=_payload(event, request, text))
         response.raise_for_status()
 
 
@@ -102,7 +105,9 @@ class SmtpNotifier:
 
 
 def build_notifiers(cfg: NotificationsConfig) -> list[Notifier]:
-    notifiers: list[Notifier] = [WebhookNotifier(u, cfg.timeout_seconds) for u in cfg.webhooks]
+    notifiers: list[Notifier] = [
+        WebhookNotifier(u, cfg.timeout_seconds, cfg.proxy) for u in cfg.webhooks
+    ]
     if cfg.smtp is not None:
         notifiers.append(SmtpNotifier(cfg.smtp, cfg.timeout_seconds))
     return notifiers

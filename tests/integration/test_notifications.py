@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from aiosmtpd.controller import Controller
 from helpers import World, audit_events, deploy, free_port, open_world
+from proxy_helpers import RecordingProxy
 
 import opsgate
 from opsgate.approvals import PendingApproval
@@ -132,6 +133,44 @@ def test_webhook_announces_the_request_and_its_decision(tmp_path: Path, webhook:
         assert audit_events(w.gate, "notification.failed") == []
     finally:
         w.gate.close()
+
+
+def test_webhooks_ignore_the_environment_proxy_and_use_only_the_configured_one(
+    tmp_path: Path, webhook: Webhook, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A webhook URL is a secret (whoever holds it posts to the channel): a proxy set in
+    the environment for other tools never sees it; a proxy named in the config does."""
+    ambient, configured = RecordingProxy(), RecordingProxy()
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "all_proxy"):
+        monkeypatch.setenv(name, ambient.url)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    try:
+        for n, proxy in enumerate((None, configured.url)):
+            notifications: dict[str, Any] = {"webhooks": [webhook.url], "proxy": proxy}
+            w = open_world(tmp_path / f"state-{n}", notifications=notifications)
+            try:
+                _request(w)
+                w.gate.approvals.dispatcher.flush()
+                assert audit_events(w.gate, "notification.failed") == []
+            finally:
+                w.gate.close()
+        assert len(webhook.posts) == 2  # both delivered
+        assert ambient.seen == []
+        assert [line for line, _ in configured.seen] == [f"POST {webhook.url}"]
+    finally:
+        ambient.stop()
+        configured.stop()
+
+
+def test_a_notifications_proxy_must_be_a_plain_http_url(tmp_path: Path) -> None:
+    with pytest.raises(opsgate.ConfigError) as info:
+        open_world(
+            tmp_path / "state",
+            notifications={"webhooks": ["http://127.0.0.1:9/x"], "proxy": "http://u:p@proxy:3128"},
+        )
+    assert info.value.code == "config_invalid" and "proxy" in info.value.message
+    assert "u:p" not in info.value.message
 
 
 def test_webhook_announces_a_denial(tmp_path: Path, webhook: Webhook) -> None:

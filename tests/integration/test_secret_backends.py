@@ -13,7 +13,6 @@ nothing, the key file is created 0600 on first use and refused when others can r
 from __future__ import annotations
 
 import base64
-import http.server
 import os
 import socket
 import threading
@@ -22,10 +21,10 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import hvac
 import orjson
 import pytest
+from proxy_helpers import RecordingProxy
 from secret_helpers import (
     OwnOpenBao,
     SecretWorld,
@@ -322,46 +321,6 @@ def test_a_missing_token_variable_is_a_config_error_naming_it(
         assert "OPSGATE_T_NOT_SET_ANYWHERE" in err.value.message
     finally:
         w.gate.close()
-
-
-class RecordingProxy:
-    """A plain HTTP forward proxy on 127.0.0.1 that records each request line it
-    forwards (and whether it carried a Vault token)."""
-
-    def __init__(self) -> None:
-        seen = self.seen = []  # type: list[tuple[str, bool]]
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def _forward(self) -> None:
-                seen.append((f"{self.command} {self.path}", "X-Vault-Token" in self.headers))
-                length = int(self.headers.get("Content-Length") or 0)
-                body = self.rfile.read(length) if length else None
-                headers = {
-                    k: v for k, v in self.headers.items() if k.lower() not in ("host", "connection")
-                }
-                answer = httpx.request(
-                    self.command, self.path, headers=headers, content=body, trust_env=False
-                )
-                self.send_response(answer.status_code)
-                for k, v in answer.headers.items():
-                    if k.lower() not in ("transfer-encoding", "connection", "content-length"):
-                        self.send_header(k, v)
-                self.send_header("Content-Length", str(len(answer.content)))
-                self.end_headers()
-                self.wfile.write(answer.content)
-
-            do_GET = do_POST = do_PUT = do_DELETE = do_LIST = _forward
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 def test_the_environment_proxy_is_ignored_and_only_the_configured_one_is_used(
