@@ -525,16 +525,27 @@ def policy_files(paths: PathLike | Iterable[PathLike]) -> list[Path]:
     seen: set[Path] = set()
     for item in items:
         path = Path(item)
-        if path.is_dir():
-            found = sorted(p for p in path.iterdir() if p.suffix in POLICY_SUFFIXES and p.is_file())
+        try:
+            is_dir = path.is_dir()
+            if is_dir:
+                found = sorted(
+                    p for p in path.iterdir() if p.suffix in POLICY_SUFFIXES and p.is_file()
+                )
+            else:
+                found = [path] if path.is_file() else []
+        except OSError as exc:  # a name too long, a directory that cannot be read
+            raise PolicyError(
+                f"policy path {quote(str(path), 200)} cannot be read: "
+                f"{exc.strerror or exc.__class__.__name__}",
+                code="policy_not_found",
+            ) from exc
+        if is_dir:
             if not found:
                 raise PolicyError(
                     f"no .yaml or .yml policy files in directory {quote(str(path), 200)}",
                     code="policy_not_found",
                 )
-        elif path.is_file():
-            found = [path]
-        else:
+        elif not found:
             raise PolicyError(
                 f"policy path {quote(str(path), 200)} does not exist", code="policy_not_found"
             )

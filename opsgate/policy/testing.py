@@ -133,11 +133,19 @@ def load_cases(
     """
     path = Path(path)
     source = str(path)
-    if not path.is_file():
+    try:
+        if not path.is_file():
+            raise PolicyError(
+                f"cases file {quote(source, 200)} does not exist", code="policy_not_found"
+            )
+        with path.open("rb") as f:  # read no more than the limit lets through
+            raw = f.read(MAX_CASES_FILE_BYTES + 1)
+    except OSError as exc:  # a name too long, a file that cannot be read
         raise PolicyError(
-            f"cases file {quote(source, 200)} does not exist", code="policy_not_found"
-        )
-    raw = path.read_bytes()
+            f"cases file {quote(source, 200)} cannot be read: "
+            f"{exc.strerror or exc.__class__.__name__}",
+            code="policy_not_found",
+        ) from exc
     if len(raw) > MAX_CASES_FILE_BYTES:
         raise PolicyError(f"cases file {quote(source, 200)} is too large", code="policy_too_large")
     try:

@@ -87,6 +87,16 @@ def test_validate_missing_path_is_usage_error(tmp_path: Path) -> None:
     assert "does not exist" in err and out == ""
 
 
+@pytest.mark.parametrize("command", ["validate", "test"])
+def test_an_unstatable_path_is_a_usage_error_not_a_traceback(tmp_path: Path, command: str) -> None:
+    """A name longer than the file system takes (ENAMETOOLONG) raised OSError from the
+    path's stat: the same one-line refusal as a path that does not exist."""
+    code, out, err = run(command, tmp_path / ("x" * 5000))
+    assert code == 2, err
+    assert len(err.strip().splitlines()) == 1 and err.startswith("error [policy_not_found]: ")
+    assert "Traceback" not in err and out == ""
+
+
 def test_validate_without_args_is_usage_error() -> None:
     code, _, _ = run("validate")
     assert code == 2
