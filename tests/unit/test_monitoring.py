@@ -399,3 +399,22 @@ def test_a_deploy_message_reaches_monitoring_without_the_secrets_pasted_into_it(
         stored = [tuple(r) for r in conn.execute(select(schema.deployments)).all()]
     for text in (str(status.detail), str(history.detail), str(stored)):
         assert "opsg_apr_A1b2" not in text and "eyJhbGciOiJFZERTQSJ9" not in text
+
+
+def test_a_plan_shows_the_health_url_without_its_query(tmp_path: Path) -> None:
+    """A health URL may carry a key in its query (userinfo is refused for that reason:
+    plans are shown): a monitoring agent's dry run must not hand it out."""
+    url = f"{closed_port_url()}?api_key=k3y-s3cr3t&full=1"
+    apps = {"web": {"health": {"staging": {"url": url, **FAST}}}}
+    with deploy_world(tmp_path, apps=apps) as w:
+        agent = w.gate.register_agent(
+            "monitoring-agent", ["read:monitoring"], sponsor="lead@company.com", trust_score=900
+        )
+        token = w.gate.credential_manager.issue_credential(agent.did, ["read:monitoring"]).token
+        op = Operation("read", "monitoring/staging/web", {"view": "health"}, dry_run=True)
+        out = w.gate.execute(token, op)
+        assert isinstance(out, Outcome) and out.status == "dry_run"
+        (step,) = out.detail["plan"]["steps"]
+        assert "k3y-s3cr3t" not in step and "api_key" not in step
+        assert step.startswith(f"health: GET {url.split('?')[0]}?")
+        assert not any("k3y-s3cr3t" in str(r.event) for r in w.gate.audit.tail(50))

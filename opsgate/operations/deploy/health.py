@@ -214,9 +214,20 @@ def probe_for(check: HealthCheck, env: Mapping[str, str]) -> Probe:
     return command_probe(check.command, env)
 
 
+def shown_url(url: str) -> str:
+    """A health URL as plans show it: its query (which may carry a key) left out."""
+    parsed = httpx.URL(url)
+    if not parsed.query and not parsed.fragment:
+        return url
+    return f"{parsed.copy_with(query=None, fragment=None)}?[query not shown]"
+
+
 def describe(check: HealthCheck) -> str:
     """One line for a plan: what is probed and what passes."""
-    what = f"GET {check.url}" if check.url is not None else f"run {' '.join(check.command or ())}"
+    if check.url is not None:
+        what = f"GET {shown_url(check.url)}"
+    else:
+        what = f"run {' '.join(check.command or ())}"
     return (
         f"health: {what} until {check.successes} consecutive ok (every "
         f"{check.interval_seconds:g}s, {check.timeout_seconds:g}s each, fail after "
@@ -299,4 +310,5 @@ __all__ = [
     "http_probe",
     "probe_for",
     "run_health_gate",
+    "shown_url",
 ]
