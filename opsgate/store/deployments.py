@@ -426,6 +426,20 @@ class DeployLedger:
             ).all()
         return [_release(r) for r in rows]
 
+    def kept_versions(self, env: str, app: str, limit: int) -> tuple[list[str], int]:
+        """The newest `limit` versions not pruned, most recently deployed first, and how
+        many there are in all."""
+        kept = (_r.c.env == env, _r.c.app == app, _r.c.pruned_at.is_(None))
+        with self.store.read() as conn:
+            versions = conn.execute(
+                select(_r.c.version)
+                .where(*kept)
+                .order_by(_r.c.last_deployed_at.desc(), _r.c.version)
+                .limit(limit)
+            ).all()
+            count = conn.execute(select(func.count()).select_from(_r).where(*kept)).scalar_one()
+        return [str(v[0]) for v in versions], int(count)
+
     def claim_release(
         self, env: str, app: str, version: str, digest: str | None, kind: str | None, now: float
     ) -> ReleaseRecord | None:

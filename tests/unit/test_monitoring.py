@@ -21,6 +21,7 @@ from sqlalchemy import select
 
 import opsgate
 from opsgate.operations.base import Operation, Outcome
+from opsgate.operations.deploy.executor import STATUS_RELEASES
 from opsgate.operations.monitor import monitor_operation
 from opsgate.operations.monitor.executor import HEALTH_VIEWS_AT_ONCE
 from opsgate.secrets.value import SecretValue
@@ -418,3 +419,18 @@ def test_a_plan_shows_the_health_url_without_its_query(tmp_path: Path) -> None:
         assert "k3y-s3cr3t" not in step and "api_key" not in step
         assert step.startswith(f"health: GET {url.split('?')[0]}?")
         assert not any("k3y-s3cr3t" in str(r.event) for r in w.gate.audit.tail(50))
+
+
+def test_the_status_view_lists_a_bounded_number_of_releases(watch: Watch) -> None:
+    """A command backend never prunes, so an app deployed for years has thousands of
+    recorded releases: the status view lists the newest, and counts them all."""
+    w = watch.world
+    assert w.deploy("staging", "1.0").status == "succeeded"
+    ledger = w.executor.ledger
+    for i in range(STATUS_RELEASES + 200):
+        assert ledger.claim_release("staging", "web", f"0.{i}", None, None, 1_000.0 + i) is None
+    status = watch.read("staging/web")
+    releases = status.detail["releases"]
+    assert len(releases) == STATUS_RELEASES
+    assert status.detail["release_count"] == STATUS_RELEASES + 201
+    assert releases[0] == "1.0" and releases[1] == f"0.{STATUS_RELEASES + 199}"

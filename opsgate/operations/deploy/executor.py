@@ -85,6 +85,8 @@ _NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
 #: How many repaired journal rows one recovery reports in an audit event.
 _RECOVERY_REPORT_MAX = 50
+#: At most this many releases in an app's status (a command backend never prunes).
+STATUS_RELEASES = 1000
 
 
 def _printable(value: str | None) -> str | None:
@@ -136,8 +138,9 @@ class DeployStatus:
     lock: LockRecord | None
     lock_stale: bool
     last: DeploymentRecord | None
-    releases: tuple[str, ...]
+    releases: tuple[str, ...]  # the newest STATUS_RELEASES kept
     unfinished: tuple[DeploymentRecord, ...]
+    release_count: int = 0  # every release kept
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -151,6 +154,7 @@ class DeployStatus:
             else {**self.lock.to_dict(), "stale": self.lock_stale},
             "last": None if self.last is None else self.last.to_dict(),
             "releases": list(self.releases),
+            "release_count": self.release_count,
             "unfinished": [r.to_dict() for r in self.unfinished],
         }
 
@@ -1123,7 +1127,7 @@ class DeployExecutor:
         )
         lock = ledger.lock(env, app)
         history = ledger.history(env, app, limit=1)
-        releases = tuple(r.version for r in ledger.releases(env, app) if r.pruned_at is None)
+        releases, release_count = ledger.kept_versions(env, app, STATUS_RELEASES)
         return DeployStatus(
             env=env,
             app=app,
@@ -1133,8 +1137,9 @@ class DeployExecutor:
             lock=lock,
             lock_stale=lock is not None and lock.stale(t),
             last=history[0] if history else None,
-            releases=releases,
+            releases=tuple(releases),
             unfinished=tuple(ledger.running(env, app)),
+            release_count=release_count,
         )
 
     def history(self, env: str, app: str, limit: int = 20) -> list[DeploymentRecord]:
