@@ -433,25 +433,24 @@ class AuditLog:
                 if exc.code != "anchor_missing":
                     state_checkpoint = exc
 
-        def read_head() -> list[tuple[Any, Any]]:
-            with self._store.read() as conn:
-                return self._sql.head_rows(conn)
-
         def seq_of_hash(digest: str) -> int | None:
             with self._store.read() as conn:
                 return self._sql.seq_with_hash(conn, digest)
 
-        return verify_log(
-            self._sql.stream(),
-            head_rows=read_head,
-            checkpoints=checkpoints,
-            trust=Trust(self._gate_id, self._root_kid, self._key_chain),
-            now=time.time() if now is None else now,
-            anchor=anchor,
-            state_checkpoint=state_checkpoint,
-            seq_of_hash=seq_of_hash,
-            check_state=self._check_state,
-        )
+        # The rows and the head from one snapshot: taken after the checkpoints were
+        # read, so none of those is beyond it either.
+        with self._sql.snapshot() as (rows, read_head):
+            return verify_log(
+                rows,
+                head_rows=read_head,
+                checkpoints=checkpoints,
+                trust=Trust(self._gate_id, self._root_kid, self._key_chain),
+                now=time.time() if now is None else now,
+                anchor=anchor,
+                state_checkpoint=state_checkpoint,
+                seq_of_hash=seq_of_hash,
+                check_state=self._check_state,
+            )
 
 
 def _check_filters(event_type: object, actor: object) -> None:

@@ -4,7 +4,8 @@ ask of the log (`credential_issued`)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import orjson
@@ -176,10 +177,15 @@ class AuditSQL:
     def checkpoints(conn: Connection) -> list[Row[Any]]:
         return list(conn.execute(select(_c)).all())
 
-    def stream(self, batch: int = 20_000) -> Iterator[tuple[Any, ...]]:
+    @contextmanager
+    def snapshot(
+        self, batch: int = 20_000
+    ) -> Iterator[tuple[Iterator[tuple[Any, ...]], Callable[[], list[tuple[Any, Any]]]]]:
         """Every (seq, at, type, actor, body, prev_hash, hash) row in seq order, as
-        stored, in one snapshot: cheaply, for walking a log of millions of events
-        (a server-side cursor on PostgreSQL)."""
+        stored, cheaply (a server-side cursor on PostgreSQL), and a reader of the head
+        table's (seq, hash) rows: both from one snapshot, so events appended while a
+        log of millions is walked are neither walked nor in the head it is checked
+        against."""
         sql = (
             "SELECT seq, at, type, actor, body, prev_hash, hash FROM audit_events "
             "ORDER BY seq NULLS FIRST"
@@ -187,14 +193,29 @@ class AuditSQL:
         with self._store.raw_reader() as raw:
             if self._store.is_sqlite:
                 cur = raw.cursor()
-                cur.execute("BEGIN")
+                cur.execute("BEGIN")  # WAL: one snapshot until the rollback
             else:
+                # One snapshot for every statement of the transaction, not one each
+                # (set before any query: nothing of a checkout's ping stays open).
+                raw.rollback()
+                raw.cursor().execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
                 cur = raw.driver_connection.cursor(name="opsgate_audit_verify")  # server-side
                 cur.itersize = batch
-            cur.execute(sql)
-            while True:
-                rows = cur.fetchmany(batch)
-                if not rows:
-                    break
-                yield from rows
-            cur.close()
+
+            def rows() -> Iterator[tuple[Any, ...]]:
+                cur.execute(sql)
+                while True:
+                    found = cur.fetchmany(batch)
+                    if not found:
+                        break
+                    yield from found
+
+            def head_rows() -> list[tuple[Any, Any]]:
+                head = raw.cursor()
+                head.execute("SELECT seq, hash FROM audit_head")
+                return [(r[0], r[1]) for r in head.fetchall()]
+
+            try:
+                yield rows(), head_rows
+            finally:
+                cur.close()

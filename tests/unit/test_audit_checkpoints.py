@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import itertools
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from sqlalchemy import delete, insert, select, update
 
 import opsgate
 from opsgate.audit.checkpoints import CHECKPOINT_FILE, load_anchor, publish
+from opsgate.audit.log import Unit
 from opsgate.store import schema
 
 events = schema.audit_events
@@ -249,3 +251,33 @@ def test_the_state_dir_checkpoint_never_goes_back(tmp_path: Path) -> None:
         publish(path, dataclasses.replace(newer, seq=newer.seq - 1))
         assert load_anchor(path).seq == newer.seq
         assert path.stat().st_mode & 0o077 == 0
+
+
+def test_verify_of_a_log_being_written_is_not_a_truncation(
+    tmp_path: Path, database_url: str | None
+) -> None:
+    """verify walks one snapshot of the rows; the head it compares them with must come
+    from the same snapshot, or every event appended meanwhile read as a truncation (a
+    live gate's audit page, `audit verify` and /v1/audit/verify all said TAMPERED)."""
+    gate = _open(tmp_path, database_url, checkpoint_every_events=1000)
+    try:
+        gate.audit.commit_all([Unit("test.event", {"i": i}, "operator") for i in range(2000)])
+        stop = threading.Event()
+
+        def write() -> None:
+            while not stop.is_set():
+                gate.audit.append("test.event", actor="operator", i=-1)
+
+        writer = threading.Thread(target=write)
+        writer.start()
+        try:
+            reports = [gate.audit.verify() for _ in range(5)]
+        finally:
+            stop.set()
+            writer.join()
+        assert [(r.ok, r.problem) for r in reports] == [(True, None)] * 5, [
+            r.reason for r in reports
+        ]
+        assert gate.audit.verify().ok
+    finally:
+        gate.close()

@@ -39,9 +39,10 @@ def written(tmp_path_factory: pytest.TempPathFactory) -> Any:
     gate.authorize(child.credential(["deploy:staging"]).token, "deploy:staging")
     sql = AuditSQL(gate.store)
     with gate.store.read() as conn:
-        head = sql.head_rows(conn)
         checkpoints = {int(r.seq): r for r in sql.checkpoints(conn)}
-    rows = [list(r) for r in sql.stream()]
+    with sql.snapshot() as (stored, read_head):
+        rows = [list(r) for r in stored]
+        head = read_head()
     yield gate, rows, head, checkpoints
     gate.close()
 
@@ -155,4 +156,5 @@ def test_malformed_columns_are_edits_never_exceptions(
 def test_the_database_was_not_touched(written: Any) -> None:
     gate = written[0]
     assert gate.audit.verify().ok
-    assert [list(r) for r in AuditSQL(gate.store).stream()] == written[1]
+    with AuditSQL(gate.store).snapshot() as (rows, _):
+        assert [list(r) for r in rows] == written[1]
