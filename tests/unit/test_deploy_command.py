@@ -6,6 +6,7 @@ deciding, and an output tail scrubbed of every secret before it reaches the audi
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import sys
@@ -238,6 +239,29 @@ def test_secrets_go_to_the_environment_never_the_command_line_or_the_audit(
             "OPSGATE_SECRET_PRODUCTION_API_KEY": "production/api/key",
         }
         assert DB_PASSWORD not in json.dumps(plan)
+
+
+def test_a_secret_the_command_prints_base64_encoded_is_cut_from_the_tail(
+    tmp_path: Path,
+) -> None:
+    """Deploy tools print secrets encoded (a Kubernetes Secret's data, a dry run's
+    manifest): base64 of a value handed to the child is cut out like the value."""
+    production = {"secrets": {"DB_PASSWORD": "production/db/password"}, "output_tail_bytes": 2000}
+    scope = ("read:secrets/production/db", "read:secrets/production/api")
+    with command_world(tmp_path, production=production, scope=scope) as w:
+        assert w.deploy("staging", "1").status == "succeeded"
+        w.behave(print_base64=["DB_PASSWORD", "OPSGATE_SECRET_PRODUCTION_API_KEY"])
+        outcome = w.deploy("production", "1", secrets=["production/api/key"])
+        assert outcome.status == "succeeded", outcome.summary
+        tail = outcome.detail["command"]["output_tail"]
+        assert f"DB_PASSWORD: {REDACTED}" in tail and f"DB_PASSWORD.url: {REDACTED}" in tail
+        stored = database_text(w.gate)
+        for value in (DB_PASSWORD, API_KEY):
+            for encoded in (
+                base64.b64encode(value.encode()).decode().rstrip("="),
+                base64.urlsafe_b64encode(value.encode()).decode().rstrip("="),
+            ):
+                assert encoded not in tail and encoded not in stored
 
 
 def test_an_agent_hands_the_child_only_secrets_it_could_read_itself(tmp_path: Path) -> None:

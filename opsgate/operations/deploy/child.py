@@ -6,11 +6,12 @@ its own, and a timeout kills that whole process group; so does the end of the
 run (a deploy command leaves nothing behind holding the gate's pipes). Output
 (stdout and stderr together) is read as it comes; only a bounded tail is kept,
 and every secret value handed to the child is cut out of it before it leaves this
-module, even one that straddles where the tail starts.
+module (as given and base64-encoded), even one that straddles where the tail starts.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import os
 import signal
@@ -107,11 +108,27 @@ def _ranges(buf: bytes, secrets: Sequence[bytes]) -> list[tuple[int, int]]:
     return merged
 
 
+def _forms(secrets: Sequence[str]) -> list[bytes]:
+    """Every secret as bytes, and as base64 (standard and url-safe, unpadded): deploy
+    tools print secrets that way (a Kubernetes Secret's data, a rendered manifest)."""
+    out: list[bytes] = []
+    for secret in secrets:
+        if not secret:
+            continue
+        raw = secret.encode()
+        encoded = base64.b64encode(raw).rstrip(b"=")
+        for form in (raw, encoded, encoded.replace(b"+", b"-").replace(b"/", b"_")):
+            if form not in out:
+                out.append(form)
+    return out
+
+
 def scrub_secrets(text: str, secrets: Sequence[str]) -> str:
     """`text` with every secret value cut out (for anything not read through `run_child`)."""
+    blobs = _forms(secrets)
     tail = _Tail(len(text.encode()) + 1, 0)
     tail.feed(text.encode())
-    return tail.text([s.encode() for s in secrets])
+    return tail.text(blobs)
 
 
 def _kill_group(pid: int) -> None:
@@ -130,7 +147,7 @@ def run_child(
     clock: Callable[[], float] = time.monotonic,
 ) -> ChildResult:
     """Run `argv` (no shell) with exactly `env`; keep a scrubbed tail of its output."""
-    blobs = [s.encode() for s in secrets if s]
+    blobs = _forms(secrets)
     tail = _Tail(tail_bytes, max((len(b) for b in blobs), default=0))
     started = clock()
     try:

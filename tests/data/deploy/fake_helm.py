@@ -5,9 +5,11 @@ Each call appends one JSON line to $FAKE_HELM_DIR/calls.jsonl: argv, the whole
 environment, the working directory, what stdin held, and the content of an artifact
 path given after --artifact. behaviour.json: {"exit": 0, "sleep": 0, "print": [NAME,
 ...] (environment variables to print), "noise": bytes of filler before them,
-"grandchild": true (start a sleeping grandchild and write its pid to grandchild.pid)}.
+"grandchild": true (start a sleeping grandchild and write its pid to grandchild.pid),
+"print_base64": [NAME, ...] (their values base64-encoded, standard and url-safe)}.
 """
 
+import base64
 import json
 import os
 import subprocess
@@ -44,6 +46,10 @@ if behaviour.get("grandchild"):
 sys.stdout.write("x" * int(behaviour.get("noise", 0)) + "\n")
 for name in behaviour.get("print", []):
     print(f"{name}={os.environ.get(name)}", flush=True)
+for name in behaviour.get("print_base64", []):  # as a Kubernetes Secret's data shows it
+    value = os.environ.get(name, "").encode()
+    print(f"{name}: {base64.b64encode(value).decode()}", flush=True)
+    print(f"{name}.url: {base64.urlsafe_b64encode(value).decode().rstrip('=')}", flush=True)
 print("deploying", " ".join(sys.argv[1:]), flush=True)
 time.sleep(float(behaviour.get("sleep", 0)))
 sys.exit(int(behaviour.get("exit", 0)))
