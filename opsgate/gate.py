@@ -289,7 +289,7 @@ class Gate:
             store,
             gate_id=self.gate_id,
             signer=self._audit_signer,
-            key_chain=self.keyring.load_chain,
+            key_chain=self.keyring.chain_of,
             root_kid=pin.root_kid,
             public_jwk=self._public_jwk,
             check_state=self._check_state,

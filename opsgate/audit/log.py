@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -75,7 +75,7 @@ class AuditLog:
         *,
         gate_id: str,
         signer: Signer,
-        key_chain: Callable[[], KeyChain],
+        key_chain: Callable[[Iterable[Any]], KeyChain],
         root_kid: str,
         public_jwk: Callable[[str], dict[str, str]],
         check_state: Callable[[], list[Finding]] | None = None,
@@ -439,12 +439,14 @@ class AuditLog:
 
         # The rows and the head from one snapshot: taken after the checkpoints were
         # read, so none of those is beyond it either.
-        with self._sql.snapshot() as (rows, read_head):
+        with self._sql.snapshot() as snap:
             return verify_log(
-                rows,
-                head_rows=read_head,
+                snap.rows,
+                head_rows=snap.head_rows,
                 checkpoints=checkpoints,
-                trust=Trust(self._gate_id, self._root_kid, self._key_chain),
+                trust=Trust(
+                    self._gate_id, self._root_kid, lambda: self._key_chain(snap.key_rows())
+                ),
                 now=time.time() if now is None else now,
                 anchor=anchor,
                 state_checkpoint=state_checkpoint,

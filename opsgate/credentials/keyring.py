@@ -290,6 +290,10 @@ class KeyRing:
         """The chain as the database holds it now (verified against the pin)."""
         with self._store.read() as conn:
             rows = gate_keys.chain_rows(conn)
+        return self.chain_of(rows)
+
+    def chain_of(self, rows: Iterable[Any]) -> KeyChain:
+        """The chain stored key rows make, verified against the pin."""
         return verify_key_chain(rows, self.pin)
 
     def reload(self) -> None:

@@ -6,12 +6,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 from sqlalchemy import Connection, Row, func, select
 
-from opsgate.store import Store, schema
+from opsgate.store import Store, gate_keys, schema
 
 _e, _h, _c, _o = (
     schema.audit_events,
@@ -34,6 +34,14 @@ def credential_issued(conn: Connection, jti: str) -> bool:
         .limit(1)
     ).first()
     return row is not None
+
+
+class Snapshot(NamedTuple):
+    """The audit rows, the head and the gate's keys, as one read transaction sees them."""
+
+    rows: Iterator[tuple[Any, ...]]
+    head_rows: Callable[[], list[tuple[Any, Any]]]
+    key_rows: Callable[[], list[gate_keys.KeyRow]]
 
 
 class AuditSQL:
@@ -178,14 +186,12 @@ class AuditSQL:
         return list(conn.execute(select(_c)).all())
 
     @contextmanager
-    def snapshot(
-        self, batch: int = 20_000
-    ) -> Iterator[tuple[Iterator[tuple[Any, ...]], Callable[[], list[tuple[Any, Any]]]]]:
+    def snapshot(self, batch: int = 20_000) -> Iterator[Snapshot]:
         """Every (seq, at, type, actor, body, prev_hash, hash) row in seq order, as
-        stored, cheaply (a server-side cursor on PostgreSQL), and a reader of the head
-        table's (seq, hash) rows: both from one snapshot, so events appended while a
-        log of millions is walked are neither walked nor in the head it is checked
-        against."""
+        stored, cheaply (a server-side cursor on PostgreSQL), and readers of the head
+        table's (seq, hash) rows and of the gate's key rows: all from one snapshot, so
+        events appended (or a key rotated) while a log of millions is walked are
+        neither walked nor in what it is checked against."""
         sql = (
             "SELECT seq, at, type, actor, body, prev_hash, hash FROM audit_events "
             "ORDER BY seq NULLS FIRST"
@@ -216,6 +222,6 @@ class AuditSQL:
                 return [(r[0], r[1]) for r in head.fetchall()]
 
             try:
-                yield rows(), head_rows
+                yield Snapshot(rows(), head_rows, lambda: gate_keys.chain_rows_on(raw.cursor()))
             finally:
                 cur.close()

@@ -3,13 +3,29 @@ before it, behind named functions that take the caller's connection."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import Connection, Row, insert, select, update
 
 from opsgate.store import schema
 
 _k = schema.gate_keys
+
+
+class KeyRow(NamedTuple):
+    """A `gate_keys` row as `chain_rows` gives it, read on a DBAPI cursor."""
+
+    kid: Any
+    public_key: Any
+    created_at: Any
+    prev_kid: Any
+    endorsement: Any
+
+
+def chain_rows_on(cur: Any) -> list[KeyRow]:
+    """`chain_rows` on a DBAPI cursor (inside a snapshot another read holds)."""
+    cur.execute("SELECT kid, public_key, created_at, prev_kid, endorsement FROM gate_keys")
+    return [KeyRow(*r) for r in cur.fetchall()]
 
 
 def chain_rows(conn: Connection) -> list[Row[Any, Any, Any, Any, Any]]:

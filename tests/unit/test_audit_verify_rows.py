@@ -40,9 +40,9 @@ def written(tmp_path_factory: pytest.TempPathFactory) -> Any:
     sql = AuditSQL(gate.store)
     with gate.store.read() as conn:
         checkpoints = {int(r.seq): r for r in sql.checkpoints(conn)}
-    with sql.snapshot() as (stored, read_head):
-        rows = [list(r) for r in stored]
-        head = read_head()
+    with sql.snapshot() as snap:
+        rows = [list(r) for r in snap.rows]
+        head = snap.head_rows()
     yield gate, rows, head, checkpoints
     gate.close()
 
@@ -156,5 +156,5 @@ def test_malformed_columns_are_edits_never_exceptions(
 def test_the_database_was_not_touched(written: Any) -> None:
     gate = written[0]
     assert gate.audit.verify().ok
-    with AuditSQL(gate.store).snapshot() as (rows, _):
-        assert [list(r) for r in rows] == written[1]
+    with AuditSQL(gate.store).snapshot() as snap:
+        assert [list(r) for r in snap.rows] == written[1]
