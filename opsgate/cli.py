@@ -66,9 +66,11 @@ def _one_of(*choices: str) -> Callable[[str | None], str | None]:
 
 
 def _writable(path: Path) -> Any:
-    """Open an output file up front, so nothing is done when it cannot be written."""
+    """Open an output file up front, so nothing is done when it cannot be written. A new
+    file is the owner's only (the audit names every agent, grant and refusal)."""
     try:
-        return path.open("w", encoding="utf-8")
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        return os.fdopen(fd, "w", encoding="utf-8")
     except OSError as exc:
         raise OutputUnwritable(
             f"cannot write '{path}': {exc.strerror or 'not a file'}", code="output_unwritable"

@@ -282,6 +282,14 @@ def test_unwritable_outputs_change_nothing(state: Path, tmp_path: Path) -> None:
     one_error_line(err, "anchor_invalid")
 
 
+def test_an_audit_export_file_is_the_owners_only(state: Path, tmp_path: Path) -> None:
+    out = tmp_path / "log.jsonl"
+    code, _, err = run(state, "audit", "export", "-o", str(out))
+    assert code == 0, err
+    assert out.stat().st_mode & 0o777 == 0o600
+    assert out.read_text(encoding="utf-8").count("\n") >= 1
+
+
 def test_paths_are_printed_as_given_never_as_markup(tmp_path: Path) -> None:
     """A path is the operator's text: brackets in it are not Rich markup (a closing tag
     raised MarkupError after the work was done, an opening one vanished)."""
