@@ -302,3 +302,45 @@ def test_verify_during_a_key_rotation_is_not_a_truncation(
         assert gate.audit.verify().ok
     finally:
         gate.close()
+
+
+def test_after_a_restore_from_backup_signing_resumes_only_by_the_documented_procedure(
+    tmp_path: Path,
+) -> None:
+    """The README's procedure: a database restored from an older backup holds less than
+    the gate signed; the gate refuses to sign over it until an operator moves the state
+    dir's checkpoint aside (keeping it as the record of what was lost) and restarts."""
+    import sqlite3
+
+    state = tmp_path / "state"
+    settings = {"checkpoint_every_events": 4, "checkpoint_every_seconds": 3600}
+    with opsgate.Gate.open(state, audit=settings) as gate:
+        _append(gate, 5)
+    backup = tmp_path / "backup.db"
+    src, dst = sqlite3.connect(state / "opsgate.db"), sqlite3.connect(backup)
+    src.backup(dst)
+    dst.execute("PRAGMA journal_mode=DELETE")  # one self-contained file, as a backup is
+    src.close()
+    dst.close()
+    with opsgate.Gate.open(state, audit=settings) as gate:
+        _append(gate, 10)
+    lost_at = load_anchor(state / CHECKPOINT_FILE).seq
+    for suffix in ("-wal", "-shm"):
+        (state / f"opsgate.db{suffix}").unlink(missing_ok=True)
+    (state / "opsgate.db").write_bytes(backup.read_bytes())
+
+    with opsgate.Gate.open(state, audit=settings) as gate:
+        report = gate.audit.verify()
+        assert not report.ok and report.problem == "truncation", report
+        with pytest.raises(opsgate.AuditError) as refused:
+            gate.audit.checkpoint()
+        assert refused.value.code == "audit_chain_broken"
+    assert load_anchor(state / CHECKPOINT_FILE).seq == lost_at  # the evidence stays
+
+    (state / CHECKPOINT_FILE).rename(tmp_path / "incident-checkpoint.json")
+    with opsgate.Gate.open(state, audit=settings) as gate:
+        _append(gate, 2)
+        cp = gate.audit.checkpoint()
+        assert cp.seq == gate.audit.head()[0]
+        assert gate.audit.verify().ok
+    assert load_anchor(state / CHECKPOINT_FILE).seq >= cp.seq
