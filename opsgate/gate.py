@@ -665,8 +665,9 @@ class Gate:
             if rotation is not None:
                 self.keyring.discard_private(rotation.kid)
             raise
-        self.keyring.reload()
+        # Committed: the replaced key's file goes first, whatever the reload meets.
         self.keyring.discard_private(rotation.prev_kid)
+        self.keyring.reload()
         return rotation.kid
 
     # -- identity ----------------------------------------------------------------------

@@ -316,6 +316,16 @@ class KeyRing:
             self._chain = chain
             self._keys = {k.kid: k for k in chain.keys}
             self._current = current
+        self._discard_retired(chain)
+
+    def _discard_retired(self, chain: KeyChain) -> None:
+        """Delete the files of keys the chain has retired that are still here (a
+        rotation that ended before deleting its predecessor's): left there, one would
+        let a fresh gate sign with it again once the newer rows are deleted."""
+        for key in chain.keys[:-1]:
+            if (self._dir / f"{key.kid}.pem").exists():
+                log.warning("deleting the file of a retired gate key", kid=key.kid)
+                self.discard_private(key.kid)
 
     def _private(self, key: GateKey) -> tuple[str, Ed25519PrivateKey] | None:
         path = self._dir / f"{key.kid}.pem"

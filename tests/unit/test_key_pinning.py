@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -362,6 +363,42 @@ def test_a_rotation_replayed_from_another_gate_does_not_chain(
     report = gate.audit.verify()
     assert not report.ok and report.problem == "untrusted_key"
     assert [f.subject for f in report.findings] == [row.kid]
+
+
+def test_a_retired_key_file_left_behind_is_deleted_and_cannot_roll_the_gate_back(
+    gate: opsgate.Gate, database_url: str | None
+) -> None:
+    """A rotation that committed but never deleted the replaced key's file (the process
+    ended first, or the reload after the commit failed) leaves no signing key behind:
+    the next open deletes it, so deleting the newest rotation row still cannot make a
+    fresh gate sign with the retired key."""
+    k0 = gate.keyring.signer()[0]
+    key_dir = gate.state_dir / "gate-keys"
+    pem = (key_dir / f"{k0}.pem").read_bytes()
+    real_reload = gate.keyring.reload
+
+    def failing_reload() -> None:
+        raise opsgate.StoreError("the database went away after the commit")
+
+    gate.keyring.reload = failing_reload  # type: ignore[method-assign]
+    with pytest.raises(opsgate.StoreError):
+        gate.rotate_keys()
+    gate.keyring.reload = real_reload  # type: ignore[method-assign]
+    assert not (key_dir / f"{k0}.pem").exists()  # deleted once the rotation committed
+    k1 = [k.kid for k in gate.keyring.load_chain().keys][-1]
+    assert k1 != k0
+    # A file of the retired key that survived anyway (a crash right after the commit):
+    fd = os.open(key_dir / f"{k0}.pem", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    os.write(fd, pem)
+    os.close(fd)
+    opsgate.Gate.open(gate.state_dir, database_url=database_url).close()
+    assert {p.stem for p in key_dir.iterdir()} == {k1}
+    t = schema.gate_keys
+    with gate.store.write() as conn:  # roll the chain back to k0
+        conn.execute(delete(t).where(t.c.kid == k1))
+    with pytest.raises(opsgate.ConfigError) as info:
+        opsgate.Gate.open(gate.state_dir, database_url=database_url)
+    assert info.value.code == "gate_key_missing"
 
 
 def test_two_replicas_rotating_at_once_never_fork_the_chain(
