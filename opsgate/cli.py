@@ -141,7 +141,12 @@ def agents_register(
 ) -> None:
     """Register a root agent (depth 0) with its grants."""
     agent = open_gate(state_dir).register_agent(
-        name, capabilities=capability, sponsor=sponsor, trust_score=trust_score, ttl=ttl
+        name,
+        capabilities=capability,
+        sponsor=sponsor,
+        trust_score=trust_score,
+        ttl=ttl,
+        actor=operator_actor(),
     )
     _show_agent(agent, json_out)
 
@@ -160,7 +165,11 @@ def agents_delegate(
     """Create a sub-agent of PARENT holding a subset of its grants."""
     gate = open_gate(state_dir)
     child = gate.agents.get(parent).delegate(
-        name=name, capabilities=capability, ttl=ttl, trust_score=trust_score
+        name=name,
+        capabilities=capability,
+        ttl=ttl,
+        trust_score=trust_score,
+        requested_by=operator_actor(),
     )
     _show_agent(child, json_out)
 

@@ -31,8 +31,8 @@ of its codes (`CODES`: each code, its one owning class, what it means).
 A rule met in two families has one code and one owner; a small class belonging to both
 families raises it where the other family meets it (`EmailInvalid`, `StatusInvalid`,
 `TokenTtlInvalid`, `OutputUnwritable`, `ParamsInvalid`, `CredentialTtlInvalid`,
-`ReasonInvalid`, `UnusableAgentIssue`, `UnusableAgentCredential`, `UnusableAgentChange`,
-`DidInvalid`, `CredentialMissing`, `CredentialNotFound`, `RevokedCredential`,
+`OperatorInvalid`, `ReasonInvalid`, `UnusableAgentIssue`, `UnusableAgentCredential`,
+`UnusableAgentChange`, `DidInvalid`, `CredentialMissing`, `CredentialNotFound`, `RevokedCredential`,
 `RevokedOnIssue`), so each family's `except` and HTTP status still hold.
 
 Surfaces (CLI, HTTP, MCP) map `.code`, never message text. Messages are one
@@ -300,6 +300,13 @@ class ReasonInvalid(AgentError, CredentialError):
     default_code = "reason_invalid"
 
 
+class OperatorInvalid(AgentError, CredentialError):
+    """An operator acting for an agent (issuing its credential, registering or
+    delegating) who is not named: the rule met by agents and credentials alike."""
+
+    default_code = "operator_invalid"
+
+
 class TokenTtlInvalid(ApprovalError, OperatorError):
     """An approver's or operator's token lifetime outside 1 to 3650 days."""
 
@@ -430,6 +437,12 @@ _REGISTRY: tuple[tuple[type[OpsgateError], dict[str, str]], ...] = (
         },
     ),
     (
+        OperatorInvalid,
+        {
+            "operator_invalid": "the operator acting for an agent is not named",
+        },
+    ),
+    (
         ReasonInvalid,
         {
             "reason_invalid": "a reason is not one line of text (a control character, a NUL)",
@@ -457,7 +470,6 @@ _REGISTRY: tuple[tuple[type[OpsgateError], dict[str, str]], ...] = (
             "invalid_time": "'now' is outside 1970 to 9000",
             "jti_invalid": "not a credential id",
             "naive_datetime": "'now' must be a timezone-aware datetime",
-            "operator_invalid": "requested_by must name the operator",
             "proof_request_invalid": (
                 "a proof is for an Operation or a ProofRequest "
                 "(one holding a secret value has a digest per proof only)"
@@ -955,6 +967,7 @@ __all__ = [
     "NotFound",
     "OperationError",
     "OperatorError",
+    "OperatorInvalid",
     "OpsgateError",
     "OutputUnwritable",
     "ParamsInvalid",

@@ -682,10 +682,11 @@ class Gate:
         ttl: timedelta | float | None = None,
         did: str | None = None,
         now: datetime | float | None = None,
+        actor: str = "operator",
     ) -> Agent:
-        """Register a root agent (the operator's act); returns its handle."""
+        """Register a root agent (the operator's act, `actor` naming who); returns its handle."""
         return self.agents.register(
-            name, capabilities, sponsor, trust_score, ttl=ttl, did=did, now=now
+            name, capabilities, sponsor, trust_score, ttl=ttl, did=did, now=now, actor=actor
         )
 
     # -- trust ---------------------------------------------------------------------------

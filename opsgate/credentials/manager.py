@@ -39,6 +39,7 @@ from opsgate.errors import (
     CredentialNotFound,
     CredentialTtlInvalid,
     InvalidCredential,
+    OperatorInvalid,
     OpsgateError,
     RevokedCredential,
     RevokedOnIssue,
@@ -285,7 +286,7 @@ class CredentialManager:
         if requested_by is not None and (
             not isinstance(requested_by, str) or not requested_by.strip()
         ):
-            raise CredentialError("requested_by must name the operator", code="operator_invalid")
+            raise OperatorInvalid("requested_by must name the operator", code="operator_invalid")
         t = _ms_floor(to_epoch(now))
         ttl = self._ttl_seconds(ttl_minutes)
         self._state.maybe_refresh()  # another replica may have rotated keys or suspended the agent

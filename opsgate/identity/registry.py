@@ -28,6 +28,7 @@ from opsgate.errors import (
     DelegationError,
     EmailInvalid,
     InvalidCredential,
+    OperatorInvalid,
     StatusInvalid,
     UnusableAgentChange,
     check_reason,
@@ -159,8 +160,10 @@ class Agent:
         sponsor: str | None = None,
         did: str | None = None,
         now: datetime | float | None = None,
+        requested_by: str | None = None,
     ) -> Agent:
-        """Create a child agent holding a subset of this agent's grants."""
+        """Create a child agent holding a subset of this agent's grants (`requested_by`:
+        the operator doing it for this agent, see `AgentRegistry.delegate`)."""
         return self._gate.agents.delegate(
             self.did,
             name,
@@ -170,6 +173,7 @@ class Agent:
             sponsor=sponsor,
             did=did,
             now=now,
+            requested_by=requested_by,
         )
 
     def credential(self, scope: list[str], ttl_minutes: float | None = None) -> CredentialHandle:
@@ -397,9 +401,13 @@ class AgentRegistry:
         ttl: timedelta | float | None = None,
         did: str | None = None,
         now: datetime | float | None = None,
+        actor: str = "operator",
     ) -> Agent:
-        """Register a root agent (depth 0); its grant record is signed by the gate key."""
+        """Register a root agent (depth 0); its grant record is signed by the gate key.
+        `actor` is the operator who asked (`operator:<name>`), named in the audit."""
         t = to_epoch(now)
+        if not isinstance(actor, str) or not actor.strip():
+            raise OperatorInvalid("actor must name the operator", code="operator_invalid")
         if not isinstance(name, str) or not _NAME.match(name):
             raise AgentError(
                 f"agent name {shown(name)} must be 1-64 letters, digits, '.', '_' or '-'",
@@ -427,7 +435,17 @@ class AgentRegistry:
         body = record_bytes(record)
         signature = keys.b64url(gate_key.sign(body))
         self._insert(
-            did, private, record, body, signature, f"gate:{kid}", None, score, t, "agent.registered"
+            did,
+            private,
+            record,
+            body,
+            signature,
+            f"gate:{kid}",
+            None,
+            score,
+            t,
+            "agent.registered",
+            requested_by=actor,
         )
         return self.get(did)
 
@@ -470,16 +488,30 @@ class AgentRegistry:
         sponsor: str | None = None,
         did: str | None = None,
         now: datetime | float | None = None,
+        requested_by: str | None = None,
     ) -> Agent:
-        """Create a child whose every grant is covered by the parent's, signed by the parent."""
+        """Create a child whose every grant is covered by the parent's, signed by the parent.
+
+        `requested_by` names an operator delegating on the parent's behalf (the CLI, the
+        HTTP API): the act is the operator's, audited with the operator as actor, and a
+        refusal is the operator's mistake, charged to no agent. Without it the parent is
+        asking itself, and a grant beyond its own is an escalation attempt.
+        """
+        if requested_by is not None and (
+            not isinstance(requested_by, str) or not requested_by.strip()
+        ):
+            raise OperatorInvalid("requested_by must name the operator", code="operator_invalid")
         t = to_epoch(now)
         parent = self.state(parent_ref)
         try:
-            return self._delegate(parent, name, capabilities, ttl, trust_score, sponsor, did, t)
+            return self._delegate(
+                parent, name, capabilities, ttl, trust_score, sponsor, did, t, requested_by
+            )
         except (DelegationError, CapabilityError) as exc:
             self._audit.append(
                 "delegation.refused",
-                actor=parent.did,
+                actor=parent.did if requested_by is None else safe_text(requested_by),
+                agent=None if requested_by is None else parent.did,
                 at=t,
                 child=safe_text(name),
                 capabilities=[safe_text(c) for c in capabilities][:64]
@@ -488,7 +520,7 @@ class AgentRegistry:
                 code=exc.code,
                 reason=exc.message,
             )
-            if exc.code in ESCALATION_CODES:
+            if requested_by is None and exc.code in ESCALATION_CODES:
                 self._on_refusal(parent.did, exc.message, t)
             raise
 
@@ -502,6 +534,7 @@ class AgentRegistry:
         sponsor: str | None,
         did: str | None,
         t: float,
+        requested_by: str | None,
     ) -> Agent:
         refusal = parent.usable_at(t)
         if refusal is not None:
@@ -573,6 +606,7 @@ class AgentRegistry:
             score,
             t,
             "agent.delegated",
+            requested_by=requested_by,
         )
         return self.get(did)
 
@@ -588,7 +622,11 @@ class AgentRegistry:
         score: int,
         t: float,
         event: str,
+        *,
+        requested_by: str | None = None,
     ) -> None:
+        """Store a new agent and its audit event; the actor is the operator who asked
+        (`requested_by`), else the parent that delegated."""
         if private is not None:
             keys.write_private_key(self._key_path(did), private)
         try:
@@ -619,8 +657,9 @@ class AgentRegistry:
                 self._audit.append_in(
                     conn,
                     event,
-                    actor=parent_did or "operator",
+                    actor=safe_text(requested_by) if requested_by else parent_did or "operator",
                     at=t,
+                    parent=parent_did if requested_by else None,
                     agent=did,
                     name=record["name"],
                     sponsor=record["sponsor"],

@@ -164,7 +164,9 @@ def test_trust_listings(state: Path) -> None:
     assert code == 0
     rows = {r["name"]: r for r in json.loads(out)}
     assert rows["dep"]["effective"] == 920 and rows["dep"]["band"] == "normal"
-    run(state, "agents", "delegate", "dep", "wide", "-c", "deploy:production")  # refused: -75
+    # The agent itself asking for more than it holds: -75.
+    with opsgate.Gate.open(state, create=False) as gate, pytest.raises(opsgate.DelegationError):
+        gate.agents.get("dep").delegate("wide", ["deploy:production"])
     code, out, _ = run(state, "trust", "history", "dep", "--json")
     causes = [(c["cause"], c["delta"], c["score"]) for c in json.loads(out)]
     assert causes == [("initial", 0, 920), ("policy_violation", -75, 845)]

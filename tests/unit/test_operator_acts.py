@@ -1,5 +1,5 @@
-"""What an operator does on the CLI is the operator's: audited with the operator as the
-actor and charged to no agent; `creds revoke` of an id this gate never issued is
+"""What an operator does on the CLI (or over HTTP) is the operator's: audited with the
+operator as the actor and charged to no agent; `creds revoke` of an id this gate never issued is
 `not_found`; `creds revoke --agent` says it leaves the agent active; and `agents
 suspend|reinstate|revoke` count only the agents whose status changed."""
 
@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from helpers import audit_events
+from server_helpers import open_api
 from typer.testing import CliRunner
 
 import opsgate
@@ -242,3 +243,92 @@ def test_handing_out_an_approver_or_operator_token_names_the_operator(
         events = audit_events(gate, event)
     assert events[-1]["actor"].startswith("operator:"), events[-1]
     assert token not in json.dumps(events)
+
+
+# -- an operator's registration or delegation is the operator's ----------------------------------
+
+
+def test_an_operators_refused_delegations_are_the_operators_and_charge_nothing(
+    state: Path,
+) -> None:
+    """A delegation beyond the parent's grants asked for on the CLI is the operator's
+    mistake: six of them used to cost the parent 6 x 75 trust, suspending it, its
+    subtree and every credential they held, audited as the agent's escalation."""
+    before = _scores(state)
+    for i in range(6):
+        code, _, err = run(state, "agents", "delegate", "b", f"x{i}", "-c", "deploy:production")
+        assert code == 1 and "delegation_not_covered" in err
+    assert _scores(state) == before
+    with opsgate.Gate.open(state, create=False) as gate:
+        b = gate.agents.get("b")
+        assert b.status == "active" and gate.agents.get("c").status == "active"
+        refused = gate.audit.tail(6, event_type="delegation.refused")
+        assert not gate.audit.tail(10, event_type="trust.changed")
+    assert len(refused) == 6
+    assert all(r.actor.startswith("operator:") and r.event["agent"] == b.did for r in refused)
+
+
+def test_an_agent_delegating_beyond_its_grants_is_still_charged(state: Path) -> None:
+    with opsgate.Gate.open(state, create=False) as gate:
+        b = gate.agents.get("b")
+        before = b.trust_score
+        with pytest.raises(opsgate.DelegationError):
+            b.delegate("x", ["deploy:production"])
+        assert gate.agents.get("b").trust_score < before
+
+
+def test_a_registration_or_delegation_on_the_cli_names_the_operator(state: Path) -> None:
+    code, _, err = run(
+        state, "agents", "register", "r", "-c", "deploy:staging", "--sponsor", "ops@company.com"
+    )
+    assert code == 0, err
+    code, _, err = run(state, "agents", "delegate", "a", "a2", "-c", "deploy:staging")
+    assert code == 0, err
+    with opsgate.Gate.open(state, create=False) as gate:
+        registered = gate.audit.tail(1, event_type="agent.registered")[0]
+        delegated = gate.audit.tail(1, event_type="agent.delegated")[0]
+        a = gate.agents.get("a")
+    assert registered.actor.startswith("operator:"), registered
+    assert delegated.actor.startswith("operator:") and delegated.event["parent"] == a.did
+
+
+def test_over_http_the_operator_is_named_and_the_parent_is_not_charged(tmp_path: Path) -> None:
+    api = open_api(tmp_path / "state")
+    gate = api.gate
+    sup = gate.agents.get("devops-supervisor")
+    for i in range(6):  # a trust score above the parent's: trust_above_parent
+        r = api.client.post(
+            "/v1/agents/devops-supervisor/delegate",
+            json={"name": f"x{i}", "capabilities": ["deploy:staging"], "trust_score": 1000},
+            headers=api.operator(),
+        )
+        assert r.status_code == 422 and r.json()["code"] == "trust_above_parent", r.text
+    after = gate.agents.get("devops-supervisor")
+    assert after.status == "active" and after.trust_score == sup.trust_score
+    refused = gate.audit.tail(6, event_type="delegation.refused")
+    assert all(r.actor == "operator:ops" and r.event["agent"] == sup.did for r in refused)
+    r = api.client.post(
+        "/v1/agents",
+        json={"name": "n1", "capabilities": ["deploy:staging"], "sponsor": "a@company.com"},
+        headers=api.operator(),
+    )
+    assert r.status_code == 201, r.text
+    r = api.client.post(
+        "/v1/agents/devops-supervisor/delegate",
+        json={"name": "n2", "capabilities": ["deploy:staging"]},
+        headers=api.operator(),
+    )
+    assert r.status_code == 201, r.text
+    assert gate.audit.tail(1, event_type="agent.registered")[0].actor == "operator:ops"
+    delegated = gate.audit.tail(1, event_type="agent.delegated")[0]
+    assert delegated.actor == "operator:ops" and delegated.event["parent"] == sup.did
+
+
+def test_an_unnamed_operator_is_refused(state: Path) -> None:
+    with opsgate.Gate.open(state, create=False) as gate:
+        with pytest.raises(opsgate.AgentError) as info:
+            gate.register_agent("r", ["deploy:staging"], "ops@company.com", actor=" ")
+        assert info.value.code == "operator_invalid"
+        with pytest.raises(opsgate.AgentError) as info:
+            gate.agents.get("a").delegate("a3", ["deploy:staging"], requested_by="")
+        assert info.value.code == "operator_invalid"

@@ -53,11 +53,17 @@ async def show_agent(agent: str, request: Request) -> Response:
 @router.post("", openapi_extra=body_doc(RegisterBody), status_code=201)
 async def register(request: Request) -> Response:
     ctx = ctx_of(request)
-    await ctx.operator(request)
+    who = await ctx.operator(request)
     b = ctx.parse(await ctx.body(request), RegisterBody)
     agent = await run_in_threadpool(
         lambda: ctx.gate.register_agent(
-            b.name, b.capabilities, b.sponsor, b.trust_score, ttl=b.ttl, did=b.did
+            b.name,
+            b.capabilities,
+            b.sponsor,
+            b.trust_score,
+            ttl=b.ttl,
+            did=b.did,
+            actor=f"operator:{who}",
         )
     )
     return json(agent.to_dict(), 201)
@@ -66,11 +72,17 @@ async def register(request: Request) -> Response:
 @router.post("/{parent}/delegate", openapi_extra=body_doc(DelegateBody), status_code=201)
 async def delegate(parent: str, request: Request) -> Response:
     ctx = ctx_of(request)
-    await ctx.operator(request)
+    who = await ctx.operator(request)
     b = ctx.parse(await ctx.body(request), DelegateBody)
     child = await run_in_threadpool(
         lambda: ctx.gate.agents.get(parent).delegate(
-            b.name, b.capabilities, b.ttl, trust_score=b.trust_score, sponsor=b.sponsor, did=b.did
+            b.name,
+            b.capabilities,
+            b.ttl,
+            trust_score=b.trust_score,
+            sponsor=b.sponsor,
+            did=b.did,
+            requested_by=f"operator:{who}",
         )
     )
     return json(child.to_dict(), 201)
