@@ -25,6 +25,7 @@ from opsgate.environments import Environments
 from opsgate.errors import (
     AgentError,
     CapabilityError,
+    ConfigError,
     DelegationError,
     EmailInvalid,
     InvalidCredential,
@@ -304,12 +305,19 @@ class AgentRegistry:
         return out
 
     def private_key(self, did: str) -> Ed25519PrivateKey:
+        """The agent's private key held in the state dir; only ever the key of `did`."""
         path = self._key_path(did)
         if not path.exists():
             raise AgentError(
                 f"the private key of {shown(did)} is not held here", code="key_not_held"
             )
-        return keys.read_private_key(path)
+        key = keys.read_private_key(path)
+        if keys.did_from_public_key(key.public_key()) != did:
+            raise ConfigError(
+                f"private key file '{path.name}' does not hold the key of {shown(did)}",
+                code="key_invalid",
+            )
+        return key
 
     def export_key(
         self,
@@ -375,6 +383,10 @@ class AgentRegistry:
         return did
 
     def _key_path(self, did: str) -> Path:
+        """The key file of an Ed25519 did:key, named by its base58 part. Anything else is
+        bad_did: a did read from the database could otherwise name any path (an absolute
+        one, or `../gate-keys/<kid>`), and export-key would copy out that file."""
+        keys.public_key_from_did(did)
         return self._key_dir / f"{did.rsplit(':', 1)[-1]}.pem"
 
     # -- creation -------------------------------------------------------------------

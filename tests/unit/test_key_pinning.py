@@ -401,6 +401,65 @@ def test_a_retired_key_file_left_behind_is_deleted_and_cannot_roll_the_gate_back
     assert info.value.code == "gate_key_missing"
 
 
+@pytest.mark.parametrize("where", ["absolute", "relative"])
+def test_an_agent_row_whose_did_names_a_path_never_exports_a_key_file(
+    gate: opsgate.Gate, database_url: str | None, tmp_path: Path, where: str
+) -> None:
+    """An agent's key file is named after its did. A row written into the database
+    with a did such as `did:key:/<state dir>/gate-keys/<kid>` made the operator's
+    routine `agents export-key` copy the gate's own signing key out to the file
+    handed to the "agent"."""
+    kid = gate.keyring.signer()[0]
+    # 64 characters, what PostgreSQL's did column holds: any state dir, either store.
+    did = f"did:key:../gate-keys/{kid}"
+    if where == "absolute":
+        if database_url is not None:
+            pytest.skip("an absolute path does not fit PostgreSQL's did column")
+        did = f"did:key:{gate.state_dir / 'gate-keys' / kid}"
+    t = time.time()
+    with gate.store.write() as conn:
+        conn.execute(
+            insert(schema.agents).values(
+                did=did,
+                name="deploy-agent-2",
+                sponsor="ops@company.com",
+                parent_did=None,
+                depth=0,
+                created_at=t,
+                expires_at=None,
+                status="active",
+                trust_score=900,
+                initial_trust=900,
+                record="{}",
+                signature="x",
+                signer=f"gate:{kid}",
+                updated_at=t,
+            )
+        )
+    out = tmp_path / "deploy-agent-2.pem"
+    with pytest.raises(opsgate.AgentError) as info:
+        gate.agents.export_key("deploy-agent-2", out, by="alice")
+    assert info.value.code == "bad_did"
+    assert not out.exists()
+    with pytest.raises(opsgate.AgentError):
+        gate.agents.private_key(did)
+
+
+def test_a_key_file_that_is_not_the_agents_key_is_refused(gate: opsgate.Gate) -> None:
+    """Whatever sits at an agent's key path, only the key of its own did is used."""
+    child = gate.agents.get("child")
+    sup = gate.agents.get("sup")
+    path = gate.state_dir / "agent-keys" / f"{child.did.rsplit(':', 1)[-1]}.pem"
+    path.unlink()
+    path.write_bytes(
+        (gate.state_dir / "agent-keys" / f"{sup.did.rsplit(':', 1)[-1]}.pem").read_bytes()
+    )
+    path.chmod(0o600)
+    with pytest.raises(opsgate.ConfigError) as info:
+        gate.agents.private_key(child.did)
+    assert info.value.code == "key_invalid"
+
+
 def test_two_replicas_rotating_at_once_never_fork_the_chain(
     tmp_path: Path, database_url: str | None
 ) -> None:
