@@ -594,7 +594,7 @@ class Gate:
                 )
             )
         chain = self.keyring.load_chain()
-        gate_keys = {k.kid: k.raw for k in chain.keys}
+        gate_keys = chain.root_signers(time.time(), self.keyring.root_grace)
         with self.store.read() as conn:
             rows = agent_rows.delegation_records(conn)
         for did, reason in untrusted_records(rows, gate_keys).items():

@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from sqlalchemy import Connection, Row
 
 from opsgate.config import HARD_TTL_CEILING_MINUTES, Config
@@ -89,6 +90,7 @@ class LiveState:
         # promise is that a revocation anywhere holds everywhere within a second.
         self.max_age = max(1.0, 2 * config.cache_refresh_seconds)
         self._fresh_until = 0.0
+        keyring.root_grace = self.max_age  # a root record read a view's age ago still holds
 
     # -- loading ----------------------------------------------------------------
 
@@ -111,13 +113,24 @@ class LiveState:
             if st is None:
                 generation = self._generation
                 with self._store.read() as conn:
-                    st = self._load_agent(conn, did)
+                    st, lasting = self._load_agent(conn, did)
                 with self._agents_lock:
-                    if st is not None and generation == self._generation:
+                    if st is not None and lasting and generation == self._generation:
                         self._agents[did] = st
         return st
 
-    def _load_agent(self, conn: Connection, did: str) -> AgentState | None:
+    def _root_key(self, kid: str, now: float) -> Ed25519PublicKey | None:
+        """The gate key `kid` if it may sign a root agent's record at `now`; a kid this
+        view does not know is looked up again first (another replica may have just
+        rotated)."""
+        if self._keyring.get(kid) is None:
+            self._keyring.reload()
+        return self._keyring.root_key(kid, now)
+
+    def _load_agent(self, conn: Connection, did: str) -> tuple[AgentState | None, bool]:
+        """The agent's state, and whether it may be cached: not when its root record
+        counted only by the grace a just-retired key keeps (it is read again next time,
+        signed by the new key by then, or refused)."""
         chain_rows: list[Row[Any]] = []
         cursor: str | None = did
         while (
@@ -129,11 +142,12 @@ class LiveState:
             chain_rows.append(row)
             cursor = row.parent_did
         if not chain_rows:
-            return None
+            return None, False
         me = chain_rows[0]
         chain_rows.reverse()
         grant: Grant | None = None
         error: str | None = None
+        lasting = True
         if cursor is not None:
             error = "delegation chain is too deep or has a missing link"
         else:
@@ -142,11 +156,13 @@ class LiveState:
                 for r in chain_rows
             ]
             try:
+                now = time.time()
                 grant = verify_chain(
                     links,
-                    gate_key=self._keyring.public,
+                    gate_key=lambda kid: self._root_key(kid, now),
                     max_depth=self._config.limits.max_delegation_depth,
                 )
+                lasting = self._keyring.root_key(links[0].signer[5:], None) is not None
             except DelegationError as exc:
                 error = exc.message
         order = {ACTIVE: 0, SUSPENDED: 1, REVOKED: 2}
@@ -171,7 +187,7 @@ class LiveState:
             depth=int(me.depth),
             parent_did=me.parent_did,
             expires_at=None if grant is None else grant.expires_at,
-        )
+        ), lasting
 
     # -- revocation -------------------------------------------------------------
 

@@ -22,7 +22,7 @@ import orjson
 
 from opsgate.audit.checkpoints import Checkpoint, signed_by
 from opsgate.audit.events import GENESIS_HASH
-from opsgate.credentials.keyring import KeyChain, rotation_payload
+from opsgate.credentials.keyring import KeyChain, endorsement_kind
 from opsgate.errors import AuditError, safe_text
 from opsgate.identity.keys import b64url_decode, jwk_thumbprint, verify_signature
 
@@ -387,11 +387,10 @@ class _Walk:
                         and prev in logged
                         and isinstance(endorsement, str)
                         and isinstance(at, (int, float))
-                        and verify_signature(
-                            logged[prev],
-                            b64url_decode(endorsement),
-                            rotation_payload(gate_id, kid, x, prev, at),
+                        and endorsement_kind(
+                            b64url_decode(endorsement), logged[prev], gate_id, kid, x, prev, at
                         )
+                        is not None
                     )
                 except ValueError:
                     ok = False

@@ -11,13 +11,18 @@ a row someone wrote into the database without the current private key chains
 to nothing and is trusted for nothing. Retirement is the successor's signed
 time, never a column an attacker could edit. A retired key's private half is
 deleted once its successor is committed, so it can neither sign again nor be
-stolen later; its public half stays for good (root registrations and audit
-checkpoints were signed with it) and is published until every credential it
-could have signed has expired.
+stolen later; its public half stays for good (audit checkpoints were signed with
+it) and is published until every credential it could have signed has expired.
+
+A copy stolen before the rotation is what a rotation answers, so a retired key
+registers no root agent: the rotation signs every valid root agent's record again
+with the new key, its endorsement says so, and from then on only keys from that
+one on count for root records (`KeyChain.root_signers`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -35,12 +40,14 @@ from sqlalchemy import Connection
 from opsgate.config import HARD_TTL_CEILING_MINUTES, MAX_LEEWAY_SECONDS
 from opsgate.errors import ConfigError
 from opsgate.identity import keys
-from opsgate.store import Store, gate_keys
+from opsgate.store import Store, gate_keys, state_changes
+from opsgate.store import agents as agent_rows
 
 KEY_DIR = "gate-keys"
 PIN_FILE = "gate-pin.json"
 PIN_TYPE = "opsgate-gate-pin"
 ROTATION_TYPE = "opsgate-gate-key-rotation"
+ROOTS_RESIGNED = "re-signed"
 PUBLISHED_AFTER_RETIREMENT = HARD_TTL_CEILING_MINUTES * 60 + MAX_LEEWAY_SECONDS
 log = structlog.get_logger("opsgate.keys")
 
@@ -106,19 +113,35 @@ def write_pin(state_dir: Path, pin: Pin) -> None:
 # -- the chain --------------------------------------------------------------------------------
 
 
-def rotation_payload(gate_id: str, kid: str, public_key: str, prev_kid: str, at: float) -> bytes:
-    """What the replaced key signs: the new key, for this gate, at this time."""
-    return orjson.dumps(
-        {
-            "type": ROTATION_TYPE,
-            "gate": gate_id,
-            "kid": kid,
-            "x": public_key,
-            "prev": prev_kid,
-            "at": float(at),
-        },
-        option=orjson.OPT_SORT_KEYS,
-    )
+def rotation_payload(
+    gate_id: str, kid: str, public_key: str, prev_kid: str, at: float, *, roots: bool = False
+) -> bytes:
+    """What the replaced key signs: the new key, for this gate, at this time; with
+    `roots`, also that every root agent's record was signed again with the new key, so
+    no key before it signs a root agent any more (what rotations write since)."""
+    body: dict[str, Any] = {
+        "type": ROTATION_TYPE,
+        "gate": gate_id,
+        "kid": kid,
+        "x": public_key,
+        "prev": prev_kid,
+        "at": float(at),
+    }
+    if roots:
+        body["roots"] = ROOTS_RESIGNED
+    return orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
+
+
+def endorsement_kind(
+    signature: bytes, by: bytes, gate_id: str, kid: str, public_key: str, prev_kid: str, at: float
+) -> bool | None:
+    """Whether `signature` by key `by` endorses this rotation: None when it does not,
+    True when it also says the root agents were signed again, False for an older one."""
+    for roots in (True, False):
+        payload = rotation_payload(gate_id, kid, public_key, prev_kid, at, roots=roots)
+        if keys.verify_signature(by, signature, payload):
+            return roots
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,6 +153,8 @@ class GateKey:
     retired_at: float | None  # the successor's signed creation time
     prev_kid: str | None = None
     endorsement: str | None = None
+    # Its endorsement says every root agent was signed again with it at its rotation.
+    roots_resigned: bool = False
 
     @property
     def x(self) -> str:
@@ -155,6 +180,20 @@ class KeyChain:
     def tip(self) -> GateKey | None:
         return self.keys[-1] if self.keys else None
 
+    def root_signers(self, now: float | None, grace: float = 0.0) -> dict[str, bytes]:
+        """The keys whose signature makes a root agent's record valid at `now` (kid ->
+        public key): the key every root was signed again with at the latest rotation
+        that did so, and the keys after it; an earlier key only within `grace` of its
+        retirement (a view or snapshot a moment old), never when `now` is None. So a
+        retired key, even a stolen copy, signs no root agent after its rotation."""
+        start = max((i for i, k in enumerate(self.keys) if k.roots_resigned), default=0)
+        return {
+            k.kid: k.raw
+            for i, k in enumerate(self.keys)
+            if i >= start
+            or (now is not None and k.retired_at is not None and now < k.retired_at + grace)
+        }
+
 
 @dataclass(frozen=True, slots=True)
 class _Row:
@@ -163,6 +202,7 @@ class _Row:
     at: float
     prev: str | None
     endorsement: str | None
+    roots_resigned: bool = False
 
 
 def _decode(row: Any) -> _Row | None:
@@ -185,15 +225,17 @@ def _decode(row: Any) -> _Row | None:
     return _Row(kid, raw, at, prev, endorsement)
 
 
-def _endorsed(row: _Row, by: _Row, gate_id: str) -> bool:
+def _endorsed(row: _Row, by: _Row, gate_id: str) -> bool | None:
+    """None when `by` does not endorse `row`; else whether it says roots were re-signed."""
     if row.endorsement is None:
-        return False
+        return None
     try:
         signature = keys.b64url_decode(row.endorsement)
     except ValueError:
-        return False
-    payload = rotation_payload(gate_id, row.kid, keys.b64url(row.raw), by.kid, row.at)
-    return keys.verify_signature(by.raw, signature, payload)
+        return None
+    return endorsement_kind(
+        signature, by.raw, gate_id, row.kid, keys.b64url(row.raw), by.kid, row.at
+    )
 
 
 def verify_key_chain(rows: Iterable[Any], pin: Pin) -> KeyChain:
@@ -229,9 +271,9 @@ def verify_key_chain(rows: Iterable[Any], pin: Pin) -> KeyChain:
         while True:
             tip = chain[-1]
             endorsed = [
-                s
+                dataclasses.replace(s, roots_resigned=kind)
                 for s in successors.get(tip.kid, ())
-                if s.kid not in seen and _endorsed(s, tip, pin.gate_id)
+                if s.kid not in seen and (kind := _endorsed(s, tip, pin.gate_id)) is not None
             ]
             if len(endorsed) != 1:
                 for s in endorsed:
@@ -259,6 +301,7 @@ def verify_key_chain(rows: Iterable[Any], pin: Pin) -> KeyChain:
             chain[i + 1].at if i + 1 < len(chain) else None,
             r.prev,
             r.endorsement,
+            r.roots_resigned,
         )
         for i, r in enumerate(chain)
     ]
@@ -285,6 +328,9 @@ class KeyRing:
         self._chain = KeyChain((), ())
         self._keys: dict[str, GateKey] = {}
         self._current: tuple[str, Ed25519PrivateKey] | None = None
+        # How long a retired key still signs root agents (a replica's view, a snapshot,
+        # a moment old); the gate's live state sets it to its view's maximum age.
+        self.root_grace = 1.0
 
     def load_chain(self) -> KeyChain:
         """The chain as the database holds it now (verified against the pin)."""
@@ -366,10 +412,11 @@ class KeyRing:
         kid = keys.jwk_thumbprint(raw)
         x = keys.b64url(raw)
         endorsement = keys.b64url(
-            private_now.sign(rotation_payload(self.pin.gate_id, kid, x, kid_now, now))
+            private_now.sign(rotation_payload(self.pin.gate_id, kid, x, kid_now, now, roots=True))
         )
         keys.write_private_key(self._dir / f"{kid}.pem", private)
         try:
+            self._sign_roots_again(conn, now, private, kid)
             gate_keys.insert_key(conn, kid, x, now, prev_kid=kid_now, endorsement=endorsement)
             # Informational only: retirement is read from the successor's endorsement.
             gate_keys.mark_retired(conn, kid_now, now)
@@ -377,6 +424,37 @@ class KeyRing:
             self.discard_private(kid)
             raise
         return Rotation(kid, kid_now, x, endorsement, now)
+
+    def _sign_roots_again(
+        self, conn: Connection, now: float, private: Ed25519PrivateKey, kid: str
+    ) -> None:
+        """Sign every root agent's record that is valid now again with the new key (the
+        rotation's endorsement says so): from then on the replaced key signs none, so a
+        copy of it stolen before the rotation cannot register a root agent. A record
+        that is not valid now (written by whoever held no current key) stays invalid."""
+        signers = self._chain.root_signers(now, self.root_grace)
+        for row in agent_rows.root_records(conn):
+            signer = row.signer if isinstance(row.signer, str) else ""
+            raw = signers.get(signer[5:]) if signer.startswith("gate:") else None
+            try:
+                body = row.record.encode("utf-8")
+                signature = keys.b64url_decode(row.signature)
+            except (AttributeError, ValueError):
+                continue
+            if raw is not None and keys.verify_signature(raw, signature, body):
+                agent_rows.sign_root_again(
+                    conn, row.did, keys.b64url(private.sign(body)), f"gate:{kid}"
+                )
+                # Replicas load it again: a view read between the two may hold either.
+                state_changes.record(conn, "agent", row.did, now)
+
+    def root_key(self, kid: str, now: float | None) -> Ed25519PublicKey | None:
+        """The public key of gate key `kid` when it may sign a root agent's record at
+        `now` (see `KeyChain.root_signers`; None: without the grace), else None."""
+        key = self._keys.get(kid)
+        if key is None or kid not in self._chain.root_signers(now, self.root_grace):
+            return None
+        return key.public
 
     def discard_private(self, kid: str) -> None:
         """Delete a key file this gate no longer signs with (or never committed)."""

@@ -180,7 +180,10 @@ def _link_problem(row: Any, gate_keys: Mapping[str, bytes]) -> str | None:
         signer = row.signer if isinstance(row.signer, str) else ""
         key = gate_keys.get(signer[5:]) if signer.startswith("gate:") else None
         if rec.get("kind") != "registration" or key is None:
-            return "it is a root agent not signed by a gate key that chains to the pinned key"
+            return (
+                "it is a root agent not signed by a gate key that chains to the pinned key "
+                "and signs root agents now (a key retired by a rotation signs none)"
+            )
     else:
         if (
             rec.get("kind") != "delegation"

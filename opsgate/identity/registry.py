@@ -40,7 +40,7 @@ from opsgate.errors import (
 from opsgate.identity import keys
 from opsgate.identity.records import RECORD_VERSION, record_bytes
 from opsgate.state import ACTIVE, REVOKED, SUSPENDED, AgentState, LiveState
-from opsgate.store import Store
+from opsgate.store import Store, gate_keys
 from opsgate.store import agents as agent_rows
 
 if TYPE_CHECKING:
@@ -644,6 +644,13 @@ class AgentRegistry:
         try:
             with self._store.write() as conn:
                 self._audit.hold_head(conn)
+                if signer.startswith("gate:") and not gate_keys.lock_tip(conn, signer[5:]):
+                    # A rotation committed first: it signed the roots it found again,
+                    # and a record signed by the key it retired would not count.
+                    raise ConfigError(
+                        "the gate key was rotated meanwhile (by another replica); try again",
+                        code="key_rotated_concurrently",
+                    )
                 if agent_rows.name_or_did_taken(conn, record["name"], did):
                     raise AgentError(
                         f"an agent named {record['name']!r} already exists", code="agent_exists"
@@ -685,6 +692,11 @@ class AgentRegistry:
             raise AgentError(
                 f"an agent named {record['name']!r} already exists", code="agent_exists"
             ) from exc
+        except ConfigError as exc:
+            self._drop_key(did, private)
+            if exc.code == "key_rotated_concurrently":
+                self._keyring.reload()  # so that trying again signs with the new key
+            raise
         except BaseException:
             self._drop_key(did, private)
             raise

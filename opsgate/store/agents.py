@@ -175,6 +175,21 @@ def note_issued_on_cursor(
     return (None if row[0] is None else float(row[0])), str(row[1])
 
 
+def root_records(conn: Connection) -> list[Row[Any, Any, Any, Any]]:
+    """(did, record, signature, signer) of every root agent, rows locked (PostgreSQL)."""
+    q = (
+        select(_a.c.did, _a.c.record, _a.c.signature, _a.c.signer)
+        .where(_a.c.parent_did.is_(None))
+        .order_by(_a.c.did)
+    )
+    return list(conn.execute(q.with_for_update()).all())
+
+
+def sign_root_again(conn: Connection, did: str, signature: str, signer: str) -> None:
+    """A root agent's record, unchanged, under a new gate key's signature."""
+    conn.execute(update(_a).where(_a.c.did == did).values(signature=signature, signer=signer))
+
+
 def delegation_records(conn: Connection) -> list[Row[Any, Any, Any, Any, Any, Any]]:
     """(did, name, parent_did, record, signature, signer) of every agent."""
     return list(

@@ -299,8 +299,10 @@ def test_rotation_is_endorsed_by_the_replaced_key_and_its_private_file_is_delete
     assert [k.kid for k in chain] == [k0, k1, k2]
     assert chain[0].kid == gate.pin.root_kid == read_pin(gate.state_dir).root_kid  # type: ignore[union-attr]
     for prev, key in itertools.pairwise(chain):
-        payload = rotation_payload(gate.gate_id, key.kid, key.x, prev.kid, key.created_at)
-        assert key.endorsement is not None
+        payload = rotation_payload(
+            gate.gate_id, key.kid, key.x, prev.kid, key.created_at, roots=True
+        )
+        assert key.endorsement is not None and key.roots_resigned
         assert keys.verify_signature(prev.raw, keys.b64url_decode(key.endorsement), payload)
         assert prev.retired_at == key.created_at
     held = {p.stem for p in (gate.state_dir / "gate-keys").iterdir()}
@@ -458,6 +460,140 @@ def test_a_key_file_that_is_not_the_agents_key_is_refused(gate: opsgate.Gate) ->
     with pytest.raises(opsgate.ConfigError) as info:
         gate.agents.private_key(child.did)
     assert info.value.code == "key_invalid"
+
+
+def _root_row(gate: opsgate.Gate, key: Ed25519PrivateKey, kid: str, at: float) -> str:
+    """A root agent's row signed with `key` (as gate key `kid`), dated `at`."""
+    agent_key = Ed25519PrivateKey.generate()
+    did = keys.did_from_public_key(agent_key.public_key())
+    record = {
+        "v": RECORD_VERSION,
+        "kind": "registration",
+        "gate": gate.gate_id,
+        "did": did,
+        "name": "ghost",
+        "sponsor": "ops@company.com",
+        "capabilities": ["deploy:production"],
+        "depth": 0,
+        "issued_at": at,
+        "expires_at": None,
+    }
+    body = record_bytes(record)
+    with gate.store.write() as conn:
+        conn.execute(
+            insert(schema.agents).values(
+                did=did,
+                name="ghost",
+                sponsor="ops@company.com",
+                parent_did=None,
+                depth=0,
+                created_at=at,
+                expires_at=None,
+                status="active",
+                trust_score=1000,
+                initial_trust=1000,
+                record=body.decode(),
+                signature=keys.b64url(key.sign(body)),
+                signer=f"gate:{kid}",
+                updated_at=at,
+            )
+        )
+    return did
+
+
+def test_a_retired_key_registers_no_root_agent_after_its_rotation(
+    gate: opsgate.Gate, database_url: str | None
+) -> None:
+    """Rotation is what follows a leaked gate key: the copy (a stolen backup of the
+    state dir) must not keep the power to register root agents, which the database's
+    writer could then add with any grants, dated before the rotation."""
+    k0, stolen = gate.keyring.signer()
+    sup, child = gate.agents.get("sup"), gate.agents.get("child")
+    rotated_at = time.time()
+    k1 = gate.rotate_keys(now=rotated_at)
+    # Every root agent that was valid is signed again with the new key: it keeps working.
+    for agent in (sup, child):
+        cred = gate.credential_manager.issue_credential(agent.did, ["deploy:staging"])
+        assert gate.credential_manager.verify(cred.token).sub == agent.did
+    assert gate.audit.verify().ok
+    ghost = _root_row(gate, stolen, k0, rotated_at - 60)
+    time.sleep(gate.state.max_age)  # past the grace of a view a moment old
+    with opsgate.Gate.open(gate.state_dir, database_url=database_url) as fresh:
+        assert fresh.keyring.signer()[0] == k1
+        with pytest.raises(opsgate.OpsgateError) as info:
+            fresh.credential_manager.issue_credential(ghost, ["deploy:production"])
+        assert info.value.code == "chain_invalid"
+        for agent in (sup, child):  # the genuine ones still verify on a fresh view
+            fresh.credential_manager.issue_credential(agent.did, ["deploy:staging"])
+        report = fresh.audit.verify()
+    assert not report.ok and report.problem == "untrusted_agent", report
+    assert [f.subject for f in report.findings] == [ghost]
+
+
+def test_a_root_that_counts_only_by_the_grace_of_a_retired_key_is_not_kept(
+    gate: opsgate.Gate,
+) -> None:
+    """A record signed by the key just retired still counts for a moment (a replica's
+    view or snapshot a moment old), but only while that moment lasts: it is read again
+    on each use, never cached as valid."""
+    k0, stolen = gate.keyring.signer()
+    gate.keyring.root_grace = 3600.0  # the moment, made long enough to act in
+    gate.rotate_keys()
+    ghost = _root_row(gate, stolen, k0, time.time())
+    cred = gate.credential_manager.issue_credential(ghost, ["deploy:production"])
+    gate.keyring.root_grace = 0.0  # the moment has passed
+    with pytest.raises(opsgate.InvalidCredential) as info:
+        gate.credential_manager.verify(cred.token)
+    assert info.value.code == "chain_invalid"
+
+
+def test_a_registration_that_meets_a_rotation_is_refused_then_signed_with_the_new_key(
+    tmp_path: Path, database_url: str | None
+) -> None:
+    a = opsgate.Gate.open(tmp_path / "state", database_url=database_url)
+    b = opsgate.Gate.open(tmp_path / "state", database_url=database_url)
+    try:
+        k1 = a.rotate_keys()
+        with pytest.raises(opsgate.ConfigError) as info:  # b still signs with the old key
+            b.register_agent("late", ["deploy:staging"], sponsor="ops@company.com")
+        assert info.value.code == "key_rotated_concurrently"
+        late = b.register_agent("late", ["deploy:staging"], sponsor="ops@company.com")
+        with a.store.read() as conn:
+            signer = conn.execute(
+                select(schema.agents.c.signer).where(schema.agents.c.did == late.did)
+            ).scalar_one()
+        assert signer == f"gate:{k1}"
+        a.credential_manager.issue_credential(late.did, ["deploy:staging"])
+        assert a.audit.verify().ok
+    finally:
+        a.close()
+        b.close()
+
+
+def test_roots_signed_before_a_rotation_that_did_not_sign_them_again_still_count(
+    gate: opsgate.Gate, database_url: str | None
+) -> None:
+    """A chain rotated by an earlier version (its endorsement says nothing of root
+    agents, none was signed again): the roots its retired keys signed keep working."""
+    k0, private0 = gate.keyring.signer()
+    new = Ed25519PrivateKey.generate()
+    raw = keys.public_bytes(new.public_key())
+    k1, x, at = keys.jwk_thumbprint(raw), keys.b64url(raw), time.time()
+    endorsement = keys.b64url(private0.sign(rotation_payload(gate.gate_id, k1, x, k0, at)))
+    keys.write_private_key(gate.state_dir / "gate-keys" / f"{k1}.pem", new)
+    with gate.store.write() as conn:
+        conn.execute(
+            insert(schema.gate_keys).values(
+                kid=k1, public_key=x, created_at=at, prev_kid=k0, endorsement=endorsement
+            )
+        )
+    time.sleep(gate.state.max_age)  # past the grace of a view a moment old
+    with opsgate.Gate.open(gate.state_dir, database_url=database_url) as fresh:
+        assert fresh.keyring.signer()[0] == k1
+        assert not fresh.keyring.chain.keys[-1].roots_resigned
+        for name in ("sup", "child"):
+            agent = fresh.agents.get(name)
+            fresh.credential_manager.issue_credential(agent.did, ["deploy:staging"])
 
 
 def test_two_replicas_rotating_at_once_never_fork_the_chain(
