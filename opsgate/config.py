@@ -760,7 +760,7 @@ class ServerConfig(_Strict):
 class Config(_Strict):
     """Everything a Gate needs to know that is not data in its store."""
 
-    database_url: str | None = None
+    database_url: str | None = Field(None, repr=False)  # may hold the password
     database_timeouts: DatabaseTimeouts = DatabaseTimeouts()
     audience: str = "opsgate"
     policies: str | None = None
@@ -948,7 +948,8 @@ def load_config(state_dir: Path, overrides: dict[str, Any] | None = None) -> Con
             problem = getattr(exc, "problem", None)
             line = "" if mark is None else f" at line {mark.line + 1}"
             what = f"{problem[:80]}" if isinstance(problem, str) else exc.__class__.__name__
-            raise ConfigError(f"cannot parse '{path.name}'{line}: {what}") from exc
+            # Not chained: the parser's error quotes the line, which may hold a password.
+            raise ConfigError(f"cannot parse '{path.name}'{line}: {what}") from None
         except UnicodeDecodeError as exc:
             raise ConfigError(f"'{path.name}' is not UTF-8 text") from exc
         except (ValueError, OverflowError) as exc:  # an impossible date, say
@@ -995,4 +996,5 @@ def load_config(state_dir: Path, overrides: dict[str, Any] | None = None) -> Con
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "config"
-        raise ConfigError(f"invalid configuration at '{where}': {first['msg'].lower()}") from exc
+        # Not chained: pydantic's error repeats the input, database_url's password included.
+        raise ConfigError(f"invalid configuration at '{where}': {first['msg'].lower()}") from None

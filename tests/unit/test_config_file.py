@@ -4,6 +4,7 @@ ConfigError naming the file, never a silently different configuration."""
 from __future__ import annotations
 
 import os
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -82,6 +83,44 @@ def test_a_database_password_in_the_url_query_is_never_in_an_error(
     assert exc.value.code == "store_unavailable"
     assert "QSECRETPW" not in str(exc.value)
     assert "QSECRETPW" not in exc.value.message
+
+
+def _chain_text(exc: BaseException) -> str:
+    """What a log line with the traceback shows (every exception in the chain it
+    prints), and the repr of each."""
+    parts = traceback.format_exception(exc)
+    cur: BaseException | None = exc
+    while cur is not None:
+        parts.append(repr(cur))
+        cur = cur.__cause__ or (None if cur.__suppress_context__ else cur.__context__)
+    return "\n".join(parts)
+
+
+@pytest.mark.parametrize(
+    ("text", "env"),
+    [
+        # The parser refuses the line that holds the URL: its error quotes that line.
+        ("database_url: postgresql://gate:QSECRETPW@db/gate: x\n", None),
+        # The model refuses the file (a vault_role without a vault section); the URL
+        # from the environment comes last, where pydantic's shortened input still shows.
+        (
+            "databases:\n  o: {url: 'postgresql://h/o', migrations: m, vault_role: r}\n",
+            "postgresql://gate:QSECRETPW@db/gate",
+        ),
+    ],
+)
+def test_the_state_databases_password_is_in_no_error_or_repr(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, text: str, env: str | None
+) -> None:
+    """A refused opsgate.yaml is one line naming where; the error it came from (kept as
+    its cause) quoted the file or the configuration, so a log line with the traceback
+    printed the state database's password."""
+    if env is not None:
+        monkeypatch.setenv("OPSGATE_DATABASE_URL", env)
+    with pytest.raises(ConfigError) as exc:
+        _load(tmp_path, text)
+    assert "QSECRETPW" not in _chain_text(exc.value)
+    assert "QSECRETPW" not in repr(Config(database_url="postgresql://gate:QSECRETPW@db/gate"))
 
 
 # -- the state dir: nobody else may change it ----------------------------------------------
