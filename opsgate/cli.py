@@ -770,7 +770,7 @@ def serve(
 
     from opsgate.server import create_app, uvicorn_options
 
-    gate = open_gate(state_dir)
+    gate = open_gate(state_dir, publish_policies=True)
     settings = gate.config.server
     url = external_url or settings.external_url
     if url is None:

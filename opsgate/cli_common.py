@@ -126,15 +126,19 @@ def handle_errors(fn: Callable[P, R]) -> Callable[P, R]:
     return wrapper
 
 
-def open_gate(state_dir: str | None, *, create: bool = False) -> Gate:
+def open_gate(
+    state_dir: str | None, *, create: bool = False, publish_policies: bool = False
+) -> Gate:
     """Open the gate; only `init` may create one, so a mistyped --state-dir is an
     error rather than a fresh, empty gate that verifies as intact, and a state dir
-    opens only on the database bound to it."""
+    opens only on the database bound to it. Only `serve` publishes its policies as
+    the ones in force: another command run with an edited copy of the files compares
+    (and refuses its own decisions) rather than taking the replicas out."""
     from opsgate.config import resolve_state_dir
     from opsgate.gate import Gate
 
     path = resolve_state_dir(state_dir if state_dir is not None else _ctx_state_dir["value"])
-    gate = Gate.open(path, create=create)
+    gate = Gate.open(path, create=create, publish_policies=publish_policies)
     _opened.append(gate)
     return gate
 

@@ -855,6 +855,9 @@ def _show_status(data: dict[str, Any]) -> None:
                 format_time(r["expires_at"]),
             )
         out.print(table)
+    # Served only by a gate whose policies are those in force (else: policy_mismatch).
+    policy = data.get("policy") or {}
+    out.print(f"policies in force: digest {policy.get('published_digest')}", markup=False)
     out.print(f"open database leases: {data['lease_count']}")
     for lease in data["leases"]:
         out.print(

@@ -9,7 +9,8 @@ of its codes (`CODES`: each code, its one owning class, what it means).
     │                                 agent_suspended, agent_revoked, chain_invalid, ...
     ├── CredentialError               scope_not_covered, ttl_too_long, jti_invalid, ...
     ├── InvalidCredential             bad_signature, alg_not_allowed, expired, dpop_*, ...
-    ├── PolicyError                   policy_syntax, policy_unknown_name, ... (loading)
+    ├── PolicyError                   policy_syntax, policy_unknown_name, ... (loading),
+    │                                 policy_mismatch (a gate's policies are not in force)
     ├── ApprovalError                 approval_not_found, not_an_approver, self_approval, ...
     ├── OperatorError                 operator_unauthenticated, operator_token_expired, ...
     ├── OperationError                operation_denied, executor_missing, params_invalid, ...
@@ -531,6 +532,10 @@ _REGISTRY: tuple[tuple[type[OpsgateError], dict[str, str]], ...] = (
             "other users",
             "policy_invalid": "a policy file is invalid",
             "policy_missing": "no policies are loaded",
+            "policy_mismatch": (
+                "this gate's policies differ from those in force (loaded last by another "
+                "gate): it decides nothing until restarted with the same policy files"
+            ),
             "policy_not_found": "a policy file or named policy does not exist",
             "policy_request_invalid": "a request to evaluate is not valid",
             "policy_syntax": "a policy file or condition does not parse",

@@ -73,12 +73,14 @@ from opsgate.operations.monitor.executor import NAMESPACE as MONITORING
 from opsgate.operations.monitor.executor import MonitorExecutor, registered_deployer
 from opsgate.operators import OperatorService
 from opsgate.policy.engine import PolicySet
+from opsgate.policy.loader import policy_digest
 from opsgate.policy.request import check_params
 from opsgate.secrets import SecretsService
 from opsgate.secrets.value import SecretValue
-from opsgate.state import AgentState, LiveState
+from opsgate.state import POLICY_CHANGE, AgentState, LiveState
 from opsgate.store import DB_FILE, Store
 from opsgate.store import agents as agent_rows
+from opsgate.store import policies as policy_rows
 from opsgate.store.runs import RunsSQL
 from opsgate.trust.engine import MISUSE_CHARGE_WINDOW, TrustChange, TrustEngine
 from opsgate.trust.scoring import TrustEvent, failure_event, failure_kind
@@ -338,6 +340,9 @@ class Gate:
             store=store, audit=self.audit, token_ttl_days=config.operators.token_ttl_days
         )
         self.policies: PolicySet | None = None
+        # Whether loading policies makes them the ones in force for every gate on the
+        # database (`Gate.open(publish_policies=...)`); else they are only compared.
+        self.publishes_policies = True
         self.trust_approvers: tuple[str, ...] = ()
         self._resolve_trust_approvers()
         # (action, namespace) -> executor; namespace None routes every other resource.
@@ -428,6 +433,7 @@ class Gate:
         create: bool | None = None,
         policies: str | os.PathLike[str] | list[str] | None = None,
         database_url: str | None = None,
+        publish_policies: bool = True,
         **config_overrides: Any,
     ) -> Gate:
         """Open the gate whose state lives in `state_dir`.
@@ -438,6 +444,13 @@ class Gate:
         dir that holds no gate files yet (it may hold opsgate.yaml and policies);
         True (`Gate.init`) also creates one beside the leftovers of a gate that has
         no pin (a failed creation); False never creates (every CLI command but init).
+
+        The policies loaded are published as the ones in force on the database (the
+        last gate to load wins; a gate whose policies differ refuses every decision,
+        `policy_mismatch`). With `publish_policies=False` (the CLI's commands but
+        `serve` and `mcp`) they are only compared, so a command run with another copy
+        of the files never takes the replicas out; on SQLite, whose state dir holds the
+        database and the files, every gate publishes.
         """
         path = resolve_state_dir(state_dir)
         if path.exists() and not path.is_dir():
@@ -457,9 +470,12 @@ class Gate:
         else:
             gate = cls._open_pinned(path, config, pin)
         try:
+            gate.publishes_policies = publish_policies
             policy_source = policies if policies is not None else config.policies
             if policy_source is not None:
                 gate.load_policies(policy_source)
+            else:
+                gate._policies_in_force(None, policy_digest(()))
             if config.deploy.enabled:
                 from opsgate.operations.deploy import DeployExecutor
                 from opsgate.operations.deploy.command import StoreSecrets
@@ -539,13 +555,74 @@ class Gate:
         from opsgate.policy import load_policies
 
         _check_policy_files(source)
-        self.policies = load_policies(
+        loaded = load_policies(
             source,
             limits=self.config.limits,
             aliases=self.environments.aliases,
             environments=self.environments,
         )
+        assert loaded.digest is not None  # loaded from files
+        self._policies_in_force(loaded, loaded.digest)
+
+    def _policies_in_force(self, loaded: PolicySet | None, digest: str) -> None:
+        """Publish (or compare) the digest of the policies just loaded, then use them.
+        No decision falls between the swap and the comparison."""
+        published = self._publish_policies(
+            digest, () if loaded is None else tuple(Path(s).name for s in loaded.sources)
+        )
+        self.state.policy_mismatch = True
+        self.policies = loaded
         self._resolve_trust_approvers()
+        self.state.set_policy(digest, published)
+
+    def _publish_policies(
+        self, digest: str, files: tuple[str, ...]
+    ) -> policy_rows.Published | None:
+        """Make `digest` the policies in force, with a `policy.loaded` event and a feed
+        entry that other replicas' refresh reads; the same digest changes nothing. A
+        gate that does not publish publishes only where nothing is published yet."""
+        publishes = self.publishes_policies or self.store.is_sqlite
+        with self.store.read() as conn:
+            current = policy_rows.published(conn)
+        if current is not None and (current.digest == digest or not publishes):
+            return current
+        t = time.time()
+        with self.store.write() as conn:
+            self.audit.hold_head(conn)
+            current = policy_rows.published(conn)
+            if current is not None and (current.digest == digest or not publishes):
+                return current
+            policy_rows.publish(conn, digest, t)
+            self.state.record_change(conn, POLICY_CHANGE, digest, t)
+            self.audit.append_in(
+                conn,
+                "policy.loaded",
+                actor="gate",
+                at=t,
+                digest=digest,
+                files=list(files),
+                replaced=None if current is None else current.digest,
+            )
+        return policy_rows.Published(digest, t)
+
+    def policy_status(self) -> dict[str, Any]:
+        """This gate's policy digest, the one in force (published by the gate that loaded
+        last) and when it was published; `in_force` is whether they are the same."""
+        published = self.state.published_policy
+        return {
+            "digest": self.state.policy_digest,
+            "published_digest": None if published is None else published.digest,
+            "published_at": None if published is None else published.at,
+            "in_force": not self.state.policy_mismatch,
+        }
+
+    def _refuse_policy_mismatch(self) -> NoReturn:
+        """A decision on a gate whose policies are not those in force: refused, the
+        caller's fault in nothing (the caller audits it; no one is charged)."""
+        raise PolicyError(
+            self.state.policy_problem() or "this gate's policies differ from those in force",
+            code="policy_mismatch",
+        )
 
     def _on_escalation(self, did: str, reason: str, t: float) -> None:
         self._charge(did, TrustEvent.POLICY_VIOLATION, f"escalation attempt: {reason}", t)
@@ -895,6 +972,8 @@ class Gate:
         self, claims: Claims, capability: str, params: dict[str, Any] | None, t: float
     ) -> Decision:
         """`authorize` after authentication."""
+        if self.state.policy_mismatch:
+            self._refuse_policy_mismatch()
         try:
             # Canonical before anything sees it: one case, aliases resolved.
             resolved = self.environments.resolve(caps.parse_request(capability))
@@ -1172,6 +1251,8 @@ class Gate:
         token: str | None = None,
     ) -> Outcome | PendingApproval:
         """Steps 2-8 for an authenticated caller (`execute`, and `resume` with its approval)."""
+        if self.state.policy_mismatch:
+            self._refuse_policy_mismatch()
         agent, resolved = self._check_scope(claims, operation, t)
         cap = resolved.capability
         plan, params = self._plan_checked(claims, agent, operation, t, resolved)

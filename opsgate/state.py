@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+import structlog
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from sqlalchemy import Connection, Row
 
@@ -24,10 +25,14 @@ from opsgate.identity.keys import jwk_thumbprint, public_key_from_did
 from opsgate.identity.records import Grant, Link, verify_chain
 from opsgate.store import Store
 from opsgate.store import agents as agent_rows
+from opsgate.store import policies as policy_rows
 from opsgate.store import state_changes as feed
 
 ACTIVE, SUSPENDED, REVOKED = "active", "suspended", "revoked"
 PRUNE_EVERY = 60.0  # seconds between clean-ups of expired revocations
+POLICY_CHANGE = "policy"  # the feed entry of a publication of the policies in force
+
+log = structlog.get_logger("opsgate.state")
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +96,13 @@ class LiveState:
         self.max_age = max(1.0, 2 * config.cache_refresh_seconds)
         self._fresh_until = 0.0
         keyring.root_grace = self.max_age  # a root record read a view's age ago still holds
+        # The digest of this process's policies and the one in force (published by the
+        # gate that loaded last); `policy_mismatch` is what a decision checks, set here
+        # on load and on refresh, never computed per decision.
+        self.policy_digest: str | None = None
+        self.published_policy: policy_rows.Published | None = None
+        self.policy_mismatch = False
+        self._mismatch_logged = False
 
     # -- loading ----------------------------------------------------------------
 
@@ -100,6 +112,7 @@ class LiveState:
         with self._store.read() as conn:
             self._last_change = feed.position(conn)
             self._revoked = feed.revoked_since(conn, horizon)
+            self._set_published(policy_rows.published(conn))
         self._next_refresh = time.monotonic() + self._config.cache_refresh_seconds
         self._fresh_until = time.monotonic() + self.max_age
 
@@ -208,6 +221,44 @@ class LiveState:
             for d in stale:
                 self._agents.pop(d, None)
 
+    # -- the policies in force ---------------------------------------------------
+
+    def set_policy(self, digest: str, published: policy_rows.Published | None) -> None:
+        """This process's policies are now `digest`; `published`: the one in force as
+        read after publishing (or comparing). Under the refresh lock, so a refresh that
+        read the row before the publication cannot overwrite what was read after it."""
+        with self._refresh_lock:
+            self.policy_digest = digest
+            self._set_published(published)
+
+    def _set_published(self, published: policy_rows.Published | None) -> None:
+        self.published_policy = published
+        mismatch = self.policy_digest is not None and (
+            published is None or published.digest != self.policy_digest
+        )
+        if mismatch != self._mismatch_logged:
+            self._mismatch_logged = mismatch
+            (log.warning if mismatch else log.info)(
+                "policies differ from those in force: refusing every decision"
+                if mismatch
+                else "policies in force again",
+                own=self.policy_digest,
+                published=None if published is None else published.digest,
+            )
+        self.policy_mismatch = mismatch
+
+    def policy_problem(self) -> str | None:
+        """Why this process must not decide (its policies are not those in force), or None."""
+        if not self.policy_mismatch:
+            return None
+        own, published = self.policy_digest or "", self.published_policy
+        theirs = "none" if published is None else published.digest[:12]
+        return (
+            f"this gate's policies (digest {own[:12]}) differ from those in force "
+            f"(digest {theirs}, loaded last by another gate): restart it with the same "
+            "policy files"
+        )
+
     # -- the change feed ---------------------------------------------------------
 
     def record_change(self, conn: Connection, kind: str, subject: str, now: float) -> None:
@@ -263,6 +314,8 @@ class LiveState:
         with self._store.read(within=self.max_age) as conn:
             rows = feed.changes_after(conn, self._last_change)
             fetched = feed.revoked_expiry(conn, [r.subject for r in rows if r.kind == "jti"])
+            if any(r.kind == POLICY_CHANGE for r in rows):
+                self._set_published(policy_rows.published(conn))
         self._revoked.update(fetched)
         keys_changed = False
         for r in rows:

@@ -11,7 +11,13 @@ from __future__ import annotations
 
 from opsgate.policy.condition import Condition, compile_condition
 from opsgate.policy.engine import NO_MATCH_REASON, Policy, PolicySet, Rule
-from opsgate.policy.loader import load_policies, parse_duration, parse_policies, policy_files
+from opsgate.policy.loader import (
+    load_policies,
+    parse_duration,
+    parse_policies,
+    policy_digest,
+    policy_files,
+)
 from opsgate.policy.problems import Problem
 from opsgate.policy.request import PolicyRequest
 from opsgate.policy.testing import (
@@ -40,6 +46,7 @@ __all__ = [
     "load_policies",
     "parse_duration",
     "parse_policies",
+    "policy_digest",
     "policy_files",
     "run_case_file",
     "run_cases",

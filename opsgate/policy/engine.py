@@ -101,6 +101,7 @@ class PolicySet:
         "_entries",
         "_memo",
         "_rules",
+        "digest",
         "groups",
         "policies",
         "sources",
@@ -109,6 +110,8 @@ class PolicySet:
     policies: tuple[Policy, ...]
     groups: Mapping[str, tuple[str, ...]]
     sources: tuple[str, ...]
+    #: What was loaded, for comparing replicas (`policy_digest`); None when not from files.
+    digest: str | None
     _rules: tuple[Rule, ...]
     _by_action: dict[str, tuple[tuple[Test, _Entry], ...]]
     _any: tuple[tuple[Test, _Entry], ...]
@@ -123,6 +126,7 @@ class PolicySet:
         policies: Sequence[Policy] = (),
         groups: Mapping[str, Sequence[str]] | None = None,
         sources: Iterable[str] = (),
+        digest: str | None = None,
     ) -> None:
         rules = tuple(rule for policy in policies for rule in policy.rules)
         entries = [
@@ -154,6 +158,7 @@ class PolicySet:
         init(self, "policies", tuple(policies))
         init(self, "groups", MappingProxyType({k: tuple(v) for k, v in (groups or {}).items()}))
         init(self, "sources", tuple(sources))
+        init(self, "digest", digest)
         init(self, "_rules", rules)
         init(self, "_by_action", index)
         init(self, "_any", any_action)

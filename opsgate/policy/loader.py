@@ -12,6 +12,8 @@ load error, which keeps "who can approve" readable in one place.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import re
 from collections.abc import Iterable, Mapping
@@ -169,6 +171,7 @@ class _Loader:
         self.sources: list[str] = []
         self.policies: list[_PendingPolicy] = []
         self.policy_files: dict[str, str] = {}
+        self.read: list[tuple[str, str]] = []  # (file name, SHA-256 of its bytes), in order
         self.raw_groups: list[tuple[str, Any]] = []
         self.groups: dict[str, tuple[str, ...]] = {}
 
@@ -199,6 +202,9 @@ class _Loader:
         if len(raw) > limit:
             self.problem(source, f"file is larger than {limit} bytes", code="policy_too_large")
             return
+        # The bytes compiled are the bytes digested: a file replaced meanwhile cannot
+        # make a replica announce one policy and enforce another.
+        self.read.append((path.name, hashlib.sha256(raw).hexdigest()))
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError:
@@ -510,7 +516,16 @@ class _Loader:
             )
         order = {source: i for i, source in enumerate(self.sources)}
         raise_problems(sorted(self.problems, key=lambda p: order.get(p.file, 0)))
-        return PolicySet(policies, self.groups, self.sources)
+        return PolicySet(policies, self.groups, self.sources, digest=policy_digest(self.read))
+
+
+def policy_digest(files: Iterable[tuple[str, str]]) -> str:
+    """SHA-256 over the loaded files' names (without their directory: replicas mount
+    them in different places) and content digests, in load order: replicas loading
+    identical files agree, any other difference (a byte, a name, the order) does not.
+    No files at all has a digest too."""
+    canonical = json.dumps([[name, sha] for name, sha in files], separators=(",", ":"))
+    return hashlib.sha256(f"opsgate-policies/1\n{canonical}".encode()).hexdigest()
 
 
 def policy_files(paths: PathLike | Iterable[PathLike]) -> list[Path]:
@@ -581,6 +596,7 @@ def load_policies(
 def parse_policies(text: str, source: str = "<string>", limits: Limits | None = None) -> PolicySet:
     """Load policies from YAML text; `source` names it in problems."""
     loader = _Loader(limits or Limits())
+    loader.read.append((source, hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()))
     loader.add_text(text, source)
     return loader.build()
 
@@ -591,5 +607,6 @@ __all__ = [
     "load_policies",
     "parse_duration",
     "parse_policies",
+    "policy_digest",
     "policy_files",
 ]

@@ -25,6 +25,7 @@ CODE_STATUS: dict[str, int] = {
     "not_found": 404,
     "method_not_allowed": 405,
     "not_ready": 503,
+    "policy_mismatch": 503,  # this replica's policies are not in force: another one is
     "database_unavailable": 503,  # a migration's target, when planning
     # Issuing credentials.
     "scope_not_covered": 403,

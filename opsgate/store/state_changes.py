@@ -26,7 +26,7 @@ def position(conn: Connection) -> int:
 
 
 def record(conn: Connection, kind: str, subject: str, at: float) -> None:
-    """Append one entry (kind: agent | jti | key) inside the writer's transaction."""
+    """Append one entry (kind: agent | jti | key | policy) inside the writer's transaction."""
     row = conn.execute(
         update(_n).where(_n.c.name == FEED).values(value=_n.c.value + 1).returning(_n.c.value)
     ).first()

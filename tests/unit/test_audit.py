@@ -267,11 +267,11 @@ def test_recomputed_hashes(audited: opsgate.Gate, tmp_path: Path) -> None:
     # ... or a checkpoint stored in the database, signed by the gate key
     audited.audit.checkpoint()
     n = audited.audit.head()[0]
-    _rewrite_row(audited, 3, recompute=False)
-    rechain_from(audited, 3)
+    _rewrite_row(audited, 4, recompute=False)  # the delegation (its actor, the parent)
+    rechain_from(audited, 4)
     report = audited.audit.verify()
     assert report.ok is False and report.problem == "replacement", report
-    assert 3 <= report.first_bad_seq <= n
+    assert 4 <= report.first_bad_seq <= n
 
 
 # -- deletions and insertions ---------------------------------------------------------------------

@@ -84,7 +84,8 @@ def test_a_checkpoint_is_signed_t_seconds_later_without_another_event(
 ) -> None:
     gate = _open(tmp_path, database_url, checkpoint_every_events=1000, checkpoint_every_seconds=1.0)
     try:
-        _wait_for_checkpoint(gate, 1)  # the creation event: signed by the timer alone
+        # The creation events (the key, the policies in force): signed by the timer alone.
+        _wait_for_checkpoint(gate, gate.audit.head()[0])
         time.sleep(1.05)  # nothing waits to be signed meanwhile: no timer runs
         _append(gate, 1)  # the interval has passed: signed in the same transaction
         head = gate.audit.head()[0]
@@ -156,7 +157,7 @@ def test_the_tail_cannot_be_cut_below_the_last_checkpoint(
 ) -> None:
     gate = _open(tmp_path, database_url, checkpoint_every_events=4, checkpoint_every_seconds=3600)
     try:
-        _append(gate, 10)
+        _append(gate, 9)  # 11 events with the gate's two at creation
         signed = _checkpoint_seqs(gate)[-1]
         assert signed < gate.audit.head()[0]
 

@@ -693,6 +693,11 @@ def test_status_reads_the_gate_through_the_monitoring_executor(world: World) -> 
     code, out, err = world.cli("status")
     assert code == 0, err
     assert approval_id in out and "deploy-agent" in out and "audit head seq" in out
+    assert f"policies in force: digest {gate_status['policy']['published_digest']}" in out
+    assert (
+        gate_status["policy"]["in_force"]
+        and gate_status["policy"]["digest"] == (gate_status["policy"]["published_digest"])
+    )
     # As an agent without read:monitoring: refused, exit 1.
     code, _, err = world.cli("status", "--as", "platform-bot")
     assert code == 1

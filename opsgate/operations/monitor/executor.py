@@ -65,6 +65,8 @@ class GateView(Protocol):
 
     def registered_executor(self, action: str, namespace: str | None = None) -> Executor | None: ...
 
+    def policy_status(self) -> dict[str, Any]: ...
+
 
 class MonitorParams(OperationParams):
     """`view` picks what to read; `limit` bounds a history."""
@@ -279,6 +281,7 @@ def gate_status(gate: GateView, now: float) -> dict[str, Any]:
             ],
         },
         "audit": {"head_seq": head_seq, "head_hash": head_hash},
+        "policy": gate.policy_status(),
         "leases": leases[:STATUS_ROWS],
         "lease_count": len(leases),
         "locks": [lock.to_dict(now) for lock in locks[:STATUS_ROWS]],

@@ -20,7 +20,8 @@ async def healthz() -> Response:
 
 @router.get("/readyz")
 async def readyz(request: Request) -> Response:
-    """The database answers and this replica's view of other replicas is fresh."""
+    """The database answers, this replica's view of other replicas is fresh, and its
+    policies are the ones in force (else it refuses every decision: policy_mismatch)."""
     ctx = ctx_of(request)
 
     def probe() -> str | None:
@@ -32,7 +33,10 @@ async def readyz(request: Request) -> Response:
             return exc.code
         except Exception as exc:  # noqa: BLE001 - any database failure means not ready
             return f"database unreachable ({exc.__class__.__name__})"
-        return None if gate.state.is_fresh() else "replica view is stale"
+        if not gate.state.is_fresh():
+            return "replica view is stale"
+        problem = gate.state.policy_problem()
+        return None if problem is None else f"policy_mismatch: {problem}"
 
     problem = await run_in_threadpool(probe)
     if problem is not None:
