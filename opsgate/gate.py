@@ -1399,13 +1399,7 @@ class Gate:
                     approval_id,
                     t,
                 )
-        self.approvals.consume(
-            approval_id,
-            digest=plan.digest,
-            requester=agent.did,
-            now=t,
-            not_before=agent.credentials_not_before,
-        )
+        self.approvals.consume(approval_id, digest=plan.digest, requester=agent.did, now=t)
 
     def _deny_operation(
         self,

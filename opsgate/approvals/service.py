@@ -52,6 +52,7 @@ from opsgate.errors import (
 )
 from opsgate.identity.registry import check_email
 from opsgate.store import Store
+from opsgate.store import agents as agent_rows
 from opsgate.store import approvals as approval_rows
 
 if TYPE_CHECKING:
@@ -625,13 +626,16 @@ class ApprovalService:
         digest: str,
         requester: str,
         now: float,
-        not_before: float | None = None,
     ) -> ApprovalRequest:
         """Atomically mark an approved, unexpired request for this digest as used.
 
-        `not_before`: the requester's credentials were cut then (a suspension, a
-        revocation, its credentials revoked); a request made before it was made by an
-        agent, or a credential, no longer trusted, and is not honoured afterwards."""
+        A request made before the requester's credentials were cut (a suspension, a
+        revocation, its credentials revoked) was made by an agent, or a credential, no
+        longer trusted, and is not honoured afterwards. The cut-off is read here, in the
+        consuming transaction, not from a replica's view of the agent (up to a refresh
+        old): a cut made through another replica a moment ago counts. Read, not locked:
+        consumes take the request's row, then the head, and a writer holding the head
+        locks agents' rows."""
         try:
             with self._store.write() as conn:
                 req = self._load(conn, approval_id, lock=True)
@@ -646,6 +650,7 @@ class ApprovalService:
                         "it needs a new approval",
                         code="digest_mismatch",
                     )
+                not_before = agent_rows.credentials_not_before(conn, requester)
                 if not_before is not None and req.created_at <= not_before:
                     raise ApprovalError(
                         f"approval {req.id!r} was requested before the agent's credentials "

@@ -35,6 +35,12 @@ def agent(conn: Connection, did: str) -> Row[Any] | None:
     return conn.execute(select(_a).where(_a.c.did == did)).first()
 
 
+def credentials_not_before(conn: Connection, did: str) -> float | None:
+    """The agent's credential cut-off as committed (None: never cut, or no such agent)."""
+    row = conn.execute(select(_a.c.credentials_not_before).where(_a.c.did == did)).first()
+    return None if row is None or row[0] is None else float(row[0])
+
+
 def lock(conn: Connection, did: str) -> None:
     """Lock the agent's row until the transaction ends (PostgreSQL)."""
     conn.execute(select(_a.c.did).where(_a.c.did == did).with_for_update())

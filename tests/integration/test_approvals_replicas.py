@@ -248,3 +248,26 @@ def _until_a_session_waits_for_a_lock(gate: opsgate.Gate) -> None:
             return
         time.sleep(0.01)
     raise AssertionError("the sweep never waited for the request's lock")
+
+
+def test_an_approval_requested_before_a_revocation_on_another_replica_is_not_consumed(
+    replicas: tuple[World, opsgate.Gate, RecordingExecutor], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Replica A revokes every credential of the agent (its cut-off) after it requested
+    and was granted an approval; the agent takes a new credential and resumes through B
+    before B's view has refreshed. B checked the cut-off from that view (none yet), so
+    the approval of a request made before the cut was consumed and run; the cut-off is
+    read from the database in the consuming transaction."""
+    w, b, executor_b = replicas
+    pending = b.execute(w.token, deploy(version="1.0"))  # B now holds the agent's state
+    assert isinstance(pending, PendingApproval)
+    assert w.approve(pending.approval_id, JOHN).status == "approved"
+    monkeypatch.setattr(b.state, "maybe_refresh", lambda: None)  # within B's refresh window
+    w.gate.credential_manager.revoke_agent(w.agent.did, reason="key leaked")
+    fresh = w.credential()  # issued after the cut: valid everywhere
+
+    with pytest.raises(opsgate.ApprovalError) as refused:
+        b.resume(pending.approval_id, fresh)
+    assert refused.value.code == "approval_outlived"
+    assert executor_b.runs == [] and w.executor.runs == []
+    assert w.status(pending.approval_id) == "approved"  # refused, not used
