@@ -448,7 +448,7 @@ class Gate:
         The policies loaded are published as the ones in force on the database (the
         last gate to load wins; a gate whose policies differ refuses every decision,
         `policy_mismatch`). With `publish_policies=False` (the CLI's commands but
-        `serve` and `mcp`) they are only compared, so a command run with another copy
+        `serve`) they are only compared, so a command run with another copy
         of the files never takes the replicas out; on SQLite, whose state dir holds the
         database and the files, every gate publishes.
         """

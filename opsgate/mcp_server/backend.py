@@ -155,11 +155,13 @@ class LocalBackend:
 
     @classmethod
     def open(cls, state_dir: str | None, agent: str, *, operator: str) -> LocalBackend:
-        """The gate of `state_dir` (never created here), closed with the backend."""
+        """The gate of `state_dir` (never created here), closed with the backend. Like
+        the CLI's commands, it compares its policies with those in force and never
+        publishes them over the replicas' (but on SQLite, where every gate does)."""
         from opsgate.config import resolve_state_dir
         from opsgate.gate import Gate
 
-        gate = Gate.open(resolve_state_dir(state_dir), create=False)
+        gate = Gate.open(resolve_state_dir(state_dir), create=False, publish_policies=False)
         try:
             return cls(gate, agent, operator=operator, owns_gate=True)
         except BaseException:

@@ -195,3 +195,21 @@ def test_a_gate_that_does_not_publish_never_takes_the_replicas_out(replicas: Rep
         assert cli.authorize(w.token, STAGING).effect == "allow"
     finally:
         cli.close()
+
+
+def test_an_mcp_server_on_a_state_dir_copy_never_takes_the_replicas_out(
+    replicas: Replicas, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`opsgate mcp` with a state dir opens a gate in its own process for one agent,
+    with that copy's files (here: none): it compares, it does not publish."""
+    from opsgate.mcp_server.backend import LocalBackend
+
+    monkeypatch.setenv("OPSGATE_DATABASE_URL", replicas.pg_url)
+    backend = LocalBackend.open(str(replicas.state_dir), "deploy-agent", operator="operator:t")
+    try:
+        assert refusal(lambda: backend.authorize(STAGING, {})).code == "policy_mismatch"
+    finally:
+        backend.close()
+    replicas.a.state.refresh(force=True)
+    assert replicas.a.authorize(replicas.world.token, STAGING).effect == "allow"
+    assert len(audit_events(replicas.a, "policy.loaded")) == 1
