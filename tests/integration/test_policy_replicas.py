@@ -24,6 +24,7 @@ from helpers import (
     policy,
     stored_trust,
 )
+from server_helpers import basic
 
 import opsgate
 from opsgate.approvals import PendingApproval
@@ -80,6 +81,16 @@ def readiness(gate: opsgate.Gate) -> tuple[int, dict[str, Any]]:
     return answer.status_code, answer.json()
 
 
+def explain(gate: opsgate.Gate, body: dict[str, Any]) -> dict[str, Any]:
+    """POST /v1/policy/explain on `gate`, as a new operator."""
+    auth = {"Authorization": basic("ops", gate.operators.add("ops"))}
+    client = TestClient(create_app(gate, ServerConfig(external_url="http://testserver")))
+    answer = client.post("/v1/policy/explain", json=body, headers=auth)
+    assert answer.status_code == 200, answer.text
+    result: dict[str, Any] = answer.json()
+    return result
+
+
 def refusal(call: Any) -> opsgate.OpsgateError:
     with pytest.raises(opsgate.OpsgateError) as caught:
         call()
@@ -130,6 +141,10 @@ def test_a_replica_left_on_other_policies_refuses_every_decision_until_they_matc
     assert w.executor.runs == []
     status, body = readiness(replicas.a)
     assert status == 503
+    # An operator's explain on a says its rules are not the ones enforced.
+    explained = explain(replicas.a, {"action": "deploy", "resource": "production/app-web"})
+    assert explained["decision"]["effect"] == "require_approval"
+    assert explained["note"].startswith("this replica refuses every decision (policy_mismatch)")
     assert body["message"].startswith("policy_mismatch: "), body
     strict_digest = replicas.b.state.policy_digest
     assert strict_digest is not None and strict_digest[:12] in body["message"]

@@ -68,6 +68,9 @@ async def explain(request: Request) -> Response:
             else f"the gate refuses this request before policy: environment {undeclared!r} "
             "is not declared (environment_undeclared)"
         )
+        mismatch = gate.state.policy_problem()
+        if mismatch is not None:  # what is explained is not what the replicas enforce
+            note = f"this replica refuses every decision (policy_mismatch): {mismatch}"
         return {
             "request": req.to_dict(),
             "decision": gate.policies.decide(req).to_dict(),
