@@ -66,7 +66,7 @@ class ServerContext:
         try:
             data = orjson.loads(raw)
         except orjson.JSONDecodeError as exc:
-            raise HttpRefusal("request body is not json", code="json_invalid") from exc
+            raise HttpRefusal("request body is not json", code="json_invalid") from None
         if not isinstance(data, dict):
             raise HttpRefusal("request body must be a json object", code="json_invalid")
         try:
@@ -77,7 +77,7 @@ class ServerContext:
             raise HttpRefusal(
                 f"request body field {safe_text(where)!r}: {first['msg'].lower()}",
                 code="request_invalid",
-            ) from exc
+            ) from None
 
     # -- agents -----------------------------------------------------------------------
 
@@ -173,7 +173,7 @@ class ServerContext:
         except ValueError as exc:  # binascii.Error, non-ASCII text, bytes not UTF-8
             raise HttpRefusal(
                 "authorization is not valid Basic credentials", code="authorization_malformed"
-            ) from exc
+            ) from None
         if secret.startswith(foreign_prefix):
             raise HttpRefusal(f"this endpoint is for {role}s", code="wrong_role")
         return user, secret

@@ -273,3 +273,40 @@ def test_assertion_time_beyond_any_float_is_malformed(tmp_path: Path, claim: str
     forged = f"{h}.{p}.{b64url(key.sign(f'{h}.{p}'.encode()))}"
     r = api.client.post("/v1/credentials", json={"assertion": forged, "scope": DEPLOY_SCOPE})
     assert (r.status_code, r.json()["code"]) == (401, "assertion_malformed"), r.text
+
+
+def test_a_refused_body_or_credential_carries_no_input_in_its_exception_chain(
+    tmp_path: Path,
+) -> None:
+    """What a request held (a secret value too long to accept, Basic credentials that
+    do not decode) stays out of the refusal's exception chain, where a traceback that
+    any logger prints would show it."""
+    import traceback
+
+    from opsgate.errors import OpsgateError
+    from opsgate.server.routes.operations import ExecuteBody
+
+    api = open_api(tmp_path / "state")
+    ctx = api.client.app.state.ctx  # type: ignore[attr-defined]
+    secret = "s3cret-" + "x" * 1_048_576
+    body = b'{"action": "write", "resource": "secrets/staging/db", "secret": "%s"}' % (
+        secret.encode()
+    )
+    refusals = []
+    for raw in (body, b'{"secret": "s3cret-not-json'):
+        with pytest.raises(OpsgateError) as info:
+            ctx.parse(raw, ExecuteBody)
+        refusals.append(info.value)
+
+    class Req:
+        headers = type("H", (), {"getlist": staticmethod(lambda _: ["Basic " + "s3cret/w=="])})()
+        client = None
+        state = type("S", (), {})()
+
+    with pytest.raises(OpsgateError) as info:
+        ctx._basic(Req(), "operator", "\x00")
+    refusals.append(info.value)
+    for exc in refusals:
+        assert exc.__cause__ is None and exc.__suppress_context__
+        shown = "".join(traceback.format_exception(exc))
+        assert "s3cret" not in shown, shown[:300]
