@@ -410,6 +410,40 @@ def keys_rotate(state_dir: StateDir = None) -> None:
     console().print(f"now signing with {kid}")
 
 
+@keys_app.command("rekey-secrets")
+@handle_errors
+def keys_rekey_secrets(
+    new_key_file: Annotated[
+        Path,
+        typer.Option(
+            "--new-key-file", help="The new master key (0600, 32 bytes as hex or base64)."
+        ),
+    ],
+    generate: Annotated[
+        bool, typer.Option("--generate", help="Create the file with a fresh key first.")
+    ] = False,
+    state_dir: StateDir = None,
+    json_out: JsonOut = False,
+) -> None:
+    """Seal every embedded secret again under a new master key (all or nothing, audited)."""
+    done = open_gate(state_dir).rekey_secrets(new_key_file, generate=generate)
+    if json_out:
+        print_json(done)
+        return
+    console().print(
+        f"{done['versions']} secret versions sealed again: key {done['old_key_id']} -> "
+        f"{done['new_key_id']}",
+        markup=False,
+    )
+    if done["key_file_replaced"]:
+        print_error(f"the state dir's key file now holds the new key (also in {new_key_file})")
+    else:
+        print_error(
+            "the key came from OPSGATE_MASTER_KEY: set it to the new key's text (from "
+            f"{new_key_file}) wherever the gate runs before it next opens"
+        )
+
+
 # -- audit ------------------------------------------------------------------------------------
 
 

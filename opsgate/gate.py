@@ -747,6 +747,57 @@ class Gate:
         self.keyring.reload()
         return rotation.kid
 
+    def rekey_secrets(
+        self,
+        new_key_file: str | os.PathLike[str],
+        *,
+        generate: bool = False,
+        by: str = "operator",
+        now: datetime | float | None = None,
+    ) -> dict[str, Any]:
+        """Seal every embedded secret again under the master key in `new_key_file`
+        (created first with `generate`), in one transaction with its audit record; an
+        operator's act. A key that came from the state dir's key file is replaced by
+        the new one once that commits; one from OPSGATE_MASTER_KEY is the operator's to
+        change (the gate names the new key id, never the key)."""
+        from opsgate.secrets.keys import create_key_file, install_key_file, read_key_file
+
+        t = to_epoch(now)
+        path = Path(new_key_file)
+        current = self.secrets.master_key()
+        new_key = create_key_file(path) if generate else read_key_file(path)
+
+        def record(conn: Any, versions: int) -> None:
+            self.audit.hold_head(conn)
+            self.audit.append_in(
+                conn,
+                "secrets.rekeyed",
+                actor=by,
+                at=t,
+                old_key_id=current.key_id,
+                new_key_id=new_key.key_id,
+                versions=versions,
+            )
+
+        versions = self.secrets.reseal(new_key, also=record)
+        replaced = current.source == "key file"
+        if replaced:
+            try:
+                install_key_file(self.state_dir, path)
+            except ConfigError as exc:
+                raise ConfigError(
+                    f"every secret is sealed with key {new_key.key_id} now, but {exc.message}: "
+                    f"copy '{path}' to the state dir's key file by hand",
+                    code="master_key_unavailable",
+                ) from None
+        return {
+            "versions": versions,
+            "old_key_id": current.key_id,
+            "new_key_id": new_key.key_id,
+            "key_file_replaced": replaced,
+            "key_source": current.source,
+        }
+
     # -- identity ----------------------------------------------------------------------
 
     def register_agent(

@@ -16,6 +16,7 @@ from collections.abc import Callable
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from sqlalchemy import Connection
 
 from opsgate.errors import SecretError
 from opsgate.secrets.base import SecretVersion, conflict, not_found
@@ -25,6 +26,7 @@ from opsgate.store import Store
 from opsgate.store import secrets as sql
 
 _AD_TAG = b"opsgate-secret/v1"
+_AES_LABEL = b"opsgate secrets aes-256-gcm v1"
 
 
 class EmbeddedSecretStore:
@@ -46,7 +48,7 @@ class EmbeddedSecretStore:
         with self._lock:
             if self._sealer is None:
                 key = self._master_key()
-                self._sealer = (key.key_id, AESGCM(key.derive(b"opsgate secrets aes-256-gcm v1")))
+                self._sealer = (key.key_id, AESGCM(key.derive(_AES_LABEL)))
             return self._sealer
 
     def _ad(self, path: str, version: int) -> bytes:
@@ -123,6 +125,54 @@ class EmbeddedSecretStore:
         if not count:
             raise not_found(path)
         return count
+
+    def reseal(self, new_key: MasterKey, *, also: Callable[[Connection, int], None]) -> int:
+        """Seal every version (deleted ones too) again under `new_key`, each with a fresh
+        nonce, in one transaction with `also` (its audit record): all or nothing. A
+        version that does not open under the current key refuses the whole of it.
+        Returns how many versions were sealed again."""
+        old_id, old = self._key()
+        if new_key.key_id == old_id:
+            raise SecretError("the new master key is the current one", code="master_key_unchanged")
+        new = AESGCM(new_key.derive(_AES_LABEL))
+        with self._store.write() as conn:
+            recorded = sql.secret_key_id(conn)
+            if recorded is not None and recorded != old_id:
+                raise key_mismatch("*")
+            rows = sql.sealed_versions(conn)
+            for row in rows:
+                if row.key_id != old_id:
+                    raise key_mismatch(row.path)
+                ad = self._ad(row.path, row.version)
+                try:
+                    plain = old.decrypt(row.nonce, row.ciphertext, ad)
+                except InvalidTag:
+                    raise SecretError(
+                        f"version {row.version} of secret {row.path!r} does not decrypt: "
+                        "nothing was sealed again",
+                        code="secret_corrupt",
+                    ) from None
+                nonce = os.urandom(12)
+                sealed = sql.SealedVersion(
+                    row.path,
+                    row.version,
+                    new_key.key_id,
+                    nonce,
+                    new.encrypt(nonce, plain, ad),
+                    row.deleted_at,
+                )
+                try:
+                    sql.reseal_secret_version(conn, sealed, old_id)
+                except sql.VersionTaken:
+                    raise conflict(row.path, row.version) from None
+            if recorded is None:
+                sql.claim_secret_key_id(conn, new_key.key_id)
+            elif not sql.set_secret_key_id(conn, old_id, new_key.key_id):
+                raise key_mismatch("*")
+            also(conn, len(rows))
+        with self._lock:
+            self._sealer = (new_key.key_id, new)
+        return len(rows)
 
     def close(self) -> None:
         pass

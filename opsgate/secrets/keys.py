@@ -90,6 +90,51 @@ def load_master_key(state_dir: Path, environ: Mapping[str, str] | None = None) -
     return MasterKey(parse_master_key(_read_key_file(path)), "key file")
 
 
+def read_key_file(path: Path) -> MasterKey:
+    """A master key from a file of the operator's (as private as the state dir's)."""
+    return MasterKey(parse_master_key(_read_key_file(Path(path))), "key file")
+
+
+def create_key_file(path: Path) -> MasterKey:
+    """A fresh master key in a new 0600 file at `path` (an existing one is refused)."""
+    path = Path(path)
+    if os.path.lexists(path):
+        raise ConfigError(
+            f"'{path}' exists: give a new file, or leave out --generate",
+            code="master_key_unavailable",
+        )
+    _create_key_file(path)
+    return read_key_file(path)
+
+
+def install_key_file(state_dir: Path, source: Path) -> None:
+    """Make `source`'s key the state dir's key file: written beside it, synced, then
+    renamed over it (the old key or the new one, never half of either)."""
+    path = Path(state_dir) / KEY_FILE
+    text = _read_key_file(Path(source)).encode("ascii")
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        try:
+            os.write(fd, text)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+        dfd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise ConfigError(
+            f"cannot replace the key file {KEY_FILE!r}: {exc.strerror or exc.__class__.__name__}",
+            code="master_key_unavailable",
+        ) from None
+
+
 def _create_key_file(path: Path) -> None:
     """Write a fresh key beside `path` and link it into place: the key file appears
     whole or not at all, and a racing process that linked first wins (both use it)."""
@@ -121,20 +166,21 @@ def _create_key_file(path: Path) -> None:
 
 def _read_key_file(path: Path) -> str:
     """The key file's text; a link, a non-file or a file others may read is refused."""
+    name = KEY_FILE if path.name == KEY_FILE else str(path)
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
     except OSError as exc:
         raise ConfigError(
-            f"cannot read the key file {KEY_FILE!r}: {exc.strerror or 'not a plain file'}",
+            f"cannot read the key file {name!r}: {exc.strerror or 'not a plain file'}",
             code="master_key_unavailable",
         ) from None
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
-            raise ConfigError(f"{KEY_FILE!r} is not a regular file", code="master_key_insecure")
+            raise ConfigError(f"{name!r} is not a regular file", code="master_key_insecure")
         if st.st_mode & 0o077 or st.st_uid != os.geteuid():
             raise ConfigError(
-                f"{KEY_FILE!r} must be owned by this user with mode 0600",
+                f"{name!r} must be owned by this user with mode 0600",
                 code="master_key_insecure",
             )
         data = os.read(fd, 4096)
@@ -183,7 +229,10 @@ __all__ = [
     "MASTER_KEY_ENV",
     "MasterKey",
     "ValueBinder",
+    "create_key_file",
+    "install_key_file",
     "key_mismatch",
     "load_master_key",
     "parse_master_key",
+    "read_key_file",
 ]

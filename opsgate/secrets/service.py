@@ -10,7 +10,10 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
+from sqlalchemy import Connection
+
 from opsgate.config import SecretsConfig
+from opsgate.errors import ConfigError
 from opsgate.secrets.base import NAMESPACE, SecretStore
 from opsgate.secrets.embedded import EmbeddedSecretStore
 from opsgate.secrets.executor import EXECUTORS, SecretExecutor
@@ -43,6 +46,7 @@ class SecretsService:
         self, config: SecretsConfig, *, store: Store, state_dir: Path, gate_id: str
     ) -> None:
         self.config = config
+        self._gate_id = gate_id
         self._key = _Lazy(lambda: load_master_key(state_dir))
         self._binder = _Lazy(lambda: ValueBinder(self.master_key(), gate_id))
         #: The authenticated Vault client (KV backend, dynamic database credentials).
@@ -68,6 +72,19 @@ class SecretsService:
         binder = self._binder.get()
         assert isinstance(binder, ValueBinder)
         return binder
+
+    def reseal(self, new_key: MasterKey, *, also: Callable[[Connection, int], None]) -> int:
+        """Seal every embedded secret again under `new_key` (see EmbeddedSecretStore),
+        then use it from now on: the values' bindings in new plans too."""
+        if not isinstance(self.backend, EmbeddedSecretStore):
+            raise ConfigError(
+                "the vault backend keeps its own keys: rotate them in OpenBao/Vault",
+                code="secrets_rekey_unsupported",
+            )
+        count = self.backend.reseal(new_key, also=also)
+        self._key = _Lazy(lambda: new_key)
+        self._binder = _Lazy(lambda: ValueBinder(new_key, self._gate_id))
+        return count
 
     def executors(self) -> list[SecretExecutor]:
         return [

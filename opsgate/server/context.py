@@ -65,7 +65,7 @@ class ServerContext:
             )
         try:
             data = orjson.loads(raw)
-        except orjson.JSONDecodeError as exc:
+        except orjson.JSONDecodeError:
             raise HttpRefusal("request body is not json", code="json_invalid") from None
         if not isinstance(data, dict):
             raise HttpRefusal("request body must be a json object", code="json_invalid")
@@ -170,7 +170,7 @@ class ServerContext:
             )
         try:
             user, _, secret = base64.b64decode(value, validate=True).decode("utf-8").partition(":")
-        except ValueError as exc:  # binascii.Error, non-ASCII text, bytes not UTF-8
+        except ValueError:  # binascii.Error, non-ASCII text, bytes not UTF-8
             raise HttpRefusal(
                 "authorization is not valid Basic credentials", code="authorization_malformed"
             ) from None

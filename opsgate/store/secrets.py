@@ -105,6 +105,40 @@ def secret_key_id(conn: Connection) -> str | None:
     return None if row is None else str(row[0])
 
 
+def sealed_versions(conn: Connection) -> list[SealedVersion]:
+    """Every stored version (deleted ones too), for re-sealing under a new key."""
+    q = select(
+        _t.c.path, _t.c.version, _t.c.key_id, _t.c.nonce, _t.c.ciphertext, _t.c.deleted_at
+    ).order_by(_t.c.path, _t.c.version)
+    return [
+        SealedVersion(r[0], int(r[1]), r[2], bytes(r[3]), bytes(r[4]), r[5])
+        for r in conn.execute(q)
+    ]
+
+
+def reseal_secret_version(conn: Connection, sealed: SealedVersion, old_key_id: str) -> None:
+    """Replace one version's key id, nonce and ciphertext (only while it is still sealed
+    with `old_key_id`: a row changed meanwhile fails the whole re-sealing)."""
+    changed = conn.execute(
+        update(_t)
+        .where(_t.c.path == sealed.path, _t.c.version == sealed.version, _t.c.key_id == old_key_id)
+        .values(key_id=sealed.key_id, nonce=sealed.nonce, ciphertext=sealed.ciphertext)
+    ).rowcount
+    if changed != 1:
+        raise VersionTaken(f"{sealed.path} version {sealed.version} changed while re-sealing")
+
+
+def set_secret_key_id(conn: Connection, old_key_id: str, new_key_id: str) -> bool:
+    """Move the recorded secret key from `old_key_id` to `new_key_id` (False when the
+    recorded one is not `old_key_id`)."""
+    changed = conn.execute(
+        update(schema.gate_meta)
+        .where(schema.gate_meta.c.key == _KEY_ID, schema.gate_meta.c.value == old_key_id)
+        .values(value=new_key_id)
+    ).rowcount
+    return bool(changed == 1)
+
+
 def claim_secret_key_id(conn: Connection, key_id: str) -> str:
     """Record `key_id` as this database's secret key unless one is recorded; returns
     the recorded one (a replica that raced first wins)."""
@@ -126,6 +160,9 @@ __all__ = [
     "mark_secret_deleted",
     "newest_secret_version",
     "read_secret_version",
+    "reseal_secret_version",
+    "sealed_versions",
     "secret_key_id",
     "secret_paths_under",
+    "set_secret_key_id",
 ]
