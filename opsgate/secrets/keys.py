@@ -20,7 +20,7 @@ import os
 import re
 import secrets
 import stat
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import NoReturn
 
@@ -112,51 +112,42 @@ def install_key_file(state_dir: Path, source: Path) -> None:
     renamed over it (the old key or the new one, never half of either)."""
     path = Path(state_dir) / KEY_FILE
     text = _read_key_file(Path(source)).encode("ascii")
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-        try:
-            os.write(fd, text)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-        dfd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-    except OSError as exc:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise ConfigError(
-            f"cannot replace the key file {KEY_FILE!r}: {exc.strerror or exc.__class__.__name__}",
-            code="master_key_unavailable",
-        ) from None
+    _place(path, text, os.replace, "replace")
 
 
 def _create_key_file(path: Path) -> None:
     """Write a fresh key beside `path` and link it into place: the key file appears
     whole or not at all, and a racing process that linked first wins (both use it)."""
+
+    def link(tmp: Path, to: Path) -> None:
+        with contextlib.suppress(FileExistsError):
+            os.link(tmp, to)
+
+    key = base64.urlsafe_b64encode(secrets.token_bytes(KEY_BYTES)) + b"\n"
+    _place(Path(path), key, link, "create")
+
+
+def _place(path: Path, data: bytes, put: Callable[[Path, Path], None], verb: str) -> None:
+    """`data` in a private file beside `path`, synced, then `put` at `path` (a link or
+    a rename) and the directory synced, so the name is durable too."""
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
         try:
-            os.write(fd, base64.urlsafe_b64encode(secrets.token_bytes(KEY_BYTES)) + b"\n")
+            os.write(fd, data)
             os.fsync(fd)
         finally:
             os.close(fd)
-        with contextlib.suppress(FileExistsError):
-            os.link(tmp, path)
+        put(tmp, path)
     except OSError as exc:
         raise ConfigError(
-            f"cannot create the key file {KEY_FILE!r}: {exc.strerror or exc.__class__.__name__}",
+            f"cannot {verb} the key file {KEY_FILE!r}: {exc.strerror or exc.__class__.__name__}",
             code="master_key_unavailable",
         ) from None
     finally:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
-    with contextlib.suppress(OSError):  # make the new name durable
+    with contextlib.suppress(OSError):
         dfd = os.open(path.parent, os.O_RDONLY)
         try:
             os.fsync(dfd)

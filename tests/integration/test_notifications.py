@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from email import message_from_bytes
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -86,6 +87,29 @@ def smtp() -> Iterator[tuple[Mailbox, int]]:
     controller.start()
     try:
         yield mailbox, port
+    finally:
+        controller.stop()
+
+
+@contextmanager
+def _logging_in_smtp(**options: Any) -> Iterator[tuple[Mailbox, int, list[str]]]:
+    """A real SMTP server that takes any login and keeps the passwords it was sent."""
+    from aiosmtpd.smtp import AuthResult
+
+    passwords: list[str] = []
+
+    def authenticator(server: Any, session: Any, envelope: Any, mechanism: str, data: Any) -> Any:
+        passwords.append(data.password.decode())
+        return AuthResult(success=True)
+
+    mailbox = Mailbox()
+    port = free_port()
+    controller = Controller(
+        mailbox, hostname="127.0.0.1", port=port, authenticator=authenticator, **options
+    )
+    controller.start()
+    try:
+        yield mailbox, port, passwords
     finally:
         controller.stop()
 
@@ -401,38 +425,19 @@ def test_smtp_starttls_checks_the_servers_certificate_before_the_password_is_sen
     smtplib's starttls() checks no certificate unless it is given a context."""
     import ssl
 
-    from aiosmtpd.smtp import AuthResult
-
     cert_file, key_file = _self_signed(tmp_path)
     tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     tls.load_cert_chain(cert_file, key_file)
-    passwords: list[str] = []
-
-    def authenticator(server: Any, session: Any, envelope: Any, mechanism: str, data: Any) -> Any:
-        passwords.append(data.password.decode())
-        return AuthResult(success=True)
-
-    mailbox = Mailbox()
-    port = free_port()
-    controller = Controller(
-        mailbox,
-        hostname="127.0.0.1",
-        port=port,
-        tls_context=tls,
-        require_starttls=True,
-        authenticator=authenticator,
-    )
-    controller.start()
     monkeypatch.setenv("OPSGATE_TEST_SMTP_PASSWORD", "smtp-pass-7731")
-    smtp = {
-        "host": "127.0.0.1",
-        "port": port,
-        "sender": "opsgate@company.com",
-        "starttls": True,
-        "username": "opsgate",
-        "password_env": "OPSGATE_TEST_SMTP_PASSWORD",
-    }
-    try:
+    with _logging_in_smtp(tls_context=tls, require_starttls=True) as (mailbox, port, passwords):
+        smtp = {
+            "host": "127.0.0.1",
+            "port": port,
+            "sender": "opsgate@company.com",
+            "starttls": True,
+            "username": "opsgate",
+            "password_env": "OPSGATE_TEST_SMTP_PASSWORD",
+        }
         # A certificate no trusted CA signed: refused before the password is sent.
         w = open_world(tmp_path / "a", notifications={"smtp": smtp})
         try:
@@ -453,8 +458,6 @@ def test_smtp_starttls_checks_the_servers_certificate_before_the_password_is_sen
             assert audit_events(w.gate, "notification.failed") == []
         finally:
             w.gate.close()
-    finally:
-        controller.stop()
 
 
 def test_an_smtp_password_is_never_sent_over_a_connection_without_tls(
@@ -462,33 +465,15 @@ def test_an_smtp_password_is_never_sent_over_a_connection_without_tls(
 ) -> None:
     """A username without starttls logged in over plain SMTP: the password crossed the
     network in clear. Refused at open unless the server is on this host."""
-    from aiosmtpd.smtp import AuthResult
-
-    passwords: list[str] = []
-
-    def authenticator(server: Any, session: Any, envelope: Any, mechanism: str, data: Any) -> Any:
-        passwords.append(data.password.decode())
-        return AuthResult(success=True)
-
-    mailbox = Mailbox()
-    port = free_port()
-    controller = Controller(
-        mailbox,
-        hostname="127.0.0.1",
-        port=port,
-        authenticator=authenticator,
-        auth_require_tls=False,
-    )
-    controller.start()
     monkeypatch.setenv("OPSGATE_TEST_SMTP_PASSWORD", "smtp-pass-7731")
-    smtp = {
-        "host": "smtp.company.com",
-        "port": port,
-        "sender": "opsgate@company.com",
-        "username": "opsgate",
-        "password_env": "OPSGATE_TEST_SMTP_PASSWORD",
-    }
-    try:
+    with _logging_in_smtp(auth_require_tls=False) as (mailbox, port, passwords):
+        smtp = {
+            "host": "smtp.company.com",
+            "port": port,
+            "sender": "opsgate@company.com",
+            "username": "opsgate",
+            "password_env": "OPSGATE_TEST_SMTP_PASSWORD",
+        }
         with pytest.raises(opsgate.ConfigError) as exc:
             opsgate.Gate.open(tmp_path / "a", notifications={"smtp": smtp})
         assert "starttls" in exc.value.message
@@ -500,5 +485,3 @@ def test_an_smtp_password_is_never_sent_over_a_connection_without_tls(
             assert passwords == ["smtp-pass-7731"] and len(mailbox.envelopes) == 1
         finally:
             w.gate.close()
-    finally:
-        controller.stop()

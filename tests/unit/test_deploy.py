@@ -423,26 +423,30 @@ def test_the_default_keeps_five(tmp_path: Path) -> None:
 # -- the deploy lock -------------------------------------------------------------------------------
 
 
-def _lock(w: World, *, pid: int, start: str, host: str | None = None, message: str = "x") -> None:
-    taken = w.executor.ledger.take_lock(
-        LockRecord(
-            env="staging",
-            app="web",
-            token="t" * 32,
-            holder_did="did:key:z6MkOther",
-            holder_name="other-agent",
-            capability="deploy:staging/web",
-            message=message,
-            deployment_id=None,
-            host=host or host_name(),
-            pid=pid,
-            process_start=start,
-            started_at=1.0,
-            expires_at=2.0,
-        ),
-        3.0,
+def _other_lock(
+    host: str, started: float, expires: float, *, pid: int = 1, start: str = "", message: str = "x"
+) -> LockRecord:
+    """Another agent's lock on staging/web, held by `pid` on `host`."""
+    return LockRecord(
+        env="staging",
+        app="web",
+        token="t" * 32,
+        holder_did="did:key:z6MkOther",
+        holder_name="other-agent",
+        capability="deploy:staging/web",
+        message=message,
+        deployment_id=None,
+        host=host,
+        pid=pid,
+        process_start=start,
+        started_at=started,
+        expires_at=expires,
     )
-    assert taken.acquired
+
+
+def _lock(w: World, *, pid: int, start: str, host: str | None = None, message: str = "x") -> None:
+    lock = _other_lock(host or host_name(), 1.0, 2.0, pid=pid, start=start, message=message)
+    assert w.executor.ledger.take_lock(lock, 3.0).acquired
 
 
 def _journal_run(w: World, *, version: str, previous: str, pid: int, phase: str) -> int:
@@ -547,24 +551,8 @@ def test_a_run_renews_its_lock_so_another_host_never_takes_over_a_long_deploy(
                 time.sleep(1.5)  # two and a half leases
                 with monkeypatch.context() as m:
                     m.setattr(deployments, "host_name", lambda: "pod-b")
-                    taken = ledger.take_lock(
-                        LockRecord(
-                            env="staging",
-                            app="web",
-                            token="b" * 32,
-                            holder_did="did:key:z6MkOther",
-                            holder_name="other-agent",
-                            capability="deploy:staging/web",
-                            message=None,
-                            deployment_id=None,
-                            host="pod-b",
-                            pid=1,
-                            process_start="",
-                            started_at=time.time(),
-                            expires_at=time.time() + 60,
-                        ),
-                        time.time(),
-                    )
+                    now = time.time()
+                    taken = ledger.take_lock(_other_lock("pod-b", now, now + 60), now)
                 seen.append(taken.acquired)
 
         w.executor.progress = slow_health

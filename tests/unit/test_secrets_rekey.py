@@ -183,36 +183,15 @@ def test_the_cli_rekeys_and_never_prints_a_key(world: SecretWorld, tmp_path: Pat
     state = world.gate.state_dir
     world.gate.close()
     new = tmp_path / "cli.key"
-    result = runner.invoke(
-        app,
-        [
-            "--state-dir",
-            str(state),
-            "keys",
-            "rekey-secrets",
-            "--new-key-file",
-            str(new),
-            "--generate",
-        ],
-    )
+    args = ["--state-dir", str(state), "keys", "rekey-secrets", "--new-key-file", str(new)]
+    result = runner.invoke(app, [*args, "--generate"])
     assert result.exit_code == 0, result.stderr
     assert "3 secret versions sealed again" in result.stdout
     key_text = new.read_text().strip()
     assert key_text not in result.stdout and key_text not in result.stderr
     assert os.stat(new).st_mode & 0o777 == 0o600
     # A second --generate over the same file is refused, one error line.
-    again = runner.invoke(
-        app,
-        [
-            "--state-dir",
-            str(state),
-            "keys",
-            "rekey-secrets",
-            "--new-key-file",
-            str(new),
-            "--generate",
-        ],
-    )
+    again = runner.invoke(app, [*args, "--generate"])
     assert again.exit_code == 1 and "Traceback" not in again.stderr
     assert "master_key_unavailable" in again.stderr
 
