@@ -133,42 +133,7 @@ class Intruder:
         return seq
 
     def add_root_agent(self, name: str = "intruder") -> tuple[str, Ed25519PrivateKey]:
-        agent_key = Ed25519PrivateKey.generate()
-        did = keys.did_from_public_key(agent_key.public_key())
-        t = time.time()
-        record = {
-            "v": RECORD_VERSION,
-            "kind": "registration",
-            "gate": self.gate.gate_id,
-            "did": did,
-            "name": name,
-            "sponsor": "ops@company.com",
-            "capabilities": ["deploy:production"],
-            "depth": 0,
-            "issued_at": t,
-            "expires_at": None,
-        }
-        body = record_bytes(record)
-        with self.gate.store.write() as conn:
-            conn.execute(
-                insert(schema.agents).values(
-                    did=did,
-                    name=name,
-                    sponsor="ops@company.com",
-                    parent_did=None,
-                    depth=0,
-                    created_at=t,
-                    expires_at=None,
-                    status="active",
-                    trust_score=1000,
-                    initial_trust=1000,
-                    record=body.decode(),
-                    signature=keys.b64url(self.key.sign(body)),
-                    signer=f"gate:{self.kid}",
-                    updated_at=t,
-                )
-            )
-        return did, agent_key
+        return _root_row(self.gate, self.key, self.kid, time.time(), name=name)
 
     def mint(self, did: str) -> str:
         t = round(time.time(), 3)
@@ -418,26 +383,7 @@ def test_an_agent_row_whose_did_names_a_path_never_exports_a_key_file(
         if database_url is not None:
             pytest.skip("an absolute path does not fit PostgreSQL's did column")
         did = f"did:key:{gate.state_dir / 'gate-keys' / kid}"
-    t = time.time()
-    with gate.store.write() as conn:
-        conn.execute(
-            insert(schema.agents).values(
-                did=did,
-                name="deploy-agent-2",
-                sponsor="ops@company.com",
-                parent_did=None,
-                depth=0,
-                created_at=t,
-                expires_at=None,
-                status="active",
-                trust_score=900,
-                initial_trust=900,
-                record="{}",
-                signature="x",
-                signer=f"gate:{kid}",
-                updated_at=t,
-            )
-        )
+    _insert_root(gate, did, "deploy-agent-2", "{}", "x", f"gate:{kid}", time.time())
     out = tmp_path / "deploy-agent-2.pem"
     with pytest.raises(opsgate.AgentError) as info:
         gate.agents.export_key("deploy-agent-2", out, by="alice")
@@ -462,8 +408,45 @@ def test_a_key_file_that_is_not_the_agents_key_is_refused(gate: opsgate.Gate) ->
     assert info.value.code == "key_invalid"
 
 
-def _root_row(gate: opsgate.Gate, key: Ed25519PrivateKey, kid: str, at: float) -> str:
-    """A root agent's row signed with `key` (as gate key `kid`), dated `at`."""
+def _insert_root(
+    gate: opsgate.Gate,
+    did: str,
+    name: str,
+    record: str,
+    signature: str,
+    signer: str,
+    at: float,
+    *,
+    trust: int = 900,
+) -> None:
+    """A root agent's row written straight into the database (what a database writer
+    could do), with the record and signature given."""
+    with gate.store.write() as conn:
+        conn.execute(
+            insert(schema.agents).values(
+                did=did,
+                name=name,
+                sponsor="ops@company.com",
+                parent_did=None,
+                depth=0,
+                created_at=at,
+                expires_at=None,
+                status="active",
+                trust_score=trust,
+                initial_trust=trust,
+                record=record,
+                signature=signature,
+                signer=signer,
+                updated_at=at,
+            )
+        )
+
+
+def _root_row(
+    gate: opsgate.Gate, key: Ed25519PrivateKey, kid: str, at: float, *, name: str = "ghost"
+) -> tuple[str, Ed25519PrivateKey]:
+    """A root agent's row signed with `key` (as gate key `kid`), dated `at`: its did and
+    its own key."""
     agent_key = Ed25519PrivateKey.generate()
     did = keys.did_from_public_key(agent_key.public_key())
     record = {
@@ -471,7 +454,7 @@ def _root_row(gate: opsgate.Gate, key: Ed25519PrivateKey, kid: str, at: float) -
         "kind": "registration",
         "gate": gate.gate_id,
         "did": did,
-        "name": "ghost",
+        "name": name,
         "sponsor": "ops@company.com",
         "capabilities": ["deploy:production"],
         "depth": 0,
@@ -479,26 +462,9 @@ def _root_row(gate: opsgate.Gate, key: Ed25519PrivateKey, kid: str, at: float) -
         "expires_at": None,
     }
     body = record_bytes(record)
-    with gate.store.write() as conn:
-        conn.execute(
-            insert(schema.agents).values(
-                did=did,
-                name="ghost",
-                sponsor="ops@company.com",
-                parent_did=None,
-                depth=0,
-                created_at=at,
-                expires_at=None,
-                status="active",
-                trust_score=1000,
-                initial_trust=1000,
-                record=body.decode(),
-                signature=keys.b64url(key.sign(body)),
-                signer=f"gate:{kid}",
-                updated_at=at,
-            )
-        )
-    return did
+    signature = keys.b64url(key.sign(body))
+    _insert_root(gate, did, name, body.decode(), signature, f"gate:{kid}", at, trust=1000)
+    return did, agent_key
 
 
 def test_a_retired_key_registers_no_root_agent_after_its_rotation(
@@ -516,7 +482,7 @@ def test_a_retired_key_registers_no_root_agent_after_its_rotation(
         cred = gate.credential_manager.issue_credential(agent.did, ["deploy:staging"])
         assert gate.credential_manager.verify(cred.token).sub == agent.did
     assert gate.audit.verify().ok
-    ghost = _root_row(gate, stolen, k0, rotated_at - 60)
+    ghost, _ = _root_row(gate, stolen, k0, rotated_at - 60)
     time.sleep(gate.state.max_age)  # past the grace of a view a moment old
     with opsgate.Gate.open(gate.state_dir, database_url=database_url) as fresh:
         assert fresh.keyring.signer()[0] == k1
@@ -539,7 +505,7 @@ def test_a_root_that_counts_only_by_the_grace_of_a_retired_key_is_not_kept(
     k0, stolen = gate.keyring.signer()
     gate.keyring.root_grace = 3600.0  # the moment, made long enough to act in
     gate.rotate_keys()
-    ghost = _root_row(gate, stolen, k0, time.time())
+    ghost, _ = _root_row(gate, stolen, k0, time.time())
     cred = gate.credential_manager.issue_credential(ghost, ["deploy:production"])
     gate.keyring.root_grace = 0.0  # the moment has passed
     with pytest.raises(opsgate.InvalidCredential) as info:
