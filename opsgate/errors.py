@@ -534,8 +534,9 @@ _REGISTRY: tuple[tuple[type[OpsgateError], dict[str, str]], ...] = (
             "policy_invalid": "a policy file is invalid",
             "policy_missing": "no policies are loaded",
             "policy_mismatch": (
-                "this gate's policies differ from those in force (loaded last by another "
-                "gate): it decides nothing until restarted with the same policy files"
+                "this gate's policies (or decision settings) differ from those in force "
+                "(loaded last by another gate): it decides nothing until restarted with the "
+                "same ones"
             ),
             "policy_not_found": "a policy file or named policy does not exist",
             "policy_request_invalid": "a request to evaluate is not valid",

@@ -16,6 +16,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import hashlib
+import json
 import os
 import stat
 import time
@@ -139,6 +141,10 @@ def _creation_lock(path: Path) -> Iterator[None]:
         yield
     finally:
         os.close(fd)
+
+
+# The sections of opsgate.yaml that change what a decision is (see decisions_digest).
+_DECISION_SETTINGS = {"audience", "require_proof", "limits", "trust", "approvals", "environments"}
 
 
 def _changeable(st: os.stat_result, *, above: bool) -> bool:
@@ -564,9 +570,20 @@ class Gate:
         assert loaded.digest is not None  # loaded from files
         self._policies_in_force(loaded, loaded.digest)
 
-    def _policies_in_force(self, loaded: PolicySet | None, digest: str) -> None:
-        """Publish (or compare) the digest of the policies just loaded, then use them.
-        No decision falls between the swap and the comparison."""
+    def decisions_digest(self, policies_digest: str) -> str:
+        """What replicas must agree on to decide alike: the policy files' digest and the
+        settings of opsgate.yaml that change a decision (trust thresholds and approvers,
+        environments, limits, approvals, whether proofs are required, the audience)."""
+        settings = self.config.model_dump(mode="json", include=_DECISION_SETTINGS)
+        canonical = json.dumps(settings, sort_keys=True, separators=(",", ":"))
+        body = f"opsgate-decisions/1\n{policies_digest}\n{canonical}"
+        return hashlib.sha256(body.encode()).hexdigest()
+
+    def _policies_in_force(self, loaded: PolicySet | None, policies_digest: str) -> None:
+        """Publish (or compare) the digest of the policies just loaded (with the
+        decision settings), then use them. No decision falls between the swap and the
+        comparison."""
+        digest = self.decisions_digest(policies_digest)
         published = self._publish_policies(
             digest, () if loaded is None else tuple(Path(s).name for s in loaded.sources)
         )

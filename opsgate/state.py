@@ -256,7 +256,7 @@ class LiveState:
         return (
             f"this gate's policies (digest {own[:12]}) differ from those in force "
             f"(digest {theirs}, loaded last by another gate): restart it with the same "
-            "policy files"
+            "policy files and opsgate.yaml decision settings"
         )
 
     # -- the change feed ---------------------------------------------------------

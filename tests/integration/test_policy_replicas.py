@@ -160,7 +160,7 @@ def test_a_replica_left_on_other_policies_refuses_every_decision_until_they_matc
         assert gate.authorize(w.token, STAGING).effect == "allow"
 
     loaded = audit_events(replicas.a, "policy.loaded")
-    lax, strict = (load_policies(p).digest for p in (LAX, STRICT))
+    lax, strict = (replicas.a.decisions_digest(load_policies(p).digest) for p in (LAX, STRICT))
     assert [(e["digest"], e["files"], e.get("replaced")) for e in loaded] == [
         (lax, ["policies.yaml"], None),
         (strict, ["production_frozen.yaml"], lax),

@@ -50,7 +50,7 @@ def test_a_single_gate_publishes_its_policies_once_and_serves(tmp_path: Path) ->
     try:
         assert not gate.state.policy_mismatch
         assert gate.authorize(_token(gate), STAGING).effect == "allow"
-        digest = load_policies(files).digest
+        digest = gate.decisions_digest(load_policies(files).digest)
         assert gate.state.policy_digest == digest
         [loaded] = audit_events(gate, "policy.loaded")
         assert loaded["digest"] == digest and loaded["files"] == ["a.yaml"]
@@ -72,7 +72,10 @@ def test_a_single_gate_publishes_its_policies_once_and_serves(tmp_path: Path) ->
     try:
         assert gate.authorize(_token(gate), STAGING).effect == "allow"
         loaded = audit_events(gate, "policy.loaded")
-        assert [e["digest"] for e in loaded] == [digest, load_policies(files).digest]
+        assert [e["digest"] for e in loaded] == [
+            digest,
+            gate.decisions_digest(load_policies(files).digest),
+        ]
         assert loaded[1]["replaced"] == digest
     finally:
         gate.close()
@@ -115,10 +118,11 @@ def test_two_gates_on_one_state_dir_agree_and_an_edit_takes_the_older_one_out(
 def test_a_gate_without_policies_publishes_the_empty_set(tmp_path: Path) -> None:
     gate = _open(tmp_path / "state", None)
     try:
-        assert gate.state.policy_digest == policy_digest(())
+        empty = gate.decisions_digest(policy_digest(()))
+        assert gate.state.policy_digest == empty
         assert gate.authorize(_token(gate), STAGING).effect == "allow"
         [loaded] = audit_events(gate, "policy.loaded")
-        assert loaded["digest"] == policy_digest(()) and loaded["files"] == []
+        assert loaded["digest"] == empty and loaded["files"] == []
     finally:
         gate.close()
 
@@ -139,3 +143,41 @@ def test_the_digest_is_the_files_bytes_names_and_order(tmp_path: Path) -> None:
     (two / "b.yaml").write_bytes((two / "b.yaml").read_bytes() + b"\n")
     assert load_policies(two).digest != load_policies(one).digest
     assert load_policies(one / "a.yaml").digest != policy_digest(())
+
+
+def test_decision_settings_in_opsgate_yaml_count_like_the_policy_files(tmp_path: Path) -> None:
+    """Same policy files, another trust threshold (or environments, limits, approvals):
+    a replica with the laxer settings would wave through what another holds for
+    approval, so the settings are part of what is in force."""
+    files = tmp_path / "policies.yaml"
+    shutil.copy(policy("policies.yaml"), files)
+    state = tmp_path / "state"
+    server = _open(state, files)
+    try:
+        token = _token(server)
+        for settings in (
+            {"trust": {"approval_below": 950}},
+            {"approvals": {"max_pending_per_agent": 3}},
+        ):
+            other = _open(state, files, **settings)
+            try:
+                assert other.state.policy_digest != server.state.policy_digest
+                assert other.authorize(token, STAGING).effect == "allow"
+                server.state.refresh(force=True)
+                with pytest.raises(opsgate.PolicyError) as refused:
+                    server.authorize(token, STAGING)
+                assert refused.value.code == "policy_mismatch"
+            finally:
+                other.close()
+            # The same settings as the server's again: it serves.
+            _open(state, files).close()
+            server.state.refresh(force=True)
+            assert server.authorize(token, STAGING).effect == "allow"
+        # Settings that do not change a decision (the CLI's, the server's own) do not count.
+        same = _open(state, files, cli={"credential_ttl_minutes": 3})
+        try:
+            assert same.state.policy_digest == server.state.policy_digest
+        finally:
+            same.close()
+    finally:
+        server.close()
