@@ -597,6 +597,7 @@ class DeployExecutor:
             )
         run = _Run(env, app, version, plan.capability, token, None, SafeHook(self.progress))
         try:
+            run.lease = _Lease(ledger, run, self.config.lock_expiry_seconds, self._clock)
             run.recovered = self._repair_app(env, app, taken.replaced)
             digest = content.get("artifact_digest")
             if kind == "deploy":
@@ -637,9 +638,9 @@ class DeployExecutor:
                 now=now,
             )
         except BaseException:
+            run.end_lease()
             ledger.drop_lock(env, app, token)
             raise
-        run.lease = _Lease(ledger, run, self.config.lock_expiry_seconds, self._clock)
         return run
 
     def _phase(self, run: _Run, phase: str) -> None:
