@@ -1085,29 +1085,14 @@ class Gate:
         self, executor: Executor, cap: caps.Capability, named: str | None
     ) -> str | None:
         """The environment an executor's configuration gives the resource (a database
-        target's), checked as `_plan` checks its plan's: `authorize` then decides as
-        `execute` does, never a production target as environment-less or as the
-        environment its name happens to spell. `named`: the capability's own."""
+        target's), checked as a plan's is: `authorize` then decides as `execute` does,
+        never a production target as environment-less or as the environment its name
+        happens to spell. `named`: the capability's own."""
         environment_of = getattr(executor, "environment_of", None)
         if not callable(environment_of):
             return named
         configured = environment_of(cap.resource)
-        if configured is None:
-            return named
-        canonical = self.environments.canonical_name(str(configured))
-        if canonical is None:
-            raise CapabilityError(
-                f"the executor names environment {safe_text(str(configured))!r} for "
-                f"{str(cap)!r}, which is not declared",
-                code="environment_undeclared",
-            )
-        if named is not None and canonical != named:
-            raise OperationError(
-                f"the executor planned environment {canonical!r} for {str(cap)!r}, "
-                f"which names {named!r}",
-                code="plan_failed",
-            )
-        return canonical
+        return self._environment(None if configured is None else str(configured), named, str(cap))
 
     def register_executor(
         self, action: str, executor: Executor, *, namespace: str | None = None
@@ -1248,28 +1233,32 @@ class Gate:
         # What is authorized is the operation the agent asked for, exactly.
         if plan.operation != operation or plan.capability != operation.capability:
             raise OperationError("the executor's plan is for another operation", code="plan_failed")
-        # The environment policy and the trust gate see: the one the capability names
-        # wins, so an executor that leaves it unset, or names another, never
-        # downgrades production; an executor may supply one the capability lacks.
-        if plan.environment is not None:
-            planned = self.environments.canonical_name(plan.environment)
-            if planned is None:
-                raise CapabilityError(
-                    f"the executor planned environment {safe_text(plan.environment)!r} for "
-                    f"{plan.capability!r}, which is not declared",
-                    code="environment_undeclared",
-                )
-            plan = plan.in_environment(planned)
-        named = resolved.environment
-        if named is not None and plan.environment != named:
-            if plan.environment is not None:
-                raise OperationError(
-                    f"the executor planned environment {plan.environment!r} for "
-                    f"{plan.capability!r}, which names {named!r}",
-                    code="plan_failed",
-                )
-            plan = plan.in_environment(named)
+        environment = self._environment(plan.environment, resolved.environment, plan.capability)
+        if environment is not None and environment != plan.environment:
+            plan = plan.in_environment(environment)
         return plan, typed
+
+    def _environment(self, given: str | None, named: str | None, capability: str) -> str | None:
+        """The environment policy and the trust gate see, from the one an executor gives
+        (its plan's, or its configuration's for a resource) and the one the capability
+        names: an executor may supply one the capability lacks, never another than it
+        names, and never an undeclared one, so production is never downgraded."""
+        if given is None:
+            return named
+        canonical = self.environments.canonical_name(given)
+        if canonical is None:
+            raise CapabilityError(
+                f"the executor planned environment {safe_text(given)!r} for "
+                f"{capability!r}, which is not declared",
+                code="environment_undeclared",
+            )
+        if named is not None and canonical != named:
+            raise OperationError(
+                f"the executor planned environment {canonical!r} for {capability!r}, "
+                f"which names {named!r}",
+                code="plan_failed",
+            )
+        return canonical
 
     def execute(
         self,
