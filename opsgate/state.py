@@ -22,7 +22,7 @@ from opsgate.config import HARD_TTL_CEILING_MINUTES, Config
 from opsgate.credentials.keyring import KeyRing
 from opsgate.errors import DelegationError, InvalidCredential, StoreError
 from opsgate.identity.keys import jwk_thumbprint, public_key_from_did
-from opsgate.identity.records import Grant, Link, verify_chain
+from opsgate.identity.records import Grant, Link, gate_kid, verify_chain
 from opsgate.store import Store
 from opsgate.store import agents as agent_rows
 from opsgate.store import policies as policy_rows
@@ -175,7 +175,8 @@ class LiveState:
                     gate_key=lambda kid: self._root_key(kid, now),
                     max_depth=self._config.limits.max_delegation_depth,
                 )
-                lasting = self._keyring.root_key(links[0].signer[5:], None) is not None
+                root = gate_kid(links[0].signer)
+                lasting = root is not None and self._keyring.root_key(root, None) is not None
             except DelegationError as exc:
                 error = exc.message
         order = {ACTIVE: 0, SUSPENDED: 1, REVOKED: 2}

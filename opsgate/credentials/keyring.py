@@ -40,6 +40,7 @@ from sqlalchemy import Connection
 from opsgate.config import HARD_TTL_CEILING_MINUTES, MAX_LEEWAY_SECONDS
 from opsgate.errors import ConfigError
 from opsgate.identity import keys
+from opsgate.identity.records import gate_kid
 from opsgate.store import Store, gate_keys, state_changes
 from opsgate.store import agents as agent_rows
 
@@ -434,8 +435,8 @@ class KeyRing:
         that is not valid now (written by whoever held no current key) stays invalid."""
         signers = self._chain.root_signers(now, self.root_grace)
         for row in agent_rows.root_records(conn):
-            signer = row.signer if isinstance(row.signer, str) else ""
-            raw = signers.get(signer[5:]) if signer.startswith("gate:") else None
+            signed_by = gate_kid(row.signer) if isinstance(row.signer, str) else None
+            raw = None if signed_by is None else signers.get(signed_by)
             try:
                 body = row.record.encode("utf-8")
                 signature = keys.b64url_decode(row.signature)

@@ -58,6 +58,11 @@ class Grant:
     expires_at: float | None
 
 
+def gate_kid(signer: str) -> str | None:
+    """The gate key id a record's signer names (`gate:<kid>`), or None for an agent."""
+    return signer[5:] if signer.startswith("gate:") else None
+
+
 def verify_chain(
     chain: Sequence[Link],
     *,
@@ -106,9 +111,10 @@ def _verify_link(
     if parent is None:
         if rec.get("kind") != "registration" or link.parent_did is not None:
             raise bad("root is not an operator registration")
-        if not link.signer.startswith("gate:"):
+        kid = gate_kid(link.signer)
+        if kid is None:
             raise bad("root record is not signed by the gate")
-        key = gate_key(link.signer[5:])
+        key = gate_key(kid)
         if key is None:
             raise bad("root record is signed by an unknown gate key")
         expected_depth = 0
@@ -177,8 +183,8 @@ def _link_problem(row: Any, gate_keys: Mapping[str, bytes]) -> str | None:
     if rec.get("did") != row.did or rec.get("name") != row.name:
         return "its record names another agent"
     if row.parent_did is None:
-        signer = row.signer if isinstance(row.signer, str) else ""
-        key = gate_keys.get(signer[5:]) if signer.startswith("gate:") else None
+        kid = gate_kid(row.signer) if isinstance(row.signer, str) else None
+        key = None if kid is None else gate_keys.get(kid)
         if rec.get("kind") != "registration" or key is None:
             return (
                 "it is a root agent not signed by a gate key that chains to the pinned key "

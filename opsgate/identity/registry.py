@@ -38,7 +38,7 @@ from opsgate.errors import (
     shown,
 )
 from opsgate.identity import keys
-from opsgate.identity.records import RECORD_VERSION, record_bytes
+from opsgate.identity.records import RECORD_VERSION, gate_kid, record_bytes
 from opsgate.state import ACTIVE, REVOKED, SUSPENDED, AgentState, LiveState
 from opsgate.store import Store, gate_keys
 from opsgate.store import agents as agent_rows
@@ -644,7 +644,8 @@ class AgentRegistry:
         try:
             with self._store.write() as conn:
                 self._audit.hold_head(conn)
-                if signer.startswith("gate:") and not gate_keys.lock_tip(conn, signer[5:]):
+                kid = gate_kid(signer)
+                if kid is not None and not gate_keys.lock_tip(conn, kid):
                     # A rotation committed first: it signed the roots it found again,
                     # and a record signed by the key it retired would not count.
                     raise ConfigError(
