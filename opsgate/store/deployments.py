@@ -128,6 +128,16 @@ def _deployment(row: Row[Any]) -> DeploymentRecord:
     return DeploymentRecord(**row._asdict())
 
 
+def _extend_lock(conn: Any, env: str, app: str, token: str, until: float) -> bool:
+    """Move the expiry of the lock `token` still holds; False when it holds none."""
+    moved = conn.execute(
+        update(_l)
+        .where(_l.c.env == env, _l.c.app == app, _l.c.token == token)
+        .values(expires_at=until)
+    ).rowcount
+    return bool(moved)
+
+
 def _lock(row: Row[Any]) -> LockRecord:
     return LockRecord(**row._asdict())
 
@@ -236,12 +246,7 @@ class DeployLedger:
         """Extend the lease of a lock this holder still holds; False once it is gone
         (taken over after its lease ran out)."""
         with self.store.write() as conn:
-            renewed = conn.execute(
-                update(_l)
-                .where(_l.c.env == env, _l.c.app == app, _l.c.token == token)
-                .values(expires_at=expires_at)
-            ).rowcount
-        return bool(renewed)
+            return _extend_lock(conn, env, app, token, expires_at)
 
     def set_phase(
         self,
@@ -260,12 +265,8 @@ class DeployLedger:
         with self.store.write() as conn:
             if lock is not None:
                 env, app, token = lock
-                held = conn.execute(
-                    update(_l)
-                    .where(_l.c.env == env, _l.c.app == app, _l.c.token == token)
-                    .values(expires_at=lease_until)
-                ).rowcount
-                if not held:
+                assert lease_until is not None  # a fence always renews the lease
+                if not _extend_lock(conn, env, app, token, lease_until):
                     raise DeployLockLost(
                         f"the deploy lock of {env}/{app} was taken over (its lease ran out): "
                         f"this run stops before {phase}",
