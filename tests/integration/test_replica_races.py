@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +40,21 @@ def _refusal(gate: opsgate.Gate, token: str) -> str | None:
     except opsgate.InvalidCredential as exc:
         return exc.code
     return None
+
+
+def _started(fn: Callable[[], object]) -> tuple[threading.Thread, list[opsgate.OpsgateError]]:
+    """`fn` running on a thread of its own, and the typed errors it raised (once joined)."""
+    errors: list[opsgate.OpsgateError] = []
+
+    def run() -> None:
+        try:
+            fn()
+        except opsgate.OpsgateError as exc:
+            errors.append(exc)
+
+    worker = threading.Thread(target=run)
+    worker.start()
+    return worker, errors
 
 
 def test_a_suspension_seen_while_the_agent_loads_is_not_forgotten(
@@ -152,19 +167,14 @@ def test_an_agent_revoked_on_one_replica_stays_revoked_whatever_another_does_mea
         return real(conn, did, lock=lock)
 
     monkeypatch.setattr(b.agents, "descendants", held)
-    errors: list[BaseException] = []
 
     def change() -> None:
-        try:
-            if act == "reinstate":
-                b.agents.reinstate(agent.did, reason="looked fine")
-            else:
-                b.agents.suspend(agent.did, reason="again")
-        except opsgate.OpsgateError as exc:
-            errors.append(exc)
+        if act == "reinstate":
+            b.agents.reinstate(agent.did, reason="looked fine")
+        else:
+            b.agents.suspend(agent.did, reason="again")
 
-    worker = threading.Thread(target=change)
-    worker.start()
+    worker, errors = _started(change)
     assert reached.wait(10)
     a.agents.revoke(agent.did, reason="key leaked")
     release.set()
@@ -227,16 +237,7 @@ def test_one_credential_revoked_on_two_replicas_at_once_is_revoked_once_without_
         return answer
 
     monkeypatch.setattr(feed, "is_revoked", held)
-    errors: list[BaseException] = []
-
-    def revoke() -> None:
-        try:
-            b.credential_manager.revoke(cred.jti, reason="leaked")
-        except opsgate.OpsgateError as exc:
-            errors.append(exc)
-
-    worker = threading.Thread(target=revoke)
-    worker.start()
+    worker, errors = _started(lambda: b.credential_manager.revoke(cred.jti, reason="leaked"))
     assert checked.wait(10)
     a.credential_manager.revoke(cred.jti, reason="leaked too")
     release.set()

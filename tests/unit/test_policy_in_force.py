@@ -41,6 +41,14 @@ def _token(gate: opsgate.Gate) -> str:
     return gate.credential_manager.issue_credential(did, ["deploy:staging"]).token
 
 
+def _refuses_after_refresh(gate: opsgate.Gate, token: str) -> None:
+    """Once its view is refreshed, `gate` refuses a decision: its policies are not in force."""
+    gate.state.refresh(force=True)
+    with pytest.raises(opsgate.PolicyError) as refused:
+        gate.authorize(token, STAGING)
+    assert refused.value.code == "policy_mismatch"
+
+
 def test_a_single_gate_publishes_its_policies_once_and_serves(tmp_path: Path) -> None:
     files = tmp_path / "policies"
     files.mkdir()
@@ -104,10 +112,7 @@ def test_two_gates_on_one_state_dir_agree_and_an_edit_takes_the_older_one_out(
         command = _open(state, files, publish_policies=False)
         try:
             assert command.authorize(token, STAGING).effect == "allow"
-            server.state.refresh(force=True)
-            with pytest.raises(opsgate.PolicyError) as refused:
-                server.authorize(token, STAGING)
-            assert refused.value.code == "policy_mismatch"
+            _refuses_after_refresh(server, token)
         finally:
             command.close()
         assert len(audit_events(server, "policy.loaded")) == 2
@@ -163,10 +168,7 @@ def test_decision_settings_in_opsgate_yaml_count_like_the_policy_files(tmp_path:
             try:
                 assert other.state.policy_digest != server.state.policy_digest
                 assert other.authorize(token, STAGING).effect == "allow"
-                server.state.refresh(force=True)
-                with pytest.raises(opsgate.PolicyError) as refused:
-                    server.authorize(token, STAGING)
-                assert refused.value.code == "policy_mismatch"
+                _refuses_after_refresh(server, token)
             finally:
                 other.close()
             # The same settings as the server's again: it serves.
