@@ -9,7 +9,10 @@ possession (dpop.py), limits (limits.py), errors as JSON with the right status
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import math
+from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -20,6 +23,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from opsgate.config import ServerConfig
 from opsgate.errors import ConfigError, HttpRefusal, NotFound, OpsgateError
 from opsgate.gate import Gate
+from opsgate.server.authorizer import Authorizer
 from opsgate.server.context import ServerContext
 from opsgate.server.dpop import ProofRules, normalise_url
 from opsgate.server.errors import status_of
@@ -68,7 +72,16 @@ def create_app(gate: Gate, settings: ServerConfig | None = None) -> FastAPI:
         ),
         metrics=ServerMetrics(gate),
         limiter=RefusalLimiter(burst=settings.refusal_burst, rate=settings.refusal_rate),
+        authorizer=Authorizer(gate),
     )
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        yield
+        # In-flight requests have been answered: the authorize thread ends (deciding
+        # whatever is still queued) before the gate it decides with is closed.
+        await asyncio.to_thread(ctx.authorizer.close)
+
     app = FastAPI(
         title="opsgate",
         summary="The gate every privileged operation of an AI agent passes through.",
@@ -81,6 +94,7 @@ def create_app(gate: Gate, settings: ServerConfig | None = None) -> FastAPI:
         # stays at /openapi.json (JSON, no script), for tools that read it.
         docs_url=None,
         redoc_url=None,
+        lifespan=lifespan,
     )
     app.state.ctx = ctx
     app.state.ui = UiSettings.of(external, settings.ui_session_minutes)

@@ -29,6 +29,7 @@ from opsgate.credentials.proof import ProofRequest
 from opsgate.errors import OpsgateError, safe_text
 from opsgate.gate import Gate
 from opsgate.operators import TOKEN_PREFIX as OPERATOR_PREFIX
+from opsgate.server.authorizer import Authorizer
 from opsgate.server.dpop import DPoPCheck, ProofRules, body_request, proof_nonce
 from opsgate.server.errors import HttpRefusal
 from opsgate.server.limits import RefusalLimiter, json_depth_ok
@@ -47,6 +48,7 @@ class ServerContext:
     rules: ProofRules
     metrics: ServerMetrics
     limiter: RefusalLimiter
+    authorizer: Authorizer
     _nonce_keys: dict[str, bytes] = field(default_factory=dict)
 
     # -- bodies ---------------------------------------------------------------------

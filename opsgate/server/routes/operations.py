@@ -17,6 +17,7 @@ from starlette.concurrency import run_in_threadpool
 
 from opsgate.approvals import PendingApproval
 from opsgate.errors import ApprovalError, NotFound, OpsgateError, shown
+from opsgate.gate import AuthorizeRequest
 from opsgate.operations.base import Operation, Outcome
 from opsgate.secrets.value import SecretValue
 from opsgate.server.routes.common import MAX_SEQ, Body, body_doc, ctx_of, iso, json, result_response
@@ -103,8 +104,8 @@ async def authorize(request: Request) -> Response:
     ctx = ctx_of(request)
     body = ctx.parse(await ctx.body(request), AuthorizeBody)
     token, check = ctx.agent_auth(request, audited=True)
-    decision = await run_in_threadpool(
-        lambda: ctx.gate.authorize(token, body.capability, proof=check, params=body.params)
+    decision = await ctx.authorizer.decide(
+        AuthorizeRequest(token, body.capability, proof=check, params=body.params)
     )
     ctx.metrics.decisions.labels(decision.effect).inc()
     return json(decision.to_dict())
