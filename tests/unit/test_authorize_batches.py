@@ -1,0 +1,254 @@
+"""`POST /v1/authorize` decided in batches on one thread (opsgate.server.authorizer and
+Gate.authorize_batch): each request gets its own decision or its own typed refusal,
+each decision has exactly one audit record, durable before any answer of its batch; a
+failed commit fails every decision of the batch closed; closing decides what was
+queued and refuses what comes after."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from helpers import audit_events, failing_audit_writes
+from server_helpers import Api, open_api, proof_parts, sign
+
+from opsgate.decision import Decision
+from opsgate.errors import AuditError, HttpRefusal, InternalError, OpsgateError
+from opsgate.gate import AuthorizeRequest
+from opsgate.server.authorizer import Authorizer
+from opsgate.server.dpop import DPoPCheck
+
+ALLOWED = "deploy:staging/app"
+OUT_OF_SCOPE = "migrate:database/orders"
+
+
+def _proof(api: Api, token: str, capability: str) -> str:
+    from opsgate.credentials.proof import ProofRequest
+
+    request = ProofRequest.authorize(capability, None)
+    header, claims = proof_parts(api.agent_key(), "POST", "/v1/authorize", token, request)
+    return sign(api.agent_key(), header, claims)
+
+
+def _request(api: Api, token: str, capability: str, proof: str | None = None) -> AuthorizeRequest:
+    ctx = api.client.app.state.ctx  # type: ignore[attr-defined]
+    check = DPoPCheck(
+        proofs=(proof or _proof(api, token, capability),),
+        method="POST",
+        path="/v1/authorize",
+        rules=ctx.rules,
+        use_once=api.gate.credential_manager.proofs.use_once_before_audit,
+    )
+    return AuthorizeRequest(token, capability, proof=check)
+
+
+def _authorize_records(api: Api) -> list[dict[str, Any]]:
+    return audit_events(api.gate, "authorize")
+
+
+def test_a_batch_decides_each_request_as_authorize_does(tmp_path: Path) -> None:
+    api = open_api(tmp_path / "state")
+    token = api.credential()
+    replayed = _proof(api, token, ALLOWED)
+    before = len(_authorize_records(api))
+
+    results = api.gate.authorize_batch(
+        [
+            _request(api, token, ALLOWED),
+            _request(api, token, OUT_OF_SCOPE),
+            _request(api, token, ALLOWED, replayed),
+            _request(api, token, ALLOWED, replayed),  # the same proof again: refused
+            _request(api, token, "not a capability"),
+            AuthorizeRequest("not-a-token", ALLOWED, proof=None),
+            _request(api, token, ALLOWED),
+        ]
+    )
+
+    allow, deny, first, second, malformed, forged, last = results
+    assert isinstance(allow, Decision) and allow.effect == "allow"
+    assert isinstance(deny, Decision) and deny.effect == "deny"
+    assert isinstance(first, Decision) and first.effect == "allow"
+    assert isinstance(second, OpsgateError) and second.code == "proof_replayed"
+    assert isinstance(malformed, OpsgateError) and malformed.code == "capability_malformed"
+    assert isinstance(forged, OpsgateError) and forged.code == "malformed"
+    assert isinstance(last, Decision) and last.effect == "allow"
+    # One record per decision, written together after the refusals' own records.
+    records = api.gate.audit.tail(10_000, event_type="authorize")[before:]
+    assert Counter(r.event["decision"] for r in records) == {"allow": 3, "deny": 1}
+    assert [r.seq for r in records] == list(range(records[0].seq, records[0].seq + 4))
+    # The deny is charged once its record is durable: the charge is recorded after it.
+    charge = api.gate.audit.tail(1)[0]
+    assert (charge.type, charge.seq) == ("trust.changed", records[-1].seq + 1)
+
+
+def test_a_failed_commit_fails_every_decision_of_its_batch(tmp_path: Path) -> None:
+    api = open_api(tmp_path / "state")
+    token = api.credential()
+    before = len(_authorize_records(api))
+
+    with failing_audit_writes(api.gate.audit):
+        results = api.gate.authorize_batch([_request(api, token, ALLOWED) for _ in range(5)])
+
+    assert all(isinstance(r, AuditError) for r in results), results
+    assert {r.code for r in results if isinstance(r, OpsgateError)} == {"audit_write_failed"}
+    assert len({id(r) for r in results}) == 5  # each request raises an exception of its own
+    assert len(_authorize_records(api)) == before  # nothing was decided on the record
+
+
+def test_a_failed_commit_is_answered_503_over_http_and_never_allowed(tmp_path: Path) -> None:
+    from opsgate.credentials.proof import ProofRequest
+
+    api = open_api(tmp_path / "state")
+    token = api.credential()
+    with failing_audit_writes(api.gate.audit):
+        r = api.agent_call(
+            "POST",
+            "/v1/authorize",
+            token,
+            {"capability": ALLOWED},
+            request=ProofRequest.authorize(ALLOWED, None),
+        )
+    assert r.status_code == 503, r.text
+    assert r.json()["code"] == "audit_write_failed"
+    assert "effect" not in r.json()
+
+
+def test_concurrent_requests_each_get_their_decision_and_one_record(tmp_path: Path) -> None:
+    api = open_api(tmp_path / "state")
+    token = api.credential()
+    before = len(_authorize_records(api))
+    authorizer = Authorizer(api.gate)
+    capabilities = [ALLOWED if i % 3 else OUT_OF_SCOPE for i in range(60)]
+    requests = [_request(api, token, c) for c in capabilities]
+
+    async def all_at_once() -> list[Decision]:
+        return list(await asyncio.gather(*(authorizer.decide(r) for r in requests)))
+
+    try:
+        decisions = asyncio.run(all_at_once())
+    finally:
+        authorizer.close()
+
+    assert [d.effect for d in decisions] == [
+        "allow" if c == ALLOWED else "deny" for c in capabilities
+    ]
+    records = _authorize_records(api)[before:]
+    assert len(records) == len(requests)
+    # Each decision's record names its own credential use and effect, once.
+    assert Counter(r["decision"] for r in records) == Counter(d.effect for d in decisions)
+    assert authorizer.decided == len(requests)
+    assert authorizer.batches < len(requests)  # requests queued meanwhile shared batches
+
+
+class _SlowGate:
+    """Stands in for the gate: the first batch waits until released."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self.started = threading.Event()
+        self.batches: list[int] = []
+        self.fail = False
+
+    def authorize_batch(self, requests: list[AuthorizeRequest]) -> list[Decision]:
+        self.started.set()
+        self.release.wait(10)
+        self.batches.append(len(requests))
+        if self.fail:
+            raise RuntimeError("the store went away")
+        return [Decision("allow", (r.capability,)) for r in requests]
+
+
+def test_close_decides_what_is_queued_then_refuses_new_requests() -> None:
+    gate = _SlowGate()
+    authorizer = Authorizer(gate)  # type: ignore[arg-type]
+
+    async def scenario() -> tuple[list[Any], BaseException | None]:
+        first = asyncio.ensure_future(authorizer.decide(AuthorizeRequest("t", "deploy:a")))
+        await asyncio.to_thread(gate.started.wait, 10)
+        queued = [
+            asyncio.ensure_future(authorizer.decide(AuthorizeRequest("t", f"deploy:b{i}")))
+            for i in range(3)
+        ]
+        await asyncio.sleep(0)  # they are queued behind the first batch
+        closing = asyncio.ensure_future(asyncio.to_thread(authorizer.close, 10))
+        await asyncio.sleep(0.05)
+        late: BaseException | None = None
+        try:
+            await authorizer.decide(AuthorizeRequest("t", "deploy:late"))
+        except HttpRefusal as exc:
+            late = exc
+        gate.release.set()
+        await closing
+        return list(await asyncio.gather(first, *queued)), late
+
+    decisions, late = asyncio.run(scenario())
+    assert [d.reasons[0] for d in decisions] == ["deploy:a", "deploy:b0", "deploy:b1", "deploy:b2"]
+    assert gate.batches == [1, 3]
+    assert isinstance(late, HttpRefusal) and late.code == "not_ready"
+    assert authorizer._thread is not None and not authorizer._thread.is_alive()
+
+
+def test_a_batch_that_fails_outside_the_gate_fails_each_request_typed() -> None:
+    gate = _SlowGate()
+    gate.fail = True
+    gate.release.set()
+    authorizer = Authorizer(gate)  # type: ignore[arg-type]
+
+    async def scenario() -> list[Any]:
+        return list(
+            await asyncio.gather(
+                *(authorizer.decide(AuthorizeRequest("t", "deploy:a")) for _ in range(4)),
+                return_exceptions=True,
+            )
+        )
+
+    try:
+        results = asyncio.run(scenario())
+    finally:
+        authorizer.close()
+    assert all(isinstance(r, InternalError) for r in results), results
+    assert {r.code for r in results} == {"internal_error"}
+
+
+def test_the_server_stops_its_authorize_thread_on_shutdown(tmp_path: Path) -> None:
+    from opsgate.credentials.proof import ProofRequest
+
+    api = open_api(tmp_path / "state")
+    token = api.credential()
+    app = api.client.app
+    with TestClient(app) as client:
+        api.client = client
+        r = api.agent_call(
+            "POST",
+            "/v1/authorize",
+            token,
+            {"capability": ALLOWED},
+            request=ProofRequest.authorize(ALLOWED, None),
+        )
+        assert r.status_code == 200 and r.json()["effect"] == "allow", r.text
+        thread = app.state.ctx.authorizer._thread  # type: ignore[attr-defined]
+        assert thread is not None and thread.is_alive()
+    assert not thread.is_alive()
+
+
+@pytest.mark.parametrize("capability", [ALLOWED, OUT_OF_SCOPE])
+def test_a_lone_request_is_answered_as_before(tmp_path: Path, capability: str) -> None:
+    from opsgate.credentials.proof import ProofRequest
+
+    api = open_api(tmp_path / "state")
+    token = api.credential()
+    r = api.agent_call(
+        "POST",
+        "/v1/authorize",
+        token,
+        {"capability": capability},
+        request=ProofRequest.authorize(capability, None),
+    )
+    assert r.status_code == 200, r.text
+    assert r.json()["effect"] == ("allow" if capability == ALLOWED else "deny")
+    assert _authorize_records(api)[-1]["capability"] == capability
