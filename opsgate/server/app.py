@@ -72,7 +72,10 @@ def create_app(gate: Gate, settings: ServerConfig | None = None) -> FastAPI:
         ),
         metrics=ServerMetrics(gate),
         limiter=RefusalLimiter(burst=settings.refusal_burst, rate=settings.refusal_rate),
-        authorizer=Authorizer(gate),
+        # SQLite: one thread decides authorize requests in batches. PostgreSQL: each
+        # request's reads and its proof id's record are round trips to the server,
+        # which one thread would make one after another; there they stay on the pool.
+        authorizer=Authorizer(gate) if gate.store.is_sqlite else None,
     )
 
     @contextlib.asynccontextmanager
@@ -80,7 +83,8 @@ def create_app(gate: Gate, settings: ServerConfig | None = None) -> FastAPI:
         yield
         # In-flight requests have been answered: the authorize thread ends (deciding
         # whatever is still queued) before the gate it decides with is closed.
-        await asyncio.to_thread(ctx.authorizer.close)
+        if ctx.authorizer is not None:
+            await asyncio.to_thread(ctx.authorizer.close)
 
     app = FastAPI(
         title="opsgate",

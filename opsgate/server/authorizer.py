@@ -13,6 +13,11 @@ for the whole batch). A commit that fails fails every decision of its batch
 
 While one batch is being decided and committed, the event loop parses the next
 requests, which form the next batch.
+
+Used on SQLite, where a request's reads and its proof id's record are local calls.
+On PostgreSQL each is a round trip to the server, which one thread would make one
+request after another: there `Gate.authorize` stays on the worker pool, where the
+round trips of concurrent requests overlap.
 """
 
 from __future__ import annotations

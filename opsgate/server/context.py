@@ -48,7 +48,7 @@ class ServerContext:
     rules: ProofRules
     metrics: ServerMetrics
     limiter: RefusalLimiter
-    authorizer: Authorizer
+    authorizer: Authorizer | None  # authorize requests decided in batches (SQLite)
     _nonce_keys: dict[str, bytes] = field(default_factory=dict)
 
     # -- bodies ---------------------------------------------------------------------

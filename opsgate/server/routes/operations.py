@@ -104,9 +104,14 @@ async def authorize(request: Request) -> Response:
     ctx = ctx_of(request)
     body = ctx.parse(await ctx.body(request), AuthorizeBody)
     token, check = ctx.agent_auth(request, audited=True)
-    decision = await ctx.authorizer.decide(
-        AuthorizeRequest(token, body.capability, proof=check, params=body.params)
-    )
+    if ctx.authorizer is not None:
+        decision = await ctx.authorizer.decide(
+            AuthorizeRequest(token, body.capability, proof=check, params=body.params)
+        )
+    else:
+        decision = await run_in_threadpool(
+            lambda: ctx.gate.authorize(token, body.capability, proof=check, params=body.params)
+        )
     ctx.metrics.decisions.labels(decision.effect).inc()
     return json(decision.to_dict())
 
