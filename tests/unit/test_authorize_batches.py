@@ -2,7 +2,7 @@
 Gate.authorize_batch): each request gets its own decision or its own typed refusal,
 each decision has exactly one audit record, durable before any answer of its batch; a
 failed commit fails every decision of the batch closed; closing decides what was
-queued and refuses what comes after."""
+queued and refuses what comes after. On PostgreSQL the route stays on the pool."""
 
 from __future__ import annotations
 
@@ -14,12 +14,14 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from helpers import audit_events, failing_audit_writes
-from server_helpers import Api, open_api, proof_parts, sign
+from helpers import audit_events, failing_audit_writes, open_world
+from server_helpers import BASE, Api, open_api, proof_parts, sign
 
+from opsgate.config import ServerConfig
 from opsgate.decision import Decision
 from opsgate.errors import AuditError, HttpRefusal, InternalError, OpsgateError
 from opsgate.gate import AuthorizeRequest
+from opsgate.server import create_app
 from opsgate.server.authorizer import Authorizer
 from opsgate.server.dpop import DPoPCheck
 
@@ -252,3 +254,24 @@ def test_a_lone_request_is_answered_as_before(tmp_path: Path, capability: str) -
     assert r.status_code == 200, r.text
     assert r.json()["effect"] == ("allow" if capability == ALLOWED else "deny")
     assert _authorize_records(api)[-1]["capability"] == capability
+
+
+def test_on_postgresql_authorize_stays_on_the_pool(tmp_path: Path, pg_url: str) -> None:
+    """There a request's reads are round trips, which one thread would serialise."""
+    from opsgate.credentials.proof import ProofRequest
+
+    world = open_world(tmp_path / "state", database_url=pg_url)
+    app = create_app(world.gate, ServerConfig(external_url=BASE))
+    api = Api(world, TestClient(app), world.gate.operators.add("ops"))
+    assert app.state.ctx.authorizer is None
+    token = api.credential()
+    r = api.agent_call(
+        "POST",
+        "/v1/authorize",
+        token,
+        {"capability": ALLOWED},
+        request=ProofRequest.authorize(ALLOWED, None),
+    )
+    assert r.status_code == 200 and r.json()["effect"] == "allow", r.text
+    assert _authorize_records(api)[-1]["capability"] == ALLOWED
+    world.gate.close()
