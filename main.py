@@ -517,12 +517,17 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.state_dir is not None:
         state_dir = args.state_dir.expanduser().resolve()
-        if state_dir.exists() and any(state_dir.iterdir()):
-            print(f"main.py: --state-dir {state_dir} is not empty", file=sys.stderr)
-            return 2
+        workdir = state_dir.parent / f"{state_dir.name}-demo"
+        # Both must be new or empty: the demo writes into them, and --clean removes them.
+        for path, what in ((state_dir, "--state-dir"), (workdir, "its demo dir")):
+            if path.exists() and not path.is_dir():
+                print(f"main.py: {what} {path} is not a directory", file=sys.stderr)
+                return 2
+            if path.exists() and any(path.iterdir()):
+                print(f"main.py: {what} {path} is not empty", file=sys.stderr)
+                return 2
         if state_dir.exists():
             state_dir.rmdir()
-        workdir = state_dir.parent / f"{state_dir.name}-demo"
         workdir.mkdir(parents=True, exist_ok=True)
     else:
         workdir = Path(tempfile.mkdtemp(prefix="opsgate-demo-"))

@@ -239,6 +239,28 @@ def test_the_demo_refuses_a_state_dir_that_is_not_empty(tmp_path: Path) -> None:
     assert [p.name for p in state.iterdir()] == ["keep-me"]
 
 
+def test_the_demo_leaves_a_demo_dir_that_is_not_empty_alone(tmp_path: Path) -> None:
+    """`DIR-demo` beside `--state-dir DIR` is the demo's too (and `--clean` removes it),
+    so one that already holds something is refused like a state dir that does."""
+    other = tmp_path / "gate-demo"
+    other.mkdir()
+    (other / "keep-me").write_text("x")
+    proc, _ = _demo(tmp_path, "--clean", "--state-dir", str(tmp_path / "gate"))
+    assert proc.returncode == 2
+    assert "not empty" in proc.stderr and "Traceback" not in proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["gate-demo"]
+    assert [p.name for p in other.iterdir()] == ["keep-me"]
+
+
+def test_the_demo_refuses_a_state_dir_that_is_a_file(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    state.write_text("x")
+    proc, _ = _demo(tmp_path, "--state-dir", str(state))
+    assert proc.returncode == 2
+    assert "not a directory" in proc.stderr and "Traceback" not in proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["state"]
+
+
 def test_with_a_state_dir_of_its_own_the_demo_says_where_everything_is(tmp_path: Path) -> None:
     """`--state-dir DIR` keeps the gate in DIR and the rest in DIR-demo: "everything is
     kept in" names both, not only the one the gate is not in."""
