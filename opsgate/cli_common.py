@@ -89,9 +89,9 @@ def new_table(*headers: str, **options: Any) -> Table:
 
 
 def print_error(message: str) -> None:
-    """One scrubbed line on stderr."""
+    """One scrubbed line on stderr (hex digests kept, as in the error's --json)."""
     Console(stderr=True, soft_wrap=True, highlight=False, emoji=False).print(
-        " ".join(scrub(message).split()), markup=False
+        " ".join(scrub(message, keep_hex=True).split()), markup=False
     )
 
 

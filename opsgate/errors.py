@@ -809,6 +809,7 @@ _FLIPS = re.compile(r"[A-Za-z][0-9]|[0-9][A-Za-z]")
 # One cheap test before any replacing: most text holds no secret shape at all.
 _ANY_SHAPE = re.compile(rf"(?i:opsg_|eyj[{_B64}]{{8}}|-----begin)|[{_B64_ANY}]{{40}}")
 _LONG_WORD = re.compile(r"[A-Za-z0-9+/=_.-]{60,}")
+_HEX_WORD = re.compile(r"[0-9a-fA-F]+")
 
 
 def _opaque(run: str) -> bool:
@@ -859,14 +860,22 @@ def secret_shaped(text: str) -> bool:
     return _shapes(text) != text
 
 
-def scrub(message: str, *, long_words: bool = True) -> str:
+def scrub(message: str, *, long_words: bool = True, keep_hex: bool = False) -> str:
     """Remove secret-shaped substrings from free text, wherever they occur: PEM
     blocks, opsgate tokens, JWS/JWTs, long mixed base64url runs; with `long_words`
     (text we did not write, such as usage errors that echo an argument) also any
-    very long opaque word. Lone surrogates become escapes, so the text encodes."""
+    very long opaque word, except, with `keep_hex`, one of hex digits only (a plan's
+    or an artifact's digest in an error the gate wrote). Lone surrogates become
+    escapes, so the text encodes."""
     message = _shapes(message)
     if long_words:
-        message = _LONG_WORD.sub(lambda m: f"<{len(m.group())} characters, not shown>", message)
+
+        def word(m: re.Match[str]) -> str:
+            if keep_hex and _HEX_WORD.fullmatch(m.group()):
+                return m.group()
+            return f"<{len(m.group())} characters, not shown>"
+
+        message = _LONG_WORD.sub(word, message)
     return encodable(message)
 
 

@@ -19,7 +19,7 @@ from rich.table import Table
 
 from opsgate.config import Limits
 from opsgate.environments import Environments
-from opsgate.errors import PolicyError
+from opsgate.errors import PolicyError, scrub
 from opsgate.policy.engine import PolicySet
 from opsgate.policy.loader import load_policies
 from opsgate.policy.problems import Problem
@@ -53,9 +53,10 @@ def _print_json(data: Any) -> None:
 
 
 def _fail(message: str, exit_code: int, code: str = "usage") -> typer.Exit:
-    """One line on stderr (`error [code]: message`, as every opsgate command), then exit."""
+    """One scrubbed line on stderr (`error [code]: message`, as every opsgate command),
+    then exit: a usage error echoes what was typed, which may be a pasted token."""
     Console(stderr=True, soft_wrap=True, highlight=False).print(
-        f"error [{code}]: {' '.join(message.split())}", markup=False
+        f"error [{code}]: {' '.join(scrub(message, keep_hex=True).split())}", markup=False
     )
     return typer.Exit(exit_code)
 
@@ -69,6 +70,11 @@ def _problems(exc: PolicyError) -> list[Problem]:
     return list(found) if found else []
 
 
+def _scrubbed(problem: dict[str, Any]) -> dict[str, Any]:
+    """A problem as JSON, its text scrubbed as the error's own message is."""
+    return {k: scrub(v, long_words=False) if isinstance(v, str) else v for k, v in problem.items()}
+
+
 def _report_policy_error(exc: PolicyError, as_json: bool) -> typer.Exit:
     problems = _problems(exc)
     code = _exit_code(exc)
@@ -77,7 +83,7 @@ def _report_policy_error(exc: PolicyError, as_json: bool) -> typer.Exit:
             {
                 "ok": False,
                 "error": exc.to_dict(),
-                "problems": [p.to_dict() for p in problems],
+                "problems": [_scrubbed(p.to_dict()) for p in problems],
             }
         )
         return typer.Exit(code)
@@ -85,7 +91,7 @@ def _report_policy_error(exc: PolicyError, as_json: bool) -> typer.Exit:
         return _fail(exc.message, code, exc.code)
     err = Console(stderr=True, soft_wrap=True, highlight=False)
     for problem in problems:
-        err.print(f"error [{problem.code}]: {problem}", markup=False)
+        err.print(f"error [{problem.code}]: {scrub(str(problem), long_words=False)}", markup=False)
     err.print(f"{len(problems)} problem{'s' if len(problems) != 1 else ''} found", markup=False)
     return typer.Exit(code)
 

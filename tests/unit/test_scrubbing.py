@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 import opsgate
 from opsgate.audit.sanitize import scrub_log_event
 from opsgate.cli import app
+from opsgate.cli_common import print_error
 from opsgate.errors import OpsgateError, safe_text, scrub
 from opsgate.operations.base import Operation
 
@@ -151,6 +152,41 @@ def test_the_cli_prints_no_token_placed_in_a_capability_or_reason(tmp_path: Path
         result = runner.invoke(app, ["--state-dir", str(state), *args])
         shown = result.stdout + result.stderr
         assert approver[-24:].lower() not in shown.lower(), (args, shown)
+
+
+def test_the_policy_commands_print_no_token_typed_into_an_option_or_a_policy(
+    tmp_path: Path,
+) -> None:
+    """`policy explain --param TOKEN` (no `=`) is a usage error that says what it got, and
+    `policy validate` names an unknown name of a condition: neither shows a token."""
+    policy = tmp_path / "p.yaml"
+    policy.write_text(
+        f"policies:\n  - name: x\n    rules:\n      - action: deny\n"
+        f'        condition: "{TOKEN_LIKE} == 1"\n'
+    )
+    runner = CliRunner()
+    for args in (
+        ["policy", "explain", "--action", "deploy", "--resource", "x/y", "--param", TOKEN_LIKE],
+        ["policy", "validate", str(policy)],
+        ["policy", "validate", str(policy), "--json"],
+    ):
+        result = runner.invoke(app, args)
+        assert result.exit_code in (1, 2), (args, result.output)
+        shown = result.stdout + result.stderr
+        assert "Zq3Zq3Zq3" not in shown, (args, shown)
+
+
+def test_a_cli_error_keeps_the_digest_it_names(capsys: pytest.CaptureFixture[str]) -> None:
+    """The CLI's error line hides long opaque words it did not write, but a digest the
+    gate put in its message (`staging_required` names the artifact's) stays whole, as
+    in the same error's --json."""
+    digest = "8a24101657c397a9aa21c5d646bba147408e81894bf4dee25bbcaf8a157641ef"
+    text = f"error [staging_required]: app-web 2.1 with artifact sha256:{digest} has none"
+    print_error(text)
+    print_error("error [usage]: got " + "Kx7" * 25 + " and " + "k7x" * 25)
+    err = capsys.readouterr().err
+    assert text in err, err
+    assert "Kx7Kx7" not in err and "k7xk7x" not in err, err
 
 
 def test_the_readme_says_what_each_mechanism_protects_against_and_what_not() -> None:
