@@ -958,6 +958,16 @@ def _repeat_hint(exc: Exception, message: str) -> str:
     return f"; for several values repeat the option: {flags[0]} A {flags[0]} B"
 
 
+def _unechoed(message: str) -> str:
+    """The parser's "unexpected extra argument(s) (...)" without the words: a stray
+    word is as likely a password typed after the path as a typo, and a short one has
+    no shape the scrubber would recognise."""
+    if not message.startswith("Got unexpected extra argument"):
+        return message
+    plural = message.startswith("Got unexpected extra arguments")
+    return f"Got unexpected extra argument{'s' if plural else ''} (not shown)"
+
+
 def main() -> None:
     """Console entry point: usage errors become one line on stderr and exit code 2."""
     import structlog
@@ -977,7 +987,7 @@ def main() -> None:
     try:
         code = app(standalone_mode=False)
     except ClickException as exc:
-        message = exc.format_message()
+        message = _unechoed(exc.format_message())
         if message:  # bare `opsgate` shows help and exits 2 without an error line
             print_error(f"error [usage]: {message}{_repeat_hint(exc, message)}")
         sys.exit(2)

@@ -229,6 +229,8 @@ def _perform(
     (a failed one is exit 1 with its summary)."""
     from opsgate.approvals import PendingApproval
 
+    if timeout is not None and not wait:
+        raise _usage("--timeout is how long --wait blocks: give --wait too; nothing was done")
     try:
         result = _first_call(act, op, approval)
         if isinstance(result, PendingApproval):

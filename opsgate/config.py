@@ -11,6 +11,7 @@ import os
 import re
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import (
@@ -198,6 +199,20 @@ class NotificationsConfig(_Strict):
     @classmethod
     def _proxy(cls, value: str | None) -> str | None:
         return _proxy_url(value)
+
+    @field_validator("webhooks")
+    @classmethod
+    def _webhooks(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        # The URL itself is never quoted back: whoever holds it can post to the channel.
+        for url in value:
+            try:
+                parts = urlsplit(url)
+                ok = parts.scheme in ("http", "https") and bool(parts.hostname)
+            except ValueError:
+                ok = False
+            if not ok or not url.isprintable() or any(c.isspace() for c in url):
+                raise ValueError("each webhook must be an http(s):// URL with a host (not shown)")
+        return value
 
 
 #: A database target's name is one capability segment (`migrate:database/<name>`).
@@ -747,7 +762,6 @@ class ServerConfig(_Strict):
     def _external_url(cls, value: str | None) -> str | None:
         if value is None:
             return None
-        from urllib.parse import urlsplit
 
         parts = urlsplit(value)
         if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -762,7 +776,7 @@ class Config(_Strict):
 
     database_url: str | None = Field(None, repr=False)  # may hold the password
     database_timeouts: DatabaseTimeouts = DatabaseTimeouts()
-    audience: str = "opsgate"
+    audience: str = Field("opsgate", min_length=1, max_length=256, pattern=r"^\S+$")
     policies: str | None = None
     require_proof: bool = False
     cache_refresh_seconds: float = Field(0.5, gt=0, le=1.0)

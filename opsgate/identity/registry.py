@@ -35,6 +35,7 @@ from opsgate.errors import (
     check_reason,
     encodable,
     safe_text,
+    secret_shaped,
     shown,
 )
 from opsgate.identity import keys
@@ -100,6 +101,21 @@ def _check_trust(value: object) -> int:
             f"trust_score must be an integer 0-1000, got {value!r}", code="trust_score_invalid"
         )
     return value
+
+
+def _check_name(name: object) -> None:
+    """An agent's name: the grammar, and never the shape of a secret (a token pasted
+    as a name would be listed in clear to everyone who lists agents)."""
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise AgentError(
+            f"agent name {shown(name)} must be 1-64 letters, digits, '.', '_' or '-'",
+            code="invalid_name",
+        )
+    if secret_shaped(name):
+        raise AgentError(
+            "agent name has the shape of a secret (a token or a credential); not shown",
+            code="invalid_name",
+        )
 
 
 class AgentHost(Protocol):
@@ -420,11 +436,7 @@ class AgentRegistry:
         t = to_epoch(now)
         if not isinstance(actor, str) or not actor.strip():
             raise OperatorInvalid("actor must name the operator", code="operator_invalid")
-        if not isinstance(name, str) or not _NAME.match(name):
-            raise AgentError(
-                f"agent name {shown(name)} must be 1-64 letters, digits, '.', '_' or '-'",
-                code="invalid_name",
-            )
+        _check_name(name)
         sponsor = check_email(sponsor)
         parsed = self._check_grants(capabilities)
         self._check_environments(parsed)
@@ -554,11 +566,7 @@ class AgentRegistry:
                 f"agent {parent.name!r} cannot delegate ({refusal.replace('_', ' ')})", code=refusal
             )
         assert parent.grant is not None
-        if not isinstance(name, str) or not _NAME.match(name):
-            raise AgentError(
-                f"agent name {shown(name)} must be 1-64 letters, digits, '.', '_' or '-'",
-                code="invalid_name",
-            )
+        _check_name(name)
         depth = parent.depth + 1
         limit = self._config.limits.max_delegation_depth
         if depth > limit:

@@ -243,6 +243,7 @@ def explain(
     """Decide one request and show which rules matched and why."""
     now = datetime.now(UTC)
     params = _parse_params(param or [])
+    _check_capability(action, resource, as_json)
     try:
         sources: Any = policies_path or _configured_policies(state_dir)
         environments = _environments(state_dir)
@@ -285,6 +286,21 @@ def explain(
     _show_decision(policies, request, decision)
     if note is not None:
         _out().print(f"[yellow]note[/yellow]: {escape(note)}")
+
+
+def _check_capability(action: str, resource: str, as_json: bool) -> None:
+    """A request the gate would refuse as malformed before any policy runs is not
+    explained as if policy decided it: usage error (exit 2) with the gate's code."""
+    from opsgate import capabilities as caps
+    from opsgate.errors import CapabilityError
+
+    try:
+        caps.parse_request(f"{action}:{resource}")
+    except CapabilityError as exc:
+        if as_json:
+            _print_json({"ok": False, "error": exc.to_dict()})
+            raise typer.Exit(2) from None
+        raise _fail(exc.message, 2, exc.code) from None
 
 
 def _configured_policies(state_dir: Path | None) -> str:

@@ -264,7 +264,8 @@ class TrustEngine:
         the clean-history wait); audited with who and why. A lowered score is a loss."""
         if type(score) is not int or not MIN_SCORE <= score <= MAX_SCORE:
             raise AgentError(
-                f"trust score must be an integer 0-1000, got {shown(score)}",
+                f"trust score must be an integer 0-1000, got "
+                f"{score if type(score) is int else shown(score)}",
                 code="trust_score_invalid",
             )
         if not isinstance(reason, str) or not reason.strip():

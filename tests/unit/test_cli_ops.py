@@ -702,3 +702,41 @@ def test_status_reads_the_gate_through_the_monitoring_executor(world: World) -> 
     code, _, err = world.cli("status", "--as", "platform-bot")
     assert code == 1
     one_error(err, "scope_not_covered")
+
+
+def test_a_token_pasted_as_a_version_is_refused_and_never_printed(world: World) -> None:
+    # Accepted, it was printed in clear ("web opsg_... is live") while the audit hid it
+    # (and with it which release ran).
+    token = "opsg_apr_" + "Zq8x" * 10
+    artifact = world.artifact("2.0")
+    for args in (
+        ("deploy", "web", token, "--env", "staging", "--artifact", artifact),
+        ("rollback", "web", "--env", "staging", "--to", token),
+    ):
+        code, out, err = world.cli(*args)
+        assert code == 1, (out, err)
+        one_error(err, "params_invalid")
+        assert token not in out + err
+    assert token not in world.audit_text()
+
+
+def test_timeout_without_wait_is_a_usage_error_and_nothing_is_asked(world: World) -> None:
+    artifact = world.artifact("2.0")
+    assert world.cli("deploy", "web", "2.0", "--env", "staging", "--artifact", artifact)[0] == 0
+    before = pending_ids(world)
+    code, out, err = world.cli(
+        "deploy", "web", "2.0", "--env", "production", "--artifact", artifact, "--timeout", "5"
+    )
+    assert code == 2 and out == ""
+    one_error(err, "usage")
+    assert pending_ids(world) == before  # no approval was requested
+
+
+def test_a_stray_word_after_a_secret_path_is_not_echoed(world: World) -> None:
+    # `secrets get PATH VALUE` by mistake: a short password has no secret shape the
+    # scrubber knows, so the parser's "unexpected extra argument (...)" must not show it.
+    word = "hunter2pass"
+    proc = _cli_process(world, "secrets", "get", "secrets/staging/web/db", word)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 2
+    assert word not in out + err and "unexpected extra argument" in err and "not shown" in err

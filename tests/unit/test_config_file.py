@@ -315,3 +315,27 @@ def test_a_policy_file_another_user_owns_is_refused(tmp_path: Path) -> None:
         assert exc.value.code == "policy_insecure"
     finally:
         gate.close()
+
+
+@pytest.mark.parametrize(
+    "webhook",
+    ["notaurl", "ftp://hooks.example.com/T0", "https:///no-host", "https://hooks.example.com/a b"],
+)
+def test_a_webhook_that_is_no_http_url_is_refused_without_quoting_it(
+    tmp_path: Path, webhook: str
+) -> None:
+    # Found at start rather than at the first approval (when nobody is told); the URL
+    # is a secret (whoever holds it can post to the channel), so never quoted back.
+    with pytest.raises(ConfigError) as exc:
+        _load(tmp_path, f"notifications:\n  webhooks: ['{webhook}']\n")
+    assert exc.value.code == "config_invalid" and "webhooks" in exc.value.message
+    assert webhook not in str(exc.value)
+    ok = _load(tmp_path, "notifications:\n  webhooks: ['https://hooks.example.com/T0/x']\n")
+    assert ok.notifications.webhooks == ("https://hooks.example.com/T0/x",)
+
+
+@pytest.mark.parametrize("audience", ["''", "'two words'"])
+def test_an_empty_or_spaced_audience_is_refused(tmp_path: Path, audience: str) -> None:
+    with pytest.raises(ConfigError) as exc:
+        _load(tmp_path, f"audience: {audience}\n")
+    assert exc.value.code == "config_invalid" and "audience" in exc.value.message

@@ -92,6 +92,9 @@ REGISTRATION_REFUSALS = [
     ({"name": "x" * 65}, opsgate.AgentError, "invalid_name"),
     ({"name": "../etc"}, opsgate.AgentError, "invalid_name"),
     ({"name": None}, opsgate.AgentError, "invalid_name"),
+    # A token pasted as a name would be listed in clear to everyone who lists agents.
+    ({"name": "opsg_apr_" + "A1b2" * 8}, opsgate.AgentError, "invalid_name"),
+    ({"name": "eyJhbGciOiJFZERTQSJ9"}, opsgate.AgentError, "invalid_name"),
     ({"sponsor": "not-an-email"}, opsgate.AgentError, "invalid_email"),
     ({"sponsor": ""}, opsgate.AgentError, "invalid_email"),
     ({"sponsor": None}, opsgate.AgentError, "invalid_email"),
@@ -297,3 +300,14 @@ def test_chain_outliving_its_parent_is_refused(gate: opsgate.Gate) -> None:
         links[1], record=body.decode(), signature=_b64(gate.agents.private_key(root.did).sign(body))
     )
     _expect_broken(gate, [links[0], forged])
+
+
+def test_a_secret_shaped_name_is_refused_for_a_delegate_too_and_not_echoed(
+    gate: opsgate.Gate, supervisor: Any
+) -> None:
+    token = "opsg_apr_" + "Zq8x" * 10
+    count = _agent_rows(gate)
+    with pytest.raises(opsgate.AgentError) as info:
+        supervisor.delegate(name=token, capabilities=["deploy:staging"])
+    assert info.value.code == "invalid_name" and token not in str(info.value)
+    assert _agent_rows(gate) == count

@@ -264,6 +264,8 @@ def test_operator_set_is_audited_with_who_and_why(tmp_path: Path) -> None:
         refused = runner.invoke(app, [*args, *base])
         assert refused.exit_code == 1, refused.output
         assert f"[{code}]" in refused.output
+        if code == "trust_score_invalid":  # the number itself, not its type
+            assert "got 1001" in refused.output, refused.output
     assert runner.invoke(app, ["trust", "set", "agent", "900", *base]).exit_code == 2
     gate = opsgate.Gate.open(state)
     try:

@@ -52,6 +52,7 @@ from opsgate.errors import (
     SecretError,
     safe_text,
     scrub,
+    secret_shaped,
 )
 from opsgate.operations.artifacts import (
     ArtifactRoots,
@@ -97,6 +98,14 @@ def _printable(value: str | None) -> str | None:
     return None if value is None else scrub(value)
 
 
+def _release_name(value: str) -> str:
+    """A release name never has the shape of a secret: it is printed, listed and kept
+    in the audit (which would hide it, and with it which release ran)."""
+    if secret_shaped(value):
+        raise ValueError("has the shape of a secret (a token or a credential)")
+    return value
+
+
 class DeployParams(OperationParams):
     """`version` names the release; `artifact` is an absolute path under an artifact root
     (required by the local backend); `secrets` are secret paths a command backend's
@@ -113,6 +122,11 @@ class DeployParams(OperationParams):
     def _one_line(cls, value: str | None) -> str | None:
         return _printable(value)
 
+    @field_validator("version")
+    @classmethod
+    def _not_secret(cls, value: str) -> str:
+        return _release_name(value)
+
 
 class RollbackParams(OperationParams):
     """`to` names a release kept on disk; without it, the one live before the current."""
@@ -124,6 +138,11 @@ class RollbackParams(OperationParams):
     @classmethod
     def _one_line(cls, value: str | None) -> str | None:
         return _printable(value)
+
+    @field_validator("to")
+    @classmethod
+    def _not_secret(cls, value: str | None) -> str | None:
+        return None if value is None else _release_name(value)
 
 
 @dataclass(frozen=True, slots=True)

@@ -277,3 +277,17 @@ def test_the_example_decision_table_passes() -> None:
     root = Path(__file__).resolve().parents[3]
     report = run_case_file(root / "examples" / "policy_cases.yaml")
     assert report.passed and len(report.results) == 4, report.failures
+
+
+@pytest.mark.parametrize(
+    ("action", "resource"),
+    [("deploy", "production/../x"), ("de ploy", "production/app-web"), ("deploy", "")],
+)
+def test_explain_refuses_what_the_gate_refuses_before_policy(action: str, resource: str) -> None:
+    # The gate refuses a malformed capability before any rule runs; explaining it as a
+    # policy decision (exit 0) would tell an operator a rule let it through.
+    code, out, err = run(*EXPLAIN, "--action", action, "--resource", resource)
+    assert code == 2
+    assert out == "" and err.startswith("error [capability_") and "Traceback" not in err
+    code, out, _ = run(*EXPLAIN, "--action", action, "--resource", resource, "--json")
+    assert code == 2 and json.loads(out)["error"]["code"].startswith("capability_")
