@@ -22,10 +22,10 @@ import os
 import stat
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 
 import structlog
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -279,6 +279,19 @@ def _internal(exc: Exception) -> OpsgateError:
     err = internal("Gate.authorize", exc)
     err.__cause__ = exc
     return err
+
+
+_T = TypeVar("_T")
+
+
+def _typed(fn: Callable[[], _T]) -> _T | OpsgateError:
+    """fn's result, or the OpsgateError `authorize`'s typed boundary would raise."""
+    try:
+        return fn()
+    except OpsgateError as exc:
+        return exc
+    except Exception as exc:  # noqa: BLE001 - as the typed boundary of `authorize`
+        return _internal(exc)
 
 
 def _each(exc: OpsgateError) -> OpsgateError:
@@ -1095,19 +1108,11 @@ class Gate:
         decided: list[tuple[int, Claims, str, float, _Decided]] = []
         for i, req in enumerate(requests):
             t = time.time()
-            try:
-                claims = self._authenticate(
-                    req.token, t, req.proof, ProofRequest.authorize(req.capability, req.params)
-                )
-                with self._refusals_audited("authorize.refused", claims, req.capability, t):
-                    one = self._authorize_decided(claims, req.capability, req.params, t)
-            except OpsgateError as exc:
-                results[i] = exc
-                continue
-            except Exception as exc:  # noqa: BLE001 - as the typed boundary of `authorize`
-                results[i] = _internal(exc)
-                continue
-            decided.append((i, claims, req.capability, t, one))
+            got = _typed(functools.partial(self._authorize_one, req, t))
+            if isinstance(got, OpsgateError):
+                results[i] = got
+            else:
+                decided.append((i, got[0], req.capability, t, got[1]))
         if decided:
             try:
                 self.audit.commit_all([one.unit for *_, one in decided])
@@ -1117,21 +1122,26 @@ class Gate:
                     results[i] = _each(err)
                 decided = []
         for i, claims, capability, t, one in decided:
-            try:
-                with self._refusals_audited("authorize.refused", claims, capability, t):
-                    self._score_decision(one.agent, one.decision, one.canonical, t)
-            except OpsgateError as exc:
-                results[i] = exc
-                continue
-            except Exception as exc:  # noqa: BLE001 - as the typed boundary of `authorize`
-                results[i] = _internal(exc)
-                continue
-            results[i] = one.decision
+            results[i] = _typed(functools.partial(self._scored, claims, capability, t, one))
         out: list[Decision | OpsgateError] = []
         for r in results:
             assert r is not None  # every request was decided or refused above
             out.append(r)
         return out
+
+    def _authorize_one(self, req: AuthorizeRequest, t: float) -> tuple[Claims, _Decided]:
+        """One request of a batch, authenticated and decided (its record not written)."""
+        claims = self._authenticate(
+            req.token, t, req.proof, ProofRequest.authorize(req.capability, req.params)
+        )
+        with self._refusals_audited("authorize.refused", claims, req.capability, t):
+            return claims, self._authorize_decided(claims, req.capability, req.params, t)
+
+    def _scored(self, claims: Claims, capability: str, t: float, one: _Decided) -> Decision:
+        """A batch's decision once its record is durable: the trust change, as `authorize`."""
+        with self._refusals_audited("authorize.refused", claims, capability, t):
+            self._score_decision(one.agent, one.decision, one.canonical, t)
+        return one.decision
 
     def _authorize_decided(
         self, claims: Claims, capability: str, params: dict[str, Any] | None, t: float
