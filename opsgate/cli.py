@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -27,6 +26,7 @@ from opsgate.cli_common import (
     handle_errors,
     login_name,
     new_table,
+    one_of,
     open_gate,
     operator_actor,
     print_error,
@@ -52,17 +52,6 @@ app.add_typer(operators_app, name="operators")
 app.add_typer(approvers_app, name="approvers")
 app.add_typer(approvals_app, name="approvals")
 app.add_typer(trust_app, name="trust")
-
-
-def _one_of(*choices: str) -> Callable[[str | None], str | None]:
-    """A filter value outside its choices is a usage error (exit 2), not an empty list."""
-
-    def check(value: str | None) -> str | None:
-        if value is not None and value not in choices:
-            raise typer.BadParameter(f"must be one of {', '.join(choices)}")
-        return value
-
-    return check
 
 
 def _writable(path: Path) -> Any:
@@ -181,7 +170,7 @@ def agents_list(
         str | None,
         typer.Option(
             help="active, suspended or revoked",
-            callback=_one_of("active", "suspended", "revoked"),
+            callback=one_of("active", "suspended", "revoked"),
         ),
     ] = None,
     state_dir: StateDir = None,
@@ -628,7 +617,7 @@ def approvals_list(
         str | None,
         typer.Option(
             help="pending, approved, denied, expired or consumed",
-            callback=_one_of("pending", "approved", "denied", "expired", "consumed"),
+            callback=one_of("pending", "approved", "denied", "expired", "consumed"),
         ),
     ] = None,
     state_dir: StateDir = None,

@@ -88,6 +88,17 @@ def new_table(*headers: str, **options: Any) -> Table:
     return table
 
 
+def one_of(*choices: str) -> Callable[[str | None], str | None]:
+    """A filter value outside its choices is a usage error (exit 2), not an empty list."""
+
+    def check(value: str | None) -> str | None:
+        if value is not None and value not in choices:
+            raise typer.BadParameter(f"must be one of {', '.join(choices)}")
+        return value
+
+    return check
+
+
 def print_error(message: str) -> None:
     """One scrubbed line on stderr (hex digests kept, as in the error's --json)."""
     Console(stderr=True, soft_wrap=True, highlight=False, emoji=False).print(

@@ -35,6 +35,7 @@ from opsgate.cli_common import (
     format_time,
     handle_errors,
     new_table,
+    one_of,
     open_gate,
     operator_actor,
     print_error,
@@ -797,13 +798,20 @@ def secrets_delete(
     _done(act, op, outcome, json_out, extra)
 
 
+# `secrets.executor.CHARSETS`, named here so the CLI starts without importing it.
+ROTATE_CHARSETS = ("alphanumeric", "hex", "base64url", "printable")
+
+
 @secrets_app.command("rotate")
 @handle_errors
 def secrets_rotate(
     path: PathArg,
     length: Annotated[int, typer.Option(help="Characters in the new value (16-4096).")] = 32,
     charset: Annotated[
-        str, typer.Option(help="alphanumeric, hex, base64url or printable.")
+        str,
+        typer.Option(
+            help="alphanumeric, hex, base64url or printable.", callback=one_of(*ROTATE_CHARSETS)
+        ),
     ] = "alphanumeric",
     as_: AsOpt = None,
     wait: WaitOpt = False,

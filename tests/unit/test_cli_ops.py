@@ -740,3 +740,17 @@ def test_a_stray_word_after_a_secret_path_is_not_echoed(world: World) -> None:
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 2
     assert word not in out + err and "unexpected extra argument" in err and "not shown" in err
+
+
+def test_an_unknown_charset_is_a_usage_error_before_the_gate(world: World) -> None:
+    from opsgate.cli_ops import ROTATE_CHARSETS
+    from opsgate.secrets.executor import CHARSETS
+
+    assert tuple(CHARSETS) == ROTATE_CHARSETS  # the CLI's choices are the executor's
+    head = world.audit_text()
+    code, out, err = world.cli(
+        "secrets", "rotate", "secrets/staging/web/db", "--charset", "emoji", "--as", "platform-bot"
+    )
+    assert code == 2 and out == ""
+    assert "must be one of" in err and "Traceback" not in err
+    assert world.audit_text() == head  # nothing asked of the gate, nothing audited
