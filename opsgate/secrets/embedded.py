@@ -136,8 +136,10 @@ class EmbeddedSecretStore:
             raise SecretError("the new master key is the current one", code="master_key_unchanged")
         new = AESGCM(new_key.derive(_AES_LABEL))
         with self._store.write() as conn:
-            recorded = sql.secret_key_id(conn)
-            if recorded is not None and recorded != old_id:
+            # Held until the commit: a write sealing with the old key either commits
+            # first (and its version is among the rows read below) or waits and then
+            # finds the new key recorded (secret_key_mismatch).
+            if sql.claim_secret_key_id(conn, old_id, exclusive=True) != old_id:
                 raise key_mismatch("*")
             rows = sql.sealed_versions(conn)
             for row in rows:
@@ -165,9 +167,7 @@ class EmbeddedSecretStore:
                     sql.reseal_secret_version(conn, sealed, old_id)
                 except sql.VersionTaken:
                     raise conflict(row.path, row.version) from None
-            if recorded is None:
-                sql.claim_secret_key_id(conn, new_key.key_id)
-            elif not sql.set_secret_key_id(conn, old_id, new_key.key_id):
+            if not sql.set_secret_key_id(conn, old_id, new_key.key_id):
                 raise key_mismatch("*")
             also(conn, len(rows))
         with self._lock:

@@ -139,16 +139,23 @@ def set_secret_key_id(conn: Connection, old_key_id: str, new_key_id: str) -> boo
     return bool(changed == 1)
 
 
-def claim_secret_key_id(conn: Connection, key_id: str) -> str:
+def claim_secret_key_id(conn: Connection, key_id: str, *, exclusive: bool = False) -> str:
     """Record `key_id` as this database's secret key unless one is recorded; returns
-    the recorded one (a replica that raced first wins)."""
+    the recorded one (a replica that raced first wins), locked until the transaction
+    ends on PostgreSQL (SQLite's write transaction holds the whole database): shared
+    by a write, so the version it seals with that key commits before the key can
+    change, and `exclusive` for re-sealing, which changes it."""
     insert = sqlite_insert if conn.dialect.name == "sqlite" else pg_insert
     conn.execute(
         insert(schema.gate_meta).values(key=_KEY_ID, value=key_id).on_conflict_do_nothing()
     )
-    recorded = secret_key_id(conn)
-    assert recorded is not None
-    return recorded
+    row = conn.execute(
+        select(schema.gate_meta.c.value)
+        .where(schema.gate_meta.c.key == _KEY_ID)
+        .with_for_update(read=not exclusive)
+    ).first()
+    assert row is not None
+    return str(row[0])
 
 
 __all__ = [
