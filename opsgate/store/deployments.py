@@ -287,11 +287,25 @@ class DeployLedger:
         health: str | None,
         now: float,
         lock_token: str | None = None,
+        fence: tuple[str, str, str] | None = None,
+        lease_until: float | None = None,
     ) -> bool:
         """Close the journal row with its result (history from now on) and, in the same
         transaction, release the lock that guarded it. A row already finished keeps its
-        result (False): a later error never rewrites an outcome."""
+        result (False): a later error never rewrites an outcome. With `fence` (env, app,
+        token), only while that lock is still this run's (its lease renewed to
+        `lease_until`): a run whose lock was taken over records nothing (DeployLockLost),
+        its row being the new holder's recovery's to close."""
         with self.store.write() as conn:
+            if fence is not None:
+                env, app, token = fence
+                assert lease_until is not None
+                if not _extend_lock(conn, env, app, token, lease_until):
+                    raise DeployLockLost(
+                        f"the deploy lock of {env}/{app} was taken over (its lease ran out): "
+                        f"this run's {status} result is not recorded",
+                        code="deploy_lock_lost",
+                    )
             closed = conn.execute(
                 update(_d)
                 .where(_d.c.id == deployment_id, _d.c.status == "running")

@@ -587,6 +587,48 @@ def test_a_run_whose_lock_was_taken_over_changes_nothing_more(tmp_path: Path) ->
         assert last.status == "failed" and "left to the lock's new holder" in last.summary
 
 
+def test_a_run_that_lost_its_lock_during_the_health_gate_claims_no_success(
+    tmp_path: Path,
+) -> None:
+    """A run that stalled in its health gate past its lease: another host took the
+    lock over and its recovery put the earlier release back and closed the run. The
+    stalled run's passing probe must not report its release live, nor prune under a
+    lock that is no longer its own."""
+    with deploy_world(tmp_path, health={}, keep_releases=1) as w:
+        assert w.deploy("staging", "1").status == "succeeded"
+        ledger = w.executor.ledger
+        done: list[bool] = []
+
+        def taken_over(event: Any) -> None:
+            if event.step == "health" and not done:
+                done.append(True)
+                mine = ledger.lock("staging", "web")
+                assert mine is not None and mine.deployment_id is not None
+                ledger.drop_lock("staging", "web", mine.token)
+                _lock(w, pid=1, start="", host="pod-b")  # the new holder
+                # ... whose recovery restored 1 and closed the stalled run.
+                w.executor.releases.switch("staging", "web", "1")  # type: ignore[union-attr]
+                ledger.finish(
+                    mine.deployment_id,
+                    status="interrupted",
+                    summary="restored 1",
+                    health=None,
+                    now=time.time(),
+                )
+
+        w.executor.progress = taken_over
+        out = w.deploy("staging", "2")
+        assert done
+        assert out.status == "failed", out.summary
+        assert audit_events(w.gate, "operation.outcome")[-1]["code"] == "deploy_lock_lost"
+        assert w.current("staging") == "1"
+        assert (w.deployments / "staging/web/releases/1").is_dir()  # not pruned
+        (lock,) = ledger.locks()
+        assert lock.host == "pod-b"
+        (last,) = ledger.history("staging", "web", limit=1)
+        assert last.status == "interrupted" and last.summary == "restored 1"
+
+
 def test_a_reused_pid_does_not_keep_a_dead_holders_lock(tmp_path: Path) -> None:
     with deploy_world(tmp_path) as w:
         _lock(w, pid=os.getpid(), start="not-my-start-time")

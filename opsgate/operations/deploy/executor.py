@@ -680,16 +680,21 @@ class DeployExecutor:
         health: HealthReport | None,
         *,
         keep_lock: bool = False,
+        fenced: bool = False,
     ) -> None:
         """Record the outcome (once: a finished row is never rewritten) and free the lock,
-        unless `keep_lock` (cleanup still to do under it; `_release` frees it)."""
+        unless `keep_lock` (cleanup still to do under it; `_release` frees it). `fenced`:
+        only while the run still holds its lock (DeployLockLost otherwise)."""
+        now = self._clock()
         self.ledger.finish(
             run.deployment_id,
             status=status,
             summary=summary,
             health=None if health is None else health.status,
-            now=self._clock(),
+            now=now,
             lock_token=None if keep_lock else run.lock_token,
+            fence=(run.env, run.app, run.lock_token) if fenced else None,
+            lease_until=now + self.config.lock_expiry_seconds if fenced else None,
         )
 
     def _release(self, run: _Run) -> None:
@@ -864,9 +869,11 @@ class DeployExecutor:
         else:
             summary = f"{app} {version} is live in {env}"
         # The outcome is recorded before pruning: a prune that fails never turns a
-        # passed run into a failure or a restore.
+        # passed run into a failure or a restore. Fenced: a run that stalled past its
+        # lease during the health gate lost the app to another run (whose recovery put
+        # the earlier release back), so it reports no success and prunes nothing.
         run.switched = False
-        self._finish(run, "succeeded", summary, report, keep_lock=True)
+        self._finish(run, "succeeded", summary, report, keep_lock=True, fenced=True)
         try:
             pruned = self._prune(run)
         finally:
@@ -1003,7 +1010,7 @@ class DeployExecutor:
                     audit_fields={"command": audit, "health": report.to_dict()},
                 )
             summary = f"{app} {version} is live in {env}"
-            self._finish(run, "succeeded", summary, report)
+            self._finish(run, "succeeded", summary, report, fenced=True)
             run.progress("done", summary)
             return Outcome(
                 "succeeded",
@@ -1400,7 +1407,7 @@ class RollbackExecutor:
             )
         run.switched = False
         summary = f"{run.app} rolled back to {run.version} in {run.env}"
-        d._finish(run, "succeeded", summary, report)
+        d._finish(run, "succeeded", summary, report, fenced=True)
         return Outcome(
             "succeeded",
             summary,
