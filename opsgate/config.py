@@ -754,6 +754,10 @@ class ServerConfig(_Strict):
                 raise ValueError(
                     f"trusted_proxies: {entry!r} is not an IP address or network"
                 ) from None
+            if network.prefixlen == 0:  # every address: any client could name its own
+                raise ValueError(
+                    f"trusted_proxies: {entry!r} trusts every address; list the proxies' own"
+                )
             out.append(str(network))
         return out
 

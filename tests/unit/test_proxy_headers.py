@@ -89,7 +89,9 @@ def test_behind_declared_proxies_each_client_has_its_own_limit(tmp_path: Path) -
     assert spoofed == 429
 
 
-@pytest.mark.parametrize("entry", ["*", "proxy.internal", "10.0.0.300", ""])
+@pytest.mark.parametrize(
+    "entry", ["*", "proxy.internal", "10.0.0.300", "", "0.0.0.0/0", "::/0", " 10.1.2.3/0"]
+)
 def test_trusted_proxies_must_be_addresses_or_networks(tmp_path: Path, entry: str) -> None:
     with pytest.raises(ValueError, match="trusted_proxies"):
         ServerConfig(external_url=BASE, trusted_proxies=[entry])
