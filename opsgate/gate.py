@@ -850,7 +850,7 @@ class Gate:
         replaced = current.source == "key file"
         if replaced:
             try:
-                install_key_file(self.state_dir, path)
+                install_key_file(self.state_dir, new_key)
             except ConfigError as exc:
                 raise ConfigError(
                     f"every secret is sealed with key {new_key.key_id} now, but {exc.message}: "

@@ -68,6 +68,10 @@ class MasterKey:
         self.source = source
         self.key_id = self.derive(b"opsgate key id v1")[:16].hex()
 
+    def _file_text(self) -> bytes:
+        """The key as a key file holds it (for `install_key_file` only)."""
+        return base64.urlsafe_b64encode(self.__key) + b"\n"
+
     def derive(self, label: bytes) -> bytes:
         return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=label).derive(self.__key)
 
@@ -107,12 +111,12 @@ def create_key_file(path: Path) -> MasterKey:
     return read_key_file(path)
 
 
-def install_key_file(state_dir: Path, source: Path) -> None:
-    """Make `source`'s key the state dir's key file: written beside it, synced, then
-    renamed over it (the old key or the new one, never half of either)."""
+def install_key_file(state_dir: Path, key: MasterKey) -> None:
+    """Make `key` the state dir's key file: written beside it, synced, then renamed
+    over it (the old key or the new one, never half of either). The key itself, not
+    the file it was read from: that file may hold another by now."""
     path = Path(state_dir) / KEY_FILE
-    text = _read_key_file(Path(source)).encode("ascii")
-    _place(path, text, os.replace, "replace")
+    _place(path, key._file_text(), os.replace, "replace")
 
 
 def _create_key_file(path: Path) -> None:

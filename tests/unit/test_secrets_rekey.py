@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import pytest
 from secret_helpers import SecretWorld, open_world
@@ -198,3 +199,28 @@ def test_the_cli_rekeys_and_never_prints_a_key(world: SecretWorld, tmp_path: Pat
 
 def _events(gate: opsgate.Gate) -> list[dict[str, object]]:
     return [r.event for r in gate.audit.events()]
+
+
+def test_the_key_installed_is_the_one_that_sealed_even_if_its_file_changed(
+    world: SecretWorld, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The state dir's key file gets the key every version was sealed with, not what
+    the new key's file holds by then (rewritten meanwhile: the sealing key would be
+    nowhere, and every secret with it)."""
+    gate, new = world.gate, tmp_path / "new.key"
+    real = gate.secrets.reseal
+
+    def reseal_then_rewrite(*args: Any, **kwargs: Any) -> int:
+        count = real(*args, **kwargs)
+        new.unlink()
+        new.write_text("ef" * 32)
+        new.chmod(0o600)
+        return count
+
+    monkeypatch.setattr(gate.secrets, "reseal", reseal_then_rewrite)
+    done = gate.rekey_secrets(new, generate=True)
+    gate.close()
+    with opsgate.Gate.open(gate.state_dir) as again:
+        assert again.secrets.master_key().key_id == done["new_key_id"]
+        assert read_secret(again, world.token, "staging/db").value.reveal() == "second-value-2"
+    assert (gate.state_dir / KEY_FILE).stat().st_mode & 0o777 == 0o600
