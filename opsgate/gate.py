@@ -827,7 +827,13 @@ class Gate:
         operator's act. A key that came from the state dir's key file is replaced by
         the new one once that commits; one from OPSGATE_MASTER_KEY is the operator's to
         change (the gate names the new key id, never the key)."""
-        from opsgate.secrets.keys import create_key_file, install_key_file, read_key_file
+        from opsgate.secrets.keys import (
+            create_key_file,
+            drop_staged_key,
+            install_key_file,
+            read_key_file,
+            stage_key_file,
+        )
 
         t = to_epoch(now)
         path = Path(new_key_file)
@@ -846,17 +852,24 @@ class Gate:
                 versions=versions,
             )
 
-        versions = self.secrets.reseal(new_key, also=record)
         replaced = current.source == "key file"
+        if replaced:
+            # Staged first: should this process die after the commit and before the
+            # key file is replaced, the next start installs it (never a store sealed
+            # with a key the state dir does not hold).
+            stage_key_file(self.state_dir, new_key)
+        versions = self.secrets.reseal(new_key, also=record)
         if replaced:
             try:
                 install_key_file(self.state_dir, new_key)
             except ConfigError as exc:
                 raise ConfigError(
                     f"every secret is sealed with key {new_key.key_id} now, but {exc.message}: "
-                    f"copy '{path}' to the state dir's key file by hand",
+                    f"the next start installs it, or copy '{path}' to the state dir's key "
+                    "file by hand",
                     code="master_key_unavailable",
                 ) from None
+            drop_staged_key(self.state_dir)
         return {
             "versions": versions,
             "old_key_id": current.key_id,

@@ -32,6 +32,9 @@ from opsgate.secrets.value import SecretValue
 
 MASTER_KEY_ENV = "OPSGATE_MASTER_KEY"
 KEY_FILE = "secrets.key"
+#: A rekey's new key, written before its transaction and renamed over KEY_FILE after
+#: it: if the process dies between the two, the next start finds it here.
+STAGED_KEY_FILE = KEY_FILE + ".next"
 KEY_BYTES = 32
 _HEX = re.compile(r"[0-9a-fA-F]{64}\Z")
 _B64 = re.compile(r"[A-Za-z0-9+/_-]{43}=?\Z")
@@ -117,6 +120,35 @@ def install_key_file(state_dir: Path, key: MasterKey) -> None:
     the file it was read from: that file may hold another by now."""
     path = Path(state_dir) / KEY_FILE
     _place(path, key._file_text(), os.replace, "replace")
+
+
+def stage_key_file(state_dir: Path, key: MasterKey) -> None:
+    """Keep `key` beside the key file before a rekey commits (see STAGED_KEY_FILE)."""
+    _place(Path(state_dir) / STAGED_KEY_FILE, key._file_text(), os.replace, "stage")
+
+
+def drop_staged_key(state_dir: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(Path(state_dir) / STAGED_KEY_FILE)
+
+
+def finish_staged_key(state_dir: Path, current: MasterKey, recorded: str | None) -> MasterKey:
+    """The key to use, given the key file's `current` key and the key id the database
+    `recorded`: a rekey that committed but died before replacing the key file left
+    its key staged, which then becomes the key file; a staged key the database does
+    not record (its rekey never committed) is removed once the current one is the
+    recorded one. Anything else is left as it is, for the operator."""
+    staged_path = Path(state_dir) / STAGED_KEY_FILE
+    if not os.path.lexists(staged_path):
+        return current
+    staged = read_key_file(staged_path)
+    if recorded == staged.key_id and recorded != current.key_id:
+        install_key_file(state_dir, staged)
+        drop_staged_key(state_dir)
+        return staged
+    if recorded is None or recorded == current.key_id:
+        drop_staged_key(state_dir)
+    return current
 
 
 def _create_key_file(path: Path) -> None:
@@ -225,9 +257,12 @@ __all__ = [
     "MasterKey",
     "ValueBinder",
     "create_key_file",
+    "drop_staged_key",
+    "finish_staged_key",
     "install_key_file",
     "key_mismatch",
     "load_master_key",
     "parse_master_key",
     "read_key_file",
+    "stage_key_file",
 ]

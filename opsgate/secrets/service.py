@@ -17,9 +17,10 @@ from opsgate.errors import ConfigError
 from opsgate.secrets.base import NAMESPACE, SecretStore
 from opsgate.secrets.embedded import EmbeddedSecretStore
 from opsgate.secrets.executor import EXECUTORS, SecretExecutor
-from opsgate.secrets.keys import MasterKey, ValueBinder, load_master_key
+from opsgate.secrets.keys import MasterKey, ValueBinder, finish_staged_key, load_master_key
 from opsgate.secrets.vault import VaultSecretStore, VaultSession
 from opsgate.store import Store
+from opsgate.store import secrets as sql
 
 
 class _Lazy:
@@ -47,7 +48,9 @@ class SecretsService:
     ) -> None:
         self.config = config
         self._gate_id = gate_id
-        self._key = _Lazy(lambda: load_master_key(state_dir))
+        self._store = store
+        self._state_dir = state_dir
+        self._key = _Lazy(self._load_key)
         self._binder = _Lazy(lambda: ValueBinder(self.master_key(), gate_id))
         #: The authenticated Vault client (KV backend, dynamic database credentials).
         self.vault: VaultSession | None = (
@@ -62,6 +65,16 @@ class SecretsService:
 
     def __repr__(self) -> str:
         return f"SecretsService(backend={self.backend!r})"
+
+    def _load_key(self) -> MasterKey:
+        """The master key; a rekey that died between its commit and replacing the key
+        file is finished here (its key was staged beside the key file)."""
+        key = load_master_key(self._state_dir)
+        if key.source != "key file" or self.config.backend != "embedded":
+            return key
+        with self._store.read() as conn:
+            recorded = sql.recorded_secret_key_id(conn)
+        return finish_staged_key(self._state_dir, key, recorded)
 
     def master_key(self) -> MasterKey:
         key = self._key.get()

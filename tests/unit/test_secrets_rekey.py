@@ -224,3 +224,57 @@ def test_the_key_installed_is_the_one_that_sealed_even_if_its_file_changed(
         assert again.secrets.master_key().key_id == done["new_key_id"]
         assert read_secret(again, world.token, "staging/db").value.reveal() == "second-value-2"
     assert (gate.state_dir / KEY_FILE).stat().st_mode & 0o777 == 0o600
+
+
+class _Died(BaseException):
+    """The process ending between two steps (nothing after it runs)."""
+
+
+def test_a_rekey_that_died_after_its_commit_is_finished_at_the_next_start(
+    world: SecretWorld, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Killed after the commit and before the key file was replaced: every version is
+    sealed under the new key and the state dir held only the old one (every read
+    secret_key_mismatch, and the key only in the operator's file, if kept)."""
+    import opsgate.secrets.keys as keys
+
+    gate, state, new = world.gate, world.gate.state_dir, tmp_path / "new.key"
+    old_text = (state / KEY_FILE).read_text()
+
+    def die(*_: Any) -> None:
+        raise _Died
+
+    monkeypatch.setattr(keys, "install_key_file", die)
+    with pytest.raises(_Died):
+        gate.rekey_secrets(new, generate=True)
+    monkeypatch.undo()
+    assert (state / KEY_FILE).read_text() == old_text  # the state dir's key: still the old
+    new_text = new.read_text()
+    new.unlink()  # and the operator's copy lost: the staged one is all there is
+    with opsgate.Gate.open(state) as again:
+        assert read_secret(again, world.token, "staging/db").value.reveal() == "second-value-2"
+        write_secret(again, world.token, "staging/db", "after-the-restart")
+    assert (state / KEY_FILE).read_text() == new_text
+    assert (state / KEY_FILE).stat().st_mode & 0o777 == 0o600
+    assert not (state / keys.STAGED_KEY_FILE).exists()
+
+
+def test_a_staged_key_whose_rekey_never_committed_is_dropped(
+    world: SecretWorld, tmp_path: Path
+) -> None:
+    import opsgate.secrets.keys as keys
+
+    state = world.gate.state_dir
+    with sqlite3.connect(state / "opsgate.db") as db:
+        db.execute(
+            "UPDATE secret_versions SET ciphertext = ? WHERE path = ? AND version = 1",
+            (b"\0" * 40, "secrets/staging/db"),
+        )
+    key_text = (state / KEY_FILE).read_text()
+    with pytest.raises(opsgate.SecretError):
+        world.gate.rekey_secrets(tmp_path / "new.key", generate=True)
+    world.gate.close()
+    with opsgate.Gate.open(state) as again:
+        assert read_secret(again, world.token, "staging/db").value.reveal() == "second-value-2"
+    assert (state / KEY_FILE).read_text() == key_text  # never the key that sealed nothing
+    assert not (state / keys.STAGED_KEY_FILE).exists()
