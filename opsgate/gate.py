@@ -20,6 +20,7 @@ import hashlib
 import json
 import os
 import stat
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -274,6 +275,17 @@ class _Decided:
     unit: Unit
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Refusal:
+    """A refusal's audit record, written with its batch's decisions (one commit for the
+    batch). `closed`: a record that cannot be written fails its request with the
+    AuditError, as `authorize` does; otherwise the refusal stands and the failure is
+    logged, as `verify` does for a credential's."""
+
+    unit: Unit
+    closed: bool
+
+
 def _internal(exc: Exception) -> OpsgateError:
     """What `authorize`'s typed boundary raises for an unexpected exception."""
     err = internal("Gate.authorize", exc)
@@ -301,6 +313,12 @@ def _each(exc: OpsgateError) -> OpsgateError:
     copy.audited = exc.audited
     copy.__cause__ = exc.__cause__
     return copy
+
+
+def _rejection_not_audited(unit: Unit, err: OpsgateError) -> None:
+    log.error(
+        "credential rejection not audited", code=unit.fields.get("code"), audit_error=err.code
+    )
 
 
 def _migration_executor(gate: Gate) -> Executor:
@@ -418,6 +436,10 @@ class Gate:
         )
         # jtis known to be charged as misuse (insertion order): spares the store a write.
         self._misused: BoundedCache[str, None] = BoundedCache(100_000)
+        # On a thread deciding an authorize batch, `refusals`: the refusal records of
+        # the request being decided, for the batch's one commit (else None: written
+        # at once).
+        self._batching = threading.local()
         self._runs = RunsSQL(store)
         self._repair_runs()
         self.audit.flush_deferred()  # what a replica that stopped left unchained
@@ -985,13 +1007,39 @@ class Gate:
         self, token: object, t: float, proof: str | PossessionCheck | None, context: ProofRequest
     ) -> Claims:
         """Step 1. Misuse of a genuine credential is charged to its (proven) agent, once."""
+        deferred: list[_Refusal] | None = getattr(self._batching, "refusals", None)
         try:
-            return self.credential_manager.verify(token, now=t, proof=proof, proof_context=context)
+            return self.credential_manager.verify(
+                token, now=t, proof=proof, proof_context=context, audit=deferred is None
+            )
         except InvalidCredential as exc:
             d = exc.detail
-            if d.get("misuse") and d.get("agent"):
+            charged = bool(d.get("misuse") and d.get("agent"))
+            if deferred is not None:
+                unit = self.credential_manager.rejection_record(exc, t)
+                if unit is None:
+                    pass
+                elif charged and self._chargeable(d.get("jti"), d.get("exp"), t):
+                    # Written now, before the charge that follows it (as `verify` does):
+                    # once per credential.
+                    self._commit_rejection(unit)
+                else:
+                    deferred.append(_Refusal(unit, closed=False))
+            if charged:
                 self._charge_misuse(d["agent"], d.get("jti"), d.get("exp"), exc.code, t)
             raise
+
+    def _commit_rejection(self, unit: Unit) -> None:
+        try:
+            self.audit.commit(unit)
+        except OpsgateError as err:  # the credential is refused either way
+            _rejection_not_audited(unit, err)
+
+    def _chargeable(self, jti: object, exp: object, t: float) -> bool:
+        """Whether `_charge_misuse` would charge this credential now (or ask the store)."""
+        if not isinstance(jti, str) or type(exp) is not float:
+            return False  # verify() always names both for misuse; never charge unbounded
+        return t < exp + MISUSE_CHARGE_WINDOW and jti not in self._misused
 
     def _charge_misuse(self, did: str, jti: object, exp: object, code: str, t: float) -> None:
         """Charge misuse once per credential, across restarts and replicas: whoever
@@ -1001,13 +1049,10 @@ class Gate:
         A credential is chargeable until MISUSE_CHARGE_WINDOW after its expiry; later
         it is refused and audited but charges nothing, so its record can be dropped.
         """
-        if not isinstance(jti, str) or type(exp) is not float:
-            return  # verify() always names both for misuse; never charge unbounded
+        if not self._chargeable(jti, exp, t):
+            return
+        assert isinstance(jti, str) and isinstance(exp, float)
         forget_after = exp + MISUSE_CHARGE_WINDOW
-        if t >= forget_after:
-            return
-        if jti in self._misused:
-            return
         if not self._charge(
             did,
             TrustEvent.CREDENTIAL_MISUSE,
@@ -1107,11 +1152,12 @@ class Gate:
     ) -> list[Decision | OpsgateError]:
         """`authorize` for several independent requests at once, each at its own time:
         each is authenticated and decided as `authorize` does, and the decisions'
-        audit records are written in one durable commit before any is returned
-        (a refusal is audited on its own, as in `authorize`). Each request's result
-        is its Decision or the OpsgateError `authorize` would have raised; a failed
-        commit fails every decided request of the batch with AuditError (fail closed:
-        no decision is returned unrecorded).
+        audit records, with the refusals', are written in one durable commit before
+        any is returned (a refusal whose credential is charged as misuse is recorded
+        before its charge, as in `authorize`). Each request's result is its Decision
+        or the OpsgateError `authorize` would have raised; a failed commit fails every
+        decided request of the batch with AuditError (fail closed: no decision is
+        returned unrecorded), and every malformed one, as `authorize` fails it.
 
         For a server that decides requests on one thread: one commit and one
         thread for many requests, instead of a thread and a turn at the group
@@ -1119,18 +1165,34 @@ class Gate:
         """
         results: list[Decision | OpsgateError | None] = [None] * len(requests)
         decided: list[tuple[int, Claims, str, float, _Decided]] = []
+        refusals: list[tuple[int, _Refusal]] = []
         for i, req in enumerate(requests):
             t = time.time()
-            got = _typed(functools.partial(self._authorize_one, req, t))
+            own: list[_Refusal] = []
+            self._batching.refusals = own
+            try:
+                got = _typed(functools.partial(self._authorize_one, req, t))
+            finally:
+                self._batching.refusals = None
+            refusals.extend((i, refusal) for refusal in own)
             if isinstance(got, OpsgateError):
                 results[i] = got
             else:
                 decided.append((i, got[0], req.capability, t, got[1]))
-        if decided:
+        # The refusals' records, then the decisions': one commit for the batch (on
+        # the one thread that decides every agent's requests, a commit per refusal
+        # would make one agent's flood of refusals everyone's wait).
+        units = [refusal.unit for _, refusal in refusals] + [one.unit for *_, one in decided]
+        if units:
             try:
-                self.audit.commit_all([one.unit for *_, one in decided])
+                self.audit.commit_all(units)
             except Exception as exc:  # noqa: BLE001 - every decision of the batch fails closed
                 err = exc if isinstance(exc, OpsgateError) else _internal(exc)
+                for i, refusal in refusals:
+                    if refusal.closed:
+                        results[i] = _each(err)
+                    else:
+                        _rejection_not_audited(refusal.unit, err)
                 for i, *_ in decided:
                     results[i] = _each(err)
                 decided = []
@@ -1686,16 +1748,23 @@ class Gate:
         """An authenticated request refused before any decision (malformed): audited,
         not charged (a mistake is not an escalation)."""
         exc.audited = True
-        self.audit.append(
+        unit = Unit(
             event,
+            dict(
+                jti=claims.jti,
+                capability=None if capability is None else safe_text(capability),
+                code=exc.code,
+                reason=exc.message,
+                **extra,
+            ),
             actor=claims.sub,
             at=t,
-            jti=claims.jti,
-            capability=None if capability is None else safe_text(capability),
-            code=exc.code,
-            reason=exc.message,
-            **extra,
         )
+        deferred: list[_Refusal] | None = getattr(self._batching, "refusals", None)
+        if deferred is not None:
+            deferred.append(_Refusal(unit, closed=True))  # written with the batch
+            return
+        self.audit.commit(unit)
 
     def _sponsors(self, agent: AgentState) -> tuple[str, ...]:
         """Who may not approve this agent's requests: the sponsor of every agent in its

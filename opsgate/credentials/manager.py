@@ -584,20 +584,26 @@ class CredentialManager:
         """A refusal that names a proven agent is recorded on its own; one whose subject
         is unproven (forged, garbage, foreign, unknown agent) is only counted: a flood
         of junk must not cost a durable row and an fsync each."""
-        if exc.detail.get("agent") is None:
-            self.unproven_refusals.add(exc.code, exc.message, t)
+        unit = self.rejection_record(exc, t)
+        if unit is None:
             return
         try:
-            self._audit.append(
-                "credential.rejected",
-                actor=exc.detail.get("agent"),
-                at=t,
-                code=exc.code,
-                reason=exc.message,
-                jti=exc.detail.get("jti"),
-            )
+            self._audit.commit(unit)
         except OpsgateError as err:  # the credential is refused either way
             log.error("credential rejection not audited", code=exc.code, audit_error=err.code)
+
+    def rejection_record(self, exc: InvalidCredential, t: float) -> Unit | None:
+        """The audit record `verify` writes for a refusal (with `audit=False` it is the
+        caller's to write): None for one whose subject is unproven, only counted."""
+        if exc.detail.get("agent") is None:
+            self.unproven_refusals.add(exc.code, exc.message, t)
+            return None
+        return Unit(
+            "credential.rejected",
+            {"code": exc.code, "reason": exc.message, "jti": exc.detail.get("jti")},
+            actor=exc.detail.get("agent"),
+            at=t,
+        )
 
     # -- revoking -------------------------------------------------------------------
 

@@ -29,24 +29,39 @@ ALLOWED = "deploy:staging/app"
 OUT_OF_SCOPE = "migrate:database/orders"
 
 
-def _proof(api: Api, token: str, capability: str) -> str:
+def _proof(
+    api: Api,
+    token: str,
+    capability: str,
+    params: dict[str, Any] | None = None,
+    agent: Any = None,
+) -> str:
     from opsgate.credentials.proof import ProofRequest
 
-    request = ProofRequest.authorize(capability, None)
-    header, claims = proof_parts(api.agent_key(), "POST", "/v1/authorize", token, request)
-    return sign(api.agent_key(), header, claims)
+    request = ProofRequest.authorize(capability, params)
+    key = api.agent_key(agent)
+    header, claims = proof_parts(key, "POST", "/v1/authorize", token, request)
+    return sign(key, header, claims)
 
 
-def _request(api: Api, token: str, capability: str, proof: str | None = None) -> AuthorizeRequest:
+def _request(
+    api: Api,
+    token: str,
+    capability: str,
+    proof: str | None = None,
+    *,
+    params: dict[str, Any] | None = None,
+    agent: Any = None,
+) -> AuthorizeRequest:
     ctx = api.client.app.state.ctx  # type: ignore[attr-defined]
     check = DPoPCheck(
-        proofs=(proof or _proof(api, token, capability),),
+        proofs=(proof or _proof(api, token, capability, params, agent),),
         method="POST",
         path="/v1/authorize",
         rules=ctx.rules,
         use_once=api.gate.credential_manager.proofs.use_once_before_audit,
     )
-    return AuthorizeRequest(token, capability, proof=check)
+    return AuthorizeRequest(token, capability, proof=check, params=params)
 
 
 def _authorize_records(api: Api) -> list[dict[str, Any]]:
@@ -275,3 +290,69 @@ def test_on_postgresql_authorize_stays_on_the_pool(tmp_path: Path, pg_url: str) 
     assert r.status_code == 200 and r.json()["effect"] == "allow", r.text
     assert _authorize_records(api)[-1]["capability"] == ALLOWED
     world.gate.close()
+
+
+def test_a_batch_of_refusals_costs_one_durable_commit_not_one_each(tmp_path: Path) -> None:
+    """Refusals of a proven agent (a malformed capability, a suspended agent's
+    credential) are recorded in the batch's one commit: on the one thread that decides
+    every agent's requests, a commit each would make one agent's flood of refusals
+    (which no trust charge stops) a wait for everyone else. Each is still recorded
+    once, before its answer."""
+    api = open_api(tmp_path / "state")
+    token = api.credential()
+    other = api.credential(api.world.supervisor)
+    malformed = [_request(api, token, "not a capability") for _ in range(10)]
+    params_refused = [_request(api, token, ALLOWED, params={"nope": 1}) for _ in range(5)]
+    before_refused = len(audit_events(api.gate, "authorize.refused"))
+    writes = api.gate.audit.batches
+
+    results = api.gate.authorize_batch(
+        [*malformed, *params_refused, _request(api, other, ALLOWED, agent=api.world.supervisor)]
+    )
+
+    assert [r.code for r in results[:10] if isinstance(r, OpsgateError)] == [
+        "capability_malformed"
+    ] * 10
+    assert [r.code for r in results[10:15] if isinstance(r, OpsgateError)] == ["params_invalid"] * 5
+    assert isinstance(results[-1], Decision) and results[-1].effect == "allow"
+    assert len(audit_events(api.gate, "authorize.refused")) == before_refused + 15
+    assert api.gate.audit.batches - writes == 1
+
+    api.gate.agents.suspend(api.world.agent.did, reason="investigation")
+    suspended = [_request(api, token, ALLOWED) for _ in range(10)]
+    api.gate.authorize_batch(suspended[:1])  # the credential's one misuse charge
+    before_rejected = len(audit_events(api.gate, "credential.rejected"))
+    writes = api.gate.audit.batches
+
+    results = api.gate.authorize_batch(
+        [*suspended[1:], _request(api, other, ALLOWED, agent=api.world.supervisor)]
+    )
+
+    assert {r.code for r in results[:-1] if isinstance(r, OpsgateError)} == {"revoked"}
+    assert isinstance(results[-1], Decision) and results[-1].effect == "allow"
+    assert len(audit_events(api.gate, "credential.rejected")) == before_rejected + 9
+    assert api.gate.audit.batches - writes == 1
+
+
+def test_a_failed_commit_fails_the_refusals_it_was_to_record_as_authorize_does(
+    tmp_path: Path,
+) -> None:
+    """A malformed request whose refusal cannot be recorded is answered
+    audit_write_failed, as `authorize` answers it; a credential refusal stands
+    (refused either way), as `verify` leaves it."""
+    api = open_api(tmp_path / "state")
+    token = api.credential()
+    other = api.credential(api.world.supervisor)
+    api.gate.agents.suspend(api.world.agent.did, reason="investigation")
+    api.gate.authorize_batch([_request(api, token, ALLOWED)])  # charged once, recorded
+    with failing_audit_writes(api.gate.audit):
+        malformed, rejected, allowed = api.gate.authorize_batch(
+            [
+                _request(api, other, "not a capability", agent=api.world.supervisor),
+                _request(api, token, ALLOWED),
+                _request(api, other, ALLOWED, agent=api.world.supervisor),
+            ]
+        )
+    assert isinstance(malformed, AuditError) and malformed.code == "audit_write_failed"
+    assert isinstance(rejected, OpsgateError) and rejected.code == "revoked"
+    assert isinstance(allowed, AuditError) and allowed.code == "audit_write_failed"
