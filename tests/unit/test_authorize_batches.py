@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from helpers import audit_events, failing_audit_writes, open_world
+from helpers import audit_events, audit_types, failing_audit_writes, open_world, stored_trust
 from server_helpers import BASE, Api, open_api, proof_parts, sign
 
 from opsgate.config import ServerConfig
@@ -356,3 +357,70 @@ def test_a_failed_commit_fails_the_refusals_it_was_to_record_as_authorize_does(
     assert isinstance(malformed, AuditError) and malformed.code == "audit_write_failed"
     assert isinstance(rejected, OpsgateError) and rejected.code == "revoked"
     assert isinstance(allowed, AuditError) and allowed.code == "audit_write_failed"
+
+
+def _http_outcomes(api: Api) -> list[tuple[Any, ...]]:
+    """One request of each kind over HTTP: its status, code, effect, the audit records
+    it added and the trust it cost."""
+    from opsgate.credentials.proof import ProofRequest
+
+    token = api.credential()
+    did = api.world.agent.did
+    out: list[tuple[Any, ...]] = []
+
+    def call(
+        capability: str,
+        *,
+        token_: str | None = None,
+        params: dict[str, Any] | None = None,
+        proof: str | None = None,
+        htm: str = "POST",
+        htu: str = "/v1/authorize",
+        iat: float | None = None,
+        dpop: bool = True,
+    ) -> str:
+        tok = token_ or token
+        key = api.agent_key()
+        header, claims = proof_parts(
+            key, htm, htu, tok, ProofRequest.authorize(capability, params), now=iat
+        )
+        proof = proof or sign(key, header, claims)
+        headers = {"Authorization": f"DPoP {tok}", "Content-Type": "application/json"}
+        if dpop:
+            headers["DPoP"] = proof
+        body: dict[str, Any] = {"capability": capability}
+        if params is not None:
+            body["params"] = params
+        records, trust = len(audit_types(api.gate)), stored_trust(api.gate, did)
+        r = api.client.post("/v1/authorize", json=body, headers=headers)
+        j = r.json()
+        added = tuple(audit_types(api.gate)[records:])
+        out.append((r.status_code, j.get("code"), j.get("effect"), added, trust))
+        return proof
+
+    call(ALLOWED)
+    call(OUT_OF_SCOPE)
+    call("not a capability")
+    call("DEPLOY:Staging/app")
+    call(ALLOWED, params={"nope": 1})
+    call(ALLOWED, token_="not-a-token")
+    call(ALLOWED, htm="GET")
+    call(ALLOWED, dpop=False)
+    used = call(ALLOWED)
+    call(ALLOWED, proof=used)
+    call(ALLOWED, iat=time.time() - 3600)
+    call(ALLOWED, htu="/v1/operations")  # misuse: charged once
+    call(ALLOWED, htu="/v1/operations")
+    api.gate.agents.suspend(did, reason="investigation")
+    call(ALLOWED)
+    call(ALLOWED)
+    return out
+
+
+def test_over_http_batches_answer_and_record_exactly_as_the_pool_does(tmp_path: Path) -> None:
+    batched = open_api(tmp_path / "batched")
+    assert batched.client.app.state.ctx.authorizer is not None  # type: ignore[attr-defined]
+    pooled = open_api(tmp_path / "pooled")
+    pooled.client.app.state.ctx.authorizer = None  # type: ignore[attr-defined]
+
+    assert _http_outcomes(batched) == _http_outcomes(pooled)
