@@ -77,10 +77,9 @@ class Authorizer:
             if self._closed:
                 raise HttpRefusal("the server is stopping", code="not_ready")
             if self._thread is None:
-                self._thread = threading.Thread(
-                    target=self._run, name="opsgate-authorize", daemon=True
-                )
-                self._thread.start()
+                thread = threading.Thread(target=self._run, name="opsgate-authorize", daemon=True)
+                thread.start()  # if it cannot start, the next request tries again
+                self._thread = thread
             self._queue.append(_Queued(request, loop, future))
             if len(self._queue) == 1:
                 self._cond.notify()
@@ -109,7 +108,13 @@ class Authorizer:
                     return  # closed, and nothing left to decide
                 n = min(len(self._queue), self._max_batch)
                 batch = [self._queue.popleft() for _ in range(n)]
-            self._decide(batch)
+            try:
+                self._decide(batch)
+            except BaseException as exc:  # noqa: BLE001 - the thread must outlive any batch
+                # Every request of the batch not answered yet is answered now (failed):
+                # none waits forever, and the requests queued behind it are decided.
+                log.error("authorize batch not answered", error=type(exc).__name__)
+                _hand_back([(q, _failed(exc)) for q in batch])
 
     def _decide(self, batch: list[_Queued]) -> None:
         results: list[Decision | BaseException]
@@ -120,13 +125,18 @@ class Authorizer:
             results = [_failed(exc) for _ in batch]
         self.batches += 1
         self.decided += len(batch)
-        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Queued, Any]]] = {}
-        for q, r in zip(batch, results, strict=True):
-            by_loop.setdefault(q.loop, []).append((q, r))
-        for loop, answers in by_loop.items():
-            # A closed loop (RuntimeError) has no one waiting any more.
-            with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(_answer, answers)
+        _hand_back(list(zip(batch, results, strict=True)))
+
+
+def _hand_back(results: list[tuple[_Queued, Decision | BaseException]]) -> None:
+    """Hand each request its result on its own event loop (one wake-up per loop)."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Queued, Any]]] = {}
+    for q, r in results:
+        by_loop.setdefault(q.loop, []).append((q, r))
+    for loop, answers in by_loop.items():
+        # A closed loop (RuntimeError) has no one waiting any more.
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(_answer, answers)
 
 
 def _failed(exc: BaseException) -> OpsgateError:
@@ -137,7 +147,8 @@ def _failed(exc: BaseException) -> OpsgateError:
 
 
 def _answer(answers: list[tuple[_Queued, Decision | BaseException]]) -> None:
-    """On the event loop: hand each request its result."""
+    """On the event loop: hand each request its result (a request answered already
+    keeps its answer)."""
     for q, result in answers:
         if q.future.done():
             continue

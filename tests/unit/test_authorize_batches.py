@@ -424,3 +424,44 @@ def test_over_http_batches_answer_and_record_exactly_as_the_pool_does(tmp_path: 
     pooled.client.app.state.ctx.authorizer = None  # type: ignore[attr-defined]
 
     assert _http_outcomes(batched) == _http_outcomes(pooled)
+
+
+class _ShortGate:
+    """A gate whose first batch answers fewer results than it was given (a bug)."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def authorize_batch(self, requests: list[AuthorizeRequest]) -> list[Decision]:
+        self.calls += 1
+        answers = [Decision("allow", (r.capability,)) for r in requests]
+        return answers[1:] if self.calls == 1 else answers
+
+
+def test_a_batch_that_cannot_be_answered_fails_its_requests_and_the_thread_goes_on() -> None:
+    """Whatever goes wrong after a batch is decided, each of its requests is answered
+    (an internal error) rather than left waiting forever, and later requests are
+    still decided: the one thread never dies with requests queued behind it."""
+    gate = _ShortGate()
+    authorizer = Authorizer(gate)  # type: ignore[arg-type]
+
+    async def scenario() -> tuple[list[Any], Decision]:
+        first = await asyncio.wait_for(
+            asyncio.gather(
+                *(authorizer.decide(AuthorizeRequest("t", f"deploy:a{i}")) for i in range(3)),
+                return_exceptions=True,
+            ),
+            timeout=10,
+        )
+        later = await asyncio.wait_for(authorizer.decide(AuthorizeRequest("t", "deploy:b")), 10)
+        return list(first), later
+
+    try:
+        first, later = asyncio.run(scenario())
+    finally:
+        authorizer.close()
+    assert first, first
+    for r in first:
+        assert isinstance(r, (Decision, InternalError)), r
+    assert any(isinstance(r, InternalError) for r in first)
+    assert later.reasons == ("deploy:b",)
