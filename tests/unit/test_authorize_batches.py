@@ -65,6 +65,19 @@ def _request(
     return AuthorizeRequest(token, capability, proof=check, params=params)
 
 
+def _post_authorize(api: Api, token: str, capability: str) -> Any:
+    """`POST /v1/authorize` for `capability`, with its proof."""
+    from opsgate.credentials.proof import ProofRequest
+
+    return api.agent_call(
+        "POST",
+        "/v1/authorize",
+        token,
+        {"capability": capability},
+        request=ProofRequest.authorize(capability, None),
+    )
+
+
 def _authorize_records(api: Api) -> list[dict[str, Any]]:
     return audit_events(api.gate, "authorize")
 
@@ -119,18 +132,11 @@ def test_a_failed_commit_fails_every_decision_of_its_batch(tmp_path: Path) -> No
 
 
 def test_a_failed_commit_is_answered_503_over_http_and_never_allowed(tmp_path: Path) -> None:
-    from opsgate.credentials.proof import ProofRequest
 
     api = open_api(tmp_path / "state")
     token = api.credential()
     with failing_audit_writes(api.gate.audit):
-        r = api.agent_call(
-            "POST",
-            "/v1/authorize",
-            token,
-            {"capability": ALLOWED},
-            request=ProofRequest.authorize(ALLOWED, None),
-        )
+        r = _post_authorize(api, token, ALLOWED)
     assert r.status_code == 503, r.text
     assert r.json()["code"] == "audit_write_failed"
     assert "effect" not in r.json()
@@ -234,20 +240,13 @@ def test_a_batch_that_fails_outside_the_gate_fails_each_request_typed() -> None:
 
 
 def test_the_server_stops_its_authorize_thread_on_shutdown(tmp_path: Path) -> None:
-    from opsgate.credentials.proof import ProofRequest
 
     api = open_api(tmp_path / "state")
     token = api.credential()
     app = api.client.app
     with TestClient(app) as client:
         api.client = client
-        r = api.agent_call(
-            "POST",
-            "/v1/authorize",
-            token,
-            {"capability": ALLOWED},
-            request=ProofRequest.authorize(ALLOWED, None),
-        )
+        r = _post_authorize(api, token, ALLOWED)
         assert r.status_code == 200 and r.json()["effect"] == "allow", r.text
         thread = app.state.ctx.authorizer._thread  # type: ignore[attr-defined]
         assert thread is not None and thread.is_alive()
@@ -256,17 +255,10 @@ def test_the_server_stops_its_authorize_thread_on_shutdown(tmp_path: Path) -> No
 
 @pytest.mark.parametrize("capability", [ALLOWED, OUT_OF_SCOPE])
 def test_a_lone_request_is_answered_as_before(tmp_path: Path, capability: str) -> None:
-    from opsgate.credentials.proof import ProofRequest
 
     api = open_api(tmp_path / "state")
     token = api.credential()
-    r = api.agent_call(
-        "POST",
-        "/v1/authorize",
-        token,
-        {"capability": capability},
-        request=ProofRequest.authorize(capability, None),
-    )
+    r = _post_authorize(api, token, capability)
     assert r.status_code == 200, r.text
     assert r.json()["effect"] == ("allow" if capability == ALLOWED else "deny")
     assert _authorize_records(api)[-1]["capability"] == capability
@@ -274,20 +266,13 @@ def test_a_lone_request_is_answered_as_before(tmp_path: Path, capability: str) -
 
 def test_on_postgresql_authorize_stays_on_the_pool(tmp_path: Path, pg_url: str) -> None:
     """There a request's reads are round trips, which one thread would serialise."""
-    from opsgate.credentials.proof import ProofRequest
 
     world = open_world(tmp_path / "state", database_url=pg_url)
     app = create_app(world.gate, ServerConfig(external_url=BASE))
     api = Api(world, TestClient(app), world.gate.operators.add("ops"))
     assert app.state.ctx.authorizer is None
     token = api.credential()
-    r = api.agent_call(
-        "POST",
-        "/v1/authorize",
-        token,
-        {"capability": ALLOWED},
-        request=ProofRequest.authorize(ALLOWED, None),
-    )
+    r = _post_authorize(api, token, ALLOWED)
     assert r.status_code == 200 and r.json()["effect"] == "allow", r.text
     assert _authorize_records(api)[-1]["capability"] == ALLOWED
     world.gate.close()

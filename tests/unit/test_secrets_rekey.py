@@ -103,15 +103,19 @@ def test_a_key_from_the_environment_is_left_to_the_operator(
         assert read_secret(gate, w.token, "staging/db").value.reveal() == "env-sealed-value"
 
 
-def test_a_version_that_does_not_open_refuses_the_whole_rekey(
-    world: SecretWorld, tmp_path: Path
-) -> None:
-    state = world.gate.state_dir
+def _corrupt_first_version(state: Path) -> None:
     with sqlite3.connect(state / "opsgate.db") as db:
         db.execute(
             "UPDATE secret_versions SET ciphertext = ? WHERE path = ? AND version = 1",
             (b"\0" * 40, "secrets/staging/db"),
         )
+
+
+def test_a_version_that_does_not_open_refuses_the_whole_rekey(
+    world: SecretWorld, tmp_path: Path
+) -> None:
+    state = world.gate.state_dir
+    _corrupt_first_version(state)
     before, key_text = _rows(state), (state / KEY_FILE).read_text()
     with pytest.raises(opsgate.SecretError) as info:
         world.gate.rekey_secrets(tmp_path / "new.key", generate=True)
@@ -265,11 +269,7 @@ def test_a_staged_key_whose_rekey_never_committed_is_dropped(
     import opsgate.secrets.keys as keys
 
     state = world.gate.state_dir
-    with sqlite3.connect(state / "opsgate.db") as db:
-        db.execute(
-            "UPDATE secret_versions SET ciphertext = ? WHERE path = ? AND version = 1",
-            (b"\0" * 40, "secrets/staging/db"),
-        )
+    _corrupt_first_version(state)
     key_text = (state / KEY_FILE).read_text()
     with pytest.raises(opsgate.SecretError):
         world.gate.rekey_secrets(tmp_path / "new.key", generate=True)
