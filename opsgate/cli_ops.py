@@ -42,6 +42,7 @@ from opsgate.cli_common import (
     print_json,
 )
 from opsgate.errors import CredentialError, MigrationError, OpsgateError, safe_text, shown
+from opsgate.secrets.executor import CHARSETS
 
 #: Exit code of a command whose operation waits for a human approval.
 EXIT_PENDING = 3
@@ -798,10 +799,6 @@ def secrets_delete(
     _done(act, op, outcome, json_out, extra)
 
 
-# `secrets.executor.CHARSETS`, named here so the CLI starts without importing it.
-ROTATE_CHARSETS = ("alphanumeric", "hex", "base64url", "printable")
-
-
 @secrets_app.command("rotate")
 @handle_errors
 def secrets_rotate(
@@ -809,9 +806,7 @@ def secrets_rotate(
     length: Annotated[int, typer.Option(help="Characters in the new value (16-4096).")] = 32,
     charset: Annotated[
         str,
-        typer.Option(
-            help="alphanumeric, hex, base64url or printable.", callback=one_of(*ROTATE_CHARSETS)
-        ),
+        typer.Option(help="alphanumeric, hex, base64url or printable.", callback=one_of(*CHARSETS)),
     ] = "alphanumeric",
     as_: AsOpt = None,
     wait: WaitOpt = False,

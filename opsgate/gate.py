@@ -286,8 +286,9 @@ class _Refusal:
     closed: bool
 
 
-def _internal(exc: Exception) -> OpsgateError:
-    """What `authorize`'s typed boundary raises for an unexpected exception."""
+def authorize_internal(exc: BaseException) -> OpsgateError:
+    """What `authorize`'s typed boundary raises for an unexpected exception (also the
+    answer of a batch that failed outside the gate)."""
     err = internal("Gate.authorize", exc)
     err.__cause__ = exc
     return err
@@ -303,7 +304,7 @@ def _typed(fn: Callable[[], _T]) -> _T | OpsgateError:
     except OpsgateError as exc:
         return exc
     except Exception as exc:  # noqa: BLE001 - as the typed boundary of `authorize`
-        return _internal(exc)
+        return authorize_internal(exc)
 
 
 def _each(exc: OpsgateError) -> OpsgateError:
@@ -1187,7 +1188,7 @@ class Gate:
             try:
                 self.audit.commit_all(units)
             except Exception as exc:  # noqa: BLE001 - every decision of the batch fails closed
-                err = exc if isinstance(exc, OpsgateError) else _internal(exc)
+                err = exc if isinstance(exc, OpsgateError) else authorize_internal(exc)
                 for i, refusal in refusals:
                     if refusal.closed:
                         results[i] = _each(err)

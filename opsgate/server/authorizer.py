@@ -31,10 +31,9 @@ from typing import Any
 
 import structlog
 
-from opsgate.boundary import internal
 from opsgate.decision import Decision
-from opsgate.errors import HttpRefusal, OpsgateError
-from opsgate.gate import AuthorizeRequest, Gate
+from opsgate.errors import HttpRefusal
+from opsgate.gate import AuthorizeRequest, Gate, authorize_internal
 
 log = structlog.get_logger("opsgate.server")
 
@@ -114,7 +113,7 @@ class Authorizer:
                 # Every request of the batch not answered yet is answered now (failed):
                 # none waits forever, and the requests queued behind it are decided.
                 log.error("authorize batch not answered", error=type(exc).__name__)
-                _hand_back([(q, _failed(exc)) for q in batch])
+                _hand_back([(q, authorize_internal(exc)) for q in batch])
 
     def _decide(self, batch: list[_Queued]) -> None:
         results: list[Decision | BaseException]
@@ -122,7 +121,7 @@ class Authorizer:
             results = list(self._gate.authorize_batch([q.request for q in batch]))
         except BaseException as exc:  # noqa: BLE001 - every request of the batch fails closed
             log.error("authorize batch failed", error=type(exc).__name__)
-            results = [_failed(exc) for _ in batch]
+            results = [authorize_internal(exc) for _ in batch]
         self.batches += 1
         self.decided += len(batch)
         _hand_back(list(zip(batch, results, strict=True)))
@@ -137,13 +136,6 @@ def _hand_back(results: list[tuple[_Queued, Decision | BaseException]]) -> None:
         # A closed loop (RuntimeError) has no one waiting any more.
         with contextlib.suppress(RuntimeError):
             loop.call_soon_threadsafe(_answer, answers)
-
-
-def _failed(exc: BaseException) -> OpsgateError:
-    """A batch that failed outside the gate's own handling: answered as an internal error."""
-    err = internal("Gate.authorize", exc)
-    err.__cause__ = exc
-    return err
 
 
 def _answer(answers: list[tuple[_Queued, Decision | BaseException]]) -> None:
