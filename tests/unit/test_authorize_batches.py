@@ -450,3 +450,33 @@ def test_a_batch_that_cannot_be_answered_fails_its_requests_and_the_thread_goes_
         assert isinstance(r, (Decision, InternalError)), r
     assert any(isinstance(r, InternalError) for r in first)
     assert later.reasons == ("deploy:b",)
+
+
+def test_a_credential_revoked_between_two_requests_of_one_batch_is_refused_for_the_second(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Revocation is honoured at once inside a batch too: the request decided after it
+    is refused, though both were queued before it."""
+    import jwt
+
+    api = open_api(tmp_path / "state")
+    token = api.credential()
+    jti = jwt.decode(token, options={"verify_signature": False})["jti"]
+    gate = api.gate
+    decide = gate._authorize_decided
+    calls: list[int] = []
+
+    def decide_then_revoke(*args: Any, **kwargs: Any) -> Any:
+        out = decide(*args, **kwargs)
+        if not calls:
+            gate.credential_manager.revoke(jti, reason="leaked")
+        calls.append(1)
+        return out
+
+    monkeypatch.setattr(gate, "_authorize_decided", decide_then_revoke)
+    first, second = gate.authorize_batch(
+        [_request(api, token, ALLOWED), _request(api, token, ALLOWED)]
+    )
+    assert isinstance(first, Decision) and first.effect == "allow"
+    assert isinstance(second, OpsgateError) and second.code == "revoked"
+    assert len(calls) == 1  # the second never reached a decision
