@@ -1162,20 +1162,57 @@ class Gate:
 
         For a server that decides requests on one thread: one commit and one
         thread for many requests, instead of a thread and a turn at the group
-        commit for each.
+        commit for each. The proof ids of the batch's proofs checked with
+        `use_once_before_audit` are recorded in one transaction too, after every
+        request is authenticated and before any is decided; a request whose id is
+        not accepted there, or whose credential a request decided before it revoked,
+        is taken again alone, and refused as `authorize` refuses it.
         """
         results: list[Decision | OpsgateError | None] = [None] * len(requests)
         decided: list[tuple[int, Claims, str, float, _Decided]] = []
         refusals: list[tuple[int, _Refusal]] = []
-        for i, req in enumerate(requests):
-            t = time.time()
+
+        def step(i: int, fn: Callable[[], _T]) -> _T | OpsgateError:
+            """fn on behalf of request i: its refusals' records kept for the batch."""
             own: list[_Refusal] = []
             self._batching.refusals = own
             try:
-                got = _typed(functools.partial(self._authorize_one, req, t))
+                return _typed(fn)
             finally:
                 self._batching.refusals = None
-            refusals.extend((i, refusal) for refusal in own)
+                refusals.extend((i, refusal) for refusal in own)
+
+        # Authenticated first, each proof id only noted; then the ids recorded in one
+        # transaction (one per request would be most of a request's database work).
+        times = [time.time() for _ in requests]
+        authenticated: list[tuple[int, Claims | OpsgateError, int]] = []  # (i, claims, ids)
+        proofs = self.credential_manager.proofs
+        with proofs.noting() as noted:
+            for i, req in enumerate(requests):
+                before = len(noted)
+                context = ProofRequest.authorize(req.capability, req.params)
+                check = functools.partial(
+                    self._authenticate, req.token, times[i], req.proof, context
+                )
+                authenticated.append((i, step(i, check), len(noted) - before))
+        accepted: list[bool] = []
+        if noted:
+            with contextlib.suppress(Exception):  # each request then records its own
+                accepted = proofs.record_noted(noted)
+        verdicts = iter(accepted)
+        for i, claims, n in authenticated:
+            ok = all([next(verdicts, False) for _ in range(n)])
+            if isinstance(claims, OpsgateError):
+                results[i] = claims  # refused before its proof id was noted (it is last)
+                continue
+            req, t = requests[i], times[i]
+            if ok and self.credential_manager.still_live(claims, t):
+                got = step(i, functools.partial(self._decide_one, claims, req, t))
+            else:
+                # Replayed, stale by the database's clock, not recorded, or revoked (its
+                # agent suspended) by a request decided before it: the request again the
+                # one-at-a-time way, which refuses (and charges) it as always.
+                got = step(i, functools.partial(self._authorize_one, req, t))
             if isinstance(got, OpsgateError):
                 results[i] = got
             else:
@@ -1210,6 +1247,12 @@ class Gate:
         claims = self._authenticate(
             req.token, t, req.proof, ProofRequest.authorize(req.capability, req.params)
         )
+        return self._decide_one(claims, req, t)
+
+    def _decide_one(
+        self, claims: Claims, req: AuthorizeRequest, t: float
+    ) -> tuple[Claims, _Decided]:
+        """An authenticated request of a batch, decided (its record not written)."""
         with self._refusals_audited("authorize.refused", claims, req.capability, t):
             return claims, self._authorize_decided(claims, req.capability, req.params, t)
 

@@ -482,6 +482,17 @@ class CredentialManager:
             raise
         return claims
 
+    def still_live(self, claims: Claims, now: float) -> bool:
+        """Whether verified claims are still good now (not revoked, expired, or their
+        agent suspended since): for a caller that verified a moment ago and decides
+        later, to take the full `verify` again (which refuses and audits) when not."""
+        self._state.maybe_refresh()
+        try:
+            self._check_live(claims, now)
+        except InvalidCredential:
+            return False
+        return True
+
     def _verify_fresh(self, token: object) -> Claims:
         header, p, signing_input, signature = jws.split(
             token,

@@ -15,11 +15,13 @@ whose entry may already be gone.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import math
 import secrets
-from collections.abc import Callable, Mapping
+import threading
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -29,7 +31,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from opsgate.credentials import jws
 from opsgate.errors import CredentialError, InvalidCredential
 from opsgate.identity.keys import b64url, b64url_decode, public_key_from_did
-from opsgate.store import Store, driver_failure, proofs
+from opsgate.store import DedicatedWriter, Store, driver_failure, proofs
 from opsgate.store.group import GroupCommit
 
 if TYPE_CHECKING:
@@ -179,10 +181,16 @@ class ProofChecker:
         self._uses_before_audit: GroupCommit[tuple[str, float, float], str] = GroupCommit(
             lambda uses: self._record_uses(uses, durable=False)
         )
+        # `noting()`: ids noted on this thread, recorded later at once (`record_noted`).
+        self._noting = threading.local()
+        self._batch_writer = store.dedicated_writer()
+        self._batch_lock = threading.Lock()
+        self.noted_recorded = 0  # diagnostics: ids recorded by `record_noted`
 
     def close(self) -> None:
         self._writer.close()
         self._writer_before_audit.close()
+        self._batch_writer.close()
 
     def check(
         self,
@@ -243,8 +251,37 @@ class ProofChecker:
         """`use_once` for a request the gate always audits durably before it answers
         (authorize, execute, resume): the id is committed without a disk sync of its
         own, and the audit record's commit, which the answer waits for, makes it
-        durable (see `Store.write`). Half the syncs of a request with a proof."""
+        durable (see `Store.write`). Half the syncs of a request with a proof.
+
+        Inside `noting()` on this thread, the id is only noted: the caller records the
+        ids noted with `record_noted` and goes on with a request only when its id was
+        accepted (the proof was checked completely; the id is its last step)."""
+        noted: list[tuple[str, float, float]] | None = getattr(self._noting, "uses", None)
+        if noted is not None:
+            noted.append((jti, iat, window))
+            return
         self._use_once(jti, iat, window, bad, self._uses_before_audit)
+
+    @contextlib.contextmanager
+    def noting(self) -> Iterator[list[tuple[str, float, float]]]:
+        """Proof ids of requests audited before they are answered, noted on this thread
+        instead of recorded one transaction each (see `use_once_before_audit`)."""
+        noted: list[tuple[str, float, float]] = []
+        self._noting.uses = noted
+        try:
+            yield noted
+        finally:
+            self._noting.uses = None
+
+    def record_noted(self, uses: list[tuple[str, float, float]]) -> list[bool]:
+        """Record noted proof ids in one transaction (without a disk sync of its own,
+        as `use_once_before_audit`): for each, whether it was accepted. An id that is
+        not (stale by the database's clock, used before, or earlier in `uses`) is to
+        be checked again the one-at-a-time way, which refuses it as it always does."""
+        with self._batch_lock:
+            verdicts = self._record_uses(uses, durable=False, writer=self._batch_writer)
+            self.noted_recorded += len(uses)
+        return [v == _ACCEPTED for v in verdicts]
 
     def _use_once(
         self,
@@ -264,12 +301,17 @@ class ProofChecker:
             raise bad("proof was already used", code="proof_replayed")
 
     def _record_uses(
-        self, uses: list[tuple[str, float, float]], *, durable: bool = True
+        self,
+        uses: list[tuple[str, float, float]],
+        *,
+        durable: bool = True,
+        writer: DedicatedWriter | None = None,
     ) -> list[str]:
         """One transaction for a batch of proof ids: each is stale, replayed (already
         in the table, or earlier in this batch) or accepted."""
         sql = self._sql
-        writer = self._writer if durable else self._writer_before_audit
+        if writer is None:
+            writer = self._writer if durable else self._writer_before_audit
         try:
             with writer.transaction(durable=durable) as cur:
                 # Read once per transaction: compared with bound values, the prune below

@@ -480,3 +480,60 @@ def test_a_credential_revoked_between_two_requests_of_one_batch_is_refused_for_t
     assert isinstance(first, Decision) and first.effect == "allow"
     assert isinstance(second, OpsgateError) and second.code == "revoked"
     assert len(calls) == 1  # the second never reached a decision
+
+
+def test_a_batch_records_its_proof_ids_in_one_transaction_and_each_stays_single_use(
+    tmp_path: Path,
+) -> None:
+    """The proof ids of a batch are recorded together, before any decision: one
+    transaction for the batch, and every id is still used once, in this batch or later."""
+    api = open_api(tmp_path / "state")
+    token = api.credential()
+    proofs = api.gate.credential_manager.proofs
+    requests = [_request(api, token, ALLOWED) for _ in range(20)]
+    calls: list[int] = []
+    record = proofs.record_noted
+
+    def counted(uses: list[tuple[str, float, float]]) -> list[bool]:
+        calls.append(len(uses))
+        return record(uses)
+
+    alone = proofs._uses_before_audit.items
+    api.gate.credential_manager.proofs.record_noted = counted  # type: ignore[method-assign]
+    first = api.gate.authorize_batch([*requests, requests[0]])
+
+    assert calls == [21]
+    assert proofs._uses_before_audit.items == alone + 1  # only the replay, taken alone
+    assert all(isinstance(r, Decision) and r.effect == "allow" for r in first[:20])
+    assert isinstance(first[20], OpsgateError) and first[20].code == "proof_replayed"
+
+    again = api.gate.authorize_batch(requests[5:8])
+    assert [r.code for r in again if isinstance(r, OpsgateError)] == ["proof_replayed"] * 3
+    assert len(_authorize_records(api)) == 20  # no replay reached a decision
+
+
+def test_proof_ids_a_batch_cannot_record_together_are_each_recorded_alone(
+    tmp_path: Path,
+) -> None:
+    """A failed batch record of the proof ids takes each request the one-at-a-time way:
+    each is decided only once its own id is recorded, and stays single use."""
+    from opsgate.errors import StoreError
+
+    api = open_api(tmp_path / "state")
+    token = api.credential()
+    proofs = api.gate.credential_manager.proofs
+
+    def failing(uses: list[tuple[str, float, float]]) -> list[bool]:
+        raise StoreError("state database unavailable: OperationalError")
+
+    proofs.record_noted = failing  # type: ignore[method-assign]
+    requests = [_request(api, token, ALLOWED) for _ in range(3)]
+    alone = proofs._uses_before_audit.items
+
+    results = api.gate.authorize_batch([*requests, requests[1]])
+
+    assert [r.effect for r in results[:3] if isinstance(r, Decision)] == ["allow"] * 3
+    assert isinstance(results[3], OpsgateError) and results[3].code == "proof_replayed"
+    assert proofs._uses_before_audit.items == alone + 4
+    replays = api.gate.authorize_batch(requests)
+    assert [r.code for r in replays if isinstance(r, OpsgateError)] == ["proof_replayed"] * 3

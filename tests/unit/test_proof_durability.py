@@ -14,8 +14,9 @@ from opsgate.credentials.proof import ProofRequest
 
 
 def _batches(api: object) -> tuple[int, int]:
+    """Proof ids recorded with a sync of their own, and without (before an audit)."""
     proofs = api.gate.credential_manager.proofs  # type: ignore[attr-defined]
-    return proofs._uses.items, proofs._uses_before_audit.items
+    return proofs._uses.items, proofs._uses_before_audit.items + proofs.noted_recorded
 
 
 def test_only_audited_requests_record_proof_ids_without_their_own_sync(tmp_path: Path) -> None:
