@@ -791,7 +791,7 @@ def serve(
     """Run the HTTP API (agents: client assertion + DPoP; approvers and operators: tokens)."""
     import uvicorn
 
-    from opsgate.server import create_app, uvicorn_options
+    from opsgate.server import create_app, settle_heap, uvicorn_options
 
     gate = open_gate(state_dir, publish_policies=True)
     settings = gate.config.server
@@ -813,6 +813,7 @@ def serve(
         f"opsgate serving {gate.state_dir} on {host}:{port} as {url} "
         f"(approvers sign in at {url.rstrip('/')}/ui)"
     )
+    settle_heap()
     uvicorn.run(
         application,
         host=host,

@@ -125,9 +125,9 @@ class Api:
         return {"Authorization": basic(email, self.world.approver_tokens[email])}
 
 
-def open_api(state_dir: Path, **server: Any) -> Api:
+def open_api(state_dir: Path, *, direct_authorize: bool = True, **server: Any) -> Api:
     world = open_world(state_dir)
     operator_token = world.gate.operators.add("ops")
     settings = ServerConfig(external_url=BASE, **server)
-    client = TestClient(create_app(world.gate, settings))
+    client = TestClient(create_app(world.gate, settings, direct_authorize=direct_authorize))
     return Api(world, client, operator_token)
