@@ -239,9 +239,11 @@ def _route_path(scope: Any) -> str:
     sees its requests' paths start with (as Starlette's router strips it)."""
     path: str = scope["path"]
     root: str = scope.get("root_path", "")
-    if root and path.startswith(root) and path[len(root) : len(root) + 1] == "/":
-        return path[len(root) :]
-    return path
+    if not root or not path.startswith(root):
+        return path
+    if path == root:
+        return ""
+    return path[len(root) :] if path[len(root)] == "/" else path
 
 
 class NonceHeader:

@@ -156,3 +156,17 @@ def test_direct_authorize_with_server_nonces_challenges_as_the_router_does(
     challenged = [o for o in got if isinstance(o[1], dict) and o[1].get("code") == "use_dpop_nonce"]
     assert challenged and all(o[3] and o[2]["www-authenticate"] for o in challenged)
     assert any(o[0] == 200 for o in got)  # a proof with the nonce is decided
+
+
+def test_the_direct_route_matches_the_path_the_router_matches() -> None:
+    """Under a root path, the path the router sees is the rest of it, exactly."""
+    from opsgate.server.app import _route_path
+
+    def route(path: str, root: str = "") -> str:
+        return _route_path({"path": path, "root_path": root})
+
+    assert route("/v1/authorize") == "/v1/authorize"
+    assert route("/gate/v1/authorize", "/gate") == "/v1/authorize"
+    assert route("/v1/authorize", "/v1/authorize") == ""
+    assert route("/gatex/v1/authorize", "/gate") == "/gatex/v1/authorize"
+    assert route("/v1/authorize", "/other") == "/v1/authorize"
