@@ -537,3 +537,31 @@ def test_proof_ids_a_batch_cannot_record_together_are_each_recorded_alone(
     assert proofs._uses_before_audit.items == alone + 4
     replays = api.gate.authorize_batch(requests)
     assert [r.code for r in replays if isinstance(r, OpsgateError)] == ["proof_replayed"] * 3
+
+
+def test_on_postgresql_a_batch_records_its_proof_ids_together_and_each_once(
+    tmp_path: Path, pg_url: str
+) -> None:
+    """`authorize_batch` is the gate's API whatever the database: on PostgreSQL too the
+    batch's ids are recorded in one transaction and none is accepted twice."""
+    world = open_world(tmp_path / "state", database_url=pg_url)
+    api = Api(
+        world,
+        TestClient(create_app(world.gate, ServerConfig(external_url=BASE))),
+        world.gate.operators.add("ops"),
+    )
+    try:
+        token = api.credential()
+        proofs = world.gate.credential_manager.proofs
+        requests = [_request(api, token, ALLOWED) for _ in range(5)]
+        noted = proofs.noted_recorded
+
+        first = world.gate.authorize_batch([*requests, requests[2]])
+
+        assert proofs.noted_recorded == noted + 6
+        assert [r.effect for r in first[:5] if isinstance(r, Decision)] == ["allow"] * 5
+        assert isinstance(first[5], OpsgateError) and first[5].code == "proof_replayed"
+        again = world.gate.authorize_batch(requests[:2])
+        assert [r.code for r in again if isinstance(r, OpsgateError)] == ["proof_replayed"] * 2
+    finally:
+        world.gate.close()
