@@ -167,8 +167,9 @@ def settle_heap() -> None:
     """Before serving: what is alive now (modules, the gate, its policies, caches)
     lives as long as the process, so collections stop walking it (`gc.freeze`: a full
     collection of the started server walks ~1M objects, about 0.1 s, on the request
-    path), and young collections run less often. Measured on the authorize route,
-    the collector took ~0.1 ms of every request's ~1.2 ms before, ~0 after."""
+    path), and young collections run less often. Measured under load on the
+    authorize route, 8 seconds: 700 young, 64 middle and 4 full collections before,
+    none after; CPU per request -6%, p99 ~30 ms instead of 70-130 ms."""
     gc.collect()
     gc.freeze()
     _, older, oldest = gc.get_threshold()
