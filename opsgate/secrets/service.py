@@ -73,7 +73,7 @@ class SecretsService:
         if key.source != "key file" or self.config.backend != "embedded":
             return key
         with self._store.read() as conn:
-            recorded = sql.recorded_secret_key_id(conn)
+            recorded = sql.secret_key_id(conn)
         return finish_staged_key(self._state_dir, key, recorded)
 
     def master_key(self) -> MasterKey:

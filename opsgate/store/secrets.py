@@ -158,14 +158,6 @@ def claim_secret_key_id(conn: Connection, key_id: str, *, exclusive: bool = Fals
     return str(row[0])
 
 
-def recorded_secret_key_id(conn: Connection) -> str | None:
-    """The id of the master key this database's secrets are sealed with, if any."""
-    row = conn.execute(
-        select(schema.gate_meta.c.value).where(schema.gate_meta.c.key == _KEY_ID)
-    ).first()
-    return None if row is None else str(row[0])
-
-
 __all__ = [
     "SealedVersion",
     "VersionTaken",
@@ -175,7 +167,6 @@ __all__ = [
     "mark_secret_deleted",
     "newest_secret_version",
     "read_secret_version",
-    "recorded_secret_key_id",
     "reseal_secret_version",
     "sealed_versions",
     "secret_key_id",
