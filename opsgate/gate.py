@@ -1016,16 +1016,13 @@ class Gate:
         except InvalidCredential as exc:
             d = exc.detail
             charged = bool(d.get("misuse") and d.get("agent"))
-            if deferred is not None:
-                unit = self.credential_manager.rejection_record(exc, t)
-                if unit is None:
-                    pass
-                elif charged and self._chargeable(d.get("jti"), d.get("exp"), t):
-                    # Written now, before the charge that follows it (as `verify` does):
-                    # once per credential.
-                    self._commit_rejection(unit)
-                else:
-                    deferred.append(_Refusal(unit, closed=False))
+            unit = None if deferred is None else self.credential_manager.rejection_record(exc, t)
+            if unit is not None and charged and self._chargeable(d.get("jti"), d.get("exp"), t):
+                # Written now, before the charge that follows it (as `verify` does): once
+                # per credential.
+                self._commit_rejection(unit)
+            elif unit is not None and deferred is not None:
+                deferred.append(_Refusal(unit, closed=False))
             if charged:
                 self._charge_misuse(d["agent"], d.get("jti"), d.get("exp"), exc.code, t)
             raise
@@ -1197,8 +1194,10 @@ class Gate:
                 authenticated.append((i, step(i, check), len(noted) - before))
         accepted: list[bool] = []
         if noted:
-            with contextlib.suppress(Exception):  # each request then records its own
+            try:
                 accepted = proofs.record_noted(noted)
+            except Exception as exc:  # noqa: BLE001 - each request then records its own id
+                log.warning("batch proof ids not recorded together", error=type(exc).__name__)
         verdicts = iter(accepted)
         for i, claims, n in authenticated:
             ok = all([next(verdicts, False) for _ in range(n)])
