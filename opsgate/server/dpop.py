@@ -23,6 +23,7 @@ Each check raises InvalidCredential with a stable code; nothing returns False.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import re
@@ -75,9 +76,11 @@ def _refuse(message: str, code: str) -> InvalidCredential:
     return InvalidCredential(message, code=code)
 
 
+@functools.lru_cache(maxsize=1024)
 def normalise_url(url: str) -> str:
     """scheme://host[:port]/path, lower-case scheme and host, default port dropped,
-    no trailing slash on the base path. ValueError for anything else."""
+    no trailing slash on the base path. ValueError for anything else. Remembered
+    (bounded): a proof's `htu` and the configured URL come again with every request."""
     parts = urlsplit(url)
     scheme = parts.scheme.lower()
     if scheme not in _DEFAULT_PORTS or not parts.hostname or parts.username or parts.password:
@@ -96,11 +99,9 @@ def expected_htu(external_url: str, path: str) -> str:
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
-            raise ValueError("duplicate member")
-        out[key] = value
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        raise ValueError("duplicate member")
     return out
 
 
@@ -116,19 +117,29 @@ def _json_object(part: str, what: str, code: str) -> dict[str, Any]:
     return value
 
 
-def _split(jws: object, what: str, code: str) -> tuple[dict[str, Any], str, bytes, bytes]:
+def _compact(jws: object, what: str, code: str) -> tuple[str, str, str]:
+    """A compact JWS's three parts as text (header, payload, signature), its shape
+    checked: at most MAX_JWS_BYTES, base64url parts, an Ed25519-sized signature."""
     if not isinstance(jws, str) or len(jws) > MAX_JWS_BYTES:
         raise _refuse(f"{what} is not a compact jws of at most {MAX_JWS_BYTES} bytes", code)
     m = _COMPACT.match(jws)
     if m is None:
         raise _refuse(f"{what} is not a compact jws with an Ed25519 signature", code)
     h, p, s = m.groups()
-    header = _json_object(h, f"{what} header", code)
+    return h, p, s
+
+
+def _signature(s: str, what: str, code: str) -> bytes:
     try:
-        signature = b64url_decode(s)
+        return b64url_decode(s)
     except ValueError as exc:
         raise _refuse(f"{what} signature is not canonical base64url", code) from exc
-    return header, p, f"{h}.{p}".encode("ascii"), signature
+
+
+def _split(jws: object, what: str, code: str) -> tuple[dict[str, Any], str, bytes, bytes]:
+    h, p, s = _compact(jws, what, code)
+    header = _json_object(h, f"{what} header", code)
+    return header, p, f"{h}.{p}".encode("ascii"), _signature(s, what, code)
 
 
 def _number(value: object) -> float | None:
@@ -174,6 +185,50 @@ class ProofRules:
         return normalise_url(self.external_url).rstrip("/")
 
 
+# Proof headers seen well formed, by their exact text: every proof of one agent
+# carries the same header (typ, alg, its public jwk), so its parse, its key and the
+# key's thumbprint are worked out once. Only headers that passed every check are
+# kept, and only what they hold in the open (public keys); bounded.
+_PROOF_HEADERS: dict[str, tuple[str, bytes, str]] = {}
+_PROOF_HEADERS_MAX = 4096
+
+
+def _checked_header(header: dict[str, Any], rules: ProofRules) -> tuple[str, bytes, str]:
+    """(alg, raw public key, its RFC 7638 thumbprint) of a proof's header: exactly
+    typ, alg and a public OKP jwk, the alg allowed."""
+    if set(header) != _PROOF_HEADER:
+        raise _refuse("DPoP proof header must hold exactly typ, alg and jwk", "dpop_malformed")
+    if header["typ"] != DPOP_TYP:
+        raise _refuse("DPoP proof typ must be dpop+jwt", "dpop_bad_type")
+    alg = header["alg"]
+    if type(alg) is not str or alg not in rules.allowed_algorithms:
+        raise _refuse(f"DPoP algorithm {str(alg)[:20]!r} is not allowed", "dpop_alg_not_allowed")
+    raw_key = public_key_of_jwk(header["jwk"])
+    return alg, raw_key, jwk_thumbprint(raw_key)
+
+
+def _proof_parts(proof: object, rules: ProofRules) -> tuple[bytes, str, str, bytes, bytes]:
+    """A proof's key (raw, thumbprint), payload text, signing input and signature, its
+    header checked (`_checked_header`); not its signature. A header seen well formed
+    before is not parsed again; the checks, and so the refusal a faulty proof gets,
+    come in the order `_split` and `_checked_header` give them."""
+    what, code = "DPoP proof", "dpop_malformed"
+    h, p, s = _compact(proof, what, code)
+    known = _PROOF_HEADERS.get(h)
+    header = _json_object(h, f"{what} header", code) if known is None else None
+    signature = _signature(s, what, code)
+    if known is None:
+        assert header is not None
+        known = _checked_header(header, rules)
+        if len(_PROOF_HEADERS) >= _PROOF_HEADERS_MAX:
+            _PROOF_HEADERS.clear()
+        _PROOF_HEADERS[h] = known
+    elif known[0] not in rules.allowed_algorithms:
+        raise _refuse(f"DPoP algorithm {known[0][:20]!r} is not allowed", "dpop_alg_not_allowed")
+    raw_key, thumbprint = known[1], known[2]
+    return raw_key, thumbprint, p, f"{h}.{p}".encode("ascii"), signature
+
+
 def check_dpop(
     proofs: Sequence[str],
     *,
@@ -196,15 +251,7 @@ def check_dpop(
         raise _refuse("credential presented without a DPoP proof", "missing_proof")
     if len(proofs) != 1:
         raise _refuse("exactly one DPoP header is allowed", "dpop_multiple")
-    header, p, signing_input, signature = _split(proofs[0], "DPoP proof", "dpop_malformed")
-    if set(header) != _PROOF_HEADER:
-        raise _refuse("DPoP proof header must hold exactly typ, alg and jwk", "dpop_malformed")
-    if header["typ"] != DPOP_TYP:
-        raise _refuse("DPoP proof typ must be dpop+jwt", "dpop_bad_type")
-    alg = header["alg"]
-    if type(alg) is not str or alg not in rules.allowed_algorithms:
-        raise _refuse(f"DPoP algorithm {str(alg)[:20]!r} is not allowed", "dpop_alg_not_allowed")
-    raw_key = public_key_of_jwk(header["jwk"])
+    raw_key, thumbprint, p, signing_input, signature = _proof_parts(proofs[0], rules)
     if not verify_signature(raw_key, signature, signing_input):
         raise _refuse("DPoP proof signature does not verify", "dpop_bad_signature")
     claims = _json_object(p, "DPoP proof payload", "dpop_malformed")
@@ -235,7 +282,7 @@ def check_dpop(
         raise _refuse("DPoP proof is outside its time window", "dpop_stale")
     if claims["ath"] != token_hash(token):
         raise _refuse("DPoP proof is for another credential", "dpop_ath_mismatch")
-    if jwk_thumbprint(raw_key) != jkt:
+    if thumbprint != jkt:
         raise _refuse(
             "DPoP proof is signed by a key the credential is not bound to", "dpop_key_mismatch"
         )
