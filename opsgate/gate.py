@@ -329,7 +329,10 @@ def _migration_executor(gate: Gate) -> Executor:
     from opsgate.secrets.dynamic import database_credentials
 
     return MigrationExecutor(
-        gate.config, state_dir=gate.state_dir, credentials=database_credentials(gate)
+        gate.config,
+        state_dir=gate.state_dir,
+        credentials=database_credentials(gate),
+        gate_id=gate.gate_id,
     )
 
 

@@ -417,6 +417,41 @@ class MigrationTarget:
 
     # -- history -------------------------------------------------------------------------
 
+    def holds_gate(self, gate_id: str) -> bool:
+        """Whether this database holds the state of the gate `gate_id` (its `gate_meta`
+        row, in any schema): the gate's own database reached under another name (a host
+        alias, a socket, another path to the file). A `gate_meta` that cannot be read
+        counts as the gate's (fail closed)."""
+        if self._conn is None:
+            return False  # a SQLite file that does not exist yet
+        try:
+            if self.dialect == "sqlite":
+                found = self._fetch(
+                    "SELECT 1 FROM sqlite_master WHERE type = 'table' AND lower(name) = 'gate_meta'"
+                )
+                held = (
+                    self._fetch("SELECT value FROM gate_meta WHERE key = 'gate_id'")
+                    if found
+                    else []
+                )
+                return any(row[0] == gate_id for row in held)
+            from psycopg import sql
+
+            schemas = self._fetch(
+                "SELECT n.nspname FROM pg_catalog.pg_class c "
+                "JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
+                "WHERE c.relname = 'gate_meta'"
+            )
+            query = sql.SQL("SELECT value FROM {}.gate_meta WHERE key = 'gate_id'")
+            for (schema,) in schemas:
+                with self._conn.cursor() as cur:
+                    cur.execute(query.format(sql.Identifier(schema)))
+                    if any(row[0] == gate_id for row in cur.fetchall()):
+                        return True
+        except self._errors():
+            return True
+        return False
+
     def read_history(self) -> tuple[HistoryRow, ...]:
         """Every recorded attempt, oldest first; empty when nothing was ever applied."""
         if self._conn is None:

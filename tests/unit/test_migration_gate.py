@@ -376,3 +376,74 @@ def test_authorize_decides_a_migration_in_the_environment_its_target_is_in(
         assert exc.value.code == "plan_failed"
     finally:
         gate.close()
+
+
+def _own_database_world(tmp_path: Path, state_url: str | None, target_url: str) -> opsgate.Gate:
+    migrations = tmp_path / "migrations"
+    migrations.mkdir()
+    (migrations / "V1__raise.sql").write_text(
+        "UPDATE agents SET trust_score = 1000 WHERE name = 'database-agent';\n"
+    )
+    options: dict[str, object] = {
+        "databases": {"orders": {"url": target_url, "migrations": str(migrations)}}
+    }
+    if state_url is not None:
+        options["database_url"] = state_url
+    return opsgate.Gate.open(tmp_path / "state", policies=EXAMPLE_POLICY, **options)
+
+
+def _refused_as_own_database(gate: opsgate.Gate) -> None:
+    agent = gate.register_agent(
+        "database-agent", ["migrate:database/orders"], "dba@company.com", trust_score=920
+    )
+    token = gate.credential_manager.issue_credential(agent.did, ["migrate:database/orders"]).token
+    for dry_run in (True, False):
+        with pytest.raises(opsgate.OpsgateError) as exc:
+            gate.execute(token, Operation("migrate", "database/orders", {}, dry_run=dry_run))
+        assert exc.value.code == "database_target_invalid"
+    assert gate.trust_score(agent.did) <= 920  # nothing ran: no trust of its own making
+
+
+def _ipv6_loopback(port: int) -> bool:
+    import socket
+
+    try:
+        socket.create_connection(("::1", port), timeout=1).close()
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize("alias", ["localhost", "::1"])
+def test_the_gates_own_postgres_database_under_another_name_is_refused(
+    tmp_path: Path, pg_url: str, alias: str
+) -> None:
+    """The URL's text differs (a host alias, the IPv6 loopback), the database is the
+    same: the target is checked on the database itself."""
+    from sqlalchemy.engine import make_url
+
+    state = make_url(pg_url)
+    if alias == "::1" and not _ipv6_loopback(state.port or 5432):
+        alias = "localhost"  # the server listens on IPv4 only here
+    target = state.set(drivername="postgresql", host=alias)
+    target_url = target.render_as_string(hide_password=False)
+    assert make_url(target_url).host != state.host
+    gate = _own_database_world(tmp_path, pg_url, target_url)
+    try:
+        _refused_as_own_database(gate)
+    finally:
+        gate.close()
+
+
+def test_the_gates_own_sqlite_file_through_a_hard_link_is_refused(tmp_path: Path) -> None:
+    """A second name for the gate's database file, outside its state dir."""
+    gate = opsgate.Gate.open(tmp_path / "state")
+    own = gate.state_dir / "opsgate.db"
+    gate.close()
+    link = tmp_path / "orders.db"
+    link.hardlink_to(own)
+    gate = _own_database_world(tmp_path, None, f"sqlite:///{link}")
+    try:
+        _refused_as_own_database(gate)
+    finally:
+        gate.close()

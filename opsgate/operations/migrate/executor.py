@@ -166,7 +166,11 @@ class MigrationExecutor:
         credentials: TargetCredentials | None = None,
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], None] = time.sleep,
+        gate_id: str | None = None,
     ) -> None:
+        # The gate whose own database no target may be, however its URL is spelled:
+        # checked on the database itself each time a target is opened.
+        self._gate_id = gate_id
         self._targets: Mapping[str, DatabaseTarget] = dict(config.databases)
         self._dialects = {name: _dialect(name, t) for name, t in self._targets.items()}
         for name, target in self._targets.items():
@@ -241,6 +245,11 @@ class MigrationExecutor:
                 read_only=purpose == "read",
             )
             try:
+                if self._gate_id is not None and conn.holds_gate(self._gate_id):
+                    raise ConfigError(
+                        f"database {name!r} is the gate's own database",
+                        code="database_target_invalid",
+                    )
                 yield conn
             finally:
                 conn.close()
