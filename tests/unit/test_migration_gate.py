@@ -6,6 +6,7 @@ target, its directory and its URL come from config only.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from collections.abc import Iterator
 from contextlib import closing
@@ -447,3 +448,20 @@ def test_the_gates_own_sqlite_file_through_a_hard_link_is_refused(tmp_path: Path
         _refused_as_own_database(gate)
     finally:
         gate.close()
+
+
+def test_a_migration_file_hard_linked_to_a_gate_key_is_never_read(world: MigrateWorld) -> None:
+    """A second name for a file the gate can read (an agent's private key) put in the
+    migrations directory: refused before its text reaches a plan or an approval."""
+    key = next((world.gate.state_dir / "agent-keys").glob("*.pem"))
+    os.link(key, world.migrations / "V1__keys.sql")
+    for dry_run in (True, False):
+        with pytest.raises(opsgate.OpsgateError) as exc:
+            world.gate.execute(
+                world.token, Operation("migrate", "database/orders", {}, dry_run=dry_run)
+            )
+        assert exc.value.code == "migration_invalid"
+        assert "hard link" in exc.value.message
+    private = key.read_bytes()
+    assert private.split(b"\n")[1] not in database_text(world.gate).encode()
+    assert world.gate.approvals.list(status="pending") == []

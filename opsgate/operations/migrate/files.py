@@ -56,7 +56,8 @@ def _invalid(message: str) -> MigrationError:
 
 
 def _read(directory: Path, name: str) -> bytes:
-    """Read one file without following a link and without blocking on a fifo."""
+    """Read one file without following a link (symbolic or hard) and without blocking
+    on a fifo."""
     flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
     try:
         fd = os.open(directory / name, flags)
@@ -65,8 +66,13 @@ def _read(directory: Path, name: str) -> bytes:
             raise _invalid(f"migration {name!r} is a symlink; only regular files are read") from exc
         raise _invalid(f"migration {name!r} cannot be read: {exc.strerror}") from exc
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
             raise _invalid(f"migration {name!r} is not a regular file")
+        # A hard link is indistinguishable from its original, which may be any file the
+        # gate can read (its keys): its text would reach the plan and the approval.
+        if st.st_nlink != 1:
+            raise _invalid(f"migration {name!r} has more than one hard link")
         chunks: list[bytes] = []
         size = 0
         while chunk := os.read(fd, 65536):
