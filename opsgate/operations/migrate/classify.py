@@ -367,6 +367,27 @@ def _pg_strings(items: Any) -> str:
     return "?"
 
 
+def _reissues_values(options: Any) -> str | None:
+    """What, among a sequence's (or an identity's) new options, can hand out a value
+    again: RESTART, a negative INCREMENT (counting down through values rows hold) or
+    CYCLE (wrapping around to the start); None when nothing does."""
+    for o in options or ():
+        if not isinstance(o, pg.DefElem):
+            continue
+        arg = o.arg
+        if o.defname == "restart":
+            return "RESTART"
+        if o.defname == "cycle" and getattr(arg, "boolval", True) is not False:
+            return "CYCLE"
+        if o.defname == "increment":
+            value = getattr(arg, "ival", None)
+            if value is None:
+                value = getattr(arg, "fval", "0")
+            if str(value).lstrip().startswith("-"):
+                return "a negative INCREMENT"
+    return None
+
+
 def _pg_rel(rv: pg.RangeVar | None) -> str:
     if rv is None:
         return "?"
@@ -663,8 +684,7 @@ class _Postgres:
             ):
                 # Like ALTER SEQUENCE ... RESTART: later inserts may take keys rows hold.
                 opts = cmd.def_ if isinstance(cmd.def_, (list, tuple)) else ()
-                restart = any(isinstance(o, pg.DefElem) and o.defname == "restart" for o in opts)
-                if restart or sub == at.AT_AddIdentity:
+                if _reissues_values(opts) or sub == at.AT_AddIdentity:
                     found.append(finding("OG202", f"identity of {_shown(table)}.{_shown(column)}"))
             elif sub == at.AT_AttachPartition:
                 self._attach(existing, cmd.def_)
@@ -833,11 +853,9 @@ class _Postgres:
 
     def _AlterSeqStmt(self, node: pg.AlterSeqStmt) -> tuple[list[Finding], bool]:
         self._owned_by(node.options)
-        restart = any(
-            isinstance(o, pg.DefElem) and o.defname == "restart" for o in node.options or ()
-        )
-        if restart:  # later inserts may take keys rows already hold
-            return [finding("OG202", f"RESTART of sequence {_pg_rel(node.sequence)}")], True
+        reissue = _reissues_values(node.options)
+        if reissue:  # later inserts may take keys rows already hold
+            return [finding("OG202", f"{reissue} of sequence {_pg_rel(node.sequence)}")], True
         return [], True
 
     _CreateEnumStmt = _plain
