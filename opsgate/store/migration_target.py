@@ -637,11 +637,25 @@ class MigrationTarget:
                 cur.execute(sql.encode(), prepare=True)
 
     def _mark_applied(self, row_id: int, at: float, started: float) -> None:
-        self._run(
+        """The run's row marked applied, in the migration's transaction; a row the
+        migration itself changed or removed fails the run (all of it rolled back)."""
+        sql = (
             "UPDATE opsgate_schema_history SET state = 'applied', success = ?, applied_at = ?, "
-            "duration_ms = ? WHERE id = ? AND state = 'running'",
-            (True, at, int(max(0.0, at - started) * 1000), row_id),
+            "duration_ms = ? WHERE id = ? AND state = 'running'"
         )
+        params = (True, at, int(max(0.0, at - started) * 1000), row_id)
+        if self.dialect == "sqlite":
+            changed = self._conn.execute(sql, params).rowcount
+        else:
+            with self._conn.cursor() as cur:
+                cur.execute(sql.replace("?", "%s").encode(), params)
+                changed = cur.rowcount
+        if changed != 1:
+            raise StatementFailed(
+                "recording the result failed: the migration changed its own history row",
+                statement=0,
+                sqlstate="history_changed",
+            )
 
     def record_failed(self, row_id: int, detail: str, at: float, started: float) -> None:
         with self._unavailable("recording the failure"), self._transaction():

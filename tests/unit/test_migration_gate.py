@@ -465,3 +465,29 @@ def test_a_migration_file_hard_linked_to_a_gate_key_is_never_read(world: Migrate
     private = key.read_bytes()
     assert private.split(b"\n")[1] not in database_text(world.gate).encode()
     assert world.gate.approvals.list(status="pending") == []
+
+
+def test_a_migration_editing_the_gates_history_waits_for_review_and_cannot_mark_itself(
+    world: MigrateWorld,
+) -> None:
+    """DML on the gate's bookkeeping (its history, its lock row) is never routine: it
+    waits for the DBA group; and a run whose own history row the migration changed
+    fails whole (rolled back, recorded failed) instead of claiming it applied."""
+    world.write("V1__init.sql", "CREATE TABLE t (id integer);")
+    assert world.execute().status == "succeeded"  # type: ignore[attr-defined]
+    world.write("V2__cleanup.sql", "DELETE FROM opsgate_schema_history WHERE version >= 2;")
+    pending = world.execute()
+    assert isinstance(pending, PendingApproval)
+    statement = pending.request.plan["content"]["pending"][0]["statements"][0]
+    assert "OG202" in [f["code"] for f in statement["findings"]]
+    world.gate.approvals.approve(
+        pending.approval_id, approver="dana@company.com", token=world.dba_token
+    )
+    outcome = world.gate.resume(pending.approval_id, world.token)
+    assert isinstance(outcome, opsgate.Outcome) and outcome.status == "failed", outcome
+    executor = MigrationExecutor(world.gate.config, state_dir=world.gate.state_dir)
+    status = executor.status("orders")
+    assert [(row.name, state) for row, state in status.unresolved] == [
+        ("V2__cleanup.sql", "failed")
+    ]
+    assert status.pending == ("V2__cleanup.sql",)

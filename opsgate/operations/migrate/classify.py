@@ -30,6 +30,7 @@ from sqlglot import exp
 from sqlglot.errors import ErrorLevel
 
 from opsgate.operations.migrate.codes import code
+from opsgate.store.migration_target import HISTORY_TABLE, LOCK_TABLE
 
 Dialect = Literal["postgresql", "sqlite"]
 _E = TypeVar("_E", bound=IntEnum)
@@ -367,6 +368,17 @@ def _pg_strings(items: Any) -> str:
     return "?"
 
 
+# The tables the gate keeps its own migration bookkeeping in, on every target.
+_BOOKKEEPING = frozenset({HISTORY_TABLE, LOCK_TABLE})
+
+
+def _bookkeeping(names: Iterator[object]) -> list[Finding]:
+    """OG202 for a statement naming the gate's history or lock table (any case, any
+    schema): a migration that edits them could mark others applied or skip the lock."""
+    touched = sorted({str(n) for n in names if str(n or "").lower() in _BOOKKEEPING})
+    return [finding("OG202", f"the gate's migration bookkeeping ({_shown(t)})") for t in touched]
+
+
 def _reissues_values(options: Any) -> str | None:
     """What, among a sequence's (or an identity's) new options, can hand out a value
     again: RESTART, a negative INCREMENT (counting down through values rows hold) or
@@ -503,6 +515,7 @@ class _Postgres:
             return [finding("OG202", type(node).__name__)], _pg_transactional(node)
         found, transactional = handler(node)
         found.extend(self._cte_writes(node))
+        found.extend(_bookkeeping(n.relname for n in _pg_walk(node) if isinstance(n, pg.RangeVar)))
         # A CHECK, a default or an index expression runs its functions too.
         found.extend(f for f in self._calls(node) if f not in found)
         return found, transactional
@@ -1184,6 +1197,7 @@ class _Sqlite:
             return [finding("OG202", type(tree).__name__)], True
         found: list[Finding]
         found, transactional = handler(tree)
+        found.extend(_bookkeeping(t.name for t in tree.find_all(exp.Table)))
         found.extend(
             finding("OG104", cte.alias_or_name)
             for cte in tree.find_all(exp.CTE)
