@@ -252,8 +252,9 @@ class RemoteGate:
         body: dict[str, Any] | None = None,
     ) -> httpx.Response:
         raw = b"" if body is None else orjson.dumps(body)
-        text = token.token if isinstance(token, RemoteCredential) else token
-        for attempt in (1, 2):
+        asked_nonce = renewed = False
+        while True:
+            text = token.token if isinstance(token, RemoteCredential) else token
             proof = make_dpop(
                 self._key,
                 method=method,
@@ -271,8 +272,21 @@ class RemoteGate:
             # header it has none, and a proof must then carry no nonce claim.
             nonce = response.headers.get("dpop-nonce")
             self._nonce = nonce or None
+            code = _code(response)
             # RFC 9449 §8: the gate asks for its nonce; one retry with it, never more.
-            if attempt == 1 and nonce and _code(response) == "use_dpop_nonce":
+            if not asked_nonce and nonce and code == "use_dpop_nonce":
+                asked_nonce = True
+                continue
+            # A credential an operator cut (or that lapsed) is news to this agent:
+            # refused before anything ran, so a fresh one and one retry, never more.
+            if (
+                not renewed
+                and isinstance(token, RemoteCredential)
+                and response.status_code == 401
+                and code in ("revoked", "expired")
+            ):
+                renewed = True
+                token.renew()
                 continue
             break
         if response.status_code >= 400:

@@ -441,35 +441,30 @@ class CredentialManager:
             claims = self._seen.get(token) if isinstance(token, str) else None
             if claims is None:
                 claims = self._verify_fresh(token)
-            self._check_live(claims, t)
-            if isinstance(proof, PossessionCheck):
+            try:
+                self._check_live(claims, t)
+            except InvalidCredential as dead:
+                if dead.detail.get("misuse") and self._possessed(
+                    claims, token, proof, proof_context, t
+                ):
+                    # The key's own holder presented a credential that was cut or ran
+                    # out (an operator's revocation, a lapsed renewal, a suspension):
+                    # refused and recorded, but no theft to charge.
+                    dead.detail.update(misuse=False, proven=True)
+                raise
+            if proof is None and self._config.require_proof:
+                raise InvalidCredential(
+                    "credential presented without proof of its key",
+                    code="missing_proof",
+                    agent=claims.sub,
+                    misuse=True,
+                    jti=claims.jti,
+                    exp=claims.exp,
+                )
+            if proof is not None:
                 assert isinstance(token, str)
                 try:
-                    proof.check(claims, token=token, request=proof_context, now=t)
-                except InvalidCredential as exc:
-                    exc.detail.update(agent=claims.sub, misuse=True, jti=claims.jti, exp=claims.exp)
-                    raise
-            elif proof is not None or self._config.require_proof:
-                if proof is None:
-                    raise InvalidCredential(
-                        "credential presented without proof of its key",
-                        code="missing_proof",
-                        agent=claims.sub,
-                        misuse=True,
-                        jti=claims.jti,
-                        exp=claims.exp,
-                    )
-                assert isinstance(token, str)
-                try:
-                    self.proofs.check(
-                        proof,
-                        token=token,
-                        sub=claims.sub,
-                        request=proof_context,
-                        now=t,
-                        leeway=self._limits.leeway_seconds,
-                        skew=self._limits.proof_clock_skew_seconds,
-                    )
+                    self._check_possession(claims, token, proof, proof_context, t)
                 except InvalidCredential as exc:
                     # A genuine credential without proof of its key: misuse, charged.
                     exc.detail.update(agent=claims.sub, misuse=True, jti=claims.jti, exp=claims.exp)
@@ -481,6 +476,46 @@ class CredentialManager:
                 self._audit_rejection(exc, t)
             raise
         return claims
+
+    def _possessed(
+        self,
+        claims: Claims,
+        token: object,
+        proof: str | PossessionCheck | None,
+        proof_context: ProofRequest | None,
+        t: float,
+    ) -> bool:
+        """Whether `proof` shows the presenter holds the credential's key, for exactly
+        this request (the same checks as a live credential's proof, its id used once)."""
+        if proof is None or not isinstance(token, str):
+            return False
+        try:
+            with self.proofs.recording():  # its id's replay known now, not at a batch's end
+                self._check_possession(claims, token, proof, proof_context, t)
+        except InvalidCredential:
+            return False
+        return True
+
+    def _check_possession(
+        self,
+        claims: Claims,
+        token: str,
+        proof: str | PossessionCheck,
+        proof_context: ProofRequest | None,
+        t: float,
+    ) -> None:
+        if isinstance(proof, PossessionCheck):
+            proof.check(claims, token=token, request=proof_context, now=t)
+        else:
+            self.proofs.check(
+                proof,
+                token=token,
+                sub=claims.sub,
+                request=proof_context,
+                now=t,
+                leeway=self._limits.leeway_seconds,
+                skew=self._limits.proof_clock_skew_seconds,
+            )
 
     def still_live(self, claims: Claims, now: float) -> bool:
         """Whether verified claims are still good now (not revoked, expired, or their

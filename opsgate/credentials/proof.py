@@ -273,6 +273,17 @@ class ProofChecker:
         finally:
             self._noting.uses = None
 
+    @contextlib.contextmanager
+    def recording(self) -> Iterator[None]:
+        """Inside `noting()`: ids checked here are recorded at once, not noted (a check
+        whose answer is needed before the batch records its ids)."""
+        noted = getattr(self._noting, "uses", None)
+        self._noting.uses = None
+        try:
+            yield
+        finally:
+            self._noting.uses = noted
+
     def record_noted(self, uses: list[tuple[str, float, float]]) -> list[bool]:
         """Record noted proof ids in one transaction (without a disk sync of its own,
         as `use_once_before_audit`): for each, whether it was accepted. An id that is

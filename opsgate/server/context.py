@@ -26,7 +26,7 @@ from opsgate.approvals.service import TOKEN_PREFIX as APPROVER_PREFIX
 from opsgate.config import ServerConfig
 from opsgate.credentials.manager import Claims
 from opsgate.credentials.proof import ProofRequest
-from opsgate.errors import OpsgateError, safe_text
+from opsgate.errors import InvalidCredential, OpsgateError, safe_text
 from opsgate.gate import Gate
 from opsgate.operators import TOKEN_PREFIX as OPERATOR_PREFIX
 from opsgate.server.authorizer import Authorizer
@@ -220,14 +220,20 @@ class ServerContext:
             )
 
     def refused(self, request: Request, exc: OpsgateError, status: int) -> None:
-        """Count a refusal; take a token from the address and, when the credential was
-        genuine (its agent proven), from that agent: a forged `sub` charges no agent."""
+        """Count a refusal; take a token from the address and, when the request proved
+        its agent's key, from that agent: a forged `sub` or a leaked token charges no
+        agent's budget."""
         self.metrics.refusals.labels(exc.code).inc()
         if status not in (401, 403, 413, 422, 431) or exc.code == "use_dpop_nonce":
             return
         now = time.monotonic()
         self.limiter.charge(_address_key(request), now)
         agent = exc.detail.get("agent") or getattr(request.state, "agent", None)
+        if isinstance(exc, InvalidCredential) and not exc.detail.get("proven"):
+            # A credential refusal names its agent whether or not the sender holds the
+            # agent's key: only one its key proved counts against the agent, or one
+            # leaked token (expired or revoked long ago) would shut the agent out.
+            agent = getattr(request.state, "agent", None)
         if isinstance(agent, str):
             self.limiter.charge(f"agent:{agent}", now)
 
