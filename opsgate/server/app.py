@@ -30,6 +30,7 @@ from opsgate.server.dpop import ProofRules, normalise_url
 from opsgate.server.errors import status_of
 from opsgate.server.limits import BodyLimit, RefusalLimiter
 from opsgate.server.metrics import ServerMetrics
+from opsgate.server.paths import route_path
 from opsgate.server.routes import (
     agent_tools,
     agents,
@@ -150,10 +151,12 @@ def create_app(
     if direct_authorize:
         # Added first: inside the body limit, nonce and header middlewares below.
         app.add_middleware(DirectAuthorize, ctx=ctx)
-    app.add_middleware(SecurityHeaders, https=app.state.ui.https)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     if settings.dpop_nonce:
         app.add_middleware(NonceHeader, ctx=ctx)
+    # Added last, so outermost: the UI's headers on every /ui answer, the body limit's
+    # refusals included.
+    app.add_middleware(SecurityHeaders, https=app.state.ui.https)
     return app
 
 
@@ -222,7 +225,7 @@ class DirectAuthorize:
         if (
             scope["type"] != "http"
             or scope["method"] != "POST"
-            or _route_path(scope) != "/v1/authorize"
+            or route_path(scope) != "/v1/authorize"
         ):
             await self.app(scope, receive, send)
             return
@@ -233,18 +236,6 @@ class DirectAuthorize:
         except OpsgateError as exc:
             response = refusal_response(self.ctx, request, exc)
         await response(scope, receive, send)
-
-
-def _route_path(scope: Any) -> str:
-    """The path the router matches: without the root path an app mounted under one
-    sees its requests' paths start with (as Starlette's router strips it)."""
-    path: str = scope["path"]
-    root: str = scope.get("root_path", "")
-    if not root or not path.startswith(root):
-        return path
-    if path == root:
-        return ""
-    return path[len(root) :] if path[len(root)] == "/" else path
 
 
 class NonceHeader:

@@ -160,10 +160,10 @@ def test_direct_authorize_with_server_nonces_challenges_as_the_router_does(
 
 def test_the_direct_route_matches_the_path_the_router_matches() -> None:
     """Under a root path, the path the router sees is the rest of it, exactly."""
-    from opsgate.server.app import _route_path
+    from opsgate.server.paths import route_path
 
     def route(path: str, root: str = "") -> str:
-        return _route_path({"path": path, "root_path": root})
+        return route_path({"path": path, "root_path": root})
 
     assert route("/v1/authorize") == "/v1/authorize"
     assert route("/gate/v1/authorize", "/gate") == "/v1/authorize"

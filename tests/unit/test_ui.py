@@ -109,6 +109,54 @@ def test_every_page_carries_the_csp_and_no_inline_code(api: Api) -> None:
     assert "content-security-policy" not in client.get("/healthz").headers
 
 
+def _page_headers_held(r: Any, where: str) -> None:
+    assert r.headers.get("content-security-policy") == CSP, where
+    assert r.headers["x-frame-options"] == "DENY", where
+    assert r.headers["x-content-type-options"] == "nosniff", where
+    assert r.headers["cache-control"] == "no-store", where
+    assert r.headers["referrer-policy"] == "no-referrer", where
+
+
+@pytest.mark.parametrize("how", ["mounted", "root_path"])
+def test_every_ui_answer_has_its_headers_under_a_root_path(tmp_path: Path, how: str) -> None:
+    """The gate's app served under a path prefix (mounted in another app, or behind a
+    proxy with uvicorn's root path): /gate/ui/... is the UI and keeps every header."""
+    from fastapi import FastAPI
+
+    world = open_world(tmp_path / "state")
+    approval_id = world.gate.execute(world.token, deploy()).approval_id  # type: ignore[union-attr]
+    inner = create_app(world.gate, ServerConfig(external_url="http://testserver/gate"))
+    if how == "mounted":
+        outer = FastAPI()
+        outer.mount("/gate", inner)
+        client = TestClient(outer)
+    else:
+        client = TestClient(inner, root_path="/gate")
+    for path in (
+        "/gate/ui/signin",
+        f"/gate/ui/approvals/{approval_id}",
+        "/gate/ui/audit",
+        "/gate/ui/static/ui.js",
+        "/gate/ui/nope",
+    ):
+        _page_headers_held(client.get(path, follow_redirects=False), path)
+    assert "content-security-policy" not in client.get("/gate/healthz").headers
+
+
+def test_a_body_too_large_for_a_ui_form_is_refused_with_the_page_headers(api: Api) -> None:
+    """The body limit answers before the UI's routes: its refusal carries the UI's
+    headers too (framing, caching and sniffing rules hold on every /ui answer)."""
+    big = b"email=" + b"x" * (api.gate.config.server.max_body_bytes + 10)
+    for path in ("/ui/signin", "/ui/approvals/apr_x", "/ui/signout"):
+        r = api.client.post(
+            path,
+            content=big,
+            headers={"Content-Type": "application/x-www-form-urlencoded"},
+        )
+        assert r.status_code == 413, (path, r.status_code)
+        _page_headers_held(r, path)
+
+
 def test_the_inline_code_check_finds_inline_code() -> None:
     assert inline_code('<p style="x"><script>1</script><a onclick="x">') != []
     assert len(inline_code('<script src="/ui/static/ui.js"></script><b>x</b>')) == 0

@@ -22,6 +22,7 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 from opsgate.errors import UiRefusal as UiRefusal  # defined with every code's owner
+from opsgate.server.paths import route_path
 
 CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
@@ -54,7 +55,9 @@ class SecurityHeaders:
         self.headers = [*_HEADERS, _HSTS] if https else list(_HEADERS)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        path = scope.get("path", "") if scope["type"] == "http" else ""
+        # The path the router matches: under a root path (an app mounted at /gate),
+        # /gate/ui/... is the UI too.
+        path = route_path(scope) if scope["type"] == "http" else ""
         if not (path == "/ui" or path.startswith("/ui/")):
             await self.app(scope, receive, send)
             return
