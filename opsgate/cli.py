@@ -249,7 +249,11 @@ def agents_export_key(
 ) -> None:
     """Write AGENT's private key to a new file once, for moving it to the agent's machine."""
     did = open_gate(state_dir).agents.export_key(
-        agent, output, by=by or login_name() or "operator", force=force, reason=reason
+        agent,
+        output,
+        by=by if by is not None else (login_name() or "operator"),
+        force=force,
+        reason=reason,
     )
     console().print(
         f"wrote the private key of {did} to {output} (mode 0600); move it to the agent's "
@@ -918,7 +922,8 @@ def trust_set(
     """Set an agent's own score: the operator's audited way over the approval threshold
     (credit alone needs days of clean history). A lower score counts as a loss."""
     gate = open_gate(state_dir)
-    change = gate.set_trust_score(agent, score, reason=reason, by=by or login_name())
+    who = by if by is not None else (login_name() or "operator")
+    change = gate.set_trust_score(agent, score, reason=reason, by=who)
     console().print(f"{gate.agents.get(agent).name}: score {change.score} ({change.delta:+d})")
 
 

@@ -931,6 +931,23 @@ def check_reason(reason: object) -> str | None:
     return scrub(reason)
 
 
+_OPERATOR = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,63}\Z")
+
+
+def check_operator(by: object) -> str:
+    """The name of whoever does an operator's act (`--by`, a login name): a plain name,
+    so it never passes for an agent (a did) nor carries control characters into the
+    audit and terminals; `operator:<name>` gives the name."""
+    name = by.removeprefix("operator:") if isinstance(by, str) else by
+    if not isinstance(name, str) or not _OPERATOR.match(name):
+        raise OperatorInvalid(
+            f"the operator must be named by 1-64 letters, digits, '.', '_', '@' or '-', "
+            f"got {shown(name)}",
+            code="operator_invalid",
+        )
+    return name
+
+
 def safe_text(value: object) -> str:
     """User input as text for a message or an audit record, unless it could be a secret.
 

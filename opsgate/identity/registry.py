@@ -32,6 +32,7 @@ from opsgate.errors import (
     OperatorInvalid,
     StatusInvalid,
     UnusableAgentChange,
+    check_operator,
     check_reason,
     encodable,
     safe_text,
@@ -355,6 +356,7 @@ class AgentRegistry:
         """
         t = to_epoch(now)
         reason = check_reason(reason)
+        actor = f"operator:{check_operator(by)}"
         did = self.resolve(ref)
         state = self.state(did)
         if force and (not isinstance(reason, str) or not reason.strip()):
@@ -380,7 +382,7 @@ class AgentRegistry:
                 self._audit.append_in(
                     conn,
                     "agent.key_exported",
-                    actor=safe_text(by),
+                    actor=actor,
                     at=t,
                     agent=did,
                     name=state.name,

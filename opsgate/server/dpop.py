@@ -212,11 +212,10 @@ def _proof_parts(proof: object, rules: ProofRules) -> tuple[bytes, str, str, byt
     header checked (`_checked_header`); not its signature. A header seen well formed
     before is not parsed again; the checks, and so the refusal a faulty proof gets,
     come in the order `_split` and `_checked_header` give them."""
-    what, code = "DPoP proof", "dpop_malformed"
-    h, p, s = _compact(proof, what, code)
+    h, p, s = _compact(proof, "DPoP proof", "dpop_malformed")
     known = _PROOF_HEADERS.get(h)
-    header = _json_object(h, f"{what} header", code) if known is None else None
-    signature = _signature(s, what, code)
+    header = _json_object(h, "DPoP proof header", "dpop_malformed") if known is None else None
+    signature = _signature(s, "DPoP proof", "dpop_malformed")
     if known is None:
         assert header is not None
         known = _checked_header(header, rules)

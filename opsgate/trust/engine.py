@@ -21,7 +21,7 @@ import structlog
 from opsgate.audit.writer import FEED, Change, Unit
 from opsgate.boundary import typed_errors
 from opsgate.config import HARD_TTL_CEILING_MINUTES, Config
-from opsgate.errors import AgentError, OpsgateError, check_reason, scrub, shown
+from opsgate.errors import AgentError, OpsgateError, check_operator, check_reason, scrub, shown
 from opsgate.store import Store
 from opsgate.store import trust as trust_rows
 from opsgate.store.ledger import LedgerSQL
@@ -273,6 +273,7 @@ class TrustEngine:
         reason = check_reason(reason)
         if not isinstance(actor, str) or not actor.strip():
             raise AgentError("setting a trust score needs who sets it", code="actor_required")
+        by = check_operator(actor)
         ledger_sql = self._ledger_sql
 
         def run(cur: Any) -> dict[str, Any]:
@@ -288,7 +289,7 @@ class TrustEngine:
                 "trust": _trust_record(
                     did, TrustEvent.OPERATOR, score - before.score, result, reason, None, None
                 )
-                | {"by": actor.strip()},
+                | {"by": by},
                 **self._suspend_in(cur, did, score, score - before.score, now),
             }
 

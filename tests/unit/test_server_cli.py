@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from helpers import audit_events
 from typer.testing import CliRunner
 
@@ -71,8 +72,36 @@ def test_export_key_once(tmp_path: Path) -> None:
         (1, None, None),
         (2, True, "new host"),
     ]
-    assert events[0]["actor"] == "alice"
+    # The operator's act, named as one (like every operator act on the CLI).
+    assert events[0]["actor"] == "operator:alice"
     assert "PRIVATE" not in json.dumps(events)
+
+
+@pytest.mark.parametrize(
+    "by",
+    ["did:key:z6MkhaXgBZDvotDkL5257faiztiGiC2QtKLGpbnnEGta2doK", "ev\x1bil", "x" * 65, "", "a b"],
+)
+def test_an_export_or_a_trust_change_cannot_name_anyone_but_an_operator(
+    tmp_path: Path, by: str
+) -> None:
+    """`--by` names the operator: never an agent's did (the act would be filed among
+    the agent's own), never control characters (they reach the audit and terminals),
+    never an unbounded text; refused before anything is written."""
+    state = tmp_path / "s"
+    with opsgate.Gate.open(state) as gate:
+        gate.register_agent("a1", ["deploy:staging"], "x@company.com", trust_score=900)
+        before = gate.audit.head()[0]
+    out_file = tmp_path / "a1.pem"
+    code, _, err = run(state, "agents", "export-key", "a1", "-o", str(out_file), "--by", by)
+    assert code == 1 and "operator_invalid" in err, err
+    assert not out_file.exists()
+    code, _, err = run(state, "trust", "set", "a1", "850", "--reason", "review", "--by", by)
+    named = "actor_required" if not by else "operator_invalid"
+    assert code == 1 and named in err, err
+    assert "\x1b" not in err
+    with opsgate.Gate.open(state) as gate:
+        assert gate.audit.head()[0] == before
+        assert gate.trust_score(gate.agents.resolve("a1")) == 900
 
 
 def test_serve_needs_an_external_url_off_loopback(tmp_path: Path) -> None:
