@@ -905,6 +905,23 @@ def _paths_from(base: Path, deploy: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _sqlite_from(base: Path, url: str) -> str:
+    """A SQLite URL with a relative file path made absolute from `base`; any other URL
+    (or one that does not parse: refused later, never quoted) as it is."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        parsed = make_url(url)
+    except Exception:  # noqa: BLE001 - validated (and refused) with the target
+        return url
+    path = parsed.database
+    if parsed.get_backend_name() != "sqlite" or not path or path == ":memory:":
+        return url
+    if os.path.isabs(path) or path.startswith("file:"):
+        return url
+    return parsed.set(database=str((base / path).resolve())).render_as_string(hide_password=False)
+
+
 DEFAULT_STATE_DIR = ".opsgate"
 
 
@@ -987,6 +1004,10 @@ def load_config(state_dir: Path, overrides: dict[str, Any] | None = None) -> Con
             where = target.get("migrations") if isinstance(target, dict) else None
             if isinstance(where, str) and where and not os.path.isabs(where):
                 target["migrations"] = str((state_dir / where).resolve())
+            # So is a SQLite target's file: never one that follows the working directory
+            # (the same gate would migrate another database from another directory).
+            if isinstance(target, dict) and isinstance(target.get("url"), str):
+                target["url"] = _sqlite_from(state_dir, target["url"])
         deploy = data.get("deploy")
         if isinstance(deploy, dict):
             data["deploy"] = _paths_from(state_dir, deploy)

@@ -491,3 +491,41 @@ def test_a_migration_editing_the_gates_history_waits_for_review_and_cannot_mark_
         ("V2__cleanup.sql", "failed")
     ]
     assert status.pending == ("V2__cleanup.sql",)
+
+
+def test_a_relative_sqlite_target_in_the_config_file_is_the_state_dirs_not_the_cwds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`sqlite:///orders.db` in opsgate.yaml names one file whatever directory the
+    command runs from (like every relative path there): the same gate never migrates
+    another database from another directory."""
+    state = tmp_path / "state"
+    opsgate.Gate.init(state).close()
+    migrations = tmp_path / "migrations"
+    migrations.mkdir()
+    (migrations / "V1__init.sql").write_text("CREATE TABLE t (id integer);")
+    (state / "opsgate.yaml").write_text(
+        "databases:\n"
+        "  orders:\n"
+        "    url: sqlite:///../orders.db\n"
+        "    migrations: ../migrations\n"
+        "    environment: staging\n"
+    )
+    seen = []
+    for cwd in (tmp_path, tmp_path / "elsewhere"):
+        cwd.mkdir(exist_ok=True)
+        monkeypatch.chdir(cwd)
+        with opsgate.Gate.open(state) as gate:
+            url = gate.config.databases["orders"].url.get_secret_value()
+            seen.append(url)
+            agent = gate.register_agent(
+                f"db-{len(seen)}", ["migrate:database/orders"], "dba@company.com", trust_score=900
+            )
+            token = gate.credential_manager.issue_credential(
+                agent.did, ["migrate:database/orders"]
+            ).token
+            outcome = gate.execute(token, Operation("migrate", "database/orders", {}))
+            assert isinstance(outcome, opsgate.Outcome)
+    assert seen[0] == seen[1] == f"sqlite:///{(tmp_path / 'orders.db').resolve()}"
+    assert (tmp_path / "orders.db").exists()
+    assert not (tmp_path / "elsewhere" / "orders.db").exists()
