@@ -32,7 +32,7 @@ from opsgate.cli_common import (
     print_error,
     print_json,
 )
-from opsgate.errors import ConfigError, OutputUnwritable
+from opsgate.errors import ConfigError, OutputUnwritable, safe_text
 
 agents_app = typer.Typer(help="Register, delegate and manage agents.", no_args_is_help=True)
 creds_app = typer.Typer(help="Issue, verify and revoke credentials.", no_args_is_help=True)
@@ -66,6 +66,14 @@ def _writable(path: Path) -> Any:
         ) from exc
 
 
+# Said where a gate starts without any policy: capabilities alone then decide.
+NO_POLICIES = (
+    "note: no policies are loaded: whatever an agent's capabilities cover is allowed, "
+    "production included, unless the trust gate asks for approval (load a policy, such "
+    "as examples/policies.yaml, before production use)"
+)
+
+
 @app.command()
 @handle_errors
 def init(state_dir: StateDir = None, json_out: JsonOut = False) -> None:
@@ -91,6 +99,8 @@ def init(state_dir: StateDir = None, json_out: JsonOut = False) -> None:
             f"pinned key {info['pinned_kid']}: keep this line somewhere else; every gate "
             "key must chain back to it"
         )
+        if gate.policies is None:
+            print_error(NO_POLICIES)
 
 
 # -- agents ---------------------------------------------------------------------------
@@ -794,6 +804,7 @@ def serve(
 ) -> None:
     """Run the HTTP API (agents: client assertion + DPoP; approvers and operators: tokens)."""
     import uvicorn
+    from pydantic import ValidationError
 
     from opsgate.server import create_app, settle_heap, uvicorn_options
 
@@ -810,13 +821,18 @@ def serve(
         url = f"http://{'127.0.0.1' if host == 'localhost' else host}:{port}"
     try:
         settings = settings.model_validate({**settings.model_dump(), "external_url": url})
-    except ValueError as exc:
-        raise ConfigError(f"invalid --external-url: {exc}", code="config_invalid") from exc
+    except ValidationError as exc:
+        why = str(exc.errors()[0].get("msg", "not a URL")).removeprefix("Value error, ")
+        raise ConfigError(
+            f"invalid --external-url: {safe_text(why)}", code="config_invalid"
+        ) from None
     application = create_app(gate, settings)
     print_error(
         f"opsgate serving {gate.state_dir} on {host}:{port} as {url} "
         f"(approvers sign in at {url.rstrip('/')}/ui)"
     )
+    if gate.policies is None:
+        print_error(NO_POLICIES)
     settle_heap()
     uvicorn.run(
         application,

@@ -13,6 +13,7 @@ import opsgate
 from opsgate.cli import app
 from opsgate.identity.keys import did_from_public_key, read_private_key
 
+ROOT = Path(__file__).resolve().parents[2]
 runner = CliRunner()
 
 
@@ -111,3 +112,23 @@ def test_serve_needs_an_external_url_off_loopback(tmp_path: Path) -> None:
     assert code == 1 and "external_url_missing" in err
     code, _, err = run(state, "serve", "--host", "0.0.0.0", "--external-url", "ftp://x")
     assert code == 1 and "config_invalid" in err
+    # One line saying what is wrong, not the validation library's report.
+    code, _, err = run(state, "serve", "--external-url", "notaurl")
+    assert code == 1 and err.strip().splitlines() == [
+        "error [config_invalid]: invalid --external-url: external_url must be an http(s) "
+        "URL with a host"
+    ], err
+
+
+def test_a_gate_without_policies_says_so_where_it_starts(tmp_path: Path) -> None:
+    """Without a policy, capabilities alone decide (production included, save the
+    trust gate): `init` says so, and does not once a policy is configured."""
+    state = tmp_path / "s"
+    code, out, err = run(state, "init")
+    assert code == 0 and "no policies are loaded" in err and "production" in err
+    assert "no policies" not in out  # stdout stays the gate's facts
+    with_policy = tmp_path / "p"
+    with_policy.mkdir(mode=0o700)
+    (with_policy / "opsgate.yaml").write_text(f"policies: {ROOT / 'examples' / 'policies.yaml'}\n")
+    code, _, err = run(with_policy, "init")
+    assert code == 0 and "no policies" not in err, err
