@@ -238,9 +238,12 @@ class ApprovalService:
         secret (for the cookie, stored only hashed) and the session. Audited, also
         when refused."""
         t = to_epoch(now)
-        who = safe_text(email) if isinstance(email, str) else "?"
+        # Until the address is a plain email, the refusal is nobody's: what was typed
+        # (a did, "gate", any text) never becomes an audit actor, only a field.
+        who = "anonymous"
+        presented: str | None = safe_text(email) if isinstance(email, str) else "?"
         try:
-            who = self._email(email)
+            who, presented = self._email(email), None
             if not 60 <= ttl_seconds <= 12 * 3600:
                 raise ApprovalError("session lifetime out of range", code="session_ttl_invalid")
             secret = secrets.token_urlsafe(32)
@@ -257,7 +260,12 @@ class ApprovalService:
                 )
         except ApprovalError as exc:
             self._audit.append(
-                "approver.sign_in_refused", actor=who, at=t, code=exc.code, reason=exc.message
+                "approver.sign_in_refused",
+                actor=who,
+                at=t,
+                code=exc.code,
+                reason=exc.message,
+                presented=presented,
             )
             raise
         return secret, session

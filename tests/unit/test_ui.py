@@ -328,6 +328,22 @@ def test_a_wrong_token_is_refused_and_gets_no_session(api: Api) -> None:
         assert conn.execute(schema.approver_sessions.select()).all() == []
 
 
+def test_a_refused_sign_in_never_files_an_event_under_what_was_typed(api: Api) -> None:
+    """The address typed at sign-in is not an actor until it is a plain email: an
+    agent's did, the gate's own name or an operator's label typed there lands as a
+    field of an `anonymous` refusal, never among that agent's (or anyone's) events."""
+    did = api.world.agent.did
+    for typed in (did, "gate", "operator:root"):
+        assert sign_in(api.client, typed, "x").status_code == 401
+    refused = audit_events(api.gate, "approver.sign_in_refused")[-3:]
+    assert [e["actor"] for e in refused] == ["anonymous"] * 3
+    assert [e["presented"] for e in refused] == [did, "gate", "operator:root"]
+    assert [r for r in api.gate.audit.tail(1000, actor=did) if r.type.startswith("approver")] == []
+    # A refusal for a plain address is about that address's account: filed under it.
+    assert sign_in(api.client, JOHN, "opsg_apr_wrong").status_code == 401
+    assert audit_events(api.gate, "approver.sign_in_refused")[-1]["actor"] == JOHN
+
+
 def test_the_sign_in_form_needs_its_csrf_token(api: Api) -> None:
     token = api.world.approver_tokens[JOHN]
     form = api.client.get("/ui/signin")
@@ -378,6 +394,9 @@ def test_forms_must_be_urlencoded_with_known_fields_once(api: Api) -> None:
         "https://evil.example/ui/approvals",
         "//evil.example/ui",
         "/ui/../v1/agents",
+        "/ui/agents/../../v1/agents",
+        "/ui/./../v1",
+        "/ui/..",
         "/ui\\@evil",
         "/uievil",
         "/v1/approvals",
@@ -387,6 +406,14 @@ def test_forms_must_be_urlencoded_with_known_fields_once(api: Api) -> None:
 def test_sign_in_goes_back_only_to_a_ui_page(api: Api, target: str) -> None:
     r = sign_in(api.client, JOHN, api.world.approver_tokens[JOHN], next_page=target)
     assert r.status_code == 303 and r.headers["location"] == "/ui/approvals"
+
+
+def test_a_link_to_an_agent_with_a_dot_in_its_name_survives_sign_in(api: Api) -> None:
+    """Agent names may hold '.', so its page's link must survive the sign-in detour."""
+    r = api.client.get("/ui/agents/deploy.v2", follow_redirects=False)
+    assert r.headers["location"] == "/ui/signin?next=/ui/agents/deploy.v2"
+    r = sign_in(api.client, JOHN, api.world.approver_tokens[JOHN], "/ui/agents/deploy.v2")
+    assert r.status_code == 303 and r.headers["location"] == "/ui/agents/deploy.v2"
 
 
 def test_a_link_to_one_approval_leads_there_after_sign_in(api: Api) -> None:
@@ -798,3 +825,51 @@ def test_characters_a_reader_cannot_see_are_shown_on_the_approval_page(api: Api)
     html = client.get(f"/ui/approvals/{approval_id}").text
     params = html.split('id="params"')[1].split("</table>")[0]
     assert "ma⟨U+200B⟩in ⟨U+202E⟩db-noitcudorp⟨U+202C⟩⟨U+00A0⟩" in params
+
+
+# Drawn as nothing (or a blank) though neither format nor space characters: combining
+# grapheme joiner, variation selectors, Mongolian and Khmer invisibles, Hangul fillers,
+# the blank braille pattern.
+IGNORABLE = "\u034f\ufe00\ufe0f\U000e0100\u180b\u17b4\u115f\u1160\u3164\uffa0\u2800"
+
+
+def test_default_ignorable_characters_are_written_out_too(api: Api) -> None:
+    approval_id = pending(api, noise="2.4.1" + IGNORABLE)
+    client = signed_in(api)
+    for html in (client.get(f"/ui/approvals/{approval_id}").text, client.get("/ui/approvals").text):
+        for hidden in IGNORABLE:
+            assert hidden not in html, f"U+{ord(hidden):04X}"
+    html = client.get(f"/ui/approvals/{approval_id}").text
+    assert "2.4.1⟨U+034F⟩⟨U+FE00⟩⟨U+FE0F⟩⟨U+E0100⟩" in html
+
+
+def test_the_audit_page_writes_out_what_a_reader_cannot_see(api: Api) -> None:
+    """An approver's comment (any text) reaches the audit page: a right-to-left override
+    there would turn the event's text around."""
+    approval_id = pending(api)
+    api.gate.approvals.approve(
+        approval_id,
+        approver=JOHN,
+        token=api.world.approver_tokens[JOHN],
+        comment="looks fine \u202eyrtne kaeh\u202c \u034f",
+    )
+    html = signed_in(api).get("/ui/audit").text
+    for hidden in ("\u202e", "\u202c", "\u034f"):
+        assert hidden not in html
+    assert "⟨U+202E⟩yrtne kaeh⟨U+202C⟩" in html
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "agent=%0Adeploy-agent",
+        "agent=%09deploy-agent%0D%0A",
+        "type=approval.requested%0A",
+        "agent=" + "x" * 128 + "%00",
+        "type=" + "y" * 65,
+        "agent=" + "z" * 129,
+    ],
+)
+def test_an_audit_filter_is_checked_as_given_never_trimmed_or_cut(api: Api, query: str) -> None:
+    r = signed_in(api).get(f"/ui/audit?{query}")
+    assert r.status_code == 422 and "audit_query_invalid" in r.text, (query, r.status_code)

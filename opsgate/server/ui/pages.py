@@ -397,16 +397,20 @@ async def agent(agent: str, request: Request) -> Response:
 async def audit(request: Request) -> Response:
     ctx = _ctx(request)
     q = request.query_params
-    agent_filter = (q.get("agent") or "").strip()[:128]
-    type_filter = (q.get("type") or "").strip()[:64]
+    agent_given, type_given = q.get("agent") or "", q.get("type") or ""
+    agent_filter, type_filter = agent_given.strip(), type_given.strip()
 
     def load() -> tuple[list[dict[str, Any]], Any, str | None]:
         problem = None
         actor = None
-        if not plain_text(agent_filter):  # refused as the API's actor filter is
-            raise AuditError(
-                "the agent filter must be one line of text", code="audit_query_invalid"
-            )
+        # Checked as given (never cut or trimmed into another filter), refused as the
+        # API's filters are.
+        for given, limit, what in ((agent_given, 128, "agent"), (type_given, 64, "type")):
+            if not plain_text(given) or len(given) > limit:
+                raise AuditError(
+                    f"the {what} filter must be one line of text of at most {limit} characters",
+                    code="audit_query_invalid",
+                )
         if agent_filter:
             try:
                 actor = ctx.gate.agents.resolve(agent_filter)

@@ -38,7 +38,9 @@ _HEADERS = [
 ]
 _HSTS = (b"strict-transport-security", b"max-age=31536000")
 _MAX_FIELDS = 8
-_NEXT = re.compile(r"/ui(/[A-Za-z0-9_-]+)*/?\Z")
+# A UI page: segments of letters, digits, '_', '-' and '.' (an agent's name may hold
+# one), never a '.' or '..' segment.
+_NEXT = re.compile(r"/ui(/(?!\.\.?(?:/|\Z))[A-Za-z0-9_.-]+)*/?\Z")
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]

@@ -27,18 +27,46 @@ MAX_EVENT_TEXT = 400
 _UNSEEN = frozenset({"Cc", "Cf", "Cn", "Co", "Cs", "Zl", "Zp"})
 
 
+# Unicode's Default_Ignorable_Code_Point ranges (drawn as nothing whatever their
+# category: combining grapheme joiner, variation selectors, Hangul fillers, tags, ...)
+# and the blank braille pattern, which draws as a space.
+_IGNORABLE = (
+    (0x00AD, 0x00AD),
+    (0x034F, 0x034F),
+    (0x061C, 0x061C),
+    (0x115F, 0x1160),
+    (0x17B4, 0x17B5),
+    (0x180B, 0x180F),
+    (0x200B, 0x200F),
+    (0x202A, 0x202E),
+    (0x2060, 0x206F),
+    (0x2800, 0x2800),
+    (0x3164, 0x3164),
+    (0xFE00, 0xFE0F),
+    (0xFEFF, 0xFEFF),
+    (0xFFA0, 0xFFA0),
+    (0xFFF0, 0xFFF8),
+    (0x1BCA0, 0x1BCA3),
+    (0x1D173, 0x1D17A),
+    (0xE0000, 0xE0FFF),
+)
+
+
+def _unseen(ch: str) -> bool:
+    if ch in "\r\n\t":
+        return False
+    if unicodedata.category(ch) in _UNSEEN or (ch.isspace() and ch != " "):
+        return True
+    cp = ord(ch)
+    return any(lo <= cp <= hi for lo, hi in _IGNORABLE)
+
+
 def visible(text: str) -> str:
     """`text` with every character a reader cannot see written out as ⟨U+XXXX⟩ (line
     breaks and tabs kept), so 'main' with a zero-width space inside never reads as 'main'."""
     if text.isascii() and text.isprintable():
         return text
-    return "".join(
-        f"⟨U+{ord(ch):04X}⟩"
-        if ch not in "\r\n\t"
-        and (unicodedata.category(ch) in _UNSEEN or (ch.isspace() and ch != " "))
-        else ch
-        for ch in text
-    )
+    return "".join(f"⟨U+{ord(ch):04X}⟩" if _unseen(ch) else ch for ch in text)
 
 
 def _visible_all(value: Any) -> Any:
@@ -284,10 +312,10 @@ def event_rows(gate: Gate, records: list[Any]) -> list[dict[str, Any]]:
             {
                 "seq": r.seq,
                 "at": r.at,
-                "type": r.type,
-                "actor": r.actor,
+                "type": visible(r.type),
+                "actor": None if r.actor is None else visible(r.actor),
                 "actor_name": names.get(r.actor or ""),
-                "fields": compact(fields),
+                "fields": visible(compact(fields)),
             }
         )
     return out
