@@ -131,6 +131,10 @@ def _actor(
     A refusal here is printed as JSON under `--json`, as one from `Gate.execute` is.
     """
     try:
+        if as_ is not None and not as_.strip():
+            # An empty --as (an unset $AGENT in "--as $AGENT") is a mistake, never a
+            # quiet fall-back to the configured default agent.
+            raise _usage("--as names no agent (empty); name the agent to act as")
         gate = open_gate(state_dir)
         ref = as_ or gate.config.cli.agent
         if not ref:
@@ -903,7 +907,7 @@ def status(
     gate = open_gate(state_dir)
     act = _actor(
         state_dir,
-        as_ or gate.config.cli.monitor_agent,
+        gate.config.cli.monitor_agent if as_ is None else as_,
         [op.capability],
         json_out,
         configured="cli.monitor_agent or cli.agent",

@@ -188,7 +188,8 @@ class ApprovalService:
             return self._token_ttl_days * DAY
         if isinstance(ttl_days, bool) or not isinstance(ttl_days, int) or not 1 <= ttl_days <= 3650:
             raise TokenTtlInvalid(
-                f"token lifetime must be whole days from 1 to 3650, got {shown(ttl_days)}",
+                f"token lifetime must be whole days from 1 to 3650, got "
+                f"{ttl_days if type(ttl_days) is int else shown(ttl_days)}",
                 code="token_ttl_invalid",
             )
         return ttl_days * DAY

@@ -1143,6 +1143,8 @@ def test_a_token_lifetime_outside_whole_days_1_to_3650_is_refused(world: World, 
         with pytest.raises(opsgate.ApprovalError) as exc:
             call()
         assert exc.value.code == "token_ttl_invalid"
+        if type(ttl) is int:  # the number itself, not its type
+            assert exc.value.message.endswith(f"got {ttl}"), exc.value.message
     assert world.gate.approvals.list_approvers() == before
     # John's token was not replaced.
     pending = request_approval(world)

@@ -253,6 +253,17 @@ def test_refusals_exit_1_with_their_code(world: World) -> None:
     assert not (world.tmp / "releases").exists()
 
 
+@pytest.mark.parametrize("empty", ["", "  "])
+def test_an_empty_as_is_a_usage_error_not_the_default_agent(world: World, empty: str) -> None:
+    """`--as "$AGENT"` with $AGENT unset names nobody: refused (exit 2), never the
+    configured cli.agent acting in its place."""
+    code, _, err = world.cli("deploy", "web", "2.0", "--env", "staging", "--as", empty)
+    assert code == 2 and "--as names no agent" in err, err
+    code, _, err = world.cli("status", "--as", empty)
+    assert code == 2 and "--as names no agent" in err, err
+    assert not (world.tmp / "releases").exists()
+
+
 def test_json_refusals_before_the_operation_runs_print_one_object_too(world: World) -> None:
     """A credential the operator may not issue, or an agent that does not exist, is
     refused before `Gate.execute`; `--json` still prints the refusal (not an empty stdout)."""
