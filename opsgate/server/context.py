@@ -83,6 +83,20 @@ class ServerContext:
 
     # -- agents -----------------------------------------------------------------------
 
+    def agent_scheme(self, request: Request) -> tuple[str, str]:
+        """The request's scheme and credential, if it is an agent's request at all (not
+        rate limited, not a human's Basic token): checked before its body is read, so
+        the wrong role is told as such whatever the body holds."""
+        self.check_blocked(request)
+        scheme, value = _authorization(request)
+        if scheme == "basic":
+            raise HttpRefusal("this endpoint is for agents (DPoP credentials)", code="wrong_role")
+        if scheme not in ("dpop", "bearer") or not value:
+            raise HttpRefusal(
+                "authorization must be 'DPoP <credential>'", code="authorization_malformed"
+            )
+        return scheme, value
+
     def agent_auth(self, request: Request, *, audited: bool = False) -> tuple[str, DPoPCheck]:
         """The presented credential and the DPoP check for this request.
 
@@ -92,14 +106,7 @@ class ServerContext:
         request is one the gate always audits durably before it answers (authorize,
         execute, resume), so its proof id needs no disk sync of its own.
         """
-        self.check_blocked(request)
-        scheme, value = _authorization(request)
-        if scheme == "basic":
-            raise HttpRefusal("this endpoint is for agents (DPoP credentials)", code="wrong_role")
-        if scheme not in ("dpop", "bearer") or not value:
-            raise HttpRefusal(
-                "authorization must be 'DPoP <credential>'", code="authorization_malformed"
-            )
+        scheme, value = self.agent_scheme(request)
         request.state.claimed_sub = unverified_sub(value)
         self.check_blocked(request)
         presented = tuple(request.headers.getlist("dpop")) if scheme == "dpop" else ()

@@ -172,6 +172,25 @@ def test_wrong_role_with_the_other_human_token(api: Api) -> None:
     assert (r.status_code, r.json()["code"]) == (403, "wrong_role")
 
 
+AGENT_POSTS = [e for e in ENDPOINTS if e[0] == "agent" and e[1] == "POST"]
+AGENT_POSTS.append(("agent", "POST", "/v1/tool-calls", {}, None))
+
+
+@pytest.mark.parametrize("body", [b"{}", b"not json", b'{"unknown": 1}'])
+@pytest.mark.parametrize("endpoint", AGENT_POSTS, ids=[f"{m} {p}" for _, m, p, _, _ in AGENT_POSTS])
+def test_a_human_token_on_an_agent_endpoint_is_the_wrong_role_whatever_the_body(
+    api: Api, endpoint: Any, body: bytes
+) -> None:
+    """The role is checked before the body: an operator's or approver's token sent to
+    an agent's endpoint is told `wrong_role`, not a complaint about the body."""
+    _, method, path, _, _ = endpoint
+    john = basic("john@company.com", api.world.approver_tokens["john@company.com"])
+    for headers in (api.operator(), {"Authorization": john}):
+        headers = {**headers, "Content-Type": "application/json"}
+        r = api.client.request(method, path, content=body, headers=headers)
+        assert (r.status_code, r.json()["code"]) == (403, "wrong_role"), (path, r.text)
+
+
 HUMAN_ENDPOINTS = [e for e in ENDPOINTS if e[0] != "agent"]
 
 

@@ -80,6 +80,7 @@ async def record_tool_call(request: Request) -> Response:
     """Audit one tool call of the presenting agent (`tool.call`)."""
     ctx = ctx_of(request)
     raw = await ctx.body(request)
+    ctx.agent_scheme(request)  # the role before the body
     body = ctx.parse(raw, ToolCallBody)
     claims = await ctx.agent_claims(request, raw)
     record = await run_in_threadpool(

@@ -106,6 +106,7 @@ async def renew(request: Request) -> Response:
     """A fresh credential for the presenting agent (default: the same scope)."""
     ctx = ctx_of(request)
     raw = await ctx.body(request)
+    ctx.agent_scheme(request)  # the role before the body
     body = ctx.parse(raw, RenewBody)
     claims = await ctx.agent_claims(request, raw)
     scope = body.scope if body.scope is not None else list(claims.scope)
@@ -120,6 +121,7 @@ async def revoke(request: Request) -> Response:
     """Revoke the credential presented (an agent giving up its own credential)."""
     ctx = ctx_of(request)
     raw = await ctx.body(request)
+    ctx.agent_scheme(request)  # the role before the body
     ctx.parse(raw, Body)
     claims = await ctx.agent_claims(request, raw)
     await run_in_threadpool(

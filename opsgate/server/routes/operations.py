@@ -60,8 +60,9 @@ def _count(ctx: Any, result: Outcome | PendingApproval) -> None:
 async def execute(request: Request) -> Response:
     """Run an operation: 200 with its outcome, or 202 when it waits for approval."""
     ctx = ctx_of(request)
-    body = ctx.parse(await ctx.body(request), ExecuteBody)
-    token, check = ctx.agent_auth(request, audited=True)
+    raw = await ctx.body(request)
+    token, check = ctx.agent_auth(request, audited=True)  # the role before the body
+    body = ctx.parse(raw, ExecuteBody)
     secret = None if body.secret is None else SecretValue(body.secret)
     operation = Operation(body.action, body.resource, body.params, body.dry_run, secret=secret)
     started = time.perf_counter()
@@ -84,8 +85,9 @@ async def execute(request: Request) -> Response:
 async def resume(approval_id: str, request: Request) -> Response:
     """Run an approved request (the approval fixes the operation), once."""
     ctx = ctx_of(request)
-    ctx.parse(await ctx.body(request), Body)
-    token, check = ctx.agent_auth(request, audited=True)
+    raw = await ctx.body(request)
+    token, check = ctx.agent_auth(request, audited=True)  # the role before the body
+    ctx.parse(raw, Body)
     started = time.perf_counter()
     try:
         result = await run_in_threadpool(lambda: ctx.gate.resume(approval_id, token, proof=check))
@@ -102,8 +104,9 @@ async def resume(approval_id: str, request: Request) -> Response:
 async def authorize(request: Request) -> Response:
     """Decide whether the credential may exercise a capability now (audited, scored)."""
     ctx = ctx_of(request)
-    body = ctx.parse(await ctx.body(request), AuthorizeBody)
-    token, check = ctx.agent_auth(request, audited=True)
+    raw = await ctx.body(request)
+    token, check = ctx.agent_auth(request, audited=True)  # the role before the body
+    body = ctx.parse(raw, AuthorizeBody)
     if ctx.authorizer is not None:
         decision = await ctx.authorizer.decide(
             AuthorizeRequest(token, body.capability, proof=check, params=body.params)
