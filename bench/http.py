@@ -336,13 +336,11 @@ def make_gate(work: Path, name: str, database_url: str | None) -> Opsgate:
 
 
 @contextlib.contextmanager
-def serve(state_dir: Path, workers: int = 1) -> Iterator[str]:
+def serve(state_dir: Path) -> Iterator[str]:
     port = free_port()
     env = {**os.environ, "OPSGATE_STATE_DIR": str(state_dir)}
     cmd = [sys.executable, "-m", "opsgate.cli", "serve", "--port", str(port)]
     cmd += ["--external-url", EXTERNAL]
-    if workers > 1:
-        cmd += ["--workers", str(workers)]
     proc = subprocess.Popen(cmd, env=env, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     try:
