@@ -4,6 +4,7 @@ refuses. Each test first gets a header remembered, then tries to ride on it."""
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Any
 
@@ -80,13 +81,7 @@ def test_a_remembered_header_is_checked_against_the_rules_in_force() -> None:
     agent = Ed25519PrivateKey.generate()
     proof = _proof(agent)
     _check(proof, agent)
-    strict = dpop.ProofRules(
-        external_url=BASE,
-        allowed_algorithms=("Ed448",),
-        window_seconds=60,
-        leeway_seconds=5,
-        replay_skew_seconds=5,
-    )
+    strict = dataclasses.replace(RULES, allowed_algorithms=("Ed448",))
     assert _refused(_proof(agent), agent, strict) == "dpop_alg_not_allowed"
     _check(_proof(agent), agent)  # and allowed again under the first rules
 
