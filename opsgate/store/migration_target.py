@@ -353,12 +353,13 @@ class MigrationTarget:
             cur.execute(sql.replace("?", "%s").encode(), tuple(params))
             return list(cur.fetchall()) if cur.description else []
 
-    def _run(self, sql: str, params: Sequence[Any] = ()) -> None:
+    def _run(self, sql: str, params: Sequence[Any] = ()) -> int:
+        """Run one statement; the number of rows it changed."""
         if self.dialect == "sqlite":
-            self._conn.execute(sql, tuple(params))
-        else:
-            with self._conn.cursor() as cur:
-                cur.execute(sql.replace("?", "%s").encode(), tuple(params))
+            return int(self._conn.execute(sql, tuple(params)).rowcount)
+        with self._conn.cursor() as cur:
+            cur.execute(sql.replace("?", "%s").encode(), tuple(params))
+            return int(cur.rowcount)
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[None]:
@@ -639,17 +640,11 @@ class MigrationTarget:
     def _mark_applied(self, row_id: int, at: float, started: float) -> None:
         """The run's row marked applied, in the migration's transaction; a row the
         migration itself changed or removed fails the run (all of it rolled back)."""
-        sql = (
+        changed = self._run(
             "UPDATE opsgate_schema_history SET state = 'applied', success = ?, applied_at = ?, "
-            "duration_ms = ? WHERE id = ? AND state = 'running'"
+            "duration_ms = ? WHERE id = ? AND state = 'running'",
+            (True, at, int(max(0.0, at - started) * 1000), row_id),
         )
-        params = (True, at, int(max(0.0, at - started) * 1000), row_id)
-        if self.dialect == "sqlite":
-            changed = self._conn.execute(sql, params).rowcount
-        else:
-            with self._conn.cursor() as cur:
-                cur.execute(sql.replace("?", "%s").encode(), params)
-                changed = cur.rowcount
         if changed != 1:
             raise StatementFailed(
                 "recording the result failed: the migration changed its own history row",
