@@ -800,6 +800,15 @@ def serve(
             "loopback host, http://HOST:PORT)."
         ),
     ] = None,
+    workers: Annotated[
+        int,
+        typer.Option(
+            help="Worker processes sharing the port, each a replica on the state database "
+            "(one process uses one core).",
+            min=1,
+            max=64,
+        ),
+    ] = 1,
     state_dir: StateDir = None,
 ) -> None:
     """Run the HTTP API (agents: client assertion + DPoP; approvers and operators: tokens)."""
@@ -807,6 +816,7 @@ def serve(
     from pydantic import ValidationError
 
     from opsgate.server import create_app, settle_heap, uvicorn_options
+    from opsgate.server.app import WORKER_EXTERNAL_URL, WORKER_STATE_DIR
 
     gate = open_gate(state_dir, publish_policies=True)
     settings = gate.config.server
@@ -826,28 +836,38 @@ def serve(
         raise ConfigError(
             f"invalid --external-url: {safe_text(why)}", code="config_invalid"
         ) from None
+    options: dict[str, Any] = {
+        "host": host,
+        "port": port,
+        "log_level": "warning",
+        "access_log": False,
+        "server_header": False,
+        # Bounded request heads and a bounded number of connections per process.
+        "h11_max_incomplete_event_size": 16 * 1024,
+        "limit_concurrency": 1024,
+        "timeout_keep_alive": 5,
+        "timeout_graceful_shutdown": 10,
+        **uvicorn_options(settings),
+    }
+    where = f"on {host}:{port} as {url} (approvers sign in at {url.rstrip('/')}/ui)"
+    if workers > 1:
+        # The workers open the gate themselves (a spawned process shares no connection
+        # or thread with this one); this one only checked it and supervises them.
+        no_policies = gate.policies is None
+        os.environ[WORKER_STATE_DIR] = str(gate.state_dir)
+        os.environ[WORKER_EXTERNAL_URL] = url
+        gate.close()
+        print_error(f"opsgate serving {gate.state_dir} with {workers} workers {where}")
+        if no_policies:
+            print_error(NO_POLICIES)
+        uvicorn.run("opsgate.server.app:worker_app", factory=True, workers=workers, **options)
+        return
     application = create_app(gate, settings)
-    print_error(
-        f"opsgate serving {gate.state_dir} on {host}:{port} as {url} "
-        f"(approvers sign in at {url.rstrip('/')}/ui)"
-    )
+    print_error(f"opsgate serving {gate.state_dir} {where}")
     if gate.policies is None:
         print_error(NO_POLICIES)
     settle_heap()
-    uvicorn.run(
-        application,
-        host=host,
-        port=port,
-        log_level="warning",
-        access_log=False,
-        server_header=False,
-        # Bounded request heads and a bounded number of connections per process.
-        h11_max_incomplete_event_size=16 * 1024,
-        limit_concurrency=1024,
-        timeout_keep_alive=5,
-        timeout_graceful_shutdown=10,
-        **uvicorn_options(settings),
-    )
+    uvicorn.run(application, **options)
     gate.close()
 
 

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import gc
 import math
+import os
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -51,12 +52,17 @@ def _error_body(exc: OpsgateError) -> dict[str, Any]:
 
 
 def create_app(
-    gate: Gate, settings: ServerConfig | None = None, *, direct_authorize: bool = True
+    gate: Gate,
+    settings: ServerConfig | None = None,
+    *,
+    direct_authorize: bool = True,
+    owns_gate: bool = False,
 ) -> FastAPI:
     """The API of `gate`. `settings.external_url` is required: proofs name it.
 
     `direct_authorize=False`: `POST /v1/authorize` through FastAPI's router like every
-    other route (the tests compare the two ways; see `DirectAuthorize`)."""
+    other route (the tests compare the two ways; see `DirectAuthorize`).
+    `owns_gate`: the app closes the gate when it shuts down (a worker process's)."""
     settings = settings or gate.config.server
     if settings.external_url is None:
         raise ConfigError(
@@ -92,6 +98,8 @@ def create_app(
         # whatever is still queued) before the gate it decides with is closed.
         if ctx.authorizer is not None:
             await asyncio.to_thread(ctx.authorizer.close)
+        if owns_gate:
+            await asyncio.to_thread(gate.close)
 
     app = FastAPI(
         title="opsgate",
@@ -177,6 +185,43 @@ def settle_heap() -> None:
     gc.freeze()
     _, older, oldest = gc.get_threshold()
     gc.set_threshold(YOUNG_COLLECTION_THRESHOLD, older, oldest)
+
+
+# How `opsgate serve --workers N` tells its worker processes what the parent checked:
+# the state dir (absolute) and the external URL the proofs name.
+WORKER_STATE_DIR = "OPSGATE_STATE_DIR"
+WORKER_EXTERNAL_URL = "OPSGATE_SERVE_EXTERNAL_URL"
+
+
+def worker_app() -> FastAPI:
+    """The app of one worker process of `opsgate serve --workers N` (uvicorn's factory).
+
+    Each worker is a replica of its own on the shared state database (its own gate,
+    caches and authorize thread; revocations reach it through the change feed, proof
+    ids through the replay store, the audit chain through the database's write lock),
+    so N workers use N cores where one process is bound to one by the GIL. The parent
+    opened the gate first (migrations, policies, the external URL checked) and put
+    what it checked in the environment the workers start with."""
+    from pathlib import Path
+
+    state_dir = os.environ.get(WORKER_STATE_DIR, "")
+    external = os.environ.get(WORKER_EXTERNAL_URL, "")
+    if not state_dir or not external:
+        raise ConfigError(
+            "a worker process is started by `opsgate serve --workers N`, which names its "
+            "state dir and external URL",
+            code="config_invalid",
+        )
+    gate = Gate.open(Path(state_dir), create=False, publish_policies=True)
+    try:
+        base = gate.config.server
+        settings = base.model_validate({**base.model_dump(), "external_url": external})
+        app = create_app(gate, settings, owns_gate=True)
+    except BaseException:
+        gate.close()
+        raise
+    settle_heap()
+    return app
 
 
 def uvicorn_options(settings: ServerConfig) -> dict[str, Any]:

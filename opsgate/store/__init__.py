@@ -8,9 +8,11 @@ so read-modify-write sequences never deadlock or interleave across processes.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import functools
 import os
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -181,9 +183,10 @@ class Store:
             )
             self._read_engine = self._write_engine
         self._migrate_lock = threading.Lock()
-        # SQLite has one writer at a time. Writers of this process queue here rather
-        # than in SQLite's busy handler, which sleeps 1 to 100 ms per retry.
-        self._sqlite_writer = threading.Lock() if self.dialect == "sqlite" else None
+        # SQLite has one writer at a time. Writers queue here rather than in SQLite's
+        # busy handler, which sleeps 1 to 100 ms per retry: this process's threads on a
+        # lock, the processes serving one state dir on a lock file beside the database.
+        self._sqlite_writer = WriterTurn(self.url) if self.dialect == "sqlite" else None
 
     @classmethod
     def for_state_dir(
@@ -248,11 +251,11 @@ class Store:
 
     @contextmanager
     def writer_turn(self) -> Iterator[None]:
-        """This process's turn to write (SQLite; nothing to wait for on PostgreSQL)."""
+        """This writer's turn to write (SQLite; nothing to wait for on PostgreSQL)."""
         if self._sqlite_writer is None:
             yield
             return
-        with self._sqlite_writer:
+        with self._sqlite_writer.turn():
             yield
 
     @contextmanager
@@ -375,15 +378,99 @@ class Store:
         path = make_url(self.url).database
         if not path:
             return
-        for suffix in ("", "-wal", "-shm"):
+        for suffix in ("", "-wal", "-shm", "-writer"):
             f = Path(path + suffix)
             if f.exists():
                 f.chmod(0o600)
 
     def dispose(self) -> None:
         self._write_engine.dispose()
+        if self._sqlite_writer is not None:
+            self._sqlite_writer.close()
         if self._read_engine is not self._write_engine:
             self._read_engine.dispose()
+
+
+# Never through a link planted in its place; never truncated.
+_LOCK_FLAGS = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW
+
+
+class WriterTurn:
+    """Whose turn it is to write an SQLite database: one thread of this process (a
+    lock), and one process of those that share the file (an exclusive `flock` on
+    `<database>-writer`, which the kernel releases if its holder dies).
+
+    Only a queue: SQLite's own write lock (BEGIN IMMEDIATE) still decides, so a
+    database whose lock file cannot be opened (a read-only directory, a database in
+    memory) is written as correctly, only with the busy handler's sleeps between
+    processes. A process waits for the file lock in steps of 0.1 to 2 ms (a blocking
+    wait could not be bounded) and gives up after `timeout` seconds, as SQLite's busy
+    timeout does.
+    """
+
+    def __init__(self, url: str, *, timeout: float = 30.0) -> None:
+        self._lock = threading.Lock()
+        self._timeout = timeout
+        self._fd: int | None = None
+        path = make_url(url).database
+        # Opened at the first write, so that opening a state dir that is then refused
+        # (another gate's database) leaves no file behind.
+        self._path = (
+            f"{path}-writer"
+            if path and path != ":memory:" and not path.startswith("file:")
+            else None
+        )
+
+    @contextmanager
+    def turn(self) -> Iterator[None]:
+        with self._lock:
+            if self._fd is None and self._path is not None:
+                try:
+                    self._fd = os.open(self._path, _LOCK_FLAGS, 0o600)
+                except OSError:
+                    self._path = None  # unwritable: SQLite's busy handler alone
+            fd = self._fd
+            if fd is None:
+                yield
+                return
+            self._acquire(fd)
+            try:
+                yield
+            finally:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+
+    def _acquire(self, fd: int) -> None:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            pass
+        deadline = time.monotonic() + self._timeout
+        pause = 0.0001
+        while True:
+            time.sleep(pause)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise StoreError(
+                        "the state database did not answer in time (a lock held "
+                        "elsewhere, or overload)",
+                        code="store_timeout",
+                    ) from None
+                pause = min(pause * 2, 0.002)
+
+    def close(self) -> None:
+        """Close the lock file (after any writer of this process has finished)."""
+        if not self._lock.acquire(timeout=self._timeout):
+            return  # a writer still holds its turn: the file stays open
+        try:
+            fd, self._fd = self._fd, None
+            if fd is not None:
+                os.close(fd)
+        finally:
+            self._lock.release()
 
 
 class DedicatedWriter:
@@ -447,4 +534,4 @@ class DedicatedWriter:
                 conn.close()
 
 
-__all__ = ["DedicatedWriter", "Store", "schema"]
+__all__ = ["DedicatedWriter", "Store", "WriterTurn", "schema"]
