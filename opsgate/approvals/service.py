@@ -356,6 +356,11 @@ class ApprovalService:
             expires_at=now + expiry,
         )
         with self._store.write() as conn:
+            # The audit head first: this transaction appends to the log anyway, and
+            # holding it from the count on makes count-then-insert one step for every
+            # replica (two requests at once on PostgreSQL each counted the other's
+            # place free, and both got in beyond the limit).
+            self._audit.hold_head(conn)
             # Those asked for before its credentials were cut can never run (consume).
             since = agent.credentials_not_before
             waiting = approval_rows.pending_count(conn, agent.did, now, since)

@@ -271,3 +271,35 @@ def test_an_approval_requested_before_a_revocation_on_another_replica_is_not_con
     assert refused.value.code == "approval_outlived"
     assert executor_b.runs == [] and w.executor.runs == []
     assert w.status(pending.approval_id) == "approved"  # refused, not used
+
+
+def test_requests_at_once_on_two_replicas_stay_within_the_pending_limit(
+    replicas: tuple[World, opsgate.Gate, RecordingExecutor],
+) -> None:
+    """approvals.max_pending_per_agent (10) holds for requests racing on both replicas:
+    each counts the waiting ones and inserts its own as one step."""
+    w, b, _ = replicas
+    start = threading.Barrier(20)
+    results: list[str] = []
+    lock = threading.Lock()
+
+    def request(gate: opsgate.Gate, i: int) -> None:
+        start.wait()
+        try:
+            got = gate.execute(w.token, deploy(noise=f"race {i}"))
+            outcome = "pending" if isinstance(got, PendingApproval) else type(got).__name__
+        except opsgate.OpsgateError as exc:
+            outcome = exc.code
+        with lock:
+            results.append(outcome)
+
+    threads = [
+        threading.Thread(target=request, args=(w.gate if i % 2 else b, i)) for i in range(20)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert sorted(results) == ["approval_limit"] * 10 + ["pending"] * 10
+    assert len(w.gate.approvals.list(status="pending")) == 10
+    assert w.gate.audit.verify().ok
