@@ -38,13 +38,15 @@ class Checkpoint:
     public_key: dict[str, str] = field(default_factory=dict)
 
     def payload(self) -> bytes:
+        # `at` as a float whatever it was given as: it is stored and read back as one,
+        # and a signature over the integer 5 never verifies against 5.0.
         return canonical(
             {
                 "type": CHECKPOINT_TYPE,
                 "gate": self.gate,
                 "seq": self.seq,
                 "hash": self.hash,
-                "at": self.at,
+                "at": float(self.at),
                 "kid": self.kid,
             }
         )

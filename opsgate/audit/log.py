@@ -324,6 +324,7 @@ class AuditLog:
 
     def _write_checkpoint(self, cur: Any, seq: int, digest: str, at: float) -> Checkpoint:
         self._check_extends(cur, seq)
+        at = float(at)
         kid, sign = self._signer()
         signature = sign(Checkpoint(self._gate_id, seq, digest, at, kid, "").payload())
         self._sql.store_checkpoint(cur, seq, digest, at, kid, signature)

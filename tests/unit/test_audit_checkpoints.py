@@ -345,3 +345,20 @@ def test_after_a_restore_from_backup_signing_resumes_only_by_the_documented_proc
         assert cp.seq == gate.audit.head()[0]
         assert gate.audit.verify().ok
     assert load_anchor(state / CHECKPOINT_FILE).seq >= cp.seq
+
+
+def test_a_checkpoint_at_a_whole_second_verifies(tmp_path: Path) -> None:
+    """A time given as an integer (a caller's `now`) is signed as the float it is
+    stored and read back as: the checkpoint, its copy in the state dir and an export
+    all verify."""
+    with _open(tmp_path, None) as gate:
+        gate.audit.append("test.event", n=1)
+        cp = gate.audit.checkpoint(at=int(time.time()))
+        gate.audit.append("test.event", n=2, at=int(time.time()))
+        exported = gate.audit.export_checkpoint(tmp_path / "anchor.json")
+        report = gate.audit.verify()
+        assert report.ok, report
+        assert gate.audit.verify(load_anchor(tmp_path / "anchor.json")).ok
+        kept = load_anchor(tmp_path / "state" / CHECKPOINT_FILE)
+        assert kept.seq == exported.seq and kept.at == float(kept.at)
+        assert cp.at == float(cp.at)
