@@ -108,15 +108,16 @@ def credit(
         grant = 0
     window, credited = ledger.window_start, ledger.credited
     # A clock that runs backwards keeps the current window: it never opens a new one.
-    if window is None or now >= window + DAY_SECONDS:
-        window, credited = now, 0
+    expired = window is None or now >= window + DAY_SECONDS
+    if expired:
+        credited = 0
     room = max(0, rules.max_credit_per_day - credited)
     if grant > room:
         withheld.append(
             (
                 "daily_cap",
                 f"credit is capped at {rules.max_credit_per_day} points per 24 h "
-                f"({credited} earned since {_iso(window)})",
+                f"({credited} earned since {_iso(now if expired or window is None else window)})",
             )
         )
         grant = room
@@ -132,6 +133,12 @@ def credit(
         )
         grant = max(0, approval_below - 1 - old)
     new = clamp(old + grant)
+    # A window opens with the first credit actually granted, never with a success that
+    # earned nothing (a repeated plan, a capped rise): one opened early would end early,
+    # and a full day's credit just before its end and another just after would be
+    # twice the cap within minutes.
+    if expired:
+        window = now if new > old else None
     after = Ledger(new, ledger.clean_since, window, credited + (new - old))
     return Credit(new - old, after, tuple(withheld))
 

@@ -294,3 +294,37 @@ def test_an_operator_lowering_below_the_suspension_line_suspends(tmp_path: Path)
         assert farm.cast["child"].status == "suspended"
     finally:
         farm.gate.close()
+
+
+def test_a_success_that_earned_nothing_opens_no_credit_window() -> None:
+    """The 24 h window opens with the first point granted: a repeated plan earning
+    nothing at 00:00 must not start a window that ends at 24:00, which would let a
+    day's credit at 23:59 and another at 24:01 (twice the cap within minutes)."""
+    from opsgate.config import CreditRules
+    from opsgate.trust.scoring import DAY_SECONDS, Ledger, credit
+
+    rules = CreditRules(max_credit_per_day=25, clean_history_days=0)
+    ledger = Ledger(score=600, clean_since=0.0, window_start=None, credited=0)
+    nothing = credit(ledger, 10, now=1000.0, repeated=True, rules=rules, approval_below=900)
+    assert nothing.delta == 0 and nothing.ledger.window_start is None
+    late = 1000.0 + DAY_SECONDS - 60
+    earned = 0
+    ledger = nothing.ledger
+    for i in range(5):
+        got = credit(ledger, 10, now=late + i, repeated=False, rules=rules, approval_below=900)
+        earned += got.delta
+        ledger = got.ledger
+    assert earned == 25 and ledger.window_start == late
+    # Two minutes later, past the end a window opened at 1000.0 would have had:
+    after = credit(ledger, 10, now=late + 120, repeated=False, rules=rules, approval_below=900)
+    assert after.delta == 0 and [w[0] for w in after.withheld] == ["daily_cap"]
+    # A full day after the first point, a new window.
+    next_day = credit(
+        ledger, 10, now=late + DAY_SECONDS, repeated=False, rules=rules, approval_below=900
+    )
+    assert next_day.delta == 10 and next_day.ledger.window_start == late + DAY_SECONDS
+    # A requested rise above the cap in a fresh window is explained, not a crash.
+    big = credit(
+        Ledger(600, 0.0, None, 0), 40, now=5.0, repeated=False, rules=rules, approval_below=900
+    )
+    assert big.delta == 25 and [w[0] for w in big.withheld] == ["daily_cap"]
