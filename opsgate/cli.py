@@ -819,6 +819,7 @@ def serve(
     from opsgate.server.app import WORKER_EXTERNAL_URL, WORKER_STATE_DIR
 
     gate = open_gate(state_dir, publish_policies=True)
+    gate.audit.check_checkpoint_file()
     settings = gate.config.server
     url = external_url or settings.external_url
     if url is None:

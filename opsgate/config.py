@@ -665,6 +665,19 @@ class AuditConfig(_Strict):
     # Refusals of credentials that prove no agent are counted and written as one
     # summary event per this many seconds (and when the gate closes).
     refusal_summary_seconds: float = Field(60.0, ge=0.05, le=86_400)
+    # Where the gate keeps the newest checkpoint it signed, out of a database writer's
+    # reach (relative to the state dir). A replica whose state dir is mounted read-only
+    # points it at a writable, persistent volume: `opsgate serve` refuses to start where
+    # it cannot be written, since without it whoever can write the database alone could
+    # wipe the stored checkpoints and rewrite the log unnoticed.
+    checkpoint_file: str = Field("audit-checkpoint.json", min_length=1, max_length=4096)
+
+    @field_validator("checkpoint_file")
+    @classmethod
+    def _plain_path(cls, value: str) -> str:
+        if any(ord(c) < 32 or ord(c) == 127 for c in value) or value.endswith("/"):
+            raise ValueError("checkpoint_file must be a file path without control characters")
+        return value
 
 
 class DatabaseTimeouts(_Strict):

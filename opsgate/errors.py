@@ -371,6 +371,7 @@ _REGISTRY: tuple[tuple[type[OpsgateError], dict[str, str]], ...] = (
         ConfigError,
         {
             "agent_key_mismatch": "the key file belongs to another agent than the one named",
+            "checkpoint_unwritable": "the audit checkpoint file cannot be written (serve)",
             "config_invalid": "the configuration (file, environment, options) is invalid",
             "database_url": "a database url is not valid or names an unsupported database",
             "database_credentials_missing": "a vault_role database needs dynamic credentials",

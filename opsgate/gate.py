@@ -376,7 +376,7 @@ class Gate:
             feed=self.state.record_changes_raw,
             checkpoint_every=config.audit.checkpoint_every_events,
             checkpoint_interval=config.audit.checkpoint_every_seconds,
-            checkpoint_file=state_dir / CHECKPOINT_FILE,
+            checkpoint_file=state_dir / config.audit.checkpoint_file,
         )
         if genesis is not None:
             self._create(genesis, now)

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -58,7 +59,7 @@ from opsgate.audit.writer import (
 )
 from opsgate.boundary import typed_errors
 from opsgate.credentials.keyring import KeyChain
-from opsgate.errors import AuditError, OutputUnwritable, plain_text
+from opsgate.errors import AuditError, ConfigError, OutputUnwritable, plain_text
 from opsgate.store import Store
 from opsgate.store.audit_rows import AuditSQL
 
@@ -321,6 +322,28 @@ class AuditLog:
                     "no checkpoint is signed over it (see 'opsgate audit verify')",
                     code="audit_chain_broken",
                 )
+
+    def check_checkpoint_file(self) -> None:
+        """Raise ConfigError (`checkpoint_unwritable`) when the kept checkpoint's file
+        cannot be replaced (a read-only state dir, a missing directory): a server must
+        not run on checkpoints kept only in the database, which a database writer can
+        wipe before rewriting the log."""
+        path = self._checkpoint_file
+        if path is None:
+            return
+        probe = path.with_name(f".{path.name}.{os.getpid()}.probe")
+        try:
+            os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600))
+            os.unlink(probe)
+            if path.exists() and not path.is_file():
+                raise IsADirectoryError(21, "not a regular file")
+        except OSError as exc:
+            raise ConfigError(
+                f"the audit checkpoint file '{path}' cannot be written ({exc.strerror}): the "
+                "gate keeps its newest signed checkpoint there, out of a database writer's "
+                "reach; point audit.checkpoint_file at a writable, persistent path",
+                code="checkpoint_unwritable",
+            ) from None
 
     def _write_checkpoint(self, cur: Any, seq: int, digest: str, at: float) -> Checkpoint:
         self._check_extends(cur, seq)

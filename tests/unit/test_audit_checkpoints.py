@@ -362,3 +362,65 @@ def test_a_checkpoint_at_a_whole_second_verifies(tmp_path: Path) -> None:
         kept = load_anchor(tmp_path / "state" / CHECKPOINT_FILE)
         assert kept.seq == exported.seq and kept.at == float(kept.at)
         assert cp.at == float(cp.at)
+
+
+def test_the_kept_checkpoint_can_live_outside_a_read_only_state_dir(tmp_path: Path) -> None:
+    """`audit.checkpoint_file` names where the newest signed checkpoint is kept (a
+    replica's state dir is mounted read-only): the gate writes it there, and it still
+    catches a database-only rewrite below it after the stored checkpoints were wiped."""
+    kept = tmp_path / "writable" / "checkpoint.json"
+    kept.parent.mkdir()
+    gate = _open(
+        tmp_path,
+        None,
+        checkpoint_every_events=4,
+        checkpoint_every_seconds=3600,
+        checkpoint_file=str(kept),
+    )
+    try:
+        _append(gate, 10)
+        assert not (gate.state_dir / CHECKPOINT_FILE).exists()
+        anchor = load_anchor(kept)
+        assert anchor.seq == _checkpoint_seqs(gate)[-1]
+        gate.audit.check_checkpoint_file()  # writable: no complaint
+        _forge_after(gate, anchor.seq - 2, rows=6)
+        report = gate.audit.verify()
+        assert not report.ok and report.first_bad_seq is not None
+        assert report.first_bad_seq <= anchor.seq
+    finally:
+        gate.close()
+    # A fresh gate (as after a restart) reads it from there too.
+    with _open(tmp_path, None, checkpoint_file=str(kept)) as again:
+        assert not again.audit.verify().ok
+
+
+def test_serve_refuses_to_start_where_the_checkpoint_cannot_be_kept(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from opsgate.cli import app
+
+    state = tmp_path / "state"
+    opsgate.Gate.open(state).close()
+    (state / "opsgate.yaml").write_text(
+        f"audit:\n  checkpoint_file: {tmp_path / 'missing-dir' / 'cp.json'}\n", encoding="utf-8"
+    )
+    with opsgate.Gate.open(state, create=False) as gate:
+        with pytest.raises(opsgate.ConfigError) as exc:
+            gate.audit.check_checkpoint_file()
+        assert exc.value.code == "checkpoint_unwritable"
+    r = CliRunner().invoke(app, ["--state-dir", str(state), "serve", "--port", "1"])
+    assert r.exit_code == 1
+    assert "checkpoint_unwritable" in r.stderr and "audit.checkpoint_file" in r.stderr
+    assert "Traceback" not in r.stderr
+    # A directory where the file should be is refused too.
+    (tmp_path / "dir-cp").mkdir()
+    (state / "opsgate.yaml").write_text(
+        f"audit:\n  checkpoint_file: {tmp_path / 'dir-cp'}\n", encoding="utf-8"
+    )
+    with opsgate.Gate.open(state, create=False) as gate, pytest.raises(opsgate.ConfigError):
+        gate.audit.check_checkpoint_file()
+    # And a value with a control character is a config error, not a path.
+    (state / "opsgate.yaml").write_text('audit:\n  checkpoint_file: "a\\nb"\n', encoding="utf-8")
+    with pytest.raises(opsgate.ConfigError) as bad:
+        opsgate.Gate.open(state, create=False)
+    assert bad.value.code == "config_invalid"
