@@ -1558,7 +1558,7 @@ class Gate:
         if operation.dry_run:
             return self._dry_run(claims, plan, decision, t)
         if decision.effect == "require_approval" and approval_id is None:
-            return self._request_approval(agent, plan, decision, t)
+            return self._request_approval(claims, agent, plan, decision, t)
         if approval_id is not None:
             self._consume_approval(approval_id, agent, plan, decision, t)
         attempt = self._attempt(claims, agent, plan, decision, t, approval_id)
@@ -1658,12 +1658,18 @@ class Gate:
         )
 
     def _request_approval(
-        self, agent: AgentState, plan: Plan, decision: Decision, t: float
+        self, claims: Claims, agent: AgentState, plan: Plan, decision: Decision, t: float
     ) -> PendingApproval:
-        """Step 5 without an approval: a request bound to the plan's digest."""
+        """Step 5 without an approval: a request bound to the plan's digest (and to the
+        credential that asked: one its agent's cut revokes never runs it)."""
         self.trust.observe(agent, plan.capability, refused=False, now=t)
         return self.approvals.create(
-            agent=agent, sponsors=self._sponsors(agent), plan=plan, decision=decision, now=t
+            agent=agent,
+            sponsors=self._sponsors(agent),
+            plan=plan,
+            decision=decision,
+            now=t,
+            asked_with_iat=claims.iat,
         )
 
     def _consume_approval(

@@ -83,6 +83,9 @@ class ApprovalRequest:
     decided_at: float | None = None
     consumed_at: float | None = None
     decisions: tuple[ApprovalDecision, ...] = field(default=())
+    # When the credential that asked was issued (None for requests stored before it was
+    # recorded): with `created_at`, what a cut of the agent's credentials compares.
+    asked_with_iat: float | None = None
 
     @property
     def approvers(self) -> tuple[str, ...]:

@@ -333,8 +333,11 @@ class ApprovalService:
         plan: Plan,
         decision: Decision,
         now: float,
+        asked_with_iat: float | None = None,
     ) -> PendingApproval:
-        """Store a pending request bound to plan.digest; announce it."""
+        """Store a pending request bound to plan.digest; announce it. `asked_with_iat`:
+        the issue time of the credential that asked (a cut of the agent's credentials
+        at or after it outlives the request, whatever this replica's clock says)."""
         if not decision.requirements:
             raise ApprovalError("decision has no approval requirement", code="no_approvers")
         expiry = min(
@@ -354,6 +357,7 @@ class ApprovalService:
             status="pending",
             created_at=now,
             expires_at=now + expiry,
+            asked_with_iat=asked_with_iat,
         )
         with self._store.write() as conn:
             # The audit head first: this transaction appends to the log anyway, and
@@ -397,6 +401,7 @@ class ApprovalService:
                 status="pending",
                 created_at=now,
                 expires_at=req.expires_at,
+                asked_with_iat=asked_with_iat,
             )
             self._audit.append_in(
                 conn,
@@ -454,6 +459,7 @@ class ApprovalService:
             expires_at=float(row.expires_at),
             decided_at=row.decided_at,
             consumed_at=row.consumed_at,
+            asked_with_iat=None if row.asked_with_iat is None else float(row.asked_with_iat),
             decisions=tuple(
                 ApprovalDecision(d.approver, d.decision, float(d.at), d.comment) for d in drows
             ),
@@ -665,7 +671,14 @@ class ApprovalService:
                         code="digest_mismatch",
                     )
                 not_before = agent_rows.credentials_not_before(conn, requester)
-                if not_before is not None and req.created_at <= not_before:
+                # Stored after the cut by a replica whose clock runs ahead, a request
+                # asked with a credential the cut revoked is still outlived by it.
+                asked = (
+                    req.created_at
+                    if req.asked_with_iat is None
+                    else min(req.created_at, req.asked_with_iat)
+                )
+                if not_before is not None and asked <= not_before:
                     raise ApprovalError(
                         f"approval {req.id!r} was requested before the agent's credentials "
                         "were cut (suspended, revoked or its credentials revoked); request "

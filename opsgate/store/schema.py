@@ -181,6 +181,8 @@ approval_requests = Table(
     Column("expires_at", Float, nullable=False),
     Column("decided_at", Float, nullable=True),
     Column("consumed_at", Float, nullable=True),
+    # The iat of the credential that asked (null for requests stored before 0015).
+    Column("asked_with_iat", Float, nullable=True),
 )
 Index("ix_approval_status", approval_requests.c.status)
 

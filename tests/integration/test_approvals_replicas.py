@@ -273,6 +273,37 @@ def test_an_approval_requested_before_a_revocation_on_another_replica_is_not_con
     assert w.status(pending.approval_id) == "approved"  # refused, not used
 
 
+def test_an_approval_stored_by_a_replica_whose_clock_runs_ahead_is_cut_with_its_credential(
+    replicas: tuple[World, opsgate.Gate, RecordingExecutor],
+) -> None:
+    """Replica B's clock runs 30 s ahead: a request it stores is dated after a revocation
+    of the agent's credentials made on A a moment later. Compared by date alone, the
+    request outlived the cut although the credential that asked was revoked by it; the
+    request records that credential's issue time, and the cut outlives it."""
+    w, b, executor_b = replicas
+    ahead = time.time() + 30
+    asking = w.credential()
+    pending = b.execute(asking, deploy(version="3.0"), now=ahead)
+    assert isinstance(pending, PendingApproval)
+    stored = w.gate.approvals.get(pending.approval_id)
+    assert stored.created_at >= ahead - 1 and stored.asked_with_iat is not None
+    assert stored.asked_with_iat <= time.time()
+    assert w.approve(pending.approval_id, JOHN).status == "approved"
+    w.gate.credential_manager.revoke_agent(w.agent.did, reason="key leaked")
+    time.sleep(1.1)  # the next credential is issued a second after the cut
+    fresh = w.credential()
+    for gate in (w.gate, b):
+        with pytest.raises(opsgate.ApprovalError) as refused:
+            gate.resume(pending.approval_id, fresh)
+        assert refused.value.code == "approval_outlived"
+    assert executor_b.runs == [] and w.executor.runs == []
+    # A request asked with the fresh credential (after the cut) is honoured as ever.
+    again = b.execute(fresh, deploy(version="3.1"))
+    assert isinstance(again, PendingApproval)
+    assert w.approve(again.approval_id, JOHN).status == "approved"
+    assert b.resume(again.approval_id, fresh).status == "succeeded"
+
+
 def test_requests_at_once_on_two_replicas_stay_within_the_pending_limit(
     replicas: tuple[World, opsgate.Gate, RecordingExecutor],
 ) -> None:
