@@ -41,7 +41,7 @@ from opsgate.errors import (
 )
 from opsgate.identity import keys
 from opsgate.identity.records import RECORD_VERSION, gate_kid, record_bytes
-from opsgate.state import ACTIVE, REVOKED, SUSPENDED, AgentState, LiveState
+from opsgate.state import ACTIVE, REVOKED, SUSPENDED, AgentState, LiveState, unusable_code
 from opsgate.store import Store, gate_keys
 from opsgate.store import agents as agent_rows
 
@@ -666,6 +666,8 @@ class AgentRegistry:
                     raise AgentError(
                         f"an agent named {record['name']!r} already exists", code="agent_exists"
                     )
+                if parent_did is not None:
+                    self._check_lineage_active(conn, parent_did)
                 agent_rows.insert(
                     conn,
                     did=did,
@@ -712,6 +714,27 @@ class AgentRegistry:
             self._drop_key(did, private)
             raise
         self._state.invalidate_agent(did)
+
+    def _check_lineage_active(self, conn: Connection, parent_did: str) -> None:
+        """In the inserting transaction (after the audit head, in the global lock order):
+        the parent and every ancestor are still active in the database. The parent was
+        checked from this replica's view, which can be a refresh old, or older where
+        nothing refreshes it: a suspension made through another replica meanwhile must
+        stop the delegation, not leave an active child under a suspended parent. The
+        parent's row stays locked until the child is in, so a suspension that follows
+        finds the child and cascades to it."""
+        agent_rows.lock(conn, parent_did)
+        parent = self._state.agent(parent_did)
+        lineage = [*(parent.ancestors if parent is not None else ()), parent_did]
+        active = set(agent_rows.with_status(conn, lineage, [ACTIVE]))
+        for did in lineage:
+            if did not in active:
+                status = agent_rows.status(conn, did) or REVOKED
+                code = unusable_code(status)
+                raise DelegationError(
+                    f"agent {shown(parent_did)} cannot delegate ({code.replace('_', ' ')})",
+                    code=code,
+                )
 
     def _startable(self, trust_score: object) -> int:
         """A new agent's score: valid, and not one that would have it suspended."""

@@ -248,3 +248,31 @@ def test_one_credential_revoked_on_two_replicas_at_once_is_revoked_once_without_
         assert _refusal(gate, cred.token) == "revoked"
     revoked = list(a.audit.events(event_type="credential.revoked"))
     assert a.audit.verify().ok and len(revoked) == 2  # each act recorded
+
+
+def test_a_replica_with_a_stale_view_cannot_delegate_from_a_parent_suspended_elsewhere(
+    pair: tuple[opsgate.Gate, opsgate.Gate], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Replica B's view still shows the parent active (no refresh yet, or none at all:
+    nothing on B calls for one); A suspends the parent's parent. B's delegation is
+    checked against the database in its own transaction: refused as the parent's
+    status says, recorded, no child row, no key file left behind."""
+    a, b = pair
+    root = a.register_agent("root-x", ["deploy:staging"], "owner@company.com", 900)
+    mid = root.delegate(name="mid-x", capabilities=["deploy:staging"])
+    b.agents.state(mid.did)  # B holds the parent's (active) state
+    monkeypatch.setattr(b.state, "maybe_refresh", lambda: None)
+    monkeypatch.setattr(b.state, "refresh", lambda **_: None)
+    a.agents.suspend(root.did, reason="investigating")
+    assert b.agents.state(mid.did).effective_status == "active"  # stale, as intended
+    keys_before = set((b.state_dir / "agent-keys").iterdir())
+    with pytest.raises(opsgate.DelegationError) as refused:
+        b.agents.delegate(mid.did, "leaf-x", ["deploy:staging"])
+    assert refused.value.code == "agent_suspended"
+    with a.store.read() as conn:
+        from opsgate.store import agents as agent_rows
+
+        assert agent_rows.did_by_name(conn, "leaf-x") is None
+    assert set((b.state_dir / "agent-keys").iterdir()) == keys_before
+    refusals = [r.event for r in a.audit.events(event_type="delegation.refused")]
+    assert refusals and refusals[-1]["code"] == "agent_suspended"
