@@ -731,6 +731,35 @@ def test_the_audit_page_filters_and_shows_the_chain_status(api: Api) -> None:
     assert "no agent named" in client.get("/ui/audit?agent=ghost").text
 
 
+def test_audit_page_views_share_one_walk_of_the_chain(api: Api) -> None:
+    """Each view of the audit page used to walk the whole log: views share one walk
+    for a while (the page says when it was checked), and a tampered row shows once
+    that walk is due again."""
+    pending(api)
+    walks = []
+    verify = api.gate.audit.verify
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        walks.append(1)
+        return verify(*args, **kwargs)
+
+    api.gate.audit.verify = counted
+    client = signed_in(api)
+    for _ in range(5):
+        html = client.get("/ui/audit").text
+        assert "Chain verifies" in html and "Checked " in html
+    assert len(walks) == 1
+    with api.gate.store.write() as conn:
+        conn.execute(
+            update(schema.audit_events)
+            .where(schema.audit_events.c.seq == 2)
+            .values(actor="someone-else")
+        )
+    api.client.app.state.chain._max_age = 0  # the walk is due
+    html = client.get("/ui/audit").text
+    assert "Chain does NOT verify" in html and len(walks) == 2
+
+
 # -- nothing of what would run is cut from the page ------------------------------------------
 
 

@@ -10,7 +10,9 @@ transaction and refuses a sponsor like every other way in.
 from __future__ import annotations
 
 import secrets
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -24,6 +26,7 @@ from markupsafe import Markup
 from starlette.concurrency import run_in_threadpool
 
 from opsgate.approvals.model import ApproverSession
+from opsgate.audit.verify import VerifyReport
 from opsgate.errors import ApprovalError, AuditError, OpsgateError, plain_text
 from opsgate.server.context import ServerContext
 from opsgate.server.errors import status_of
@@ -104,6 +107,42 @@ class UiSettings:
 def _ui(request: Request) -> UiSettings:
     ui: UiSettings = request.app.state.ui
     return ui
+
+
+# How old the chain status on the audit page may be: a walk of the whole log costs
+# time in proportion to it, so page views share one walk rather than each doing its own.
+CHAIN_STATUS_SECONDS = 30.0
+
+
+class ChainStatus:
+    """The audit chain's verification as the UI shows it: one walk at a time, its
+    report reused for CHAIN_STATUS_SECONDS (a page says when it was checked). Without
+    it every view of the audit page walked the whole log: an approver reloading it
+    (or several at once) made the server walk millions of rows per second."""
+
+    def __init__(self, verify: Callable[[], VerifyReport], max_age: float = CHAIN_STATUS_SECONDS):
+        self._verify = verify
+        self._max_age = max_age
+        self._lock = threading.Lock()
+        self._report: VerifyReport | None = None
+        self._checked = 0.0  # monotonic
+        self._checked_at = 0.0  # wall clock, for the page
+
+    def report(self) -> tuple[VerifyReport, float]:
+        """The latest report (walking the log again when it is too old) and when it was
+        made (epoch seconds). Callers waiting on a walk in progress get its report."""
+        with self._lock:
+            if self._report is None or time.monotonic() - self._checked >= self._max_age:
+                self._report = self._verify()
+                self._checked, self._checked_at = time.monotonic(), time.time()
+            return self._report, self._checked_at
+
+
+def _chain(request: Request) -> ChainStatus:
+    chain: ChainStatus | None = getattr(request.app.state, "chain", None)
+    if chain is None:
+        chain = request.app.state.chain = ChainStatus(_ctx(request).gate.audit.verify)
+    return chain
 
 
 def _ctx(request: Request) -> ServerContext:
@@ -419,11 +458,12 @@ async def audit(request: Request) -> Response:
         records = (
             [] if problem else ctx.gate.audit.tail(100, event_type=type_filter or None, actor=actor)
         )
-        return views.event_rows(ctx.gate, records), ctx.gate.audit.verify(), problem
+        report, checked_at = _chain(request).report()
+        return views.event_rows(ctx.gate, records), (report, _when(checked_at)), problem
 
     try:
         signed = await _signed(request)
-        events, report, problem = await run_in_threadpool(load)
+        events, (report, checked_at), problem = await run_in_threadpool(load)
     except OpsgateError as exc:
         return _failed(request, exc, page=True)
     return _render(
@@ -432,6 +472,7 @@ async def audit(request: Request) -> Response:
         signed=signed,
         events=events,
         report=report,
+        checked_at=checked_at,
         problem=problem,
         agent_filter=agent_filter,
         type_filter=type_filter,
