@@ -818,6 +818,18 @@ class Config(_Strict):
     audit: AuditConfig = AuditConfig()
 
     @model_validator(mode="after")
+    def _body_fits_a_secret(self) -> Config:
+        """Unless set, the HTTP body limit leaves room for a secret of the largest size
+        allowed (with its JSON envelope and escaping): a value the gate accepts must not
+        be refused at the door as too large."""
+        if "max_body_bytes" not in self.server.model_fields_set:
+            needed = 2 * self.secrets.max_value_bytes + 16_384
+            if needed > self.server.max_body_bytes:
+                server = self.server.model_copy(update={"max_body_bytes": needed})
+                object.__setattr__(self, "server", server)  # frozen: set while validating
+        return self
+
+    @model_validator(mode="after")
     def _dynamic_credentials(self) -> Config:
         for name, target in self.databases.items():
             if target.vault_role is not None and self.secrets.vault is None:

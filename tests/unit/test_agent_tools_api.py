@@ -183,3 +183,42 @@ def test_an_approval_id_no_path_can_carry_is_refused_before_sending(
             assert refused.value.code == "approval_not_found"
     assert stored_trust(api.gate, did) == before
     assert [r.type for r in api.gate.audit.events(after_seq=seq)] == []
+
+
+def test_a_secret_of_the_largest_allowed_size_is_not_refused_at_the_door(tmp_path: Path) -> None:
+    """The body limit used to equal the largest secret value (64 KiB), so a value the gate
+    accepts was 413 over HTTP once its JSON envelope was added. Unless set, the limit
+    leaves room for it; one byte more than the value limit is the gate's own refusal."""
+    from fastapi.testclient import TestClient
+    from helpers import open_world
+
+    from opsgate.server import create_app
+
+    world = open_world(tmp_path / "state")
+    gate = world.gate
+    try:
+        settings = gate.config.server.model_copy(update={"external_url": BASE})
+        assert settings.max_body_bytes > 2 * gate.config.secrets.max_value_bytes
+        client = TestClient(create_app(gate, settings))
+        agent = gate.register_agent(
+            "big-secrets", ["write:secrets/staging"], "lead@company.com", 800
+        )
+        key = gate.agents.private_key(agent.did)
+        biggest = "v" * gate.config.secrets.max_value_bytes
+        with RemoteGate(BASE, key, transport=client._transport) as remote:
+            cred = remote.credential(["write:secrets/staging"])
+            wrote = remote.execute(
+                cred, Operation("write", "secrets/staging/big", {}, secret=SecretValue(biggest))
+            )
+            assert wrote.status == "succeeded"
+            with pytest.raises(OpsgateError) as refused:
+                remote.execute(
+                    cred,
+                    Operation(
+                        "write", "secrets/staging/big", {}, secret=SecretValue(biggest + "v")
+                    ),
+                )
+            assert refused.value.code != "body_too_large"
+            assert biggest not in str(refused.value)
+    finally:
+        gate.close()
