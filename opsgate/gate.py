@@ -1740,7 +1740,7 @@ class Gate:
         as `secret`, and only the value the approval's digest binds is written.
         """
         t = to_epoch(now)
-        claims = self._authenticate(token, t, proof, ProofRequest.resume(approval_id))
+        claims = self._authenticate(token, t, proof, ProofRequest.resume(approval_id, secret))
         with self._refusals_audited(
             "operation.refused", claims, None, t, approval=safe_text(approval_id)
         ):

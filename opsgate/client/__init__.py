@@ -309,10 +309,15 @@ class RemoteGate:
         proof_for = ProofRequest.execute(operation, approval_id)
         return _result(self._send("POST", "/v1/operations", token, proof_for, body))
 
-    def resume(self, approval_id: str, token: Token) -> Outcome | RemotePendingApproval:
-        """Run an approved request (once), with fresh checks."""
+    def resume(
+        self, approval_id: str, token: Token, *, secret: SecretValue | None = None
+    ) -> Outcome | RemotePendingApproval:
+        """Run an approved request (once), with fresh checks; a secret write's value is
+        supplied again as `secret` (the gate never keeps it)."""
         path = f"/v1/approvals/{_segment(approval_id)}/resume"
-        return _result(self._send("POST", path, token, ProofRequest.resume(approval_id), {}))
+        body = {} if secret is None else {"secret": secret.reveal()}
+        proof_for = ProofRequest.resume(approval_id, secret)
+        return _result(self._send("POST", path, token, proof_for, body))
 
     def authorize(
         self, token: Token, capability: str, *, params: dict[str, Any] | None = None

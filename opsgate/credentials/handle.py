@@ -15,6 +15,7 @@ from opsgate.credentials.manager import Credential
 from opsgate.credentials.proof import ProofRequest, make_proof
 from opsgate.errors import CredentialError
 from opsgate.operations.base import Operation
+from opsgate.secrets.value import SecretValue
 from opsgate.state import LiveState
 
 
@@ -149,9 +150,15 @@ class CredentialHandle:
         """Proof for `gate.authorize(token, capability, params=params)`."""
         return self.proof(ProofRequest.authorize(capability, params), now)
 
-    def resume_proof(self, approval_id: str, now: datetime | float | None = None) -> str:
-        """Proof for `gate.resume(approval_id, token)`."""
-        return self.proof(ProofRequest.resume(approval_id), now)
+    def resume_proof(
+        self,
+        approval_id: str,
+        now: datetime | float | None = None,
+        *,
+        secret: SecretValue | None = None,
+    ) -> str:
+        """Proof for `gate.resume(approval_id, token, secret=secret)`."""
+        return self.proof(ProofRequest.resume(approval_id, secret), now)
 
     def __repr__(self) -> str:
         c = self._current

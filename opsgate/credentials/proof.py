@@ -103,9 +103,10 @@ class ProofRequest:
         return cls("authorize", {"capability": capability, "params": params})
 
     @classmethod
-    def resume(cls, approval_id: str) -> ProofRequest:
-        """For `gate.resume(approval_id, token)`: the approval fixes the operation."""
-        return cls("resume", {"approval": approval_id})
+    def resume(cls, approval_id: str, secret: SecretValue | None = None) -> ProofRequest:
+        """For `gate.resume(approval_id, token, secret=...)`: the approval fixes the
+        operation; a secret write's value, supplied again, is bound like execute's."""
+        return cls("resume", {"approval": approval_id}, secret)
 
     @property
     def digest(self) -> str:

@@ -339,6 +339,47 @@ def test_production_write_waits_for_approval_bound_to_the_exact_value(world: Sec
     assert err.value.code == "approval_consumed"
 
 
+def test_a_remote_agent_resumes_an_approved_secret_write_with_its_value(
+    world: SecretWorld,
+) -> None:
+    """Over HTTP the value is sent again with the resume (the gate never kept it), bound
+    by the proof and by the approval's digest: another value is digest_mismatch, none is
+    secret_value_required, the approved one is written, once."""
+    from fastapi.testclient import TestClient
+    from secret_helpers import SECRET_SCOPE
+
+    from opsgate.client import RemoteGate, RemotePendingApproval
+    from opsgate.config import ServerConfig
+    from opsgate.server import create_app
+
+    w = world
+    base = "http://testserver"
+    client = TestClient(create_app(w.gate, ServerConfig(external_url=base)))
+    key = w.gate.agents.private_key(w.agent.did)
+    with RemoteGate(base, key, transport=client._transport) as remote:
+        cred = remote.credential(SECRET_SCOPE)
+        write = Operation(
+            "write", "secrets/production/remote", secret=SecretValue("remote-approved")
+        )
+        pending = remote.execute(cred, write)
+        assert isinstance(pending, RemotePendingApproval)
+        approval_id = pending.approval_id
+        w.approve(approval_id)
+        with pytest.raises(ApprovalError) as err:
+            remote.resume(approval_id, cred, secret=SecretValue("another-value"))
+        assert err.value.code == "digest_mismatch" and "another-value" not in str(err.value)
+        with pytest.raises(OperationError) as missing:
+            remote.resume(approval_id, cred)
+        assert missing.value.code == "secret_value_required"
+        done = remote.resume(approval_id, cred, secret=SecretValue("remote-approved"))
+        assert done.status == "succeeded"  # type: ignore[union-attr]
+        with pytest.raises(ApprovalError) as again:
+            remote.resume(approval_id, cred, secret=SecretValue("remote-approved"))
+        assert again.value.code == "approval_consumed"
+    value = read_secret(w.gate, w.token, "production/remote")
+    assert isinstance(value, SecretRead) and value.value.reveal() == "remote-approved"
+
+
 def test_production_rotation_waits_for_approval(world: SecretWorld) -> None:
     w = world
     pending = rotate_secret(w.gate, w.token, "production/api", length=24)

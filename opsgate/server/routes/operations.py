@@ -36,6 +36,12 @@ class ExecuteBody(Body):
     secret: str | None = Field(default=None, min_length=1, max_length=1_048_576)
 
 
+class ResumeBody(Body):
+    # A secret write's value, supplied again (the gate never keeps it with the request):
+    # only the value the approval's digest binds is written.
+    secret: str | None = Field(default=None, min_length=1, max_length=1_048_576)
+
+
 class AuthorizeBody(Body):
     capability: str
     params: dict[str, Any] | None = None
@@ -81,16 +87,20 @@ async def execute(request: Request) -> Response:
     return result_response(result)
 
 
-@router.post("/approvals/{approval_id}/resume", openapi_extra=body_doc(Body))
+@router.post("/approvals/{approval_id}/resume", openapi_extra=body_doc(ResumeBody))
 async def resume(approval_id: str, request: Request) -> Response:
-    """Run an approved request (the approval fixes the operation), once."""
+    """Run an approved request (the approval fixes the operation), once; a secret
+    write's value is sent again as `secret`."""
     ctx = ctx_of(request)
     raw = await ctx.body(request)
     token, check = ctx.agent_auth(request, audited=True)  # the role before the body
-    ctx.parse(raw, Body)
+    body = ctx.parse(raw, ResumeBody)
+    secret = None if body.secret is None else SecretValue(body.secret)
     started = time.perf_counter()
     try:
-        result = await run_in_threadpool(lambda: ctx.gate.resume(approval_id, token, proof=check))
+        result = await run_in_threadpool(
+            lambda: ctx.gate.resume(approval_id, token, proof=check, secret=secret)
+        )
     except OpsgateError as exc:
         _not_yours_is_not_found(exc, approval_id)
         raise
