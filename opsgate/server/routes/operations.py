@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from pydantic import Field
@@ -126,7 +127,8 @@ async def authorize(request: Request) -> Response:
             lambda: ctx.gate.authorize(token, body.capability, proof=check, params=body.params)
         )
     ctx.metrics.decisions.labels(decision.effect).inc()
-    return json(decision.to_dict())
+    # orjson: a decision holds only text, numbers and lists of them.
+    return Response(orjson.dumps(decision.to_dict()), media_type="application/json")
 
 
 @router.get("/operations/approvals/{approval_id}")
