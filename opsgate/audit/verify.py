@@ -56,6 +56,9 @@ class Finding:
         }
 
 
+ANCHOR_GIVEN = "the anchor"  # what an anchor handed to `verify` is called in reports
+
+
 @dataclass(slots=True)
 class VerifyReport:
     """Outcome of `AuditLog.verify`: ok, or the first bad seq and why.
@@ -275,7 +278,7 @@ class _Walk:
         trusted = {k.kid: k.raw for k in chain.keys if logged.get(k.kid) == k.raw}
         if anchor is not None:
             report.anchor_checked = True
-            self._check_anchor(report, anchor, trusted, "the anchor")
+            self._check_anchor(report, anchor, trusted, ANCHOR_GIVEN)
             if not report.ok:
                 return report
         if isinstance(state_cp, AuditError):
@@ -433,6 +436,14 @@ class _Walk:
         if jwk_thumbprint(embedded) != anchor.kid:
             raise AuditError(f"{what}'s key does not match its kid", code="anchor_invalid")
         if anchor.gate != self._trust.gate_id:
+            if what == ANCHOR_GIVEN:
+                # The operator handed over another gate's file: a mistake to name, not
+                # evidence against this log (a kept checkpoint of another gate is).
+                raise AuditError(
+                    f"the anchor is a checkpoint of another gate ({safe_text(anchor.gate)}), not "
+                    f"of this one ({self._trust.gate_id})",
+                    code="anchor_invalid",
+                )
             _fail(report, 1, "replacement", f"{what} belongs to another gate's log")
             return
         if not signed_by(trusted, anchor.kid, anchor.payload(), anchor.signature):

@@ -417,12 +417,15 @@ def test_replacements(audited: opsgate.Gate, tmp_path: Path) -> None:
 # -- anchors ---------------------------------------------------------------------------------------
 
 
-def test_anchor_from_another_gate_is_a_replacement(audited: opsgate.Gate, tmp_path: Path) -> None:
+def test_anchor_from_another_gate_is_refused(audited: opsgate.Gate, tmp_path: Path) -> None:
+    """Another gate's checkpoint proves nothing about this log either way: refused as
+    the wrong anchor (anchor_invalid, both gates named), not reported as tampering."""
     with opsgate.Gate.open(tmp_path / "other") as other:
         other.register_agent("x", ["deploy:staging"], sponsor="ops@company.com")
         anchor = load_anchor(_export(other, tmp_path))
-    report = audited.audit.verify(anchor)
-    assert report.ok is False and report.problem == "replacement"
+    with pytest.raises(opsgate.AuditError) as info:
+        audited.audit.verify(anchor)
+    assert info.value.code == "anchor_invalid" and "another gate" in info.value.message
 
 
 def test_tampered_or_missing_anchor_file_is_refused(audited: opsgate.Gate, tmp_path: Path) -> None:

@@ -424,3 +424,33 @@ def test_serve_refuses_to_start_where_the_checkpoint_cannot_be_kept(tmp_path: Pa
     with pytest.raises(opsgate.ConfigError) as bad:
         opsgate.Gate.open(state, create=False)
     assert bad.value.code == "config_invalid"
+
+
+def test_an_anchor_of_another_gate_is_named_as_such_not_as_tampering(tmp_path: Path) -> None:
+    """An operator who hands `audit verify` another gate's checkpoint made a mistake;
+    the log is not tampered with: a typed refusal naming both gates, exit 1 without
+    'TAMPERED'. A kept checkpoint of another gate is still evidence (replacement)."""
+    from typer.testing import CliRunner
+
+    from opsgate.cli import app
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    opsgate.Gate.open(a).close()
+    with opsgate.Gate.open(b) as other:
+        other.audit.export_checkpoint(tmp_path / "b.json")
+        other_id = other.gate_id
+    with opsgate.Gate.open(a, create=False) as gate:
+        with pytest.raises(opsgate.AuditError) as exc:
+            gate.audit.verify(load_anchor(tmp_path / "b.json"))
+        assert exc.value.code == "anchor_invalid" and other_id in exc.value.message
+        assert gate.gate_id in exc.value.message
+        assert gate.audit.verify().ok
+    r = CliRunner().invoke(
+        app, ["--state-dir", str(a), "audit", "verify", "--anchor", str(tmp_path / "b.json")]
+    )
+    assert r.exit_code == 1 and "anchor_invalid" in r.stderr and "TAMPERED" not in r.stderr
+    # The state dir's kept checkpoint replaced by the other gate's: that is evidence.
+    (a / CHECKPOINT_FILE).write_bytes((tmp_path / "b.json").read_bytes())
+    with opsgate.Gate.open(a, create=False) as gate:
+        report = gate.audit.verify()
+        assert not report.ok and report.problem == "replacement"
