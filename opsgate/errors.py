@@ -684,7 +684,7 @@ _REGISTRY: tuple[tuple[type[OpsgateError], dict[str, str]], ...] = (
     (
         AuditError,
         {
-            "anchor_invalid": "an audit anchor or checkpoint does not verify",
+            "anchor_invalid": "an audit anchor or checkpoint does not verify, or is another gate's",
             "anchor_missing": "an anchor file is not found",
             "audit_chain_broken": (
                 "the log no longer holds a signed checkpoint; the gate signs no more of it"
