@@ -7,6 +7,7 @@ commands that act as an agent, opsgate.cli_ops). Errors are one line on stderr
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -54,16 +55,26 @@ app.add_typer(approvals_app, name="approvals")
 app.add_typer(trust_app, name="trust")
 
 
-def _writable(path: Path) -> Any:
-    """Open an output file up front, so nothing is done when it cannot be written. A new
-    file is the owner's only (the audit names every agent, grant and refusal)."""
+def _writable(path: Path, *, force: bool = False) -> Any:
+    """Open an output file up front, so nothing is done when it cannot be written. The
+    file is the owner's only (the audit names every agent, grant and refusal); one that
+    exists is replaced only with `force` (never through a symlink), so a mistyped path
+    cannot truncate a key or an earlier export."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | (os.O_TRUNC if force else os.O_EXCL)
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        return os.fdopen(fd, "w", encoding="utf-8")
+        fd = os.open(path, flags, 0o600)
+    except FileExistsError:
+        raise OutputUnwritable(
+            f"cannot write '{path}': it exists (pass --force to replace it)",
+            code="output_unwritable",
+        ) from None
     except OSError as exc:
         raise OutputUnwritable(
             f"cannot write '{path}': {exc.strerror or 'not a file'}", code="output_unwritable"
         ) from exc
+    with contextlib.suppress(OSError):
+        os.fchmod(fd, 0o600)  # a replaced file keeps no wider mode
+    return os.fdopen(fd, "w", encoding="utf-8")
 
 
 # Said where a gate starts without any policy: capabilities alone then decide.
@@ -522,11 +533,12 @@ def audit_export(
     output: Annotated[
         Path | None, typer.Option("--output", "-o", help="File (default stdout).")
     ] = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing file.")] = False,
     state_dir: StateDir = None,
 ) -> None:
     """Export every event as JSON lines, with prev_hash and hash, for offline verification."""
     gate = open_gate(state_dir)
-    stream = _writable(output) if output else sys.stdout
+    stream = _writable(output, force=force) if output else sys.stdout
     try:
         for r in gate.audit.events():
             stream.write(json.dumps({"event": r.event, "prev_hash": r.prev_hash, "hash": r.hash}))

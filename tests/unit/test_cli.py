@@ -292,6 +292,29 @@ def test_an_audit_export_file_is_the_owners_only(state: Path, tmp_path: Path) ->
     assert out.read_text(encoding="utf-8").count("\n") >= 1
 
 
+def test_an_audit_export_never_truncates_an_existing_file_unasked(
+    state: Path, tmp_path: Path
+) -> None:
+    """A mistyped -o must not destroy a file (a key, an earlier export): an existing
+    file is refused unless --force, which replaces it owner-only; a symlink never."""
+    keep = tmp_path / "precious.pem"
+    keep.write_text("not to be lost\n", encoding="utf-8")
+    keep.chmod(0o644)
+    code, _, err = run(state, "audit", "export", "-o", str(keep))
+    assert code == 1
+    one_error_line(err, "output_unwritable")
+    assert "--force" in err and keep.read_text(encoding="utf-8") == "not to be lost\n"
+    code, _, err = run(state, "audit", "export", "-o", str(keep), "--force")
+    assert code == 0, err
+    assert '"hash"' in keep.read_text(encoding="utf-8")
+    assert keep.stat().st_mode & 0o777 == 0o600
+    link = tmp_path / "link.jsonl"
+    link.symlink_to(tmp_path / "target.txt")
+    (tmp_path / "target.txt").write_text("target\n", encoding="utf-8")
+    code, _, err = run(state, "audit", "export", "-o", str(link), "--force")
+    assert code == 1 and (tmp_path / "target.txt").read_text(encoding="utf-8") == "target\n"
+
+
 def test_paths_are_printed_as_given_never_as_markup(tmp_path: Path) -> None:
     """A path is the operator's text: brackets in it are not Rich markup (a closing tag
     raised MarkupError after the work was done, an opening one vanished)."""
