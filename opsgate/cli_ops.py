@@ -243,7 +243,16 @@ def _perform(
             if not wait:
                 _pending_exit(act, result, op.capability, json_out, "")
             limit = act.gate.config.cli.wait_timeout_seconds if timeout is None else timeout
-            decided = act.gate.approvals.wait(result.approval_id, timeout=limit)
+            print_error(
+                f"waiting up to {limit:g} s for approval {result.approval_id} (Ctrl-C stops "
+                "waiting; the request stays pending)"
+            )
+            try:
+                decided = act.gate.approvals.wait(result.approval_id, timeout=limit)
+            except KeyboardInterrupt:
+                # Stopped by the operator: the request is still there, and its id is what
+                # they need to run it later (exit 3, as when nobody decided in time).
+                _pending_exit(act, result, op.capability, json_out, " (stopped waiting)")
             if decided.status == "pending":
                 _pending_exit(act, result, op.capability, json_out, f" after {limit:g} s")
             # The gate judges the decision: approved runs, anything else is its refusal.

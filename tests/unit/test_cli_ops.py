@@ -439,6 +439,32 @@ def test_wait_in_a_process_resumes_when_approved_through_the_api(world: World) -
     assert done and "web 2.0 is live in production" in out
 
 
+def test_ctrl_c_while_waiting_leaves_the_approval_id_and_exit_3(world: World) -> None:
+    """An operator who stops `--wait` needs the request's id to run it later: it is on
+    stderr as the wait starts, and Ctrl-C ends with the pending answer (exit 3, the id
+    alone on stdout), not a bare 'Aborted!'."""
+    import signal
+
+    artifact = world.artifact("2.0")
+    assert world.cli("deploy", "web", "2.0", "--env", "staging", "--artifact", artifact)[0] == 0
+    proc = _cli_process(
+        world, "deploy", "web", "2.0", "--env", "production", "--artifact", artifact,
+        "--wait", "--timeout", "60",
+    )  # fmt: skip
+    deadline = time.monotonic() + 60
+    while not pending_ids(world):
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    time.sleep(0.5)  # in its wait
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 3, err
+    (pending,) = pending_ids(world)
+    assert out.strip() == pending
+    assert f"approval {pending}" in err and "stopped waiting" in err
+    assert "Traceback" not in err
+
+
 def test_deploy_shows_rich_progress_on_a_terminal(world: World) -> None:
     artifact = world.artifact("2.0")
     big = Path(artifact) / "blob.bin"
