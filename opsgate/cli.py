@@ -336,7 +336,15 @@ def creds_verify(
     json_out: JsonOut = False,
 ) -> None:
     """Verify a credential: exit 0 when valid, 1 with the reason when not."""
-    claims = open_gate(state_dir).credential_manager.verify(_read_token(token))
+    from opsgate.errors import InvalidCredential
+
+    gate = open_gate(state_dir)
+    try:
+        claims = gate.credential_manager.verify(_read_token(token))
+    except InvalidCredential as exc:
+        if json_out:  # the answer on stdout either way, for scripts
+            print_json({"valid": False, "code": exc.code, "message": exc.message})
+        raise
     data = {
         "valid": True,
         "sub": claims.sub,
@@ -392,8 +400,10 @@ def creds_revoke(
 
 @keys_app.command("jwks")
 @handle_errors
-def keys_jwks(state_dir: StateDir = None) -> None:
-    """Print the JWK Set that verifies this gate's credentials (with their issuer)."""
+def keys_jwks(state_dir: StateDir = None, json_out: JsonOut = False) -> None:
+    """Print the JWK Set that verifies this gate's credentials (with their issuer);
+    always JSON (`--json` is accepted like everywhere else)."""
+    del json_out
     print_json(open_gate(state_dir).jwks())
 
 

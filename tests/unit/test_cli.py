@@ -85,6 +85,16 @@ def test_credential_lifecycle(state: Path) -> None:
     code, _, err = run(state, "creds", "verify", token)
     assert code == 1
     one_error_line(err, "revoked")
+    # With --json a refusal is an answer on stdout too (exit 1 all the same).
+    code, out, err = run(state, "creds", "verify", token, "--json")
+    assert code == 1 and json.loads(out) == {
+        "valid": False,
+        "code": "revoked",
+        "message": json.loads(out)["message"],
+    }
+    assert token not in out
+    code, out, _ = run(state, "keys", "jwks", "--json")
+    assert code == 0 and json.loads(out)["keys"]
     code, _, err = run(
         state, "creds", "issue", "dep", "-s", "deploy:staging", "--ttl-minutes", "99"
     )
