@@ -217,6 +217,17 @@ _GATE_FILES = (KEY_DIR, AGENT_KEY_DIR, DB_FILE, CHECKPOINT_FILE)
 _EXECUTOR_SECTIONS = {"deploy": "deploy:", "rollback": "deploy:", "migrate": "databases:"}
 
 
+def _check_policies_load(source: str | os.PathLike[str] | list[str], config: Config) -> None:
+    """Raise the PolicyError (or insecure-file error) loading `source` would raise."""
+    from opsgate.policy import load_policies
+
+    _check_policy_files(source)
+    environments = Environments.from_config(config)
+    load_policies(
+        source, limits=config.limits, aliases=environments.aliases, environments=environments
+    )
+
+
 def _not_initialized(path: Path, why: str = "") -> ConfigError:
     return ConfigError(
         f"no opsgate state in '{path}'{why}: run 'opsgate init' first (or pass --state-dir)",
@@ -548,6 +559,11 @@ class Gate:
         if pin is None:
             if create is False:
                 raise _not_initialized(path)
+            source = policies if policies is not None else config.policies
+            if source is not None:
+                # Before anything is created: a policy that does not load fails `init`
+                # with nothing left behind, rather than with a gate made anyway.
+                _check_policies_load(source, config)
             gate = cls._open_new(path, config, create)
         else:
             gate = cls._open_pinned(path, config, pin)

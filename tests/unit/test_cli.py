@@ -746,3 +746,28 @@ def test_audit_verify_names_an_agent_written_into_the_database(state: Path) -> N
     findings = json.loads(out)["findings"]
     assert [f["kind"] for f in findings] == ["agent"]
     assert findings[0]["subject"].endswith("2doK")
+
+
+def test_an_init_whose_policy_does_not_load_creates_nothing(tmp_path: Path) -> None:
+    """The policy is checked before the gate is made: a failed init leaves no pin, key or
+    database behind (the next init after the fix is a first init, not a surprise)."""
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700)
+    (state / "p.yaml").write_text(
+        'policies:\n  - name: x\n    rules:\n      - condition: "action =="\n'
+        "        action: deny\n",
+        encoding="utf-8",
+    )
+    (state / "opsgate.yaml").write_text("policies: p.yaml\n", encoding="utf-8")
+    code, _, err = run(state, "init")
+    assert code == 1
+    one_error_line(err, "policy_syntax")
+    assert sorted(p.name for p in state.iterdir()) == ["opsgate.yaml", "p.yaml"]
+    (state / "p.yaml").write_text(
+        "policies:\n  - name: x\n    rules:\n      - condition: \"action == 'drop'\"\n"
+        "        action: deny\n",
+        encoding="utf-8",
+    )
+    code, out, err = run(state, "init")
+    assert code == 0, err
+    assert "opsgate ready" in out and (state / "gate-pin.json").exists()
