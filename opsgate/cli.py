@@ -838,7 +838,7 @@ def serve(
     from pydantic import ValidationError
 
     from opsgate.server import create_app, settle_heap, uvicorn_options
-    from opsgate.server.app import WORKER_EXTERNAL_URL, WORKER_STATE_DIR
+    from opsgate.server.app import WORKER_EXTERNAL_URL, WORKER_POLICIES, WORKER_STATE_DIR
 
     gate = open_gate(state_dir, publish_policies=True)
     gate.audit.check_checkpoint_file()
@@ -879,19 +879,42 @@ def serve(
         no_policies = gate.policies is None
         os.environ[WORKER_STATE_DIR] = str(gate.state_dir)
         os.environ[WORKER_EXTERNAL_URL] = url
+        os.environ[WORKER_POLICIES] = gate.state.policy_digest or ""
         gate.close()
         print_error(f"opsgate serving {gate.state_dir} with {workers} workers {where}")
         if no_policies:
             print_error(NO_POLICIES)
-        uvicorn.run("opsgate.server.app:worker_app", factory=True, workers=workers, **options)
+        if not _supervise(workers, options):
+            raise typer.Exit(1)
         return
-    application = create_app(gate, settings)
+    # The app closes the gate when it shuts down (signed tail, summaries), before
+    # uvicorn hands on a SIGTERM it caught.
+    application = create_app(gate, settings, owns_gate=True)
     print_error(f"opsgate serving {gate.state_dir} {where}")
     if gate.policies is None:
         print_error(NO_POLICIES)
     settle_heap()
     uvicorn.run(application, **options)
     gate.close()
+
+
+def _supervise(workers: int, options: dict[str, Any]) -> bool:
+    """Run `workers` worker processes on one socket under uvicorn's supervisor; False
+    when one failed to start (the supervisor then stops them all)."""
+    import uvicorn
+    from uvicorn.config import STARTUP_FAILURE
+    from uvicorn.supervisors import Multiprocess
+
+    config = uvicorn.Config(
+        "opsgate.server.app:worker_app", factory=True, workers=workers, **options
+    )
+    supervisor = Multiprocess(config, sockets=[config.bind_socket()])
+    with contextlib.suppress(KeyboardInterrupt):
+        supervisor.run()
+    failed = [p.pid for p in supervisor.processes if p.exitcode == STARTUP_FAILURE]
+    if failed:
+        print_error("error [not_ready]: a worker failed to start (see above); server stopped")
+    return not failed
 
 
 # -- trust -------------------------------------------------------------------------------------
@@ -1024,20 +1047,12 @@ def _unechoed(message: str) -> str:
 
 def main() -> None:
     """Console entry point: usage errors become one line on stderr and exit code 2."""
-    import structlog
     from typer import Abort
     from typer._click.exceptions import ClickException
 
-    from opsgate.audit.sanitize import scrub_log_event
+    from opsgate.audit.sanitize import log_to_stderr
 
-    # Log lines go to stderr: stdout carries only results (tables, JSON, tokens).
-    # Every line is scrubbed of secret-shaped text first, as audit events are.
-    processors = list(structlog.get_config()["processors"])
-    if scrub_log_event not in processors:
-        processors.insert(0, scrub_log_event)
-    structlog.configure(
-        processors=processors, logger_factory=structlog.PrintLoggerFactory(file=sys.stderr)
-    )
+    log_to_stderr()
     try:
         code = app(standalone_mode=False)
     except ClickException as exc:

@@ -391,6 +391,7 @@ _REGISTRY: tuple[tuple[type[OpsgateError], dict[str, str]], ...] = (
             "secrets_rekey_unsupported": "the vault backend's keys are rotated in OpenBao/Vault",
             "not_initialized": "no opsgate state in the state dir: run 'opsgate init'",
             "pin_invalid": "the gate pin file in the state dir is malformed",
+            "policies_changed": "a server worker found other policies than its server loaded",
             "state_dir_insecure": "the state dir or its opsgate.yaml can be changed by other users",
             "state_dir_invalid": "the state dir cannot be used (not writable, not a directory)",
             "vault_auth_missing": "the OpenBao/Vault address or login is not configured",

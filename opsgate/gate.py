@@ -432,6 +432,7 @@ class Gate:
         # Whether loading policies makes them the ones in force for every gate on the
         # database (`Gate.open(publish_policies=...)`); else they are only compared.
         self.publishes_policies = True
+        self.expected_policies: str | None = None
         self.trust_approvers: tuple[str, ...] = ()
         self._resolve_trust_approvers()
         # (action, namespace) -> executor; namespace None routes every other resource.
@@ -527,6 +528,7 @@ class Gate:
         policies: str | os.PathLike[str] | list[str] | None = None,
         database_url: str | None = None,
         publish_policies: bool = True,
+        expect_policies: str | None = None,
         **config_overrides: Any,
     ) -> Gate:
         """Open the gate whose state lives in `state_dir`.
@@ -569,6 +571,9 @@ class Gate:
             gate = cls._open_pinned(path, config, pin)
         try:
             gate.publishes_policies = publish_policies
+            # A worker of `serve --workers N`: the decision digest its parent loaded and
+            # published; files that say otherwise now are refused before they publish.
+            gate.expected_policies = expect_policies
             policy_source = policies if policies is not None else config.policies
             if policy_source is not None:
                 gate.load_policies(policy_source)
@@ -676,6 +681,12 @@ class Gate:
         decision settings), then use them. No decision falls between the swap and the
         comparison."""
         digest = self.decisions_digest(policies_digest)
+        if self.expected_policies is not None and digest != self.expected_policies:
+            raise ConfigError(
+                "the policy files (or the decision settings of opsgate.yaml) changed since "
+                "this server started: restart `opsgate serve` to put them in force",
+                code="policies_changed",
+            )
         published = self._publish_policies(
             digest, () if loaded is None else tuple(Path(s).name for s in loaded.sources)
         )

@@ -179,6 +179,22 @@ def scrub_log_event(_logger: Any, _method: str, event_dict: dict[str, Any]) -> d
     return clean_event(event_dict)
 
 
+def log_to_stderr() -> None:
+    """Log lines go to stderr (stdout carries only results: tables, JSON, tokens), each
+    scrubbed of secret-shaped text first, as audit events are. For every process the
+    gate runs in: the CLI, and each worker `serve --workers N` spawns."""
+    import sys
+
+    import structlog
+
+    processors = list(structlog.get_config()["processors"])
+    if scrub_log_event not in processors:
+        processors.insert(0, scrub_log_event)
+    structlog.configure(
+        processors=processors, logger_factory=structlog.PrintLoggerFactory(file=sys.stderr)
+    )
+
+
 __all__ = [
     "MAX_DEPTH",
     "REDACT_KEYS",

@@ -14,6 +14,7 @@ import contextlib
 import gc
 import math
 import os
+import sys
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -192,9 +193,14 @@ def settle_heap() -> None:
 
 
 # How `opsgate serve --workers N` tells its worker processes what the parent checked:
-# the state dir (absolute) and the external URL the proofs name.
+# the state dir (absolute), the external URL the proofs name, and the digest of the
+# policies (with the decision settings) it loaded and published.
 WORKER_STATE_DIR = "OPSGATE_STATE_DIR"
 WORKER_EXTERNAL_URL = "OPSGATE_SERVE_EXTERNAL_URL"
+WORKER_POLICIES = "OPSGATE_SERVE_POLICIES"
+# uvicorn's exit code for a worker that failed before serving: its supervisor then
+# stops instead of starting the worker again and again.
+WORKER_STARTUP_FAILURE = 3
 
 
 def worker_app() -> FastAPI:
@@ -204,28 +210,65 @@ def worker_app() -> FastAPI:
     caches and authorize thread; revocations reach it through the change feed, proof
     ids through the replay store, the audit chain through the database's write lock),
     so N workers use N cores where one process is bound to one by the GIL. The parent
-    opened the gate first (migrations, policies, the external URL checked) and put
-    what it checked in the environment the workers start with."""
+    opened the gate first (migrations, policies, the external URL) and put what it
+    checked in the environment the workers start with. A worker started again later
+    (the one before it died) serves the policies its server loaded or none: files
+    edited since are refused (`policies_changed`), not put in force by a crash.
+
+    A worker that cannot start says why on one line and exits with uvicorn's startup
+    failure code, which stops the server (exit 1) rather than restarting it forever."""
     from pathlib import Path
 
+    from opsgate.audit.sanitize import log_to_stderr
+
+    log_to_stderr()
+    _exit_with_parent()
     state_dir = os.environ.get(WORKER_STATE_DIR, "")
     external = os.environ.get(WORKER_EXTERNAL_URL, "")
-    if not state_dir or not external:
-        raise ConfigError(
-            "a worker process is started by `opsgate serve --workers N`, which names its "
-            "state dir and external URL",
-            code="config_invalid",
-        )
-    gate = Gate.open(Path(state_dir), create=False, publish_policies=True)
+    policies = os.environ.get(WORKER_POLICIES, "")
     try:
-        base = gate.config.server
-        settings = base.model_validate({**base.model_dump(), "external_url": external})
-        app = create_app(gate, settings, owns_gate=True)
-    except BaseException:
-        gate.close()
-        raise
+        if not state_dir or not external or not policies:
+            raise ConfigError(
+                "a worker process is started by `opsgate serve --workers N`, which names its "
+                "state dir, external URL and policies",
+                code="config_invalid",
+            )
+        gate = Gate.open(
+            Path(state_dir), create=False, publish_policies=True, expect_policies=policies
+        )
+        try:
+            base = gate.config.server
+            settings = base.model_validate({**base.model_dump(), "external_url": external})
+            app = create_app(gate, settings, owns_gate=True)
+        except BaseException:
+            gate.close()
+            raise
+    except Exception as exc:  # noqa: BLE001 - any failure to start is one line and exit 3
+        if isinstance(exc, OpsgateError):
+            detail = f"[{exc.code}]: {exc.message}"  # an error's own text is safe to show
+        else:
+            detail = f"[internal]: unexpected {type(exc).__name__}"
+        print(f"error {detail} (worker {os.getpid()} not started)", file=sys.stderr)
+        sys.exit(WORKER_STARTUP_FAILURE)
     settle_heap()
     return app
+
+
+def _exit_with_parent() -> None:
+    """Linux: this worker is sent SIGTERM when the process that supervises it dies (a
+    `kill -9` of `opsgate serve` must not leave workers serving the port unsupervised);
+    if it is already gone, the worker does not start."""
+    import ctypes
+    import signal
+
+    parent = os.getppid()
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return  # not Linux: the supervisor's pipe still ends the worker's health checks
+    if os.getppid() != parent:
+        sys.exit(WORKER_STARTUP_FAILURE)
 
 
 def uvicorn_options(settings: ServerConfig) -> dict[str, Any]:

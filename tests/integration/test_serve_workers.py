@@ -257,3 +257,97 @@ def test_workers_out_of_range_are_a_usage_error(tmp_path: Path) -> None:
         )
         assert r.returncode == 2, (bad, r.stderr)
         assert "--workers" in r.stderr and "Traceback" not in r.stderr
+
+
+def _start(state: Path, workers: int) -> tuple[subprocess.Popen[str], str]:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OPSGATE_")}
+    proc = subprocess.Popen(
+        [*SERVE, "--state-dir", str(state), "serve", "--port", str(port)]
+        + ["--workers", str(workers)],
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 60
+    while True:
+        assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+        try:
+            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                break
+        except httpx.TransportError:
+            pass
+        assert time.monotonic() < deadline, "server did not become ready"
+        time.sleep(0.1)
+    if workers > 1:
+        while len(_workers(proc.pid)) < workers:
+            assert time.monotonic() < deadline, "the workers did not start"
+            time.sleep(0.1)
+    return proc, url
+
+
+def _new_state(tmp_path: Path) -> tuple[Path, keys.Ed25519PrivateKey]:
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700)
+    (state / "policies.yaml").write_text(POLICY, encoding="utf-8")
+    (state / "opsgate.yaml").write_text("policies: policies.yaml\n", encoding="utf-8")
+    key = keys.generate()
+    with opsgate.Gate.open(state) as gate:
+        gate.register_agent(
+            "w-x",
+            ["deploy:staging", "deploy:production"],
+            sponsor="app-owner@company.com",
+            trust_score=1000,
+            did=keys.did_from_public_key(key.public_key()),
+        )
+    return state, key
+
+
+def test_a_worker_restarted_after_a_policy_edit_stops_the_server_not_the_policy(
+    tmp_path: Path,
+) -> None:
+    """A worker that dies is started again; the policy files were edited meanwhile (an
+    unreviewed edit, not yet put in force by a restart). The new worker must not load
+    and publish them: it refuses (policies_changed) and the server stops, exit 1, with
+    the policies it started with still the ones in force."""
+    state, key = _new_state(tmp_path)
+    with opsgate.Gate.open(state, create=False) as gate:
+        before = gate.policy_status()
+    proc, url = _start(state, 2)
+    try:
+        with RemoteGate(url, key) as remote:
+            cred = remote.credential(["deploy:production"])
+            decision = remote.authorize(cred, "deploy:production/app-web")
+            assert decision.effect == "require_approval"
+        (state / "policies.yaml").write_text("policies: []\n", encoding="utf-8")
+        os.kill(_workers(proc.pid)[0], signal.SIGKILL)
+        code = proc.wait(timeout=60)
+        err = proc.stderr.read() if proc.stderr else ""
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert code == 1, err
+    assert "policies_changed" in err and "Traceback" not in err
+    (state / "policies.yaml").write_text(POLICY, encoding="utf-8")
+    with opsgate.Gate.open(state, create=False, publish_policies=False) as gate:
+        assert gate.policy_status()["in_force"] == before["in_force"]
+        loaded = [r.event for r in gate.audit.events(event_type="policy.loaded")]
+    assert len({e["digest"] for e in loaded}) == 1  # never another digest published
+
+
+def test_sigterm_to_one_process_closes_the_gate_first(tmp_path: Path) -> None:
+    """systemd and Kubernetes stop a service with SIGTERM: the gate closes before the
+    process ends (its unsigned tail signed), with one worker as with several."""
+    state, key = _new_state(tmp_path)
+    for workers in (1, 2):
+        proc, url = _start(state, workers)
+        with RemoteGate(url, key) as remote:
+            cred = remote.credential(["deploy:staging"])
+            assert remote.authorize(cred, "deploy:staging/app-web").effect == "allow"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) in (0, -signal.SIGTERM)
+        with opsgate.Gate.open(state, create=False) as gate:
+            report = gate.audit.verify()
+            assert report.ok and report.unsigned_events == 0, (workers, report)
