@@ -217,6 +217,36 @@ _GATE_FILES = (KEY_DIR, AGENT_KEY_DIR, DB_FILE, CHECKPOINT_FILE)
 _EXECUTOR_SECTIONS = {"deploy": "deploy:", "rollback": "deploy:", "migrate": "databases:"}
 
 
+def _checkpoint_path(state_dir: Path, config: Config) -> Path:
+    """Where the kept checkpoint lives (`audit.checkpoint_file`, relative to the state
+    dir); never one of the gate's own files, which the first checkpoint would replace
+    (the database, the pin, the configuration, a policy file, a key)."""
+    from opsgate.secrets.keys import KEY_FILE
+
+    path = state_dir / config.audit.checkpoint_file
+    resolved = path.resolve()
+    home = state_dir.resolve()
+    reserved = {home / n for n in (PIN_FILE, CONFIG_FILE, KEY_FILE)}
+    reserved |= {
+        home / f"{DB_FILE}{suffix}" for suffix in ("", "-wal", "-shm", "-journal", "-writer")
+    }
+    sources = config.policies if isinstance(config.policies, list) else [config.policies]
+    reserved |= {(state_dir / str(p)).resolve() for p in sources if p}
+    key_dirs = (home / KEY_DIR, home / AGENT_KEY_DIR)
+    if (
+        resolved in reserved
+        or resolved == home
+        or any(resolved == d or resolved.is_relative_to(d) for d in key_dirs)
+        or any(resolved.is_relative_to((state_dir / str(p)).resolve()) for p in sources if p)
+    ):
+        raise ConfigError(
+            f"audit.checkpoint_file names one of the gate's own files ({path.name}): give "
+            "it a file of its own",
+            code="config_invalid",
+        )
+    return path
+
+
 def _check_policies_load(source: str | os.PathLike[str] | list[str], config: Config) -> None:
     """Raise the PolicyError (or insecure-file error) loading `source` would raise."""
     from opsgate.policy import load_policies
@@ -387,7 +417,7 @@ class Gate:
             feed=self.state.record_changes_raw,
             checkpoint_every=config.audit.checkpoint_every_events,
             checkpoint_interval=config.audit.checkpoint_every_seconds,
-            checkpoint_file=state_dir / config.audit.checkpoint_file,
+            checkpoint_file=_checkpoint_path(state_dir, config),
         )
         if genesis is not None:
             self._create(genesis, now)

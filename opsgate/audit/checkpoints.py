@@ -8,8 +8,11 @@ checkpoint kept elsewhere unnoticed.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -89,31 +92,68 @@ def published_seq(path: Path | None) -> int:
         return 0
 
 
-def publish(path: Path, cp: Checkpoint) -> None:
-    """Replace the state dir's checkpoint with `cp` when it is newer (atomic, fsynced).
+# How long a writer of the kept checkpoint waits for another (a replica, a CLI command)
+# before leaving this one to the next checkpoint: never a wait without bound, since it
+# is taken while the audit log's writer waits.
+PUBLISH_WAIT_SECONDS = 2.0
 
-    Replicas share the state dir: a lock on the directory orders their writes,
-    so the file never goes back to an older checkpoint.
+
+def publish(path: Path, cp: Checkpoint) -> None:
+    """Replace the kept checkpoint `path` with `cp` when it is newer (atomic, fsynced).
+
+    Writers on one host (replicas, CLI commands) take turns on an owner-only lock file
+    beside it, waiting at most PUBLISH_WAIT_SECONDS (OSError when the turn does not
+    come), so the file never goes back to an older checkpoint and nobody else who can
+    open the directory can stall the gate. The new text goes to a fresh, randomly named
+    file (never through a link planted in its place, removed if anything fails), then
+    takes the name; a file there that is not a checkpoint is never replaced (OSError):
+    a misconfigured path must not overwrite the database, a key or the pin.
     """
     import fcntl
+    import secrets as _secrets
 
-    fd = os.open(path.parent, os.O_RDONLY)
+    lock_path = path.with_name(f".{path.name}.lock")
+    lock = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        if published_seq(path) >= cp.seq:
-            return
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        deadline = time.monotonic() + PUBLISH_WAIT_SECONDS
+        while True:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise OSError(
+                        errno.EWOULDBLOCK, "another writer holds the checkpoint"
+                    ) from None
+                time.sleep(0.01)
+        if os.path.lexists(path):
+            try:
+                kept = load_anchor(path)
+            except AuditError as exc:
+                raise OSError(errno.EEXIST, "a file that is not a checkpoint is there") from exc
+            if kept.seq >= cp.seq:
+                return
+        tmp = path.with_name(f".{path.name}.{_secrets.token_hex(8)}.tmp")
         data = (json.dumps(cp.to_dict(), indent=2, sort_keys=True) + "\n").encode("utf-8")
-        out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
         try:
-            os.write(out, data)
-            os.fsync(out)
+            try:
+                os.write(out, data)
+                os.fsync(out)
+            finally:
+                os.close(out)
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+        directory = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(directory)
         finally:
-            os.close(out)
-        os.replace(tmp, path)
-        os.fsync(fd)
+            os.close(directory)
     finally:
-        os.close(fd)
+        os.close(lock)
 
 
 def load_anchor(path: Path) -> Checkpoint:

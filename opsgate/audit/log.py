@@ -325,23 +325,35 @@ class AuditLog:
 
     def check_checkpoint_file(self) -> None:
         """Raise ConfigError (`checkpoint_unwritable`) when the kept checkpoint's file
-        cannot be replaced (a read-only state dir, a missing directory): a server must
-        not run on checkpoints kept only in the database, which a database writer can
-        wipe before rewriting the log."""
+        cannot be kept safely: its directory not writable (a read-only state dir, a
+        missing directory) or open to other users (who could hold its lock or plant
+        links), or a file there that is not a checkpoint. A server must not run on
+        checkpoints kept only in the database, which a database writer can wipe before
+        rewriting the log."""
         path = self._checkpoint_file
         if path is None:
             return
-        probe = path.with_name(f".{path.name}.{os.getpid()}.probe")
         try:
+            info = os.stat(path.parent)
+            if info.st_uid not in (os.getuid(), 0) or info.st_mode & 0o022:
+                raise PermissionError(1, "its directory can be changed by other users")
+            probe = path.with_name(f".{path.name}.{os.getpid()}.probe")
             os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600))
             os.unlink(probe)
-            if path.exists() and not path.is_file():
-                raise IsADirectoryError(21, "not a regular file")
+            if os.path.lexists(path):
+                try:
+                    load_anchor(path)
+                except AuditError as exc:
+                    if exc.code != "anchor_missing":
+                        raise FileExistsError(
+                            17, "a file that is not a checkpoint is there"
+                        ) from exc
         except OSError as exc:
             raise ConfigError(
-                f"the audit checkpoint file '{path}' cannot be written ({exc.strerror}): the "
+                f"the audit checkpoint file '{path}' cannot be kept ({exc.strerror}): the "
                 "gate keeps its newest signed checkpoint there, out of a database writer's "
-                "reach; point audit.checkpoint_file at a writable, persistent path",
+                "reach; point audit.checkpoint_file at a writable, persistent path of the "
+                "gate's own",
                 code="checkpoint_unwritable",
             ) from None
 

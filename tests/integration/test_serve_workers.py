@@ -264,8 +264,16 @@ def _start(state: Path, workers: int) -> tuple[subprocess.Popen[str], str]:
     url = f"http://127.0.0.1:{port}"
     env = {k: v for k, v in os.environ.items() if not k.startswith("OPSGATE_")}
     proc = subprocess.Popen(
-        [*SERVE, "--state-dir", str(state), "serve", "--port", str(port)]
-        + ["--workers", str(workers)],
+        [
+            *SERVE,
+            "--state-dir",
+            str(state),
+            "serve",
+            "--port",
+            str(port),
+            "--workers",
+            f"{workers}",
+        ],
         env=env,
         stderr=subprocess.PIPE,
         text=True,

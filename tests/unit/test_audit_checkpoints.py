@@ -454,3 +454,95 @@ def test_an_anchor_of_another_gate_is_named_as_such_not_as_tampering(tmp_path: P
     with opsgate.Gate.open(a, create=False) as gate:
         report = gate.audit.verify()
         assert not report.ok and report.problem == "replacement"
+
+
+@pytest.mark.parametrize(
+    "name", ["opsgate.db", "opsgate.db-wal", "gate-pin.json", "opsgate.yaml", "policies.yaml"]
+)
+def test_the_kept_checkpoint_never_names_one_of_the_gates_own_files(
+    tmp_path: Path, name: str
+) -> None:
+    state = tmp_path / "state"
+    opsgate.Gate.open(state).close()
+    (state / "policies.yaml").write_text("policies: []\n", encoding="utf-8")
+    before = {p.name: p.read_bytes() for p in state.iterdir() if p.is_file()}
+    (state / "opsgate.yaml").write_text(
+        f"policies: policies.yaml\naudit:\n  checkpoint_file: {name}\n", encoding="utf-8"
+    )
+    with pytest.raises(opsgate.ConfigError) as exc:
+        opsgate.Gate.open(state, create=False)
+    assert exc.value.code == "config_invalid"
+    for n, data in before.items():
+        if n not in ("opsgate.yaml", "opsgate.db", "opsgate.db-wal", "opsgate.db-shm"):
+            assert (state / n).read_bytes() == data
+    kid = next((state / "gate-keys").iterdir()).name
+    (state / "opsgate.yaml").write_text(
+        f"audit:\n  checkpoint_file: gate-keys/{kid}\n", encoding="utf-8"
+    )
+    with pytest.raises(opsgate.ConfigError):
+        opsgate.Gate.open(state, create=False)
+
+
+def test_a_file_that_is_not_a_checkpoint_is_never_replaced(tmp_path: Path) -> None:
+    """A path that already holds something else (a mistake in opsgate.yaml, a link
+    planted there) keeps it: the gate logs that it could not keep its checkpoint, and
+    `serve` refuses to start on it."""
+    precious = tmp_path / "elsewhere" / "precious.txt"
+    precious.parent.mkdir()
+    precious.write_text("not a checkpoint\n", encoding="utf-8")
+    gate = _open(tmp_path, None, checkpoint_every_events=2, checkpoint_file=str(precious))
+    try:
+        _append(gate, 5)
+        assert _checkpoint_seqs(gate)  # signed and stored in the database
+        assert precious.read_text(encoding="utf-8") == "not a checkpoint\n"
+        with pytest.raises(opsgate.ConfigError) as exc:
+            gate.audit.check_checkpoint_file()
+        assert exc.value.code == "checkpoint_unwritable"
+    finally:
+        gate.close()
+    assert precious.read_text(encoding="utf-8") == "not a checkpoint\n"
+    link = tmp_path / "elsewhere" / "cp.json"
+    link.symlink_to(precious)
+    gate = _open(tmp_path, None, checkpoint_every_events=2, checkpoint_file=str(link))
+    try:
+        _append(gate, 5)
+    finally:
+        gate.close()
+    assert precious.read_text(encoding="utf-8") == "not a checkpoint\n"
+
+
+def test_another_holder_of_the_checkpoint_lock_delays_a_publish_only_briefly(
+    tmp_path: Path,
+) -> None:
+    import fcntl
+    import os
+
+    with _open(tmp_path, None) as gate:
+        cp = gate.audit.checkpoint()
+    target = tmp_path / "kept.json"
+    lock = os.open(tmp_path / ".kept.json.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    try:
+        started = time.monotonic()
+        with pytest.raises(OSError):
+            publish(target, cp)
+        assert time.monotonic() - started < 5
+        assert not target.exists()
+    finally:
+        os.close(lock)
+    publish(target, cp)
+    assert load_anchor(target).seq == cp.seq
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
+
+
+def test_serve_refuses_a_checkpoint_directory_others_can_change(tmp_path: Path) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    gate = _open(tmp_path, None, checkpoint_file=str(shared / "cp.json"))
+    try:
+        with pytest.raises(opsgate.ConfigError) as exc:
+            gate.audit.check_checkpoint_file()
+        assert exc.value.code == "checkpoint_unwritable" and "other users" in exc.value.message
+    finally:
+        gate.close()
