@@ -378,7 +378,7 @@ class Store:
         path = make_url(self.url).database
         if not path:
             return
-        for suffix in ("", "-wal", "-shm", "-writer"):
+        for suffix in ("", "-wal", "-shm"):
             f = Path(path + suffix)
             if f.exists():
                 f.chmod(0o600)
@@ -393,6 +393,20 @@ class Store:
 
 # Never through a link planted in its place; never truncated.
 _LOCK_FLAGS = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW
+
+
+def _own_lock_file(path: str) -> int | None:
+    """The lock file, opened, when it is this process's user's own and no one else's
+    (None otherwise: another user who made it could hold the lock to stall writers)."""
+    try:
+        fd = os.open(path, _LOCK_FLAGS, 0o600)
+    except OSError:
+        return None
+    info = os.fstat(fd)
+    if info.st_uid != os.getuid() or info.st_mode & 0o077:
+        os.close(fd)
+        return None
+    return fd
 
 
 class WriterTurn:
@@ -425,10 +439,9 @@ class WriterTurn:
     def turn(self) -> Iterator[None]:
         with self._lock:
             if self._fd is None and self._path is not None:
-                try:
-                    self._fd = os.open(self._path, _LOCK_FLAGS, 0o600)
-                except OSError:
-                    self._path = None  # unwritable: SQLite's busy handler alone
+                self._fd = _own_lock_file(self._path)
+                if self._fd is None:
+                    self._path = None  # SQLite's busy handler alone
             fd = self._fd
             if fd is None:
                 yield

@@ -119,3 +119,22 @@ def test_processes_appending_at_once_leave_one_gap_free_verified_chain(tmp_path:
     for n in range(3):
         mine = [r.event["n"] for r in events if r.actor == f"proc-{n}"]
         assert sorted(mine) == sorted(list(range(per_thread)) * 4)
+
+
+def test_a_lock_file_open_to_others_is_not_used(tmp_path: Path) -> None:
+    """Someone else made the lock file (or made it readable to others) and holds its
+    lock: writers do not queue on it (they would wait for a stranger), SQLite's own lock
+    still orders them."""
+    lock = tmp_path / "db-writer"
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+    os.fchmod(fd, 0o666)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+        turn = WriterTurn(f"sqlite:///{tmp_path / 'db'}", timeout=0.3)
+        started = time.monotonic()
+        with turn.turn():
+            pass
+        assert time.monotonic() - started < 0.3
+        turn.close()
+    finally:
+        os.close(fd)
