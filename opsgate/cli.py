@@ -506,6 +506,13 @@ def audit_verify(
             f"signed by a checkpoint yet (the oldest is {report.unsigned_age_seconds:.0f} s "
             "old); a database writer could still replace them"
         )
+    if not json_out and report.ok and report.state_checkpoint_seq is None and report.events > 2:
+        # Nothing kept outside the database to compare with: say so, it is not "intact".
+        print_error(
+            "note: no kept checkpoint (audit.checkpoint_file) was found: a database writer "
+            "could have cut or replaced the log unnoticed; verify against an exported "
+            "anchor (--anchor)"
+        )
     if not report.ok:
         raise typer.Exit(1)
 

@@ -771,3 +771,20 @@ def test_an_init_whose_policy_does_not_load_creates_nothing(tmp_path: Path) -> N
     code, out, err = run(state, "init")
     assert code == 0, err
     assert "opsgate ready" in out and (state / "gate-pin.json").exists()
+
+
+def test_verify_says_when_no_kept_checkpoint_backs_it(tmp_path: Path) -> None:
+    state = tmp_path / "s"
+    assert run(state, "init")[0] == 0
+    assert (
+        run(
+            state, "agents", "register", "a1", "-c", "deploy:staging", "--sponsor", "x@company.com"
+        )[0]
+        == 0
+    )
+    code, _, err = run(state, "audit", "verify")
+    assert code == 0 and "no kept checkpoint" not in err
+    (state / "audit-checkpoint.json").unlink()
+    code, out, err = run(state, "audit", "verify")
+    assert code == 0 and "intact" in out
+    assert "no kept checkpoint" in err and "--anchor" in err
