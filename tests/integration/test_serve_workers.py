@@ -62,47 +62,9 @@ def _alive(pid: int) -> bool:
 def served(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
     """One server for the module (each test uses agents of its own; stopping it is
     the last test)."""
-    state = tmp_path_factory.mktemp("workers") / "state"
-    state.mkdir(mode=0o700)
-    (state / "policies.yaml").write_text(POLICY, encoding="utf-8")
-    (state / "opsgate.yaml").write_text("policies: policies.yaml\n", encoding="utf-8")
-    agent_keys = []
-    with opsgate.Gate.open(state) as gate:
-        for i in range(AGENTS):
-            key = keys.generate()
-            gate.register_agent(
-                f"w-{i}",
-                ["deploy:staging"],
-                sponsor="app-owner@company.com",
-                trust_score=1000,
-                did=keys.did_from_public_key(key.public_key()),
-            )
-            agent_keys.append(key)
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OPSGATE_")}
-    server = subprocess.Popen(
-        [*SERVE, "--state-dir", str(state), "serve", "--port", str(port), "--workers", "2"],
-        env=env,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    state, agent_keys = _new_state(tmp_path_factory.mktemp("workers"), AGENTS)
+    server, url = _start(state, 2)
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert server.poll() is None, server.stderr.read() if server.stderr else ""
-            try:
-                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "server did not become ready"
-            time.sleep(0.1)
-        # Both workers up (each answers /readyz only once its gate is open).
-        deadline = time.monotonic() + 60
-        while len(_workers(server.pid)) < 2:
-            assert time.monotonic() < deadline, "two workers did not start"
-            time.sleep(0.1)
         yield state, url, agent_keys, server
     finally:
         if server.poll() is None:
@@ -295,21 +257,31 @@ def _start(state: Path, workers: int) -> tuple[subprocess.Popen[str], str]:
     return proc, url
 
 
-def _new_state(tmp_path: Path) -> tuple[Path, keys.Ed25519PrivateKey]:
-    state = tmp_path / "state"
+def _new_state(
+    parent: Path, count: int = 1, capabilities: tuple[str, ...] = ("deploy:staging",)
+) -> tuple[Path, list[keys.Ed25519PrivateKey]]:
+    """A state dir with the policy and `count` agents (w-0, w-1, ...) holding their own
+    keys; the keys."""
+    state = parent / "state"
     state.mkdir(mode=0o700)
     (state / "policies.yaml").write_text(POLICY, encoding="utf-8")
     (state / "opsgate.yaml").write_text("policies: policies.yaml\n", encoding="utf-8")
-    key = keys.generate()
+    agent_keys = []
     with opsgate.Gate.open(state) as gate:
-        gate.register_agent(
-            "w-x",
-            ["deploy:staging", "deploy:production"],
-            sponsor="app-owner@company.com",
-            trust_score=1000,
-            did=keys.did_from_public_key(key.public_key()),
-        )
-    return state, key
+        for i in range(count):
+            key = keys.generate()
+            gate.register_agent(
+                f"w-{i}",
+                list(capabilities),
+                sponsor="app-owner@company.com",
+                trust_score=1000,
+                did=keys.did_from_public_key(key.public_key()),
+            )
+            agent_keys.append(key)
+    return state, agent_keys
+
+
+BOTH = ("deploy:staging", "deploy:production")
 
 
 def test_a_worker_restarted_after_a_policy_edit_stops_the_server_not_the_policy(
@@ -319,7 +291,7 @@ def test_a_worker_restarted_after_a_policy_edit_stops_the_server_not_the_policy(
     unreviewed edit, not yet put in force by a restart). The new worker must not load
     and publish them: it refuses (policies_changed) and the server stops, exit 1, with
     the policies it started with still the ones in force."""
-    state, key = _new_state(tmp_path)
+    state, (key,) = _new_state(tmp_path, 1, BOTH)
     with opsgate.Gate.open(state, create=False) as gate:
         before = gate.policy_status()
     proc, url = _start(state, 2)
@@ -348,7 +320,7 @@ def test_a_worker_restarted_after_a_policy_edit_stops_the_server_not_the_policy(
 def test_sigterm_to_one_process_closes_the_gate_first(tmp_path: Path) -> None:
     """systemd and Kubernetes stop a service with SIGTERM: the gate closes before the
     process ends (its unsigned tail signed), with one worker as with several."""
-    state, key = _new_state(tmp_path)
+    state, (key,) = _new_state(tmp_path, 1, BOTH)
     for workers in (1, 2):
         proc, url = _start(state, workers)
         with RemoteGate(url, key) as remote:

@@ -425,13 +425,18 @@ def _cli_process(world: World, *args: str, **kwargs: Any) -> subprocess.Popen[st
     )
 
 
-def test_wait_in_a_process_resumes_when_approved_through_the_api(world: World) -> None:
+def _production_deploy_waiting(world: World) -> subprocess.Popen[str]:
+    """web 2.0 through staging, then its production deploy with --wait in a process."""
     artifact = world.artifact("2.0")
     assert world.cli("deploy", "web", "2.0", "--env", "staging", "--artifact", artifact)[0] == 0
-    proc = _cli_process(
+    return _cli_process(
         world, "deploy", "web", "2.0", "--env", "production", "--artifact", artifact,
         "--wait", "--timeout", "60",
     )  # fmt: skip
+
+
+def test_wait_in_a_process_resumes_when_approved_through_the_api(world: World) -> None:
+    proc = _production_deploy_waiting(world)
     done: list[str] = []
     _approve_when_pending(world, "approve", done)
     out, err = proc.communicate(timeout=60)
@@ -445,12 +450,7 @@ def test_ctrl_c_while_waiting_leaves_the_approval_id_and_exit_3(world: World) ->
     alone on stdout), not a bare 'Aborted!'."""
     import signal
 
-    artifact = world.artifact("2.0")
-    assert world.cli("deploy", "web", "2.0", "--env", "staging", "--artifact", artifact)[0] == 0
-    proc = _cli_process(
-        world, "deploy", "web", "2.0", "--env", "production", "--artifact", artifact,
-        "--wait", "--timeout", "60",
-    )  # fmt: skip
+    proc = _production_deploy_waiting(world)
     deadline = time.monotonic() + 60
     while not pending_ids(world):
         assert proc.poll() is None and time.monotonic() < deadline
