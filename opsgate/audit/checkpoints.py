@@ -12,12 +12,12 @@ import contextlib
 import errno
 import json
 import os
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from opsgate import filelock
 from opsgate.audit.events import canonical
 from opsgate.errors import AuditError
 from opsgate.identity.keys import b64url_decode, verify_signature
@@ -109,23 +109,14 @@ def publish(path: Path, cp: Checkpoint) -> None:
     takes the name; a file there that is not a checkpoint is never replaced (OSError):
     a misconfigured path must not overwrite the database, a key or the pin.
     """
-    import fcntl
     import secrets as _secrets
 
-    lock_path = path.with_name(f".{path.name}.lock")
-    lock = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    lock = filelock.open_own(path.with_name(f".{path.name}.lock"))
+    if lock is None:
+        raise OSError(errno.EPERM, "the checkpoint's lock file cannot be opened as the gate's own")
     try:
-        deadline = time.monotonic() + PUBLISH_WAIT_SECONDS
-        while True:
-            try:
-                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    raise OSError(
-                        errno.EWOULDBLOCK, "another writer holds the checkpoint"
-                    ) from None
-                time.sleep(0.01)
+        if not filelock.lock_within(lock, PUBLISH_WAIT_SECONDS, longest_pause=0.01):
+            raise OSError(errno.EWOULDBLOCK, "another writer holds the checkpoint")
         if os.path.lexists(path):
             try:
                 kept = load_anchor(path)

@@ -8,11 +8,9 @@ so read-modify-write sequences never deadlock or interleave across processes.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import functools
 import os
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -31,6 +29,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, OperationalError, SQLAlchemyError
 from sqlalchemy.pool import NullPool
 
+from opsgate import filelock
 from opsgate.errors import ConfigError, StoreError
 from opsgate.store import schema
 
@@ -391,24 +390,6 @@ class Store:
             self._read_engine.dispose()
 
 
-# Never through a link planted in its place; never truncated.
-_LOCK_FLAGS = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW
-
-
-def _own_lock_file(path: str) -> int | None:
-    """The lock file, opened, when it is this process's user's own and no one else's
-    (None otherwise: another user who made it could hold the lock to stall writers)."""
-    try:
-        fd = os.open(path, _LOCK_FLAGS, 0o600)
-    except OSError:
-        return None
-    info = os.fstat(fd)
-    if info.st_uid != os.getuid() or info.st_mode & 0o077:
-        os.close(fd)
-        return None
-    return fd
-
-
 class WriterTurn:
     """Whose turn it is to write an SQLite database: one thread of this process (a
     lock), and one process of those that share the file (an exclusive `flock` on
@@ -439,7 +420,7 @@ class WriterTurn:
     def turn(self) -> Iterator[None]:
         with self._lock:
             if self._fd is None and self._path is not None:
-                self._fd = _own_lock_file(self._path)
+                self._fd = filelock.open_own(self._path)
                 if self._fd is None:
                     self._path = None  # SQLite's busy handler alone
             fd = self._fd
@@ -450,29 +431,14 @@ class WriterTurn:
             try:
                 yield
             finally:
-                fcntl.flock(fd, fcntl.LOCK_UN)
+                filelock.unlock(fd)
 
     def _acquire(self, fd: int) -> None:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return
-        except BlockingIOError:
-            pass
-        deadline = time.monotonic() + self._timeout
-        pause = 0.0001
-        while True:
-            time.sleep(pause)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                return
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    raise StoreError(
-                        "the state database did not answer in time (a lock held "
-                        "elsewhere, or overload)",
-                        code="store_timeout",
-                    ) from None
-                pause = min(pause * 2, 0.002)
+        if not filelock.lock_within(fd, self._timeout):
+            raise StoreError(
+                "the state database did not answer in time (a lock held elsewhere, or overload)",
+                code="store_timeout",
+            )
 
     def close(self) -> None:
         """Close the lock file (after any writer of this process has finished)."""
