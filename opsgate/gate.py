@@ -224,21 +224,13 @@ def _checkpoint_path(state_dir: Path, config: Config) -> Path:
     from opsgate.secrets.keys import KEY_FILE
 
     path = state_dir / config.audit.checkpoint_file
-    resolved = path.resolve()
-    home = state_dir.resolve()
-    reserved = {home / n for n in (PIN_FILE, CONFIG_FILE, KEY_FILE)}
-    reserved |= {
-        home / f"{DB_FILE}{suffix}" for suffix in ("", "-wal", "-shm", "-journal", "-writer")
-    }
-    sources = config.policies if isinstance(config.policies, list) else [config.policies]
-    reserved |= {(state_dir / str(p)).resolve() for p in sources if p}
-    key_dirs = (home / KEY_DIR, home / AGENT_KEY_DIR)
-    if (
-        resolved in reserved
-        or resolved == home
-        or any(resolved == d or resolved.is_relative_to(d) for d in key_dirs)
-        or any(resolved.is_relative_to((state_dir / str(p)).resolve()) for p in sources if p)
-    ):
+    resolved, home = path.resolve(), state_dir.resolve()
+    files = {home, *(home / n for n in (PIN_FILE, CONFIG_FILE, KEY_FILE))}
+    files |= {home / f"{DB_FILE}{s}" for s in ("", "-wal", "-shm", "-journal", "-writer")}
+    trees = [home / KEY_DIR, home / AGENT_KEY_DIR]
+    if config.policies:
+        trees.append((state_dir / config.policies).resolve())  # a file, or a directory
+    if resolved in files or any(resolved.is_relative_to(t) for t in trees):
         raise ConfigError(
             f"audit.checkpoint_file names one of the gate's own files ({path.name}): give "
             "it a file of its own",
@@ -247,13 +239,15 @@ def _checkpoint_path(state_dir: Path, config: Config) -> Path:
     return path
 
 
-def _check_policies_load(source: str | os.PathLike[str] | list[str], config: Config) -> None:
-    """Raise the PolicyError (or insecure-file error) loading `source` would raise."""
+def _policy_set(
+    source: str | os.PathLike[str] | list[str], config: Config, environments: Environments
+) -> PolicySet:
+    """The policies at `source`, loaded as the gate loads them (refused when a file or a
+    directory on their path could be changed by another user)."""
     from opsgate.policy import load_policies
 
     _check_policy_files(source)
-    environments = Environments.from_config(config)
-    load_policies(
+    return load_policies(
         source, limits=config.limits, aliases=environments.aliases, environments=environments
     )
 
@@ -595,7 +589,7 @@ class Gate:
             if source is not None:
                 # Before anything is created: a policy that does not load fails `init`
                 # with nothing left behind, rather than with a gate made anyway.
-                _check_policies_load(source, config)
+                _policy_set(source, config, Environments.from_config(config))
             gate = cls._open_new(path, config, create)
         else:
             gate = cls._open_pinned(path, config, pin)
@@ -685,15 +679,7 @@ class Gate:
     def load_policies(self, source: str | os.PathLike[str] | list[str]) -> None:
         """Load the policies in force (refused, with the old ones kept, when a file
         or a directory on its path could be changed by another user)."""
-        from opsgate.policy import load_policies
-
-        _check_policy_files(source)
-        loaded = load_policies(
-            source,
-            limits=self.config.limits,
-            aliases=self.environments.aliases,
-            environments=self.environments,
-        )
+        loaded = _policy_set(source, self.config, self.environments)
         assert loaded.digest is not None  # loaded from files
         self._policies_in_force(loaded, loaded.digest)
 
