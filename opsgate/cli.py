@@ -918,10 +918,10 @@ def _supervise(workers: int, options: dict[str, Any]) -> bool:
     supervisor = Multiprocess(config, sockets=[config.bind_socket()])
     with contextlib.suppress(KeyboardInterrupt):
         supervisor.run()
-    failed = [p.pid for p in supervisor.processes if p.exitcode == STARTUP_FAILURE]
-    if failed:
+    if any(p.exitcode == STARTUP_FAILURE for p in supervisor.processes):
         print_error("error [not_ready]: a worker failed to start (see above); server stopped")
-    return not failed
+        return False
+    return True
 
 
 # -- trust -------------------------------------------------------------------------------------

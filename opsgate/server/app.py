@@ -198,9 +198,6 @@ def settle_heap() -> None:
 WORKER_STATE_DIR = "OPSGATE_STATE_DIR"
 WORKER_EXTERNAL_URL = "OPSGATE_SERVE_EXTERNAL_URL"
 WORKER_POLICIES = "OPSGATE_SERVE_POLICIES"
-# uvicorn's exit code for a worker that failed before serving: its supervisor then
-# stops instead of starting the worker again and again.
-WORKER_STARTUP_FAILURE = 3
 
 
 def worker_app() -> FastAPI:
@@ -218,6 +215,8 @@ def worker_app() -> FastAPI:
     A worker that cannot start says why on one line and exits with uvicorn's startup
     failure code, which stops the server (exit 1) rather than restarting it forever."""
     from pathlib import Path
+
+    from uvicorn.config import STARTUP_FAILURE  # its supervisor then stops, not restarts
 
     from opsgate.audit.sanitize import log_to_stderr
 
@@ -249,7 +248,7 @@ def worker_app() -> FastAPI:
         else:
             detail = f"[internal]: unexpected {type(exc).__name__}"
         print(f"error {detail} (worker {os.getpid()} not started)", file=sys.stderr)
-        sys.exit(WORKER_STARTUP_FAILURE)
+        sys.exit(STARTUP_FAILURE)
     settle_heap()
     return app
 
@@ -261,6 +260,8 @@ def _exit_with_parent() -> None:
     import ctypes
     import signal
 
+    from uvicorn.config import STARTUP_FAILURE
+
     parent = os.getppid()
     try:
         libc = ctypes.CDLL(None, use_errno=True)
@@ -268,7 +269,7 @@ def _exit_with_parent() -> None:
     except (OSError, AttributeError):
         return  # not Linux: the supervisor's pipe still ends the worker's health checks
     if os.getppid() != parent:
-        sys.exit(WORKER_STARTUP_FAILURE)
+        sys.exit(STARTUP_FAILURE)
 
 
 def uvicorn_options(settings: ServerConfig) -> dict[str, Any]:
