@@ -42,7 +42,7 @@ from opsgate.clock import to_epoch
 from opsgate.config import CONFIG_FILE, Config, load_config, resolve_state_dir
 from opsgate.credentials.keyring import KEY_DIR, PIN_FILE, KeyRing, Pin, read_pin, write_pin
 from opsgate.credentials.manager import Claims, CredentialManager, PossessionCheck
-from opsgate.credentials.proof import ProofRequest
+from opsgate.credentials.proof import BatchProofs, ProofRequest
 from opsgate.decision import APPROVAL_EXPIRY_SECONDS, Decision
 from opsgate.environments import Environments, Resolved
 from opsgate.errors import (
@@ -319,6 +319,43 @@ class _Refusal:
 
     unit: Unit
     closed: bool
+
+
+@dataclasses.dataclass(slots=True)
+class _BatchRecords:
+    """What deciding part of a batch left to write: the refusals' records and the
+    decisions (request index, claims, capability, time, decision), each with its
+    request's index."""
+
+    refusals: list[tuple[int, _Refusal]] = dataclasses.field(default_factory=list)
+    decided: list[tuple[int, Claims, str, float, _Decided]] = dataclasses.field(
+        default_factory=list
+    )
+
+    def step(self, gate: Gate, i: int, fn: Callable[[], _T]) -> _T | OpsgateError:
+        """fn on behalf of request i: the records of its refusals kept for the batch."""
+        own: list[_Refusal] = []
+        gate._batching.refusals = own
+        try:
+            return _typed(fn)
+        finally:
+            gate._batching.refusals = None
+            self.refusals.extend((i, refusal) for refusal in own)
+
+
+class DecidedBatch:
+    """A batch `Gate.decide_batch` decided, for `Gate.finish_batches` (opaque)."""
+
+    __slots__ = ("again", "proofs", "records", "requests", "results", "times")
+
+    def __init__(self, requests: Sequence[AuthorizeRequest], proofs: BatchProofs) -> None:
+        self.requests = requests
+        self.times = [time.time() for _ in requests]
+        self.results: list[Decision | OpsgateError | None] = [None] * len(requests)
+        self.records = _BatchRecords()
+        self.proofs = proofs
+        # Requests revoked (their agent suspended) before they were decided.
+        self.again: list[int] = []
 
 
 def authorize_internal(exc: BaseException) -> OpsgateError:
@@ -1203,89 +1240,126 @@ class Gate:
         decided request of the batch with AuditError (fail closed: no decision is
         returned unrecorded), and every malformed one, as `authorize` fails it.
 
-        For a server that decides requests on one thread: one commit and one
-        thread for many requests, instead of a thread and a turn at the group
-        commit for each. The proof ids of the batch's proofs checked with
-        `use_once_before_audit` are recorded in one transaction too, after every
-        request is authenticated and before any is decided; a request whose id is
-        not accepted there, or whose credential a request decided before it revoked,
-        is taken again alone, and refused as `authorize` refuses it.
+        For a server that decides requests on one thread: one transaction and one
+        thread for many requests, instead of a thread and a turn at the group commit
+        for each. The proof ids of the batch's proofs checked with
+        `use_once_before_audit` are only noted while the requests are authenticated,
+        and recorded in the transaction of the batch's records (`BatchProofs`): a
+        request whose id is not accepted there has its records dropped and is taken
+        again alone, after the batch, and refused as `authorize` refuses it; its
+        decision is never written or answered. So is a request whose credential a
+        request decided before it revoked.
+
+        The two halves, `decide_batch` and `finish_batches`, let a server decide the
+        next batch while the last one is being written.
         """
-        results: list[Decision | OpsgateError | None] = [None] * len(requests)
-        decided: list[tuple[int, Claims, str, float, _Decided]] = []
-        refusals: list[tuple[int, _Refusal]] = []
+        return self.finish_batches([self.decide_batch(requests)])[0]
 
-        def step(i: int, fn: Callable[[], _T]) -> _T | OpsgateError:
-            """fn on behalf of request i: its refusals' records kept for the batch."""
-            own: list[_Refusal] = []
-            self._batching.refusals = own
-            try:
-                return _typed(fn)
-            finally:
-                self._batching.refusals = None
-                refusals.extend((i, refusal) for refusal in own)
-
-        # Authenticated first, each proof id only noted; then the ids recorded in one
-        # transaction (one per request would be most of a request's database work).
-        times = [time.time() for _ in requests]
-        authenticated: list[tuple[int, Claims | OpsgateError, int]] = []  # (i, claims, ids)
+    def decide_batch(self, requests: Sequence[AuthorizeRequest]) -> DecidedBatch:
+        """`authorize_batch`'s first half: every request authenticated and decided,
+        nothing recorded yet, no proof id recorded, nothing answered. What it gives
+        is only for `finish_batches`, which may come later and on another thread (the
+        batch is then concurrent with the requests decided meanwhile, as requests on
+        a pool are)."""
         proofs = self.credential_manager.proofs
+        batch = DecidedBatch(requests, proofs.batch())
+        authenticated: list[tuple[int, Claims | OpsgateError]] = []
         with proofs.noting() as noted:
             for i, req in enumerate(requests):
                 before = len(noted)
                 context = ProofRequest.authorize(req.capability, req.params)
                 check = functools.partial(
-                    self._authenticate, req.token, times[i], req.proof, context
+                    self._authenticate, req.token, batch.times[i], req.proof, context
                 )
-                authenticated.append((i, step(i, check), len(noted) - before))
-        accepted: list[bool] = []
-        if noted:
-            try:
-                accepted = proofs.record_noted(noted)
-            except Exception as exc:  # noqa: BLE001 - each request then records its own id
-                log.warning("batch proof ids not recorded together", error=type(exc).__name__)
-        verdicts = iter(accepted)
-        for i, claims, n in authenticated:
-            ok = all([next(verdicts, False) for _ in range(n)])
+                authenticated.append((i, batch.records.step(self, i, check)))
+                batch.proofs.note(i, noted[before:])
+        for i, claims in authenticated:
             if isinstance(claims, OpsgateError):
-                results[i] = claims  # refused before its proof id was noted (it is last)
+                batch.results[i] = claims  # refused before its proof id was noted (it is last)
                 continue
-            req, t = requests[i], times[i]
-            if ok and self.credential_manager.still_live(claims, t):
-                got = step(i, functools.partial(self._decide_one, claims, req, t))
-            else:
-                # Replayed, stale by the database's clock, not recorded, or revoked (its
-                # agent suspended) by a request decided before it: the request again the
-                # one-at-a-time way, which refuses (and charges) it as always.
-                got = step(i, functools.partial(self._authorize_one, req, t))
+            req, t = requests[i], batch.times[i]
+            if not self.credential_manager.still_live(claims, t):
+                batch.again.append(i)  # revoked (its agent suspended) by a request before
+                continue
+            got = batch.records.step(self, i, functools.partial(self._decide_one, claims, req, t))
             if isinstance(got, OpsgateError):
-                results[i] = got
+                batch.results[i] = got
             else:
-                decided.append((i, got[0], req.capability, t, got[1]))
-        # The refusals' records, then the decisions': one commit for the batch (on
-        # the one thread that decides every agent's requests, a commit per refusal
-        # would make one agent's flood of refusals everyone's wait).
-        units = [refusal.unit for _, refusal in refusals] + [one.unit for *_, one in decided]
-        if units:
-            try:
-                self.audit.commit_all(units)
-            except Exception as exc:  # noqa: BLE001 - every decision of the batch fails closed
-                err = exc if isinstance(exc, OpsgateError) else authorize_internal(exc)
-                for i, refusal in refusals:
+                batch.records.decided.append((i, got[0], req.capability, t, got[1]))
+        return batch
+
+    def finish_batches(
+        self, batches: Sequence[DecidedBatch]
+    ) -> list[list[Decision | OpsgateError]]:
+        """`authorize_batch`'s second half, for batches `decide_batch` gave (each
+        once, in the order they were decided): their records written in one durable
+        commit, their proof ids recorded there; then each decision written is scored,
+        and each request whose id was not accepted, or whose credential was revoked
+        before it was decided, is taken again alone. Each batch's results in order."""
+        self._write_batch([(b.records, b.results, b.proofs) for b in batches])
+        for b in batches:
+            if b.proofs.rejected or b.again:
+                # Replayed or stale by the database's clock, or revoked meanwhile: each
+                # again the one-at-a-time way (its id recorded alone), which refuses and
+                # charges it as always; their records in one more commit.
+                rest = _BatchRecords()
+                for i in sorted(b.proofs.rejected.union(b.again)):
+                    req, t = b.requests[i], b.times[i]
+                    got = rest.step(self, i, functools.partial(self._authorize_one, req, t))
+                    if isinstance(got, OpsgateError):
+                        b.results[i] = got
+                    else:
+                        rest.decided.append((i, got[0], req.capability, t, got[1]))
+                self._write_batch([(rest, b.results, None)])
+        out: list[list[Decision | OpsgateError]] = []
+        for b in batches:
+            done: list[Decision | OpsgateError] = []
+            for r in b.results:
+                assert r is not None  # every request was decided or refused above
+                done.append(r)
+            out.append(done)
+        return out
+
+    def _write_batch(
+        self,
+        parts: list[tuple[_BatchRecords, list[Decision | OpsgateError | None], BatchProofs | None]],
+    ) -> None:
+        """Write batches' refusals, then their decisions, in one commit, each bound to
+        its request's proof ids; then each decision written is scored and becomes its
+        request's result. A request whose records were dropped keeps no result of this
+        commit (it is in its batch's `rejected`, to be taken again)."""
+        # The refusals' records, then the decisions': one commit (on the one thread
+        # that decides every agent's requests, a commit per refusal would make one
+        # agent's flood of refusals everyone's wait). Each batch's records bound in
+        # the order they are written (see BatchProofs).
+        units: list[Unit] = []
+        for records, _, proofs in parts:
+            bind = (lambda _i, unit: unit) if proofs is None else proofs.bind
+            units += [bind(i, refusal.unit) for i, refusal in records.refusals]
+            units += [bind(i, one.unit) for i, *_, one in records.decided]
+        if not units:
+            return
+        try:
+            self.audit.commit_droppable(units)
+        except Exception as exc:  # noqa: BLE001 - every decision of the batch fails closed
+            err = exc if isinstance(exc, OpsgateError) else authorize_internal(exc)
+            for records, results, proofs in parts:
+                for i, refusal in records.refusals:
                     if refusal.closed:
                         results[i] = _each(err)
                     else:
                         _rejection_not_audited(refusal.unit, err)
-                for i, *_ in decided:
+                for i, *_ in records.decided:
                     results[i] = _each(err)
-                decided = []
-        for i, claims, capability, t, one in decided:
-            results[i] = _typed(functools.partial(self._scored, claims, capability, t, one))
-        out: list[Decision | OpsgateError] = []
-        for r in results:
-            assert r is not None  # every request was decided or refused above
-            out.append(r)
-        return out
+                if proofs is not None:
+                    proofs.rejected = set()  # nothing was written: none is taken again
+            return
+        for records, results, proofs in parts:
+            dropped = set() if proofs is None else proofs.rejected
+            for i, claims, capability, t, one in records.decided:
+                if i not in dropped:
+                    scored = functools.partial(self._scored, claims, capability, t, one)
+                    results[i] = _typed(scored)
 
     def _authorize_one(self, req: AuthorizeRequest, t: float) -> tuple[Claims, _Decided]:
         """One request of a batch, authenticated and decided (its record not written)."""

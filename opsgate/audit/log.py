@@ -143,6 +143,14 @@ class AuditLog:
     def commit_all(self, units: list[Unit]) -> list[AuditRecord]:
         """Commit several units durably in one transaction, in order, all or none (a
         read's attempt and its outcome)."""
+        records = self.commit_droppable(units)
+        if any(r is None for r in records):
+            raise AuditError("a unit's change dropped its event", code="audit_write_failed")
+        return [r for r in records if r is not None]
+
+    def commit_droppable(self, units: list[Unit]) -> list[AuditRecord | None]:
+        """`commit_all` for units whose change may drop its event (DROP): None for
+        each event dropped; the rest committed durably in one transaction, in order."""
         slots: list[Pending] = []
         for unit in units:
             slot = Pending(
@@ -155,7 +163,7 @@ class AuditLog:
                 slot.link = (unit.previous_seq_field, slots[-1])
             slots.append(slot)
         self._writer.submit(*slots)
-        return [wait_for(slot) for slot in slots]
+        return [None if slot.dropped and slot.error is None else wait_for(slot) for slot in slots]
 
     def _checkpoint_in_batch(self, cur: Any, last: AuditRecord) -> Checkpoint | None:
         """In a batch's transaction: sign its last event when a checkpoint is due (the

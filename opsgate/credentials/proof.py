@@ -16,6 +16,7 @@ whose entry may already be gone.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import hmac
 import math
@@ -28,10 +29,11 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from opsgate.audit.writer import DROP, Change, Unit
 from opsgate.credentials import jws
 from opsgate.errors import CredentialError, InvalidCredential
 from opsgate.identity.keys import b64url, b64url_decode, public_key_from_did
-from opsgate.store import DedicatedWriter, Store, driver_failure, proofs
+from opsgate.store import Store, driver_failure, proofs
 from opsgate.store.group import GroupCommit
 
 if TYPE_CHECKING:
@@ -182,16 +184,13 @@ class ProofChecker:
         self._uses_before_audit: GroupCommit[tuple[str, float, float], str] = GroupCommit(
             lambda uses: self._record_uses(uses, durable=False)
         )
-        # `noting()`: ids noted on this thread, recorded later at once (`record_noted`).
+        # `noting()`: ids noted on this thread, recorded later at once (`batch`).
         self._noting = threading.local()
-        self._batch_writer = store.dedicated_writer()
-        self._batch_lock = threading.Lock()
-        self.noted_recorded = 0  # diagnostics: ids recorded by `record_noted`
+        self.noted_recorded = 0  # diagnostics: noted ids recorded through a `batch`
 
     def close(self) -> None:
         self._writer.close()
         self._writer_before_audit.close()
-        self._batch_writer.close()
 
     def check(
         self,
@@ -285,14 +284,18 @@ class ProofChecker:
         finally:
             self._noting.uses = noted
 
-    def record_noted(self, uses: list[tuple[str, float, float]]) -> list[bool]:
-        """Record noted proof ids in one transaction (without a disk sync of its own,
-        as `use_once_before_audit`): for each, whether it was accepted. An id that is
-        not (stale by the database's clock, used before, or earlier in `uses`) is to
-        be checked again the one-at-a-time way, which refuses it as it always does."""
-        with self._batch_lock:
-            verdicts = self._record_uses(uses, durable=False, writer=self._batch_writer)
-            self.noted_recorded += len(uses)
+    def batch(self) -> BatchProofs:
+        """Noted proof ids of a batch of requests, to be recorded in the transaction of
+        the batch's audit records (see `BatchProofs`)."""
+        return BatchProofs(self)
+
+    def record_in(self, cur: Any, uses: list[tuple[str, float, float]]) -> list[bool]:
+        """Record noted proof ids on the caller's transaction (one that commits durably
+        before anyone is answered): for each, whether it was accepted. One that is not
+        (stale by the database's clock, used before, or earlier in `uses`) is to be
+        checked again the one-at-a-time way, which refuses it as it always does."""
+        verdicts = self._record_on(cur, uses)
+        self.noted_recorded += len(uses)
         return [v == _ACCEPTED for v in verdicts]
 
     def _use_once(
@@ -313,39 +316,95 @@ class ProofChecker:
             raise bad("proof was already used", code="proof_replayed")
 
     def _record_uses(
-        self,
-        uses: list[tuple[str, float, float]],
-        *,
-        durable: bool = True,
-        writer: DedicatedWriter | None = None,
+        self, uses: list[tuple[str, float, float]], *, durable: bool = True
     ) -> list[str]:
         """One transaction for a batch of proof ids: each is stale, replayed (already
         in the table, or earlier in this batch) or accepted."""
-        sql = self._sql
-        if writer is None:
-            writer = self._writer if durable else self._writer_before_audit
+        writer = self._writer if durable else self._writer_before_audit
         try:
             with writer.transaction(durable=durable) as cur:
-                # Read once per transaction: compared with bound values, the prune below
-                # stays an index range scan, whatever the number of live entries.
-                db_now = sql.db_time(cur)
-                verdicts = [
-                    _ACCEPTED if iat - window <= db_now <= iat + window else _STALE
-                    for _, iat, window in uses
-                ]
-                rows: dict[str, float] = {}
-                for (jti, iat, window), verdict in zip(uses, verdicts, strict=True):
-                    if verdict == _ACCEPTED:
-                        rows.setdefault(jti, iat + window)
-                inserted = sql.insert_new(cur, rows)
-                for i, (jti, _, _) in enumerate(uses):
-                    if verdicts[i] != _ACCEPTED:
-                        continue
-                    if jti in inserted:
-                        inserted.discard(jti)  # a second use in the same batch is a replay
-                    else:
-                        verdicts[i] = _REPLAYED
-                sql.forget_before(cur, db_now - PRUNE_GRACE_SECONDS)
+                return self._record_on(cur, uses)
         except self._store.driver_errors as exc:
             raise driver_failure(exc) from exc
+
+    def _record_on(self, cur: Any, uses: list[tuple[str, float, float]]) -> list[str]:
+        """`_record_uses` on a transaction's cursor."""
+        sql = self._sql
+        # Read once per transaction: compared with bound values, the prune below stays
+        # an index range scan, whatever the number of live entries.
+        db_now = sql.db_time(cur)
+        verdicts = [
+            _ACCEPTED if iat - window <= db_now <= iat + window else _STALE
+            for _, iat, window in uses
+        ]
+        rows: dict[str, float] = {}
+        for (jti, iat, window), verdict in zip(uses, verdicts, strict=True):
+            if verdict == _ACCEPTED:
+                rows.setdefault(jti, iat + window)
+        inserted = sql.insert_new(cur, rows)
+        for i, (jti, _, _) in enumerate(uses):
+            if verdicts[i] != _ACCEPTED:
+                continue
+            if jti in inserted:
+                inserted.discard(jti)  # a second use in the same batch is a replay
+            else:
+                verdicts[i] = _REPLAYED
+        sql.forget_before(cur, db_now - PRUNE_GRACE_SECONDS)
         return verdicts
+
+
+class BatchProofs:
+    """The noted proof ids of a batch of requests, recorded in the one transaction that
+    writes the batch's audit records, and deciding there which of them stand.
+
+    Each record of a request with noted ids is bound (`bind`) to a change of that
+    transaction. The first to run records every bound request's ids; a request whose
+    ids were not all accepted (replayed, stale by the database's clock) has all its
+    records dropped there, and is to be taken again alone (`rejected`), which refuses
+    it as always. So a batch costs one transaction, and nothing a request's proof does
+    not stand behind is ever written or answered: its decision, made before its id was
+    recorded, is thrown away with its records. Not thread-safe: one batch's.
+    """
+
+    def __init__(self, checker: ProofChecker) -> None:
+        self._checker = checker
+        self._ids: dict[int, list[tuple[str, float, float]]] = {}
+        self._bound: set[int] = set()
+        self._first = False  # whether a record is bound (the first records the ids)
+        self.rejected: set[int] = set()  # set by the transaction, as it stands after it
+
+    def note(self, request: int, uses: list[tuple[str, float, float]]) -> None:
+        """Request `request`'s noted ids (none: its records are unconditional)."""
+        if uses:
+            self._ids[request] = list(uses)
+
+    def bind(self, request: int, unit: Unit) -> Unit:
+        """`unit`, one of request `request`'s records, standing or falling with the
+        request's proof ids."""
+        if request not in self._ids:
+            return unit
+        # The records bound carry no change of their own (authorize's do not): all
+        # share the first place in the lock order, so the batch runs their changes
+        # in the order they were bound, the first one first.
+        if unit.change is not None:
+            raise ValueError("a record bound to its proof ids carries no change of its own")
+        self._bound.add(request)
+        first = not self._first
+        self._first = True
+
+        def run(cur: Any) -> dict[str, Any] | None:
+            if first:
+                self._record(cur)
+            return {DROP: True} if request in self.rejected else None
+
+        return dataclasses.replace(unit, change=Change(run))
+
+    def _record(self, cur: Any) -> None:
+        """Record the ids of every bound request (again, on each attempt at the
+        transaction: each starts from a rolled-back one)."""
+        order = sorted(self._bound)
+        uses = [use for request in order for use in self._ids[request]]
+        verdicts = iter(self._checker.record_in(cur, uses))
+        self.rejected = {
+            request for request in order if not all([next(verdicts) for _ in self._ids[request]])
+        }

@@ -113,8 +113,13 @@ def test_a_batch_decides_each_request_as_authorize_does(tmp_path: Path) -> None:
     assert Counter(r.event["decision"] for r in records) == {"allow": 3, "deny": 1}
     assert [r.seq for r in records] == list(range(records[0].seq, records[0].seq + 4))
     # The deny is charged once its record is durable: the charge is recorded after it.
-    charge = api.gate.audit.tail(1)[0]
-    assert (charge.type, charge.seq) == ("trust.changed", records[-1].seq + 1)
+    # Then the replay, taken again alone: refused, recorded, and charged as misuse.
+    after = [r for r in api.gate.audit.tail(20) if r.seq > records[-1].seq]
+    assert [r.type for r in after] == ["trust.changed", "credential.rejected", "trust.changed"]
+    assert after[0].seq == records[-1].seq + 1
+    assert after[0].event["trust"]["cause"] == "policy_violation"
+    assert after[1].event["code"] == "proof_replayed"
+    assert after[2].event["trust"]["cause"] == "credential_misuse"
 
 
 def test_a_failed_commit_fails_every_decision_of_its_batch(tmp_path: Path) -> None:
@@ -485,58 +490,57 @@ def test_a_credential_revoked_between_two_requests_of_one_batch_is_refused_for_t
 def test_a_batch_records_its_proof_ids_in_one_transaction_and_each_stays_single_use(
     tmp_path: Path,
 ) -> None:
-    """The proof ids of a batch are recorded together, before any decision: one
-    transaction for the batch, and every id is still used once, in this batch or later."""
+    """The proof ids of a batch are recorded in the transaction of its audit records:
+    one transaction for the batch, and every id is still used once, in this batch or
+    later; a replay's decision is never written."""
     api = open_api(tmp_path / "state")
     token = api.credential()
     proofs = api.gate.credential_manager.proofs
     requests = [_request(api, token, ALLOWED) for _ in range(20)]
-    calls: list[int] = []
-    record = proofs.record_noted
-
-    def counted(uses: list[tuple[str, float, float]]) -> list[bool]:
-        calls.append(len(uses))
-        return record(uses)
-
+    batches = api.gate.audit._writer.batches
     alone = proofs._uses_before_audit.items
-    api.gate.credential_manager.proofs.record_noted = counted  # type: ignore[method-assign]
+    noted = proofs.noted_recorded
+    before = len(_authorize_records(api))
+
     first = api.gate.authorize_batch([*requests, requests[0]])
 
-    assert calls == [21]
+    assert proofs.noted_recorded == noted + 21
     assert proofs._uses_before_audit.items == alone + 1  # only the replay, taken alone
+    # One audit transaction for the batch; one more for the replay's refusal (its
+    # misuse charge writes its own record and charge).
+    assert api.gate.audit._writer.batches - batches <= 4
     assert all(isinstance(r, Decision) and r.effect == "allow" for r in first[:20])
     assert isinstance(first[20], OpsgateError) and first[20].code == "proof_replayed"
 
     again = api.gate.authorize_batch(requests[5:8])
     assert [r.code for r in again if isinstance(r, OpsgateError)] == ["proof_replayed"] * 3
-    assert len(_authorize_records(api)) == 20  # no replay reached a decision
+    assert len(_authorize_records(api)) == before + 20  # no replay's decision was written
 
 
-def test_proof_ids_a_batch_cannot_record_together_are_each_recorded_alone(
-    tmp_path: Path,
-) -> None:
-    """A failed batch record of the proof ids takes each request the one-at-a-time way:
-    each is decided only once its own id is recorded, and stays single use."""
+def test_proof_ids_that_cannot_be_recorded_fail_their_batch_closed(tmp_path: Path) -> None:
+    """The batch's proof ids are recorded in its audit transaction: when they cannot be,
+    nothing of the batch is written and no request is allowed; the ids stay unused."""
     from opsgate.errors import StoreError
 
     api = open_api(tmp_path / "state")
     token = api.credential()
     proofs = api.gate.credential_manager.proofs
+    requests = [_request(api, token, ALLOWED) for _ in range(3)]
+    before = len(_authorize_records(api))
 
-    def failing(uses: list[tuple[str, float, float]]) -> list[bool]:
+    def failing(cur: object, uses: list[tuple[str, float, float]]) -> list[bool]:
         raise StoreError("state database unavailable: OperationalError")
 
-    proofs.record_noted = failing  # type: ignore[method-assign]
-    requests = [_request(api, token, ALLOWED) for _ in range(3)]
-    alone = proofs._uses_before_audit.items
+    proofs.record_in = failing  # type: ignore[method-assign]
+    results = api.gate.authorize_batch(requests)
+    assert all(isinstance(r, OpsgateError) for r in results), results
+    assert {r.code for r in results if isinstance(r, OpsgateError)} == {"audit_write_failed"}
+    assert len(_authorize_records(api)) == before
 
-    results = api.gate.authorize_batch([*requests, requests[1]])
-
-    assert [r.effect for r in results[:3] if isinstance(r, Decision)] == ["allow"] * 3
-    assert isinstance(results[3], OpsgateError) and results[3].code == "proof_replayed"
-    assert proofs._uses_before_audit.items == alone + 4
-    replays = api.gate.authorize_batch(requests)
-    assert [r.code for r in replays if isinstance(r, OpsgateError)] == ["proof_replayed"] * 3
+    del proofs.record_in  # recorded again: the same proofs, never used, now stand
+    retried = api.gate.authorize_batch(requests)
+    assert [r.effect for r in retried if isinstance(r, Decision)] == ["allow"] * 3
+    assert len(_authorize_records(api)) == before + 3
 
 
 def test_on_postgresql_a_batch_records_its_proof_ids_together_and_each_once(
