@@ -343,8 +343,8 @@ class _BatchRecords:
             self.refusals.extend((i, refusal) for refusal in own)
 
 
-class DecidedBatch:
-    """A batch `Gate.decide_batch` decided, for `Gate.finish_batches` (opaque)."""
+class _DecidedBatch:
+    """A batch `Gate._decide_batch` decided, for `Gate._finish_batch`."""
 
     __slots__ = ("again", "proofs", "records", "requests", "results", "times")
 
@@ -1249,20 +1249,14 @@ class Gate:
         again alone, after the batch, and refused as `authorize` refuses it; its
         decision is never written or answered. So is a request whose credential a
         request decided before it revoked.
-
-        The two halves, `decide_batch` and `finish_batches`, let a server decide the
-        next batch while the last one is being written.
         """
-        return self.finish_batches([self.decide_batch(requests)])[0]
+        return self._finish_batch(self._decide_batch(requests))
 
-    def decide_batch(self, requests: Sequence[AuthorizeRequest]) -> DecidedBatch:
+    def _decide_batch(self, requests: Sequence[AuthorizeRequest]) -> _DecidedBatch:
         """`authorize_batch`'s first half: every request authenticated and decided,
-        nothing recorded yet, no proof id recorded, nothing answered. What it gives
-        is only for `finish_batches`, which may come later and on another thread (the
-        batch is then concurrent with the requests decided meanwhile, as requests on
-        a pool are)."""
+        nothing recorded yet, no proof id recorded, nothing answered."""
         proofs = self.credential_manager.proofs
-        batch = DecidedBatch(requests, proofs.batch())
+        batch = _DecidedBatch(requests, proofs.batch())
         authenticated: list[tuple[int, Claims | OpsgateError]] = []
         with proofs.noting() as noted:
             for i, req in enumerate(requests):
@@ -1288,78 +1282,68 @@ class Gate:
                 batch.records.decided.append((i, got[0], req.capability, t, got[1]))
         return batch
 
-    def finish_batches(
-        self, batches: Sequence[DecidedBatch]
-    ) -> list[list[Decision | OpsgateError]]:
-        """`authorize_batch`'s second half, for batches `decide_batch` gave (each
-        once, in the order they were decided): their records written in one durable
-        commit, their proof ids recorded there; then each decision written is scored,
+    def _finish_batch(self, batch: _DecidedBatch) -> list[Decision | OpsgateError]:
+        """`authorize_batch`'s second half: the batch's records written in one durable
+        commit, its proof ids recorded there; then each decision written is scored,
         and each request whose id was not accepted, or whose credential was revoked
-        before it was decided, is taken again alone. Each batch's results in order."""
-        self._write_batch([(b.records, b.results, b.proofs) for b in batches])
-        for b in batches:
-            if b.proofs.rejected or b.again:
-                # Replayed or stale by the database's clock, or revoked meanwhile: each
-                # again the one-at-a-time way (its id recorded alone), which refuses and
-                # charges it as always; their records in one more commit.
-                rest = _BatchRecords()
-                for i in sorted(b.proofs.rejected.union(b.again)):
-                    req, t = b.requests[i], b.times[i]
-                    got = rest.step(self, i, functools.partial(self._authorize_one, req, t))
-                    if isinstance(got, OpsgateError):
-                        b.results[i] = got
-                    else:
-                        rest.decided.append((i, got[0], req.capability, t, got[1]))
-                self._write_batch([(rest, b.results, None)])
-        out: list[list[Decision | OpsgateError]] = []
-        for b in batches:
-            done: list[Decision | OpsgateError] = []
-            for r in b.results:
-                assert r is not None  # every request was decided or refused above
-                done.append(r)
-            out.append(done)
+        before it was decided, is taken again alone (the one-at-a-time way, its id
+        recorded alone), which refuses and charges it as always; their records in one
+        more commit."""
+        self._write_batch(batch.records, batch.results, batch.proofs)
+        if batch.proofs.rejected or batch.again:
+            rest = _BatchRecords()
+            for i in sorted(batch.proofs.rejected.union(batch.again)):
+                req, t = batch.requests[i], batch.times[i]
+                got = rest.step(self, i, functools.partial(self._authorize_one, req, t))
+                if isinstance(got, OpsgateError):
+                    batch.results[i] = got
+                else:
+                    rest.decided.append((i, got[0], req.capability, t, got[1]))
+            self._write_batch(rest, batch.results, None)
+        out: list[Decision | OpsgateError] = []
+        for r in batch.results:
+            assert r is not None  # every request was decided or refused above
+            out.append(r)
         return out
 
     def _write_batch(
         self,
-        parts: list[tuple[_BatchRecords, list[Decision | OpsgateError | None], BatchProofs | None]],
+        records: _BatchRecords,
+        results: list[Decision | OpsgateError | None],
+        proofs: BatchProofs | None,
     ) -> None:
-        """Write batches' refusals, then their decisions, in one commit, each bound to
-        its request's proof ids; then each decision written is scored and becomes its
-        request's result. A request whose records were dropped keeps no result of this
-        commit (it is in its batch's `rejected`, to be taken again)."""
-        # The refusals' records, then the decisions': one commit (on the one thread
-        # that decides every agent's requests, a commit per refusal would make one
-        # agent's flood of refusals everyone's wait). Each batch's records bound in
-        # the order they are written (see BatchProofs).
-        units: list[Unit] = []
-        for records, _, proofs in parts:
-            bind = (lambda _i, unit: unit) if proofs is None else proofs.bind
-            units += [bind(i, refusal.unit) for i, refusal in records.refusals]
-            units += [bind(i, one.unit) for i, *_, one in records.decided]
+        """Write a batch's refusals, then its decisions, in one commit, each bound to
+        its request's proof ids (`proofs`); then each decision written is scored and
+        becomes its request's result. A request whose records were dropped keeps no
+        result of this commit (it is in `proofs.rejected`, to be taken again)."""
+        # The refusals' records, then the decisions': one commit for the batch (on the
+        # one thread that decides every agent's requests, a commit per refusal would
+        # make one agent's flood of refusals everyone's wait). Bound in the order they
+        # are written (see BatchProofs).
+        bind = (lambda _i, unit: unit) if proofs is None else proofs.bind
+        units = [bind(i, refusal.unit) for i, refusal in records.refusals]
+        units += [bind(i, one.unit) for i, *_, one in records.decided]
         if not units:
             return
         try:
             self.audit.commit_droppable(units)
         except Exception as exc:  # noqa: BLE001 - every decision of the batch fails closed
             err = exc if isinstance(exc, OpsgateError) else authorize_internal(exc)
-            for records, results, proofs in parts:
-                for i, refusal in records.refusals:
-                    if refusal.closed:
-                        results[i] = _each(err)
-                    else:
-                        _rejection_not_audited(refusal.unit, err)
-                for i, *_ in records.decided:
+            for i, refusal in records.refusals:
+                if refusal.closed:
                     results[i] = _each(err)
-                if proofs is not None:
-                    proofs.rejected = set()  # nothing was written: none is taken again
+                else:
+                    _rejection_not_audited(refusal.unit, err)
+            for i, *_ in records.decided:
+                results[i] = _each(err)
+            if proofs is not None:
+                proofs.rejected = set()  # nothing was written: none is taken again
             return
-        for records, results, proofs in parts:
-            dropped = set() if proofs is None else proofs.rejected
-            for i, claims, capability, t, one in records.decided:
-                if i not in dropped:
-                    scored = functools.partial(self._scored, claims, capability, t, one)
-                    results[i] = _typed(scored)
+        dropped = set() if proofs is None else proofs.rejected
+        for i, claims, capability, t, one in records.decided:
+            if i not in dropped:
+                scored = functools.partial(self._scored, claims, capability, t, one)
+                results[i] = _typed(scored)
 
     def _authorize_one(self, req: AuthorizeRequest, t: float) -> tuple[Claims, _Decided]:
         """One request of a batch, authenticated and decided (its record not written)."""

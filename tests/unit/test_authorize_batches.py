@@ -569,3 +569,33 @@ def test_on_postgresql_a_batch_records_its_proof_ids_together_and_each_once(
         assert [r.code for r in again if isinstance(r, OpsgateError)] == ["proof_replayed"] * 2
     finally:
         world.gate.close()
+
+
+def test_a_replayed_proof_leaves_no_decision_and_no_violation_charge(tmp_path: Path) -> None:
+    """A batch decides its requests before their proof ids are recorded: a replay's
+    decision must then vanish without a trace. The same out-of-scope request sent twice
+    in one batch, then again in a later one: one deny on the record and one policy
+    violation charged; each replay is refused as a replay (charged as misuse, once per
+    credential), never as a second violation."""
+    api = open_api(tmp_path / "state")
+    token = api.credential()
+    proof = _proof(api, token, OUT_OF_SCOPE)
+    before = len(_authorize_records(api))
+
+    def causes() -> list[str]:
+        return [e["trust"]["cause"] for e in audit_events(api.gate, "trust.changed")]
+
+    first, again = api.gate.authorize_batch(
+        [_request(api, token, OUT_OF_SCOPE, proof), _request(api, token, OUT_OF_SCOPE, proof)]
+    )
+    (later,) = api.gate.authorize_batch([_request(api, token, OUT_OF_SCOPE, proof)])
+
+    assert isinstance(first, Decision) and first.effect == "deny"
+    for replay in (again, later):
+        assert isinstance(replay, OpsgateError) and replay.code == "proof_replayed"
+    records = _authorize_records(api)[before:]
+    assert [r["decision"] for r in records] == ["deny"]
+    assert causes().count("policy_violation") == 1
+    assert causes().count("credential_misuse") == 1
+    rejected = audit_events(api.gate, "credential.rejected")
+    assert [r["code"] for r in rejected].count("proof_replayed") == 2
