@@ -309,16 +309,19 @@ def failing_audit_writes(audit: Any, count: int = 1) -> Iterator[None]:
         del writer._try, audit.append_in  # the class's methods again
 
 
-def sync_level(store: Any, cur: Any) -> str:
-    """The disk-sync level a transaction on this raw cursor commits with: SQLite's
-    synchronous (off/normal/full/extra), PostgreSQL's synchronous_commit."""
+def sync_level(store: Any, cur: Any, writer: Any) -> str:
+    """The disk-sync level a transaction on this raw cursor of `writer` (a
+    DedicatedWriter) commits with: SQLite's synchronous (off/normal/full/extra; "normal,
+    log synced" when the writer syncs the write-ahead log after the commit),
+    PostgreSQL's synchronous_commit."""
     if store.is_sqlite:
         cur.execute("PRAGMA synchronous")
-        return {0: "off", 1: "normal", 2: "full", 3: "extra"}[int(cur.fetchone()[0])]
+        level = {0: "off", 1: "normal", 2: "full", 3: "extra"}[int(cur.fetchone()[0])]
+        return "normal, log synced" if level == "normal" and writer.syncs_log else level
     cur.execute("SHOW synchronous_commit")
     return str(cur.fetchone()[0])
 
 
 def durable_level(store: Any) -> str:
-    """What `sync_level` says of a durable commit on this store."""
-    return "full" if store.is_sqlite else "on"
+    """What `sync_level` says of a durable commit on this store (SQLite in WAL mode)."""
+    return "normal, log synced" if store.is_sqlite else "on"

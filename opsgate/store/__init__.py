@@ -273,6 +273,20 @@ class Store:
     def dedicated_writer(self) -> DedicatedWriter:
         return DedicatedWriter(self)
 
+    def wal_file(self, cur: Any) -> str | None:
+        """The write-ahead log of an SQLite database file whose connection `cur` is in
+        WAL mode; None otherwise (PostgreSQL, a database in memory, another mode)."""
+        if not self.is_sqlite:
+            return None
+        path = make_url(self.url).database
+        if not path or path == ":memory:" or path.startswith("file:"):
+            return None
+        cur.execute("PRAGMA journal_mode")
+        row = cur.fetchone()
+        if row is None or str(row[0]).lower() != "wal":
+            return None
+        return f"{path}-wal"
+
     def q(self, sql: str) -> str:
         """Rewrite '?' placeholders for the driver (psycopg wants %s)."""
         return sql if self.is_sqlite else sql.replace("?", "%s")
@@ -390,6 +404,21 @@ class Store:
             self._read_engine.dispose()
 
 
+def sync_file(path: str) -> None:
+    """fsync the file at `path`; StoreError when it cannot be (the write it was to
+    make durable is then not known to be)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        raise StoreError(
+            f"the state database's log could not be synced: {exc.strerror or type(exc).__name__}"
+        ) from exc
+
+
 class WriterTurn:
     """Whose turn it is to write an SQLite database: one thread of this process (a
     lock), and one process of those that share the file (an exclusive `flock` on
@@ -466,6 +495,9 @@ class DedicatedWriter:
         self._conn: Any = None
         self._cur: Any = None
         self._sync = "FULL"  # SQLite's synchronous level on the connection (set on connect)
+        self._wal: str | None = None  # SQLite: the write-ahead log file, when it is one
+        # The transaction in progress is made durable by a sync of the log after it.
+        self.syncs_log = False
 
     @contextmanager
     def transaction(self, *, durable: bool = True) -> Iterator[Any]:
@@ -474,7 +506,14 @@ class DedicatedWriter:
         caller that makes a durable commit of its own before it answers anyone. Both
         databases log in order, so that later commit (its fsync of the WAL, its flush
         up to its own record) makes this one durable too; what a crash can lose is
-        only the record of a request that was never answered."""
+        only the record of a request that was never answered.
+
+        On an SQLite database in WAL mode a durable transaction commits the same way
+        and then syncs the write-ahead log itself, once its turn is over: the next
+        writer (another worker process) writes while this one waits for the disk,
+        and a sync carries every commit before it. The log is only appended to until
+        a checkpoint has copied it into the database and synced that, so the sync
+        makes this commit durable, in the log or already in the database."""
         if self._conn is None:
             try:
                 conn = self._store._write_engine.raw_connection()
@@ -484,13 +523,17 @@ class DedicatedWriter:
                 ) from exc
             conn.detach()  # ours until close(); never handed to another caller
             self._conn, self._cur, self._sync = conn, conn.cursor(), "FULL"
+            self._wal = self._store.wal_file(self._cur)
         conn, cur = self._conn, self._cur
+        sync_after = durable and self._wal is not None
+        self.syncs_log = sync_after
         with self._store.writer_turn():
             try:
                 if self._store.is_sqlite:
                     # Set before every transaction that needs another level (SQLite
-                    # refuses to change it inside one): never a durable write at NORMAL.
-                    level = "FULL" if durable else "NORMAL"
+                    # refuses to change it inside one): never a durable commit at
+                    # NORMAL without the sync of the log after it.
+                    level = "FULL" if durable and not sync_after else "NORMAL"
                     if self._sync != level:
                         cur.execute(f"PRAGMA synchronous={level}")
                         self._sync = level
@@ -505,6 +548,9 @@ class DedicatedWriter:
                 except Exception:  # noqa: BLE001 - the connection is gone; open a new one next time
                     self.close()
                 raise
+        if sync_after:
+            assert self._wal is not None
+            sync_file(self._wal)
 
     def close(self) -> None:
         conn, self._conn, self._cur = self._conn, None, None

@@ -52,7 +52,7 @@ def commits(
         return real_try(batch, written)
 
     def recording_lock_head(cur: Any) -> Any:
-        seen.append((batch_types[-1], sync_level(store, cur)))
+        seen.append((batch_types[-1], sync_level(store, cur, writer.connection)))
         return real_lock_head(cur)
 
     monkeypatch.setattr(writer, "_try", recording_try)

@@ -113,9 +113,11 @@ def test_two_workers_share_the_load_and_one_audit_chain(served) -> None:  # type
     for t in threads:
         t.join(120)
     assert failures == []
-    # Both processes did the work, not one of them.
+    # Both processes did the work, not one of them: each burnt a fair part of the CPU
+    # the requests took (an idle worker's background threads burn a few per cent).
+    spent = {pid: _cpu_seconds(pid) - cpu_before[pid] for pid in workers}
     for pid in workers:
-        assert _cpu_seconds(pid) - cpu_before[pid] > 0.2, "a worker took no requests"
+        assert spent[pid] > 0.15 * sum(spent.values()), f"a worker took no requests: {spent}"
     with opsgate.Gate.open(state, create=False) as gate:
         report = gate.audit.verify()
         authorizes = [r for r in gate.audit.events(event_type="authorize")]

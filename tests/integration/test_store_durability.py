@@ -6,9 +6,11 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from helpers import durable_level, sync_level
+from sqlalchemy.engine import make_url
 
 import opsgate
 from opsgate.store import DedicatedWriter, Store
@@ -26,11 +28,11 @@ def test_an_undurable_commit_is_undurable_and_every_later_one_durable(store: Sto
     try:
         for _ in range(3):
             with writer.transaction(durable=False) as cur:
-                assert sync_level(store, cur) in ("normal", "off")
+                assert sync_level(store, cur, writer) in ("normal", "off")
             with writer.transaction() as cur:
-                assert sync_level(store, cur) == durable_level(store)
+                assert sync_level(store, cur, writer) == durable_level(store)
             with writer.transaction() as cur:
-                assert sync_level(store, cur) == durable_level(store)
+                assert sync_level(store, cur, writer) == durable_level(store)
     finally:
         writer.close()
 
@@ -45,7 +47,7 @@ def test_a_failed_undurable_commit_commits_nothing_and_leaves_commits_durable(
             cur.execute(insert, ("x" * 22, 1e12))
             raise RuntimeError("boom")
         with writer.transaction() as cur:
-            assert sync_level(store, cur) == durable_level(store)
+            assert sync_level(store, cur, writer) == durable_level(store)
             cur.execute("SELECT jti FROM used_proofs")
             assert cur.fetchall() == []
     finally:
@@ -64,3 +66,69 @@ def test_a_driver_error_on_the_replay_store_is_a_store_error(store: Store) -> No
             checker._record_uses([("gone-0123456789abcdef", 0.0, 1e12)])
     finally:
         checker.close()
+
+
+@pytest.fixture
+def sqlite_store(tmp_path: Path) -> Iterator[Store]:
+    gate = opsgate.Gate.open(tmp_path / "state")
+    yield gate.store
+    gate.close()
+
+
+def test_a_durable_sqlite_commit_syncs_its_log_after_its_turn(
+    sqlite_store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On SQLite in WAL mode a durable transaction commits at NORMAL and syncs the
+    write-ahead log itself, after the commit and outside the writers' turn (the next
+    writer goes on meanwhile); an undurable one syncs nothing."""
+    import opsgate.store as store_module
+
+    store = sqlite_store
+    synced: list[tuple[str, bool, list[Any]]] = []
+    real = store_module.sync_file
+    insert = store.q("INSERT INTO used_proofs (jti, expires_at) VALUES (?, ?)")
+
+    def recording(path: str) -> None:
+        turn_free = store._sqlite_writer._lock.acquire(blocking=False)
+        if turn_free:
+            store._sqlite_writer._lock.release()
+        with store.read() as conn:  # committed (visible elsewhere) before the sync
+            rows = list(conn.exec_driver_sql("SELECT jti FROM used_proofs"))
+        synced.append((path, turn_free, rows))
+        real(path)
+
+    monkeypatch.setattr(store_module, "sync_file", recording)
+    writer = DedicatedWriter(store)
+    try:
+        with writer.transaction(durable=False) as cur:
+            cur.execute(insert, ("a" * 22, 1e12))
+        assert synced == []
+        with writer.transaction() as cur:
+            cur.execute(insert, ("b" * 22, 1e12))
+        assert len(synced) == 1
+        path, turn_free, rows = synced[0]
+        assert path == f"{make_url(store.url).database}-wal"
+        assert turn_free
+        assert sorted(r[0] for r in rows) == ["a" * 22, "b" * 22]
+    finally:
+        writer.close()
+
+
+def test_a_log_that_cannot_be_synced_fails_the_commit_closed(
+    sqlite_store: Store, tmp_path: Path
+) -> None:
+    """A durable transaction whose log cannot be synced raises StoreError: its caller
+    answers no one as if it were durable."""
+    store = sqlite_store
+    writer = DedicatedWriter(store)
+    insert = store.q("INSERT INTO used_proofs (jti, expires_at) VALUES (?, ?)")
+    try:
+        with writer.transaction() as cur:  # opens the connection and finds its log
+            cur.execute(insert, ("c" * 22, 1e12))
+        writer._wal = str(tmp_path / "gone" / "opsgate.db-wal")  # a log that is not there
+        with pytest.raises(opsgate.StoreError) as caught, writer.transaction() as cur:
+            cur.execute(insert, ("d" * 22, 1e12))
+        assert caught.value.code == "store_unavailable"
+        assert "log could not be synced" in caught.value.message
+    finally:
+        writer.close()
