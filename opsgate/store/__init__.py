@@ -404,15 +404,20 @@ class Store:
             self._read_engine.dispose()
 
 
-def sync_file(path: str) -> None:
-    """fsync the file at `path`; StoreError when it cannot be (the write it was to
-    make durable is then not known to be)."""
+def sync_file(path: str, *, directory: bool = False) -> None:
+    """fsync the file at `path` (with `directory`, its directory too: the file's own
+    entry); StoreError when it cannot be (the write it was to make durable is then
+    not known to be)."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        for name, flags in (
+            (path, os.O_RDONLY),
+            *([(os.path.dirname(path) or ".", os.O_RDONLY | os.O_DIRECTORY)] if directory else []),
+        ):
+            fd = os.open(name, flags | os.O_CLOEXEC)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
     except OSError as exc:
         raise StoreError(
             f"the state database's log could not be synced: {exc.strerror or type(exc).__name__}"
@@ -496,6 +501,7 @@ class DedicatedWriter:
         self._cur: Any = None
         self._sync = "FULL"  # SQLite's synchronous level on the connection (set on connect)
         self._wal: str | None = None  # SQLite: the write-ahead log file, when it is one
+        self._wal_entry_synced = False
         # The transaction in progress is made durable by a sync of the log after it.
         self.syncs_log = False
 
@@ -524,6 +530,7 @@ class DedicatedWriter:
             conn.detach()  # ours until close(); never handed to another caller
             self._conn, self._cur, self._sync = conn, conn.cursor(), "FULL"
             self._wal = self._store.wal_file(self._cur)
+            self._wal_entry_synced = False
         conn, cur = self._conn, self._cur
         sync_after = durable and self._wal is not None
         self.syncs_log = sync_after
@@ -550,7 +557,10 @@ class DedicatedWriter:
                 raise
         if sync_after:
             assert self._wal is not None
-            sync_file(self._wal)
+            # The log's directory entry too, once per connection (the log is not
+            # removed while a connection is open).
+            sync_file(self._wal, directory=not self._wal_entry_synced)
+            self._wal_entry_synced = True
 
     def close(self) -> None:
         conn, self._conn, self._cur = self._conn, None, None

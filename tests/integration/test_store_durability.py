@@ -85,17 +85,19 @@ def test_a_durable_sqlite_commit_syncs_its_log_after_its_turn(
 
     store = sqlite_store
     synced: list[tuple[str, bool, list[Any]]] = []
+    entries: list[bool] = []  # whether each sync took the log's directory entry too
     real = store_module.sync_file
     insert = store.q("INSERT INTO used_proofs (jti, expires_at) VALUES (?, ?)")
 
-    def recording(path: str) -> None:
+    def recording(path: str, *, directory: bool = False) -> None:
         turn_free = store._sqlite_writer._lock.acquire(blocking=False)
         if turn_free:
             store._sqlite_writer._lock.release()
         with store.read() as conn:  # committed (visible elsewhere) before the sync
             rows = list(conn.exec_driver_sql("SELECT jti FROM used_proofs"))
         synced.append((path, turn_free, rows))
-        real(path)
+        entries.append(directory)
+        real(path, directory=directory)
 
     monkeypatch.setattr(store_module, "sync_file", recording)
     writer = DedicatedWriter(store)
@@ -110,6 +112,9 @@ def test_a_durable_sqlite_commit_syncs_its_log_after_its_turn(
         assert path == f"{make_url(store.url).database}-wal"
         assert turn_free
         assert sorted(r[0] for r in rows) == ["a" * 22, "b" * 22]
+        with writer.transaction() as cur:
+            cur.execute(insert, ("e" * 22, 1e12))
+        assert entries == [True, False]  # the log's entry once per connection
     finally:
         writer.close()
 
