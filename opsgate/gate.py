@@ -343,10 +343,11 @@ class _BatchRecords:
             self.refusals.extend((i, refusal) for refusal in own)
 
 
-class _DecidedBatch:
-    """A batch `Gate._decide_batch` decided, for `Gate._finish_batch`."""
+class AuthorizeBatch:
+    """A batch of authorize requests decided and committed, not answered yet
+    (`Gate.commit_authorize_batch`, then `Gate.complete_authorize_batch`)."""
 
-    __slots__ = ("again", "proofs", "records", "requests", "results", "times")
+    __slots__ = ("again", "committed", "proofs", "records", "requests", "results", "times")
 
     def __init__(self, requests: Sequence[AuthorizeRequest], proofs: BatchProofs) -> None:
         self.requests = requests
@@ -356,6 +357,7 @@ class _DecidedBatch:
         self.proofs = proofs
         # Requests revoked (their agent suspended) before they were decided.
         self.again: list[int] = []
+        self.committed = False  # its records are committed (durable once synced)
 
 
 def authorize_internal(exc: BaseException) -> OpsgateError:
@@ -1250,13 +1252,26 @@ class Gate:
         decision is never written or answered. So is a request whose credential a
         request decided before it revoked.
         """
-        return self._finish_batch(self._decide_batch(requests))
+        batch = self._decide_batch(requests)
+        self._commit_batch(batch, sync_later=False)
+        return self.complete_authorize_batch(batch)
 
-    def _decide_batch(self, requests: Sequence[AuthorizeRequest]) -> _DecidedBatch:
+    def commit_authorize_batch(self, requests: Sequence[AuthorizeRequest]) -> AuthorizeBatch:
+        """`authorize_batch` up to its commit, without waiting for the disk: for a
+        server that decides the next batch while this one's log is synced. Nothing of
+        it may be answered before `self.store.sync_log()` has returned after this
+        call; then `complete_authorize_batch` gives the answers. (Until then the batch
+        is in flight, as concurrent requests are: a request decided meanwhile does not
+        yet see its trust charges.)"""
+        batch = self._decide_batch(requests)
+        self._commit_batch(batch, sync_later=True)
+        return batch
+
+    def _decide_batch(self, requests: Sequence[AuthorizeRequest]) -> AuthorizeBatch:
         """`authorize_batch`'s first half: every request authenticated and decided,
         nothing recorded yet, no proof id recorded, nothing answered."""
         proofs = self.credential_manager.proofs
-        batch = _DecidedBatch(requests, proofs.batch())
+        batch = AuthorizeBatch(requests, proofs.batch())
         authenticated: list[tuple[int, Claims | OpsgateError]] = []
         with proofs.noting() as noted:
             for i, req in enumerate(requests):
@@ -1282,14 +1297,14 @@ class Gate:
                 batch.records.decided.append((i, got[0], req.capability, t, got[1]))
         return batch
 
-    def _finish_batch(self, batch: _DecidedBatch) -> list[Decision | OpsgateError]:
-        """`authorize_batch`'s second half: the batch's records written in one durable
-        commit, its proof ids recorded there; then each decision written is scored,
-        and each request whose id was not accepted, or whose credential was revoked
-        before it was decided, is taken again alone (the one-at-a-time way, its id
-        recorded alone), which refuses and charges it as always; their records in one
-        more commit."""
-        self._write_batch(batch.records, batch.results, batch.proofs)
+    def complete_authorize_batch(self, batch: AuthorizeBatch) -> list[Decision | OpsgateError]:
+        """A committed batch's answers, once its records are durable: each decision
+        written is scored, and each request whose proof id was not accepted, or whose
+        credential was revoked before it was decided, is taken again alone (the
+        one-at-a-time way, its id recorded alone), which refuses and charges it as
+        always; their records in one more commit."""
+        if batch.committed:
+            self._score_written(batch.records, batch.results, batch.proofs.rejected)
         if batch.proofs.rejected or batch.again:
             rest = _BatchRecords()
             for i in sorted(batch.proofs.rejected.union(batch.again)):
@@ -1299,23 +1314,32 @@ class Gate:
                     batch.results[i] = got
                 else:
                     rest.decided.append((i, got[0], req.capability, t, got[1]))
-            self._write_batch(rest, batch.results, None)
+            if self._write_records(rest, batch.results, None, sync_later=False):
+                self._score_written(rest, batch.results, set())
         out: list[Decision | OpsgateError] = []
         for r in batch.results:
             assert r is not None  # every request was decided or refused above
             out.append(r)
         return out
 
-    def _write_batch(
+    def _commit_batch(self, batch: AuthorizeBatch, *, sync_later: bool) -> None:
+        """A decided batch's records written in one commit, bound to their requests'
+        proof ids (recorded there)."""
+        batch.committed = self._write_records(
+            batch.records, batch.results, batch.proofs, sync_later=sync_later
+        )
+
+    def _write_records(
         self,
         records: _BatchRecords,
         results: list[Decision | OpsgateError | None],
         proofs: BatchProofs | None,
-    ) -> None:
+        *,
+        sync_later: bool,
+    ) -> bool:
         """Write a batch's refusals, then its decisions, in one commit, each bound to
-        its request's proof ids (`proofs`); then each decision written is scored and
-        becomes its request's result. A request whose records were dropped keeps no
-        result of this commit (it is in `proofs.rejected`, to be taken again)."""
+        its request's proof ids (`proofs`); False when the commit failed, and then
+        every decision, and every refusal that must be recorded, fails closed."""
         # The refusals' records, then the decisions': one commit for the batch (on the
         # one thread that decides every agent's requests, a commit per refusal would
         # make one agent's flood of refusals everyone's wait). Bound in the order they
@@ -1324,9 +1348,9 @@ class Gate:
         units = [bind(i, refusal.unit) for i, refusal in records.refusals]
         units += [bind(i, one.unit) for i, *_, one in records.decided]
         if not units:
-            return
+            return True
         try:
-            self.audit.commit_droppable(units)
+            self.audit.commit_droppable(units, sync_later=sync_later)
         except Exception as exc:  # noqa: BLE001 - every decision of the batch fails closed
             err = exc if isinstance(exc, OpsgateError) else authorize_internal(exc)
             for i, refusal in records.refusals:
@@ -1338,8 +1362,17 @@ class Gate:
                 results[i] = _each(err)
             if proofs is not None:
                 proofs.rejected = set()  # nothing was written: none is taken again
-            return
-        dropped = set() if proofs is None else proofs.rejected
+            return False
+        return True
+
+    def _score_written(
+        self,
+        records: _BatchRecords,
+        results: list[Decision | OpsgateError | None],
+        dropped: set[int],
+    ) -> None:
+        """Each decision written (not dropped with its request) scored, once durable:
+        its result is the request's."""
         for i, claims, capability, t, one in records.decided:
             if i not in dropped:
                 scored = functools.partial(self._scored, claims, capability, t, one)

@@ -148,9 +148,14 @@ class AuditLog:
             raise AuditError("a unit's change dropped its event", code="audit_write_failed")
         return [r for r in records if r is not None]
 
-    def commit_droppable(self, units: list[Unit]) -> list[AuditRecord | None]:
+    def commit_droppable(
+        self, units: list[Unit], *, sync_later: bool = False
+    ) -> list[AuditRecord | None]:
         """`commit_all` for units whose change may drop its event (DROP): None for
-        each event dropped; the rest committed durably in one transaction, in order."""
+        each event dropped; the rest committed durably in one transaction, in order.
+
+        `sync_later`: committed, and durable only once the caller has synced the
+        store's log (`Store.sync_log`), which it does before it answers anyone."""
         slots: list[Pending] = []
         for unit in units:
             slot = Pending(
@@ -158,6 +163,7 @@ class AuditLog:
                 time.time() if unit.at is None else unit.at,
                 unit.change,
                 unit.then,
+                sync_later=sync_later,
             )
             if unit.previous_seq_field is not None and slots:
                 slot.link = (unit.previous_seq_field, slots[-1])

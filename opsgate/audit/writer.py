@@ -112,6 +112,9 @@ class Pending:
     # fails: a record never names a seq that is not in the log).
     link: tuple[str, Pending] | None = None
     lead: bool = False  # woken to write the next batch rather than with a result
+    # Its caller syncs the store's log itself before it answers (`Store.sync_log`): a
+    # batch of such slots only commits (see DedicatedWriter.transaction).
+    sync_later: bool = False
     # Held from creation until the slot's batch is written: a follower blocks on it.
     # (A bare lock is the cheapest one-shot wake-up CPython has.)
     gate: Any = None
@@ -236,7 +239,8 @@ class GroupCommit:
         feed's counter. The head comes first, so batches from different replicas
         queue on it and never hold one agent's row while waiting for another's.
         """
-        with self.connection.transaction() as cur:
+        sync_later = all(p.sync_later for p in batch)
+        with self.connection.transaction(sync_later=sync_later) as cur:
             seq, prev = self._sql.lock_head(cur)
             landed = [r for r in written if r is not None]
             if landed and self._sql.holds(cur, landed[-1].seq, landed[-1].hash):
@@ -277,6 +281,10 @@ class GroupCommit:
             aligned = [None if p.dropped else next(by_slot) for p in batch]
             written[:] = aligned
             cp = self._on_batch(cur, records[-1]) if records else None
+            if cp is not None:
+                # Published once the batch is back: never a checkpoint of records a
+                # crash could still take away.
+                self.connection.sync_now = True
         return aligned, cp
 
 

@@ -186,6 +186,9 @@ class Store:
         # busy handler, which sleeps 1 to 100 ms per retry: this process's threads on a
         # lock, the processes serving one state dir on a lock file beside the database.
         self._sqlite_writer = WriterTurn(self.url) if self.dialect == "sqlite" else None
+        # SQLite in WAL mode: the log the dedicated writers' durable commits sync.
+        self._wal: str | None = None
+        self._wal_entry_synced = False
 
     @classmethod
     def for_state_dir(
@@ -285,7 +288,18 @@ class Store:
         row = cur.fetchone()
         if row is None or str(row[0]).lower() != "wal":
             return None
-        return f"{path}-wal"
+        self._wal = f"{path}-wal"
+        return self._wal
+
+    def sync_log(self) -> None:
+        """Make every commit of a `DedicatedWriter` so far durable: on SQLite in WAL
+        mode, a sync of the write-ahead log (its directory entry too, the first time:
+        the log is not removed while a connection is open). Nothing to do where
+        commits sync themselves. StoreError when the log cannot be synced."""
+        if self._wal is None:
+            return
+        sync_file(self._wal, directory=not self._wal_entry_synced)
+        self._wal_entry_synced = True
 
     def q(self, sql: str) -> str:
         """Rewrite '?' placeholders for the driver (psycopg wants %s)."""
@@ -501,12 +515,13 @@ class DedicatedWriter:
         self._cur: Any = None
         self._sync = "FULL"  # SQLite's synchronous level on the connection (set on connect)
         self._wal: str | None = None  # SQLite: the write-ahead log file, when it is one
-        self._wal_entry_synced = False
         # The transaction in progress is made durable by a sync of the log after it.
         self.syncs_log = False
+        # Set inside a `sync_later` transaction: sync all the same before returning.
+        self.sync_now = False
 
     @contextmanager
-    def transaction(self, *, durable: bool = True) -> Iterator[Any]:
+    def transaction(self, *, durable: bool = True, sync_later: bool = False) -> Iterator[Any]:
         """One transaction. `durable=False` commits without waiting for the disk
         (SQLite synchronous=NORMAL, PostgreSQL synchronous_commit off): only for a
         caller that makes a durable commit of its own before it answers anyone. Both
@@ -519,7 +534,11 @@ class DedicatedWriter:
         writer (another worker process) writes while this one waits for the disk,
         and a sync carries every commit before it. The log is only appended to until
         a checkpoint has copied it into the database and synced that, so the sync
-        makes this commit durable, in the log or already in the database."""
+        makes this commit durable, in the log or already in the database.
+
+        `sync_later`: that sync is the caller's (`Store.sync_log`, before it answers
+        anyone), unless the transaction sets `sync_now` (a record that must be durable
+        before this returns). Nothing changes where commits sync themselves."""
         if self._conn is None:
             try:
                 conn = self._store._write_engine.raw_connection()
@@ -530,10 +549,10 @@ class DedicatedWriter:
             conn.detach()  # ours until close(); never handed to another caller
             self._conn, self._cur, self._sync = conn, conn.cursor(), "FULL"
             self._wal = self._store.wal_file(self._cur)
-            self._wal_entry_synced = False
         conn, cur = self._conn, self._cur
         sync_after = durable and self._wal is not None
         self.syncs_log = sync_after
+        self.sync_now = False
         with self._store.writer_turn():
             try:
                 if self._store.is_sqlite:
@@ -555,12 +574,8 @@ class DedicatedWriter:
                 except Exception:  # noqa: BLE001 - the connection is gone; open a new one next time
                     self.close()
                 raise
-        if sync_after:
-            assert self._wal is not None
-            # The log's directory entry too, once per connection (the log is not
-            # removed while a connection is open).
-            sync_file(self._wal, directory=not self._wal_entry_synced)
-            self._wal_entry_synced = True
+        if sync_after and (self.sync_now or not sync_later):
+            self._store.sync_log()
 
     def close(self) -> None:
         conn, self._conn, self._cur = self._conn, None, None

@@ -130,7 +130,7 @@ def test_a_log_that_cannot_be_synced_fails_the_commit_closed(
     try:
         with writer.transaction() as cur:  # opens the connection and finds its log
             cur.execute(insert, ("c" * 22, 1e12))
-        writer._wal = str(tmp_path / "gone" / "opsgate.db-wal")  # a log that is not there
+        store._wal = str(tmp_path / "gone" / "opsgate.db-wal")  # a log that is not there
         with pytest.raises(opsgate.StoreError) as caught, writer.transaction() as cur:
             cur.execute(insert, ("d" * 22, 1e12))
         assert caught.value.code == "store_unavailable"

@@ -181,15 +181,26 @@ class _SlowGate:
         self.release = threading.Event()
         self.started = threading.Event()
         self.batches: list[int] = []
-        self.fail = False
+        # "deciding", "syncing" or "answering": that step raises.
+        self.fail: str | None = None
+        self.store = self
 
-    def authorize_batch(self, requests: list[AuthorizeRequest]) -> list[Decision]:
+    def commit_authorize_batch(self, requests: list[AuthorizeRequest]) -> list[AuthorizeRequest]:
         self.started.set()
         self.release.wait(10)
         self.batches.append(len(requests))
-        if self.fail:
+        if self.fail == "deciding":
             raise RuntimeError("the store went away")
-        return [Decision("allow", (r.capability,)) for r in requests]
+        return list(requests)
+
+    def sync_log(self) -> None:
+        if self.fail == "syncing":
+            raise OSError("the disk went away")
+
+    def complete_authorize_batch(self, batch: list[AuthorizeRequest]) -> list[Decision]:
+        if self.fail == "answering":
+            raise RuntimeError("the store went away")
+        return [Decision("allow", (r.capability,)) for r in batch]
 
 
 def test_close_decides_what_is_queued_then_refuses_new_requests() -> None:
@@ -219,12 +230,21 @@ def test_close_decides_what_is_queued_then_refuses_new_requests() -> None:
     assert [d.reasons[0] for d in decisions] == ["deploy:a", "deploy:b0", "deploy:b1", "deploy:b2"]
     assert gate.batches == [1, 3]
     assert isinstance(late, HttpRefusal) and late.code == "not_ready"
-    assert authorizer._thread is not None and not authorizer._thread.is_alive()
+    for thread in (authorizer._decider, authorizer._answerer):
+        assert thread is not None and not thread.is_alive()
 
 
-def test_a_batch_that_fails_outside_the_gate_fails_each_request_typed() -> None:
+@pytest.mark.parametrize(
+    ("step", "code"),
+    [
+        ("deciding", "internal_error"),
+        ("syncing", "audit_write_failed"),
+        ("answering", "internal_error"),
+    ],
+)
+def test_a_batch_that_fails_outside_the_gate_fails_each_request_typed(step: str, code: str) -> None:
     gate = _SlowGate()
-    gate.fail = True
+    gate.fail = step
     gate.release.set()
     authorizer = Authorizer(gate)  # type: ignore[arg-type]
 
@@ -240,8 +260,8 @@ def test_a_batch_that_fails_outside_the_gate_fails_each_request_typed() -> None:
         results = asyncio.run(scenario())
     finally:
         authorizer.close()
-    assert all(isinstance(r, InternalError) for r in results), results
-    assert {r.code for r in results} == {"internal_error"}
+    assert all(isinstance(r, OpsgateError) for r in results), results
+    assert {r.code for r in results} == {code}
 
 
 def test_the_server_stops_its_authorize_thread_on_shutdown(tmp_path: Path) -> None:
@@ -253,9 +273,10 @@ def test_the_server_stops_its_authorize_thread_on_shutdown(tmp_path: Path) -> No
         api.client = client
         r = _post_authorize(api, token, ALLOWED)
         assert r.status_code == 200 and r.json()["effect"] == "allow", r.text
-        thread = app.state.ctx.authorizer._thread  # type: ignore[attr-defined]
-        assert thread is not None and thread.is_alive()
-    assert not thread.is_alive()
+        authorizer = app.state.ctx.authorizer  # type: ignore[attr-defined]
+        threads = [authorizer._decider, authorizer._answerer]
+        assert all(t is not None and t.is_alive() for t in threads)
+    assert not any(t.is_alive() for t in threads)
 
 
 @pytest.mark.parametrize("capability", [ALLOWED, OUT_OF_SCOPE])
@@ -422,9 +443,14 @@ class _ShortGate:
     def __init__(self) -> None:
         self.calls = 0
 
-    def authorize_batch(self, requests: list[AuthorizeRequest]) -> list[Decision]:
+    store = _SlowGate()  # its sync_log succeeds
+
+    def commit_authorize_batch(self, requests: list[AuthorizeRequest]) -> list[AuthorizeRequest]:
+        return list(requests)
+
+    def complete_authorize_batch(self, batch: list[AuthorizeRequest]) -> list[Decision]:
         self.calls += 1
-        answers = [Decision("allow", (r.capability,)) for r in requests]
+        answers = [Decision("allow", (r.capability,)) for r in batch]
         return answers[1:] if self.calls == 1 else answers
 
 
@@ -599,3 +625,80 @@ def test_a_replayed_proof_leaves_no_decision_and_no_violation_charge(tmp_path: P
     assert causes().count("credential_misuse") == 1
     rejected = audit_events(api.gate, "credential.rejected")
     assert [r["code"] for r in rejected].count("proof_replayed") == 2
+
+
+def test_no_answer_before_the_log_is_synced(tmp_path: Path) -> None:
+    """The deciding thread commits without waiting for the disk; the answer waits for
+    the sync of the log (on the other thread), and the next batch is decided and
+    committed meanwhile."""
+    api = open_api(tmp_path / "state")
+    token = api.credential()
+    store = api.gate.store
+    release = threading.Event()
+    syncing = threading.Event()
+    real_sync = store.sync_log
+    heads_at_sync: list[int] = []
+
+    def held_sync() -> None:
+        heads_at_sync.append(api.gate.audit.head()[0])
+        syncing.set()
+        release.wait(10)
+        real_sync()
+
+    store.sync_log = held_sync  # type: ignore[method-assign]
+    authorizer = Authorizer(api.gate)
+
+    async def scenario() -> tuple[bool, bool, list[Decision]]:
+        first = asyncio.ensure_future(authorizer.decide(_request(api, token, ALLOWED)))
+        await asyncio.to_thread(syncing.wait, 10)
+        second = asyncio.ensure_future(authorizer.decide(_request(api, token, ALLOWED)))
+        await asyncio.sleep(0.3)  # the second is decided and committed meanwhile
+        waiting = not first.done() and not second.done()
+        committed = len(_authorize_records(api)) == before + 2
+        release.set()
+        return waiting, committed, [await first, await second]
+
+    before = len(_authorize_records(api))
+    try:
+        waiting, committed, decisions = asyncio.run(scenario())
+    finally:
+        authorizer.close()
+        del store.sync_log
+    assert waiting  # nothing answered while the log was not synced
+    assert committed  # both batches committed (the second while the first synced)
+    assert [d.effect for d in decisions] == ["allow", "allow"]
+    assert heads_at_sync and authorizer.syncs == len(heads_at_sync)
+
+
+@pytest.mark.parametrize("checkpoint_due", [False, True])
+def test_a_committed_batch_syncs_at_once_only_when_it_signs_a_checkpoint(
+    tmp_path: Path, checkpoint_due: bool
+) -> None:
+    """`commit_authorize_batch` leaves the sync to its caller, except when its batch
+    signs a checkpoint: the checkpoint is published once the batch is back, and must
+    never name records a crash could still take away."""
+    api = open_api(tmp_path / "state")
+    token = api.credential()
+    audit = api.gate.audit
+    audit._checkpoint_every = 1 if checkpoint_due else 10**9
+    audit._checkpoint_interval = 1e9
+    audit._signed_at = time.monotonic()
+    synced: list[int] = []
+    store = api.gate.store
+    real_sync = store.sync_log
+
+    def recording() -> None:
+        synced.append(audit.head()[0])
+        real_sync()
+
+    store.sync_log = recording  # type: ignore[method-assign]
+    try:
+        batch = api.gate.commit_authorize_batch([_request(api, token, ALLOWED)])
+    finally:
+        del store.sync_log
+    assert batch.committed
+    assert len(synced) == (1 if checkpoint_due else 0)
+    if checkpoint_due:
+        assert audit._signed_seq == synced[0]  # synced up to the checkpoint it signed
+    (decision,) = api.gate.complete_authorize_batch(batch)
+    assert isinstance(decision, Decision) and decision.effect == "allow"
