@@ -8,8 +8,9 @@ and connections and the same Lua report script (bench/wrk_report.lua):
 
 - opsgate `POST /v1/authorize` with a DPoP proof per request (pre-computed by the
   agents here, each used once: signed before the run, sent in order by wrk), every
-  decision durably audited (SQLite synchronous=FULL; PostgreSQL with fsync and
-  synchronous_commit on) and every proof id recorded in the replay store; on
+  decision durably audited (SQLite: its write-ahead log fsynced before the answer;
+  PostgreSQL with fsync and synchronous_commit on) and every proof id recorded in
+  the replay store; on
   SQLite as one process, then as `opsgate serve --workers N` (one per CPU: each
   worker a replica on the one state database, sharing the port);
 - OpenBao `GET auth/token/lookup-self` and a KV v2 read, without and with a file
