@@ -1,7 +1,12 @@
-"""opsgate over HTTP beside OpenBao: one machine, one load generator, one concurrency.
+"""opsgate over HTTP beside OpenBao: one machine, one load generator, the same concurrency.
 
-    python -m bench.http                # 10 s per target, about 2-3 minutes
+    python -m bench.http                # 10 s per target and level, about 4-5 minutes
     python -m bench.http --quick        # 3 s per target, a smoke run
+    python -m bench.http --connections 16,32,64
+
+Every target runs at each concurrency level (wrk connections; 16 and 64 by default):
+with few connections in flight the gate's batches are small and its answers wait on
+each other's syncs; OpenBao's file audit device slows down as connections grow.
 
 Every target is driven by the same `wrk` (apt package `wrk`) with the same threads
 and connections and the same Lua report script (bench/wrk_report.lua):
@@ -438,7 +443,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="3 s per target")
     parser.add_argument("--seconds", type=int, default=None, help="seconds per target")
     parser.add_argument("--threads", type=int, default=2, help="wrk threads")
-    parser.add_argument("--connections", type=int, default=16, help="wrk connections")
+    parser.add_argument(
+        "--connections",
+        type=_levels,
+        default=(16, 64),
+        help="wrk connections, one run of every target per level (comma-separated; default 16,64)",
+    )
     parser.add_argument(
         "--workers",
         type=int,
@@ -451,9 +461,32 @@ def main(argv: list[str] | None = None) -> int:
         print("bench.http needs wrk: apt-get install -y wrk", file=sys.stderr)
         return 2
     seconds = args.seconds or (3 if args.quick else 10)
-    load = Load(args.threads, args.connections, seconds)
-    results: dict[str, Result] = {}
     started = time.perf_counter()
+    runs = []
+    for connections in args.connections:
+        load = Load(args.threads, connections, seconds)
+        progress(f"{connections} connections")
+        runs.append((load, run_targets(load, args.workers, postgres_rows=not args.no_postgres)))
+    elapsed = time.perf_counter() - started
+    for load, results in runs:
+        print_table(results, load, elapsed, args.workers)
+        print()
+    return 0
+
+
+def _levels(text: str) -> tuple[int, ...]:
+    try:
+        levels = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError("a comma-separated list of numbers") from None
+    if not levels or any(n < 1 for n in levels):
+        raise argparse.ArgumentTypeError("connection counts are positive")
+    return levels
+
+
+def run_targets(load: Load, workers: int, *, postgres_rows: bool) -> dict[str, Result]:
+    """Every target at one load: OpenBao's four, then opsgate's."""
+    results: dict[str, Result] = {}
     with temp_dir("http") as work:
         for audit in (False, True):
             label = "with file audit" if audit else "no audit device"
@@ -468,11 +501,11 @@ def main(argv: list[str] | None = None) -> int:
         gate = make_gate(work, "sqlite", None)
         with serve(gate.state_dir) as url:
             results["opsgate sqlite"] = authorize_run([url], gate, load, work, "sqlite")
-        progress(f"opsgate on SQLite, {args.workers} worker processes")
+        progress(f"opsgate on SQLite, {workers} worker processes")
         gate = make_gate(work, "sqlite-workers", None)
-        with serve(gate.state_dir, workers=args.workers) as url:
+        with serve(gate.state_dir, workers=workers) as url:
             results["opsgate sqlite workers"] = authorize_run([url], gate, load, work, "workers")
-        if not args.no_postgres:
+        if postgres_rows:
             with postgres(work) as pg_url:
                 if pg_url is None:
                     progress("no PostgreSQL binaries: replica rows skipped")
@@ -487,9 +520,7 @@ def main(argv: list[str] | None = None) -> int:
                             results["opsgate pg 2"] = authorize_run(
                                 [url, url2], gate, load, work, "pg2"
                             )
-    elapsed = time.perf_counter() - started
-    print_table(results, load, elapsed, args.workers)
-    return 0
+    return results
 
 
 def print_table(results: dict[str, Result], load: Load, elapsed: float, workers: int) -> None:
