@@ -276,20 +276,22 @@ class Store:
     def dedicated_writer(self) -> DedicatedWriter:
         return DedicatedWriter(self)
 
-    def wal_file(self, cur: Any) -> str | None:
-        """The write-ahead log of an SQLite database file whose connection `cur` is in
-        WAL mode; None otherwise (PostgreSQL, a database in memory, another mode)."""
+    def syncs_own_log(self, cur: Any) -> bool:
+        """Whether durable commits on `cur` (a new dedicated writer's connection) sync
+        the write-ahead log themselves: an SQLite database file in WAL mode, whose log
+        `sync_log` then syncs. False elsewhere (PostgreSQL, a database in memory,
+        another journal mode): commits there are durable as they are."""
         if not self.is_sqlite:
-            return None
+            return False
         path = make_url(self.url).database
         if not path or path == ":memory:" or path.startswith("file:"):
-            return None
+            return False
         cur.execute("PRAGMA journal_mode")
         row = cur.fetchone()
         if row is None or str(row[0]).lower() != "wal":
-            return None
+            return False
         self._wal = f"{path}-wal"
-        return self._wal
+        return True
 
     def sync_log(self) -> None:
         """Make every commit of a `DedicatedWriter` so far durable: on SQLite in WAL
@@ -514,7 +516,7 @@ class DedicatedWriter:
         self._conn: Any = None
         self._cur: Any = None
         self._sync = "FULL"  # SQLite's synchronous level on the connection (set on connect)
-        self._wal: str | None = None  # SQLite: the write-ahead log file, when it is one
+        self._own_log = False  # its durable commits sync the log (`Store.syncs_own_log`)
         # The transaction in progress is made durable by a sync of the log after it.
         self.syncs_log = False
         # Set inside a `sync_later` transaction: sync all the same before returning.
@@ -548,9 +550,9 @@ class DedicatedWriter:
                 ) from exc
             conn.detach()  # ours until close(); never handed to another caller
             self._conn, self._cur, self._sync = conn, conn.cursor(), "FULL"
-            self._wal = self._store.wal_file(self._cur)
+            self._own_log = self._store.syncs_own_log(self._cur)
         conn, cur = self._conn, self._cur
-        sync_after = durable and self._wal is not None
+        sync_after = durable and self._own_log
         self.syncs_log = sync_after
         self.sync_now = False
         with self._store.writer_turn():
