@@ -273,12 +273,20 @@ def _exit_with_parent() -> None:
 
 
 def uvicorn_options(settings: ServerConfig) -> dict[str, Any]:
-    """How uvicorn reads the client's address: X-Forwarded-For only from the configured
-    proxies (uvicorn's default trusts it from any loopback peer, so a local client could
-    choose the address its refusals are counted against)."""
+    """uvicorn's options that are the server's own: its HTTP protocol (each response
+    in one write, `OneWriteHttp`), and how it reads the client's address:
+    X-Forwarded-For only from the configured proxies (uvicorn's default trusts it from
+    any loopback peer, so a local client could choose the address its refusals are
+    counted against)."""
+    from opsgate.server.protocol import OneWriteHttp  # uvicorn's, imported to serve only
+
     if not settings.trusted_proxies:
-        return {"proxy_headers": False}
-    return {"proxy_headers": True, "forwarded_allow_ips": list(settings.trusted_proxies)}
+        return {"http": OneWriteHttp, "proxy_headers": False}
+    return {
+        "http": OneWriteHttp,
+        "proxy_headers": True,
+        "forwarded_allow_ips": list(settings.trusted_proxies),
+    }
 
 
 def refusal_response(ctx: ServerContext, request: Request, exc: OpsgateError) -> JSONResponse:
