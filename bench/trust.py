@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Callable
 
 import opsgate
 from bench._util import Table, fmt_us, interleaved, progress, stats, temp_dir
 from opsgate.audit.writer import Unit
 from opsgate.config import AnomalyConfig, TrustDeltas
+from opsgate.state import AgentState
 from opsgate.store import schema
 from opsgate.trust.anomalies import Activity, Observation, observe
 from opsgate.trust.scoring import TrustEvent, apply
@@ -39,9 +41,9 @@ def pure_core(n: int) -> dict[str, list[int]]:
             {f"deploy:staging/app-{i}" for i in range(100_000)},
         ),
     }
-    live = {k: [v[0], 500] for k, v in states.items()}
+    live: dict[str, tuple[Activity, int]] = {k: (v[0], 500) for k, v in states.items()}
 
-    def make(key: str):
+    def make(key: str) -> Callable[[int], None]:
         seen = states[key][1]
 
         def step(i: int) -> None:
@@ -52,7 +54,7 @@ def pure_core(n: int) -> dict[str, list[int]]:
                 Observation(t0 + i * 20.0, resource, refused=False, seen_before=resource in seen),
                 cfg,
             )
-            live[key] = [act, apply(score, TrustEvent.SUCCESS, deltas)]
+            live[key] = (act, apply(score, TrustEvent.SUCCESS, deltas))
 
         return step
 
@@ -84,12 +86,14 @@ def engine_path(n: int, quick: bool) -> tuple[dict[str, list[int]], float, float
                     for i in range(min(past, 100_000))
                 ],
             )
-        states = {a.name: gate.state.agent(a.did) for a in (short, long)}
-        for st in states.values():
-            assert st is not None
-            gate.trust.observe(st, "deploy:staging/app-1", refused=False, now=t0)
+        states: dict[str, AgentState] = {}
+        for a in (short, long):
+            found = gate.state.agent(a.did)
+            assert found is not None
+            states[a.name] = found
+            gate.trust.observe(found, "deploy:staging/app-1", refused=False, now=t0)
 
-        def make(name: str):
+        def make(name: str) -> Callable[[int], None]:
             st = states[name]
 
             def step(i: int) -> None:
