@@ -5,12 +5,17 @@ from __future__ import annotations
 
 import base64
 import secrets
+import socket
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import orjson
+import uvicorn
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fastapi.testclient import TestClient
 from helpers import DEPLOY_SCOPE, World, open_world
@@ -131,3 +136,25 @@ def open_api(state_dir: Path, *, direct_authorize: bool = True, **server: Any) -
     settings = ServerConfig(external_url=BASE, **server)
     client = TestClient(create_app(world.gate, settings, direct_authorize=direct_authorize))
     return Api(world, client, operator_token)
+
+
+@contextmanager
+def uvicorn_thread(app: Any, **options: Any) -> Iterator[int]:
+    """A real uvicorn server for `app` on 127.0.0.1, on a thread of this process: its
+    port while it runs, stopped afterwards."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", **options)
+    srv = uvicorn.Server(config)
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 20
+        while not srv.started:
+            assert time.monotonic() < deadline, "the server did not start"
+            time.sleep(0.02)
+        yield port
+    finally:
+        srv.should_exit = True
+        thread.join(timeout=20)

@@ -6,9 +6,6 @@ balancer's one bucket."""
 
 from __future__ import annotations
 
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -16,9 +13,8 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from helpers import open_world
-from server_helpers import BASE
+from server_helpers import BASE, uvicorn_thread
 
 from opsgate.config import ServerConfig
 from opsgate.errors import ConfigError
@@ -31,29 +27,14 @@ FORGED = "eyJhbGciOiJFZERTQSJ9.eyJzdWIiOiJ4In0." + "A" * 86
 def served(state_dir: Path, **server: Any) -> Iterator[httpx.Client]:
     world = open_world(state_dir)
     settings = ServerConfig(external_url=BASE, refusal_burst=3, refusal_rate=0.01, **server)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    config = uvicorn.Config(
-        create_app(world.gate, settings),
-        host="127.0.0.1",
-        port=port,
-        log_level="warning",
-        **uvicorn_options(settings),
-    )
-    srv = uvicorn.Server(config)
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
+    app = create_app(world.gate, settings)
     try:
-        deadline = time.monotonic() + 20
-        while not srv.started:
-            assert time.monotonic() < deadline, "the server did not start"
-            time.sleep(0.02)
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", trust_env=False) as client:
+        with (
+            uvicorn_thread(app, **uvicorn_options(settings)) as port,
+            httpx.Client(base_url=f"http://127.0.0.1:{port}", trust_env=False) as client,
+        ):
             yield client
     finally:
-        srv.should_exit = True
-        thread.join(timeout=20)
         world.gate.close()
 
 

@@ -8,17 +8,14 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
-import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
-import uvicorn
 from helpers import open_world
-from server_helpers import BASE
+from server_helpers import BASE, uvicorn_thread
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from opsgate.config import ServerConfig
@@ -203,28 +200,10 @@ def served(state_dir: Path, http: type[Any] | None) -> Iterator[int]:
     assert options["http"] is OneWriteHttp  # what `opsgate serve` runs
     if http is not None:
         options["http"] = http
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    config = uvicorn.Config(
-        create_app(world.gate, settings),
-        host="127.0.0.1",
-        port=port,
-        log_level="warning",
-        **options,
-    )
-    srv = uvicorn.Server(config)
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
     try:
-        deadline = time.monotonic() + 20
-        while not srv.started:
-            assert time.monotonic() < deadline, "the server did not start"
-            time.sleep(0.02)
-        yield port
+        with uvicorn_thread(create_app(world.gate, settings), **options) as port:
+            yield port
     finally:
-        srv.should_exit = True
-        thread.join(timeout=20)
         world.gate.close()
 
 
