@@ -137,3 +137,42 @@ def test_a_log_that_cannot_be_synced_fails_the_commit_closed(
         assert "log could not be synced" in caught.value.message
     finally:
         writer.close()
+
+
+def test_sync_file_syncs_the_data_then_the_entry_and_fails_closed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The log's data is synced with the data sync (fdatasync on Linux, as SQLite
+    syncs its own log), its directory entry with a full fsync; a data sync that fails
+    is a StoreError, never a silent success."""
+    import os
+
+    import opsgate.store as store_module
+
+    log = tmp_path / "db-wal"
+    log.write_bytes(b"frames")
+    calls: list[tuple[str, bool]] = []
+    real_data, real_full = store_module._sync_data, os.fsync
+
+    def data(fd: int) -> None:
+        calls.append(("data", os.path.isdir(f"/proc/self/fd/{fd}")))
+        real_data(fd)
+
+    def full(fd: int) -> None:
+        calls.append(("full", os.path.isdir(f"/proc/self/fd/{fd}")))
+        real_full(fd)
+
+    monkeypatch.setattr(store_module, "_sync_data", data)
+    monkeypatch.setattr(os, "fsync", full)
+    store_module.sync_file(str(log), directory=True)
+    assert calls == [("data", False), ("full", True)]
+    if hasattr(os, "fdatasync"):
+        assert real_data is os.fdatasync
+
+    def failing(fd: int) -> None:
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(store_module, "_sync_data", failing)
+    with pytest.raises(opsgate.StoreError) as caught:
+        store_module.sync_file(str(log))
+    assert "log could not be synced" in caught.value.message
