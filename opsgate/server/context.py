@@ -23,6 +23,7 @@ from pydantic import BaseModel, ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from opsgate.approvals.service import TOKEN_PREFIX as APPROVER_PREFIX
+from opsgate.cache import BoundedCache
 from opsgate.config import ServerConfig
 from opsgate.credentials.manager import Claims
 from opsgate.credentials.proof import ProofRequest
@@ -35,6 +36,7 @@ from opsgate.server.errors import HttpRefusal
 from opsgate.server.limits import RefusalLimiter, json_depth_ok
 from opsgate.server.metrics import ServerMetrics
 from opsgate.server.nonce import issue_nonce, nonce_key, nonce_valid
+from opsgate.server.paths import request_path
 
 M = TypeVar("M", bound=BaseModel)
 _MAX_AUTH_HEADER = 8192
@@ -106,16 +108,17 @@ class ServerContext:
         request is one the gate always audits durably before it answers (authorize,
         execute, resume), so its proof id needs no disk sync of its own.
         """
-        scheme, value = self.agent_scheme(request)
-        request.state.claimed_sub = unverified_sub(value)
-        self.check_blocked(request)
+        scheme, value = self.agent_scheme(request)  # the address is not blocked
+        sub = request.state.claimed_sub = unverified_sub(value)
+        if sub:  # and now the agent it names
+            _refuse_for(self.limiter.retry_after(f"agent:{sub}", time.monotonic()))
         presented = tuple(request.headers.getlist("dpop")) if scheme == "dpop" else ()
         nonce = self.required_nonce(presented) if self.settings.dpop_nonce else None
         proofs = self.gate.credential_manager.proofs
         check = DPoPCheck(
             proofs=presented,
             method=request.method,
-            path=request.url.path,
+            path=request_path(request),
             rules=self.rules,
             use_once=proofs.use_once_before_audit if audited else proofs.use_once,
             nonce=nonce,
@@ -160,7 +163,7 @@ class ServerContext:
         """Authenticate an agent for a request that runs no operation: the proof binds
         the method, path and the exact body bytes."""
         token, check = self.agent_auth(request)
-        proof_request: ProofRequest = body_request(request.method, request.url.path, raw)
+        proof_request: ProofRequest = body_request(request.method, request_path(request), raw)
         claims = await run_in_threadpool(self.gate.authenticate, token, proof_request, proof=check)
         request.state.agent = claims.sub
         return claims
@@ -220,11 +223,7 @@ class ServerContext:
         return max(waits) if waits else None
 
     def check_blocked(self, request: Request) -> None:
-        wait = self.blocked(request)
-        if wait is not None:
-            raise HttpRefusal(
-                "too many refused requests; slow down", code="rate_limited", retry_after=wait
-            )
+        _refuse_for(self.blocked(request))
 
     def refused(self, request: Request, exc: OpsgateError, status: int) -> None:
         """Count a refusal; take a token from the address and, when the request proved
@@ -245,6 +244,14 @@ class ServerContext:
             self.limiter.charge(f"agent:{agent}", now)
 
 
+def _refuse_for(wait: float | None) -> None:
+    """Refuse a request that must wait `wait` seconds (nothing when None)."""
+    if wait is not None:
+        raise HttpRefusal(
+            "too many refused requests; slow down", code="rate_limited", retry_after=wait
+        )
+
+
 def _address_key(request: Request) -> str:
     return f"ip:{request.client.host if request.client else '-'}"
 
@@ -259,9 +266,23 @@ def _authorization(request: Request) -> tuple[str, str]:
     return scheme.lower(), value.strip()
 
 
+# The subs of tokens seen lately: an agent presents one credential for up to 15
+# minutes, so its payload is decoded once, not on every request. Bounded.
+# ("" for a token that claims none.)
+_SUBS: BoundedCache[str, str] = BoundedCache(4096)
+
+
 def unverified_sub(token: str) -> str | None:
     """The `sub` a token claims, unverified: only a rate-limit key (a forged sub can
     only slow down requests presenting that sub, never authenticate anything)."""
+    seen = _SUBS.get(token)
+    if seen is None:
+        seen = _claimed_sub(token) or ""
+        _SUBS.put(token, seen)
+    return seen or None
+
+
+def _claimed_sub(token: str) -> str | None:
     try:
         payload = token.split(".")[1]
         data: Any = orjson.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))

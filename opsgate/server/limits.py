@@ -30,11 +30,16 @@ class RefusalLimiter:
         return min(self._burst, tokens + (now - at) * self._rate)
 
     def retry_after(self, key: str, now: float) -> float | None:
-        """Seconds until `key` may be refused again, or None while it has tokens."""
-        with self._lock:
-            if key not in self._buckets:
-                return None
-            level = self._level(key, now)
+        """Seconds until `key` may be refused again, or None while it has tokens.
+
+        Asked of every request (three times), so without the lock: a bucket is one
+        tuple, read whole (a dict lookup is atomic), and a refusal counted meanwhile
+        is seen by the next request."""
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            return None
+        tokens, at = bucket
+        level = min(self._burst, tokens + (now - at) * self._rate)
         return None if level >= 1.0 else (1.0 - level) / self._rate
 
     def charge(self, key: str, now: float) -> None:
@@ -46,6 +51,8 @@ class RefusalLimiter:
 def json_depth_ok(raw: bytes, max_depth: int) -> bool:
     """Whether JSON text nests at most `max_depth` arrays/objects (strings skipped),
     checked before parsing so a deeply nested body never reaches a parser."""
+    if raw.count(b"[") + raw.count(b"{") <= max_depth:
+        return True  # no deeper than it opens (the agents' bodies: a pass in C)
     depth = 0
     in_string = False
     escaped = False

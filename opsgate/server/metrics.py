@@ -10,6 +10,8 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from opsgate.decision import EFFECTS
+
 if TYPE_CHECKING:
     from opsgate.gate import Gate
 
@@ -47,6 +49,8 @@ class ServerMetrics:
             ["effect"],
             registry=self.registry,
         )
+        # The counter of each effect, looked up once (`labels` hashes and locks).
+        self.decided = {effect: self.decisions.labels(effect) for effect in EFFECTS}
         self.refusals = Counter(
             "opsgate_refusals", "Refused requests by error code.", ["code"], registry=self.registry
         )
@@ -57,6 +61,11 @@ class ServerMetrics:
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
         )
         self.registry.register(_GateState(gate))
+
+    def decision(self, effect: str) -> None:
+        """Count one decision of `effect`."""
+        counter = self.decided.get(effect)
+        (counter if counter is not None else self.decisions.labels(effect)).inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
+
+# A path Starlette's `request.url.path` gives back unchanged (nothing it escapes,
+# nothing a URL parser reads differently).
+_PLAIN = re.compile(r"/[A-Za-z0-9/_.~-]*")
 
 
 def route_path(scope: Any) -> str:
@@ -15,3 +20,13 @@ def route_path(scope: Any) -> str:
     if path == root:
         return ""
     return path[len(root) :] if path[len(root)] == "/" else path
+
+
+def request_path(request: Any) -> str:
+    """`request.url.path` (the path a proof's htu must name), without building the
+    request's whole URL (from its Host header and server) when the path is plain."""
+    path: str = request.scope["path"]
+    if _PLAIN.fullmatch(path):
+        return path
+    url_path: str = request.url.path
+    return url_path

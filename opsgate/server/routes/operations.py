@@ -60,7 +60,7 @@ def _not_yours_is_not_found(exc: OpsgateError, approval_id: str | None) -> None:
 
 def _count(ctx: Any, result: Outcome | PendingApproval) -> None:
     effect = "require_approval" if isinstance(result, PendingApproval) else "allow"
-    ctx.metrics.decisions.labels(effect).inc()
+    ctx.metrics.decision(effect)
 
 
 @router.post("/operations", openapi_extra=body_doc(ExecuteBody))
@@ -79,7 +79,7 @@ async def execute(request: Request) -> Response:
         )
     except OpsgateError as exc:
         if exc.code == "operation_denied":
-            ctx.metrics.decisions.labels("deny").inc()
+            ctx.metrics.decision("deny")
         _not_yours_is_not_found(exc, body.approval_id)
         raise
     finally:
@@ -126,7 +126,7 @@ async def authorize(request: Request) -> Response:
         decision = await run_in_threadpool(
             lambda: ctx.gate.authorize(token, body.capability, proof=check, params=body.params)
         )
-    ctx.metrics.decisions.labels(decision.effect).inc()
+    ctx.metrics.decision(decision.effect)
     # orjson: a decision holds only text, numbers and lists of them.
     return Response(orjson.dumps(decision.to_dict()), media_type="application/json")
 
