@@ -50,7 +50,7 @@ class ServerMetrics:
             registry=self.registry,
         )
         # The counter of each effect, looked up once (`labels` hashes and locks).
-        self.decided = {effect: self.decisions.labels(effect) for effect in EFFECTS}
+        self.decided: dict[str, Counter] = {e: self.decisions.labels(e) for e in EFFECTS}
         self.refusals = Counter(
             "opsgate_refusals", "Refused requests by error code.", ["code"], registry=self.registry
         )
