@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import json
 import math
 import re
 import secrets
@@ -105,11 +106,15 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def _json_object(part: str, what: str, code: str) -> dict[str, Any]:
-    import json
+# A JSON parser that refuses duplicate members (one parser for every proof: `json.loads`
+# with a hook builds a new one per call).
+_STRICT_JSON = json.JSONDecoder(object_pairs_hook=_no_duplicates)
 
+
+def _json_object(part: str, what: str, code: str) -> dict[str, Any]:
     try:
-        value = json.loads(b64url_decode(part), object_pairs_hook=_no_duplicates)
+        raw = b64url_decode(part)
+        value = _STRICT_JSON.decode(raw.decode("utf-8"))  # JSON in a JWS is UTF-8 (RFC 7519)
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise _refuse(f"{what} is not a base64url json object", code) from exc
     if not isinstance(value, dict):

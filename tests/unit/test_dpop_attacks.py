@@ -258,3 +258,57 @@ def test_a_secret_write_proof_is_for_its_value_alone(
     assert (r.status_code, r.json()["code"]) == (401, "dpop_request_mismatch"), r.text
     assert stored_trust(api.gate, did) - before == api.gate.config.trust.deltas.credential_misuse
     assert _stored(api, key, token) == "secret_not_found"
+
+
+def _sign_bytes(key: Ed25519PrivateKey, header: dict[str, Any], payload: bytes) -> str:
+    h = b64url(orjson.dumps(header))
+    p = b64url(payload)
+    return f"{h}.{p}.{b64url(key.sign(f'{h}.{p}'.encode()))}"
+
+
+@pytest.mark.parametrize(
+    "encode",
+    [
+        pytest.param(lambda text: text.encode("utf-16"), id="utf-16"),
+        pytest.param(lambda text: text.encode("utf-32-le"), id="utf-32"),
+        pytest.param(lambda text: b"\xef\xbb\xbf" + text.encode(), id="utf-8 with a BOM"),
+        pytest.param(
+            lambda text: text.replace('"htm":', '"htm":"GET","htm":', 1).encode(),
+            id="duplicate member",
+        ),
+    ],
+)
+def test_a_payload_signed_as_anything_but_plain_utf8_json_is_malformed(
+    tmp_path: Path, encode: Any
+) -> None:
+    """A proof's payload is UTF-8 JSON with no duplicate member (RFC 7519 §7.2, RFC
+    7515 §4): anything else, however well signed, is refused before anything runs."""
+    api = open_api(tmp_path / "state")
+    token = api.credential()
+    key = api.agent_key()
+    header, claims = proof_parts(
+        key, "POST", "/v1/operations", token, ProofRequest.execute(OPERATION)
+    )
+    payload = encode(orjson.dumps(claims).decode())
+    r = api.client.post(
+        "/v1/operations",
+        content=orjson.dumps(OPERATION_BODY),
+        headers={
+            "Authorization": f"DPoP {token}",
+            "DPoP": _sign_bytes(key, header, payload),
+            "Content-Type": "application/json",
+        },
+    )
+    assert (r.status_code, r.json()["code"]) == (401, "dpop_malformed"), r.text
+    assert api.world.executor.count == 0
+    # The same claims as plain UTF-8 run.
+    r = api.client.post(
+        "/v1/operations",
+        content=orjson.dumps(OPERATION_BODY),
+        headers={
+            "Authorization": f"DPoP {token}",
+            "DPoP": _sign_bytes(key, header, orjson.dumps(claims)),
+            "Content-Type": "application/json",
+        },
+    )
+    assert r.status_code == 200, r.text

@@ -411,3 +411,46 @@ def test_used_proofs_are_pruned_by_the_database_clock_after_a_grace(
         left = _rows(gate)
         assert "gone-" + "x" * 16 not in left
         assert {"grace-" + "x" * 16, "live-" + "x" * 16, _jti(proof)} <= set(left)
+
+
+def test_expired_proof_ids_are_pruned_at_most_once_a_second(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every transaction records ids, but only one a second also prunes expired ones:
+    a prune in each was a statement (and, in a full store, dirty index pages) per
+    batch. Expired ids left a moment longer cannot be accepted anyway (stale)."""
+    from opsgate.credentials import proof as proof_module
+    from opsgate.store.proofs import ProofSQL
+
+    prunes: list[float] = []
+    real = ProofSQL.forget_before
+
+    def counted(self: ProofSQL, cur: Any, horizon: float) -> None:
+        prunes.append(horizon)
+        real(self, cur, horizon)
+
+    monkeypatch.setattr(ProofSQL, "forget_before", counted)
+    clock = [1000.0]
+    monkeypatch.setattr(proof_module.time, "monotonic", lambda: clock[0])
+    with opsgate.Gate.open(tmp_path / "state") as gate:
+        checker = gate.credential_manager.proofs
+        now = _db_now(gate)
+        for i in range(5):
+            checker._record_uses([(f"id-{i}-" + "x" * 16, now, 60.0)])
+        assert len(prunes) == 1
+        clock[0] += proof_module.PRUNE_EVERY_SECONDS
+        checker._record_uses([("id-late-" + "x" * 16, now, 60.0)])
+        assert len(prunes) == 2
+
+
+def test_a_remembered_ath_is_the_credentials_hash() -> None:
+    """`token_hash` remembers what it computed; the answer is SHA-256 base64url of the
+    token every time, past its bound too."""
+    from opsgate.credentials import proof as proof_module
+
+    tokens = [f"tok-{i}" for i in range(proof_module._ATH_MAX + 10)]
+    for _ in range(2):
+        for token in tokens:
+            want = b64url(hashlib.sha256(token.encode("ascii")).digest())
+            assert proof_module.token_hash(token) == want
+    assert len(proof_module._ATH) <= proof_module._ATH_MAX
