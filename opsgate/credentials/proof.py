@@ -56,18 +56,21 @@ _ACCEPTED, _STALE, _REPLAYED = "accepted", "stale", "replayed"
 
 def token_hash(token: str) -> str:
     """The `ath` of a credential (SHA-256, base64url). Remembered for the tokens seen
-    lately: an agent presents one credential with every proof for minutes."""
+    lately (of a credential's length only): an agent presents one credential with
+    every proof for minutes."""
     known = _ATH.get(token)
     if known is None:
         known = b64url(hashlib.sha256(token.encode("ascii")).digest())
-        if len(_ATH) >= _ATH_MAX:
-            _ATH.clear()
-        _ATH[token] = known
+        if len(token) <= _ATH_TOKEN_MAX:
+            if len(_ATH) >= _ATH_MAX:
+                _ATH.clear()
+            _ATH[token] = known
     return known
 
 
 _ATH: dict[str, str] = {}
 _ATH_MAX = 4096
+_ATH_TOKEN_MAX = 2048
 
 
 def request_digest(kind: str, fields: Mapping[str, Any]) -> str:

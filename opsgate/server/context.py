@@ -267,9 +267,12 @@ def _authorization(request: Request) -> tuple[str, str]:
 
 
 # The subs of tokens seen lately: an agent presents one credential for up to 15
-# minutes, so its payload is decoded once, not on every request. Bounded.
+# minutes, so its payload is decoded once, not on every request. Bounded in entries
+# and in size: only tokens of a credential's length are kept (the gate's are ~600
+# characters), so junk of the largest header allowed cannot fill memory with it.
 # ("" for a token that claims none.)
 _SUBS: BoundedCache[str, str] = BoundedCache(4096)
+_SUBS_TOKEN_MAX = 2048
 
 
 def unverified_sub(token: str) -> str | None:
@@ -278,7 +281,8 @@ def unverified_sub(token: str) -> str | None:
     seen = _SUBS.get(token)
     if seen is None:
         seen = _claimed_sub(token) or ""
-        _SUBS.put(token, seen)
+        if len(token) <= _SUBS_TOKEN_MAX:
+            _SUBS.put(token, seen)
     return seen or None
 
 

@@ -184,3 +184,16 @@ def test_an_unexpected_failure_is_the_same_500_either_way(tmp_path: Path) -> Non
     assert answers[0] == answers[1]
     assert answers[0][0] == 500
     assert "secret detail" not in answers[0][1]
+
+
+def test_only_credential_sized_tokens_are_remembered() -> None:
+    """Junk as long as the largest header allowed is answered but not kept: the memory
+    of subs (and of credential hashes) cannot be filled with it."""
+    from opsgate.credentials import proof as proof_module
+    from opsgate.server import context
+
+    huge = _token({"sub": "did:key:z6MkHuge", "pad": "x" * 6000})
+    assert unverified_sub(huge) == "did:key:z6MkHuge"
+    assert context._SUBS.get(huge) is None
+    proof_module.token_hash(huge)
+    assert huge not in proof_module._ATH
