@@ -295,6 +295,12 @@ def _jti(proof: str) -> str:
 def test_the_database_clock_is_the_wall_clock(tmp_path: Path, database_url: str | None) -> None:
     with opsgate.Gate.open(tmp_path / "state", database_url=database_url) as gate:
         assert abs(_db_now(gate) - time.time()) < 2
+        if gate.store.is_sqlite:  # read without a statement: the time SQLite itself reads
+            with gate.store.raw_reader() as raw:
+                cur = raw.cursor()
+                cur.execute("SELECT (julianday('now') - 2440587.5) * 86400.0")
+                sqlite_now = float(cur.fetchone()[0])
+            assert abs(_db_now(gate) - sqlite_now) < 0.1
 
 
 def test_a_used_proof_is_kept_until_its_own_iat_plus_the_window_and_skew(
