@@ -158,3 +158,19 @@ def uvicorn_thread(app: Any, **options: Any) -> Iterator[int]:
     finally:
         srv.should_exit = True
         thread.join(timeout=20)
+
+
+def count_authorize_calls(monkeypatch: Any) -> list[int]:
+    """Calls of the authorize endpoint made by the direct route (the router keeps its
+    own reference to the function, so its calls are not counted)."""
+    from opsgate.server.routes import operations
+
+    calls: list[int] = []
+    endpoint = operations.authorize
+
+    async def counted(request: Any) -> Any:
+        calls.append(1)
+        return await endpoint(request)
+
+    monkeypatch.setattr(operations, "authorize", counted)
+    return calls

@@ -12,10 +12,9 @@ from typing import Any
 import orjson
 import pytest
 from helpers import audit_types, stored_trust
-from server_helpers import Api, open_api, proof_parts, sign
+from server_helpers import Api, count_authorize_calls, open_api, proof_parts, sign
 
 from opsgate.credentials.proof import ProofRequest
-from opsgate.server.routes import operations
 
 ALLOWED = "deploy:staging/app"
 _HEADERS = ("content-type", "www-authenticate", "retry-after", "cache-control")
@@ -110,26 +109,12 @@ def _outcomes(api: Api) -> list[tuple[Any, ...]]:
     return out
 
 
-def _counting(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """Calls of the endpoint made by DirectAuthorize (the router keeps its own
-    reference to the function, so it is not counted)."""
-    calls: list[int] = []
-    endpoint = operations.authorize
-
-    async def counted(request: Any) -> Any:
-        calls.append(1)
-        return await endpoint(request)
-
-    monkeypatch.setattr(operations, "authorize", counted)
-    return calls
-
-
 def test_direct_authorize_answers_records_and_charges_as_the_router_does(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     direct = open_api(tmp_path / "direct")
     routed = open_api(tmp_path / "routed", direct_authorize=False)
-    calls = _counting(monkeypatch)
+    calls = count_authorize_calls(monkeypatch)
 
     got = _outcomes(direct)
     direct_calls = len(calls)

@@ -146,6 +146,19 @@ def test_cases_are_checked(tmp_path: Path) -> None:
     }
 
 
+def _post_operation(api: Api, token: str, proof: str) -> Any:
+    """The deploy operation sent with `proof` as its DPoP header."""
+    return api.client.post(
+        "/v1/operations",
+        content=orjson.dumps(OPERATION_BODY),
+        headers={
+            "Authorization": f"DPoP {token}",
+            "DPoP": proof,
+            "Content-Type": "application/json",
+        },
+    )
+
+
 def _sign_raw(key: Ed25519PrivateKey, header: dict[str, Any], payload: str) -> str:
     """A JWS over payload text as given (JSON no encoder writes: an integer of 400 digits)."""
     h = b64url(orjson.dumps(header))
@@ -163,16 +176,7 @@ def test_an_iat_beyond_any_float_is_malformed_not_a_crash(tmp_path: Path, iat: s
     header, claims = proof_parts(key, "POST", "/v1/operations", token, req)
     claims["iat"] = 0
     payload = orjson.dumps(claims).decode().replace('"iat":0', f'"iat":{iat}')
-    body = OPERATION_BODY
-    r = api.client.post(
-        "/v1/operations",
-        content=orjson.dumps(body),
-        headers={
-            "Authorization": f"DPoP {token}",
-            "DPoP": _sign_raw(key, header, payload),
-            "Content-Type": "application/json",
-        },
-    )
+    r = _post_operation(api, token, _sign_raw(key, header, payload))
     assert (r.status_code, r.json()["code"]) == (401, "dpop_malformed"), r.text
     assert api.world.executor.count == 0
 
@@ -290,25 +294,9 @@ def test_a_payload_signed_as_anything_but_plain_utf8_json_is_malformed(
         key, "POST", "/v1/operations", token, ProofRequest.execute(OPERATION)
     )
     payload = encode(orjson.dumps(claims).decode())
-    r = api.client.post(
-        "/v1/operations",
-        content=orjson.dumps(OPERATION_BODY),
-        headers={
-            "Authorization": f"DPoP {token}",
-            "DPoP": _sign_bytes(key, header, payload),
-            "Content-Type": "application/json",
-        },
-    )
+    r = _post_operation(api, token, _sign_bytes(key, header, payload))
     assert (r.status_code, r.json()["code"]) == (401, "dpop_malformed"), r.text
     assert api.world.executor.count == 0
     # The same claims as plain UTF-8 run.
-    r = api.client.post(
-        "/v1/operations",
-        content=orjson.dumps(OPERATION_BODY),
-        headers={
-            "Authorization": f"DPoP {token}",
-            "DPoP": _sign_bytes(key, header, orjson.dumps(claims)),
-            "Content-Type": "application/json",
-        },
-    )
+    r = _post_operation(api, token, _sign_bytes(key, header, orjson.dumps(claims)))
     assert r.status_code == 200, r.text

@@ -14,7 +14,7 @@ import pytest
 from fastapi.testclient import TestClient
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from server_helpers import BASE, open_api, proof_parts, sign
+from server_helpers import BASE, count_authorize_calls, open_api, proof_parts, sign
 from starlette.requests import Request
 
 from opsgate.config import ServerConfig
@@ -24,7 +24,6 @@ from opsgate.server import create_app
 from opsgate.server.context import unverified_sub
 from opsgate.server.limits import json_depth_ok
 from opsgate.server.paths import request_path
-from opsgate.server.routes import operations
 
 
 def _request(path: str, host: bytes = b"gate.example") -> Request:
@@ -137,14 +136,7 @@ def test_the_direct_route_is_taken_under_a_root_path(
     methods and paths stay with the router."""
     api = open_api(tmp_path / "state")
     token = api.credential()
-    calls: list[int] = []
-    endpoint = operations.authorize
-
-    async def counted(request: Any) -> Any:
-        calls.append(1)
-        return await endpoint(request)
-
-    monkeypatch.setattr(operations, "authorize", counted)
+    calls = count_authorize_calls(monkeypatch)
     client = TestClient(
         create_app(api.gate, ServerConfig(external_url=BASE + "/gate")), root_path="/gate"
     )
