@@ -905,8 +905,7 @@ class AgentRegistry:
         return found
 
     def stored_trust(self, did: str) -> int:
-        with self._store.read() as conn:
-            score = agent_rows.trust_score(conn, did)
+        score = agent_rows.stored_score(self._store, did)
         if score is None:
             raise AgentError(f"no agent {shown(did)}", code="agent_not_found")
         return score

@@ -11,8 +11,9 @@ from __future__ import annotations
 from typing import Any
 
 from sqlalchemy import Connection, Row, select, update
+from sqlalchemy.exc import OperationalError
 
-from opsgate.store import schema
+from opsgate.store import Store, driver_failure, schema, unavailable
 
 _a, _x = schema.agents, schema.agent_key_exports
 
@@ -138,8 +139,21 @@ def initial_trust(conn: Connection, did: str) -> tuple[int, float] | None:
     return None if row is None else (int(row[0]), float(row[1]))
 
 
-def trust_score(conn: Connection, did: str) -> int | None:
-    row = conn.execute(select(_a.c.trust_score).where(_a.c.did == did)).first()
+def stored_score(store: Store, did: str) -> int | None:
+    """An agent's trust score as stored, on a raw cursor of its own (outside any
+    transaction of the caller's): the trust cache reads each active agent's score
+    again twice a second on every replica, and a pooled SQLAlchemy connection cost
+    ~10x the statement (~0.13 ms against ~0.014 ms here)."""
+    sql = store.q("SELECT trust_score FROM agents WHERE did = ?")
+    try:
+        with store.raw_reader() as raw:
+            cur = raw.cursor()
+            cur.execute(sql, (did,))
+            row = cur.fetchone()
+    except OperationalError as exc:  # the checkout's, wrapped by SQLAlchemy
+        raise unavailable(exc) from exc
+    except store.driver_errors as exc:
+        raise driver_failure(exc) from exc
     return None if row is None else int(row[0])
 
 

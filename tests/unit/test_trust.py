@@ -672,3 +672,27 @@ def test_the_gate_never_reports_an_older_score_after_concurrent_events(tmp_path:
         assert stale == [], f"(round, gate's score, stored score): {stale}"
     finally:
         w.gate.close()
+
+
+def test_the_stored_score_is_read_as_stored_and_a_failed_read_is_typed(
+    tmp_path: Path, database_url: str | None
+) -> None:
+    """The trust cache's read of a score: the value a change committed, `agent_not_found`
+    for a did with no row, and a store that cannot answer a StoreError (never the
+    driver's own exception)."""
+    with opsgate.Gate.open(tmp_path / "state", database_url=database_url) as gate:
+        agent = gate.register_agent(
+            "scored", ["deploy:staging"], sponsor="ops@company.com", trust_score=700
+        )
+        assert gate.agents.stored_trust(agent.did) == 700
+        gate.set_trust_score(agent.did, 640, reason="review", by="ops")
+        assert gate.agents.stored_trust(agent.did) == 640
+        with pytest.raises(opsgate.AgentError) as missing:
+            gate.agents.stored_trust("did:key:z6MkNoSuchAgentAnywhere")
+        assert missing.value.code == "agent_not_found"
+        with gate.store.write() as conn:
+            conn.exec_driver_sql("ALTER TABLE agents RENAME COLUMN trust_score TO gone")
+        with pytest.raises(opsgate.StoreError):
+            gate.agents.stored_trust(agent.did)
+        with gate.store.write() as conn:
+            conn.exec_driver_sql("ALTER TABLE agents RENAME COLUMN gone TO trust_score")
