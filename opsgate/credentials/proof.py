@@ -31,6 +31,7 @@ import orjson
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from opsgate.audit.writer import DROP, Change, Unit
+from opsgate.cache import BoundedCache
 from opsgate.credentials import jws
 from opsgate.errors import CredentialError, InvalidCredential
 from opsgate.identity.keys import b64url, b64url_decode, public_key_from_did
@@ -61,16 +62,17 @@ def token_hash(token: str) -> str:
     known = _ATH.get(token)
     if known is None:
         known = b64url(hashlib.sha256(token.encode("ascii")).digest())
-        if len(token) <= _ATH_TOKEN_MAX:
-            if len(_ATH) >= _ATH_MAX:
-                _ATH.clear()
-            _ATH[token] = known
+        if len(token) <= REMEMBERED_TOKEN_MAX:
+            _ATH.put(token, known)
     return known
 
 
-_ATH: dict[str, str] = {}
+# Tokens longer than this are answered but never remembered by a token's memo (this
+# one, and the server's of claimed subs): the gate's credentials are ~600 characters,
+# so junk of the largest header allowed cannot fill memory.
+REMEMBERED_TOKEN_MAX = 2048
 _ATH_MAX = 4096
-_ATH_TOKEN_MAX = 2048
+_ATH: BoundedCache[str, str] = BoundedCache(_ATH_MAX)
 
 
 def request_digest(kind: str, fields: Mapping[str, Any]) -> str:

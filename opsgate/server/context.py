@@ -26,7 +26,7 @@ from opsgate.approvals.service import TOKEN_PREFIX as APPROVER_PREFIX
 from opsgate.cache import BoundedCache
 from opsgate.config import ServerConfig
 from opsgate.credentials.manager import Claims
-from opsgate.credentials.proof import ProofRequest
+from opsgate.credentials.proof import REMEMBERED_TOKEN_MAX, ProofRequest
 from opsgate.errors import InvalidCredential, OpsgateError, safe_text
 from opsgate.gate import Gate
 from opsgate.operators import TOKEN_PREFIX as OPERATOR_PREFIX
@@ -268,11 +268,8 @@ def _authorization(request: Request) -> tuple[str, str]:
 
 # The subs of tokens seen lately: an agent presents one credential for up to 15
 # minutes, so its payload is decoded once, not on every request. Bounded in entries
-# and in size: only tokens of a credential's length are kept (the gate's are ~600
-# characters), so junk of the largest header allowed cannot fill memory with it.
-# ("" for a token that claims none.)
+# and in size (`REMEMBERED_TOKEN_MAX`). ("" for a token that claims none.)
 _SUBS: BoundedCache[str, str] = BoundedCache(4096)
-_SUBS_TOKEN_MAX = 2048
 
 
 def unverified_sub(token: str) -> str | None:
@@ -281,7 +278,7 @@ def unverified_sub(token: str) -> str | None:
     seen = _SUBS.get(token)
     if seen is None:
         seen = _claimed_sub(token) or ""
-        if len(token) <= _SUBS_TOKEN_MAX:
+        if len(token) <= REMEMBERED_TOKEN_MAX:
             _SUBS.put(token, seen)
     return seen or None
 

@@ -25,26 +25,25 @@ class RefusalLimiter:
         self._buckets: BoundedCache[str, tuple[float, float]] = BoundedCache(_MAX_KEYS)
         self._lock = threading.Lock()
 
-    def _level(self, key: str, now: float) -> float:
-        tokens, at = self._buckets.get(key) or (self._burst, now)
+    def _level(self, bucket: tuple[float, float] | None, now: float) -> float:
+        tokens, at = bucket or (self._burst, now)
         return min(self._burst, tokens + (now - at) * self._rate)
 
     def retry_after(self, key: str, now: float) -> float | None:
         """Seconds until `key` may be refused again, or None while it has tokens.
 
-        Asked of every request (three times), so without the lock: a bucket is one
-        tuple, read whole (a dict lookup is atomic), and a refusal counted meanwhile
-        is seen by the next request."""
+        Asked of every request (its address, then its agent), so without the lock: a
+        bucket is one tuple, read whole (a dict lookup is atomic), and a refusal
+        counted meanwhile is seen by the next request."""
         bucket = self._buckets.get(key)
         if bucket is None:
             return None
-        tokens, at = bucket
-        level = min(self._burst, tokens + (now - at) * self._rate)
+        level = self._level(bucket, now)
         return None if level >= 1.0 else (1.0 - level) / self._rate
 
     def charge(self, key: str, now: float) -> None:
         with self._lock:
-            level = self._level(key, now)
+            level = self._level(self._buckets.get(key), now)
             self._buckets.put(key, (max(0.0, level - 1.0), now))
 
 

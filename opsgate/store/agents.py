@@ -1,7 +1,8 @@
 """Agents' rows and their key exports, behind named functions.
 
 Each takes the caller's connection, so the transaction (and what commits with
-it: the change feed, the audit event) stays visible where the work is done.
+it: the change feed, the audit event) stays visible where the work is done; only
+`stored_score`, a read that belongs to no transaction, takes the store.
 Functions that lock take rows in the one global order: level by level, and by
 did within a level, as `(depth, did)` says (see `children`).
 """
