@@ -30,13 +30,16 @@ def _status(gate: opsgate.Gate, did: str) -> str:
 
 
 def test_the_suspension_commits_with_the_loss_and_a_stale_replica_cannot_issue(
-    tmp_path: Path,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     a = opsgate.Gate.open(tmp_path / "state")
     b = opsgate.Gate.open(tmp_path / "state")
     try:
         did = a.register_agent("edge", SCOPE, sponsor="ops@company.com", trust_score=510).did
         assert b.agents.state(did).status == "active"  # b's view: cached, active
+        # b stays within its refresh window however slow the steps below (a refresh
+        # would refuse the issuance before it is written, from a fresh view).
+        monkeypatch.setattr(b.state, "maybe_refresh", lambda: None)
         change = a.trust.record(did, TrustEvent.POLICY_VIOLATION, reason="x", now=time.time())
         assert change.score == 435
         [event] = [r.event for r in a.audit.events(event_type="trust.changed")]
